@@ -1,0 +1,157 @@
+//! A throw-away PKI for development and tests: one CA that issues server and client
+//! certificates. Never use these for production; real deployments use their CA's certificates.
+
+use crate::{client_config, parse_certs, parse_private_key, server_config, Result, Thumbprint};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use time::{Duration, OffsetDateTime};
+
+/// A development certificate authority.
+pub struct DevPki {
+    ca_cert: rcgen::Certificate,
+    ca_key: KeyPair,
+    ca_pem: String,
+}
+
+/// A certificate issued by [`DevPki`], with its key.
+#[derive(Clone)]
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    der: Vec<u8>,
+}
+
+impl IssuedCert {
+    pub fn cert_der(&self) -> &[u8] {
+        &self.der
+    }
+
+    pub fn thumbprint(&self) -> Thumbprint {
+        Thumbprint::of_der(&self.der)
+    }
+
+    pub fn chain(&self) -> Result<Vec<CertificateDer<'static>>> {
+        parse_certs(self.cert_pem.as_bytes(), "issued certificate")
+    }
+
+    pub fn key(&self) -> Result<PrivateKeyDer<'static>> {
+        parse_private_key(self.key_pem.as_bytes(), "issued key")
+    }
+
+    /// Writes `<name>.crt` and `<name>.key` into `dir`.
+    pub fn write(&self, dir: &Path, name: &str) -> std::io::Result<()> {
+        std::fs::write(dir.join(format!("{name}.crt")), &self.cert_pem)?;
+        std::fs::write(dir.join(format!("{name}.key")), &self.key_pem)
+    }
+}
+
+fn validity(params: &mut CertificateParams) {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::days(1);
+    params.not_after = now + Duration::days(365);
+}
+
+impl DevPki {
+    pub fn generate(common_name: &str) -> Result<Self> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        dn.push(DnType::OrganizationName, "dsf-rs development");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        validity(&mut params);
+        let ca_key = KeyPair::generate()?;
+        let ca_cert = params.self_signed(&ca_key)?;
+        let ca_pem = ca_cert.pem();
+        Ok(DevPki {
+            ca_cert,
+            ca_key,
+            ca_pem,
+        })
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    pub fn ca_certs(&self) -> Result<Vec<CertificateDer<'static>>> {
+        parse_certs(self.ca_pem.as_bytes(), "dev CA")
+    }
+
+    fn issue(&self, common_name: &str, usage: ExtendedKeyUsagePurpose) -> Result<IssuedCert> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        dn.push(DnType::OrganizationName, "dsf-rs development");
+        dn.push(DnType::CountryName, "DE");
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::DnsName(common_name.try_into()?)];
+        if usage == ExtendedKeyUsagePurpose::ServerAuth {
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress([127, 0, 0, 1].into()));
+            params
+                .subject_alt_names
+                .push(SanType::DnsName("localhost".try_into()?));
+        }
+        params.extended_key_usages = vec![usage];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        validity(&mut params);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        })
+    }
+
+    /// A server certificate for `host`, also valid for `localhost` and 127.0.0.1.
+    pub fn issue_server(&self, host: &str) -> Result<IssuedCert> {
+        self.issue(host, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A client certificate, as an organisation's BPE or a local user presents it.
+    pub fn issue_client(&self, common_name: &str) -> Result<IssuedCert> {
+        self.issue(common_name, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    pub fn server_config(&self, cert: &IssuedCert) -> Result<rustls::ServerConfig> {
+        server_config(cert.chain()?, cert.key()?, self.ca_certs()?)
+    }
+
+    pub fn client_config(&self, cert: &IssuedCert) -> Result<rustls::ClientConfig> {
+        client_config(cert.chain()?, cert.key()?, self.ca_certs()?)
+    }
+
+    pub fn write_ca(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::write(dir.join("ca.crt"), &self.ca_pem)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_build_tls_configs_and_round_trip_through_files() {
+        let pki = DevPki::generate("Test CA").unwrap();
+        let server = pki.issue_server("fhir.org-a.test").unwrap();
+        let client = pki.issue_client("org-a.test").unwrap();
+        pki.server_config(&server).unwrap();
+        pki.client_config(&client).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        client.write(dir.path(), "client").unwrap();
+        pki.write_ca(dir.path()).unwrap();
+        let loaded = crate::load_certs(&dir.path().join("client.crt")).unwrap();
+        assert_eq!(Thumbprint::of_der(&loaded[0]), client.thumbprint());
+        crate::load_private_key(&dir.path().join("client.key")).unwrap();
+        assert_ne!(client.thumbprint(), server.thumbprint());
+    }
+}

@@ -1,0 +1,25 @@
+use std::path::PathBuf;
+
+/// Errors of certificate and TLS handling.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no certificate found in {0}")]
+    NoCertificate(String),
+    #[error("no private key found in {0}")]
+    NoPrivateKey(String),
+    #[error("invalid PEM in {what}: {reason}")]
+    Pem { what: String, reason: String },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+    #[error("certificate generation: {0}")]
+    Generation(#[from] rcgen::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

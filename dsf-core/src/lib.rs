@@ -1,0 +1,28 @@
+//! Shared foundations of dsf-rs: certificate thumbprints (the DSF's identity key), loading PEM
+//! material, rustls configurations for mutual TLS, and generation of development certificates.
+//!
+//! Every other dsf-rs crate builds on this one; it knows nothing of FHIR or BPMN.
+//!
+//! ```
+//! use dsf_core::{DevPki, Thumbprint};
+//!
+//! let pki = DevPki::generate("Example Dev CA").unwrap();
+//! let org = pki.issue_client("org-a.dsf.test").unwrap();
+//! let thumbprint = Thumbprint::of_der(org.cert_der());
+//! assert_eq!(thumbprint.as_str().len(), 128);
+//! ```
+
+mod devcerts;
+mod error;
+mod pem;
+mod thumbprint;
+mod tls;
+
+pub use devcerts::{DevPki, IssuedCert};
+pub use error::{Error, Result};
+pub use pem::{load_certs, load_private_key, parse_certs, parse_private_key};
+pub use thumbprint::Thumbprint;
+pub use tls::{client_config, crypto_provider, server_config, TlsFiles};
+
+/// Re-exported so that users of the configurations need not depend on rustls themselves.
+pub use rustls;

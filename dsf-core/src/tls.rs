@@ -1,0 +1,83 @@
+use crate::{load_certs, load_private_key, Error, Result};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The one crypto provider dsf-rs uses, so that no process depends on a process-wide default.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// PEM files of one TLS endpoint: its own certificate chain and key, and the CA certificates it
+/// trusts for the other side.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    pub trusted_cas: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn server_config(&self) -> Result<ServerConfig> {
+        server_config(
+            load_certs(&self.certificate)?,
+            load_private_key(&self.private_key)?,
+            load_certs(&self.trusted_cas)?,
+        )
+    }
+
+    pub fn client_config(&self) -> Result<ClientConfig> {
+        client_config(
+            load_certs(&self.certificate)?,
+            load_private_key(&self.private_key)?,
+            load_certs(&self.trusted_cas)?,
+        )
+    }
+}
+
+fn root_store(cas: Vec<CertificateDer<'static>>) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca)?;
+    }
+    Ok(roots)
+}
+
+/// A server configuration that demands a client certificate issued by one of `client_cas`.
+/// Which certificate is *allowed* is decided later from its thumbprint, not here.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_cas: Vec<CertificateDer<'static>>,
+) -> Result<ServerConfig> {
+    let provider = crypto_provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(root_store(client_cas)?),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| Error::Verifier(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A client configuration that presents `chain` and trusts servers issued by `server_cas`.
+pub fn client_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    server_cas: Vec<CertificateDer<'static>>,
+) -> Result<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(root_store(server_cas)?)
+        .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}

@@ -1,0 +1,14 @@
+//! Search parameters, their index values and query parsing, shared by the storage backends
+//! and (later) subscription matching.
+
+mod date;
+mod extract;
+mod params;
+mod query;
+
+pub use date::{parse_date_range, DateRange};
+pub use extract::{index_rows, normalise_reference, IndexRow};
+pub use params::{find_param, params_of, public_params, ParamKind, SearchParam, THUMBPRINT_PARAM};
+pub use query::{
+    parse_query_string, Clause, Condition, Include, Prefix, SearchQuery, Sort, SortKey, MAX_COUNT,
+};

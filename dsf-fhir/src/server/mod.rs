@@ -1,0 +1,340 @@
+//! The REST API at `/fhir` over mutual TLS (hyper 1 + tokio-rustls).
+
+mod bootstrap;
+mod bundles;
+mod capability;
+pub mod identity;
+pub mod policy;
+mod reply;
+mod rest;
+mod transaction;
+
+pub use bootstrap::{AllowListEntry, ENDPOINT_IDENTIFIER_SYSTEM, READ_ACCESS_TAG_SYSTEM};
+pub use identity::{Identity, LocalUser, ORGANIZATION_IDENTIFIER_SYSTEM};
+pub use policy::{AccessPolicy, Interaction, RoleBaseline};
+
+use crate::format::Format;
+use crate::search::parse_query_string;
+use crate::store::ResourceStore;
+use crate::{Error, Result};
+use bytes::Bytes;
+use dsf_core::Thumbprint;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use reply::Reply;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Settings of one FHIR server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// External base URL, e.g. `https://dsf.example.org/fhir`; its path is where the API lives.
+    pub base_url: String,
+    /// Value of the local organisation's `http://dsf.dev/sid/organization-identifier`.
+    pub organization_identifier: String,
+    /// Default `_count` of searches (the Java DSF's `DEV_DSF_FHIR_SERVER_PAGE_COUNT`).
+    pub page_count: usize,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Local users, by certificate thumbprint.
+    pub users: Vec<LocalUser>,
+}
+
+impl ServerConfig {
+    pub fn new(base_url: &str, organization_identifier: &str) -> Self {
+        ServerConfig {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            organization_identifier: organization_identifier.to_owned(),
+            page_count: 20,
+            max_body_bytes: 16 * 1024 * 1024,
+            users: Vec::new(),
+        }
+    }
+
+    /// The path part of the base URL (`/fhir`).
+    fn context_path(&self) -> String {
+        let without_scheme = self
+            .base_url
+            .split_once("://")
+            .map_or(self.base_url.as_str(), |(_, r)| r);
+        match without_scheme.find('/') {
+            Some(pos) => without_scheme[pos..].trim_end_matches('/').to_owned(),
+            None => String::new(),
+        }
+    }
+}
+
+/// A FHIR server: a store, its settings and the access policy. Serve it with [`FhirServer::serve`].
+pub struct FhirServer {
+    store: ResourceStore,
+    config: ServerConfig,
+    context_path: String,
+    policy: Arc<dyn AccessPolicy>,
+}
+
+/// What one request carries after transport: who sent it and the parsed URL.
+pub(crate) struct Call<'a> {
+    pub identity: &'a Identity,
+    pub method: Method,
+    /// Path below the context path, without leading or trailing '/'.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Call<'_> {
+    pub fn header(&self, name: http::header::HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// `Prefer: return=…` (`representation` by default).
+    pub fn prefer_return(&self) -> &str {
+        self.prefer("return").unwrap_or("representation")
+    }
+
+    /// `Prefer: handling=strict` (lenient by default, as the Java DSF).
+    pub fn strict(&self) -> bool {
+        self.prefer("handling") == Some("strict")
+    }
+
+    fn prefer(&self, key: &str) -> Option<&str> {
+        self.headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ';']))
+            .filter_map(|part| part.trim().split_once('='))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim().trim_matches('"'))
+    }
+
+    /// The request body's format from `Content-Type`.
+    pub fn body_format(&self) -> Result<Format> {
+        let content_type = self
+            .header(http::header::CONTENT_TYPE)
+            .ok_or_else(|| Error::UnsupportedMediaType("Content-Type header missing".into()))?;
+        Format::from_mime(content_type).ok_or_else(|| {
+            Error::UnsupportedMediaType(format!("Content-Type '{content_type}' is not supported"))
+        })
+    }
+}
+
+impl FhirServer {
+    pub fn new(store: ResourceStore, config: ServerConfig) -> Self {
+        FhirServer {
+            context_path: config.context_path(),
+            store,
+            config,
+            policy: Arc::new(RoleBaseline),
+        }
+    }
+
+    /// Replaces the access policy (the default is [`RoleBaseline`]).
+    pub fn with_policy(mut self, policy: Arc<dyn AccessPolicy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn store(&self) -> &ResourceStore {
+        &self.store
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Accepts connections until `shutdown` completes. Each connection must present a client
+    /// certificate the TLS configuration trusts; its thumbprint is computed once per connection.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let acceptor = TlsAcceptor::from(tls);
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let server = self.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move { server.connection(acceptor, tcp, peer).await });
+        }
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        acceptor: TlsAcceptor,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) {
+        let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let thumbprint = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|cert| Thumbprint::of_der(cert));
+        let Some(thumbprint) = thumbprint else {
+            return;
+        };
+        let thumbprint = Arc::new(thumbprint);
+        let service = hyper::service::service_fn(move |req| {
+            let server = self.clone();
+            let thumbprint = thumbprint.clone();
+            async move { Ok::<_, std::convert::Infallible>(server.handle(&thumbprint, req).await) }
+        });
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tls), service)
+            .await
+        {
+            tracing::debug!(%peer, error = %e, "connection ended with error");
+        }
+    }
+
+    /// Handles one request from the holder of `thumbprint`.
+    pub async fn handle(
+        &self,
+        thumbprint: &Thumbprint,
+        req: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let query = parse_query_string(parts.uri.query().unwrap_or(""));
+        let format_param = query
+            .iter()
+            .find(|(k, _)| k == "_format")
+            .map(|(_, v)| v.clone());
+        let pretty = query.iter().any(|(k, v)| k == "_pretty" && v == "true");
+        let accept = parts
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let format = match Format::negotiate(format_param.as_deref(), accept) {
+            Ok(f) => f,
+            Err(e) => return Reply::error(&e).render(Format::Json, pretty),
+        };
+        let reply = match self.dispatch(thumbprint, parts, body, query).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                if e.status() >= 500 {
+                    tracing::error!(error = %e, "request failed");
+                }
+                Reply::error(&e)
+            }
+        };
+        reply.render(format, pretty)
+    }
+
+    async fn dispatch(
+        &self,
+        thumbprint: &Thumbprint,
+        parts: http::request::Parts,
+        body: Incoming,
+        query: Vec<(String, String)>,
+    ) -> Result<Reply> {
+        let identity = identity::resolve(
+            &self.store,
+            &self.config.organization_identifier,
+            &self.config.users,
+            thumbprint,
+        )
+        .await?;
+        let path = parts.uri.path();
+        let Some(path) = path
+            .strip_prefix(self.context_path.as_str())
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+        else {
+            return Err(Error::NotFound(format!("no FHIR API at {path}")));
+        };
+        let path = path.trim_matches('/').to_owned();
+        let body = read_body(body, self.config.max_body_bytes).await?;
+        let call = Call {
+            identity: &identity,
+            method: parts.method,
+            path,
+            query,
+            headers: parts.headers,
+            body,
+        };
+        tracing::debug!(identity = identity.name(), method = %call.method, path = %call.path, "request");
+        self.route(&call).await
+    }
+
+    fn allow(&self, call: &Call<'_>, interaction: Interaction, resource_type: &str) -> Result<()> {
+        self.policy.check(call.identity, interaction, resource_type)
+    }
+}
+
+/// How much of an oversized body is read and thrown away so that the client, still sending,
+/// receives the 413 instead of a connection reset.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Collects a request body of at most `max` bytes.
+async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes> {
+    let mut collected = bytes::BytesMut::new();
+    let mut too_large = body.size_hint().exact().is_some_and(|len| len > max as u64);
+    let mut drained = 0usize;
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    while let Some(frame) = tokio::time::timeout_at(deadline, body.frame())
+        .await
+        .map_err(|_| Error::Invalid("request body not received in time".into()))?
+    {
+        let frame = frame.map_err(|e| Error::Invalid(format!("cannot read request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if too_large || collected.len() + data.len() > max {
+            too_large = true;
+            drained += data.len();
+            if drained > DRAIN_LIMIT {
+                break;
+            }
+        } else {
+            collected.extend_from_slice(&data);
+        }
+    }
+    if too_large {
+        return Err(Error::PayloadTooLarge(max));
+    }
+    Ok(collected.freeze())
+}
+
+pub(crate) fn method_not_allowed(allow: &str) -> Reply {
+    Reply::error(&Error::MethodNotAllowed(format!(
+        "method not allowed here; allowed: {allow}"
+    )))
+    .header(http::header::ALLOW, allow)
+}
+
+pub(crate) fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}

@@ -1,0 +1,109 @@
+//! Responses before rendering: a status, headers and a body that is stored JSON, a built
+//! JSON value, or nothing; rendered in the negotiated format in one place.
+
+use crate::format::{render_stored, render_value, Format};
+use crate::store::StoredResource;
+use crate::{Error, OperationOutcome};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
+use std::sync::Arc;
+
+pub enum Body {
+    Empty,
+    Stored(Arc<str>),
+    Value(Value),
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: Vec<(HeaderName, String)>,
+    pub body: Body,
+}
+
+/// `W/"n"`.
+pub fn etag(version: i64) -> String {
+    format!("W/\"{version}\"")
+}
+
+pub fn http_date(millis: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis.max(0) as u64);
+    httpdate::fmt_http_date(t)
+}
+
+impl Reply {
+    pub fn new(status: StatusCode, body: Body) -> Self {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    pub fn outcome(status: StatusCode, outcome: OperationOutcome) -> Self {
+        Reply::new(status, Body::Value(outcome.to_json()))
+    }
+
+    pub fn error(error: &Error) -> Self {
+        let status =
+            StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut reply = Reply::outcome(status, error.to_outcome());
+        if let Error::Gone { version, .. } = error {
+            reply = reply.header(http::header::ETAG, etag(*version));
+        }
+        reply
+    }
+
+    pub fn header(mut self, name: HeaderName, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// ETag and Last-Modified of a stored version.
+    pub fn version_headers(self, stored: &StoredResource) -> Self {
+        self.header(http::header::ETAG, etag(stored.version))
+            .header(http::header::LAST_MODIFIED, http_date(stored.last_updated))
+    }
+
+    pub fn render(self, format: Format, pretty: bool) -> Response<Full<Bytes>> {
+        let rendered = match &self.body {
+            Body::Empty => Ok(None),
+            Body::Stored(json) => render_stored(json.as_bytes(), format, pretty).map(Some),
+            Body::Value(value) => render_value(value, format, pretty).map(Some),
+        };
+        let (status, headers, bytes) = match rendered {
+            Ok(bytes) => (self.status, self.headers, bytes),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot render response");
+                let fallback = serde_json::to_vec(&e.to_outcome().to_json()).unwrap_or_default();
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Vec::new(),
+                    Some(fallback),
+                )
+            }
+        };
+        let mut response = Response::new(Full::new(Bytes::from(bytes.clone().unwrap_or_default())));
+        *response.status_mut() = status;
+        let h = response.headers_mut();
+        for (name, value) in headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.append(name, v);
+            }
+        }
+        if bytes.is_some() {
+            let content_type = format!("{};charset=UTF-8", format.mime());
+            if let Ok(v) = HeaderValue::from_str(&content_type) {
+                h.insert(http::header::CONTENT_TYPE, v);
+            }
+        }
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-transform, private"),
+        );
+        h.insert(http::header::VARY, HeaderValue::from_static("Accept"));
+        response
+    }
+}

@@ -1,0 +1,539 @@
+//! The FHIR interactions on single resources, types and the system: routing, read, vread,
+//! create, update, delete (plain and conditional), search and history.
+
+use super::bundles::{
+    self, Bundle, Entry, EntryRequest, EntryResource, EntryResponse, EntrySearch,
+};
+use super::reply::{etag, Body, Reply};
+use super::{method_not_allowed, Call, FhirServer, Interaction};
+use crate::format::parse_resource;
+use crate::resource_type::supported_type;
+use crate::search::{parse_date_range, parse_query_string, SearchQuery};
+use crate::store::{HistoryFilter, StoredResource, WriteOp, WriteOutcome};
+use crate::{Error, OperationOutcome, Result};
+use http::{header, Method, StatusCode};
+use serde_json::Value;
+
+/// Server-assigned ids are UUIDs; anything outside the FHIR id syntax cannot exist.
+pub(crate) fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+pub(crate) fn resource_type(name: &str) -> Result<&'static str> {
+    supported_type(name)
+        .ok_or_else(|| Error::NotFound(format!("resource type '{name}' is not supported")))
+}
+
+/// Parses `W/"3"`, `"3"` or `3`.
+pub(crate) fn parse_etag(value: &str) -> Result<i64> {
+    value
+        .trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map_err(|_| Error::Invalid(format!("'{value}' is not a version ETag such as W/\"1\"")))
+}
+
+fn percent(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+impl FhirServer {
+    pub(crate) async fn route(&self, call: &Call<'_>) -> Result<Reply> {
+        let segments: Vec<&str> = if call.path.is_empty() {
+            Vec::new()
+        } else {
+            call.path.split('/').collect()
+        };
+        let m = &call.method;
+        match segments.as_slice() {
+            [] if m == Method::POST => self.bundle(call).await,
+            [] => Ok(method_not_allowed("POST")),
+            ["metadata"] if m == Method::GET => Ok(Reply::new(
+                StatusCode::OK,
+                Body::Value(self.capability_statement()),
+            )),
+            ["_history"] if m == Method::GET => self.history(call, None, None).await,
+            [t, ..] if t.starts_with('_') || *t == "metadata" => Ok(method_not_allowed("GET")),
+            [t] => {
+                let t = resource_type(t)?;
+                match *m {
+                    Method::GET => self.search(call, t, &call.query).await,
+                    Method::POST => self.create(call, t).await,
+                    Method::PUT => self.conditional_update(call, t).await,
+                    Method::DELETE => self.conditional_delete(call, t).await,
+                    _ => Ok(method_not_allowed("GET, POST, PUT, DELETE")),
+                }
+            }
+            [t, "_search"] if m == Method::POST => {
+                let t = resource_type(t)?;
+                let mut pairs = call.query.clone();
+                let form = std::str::from_utf8(&call.body)
+                    .map_err(|_| Error::Invalid("_search body is not UTF-8 form data".into()))?;
+                pairs.extend(parse_query_string(form));
+                self.search(call, t, &pairs).await
+            }
+            [t, "_history"] if m == Method::GET => {
+                let t = resource_type(t)?;
+                self.history(call, Some(t), None).await
+            }
+            [t, id] => {
+                let t = resource_type(t)?;
+                match *m {
+                    Method::GET => self.read(call, t, id).await,
+                    Method::PUT => self.update(call, t, id).await,
+                    Method::DELETE => self.delete(call, t, id).await,
+                    _ => Ok(method_not_allowed("GET, PUT, DELETE")),
+                }
+            }
+            [t, id, "_history"] if m == Method::GET => {
+                let t = resource_type(t)?;
+                self.history(call, Some(t), Some(id)).await
+            }
+            [t, id, "_history", version] if m == Method::GET => {
+                let t = resource_type(t)?;
+                self.vread(call, t, id, version).await
+            }
+            [t, ..] => {
+                resource_type(t)?;
+                Err(Error::NotFound(format!("no interaction at /{}", call.path)))
+            }
+        }
+    }
+
+    fn location(&self, stored: &StoredResource) -> String {
+        format!(
+            "{}/{}/{}/_history/{}",
+            self.config.base_url, stored.resource_type, stored.id, stored.version
+        )
+    }
+
+    /// The reply to a successful create or update, shaped by `Prefer: return`.
+    fn written(
+        &self,
+        call: &Call<'_>,
+        status: StatusCode,
+        stored: &StoredResource,
+        what: &str,
+    ) -> Reply {
+        let body = match call.prefer_return() {
+            "minimal" => Body::Empty,
+            "OperationOutcome" => Body::Value(
+                OperationOutcome::information(format!(
+                    "{what} {}/_history/{}",
+                    stored.reference(),
+                    stored.version
+                ))
+                .to_json(),
+            ),
+            _ => stored.body.clone().map_or(Body::Empty, Body::Stored),
+        };
+        Reply::new(status, body)
+            .version_headers(stored)
+            .header(header::LOCATION, self.location(stored))
+    }
+
+    async fn read(&self, call: &Call<'_>, t: &'static str, id: &str) -> Result<Reply> {
+        self.allow(call, Interaction::Read, t)?;
+        let not_found = || Error::NotFound(format!("{t}/{id} not found"));
+        if !valid_id(id) {
+            return Err(not_found());
+        }
+        let stored = self.store.read(t, id).await?.ok_or_else(not_found)?;
+        if stored.deleted {
+            return Err(Error::Gone {
+                resource: stored.reference(),
+                version: stored.version,
+            });
+        }
+        if let Some(if_match) = call.header(header::IF_MATCH) {
+            if parse_etag(if_match)? != stored.version {
+                return Err(Error::PreconditionFailed(format!(
+                    "{t}/{id} is at version {}",
+                    stored.version
+                )));
+            }
+        }
+        let unchanged = match (
+            call.header(header::IF_NONE_MATCH),
+            call.header(header::IF_MODIFIED_SINCE),
+        ) {
+            (Some(tag), _) => tag
+                .split(',')
+                .any(|t| parse_etag(t).ok() == Some(stored.version)),
+            (None, Some(since)) => httpdate::parse_http_date(since)
+                .ok()
+                .and_then(|s| s.duration_since(std::time::UNIX_EPOCH).ok())
+                .is_some_and(|s| stored.last_updated / 1000 <= s.as_secs() as i64),
+            (None, None) => false,
+        };
+        if unchanged {
+            return Ok(Reply::new(StatusCode::NOT_MODIFIED, Body::Empty).version_headers(&stored));
+        }
+        Ok(Reply::new(
+            StatusCode::OK,
+            stored.body.clone().map_or(Body::Empty, Body::Stored),
+        )
+        .version_headers(&stored))
+    }
+
+    async fn vread(
+        &self,
+        call: &Call<'_>,
+        t: &'static str,
+        id: &str,
+        version: &str,
+    ) -> Result<Reply> {
+        self.allow(call, Interaction::Read, t)?;
+        let not_found = || Error::NotFound(format!("{t}/{id}/_history/{version} not found"));
+        let v: i64 = version.parse().map_err(|_| not_found())?;
+        if !valid_id(id) {
+            return Err(not_found());
+        }
+        let stored = self.store.vread(t, id, v).await?.ok_or_else(not_found)?;
+        if stored.deleted {
+            return Err(Error::Gone {
+                resource: stored.reference(),
+                version: stored.version,
+            });
+        }
+        Ok(Reply::new(
+            StatusCode::OK,
+            stored.body.clone().map_or(Body::Empty, Body::Stored),
+        )
+        .version_headers(&stored))
+    }
+
+    /// Parses the body as a resource of type `t`.
+    fn body_resource(&self, call: &Call<'_>, t: &str) -> Result<Value> {
+        let resource = parse_resource(&call.body, call.body_format()?)?;
+        let actual = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if actual != t {
+            return Err(Error::Invalid(format!(
+                "resource type {actual} does not match the URL type {t}"
+            )));
+        }
+        Ok(resource)
+    }
+
+    async fn create(&self, call: &Call<'_>, t: &'static str) -> Result<Reply> {
+        self.allow(call, Interaction::Create, t)?;
+        let mut resource = self.body_resource(call, t)?;
+        if let Some(obj) = resource.as_object_mut() {
+            obj.remove("id");
+        }
+        let if_none_exist = call
+            .header(http::HeaderName::from_static("if-none-exist"))
+            .map(|criteria| SearchQuery::parse_criteria(t, criteria, &self.config.base_url))
+            .transpose()?;
+        match self
+            .store
+            .write(WriteOp::Create {
+                resource,
+                if_none_exist,
+                full_url: None,
+            })
+            .await?
+        {
+            WriteOutcome::Created(stored) => {
+                Ok(self.written(call, StatusCode::CREATED, &stored, "created"))
+            }
+            WriteOutcome::Existing(stored) => Ok(Reply::outcome(
+                StatusCode::OK,
+                OperationOutcome::information(format!(
+                    "resource {} already exists",
+                    stored.reference()
+                )),
+            )
+            .version_headers(&stored)
+            .header(header::LOCATION, self.location(&stored))),
+            other => Err(Error::Storage(format!(
+                "unexpected create outcome {other:?}"
+            ))),
+        }
+    }
+
+    async fn update(&self, call: &Call<'_>, t: &'static str, id: &str) -> Result<Reply> {
+        self.allow(call, Interaction::Update, t)?;
+        if !valid_id(id) {
+            return Err(Error::NotFound(format!("{t}/{id} not found")));
+        }
+        let resource = self.body_resource(call, t)?;
+        let body_id = resource.get("id").and_then(Value::as_str).unwrap_or("");
+        if body_id != id {
+            return Err(Error::Invalid(format!(
+                "resource id '{body_id}' does not match the URL id '{id}'"
+            )));
+        }
+        let if_match = call.header(header::IF_MATCH).map(parse_etag).transpose()?;
+        let op = WriteOp::Update {
+            resource_type: t,
+            id: id.to_owned(),
+            resource,
+            if_match,
+            full_url: None,
+        };
+        match self.store.write(op).await? {
+            WriteOutcome::Updated(stored) => {
+                Ok(self.written(call, StatusCode::OK, &stored, "updated"))
+            }
+            other => Err(Error::Storage(format!(
+                "unexpected update outcome {other:?}"
+            ))),
+        }
+    }
+
+    fn criteria(&self, call: &Call<'_>, t: &'static str) -> Result<SearchQuery> {
+        SearchQuery::criteria_from_pairs(t, &call.query, &self.config.base_url)
+    }
+
+    async fn conditional_update(&self, call: &Call<'_>, t: &'static str) -> Result<Reply> {
+        self.allow(call, Interaction::Update, t)?;
+        let query = self.criteria(call, t)?;
+        let resource = self.body_resource(call, t)?;
+        match self
+            .store
+            .write(WriteOp::ConditionalUpdate {
+                query,
+                resource,
+                full_url: None,
+            })
+            .await?
+        {
+            WriteOutcome::Created(stored) => {
+                Ok(self.written(call, StatusCode::CREATED, &stored, "created"))
+            }
+            WriteOutcome::Updated(stored) => {
+                Ok(self.written(call, StatusCode::OK, &stored, "updated"))
+            }
+            other => Err(Error::Storage(format!(
+                "unexpected update outcome {other:?}"
+            ))),
+        }
+    }
+
+    fn deleted(outcome: WriteOutcome) -> Result<Reply> {
+        match outcome {
+            WriteOutcome::Deleted(tomb) | WriteOutcome::AlreadyDeleted(tomb) => Ok(Reply::outcome(
+                StatusCode::OK,
+                OperationOutcome::information(format!("{} deleted", tomb.reference())),
+            )
+            .header(header::ETAG, etag(tomb.version))),
+            WriteOutcome::NoMatch => Ok(Reply::new(StatusCode::NO_CONTENT, Body::Empty)),
+            other => Err(Error::Storage(format!(
+                "unexpected delete outcome {other:?}"
+            ))),
+        }
+    }
+
+    async fn delete(&self, call: &Call<'_>, t: &'static str, id: &str) -> Result<Reply> {
+        self.allow(call, Interaction::Delete, t)?;
+        if !valid_id(id) {
+            return Err(Error::NotFound(format!("{t}/{id} not found")));
+        }
+        Self::deleted(
+            self.store
+                .write(WriteOp::Delete {
+                    resource_type: t,
+                    id: id.to_owned(),
+                })
+                .await?,
+        )
+    }
+
+    async fn conditional_delete(&self, call: &Call<'_>, t: &'static str) -> Result<Reply> {
+        self.allow(call, Interaction::Delete, t)?;
+        let query = self.criteria(call, t)?;
+        Self::deleted(
+            self.store
+                .write(WriteOp::ConditionalDelete { query })
+                .await?,
+        )
+    }
+
+    /// A searchset Bundle as JSON text.
+    pub(crate) async fn search_bundle(
+        &self,
+        call: &Call<'_>,
+        t: &'static str,
+        pairs: &[(String, String)],
+    ) -> Result<String> {
+        self.allow(call, Interaction::Search, t)?;
+        let query = SearchQuery::parse(t, pairs, self.config.page_count, &self.config.base_url)?;
+        if call.strict() && !query.unsupported.is_empty() {
+            return Err(Error::Invalid(format!(
+                "unsupported search parameters: {}",
+                query.unsupported.join(", ")
+            )));
+        }
+        let result = self.store.search(&query).await?;
+        let base = &self.config.base_url;
+        let mut bundle = Bundle::new("searchset").total(result.total);
+        let kept: Vec<String> = pairs
+            .iter()
+            .filter(|(k, _)| k != "_page" && k != "_count")
+            .map(|(k, v)| format!("{}={}", percent(k), percent(v)))
+            .collect();
+        let page_url = |page: usize| {
+            let mut url = format!("{base}/{t}?");
+            for p in &kept {
+                url.push_str(p);
+                url.push('&');
+            }
+            url.push_str(&format!("_count={}&_page={page}", query.count));
+            url
+        };
+        bundle.link("self", page_url(query.page));
+        if query.count > 0 && !query.summary_count {
+            let last = (result.total.max(1) as usize).div_ceil(query.count);
+            bundle.link("first", page_url(1));
+            if query.page > 1 {
+                bundle.link("previous", page_url(query.page - 1));
+            }
+            if query.page < last {
+                bundle.link("next", page_url(query.page + 1));
+            }
+            bundle.link("last", page_url(last));
+        }
+        for (stored, mode) in result
+            .matches
+            .iter()
+            .map(|s| (s, "match"))
+            .chain(result.included.iter().map(|s| (s, "include")))
+        {
+            bundle.push(Entry {
+                full_url: Some(bundles::full_url(base, stored)),
+                resource: bundles::raw(stored)?.map(EntryResource::Raw),
+                search: Some(EntrySearch { mode }),
+                ..Default::default()
+            });
+        }
+        if !query.unsupported.is_empty() {
+            bundle.push(Entry {
+                resource: Some(EntryResource::Value(
+                    OperationOutcome::warning(
+                        crate::IssueType::NotSupported,
+                        format!(
+                            "ignored unsupported parameters: {}",
+                            query.unsupported.join(", ")
+                        ),
+                    )
+                    .to_json(),
+                )),
+                search: Some(EntrySearch { mode: "outcome" }),
+                ..Default::default()
+            });
+        }
+        bundle.to_json()
+    }
+
+    async fn search(
+        &self,
+        call: &Call<'_>,
+        t: &'static str,
+        pairs: &[(String, String)],
+    ) -> Result<Reply> {
+        let json = self.search_bundle(call, t, pairs).await?;
+        Ok(Reply::new(StatusCode::OK, Body::Stored(json.into())))
+    }
+
+    async fn history(
+        &self,
+        call: &Call<'_>,
+        t: Option<&'static str>,
+        id: Option<&str>,
+    ) -> Result<Reply> {
+        self.allow(call, Interaction::History, t.unwrap_or("*"))?;
+        let mut filter = HistoryFilter {
+            resource_type: t.map(str::to_owned),
+            id: id.map(str::to_owned),
+            ..Default::default()
+        };
+        let mut count = self.config.page_count;
+        let mut page = 1;
+        for (k, v) in &call.query {
+            let bad = || Error::Invalid(format!("history parameter {k}={v} is not valid"));
+            match k.as_str() {
+                "_since" => filter.since = Some(parse_date_range(v).ok_or_else(bad)?.low),
+                "_at" => filter.at.push(parse_date_range(v).ok_or_else(bad)?.low),
+                "_count" => {
+                    count = v
+                        .parse::<usize>()
+                        .map_err(|_| bad())?
+                        .min(crate::search::MAX_COUNT)
+                }
+                "_page" => {
+                    page = v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|p| *p >= 1)
+                        .ok_or_else(bad)?
+                }
+                "_format" | "_pretty" => {}
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "history parameter {k} is not supported"
+                    )))
+                }
+            }
+        }
+        if let (Some(t), Some(id)) = (t, id) {
+            if !valid_id(id) || self.store.read(t, id).await?.is_none() {
+                return Err(Error::NotFound(format!("{t}/{id} not found")));
+            }
+        }
+        let result = self.store.history(&filter, count, page).await?;
+        let base = &self.config.base_url;
+        let mut bundle = Bundle::new("history").total(result.total);
+        let path = match (t, id) {
+            (Some(t), Some(id)) => format!("{base}/{t}/{id}/_history"),
+            (Some(t), None) => format!("{base}/{t}/_history"),
+            _ => format!("{base}/_history"),
+        };
+        let kept: String = call
+            .query
+            .iter()
+            .filter(|(k, _)| k != "_page" && k != "_count")
+            .map(|(k, v)| format!("{}={}&", percent(k), percent(v)))
+            .collect();
+        let page_url = |p: usize| format!("{path}?{kept}_count={count}&_page={p}");
+        bundle.link("self", page_url(page));
+        if count > 0 {
+            if page > 1 {
+                bundle.link("previous", page_url(page - 1));
+            }
+            if (page as i64) * (count as i64) < result.total {
+                bundle.link("next", page_url(page + 1));
+            }
+        }
+        for stored in &result.entries {
+            let (method, status, url) = if stored.deleted {
+                ("DELETE", "200", stored.reference())
+            } else if stored.version == 1 {
+                ("POST", "201", stored.resource_type.clone())
+            } else {
+                ("PUT", "200", stored.reference())
+            };
+            bundle.push(Entry {
+                full_url: Some(bundles::full_url(base, stored)),
+                resource: bundles::raw(stored)?.map(EntryResource::Raw),
+                request: Some(EntryRequest { method, url }),
+                response: Some(EntryResponse {
+                    location: None,
+                    ..bundles::version_response(status, base, stored)
+                }),
+                ..Default::default()
+            });
+        }
+        Ok(Reply::new(
+            StatusCode::OK,
+            Body::Stored(bundle.to_json()?.into()),
+        ))
+    }
+}

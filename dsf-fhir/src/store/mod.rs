@@ -1,0 +1,322 @@
+//! Versioned resource storage. [`ResourceStore`] implements the FHIR semantics (versions,
+//! tombstones, conditional interactions, transactions, search, history) once, on top of the
+//! [`Backend`] seam that the SQLite and PostgreSQL backends implement with plain SQL.
+
+mod postgres;
+mod sql;
+mod sqlite;
+mod write;
+
+pub use postgres::PostgresBackend;
+pub use sql::{Dialect, HistoryFilter, Sql, SqlValue};
+pub use sqlite::SqliteBackend;
+pub(crate) use write::now_millis;
+pub use write::{format_instant, WriteOp, WriteOutcome};
+
+use crate::search::SearchQuery;
+use crate::{Error, Result};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// One stored version of a resource. `body` is the canonical JSON, absent for a deletion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResource {
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    /// Milliseconds since the Unix epoch.
+    pub last_updated: i64,
+    pub deleted: bool,
+    pub body: Option<Arc<str>>,
+}
+
+impl StoredResource {
+    /// `Type/id`.
+    pub fn reference(&self) -> String {
+        format!("{}/{}", self.resource_type, self.id)
+    }
+
+    pub fn json(&self) -> Result<serde_json::Value> {
+        let body = self.body.as_deref().ok_or_else(|| Error::Gone {
+            resource: self.reference(),
+            version: self.version,
+        })?;
+        serde_json::from_str(body).map_err(Error::storage)
+    }
+}
+
+/// A database session: a read-only connection, or a write transaction that is rolled back
+/// unless committed.
+#[async_trait]
+pub trait Session: Send {
+    /// Rows of `res_type, res_id, version, last_updated, deleted, body`.
+    async fn resources(&mut self, sql: &Sql) -> Result<Vec<StoredResource>>;
+    async fn strings(&mut self, sql: &Sql) -> Result<Vec<String>>;
+    async fn count(&mut self, sql: &Sql) -> Result<i64>;
+    async fn execute(&mut self, sql: &Sql) -> Result<u64>;
+    /// Serialises conditional writes on one resource type across connections (PostgreSQL
+    /// advisory lock); a no-op where the backend has a single writer.
+    async fn lock_type(&mut self, resource_type: &str) -> Result<()>;
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// A storage backend: where sessions come from, and which SQL dialect they speak.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    fn dialect(&self) -> Dialect;
+    async fn read(&self) -> Result<Box<dyn Session>>;
+    async fn write(&self) -> Result<Box<dyn Session>>;
+}
+
+/// A page of search results.
+#[derive(Debug, Clone)]
+pub struct SearchResult {
+    pub total: i64,
+    pub matches: Vec<StoredResource>,
+    /// `_include` and `_revinclude` results, without duplicates of matches.
+    pub included: Vec<StoredResource>,
+}
+
+/// A page of history entries, newest first.
+#[derive(Debug, Clone)]
+pub struct HistoryResult {
+    pub total: i64,
+    pub entries: Vec<StoredResource>,
+}
+
+/// The FHIR resource store. Cheap to clone.
+#[derive(Clone)]
+pub struct ResourceStore {
+    backend: Arc<dyn Backend>,
+    base_url: Arc<str>,
+}
+
+impl ResourceStore {
+    /// `base_url` is this server's external base (e.g. `https://dsf.example/fhir`); absolute
+    /// references to it are stored relative.
+    pub fn new(backend: Arc<dyn Backend>, base_url: &str) -> Self {
+        ResourceStore {
+            backend,
+            base_url: base_url.trim_end_matches('/').into(),
+        }
+    }
+
+    /// Opens the database a URL names: `sqlite:<path>`, `sqlite::memory:`, or a
+    /// `postgresql://` / `postgres://` URL (the Java DSF's `DEV_DSF_FHIR_DB_URL` role).
+    pub async fn open(db_url: &str, base_url: &str) -> Result<Self> {
+        let backend: Arc<dyn Backend> = if db_url == "sqlite::memory:" {
+            Arc::new(SqliteBackend::in_memory()?)
+        } else if let Some(path) = db_url.strip_prefix("sqlite:") {
+            Arc::new(SqliteBackend::open(std::path::Path::new(path))?)
+        } else if db_url.starts_with("postgresql://") || db_url.starts_with("postgres://") {
+            Arc::new(PostgresBackend::connect(db_url, None, 16).await?)
+        } else {
+            return Err(Error::Invalid(format!(
+                "database URL {db_url} is neither sqlite:<path> nor postgresql://…"
+            )));
+        };
+        Ok(ResourceStore::new(backend, base_url))
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.backend.dialect()
+    }
+
+    /// The current version, which may be a deletion.
+    pub async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
+        let mut session = self.backend.read().await?;
+        let sql = sql::current_row(self.dialect(), resource_type, id, false);
+        Ok(session.resources(&sql).await?.into_iter().next())
+    }
+
+    pub async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<StoredResource>> {
+        let mut session = self.backend.read().await?;
+        let sql = sql::version_row(self.dialect(), resource_type, id, version);
+        Ok(session.resources(&sql).await?.into_iter().next())
+    }
+
+    pub async fn search(&self, query: &SearchQuery) -> Result<SearchResult> {
+        let mut session = self.backend.read().await?;
+        search_in(&mut *session, self.dialect(), query).await
+    }
+
+    pub async fn history(
+        &self,
+        filter: &HistoryFilter,
+        count: usize,
+        page: usize,
+    ) -> Result<HistoryResult> {
+        let mut session = self.backend.read().await?;
+        let total = session
+            .count(&sql::history_count(self.dialect(), filter))
+            .await?;
+        let entries = if count == 0 {
+            Vec::new()
+        } else {
+            let offset = (page.max(1) - 1).saturating_mul(count);
+            session
+                .resources(&sql::history_page(self.dialect(), filter, count, offset))
+                .await?
+        };
+        Ok(HistoryResult { total, entries })
+    }
+
+    /// Runs `ops` in one database transaction: all succeed, or nothing is stored.
+    pub async fn transaction(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>> {
+        self.transaction_labelled(ops, |i| format!("operation {i}"))
+            .await
+    }
+
+    /// [`ResourceStore::transaction`], with the failing operation's index turned into the
+    /// context of the error by `label` (a Bundle names its entries).
+    pub async fn transaction_labelled(
+        &self,
+        ops: Vec<WriteOp>,
+        label: impl Fn(usize) -> String + Send,
+    ) -> Result<Vec<WriteOutcome>> {
+        let mut session = self.backend.write().await?;
+        let outcomes = write::execute(&mut *session, self.dialect(), &self.base_url, ops)
+            .await
+            .map_err(|(index, e)| e.context(&label(index)))?;
+        session.commit().await?;
+        Ok(outcomes)
+    }
+
+    /// One write in its own transaction.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
+        self.transaction(vec![op])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Storage("write produced no outcome".into()))
+    }
+
+    /// The active, not deleted Organization whose certificate thumbprint extension holds
+    /// `thumbprint` (lower-case hex).
+    pub async fn organization_by_thumbprint(
+        &self,
+        thumbprint: &str,
+    ) -> Result<Option<StoredResource>> {
+        let query = SearchQuery {
+            resource_type: "Organization",
+            clauses: vec![
+                crate::search::Clause {
+                    param: crate::search::THUMBPRINT_PARAM.into(),
+                    negate: false,
+                    any_of: vec![crate::search::Condition::Token {
+                        system: None,
+                        code: Some(thumbprint.to_owned()),
+                    }],
+                },
+                crate::search::Clause {
+                    param: "active".into(),
+                    negate: false,
+                    any_of: vec![crate::search::Condition::Token {
+                        system: None,
+                        code: Some("true".into()),
+                    }],
+                },
+            ],
+            sort: Vec::new(),
+            count: 2,
+            page: 1,
+            includes: Vec::new(),
+            revincludes: Vec::new(),
+            summary_count: false,
+            unsupported: Vec::new(),
+        };
+        let result = self.search(&query).await?;
+        match result.matches.len() {
+            0 | 1 => Ok(result.matches.into_iter().next()),
+            _ => Err(Error::Forbidden(
+                "certificate thumbprint is claimed by more than one organization".into(),
+            )),
+        }
+    }
+}
+
+/// Search, usable both in read sessions and inside write transactions (conditional
+/// interactions must see the transaction's own writes).
+pub(crate) async fn search_in(
+    session: &mut dyn Session,
+    dialect: Dialect,
+    query: &SearchQuery,
+) -> Result<SearchResult> {
+    let total = session.count(&sql::search_count(dialect, query)).await?;
+    if query.summary_count || query.count == 0 {
+        return Ok(SearchResult {
+            total,
+            matches: Vec::new(),
+            included: Vec::new(),
+        });
+    }
+    let offset = (query.page.max(1) - 1).saturating_mul(query.count);
+    let matches = session
+        .resources(&sql::search_page(dialect, query, query.count, offset))
+        .await?;
+    let mut included: Vec<StoredResource> = Vec::new();
+    if !matches.is_empty() {
+        let ids: Vec<String> = matches.iter().map(|m| m.id.clone()).collect();
+        for include in &query.includes {
+            let refs = session
+                .strings(&sql::reference_values(
+                    dialect,
+                    include.source_type,
+                    include.param,
+                    &ids,
+                ))
+                .await?;
+            let mut by_type: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+            for reference in &refs {
+                let Some((t, id)) = reference.split_once('/') else {
+                    continue;
+                };
+                let Some(t) = crate::resource_type::supported_type(t) else {
+                    continue;
+                };
+                if include.target_type.is_some_and(|wanted| wanted != t) || id.contains('/') {
+                    continue;
+                }
+                by_type.entry(t).or_default().push(id.to_owned());
+            }
+            for (t, ids) in by_type {
+                included.extend(
+                    session
+                        .resources(&sql::current_by_ids(dialect, t, &ids))
+                        .await?,
+                );
+            }
+        }
+        let targets: Vec<String> = matches.iter().map(StoredResource::reference).collect();
+        for rev in &query.revincludes {
+            included.extend(
+                session
+                    .resources(&sql::referencing(
+                        dialect,
+                        rev.source_type,
+                        rev.param,
+                        &targets,
+                    ))
+                    .await?,
+            );
+        }
+    }
+    let mut seen: std::collections::HashSet<(String, String)> = matches
+        .iter()
+        .map(|m| (m.resource_type.clone(), m.id.clone()))
+        .collect();
+    included.retain(|r| seen.insert((r.resource_type.clone(), r.id.clone())));
+    Ok(SearchResult {
+        total,
+        matches,
+        included,
+    })
+}

@@ -1,0 +1,505 @@
+//! SQL text shared by the SQLite and PostgreSQL backends. Both speak the same schema; only
+//! placeholders, row locking and a few column types differ.
+
+use crate::search::{Clause, Condition, IndexRow, ParamKind, Prefix, SearchQuery, SortKey};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A bound parameter. Integers are always 64 bit; every integer column is BIGINT.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+impl From<&str> for SqlValue {
+    fn from(s: &str) -> Self {
+        SqlValue::Text(Some(s.to_owned()))
+    }
+}
+impl From<String> for SqlValue {
+    fn from(s: String) -> Self {
+        SqlValue::Text(Some(s))
+    }
+}
+impl From<i64> for SqlValue {
+    fn from(i: i64) -> Self {
+        SqlValue::Int(Some(i))
+    }
+}
+
+/// A statement and its parameters, built with the dialect's placeholders.
+#[derive(Debug, Clone)]
+pub struct Sql {
+    dialect: Dialect,
+    pub text: String,
+    pub params: Vec<SqlValue>,
+}
+
+impl Sql {
+    pub fn new(dialect: Dialect) -> Self {
+        Sql {
+            dialect,
+            text: String::with_capacity(256),
+            params: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    pub fn bind(&mut self, value: impl Into<SqlValue>) -> &mut Self {
+        self.params.push(value.into());
+        let n = self.params.len();
+        match self.dialect {
+            Dialect::Sqlite => self.text.push_str(&format!("?{n}")),
+            Dialect::Postgres => self.text.push_str(&format!("${n}")),
+        }
+        self
+    }
+}
+
+pub const RESOURCE_COLUMNS: &str =
+    "r.res_type, r.res_id, r.version, r.last_updated, r.deleted, r.body";
+
+pub fn schema(dialect: Dialect) -> String {
+    let seq = match dialect {
+        Dialect::Sqlite => "seq INTEGER PRIMARY KEY AUTOINCREMENT",
+        Dialect::Postgres => "seq BIGSERIAL PRIMARY KEY",
+    };
+    format!(
+        "CREATE TABLE IF NOT EXISTS resources (
+            {seq},
+            res_type TEXT NOT NULL,
+            res_id TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            last_updated BIGINT NOT NULL,
+            deleted BIGINT NOT NULL,
+            current BIGINT NOT NULL,
+            body TEXT,
+            UNIQUE (res_type, res_id, version)
+        );
+        CREATE INDEX IF NOT EXISTS resources_current ON resources (res_type, current, res_id);
+        CREATE INDEX IF NOT EXISTS resources_updated ON resources (last_updated);
+        CREATE TABLE IF NOT EXISTS search_values (
+            res_type TEXT NOT NULL,
+            res_id TEXT NOT NULL,
+            param TEXT NOT NULL,
+            system TEXT,
+            value TEXT,
+            norm TEXT,
+            low BIGINT,
+            high BIGINT
+        );
+        CREATE INDEX IF NOT EXISTS search_values_value ON search_values (res_type, param, value);
+        CREATE INDEX IF NOT EXISTS search_values_norm ON search_values (res_type, param, norm);
+        CREATE INDEX IF NOT EXISTS search_values_date ON search_values (res_type, param, low);
+        CREATE INDEX IF NOT EXISTS search_values_resource ON search_values (res_type, res_id);"
+    )
+}
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn date_eq(sql: &mut Sql, low: i64, high: i64) {
+    sql.push("(s.low >= ")
+        .bind(low)
+        .push(" AND s.high <= ")
+        .bind(high)
+        .push(")");
+}
+
+fn condition(sql: &mut Sql, c: &Condition) {
+    match c {
+        Condition::Token { system, code } => {
+            let mut parts = 0;
+            sql.push("(");
+            match system {
+                None => {}
+                Some(None) => {
+                    sql.push("s.system IS NULL");
+                    parts += 1;
+                }
+                Some(Some(system)) => {
+                    sql.push("s.system = ").bind(system.as_str());
+                    parts += 1;
+                }
+            }
+            if let Some(code) = code {
+                if parts > 0 {
+                    sql.push(" AND ");
+                }
+                sql.push("s.value = ").bind(code.as_str());
+                parts += 1;
+            }
+            if parts == 0 {
+                sql.push("1 = 1");
+            }
+            sql.push(")");
+        }
+        Condition::StartsWith(prefix) => {
+            sql.push("s.norm LIKE ")
+                .bind(format!("{}%", like_escape(prefix)))
+                .push(" ESCAPE '\\'");
+        }
+        Condition::Contains(part) => {
+            sql.push("s.norm LIKE ")
+                .bind(format!("%{}%", like_escape(part)))
+                .push(" ESCAPE '\\'");
+        }
+        Condition::Equals(value) => {
+            sql.push("s.value = ").bind(value.as_str());
+        }
+        Condition::Below(prefix) => {
+            sql.push("s.value LIKE ")
+                .bind(format!("{}%", like_escape(prefix)))
+                .push(" ESCAPE '\\'");
+        }
+        Condition::Canonical { url, version } => match version {
+            Some(v) => {
+                sql.push("s.value = ").bind(format!("{url}|{v}"));
+            }
+            None => {
+                sql.push("(s.value = ")
+                    .bind(url.as_str())
+                    .push(" OR s.value LIKE ")
+                    .bind(format!("{}|%", like_escape(url)))
+                    .push(" ESCAPE '\\')");
+            }
+        },
+        Condition::Date { prefix, range } => {
+            let (low, high) = (range.low, range.high);
+            match prefix {
+                Prefix::Eq => date_eq(sql, low, high),
+                Prefix::Ne => {
+                    sql.push("NOT ");
+                    date_eq(sql, low, high);
+                }
+                Prefix::Gt => {
+                    sql.push("s.high > ").bind(high);
+                }
+                Prefix::Lt => {
+                    sql.push("s.low < ").bind(low);
+                }
+                Prefix::Ge => {
+                    sql.push("(s.high > ").bind(high).push(" OR ");
+                    date_eq(sql, low, high);
+                    sql.push(")");
+                }
+                Prefix::Le => {
+                    sql.push("(s.low < ").bind(low).push(" OR ");
+                    date_eq(sql, low, high);
+                    sql.push(")");
+                }
+            }
+        }
+    }
+}
+
+fn clause(sql: &mut Sql, clause: &Clause) {
+    if clause.param == "_id" {
+        sql.push(" AND r.res_id IN (");
+        for (i, c) in clause.any_of.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            let Condition::Equals(id) = c else { continue };
+            sql.bind(id.as_str());
+        }
+        sql.push(")");
+        return;
+    }
+    sql.push(if clause.negate {
+        " AND NOT EXISTS"
+    } else {
+        " AND EXISTS"
+    });
+    sql.push(" (SELECT 1 FROM search_values s WHERE s.res_type = r.res_type AND s.res_id = r.res_id AND s.param = ")
+        .bind(clause.param.as_str())
+        .push(" AND (");
+    for (i, c) in clause.any_of.iter().enumerate() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        condition(sql, c);
+    }
+    sql.push("))");
+}
+
+/// `FROM resources r WHERE <current, not deleted, the query's clauses>`.
+fn search_from(sql: &mut Sql, query: &SearchQuery) {
+    sql.push(" FROM resources r WHERE r.res_type = ")
+        .bind(query.resource_type)
+        .push(" AND r.current = 1 AND r.deleted = 0");
+    for c in &query.clauses {
+        clause(sql, c);
+    }
+}
+
+pub fn search_count(dialect: Dialect, query: &SearchQuery) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT COUNT(*)");
+    search_from(&mut sql, query);
+    sql
+}
+
+/// One page of matches, ordered by `_sort` and then by last change, so that paging is stable.
+pub fn search_page(dialect: Dialect, query: &SearchQuery, limit: usize, offset: usize) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT ").push(RESOURCE_COLUMNS);
+    search_from(&mut sql, query);
+    sql.push(" ORDER BY ");
+    for sort in &query.sort {
+        match &sort.key {
+            SortKey::Id => {
+                sql.push("r.res_id");
+            }
+            SortKey::LastUpdated => {
+                sql.push("r.last_updated");
+            }
+            SortKey::Param(name, kind) => {
+                let (agg, column) = match (sort.descending, kind) {
+                    (false, ParamKind::Date) => ("MIN", "low"),
+                    (true, ParamKind::Date) => ("MAX", "high"),
+                    (false, ParamKind::String) => ("MIN", "norm"),
+                    (true, ParamKind::String) => ("MAX", "norm"),
+                    (false, _) => ("MIN", "value"),
+                    (true, _) => ("MAX", "value"),
+                };
+                sql.push(&format!("(SELECT {agg}(s.{column}) FROM search_values s WHERE s.res_type = r.res_type AND s.res_id = r.res_id AND s.param = "))
+                    .bind(name.as_str())
+                    .push(")");
+            }
+        }
+        sql.push(if sort.descending { " DESC, " } else { " ASC, " });
+    }
+    sql.push("r.seq ASC LIMIT ")
+        .bind(limit as i64)
+        .push(" OFFSET ")
+        .bind(offset as i64);
+    sql
+}
+
+/// The current row (deleted or not) of one resource, locked for update where the dialect can.
+pub fn current_row(dialect: Dialect, resource_type: &str, id: &str, lock: bool) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT ")
+        .push(RESOURCE_COLUMNS)
+        .push(" FROM resources r WHERE r.res_type = ")
+        .bind(resource_type)
+        .push(" AND r.res_id = ")
+        .bind(id)
+        .push(" AND r.current = 1");
+    if lock && dialect == Dialect::Postgres {
+        sql.push(" FOR UPDATE");
+    }
+    sql
+}
+
+pub fn version_row(dialect: Dialect, resource_type: &str, id: &str, version: i64) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT ")
+        .push(RESOURCE_COLUMNS)
+        .push(" FROM resources r WHERE r.res_type = ")
+        .bind(resource_type)
+        .push(" AND r.res_id = ")
+        .bind(id)
+        .push(" AND r.version = ")
+        .bind(version);
+    sql
+}
+
+/// Current, not deleted resources by type and id, for `_include`.
+pub fn current_by_ids(dialect: Dialect, resource_type: &str, ids: &[String]) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT ")
+        .push(RESOURCE_COLUMNS)
+        .push(" FROM resources r WHERE r.res_type = ")
+        .bind(resource_type)
+        .push(" AND r.current = 1 AND r.deleted = 0 AND r.res_id IN (");
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(id.as_str());
+    }
+    sql.push(")");
+    sql
+}
+
+/// The reference values `param` of the given resources hold, for `_include`.
+pub fn reference_values(dialect: Dialect, resource_type: &str, param: &str, ids: &[String]) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT DISTINCT s.value FROM search_values s WHERE s.res_type = ")
+        .bind(resource_type)
+        .push(" AND s.param = ")
+        .bind(param)
+        .push(" AND s.value IS NOT NULL AND s.res_id IN (");
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(id.as_str());
+    }
+    sql.push(")");
+    sql
+}
+
+/// Current resources of `source_type` whose `param` references one of `targets`, for
+/// `_revinclude`.
+pub fn referencing(dialect: Dialect, source_type: &str, param: &str, targets: &[String]) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT ")
+        .push(RESOURCE_COLUMNS)
+        .push(" FROM resources r WHERE r.res_type = ")
+        .bind(source_type)
+        .push(" AND r.current = 1 AND r.deleted = 0 AND EXISTS (SELECT 1 FROM search_values s WHERE s.res_type = r.res_type AND s.res_id = r.res_id AND s.param = ")
+        .bind(param)
+        .push(" AND s.value IN (");
+    for (i, t) in targets.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.bind(t.as_str());
+    }
+    sql.push("))");
+    sql
+}
+
+pub fn retire_current(dialect: Dialect, resource_type: &str, id: &str) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("UPDATE resources SET current = 0 WHERE res_type = ")
+        .bind(resource_type)
+        .push(" AND res_id = ")
+        .bind(id)
+        .push(" AND current = 1");
+    sql
+}
+
+pub fn insert_version(
+    dialect: Dialect,
+    resource_type: &str,
+    id: &str,
+    version: i64,
+    last_updated: i64,
+    body: Option<String>,
+) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("INSERT INTO resources (res_type, res_id, version, last_updated, deleted, current, body) VALUES (")
+        .bind(resource_type)
+        .push(", ")
+        .bind(id)
+        .push(", ")
+        .bind(version)
+        .push(", ")
+        .bind(last_updated)
+        .push(", ")
+        .bind(i64::from(body.is_none()))
+        .push(", 1, ")
+        .bind(SqlValue::Text(body))
+        .push(")");
+    sql
+}
+
+pub fn delete_index(dialect: Dialect, resource_type: &str, id: &str) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("DELETE FROM search_values WHERE res_type = ")
+        .bind(resource_type)
+        .push(" AND res_id = ")
+        .bind(id);
+    sql
+}
+
+/// One multi-row INSERT for all index rows of a resource (callers skip it when empty).
+pub fn insert_index(dialect: Dialect, resource_type: &str, id: &str, rows: &[IndexRow]) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("INSERT INTO search_values (res_type, res_id, param, system, value, norm, low, high) VALUES ");
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.push("(")
+            .bind(resource_type)
+            .push(", ")
+            .bind(id)
+            .push(", ")
+            .bind(row.param.as_str())
+            .push(", ")
+            .bind(SqlValue::Text(row.system.clone()))
+            .push(", ")
+            .bind(SqlValue::Text(row.value.clone()))
+            .push(", ")
+            .bind(SqlValue::Text(row.norm.clone()))
+            .push(", ")
+            .bind(SqlValue::Int(row.low))
+            .push(", ")
+            .bind(SqlValue::Int(row.high))
+            .push(")");
+    }
+    sql
+}
+
+/// Which versions a history request covers.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFilter {
+    pub resource_type: Option<String>,
+    pub id: Option<String>,
+    /// Versions changed at or after this instant (ms).
+    pub since: Option<i64>,
+    /// Versions current at these instants (ms); several `_at` values must all hold.
+    pub at: Vec<i64>,
+}
+
+fn history_from(sql: &mut Sql, filter: &HistoryFilter) {
+    sql.push(" FROM resources r WHERE 1 = 1");
+    if let Some(t) = &filter.resource_type {
+        sql.push(" AND r.res_type = ").bind(t.as_str());
+    }
+    if let Some(id) = &filter.id {
+        sql.push(" AND r.res_id = ").bind(id.as_str());
+    }
+    if let Some(since) = filter.since {
+        sql.push(" AND r.last_updated >= ").bind(since);
+    }
+    for at in &filter.at {
+        sql.push(" AND r.last_updated <= ")
+            .bind(*at)
+            .push(" AND NOT EXISTS (SELECT 1 FROM resources n WHERE n.res_type = r.res_type AND n.res_id = r.res_id AND n.version > r.version AND n.last_updated <= ")
+            .bind(*at)
+            .push(")");
+    }
+}
+
+pub fn history_count(dialect: Dialect, filter: &HistoryFilter) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT COUNT(*)");
+    history_from(&mut sql, filter);
+    sql
+}
+
+/// Newest change first.
+pub fn history_page(dialect: Dialect, filter: &HistoryFilter, limit: usize, offset: usize) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT ").push(RESOURCE_COLUMNS);
+    history_from(&mut sql, filter);
+    sql.push(" ORDER BY r.seq DESC LIMIT ")
+        .bind(limit as i64)
+        .push(" OFFSET ")
+        .bind(offset as i64);
+    sql
+}

@@ -1,0 +1,451 @@
+//! Writes: versions, tombstones, conditional interactions and `urn:uuid` resolution, executed
+//! in one session so that a transaction Bundle is all or nothing.
+
+use super::sql::{self, Dialect};
+use super::{search_in, Session, StoredResource};
+use crate::search::{index_rows, SearchQuery};
+use crate::{Error, Result};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One write. `full_url` is the Bundle entry's fullUrl; references to it (`urn:uuid:…`) in
+/// later resources of the same transaction are rewritten to the stored `Type/id`.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Create {
+        resource: Value,
+        if_none_exist: Option<SearchQuery>,
+        full_url: Option<String>,
+    },
+    Update {
+        resource_type: &'static str,
+        id: String,
+        resource: Value,
+        if_match: Option<i64>,
+        full_url: Option<String>,
+    },
+    ConditionalUpdate {
+        query: SearchQuery,
+        resource: Value,
+        full_url: Option<String>,
+    },
+    Delete {
+        resource_type: &'static str,
+        id: String,
+    },
+    ConditionalDelete {
+        query: SearchQuery,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum WriteOutcome {
+    Created(StoredResource),
+    /// A conditional create matched this existing resource; nothing was written.
+    Existing(StoredResource),
+    Updated(StoredResource),
+    /// The tombstone version that records the deletion.
+    Deleted(StoredResource),
+    /// The resource was deleted before; nothing was written.
+    AlreadyDeleted(StoredResource),
+    /// A conditional delete matched nothing.
+    NoMatch,
+}
+
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// An instant in the form FHIR `meta.lastUpdated` uses, with millisecond precision.
+pub fn format_instant(millis: i64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into())
+}
+
+fn resource_type_of(resource: &Value) -> Result<&'static str> {
+    let name = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::Invalid("resource has no resourceType".into()))?;
+    crate::resource_type::supported_type(name)
+        .ok_or_else(|| Error::NotFound(format!("resource type {name} is not supported")))
+}
+
+/// Rewrites `urn:uuid:` / `urn:oid:` references to the resources they name in this
+/// transaction. An unresolved one is an error: it could never be read back.
+fn resolve_references(value: &mut Value, ids: &HashMap<String, String>) -> Result<()> {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get_mut("reference") {
+                if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
+                    let target = ids.get(reference.as_str()).ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "reference {reference} names no entry of this bundle"
+                        ))
+                    })?;
+                    *reference = target.clone();
+                }
+            }
+            for v in map.values_mut() {
+                resolve_references(v, ids)?;
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                resolve_references(v, ids)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+struct Writer<'a> {
+    session: &'a mut dyn Session,
+    dialect: Dialect,
+    base_url: &'a str,
+    ids: HashMap<String, String>,
+}
+
+impl Writer<'_> {
+    async fn store_version(
+        &mut self,
+        resource_type: &'static str,
+        id: &str,
+        version: i64,
+        mut resource: Value,
+    ) -> Result<StoredResource> {
+        resolve_references(&mut resource, &self.ids)?;
+        let last_updated = now_millis();
+        let Value::Object(fields) = resource else {
+            return Err(Error::Invalid("resource is not a JSON object".into()));
+        };
+        // resourceType, id and meta lead, as FHIR JSON is conventionally written.
+        let mut ordered = serde_json::Map::with_capacity(fields.len() + 2);
+        let mut meta = serde_json::Map::new();
+        let mut rest = Vec::with_capacity(fields.len());
+        for (key, value) in fields {
+            match (key.as_str(), value) {
+                ("resourceType", v) => {
+                    ordered.insert(key, v);
+                }
+                ("id", _) => {}
+                ("meta", Value::Object(m)) => meta = m,
+                (_, v) => rest.push((key, v)),
+            }
+        }
+        meta.insert("versionId".into(), Value::String(version.to_string()));
+        meta.insert(
+            "lastUpdated".into(),
+            Value::String(format_instant(last_updated)),
+        );
+        ordered.insert("id".into(), Value::String(id.to_owned()));
+        ordered.insert("meta".into(), Value::Object(meta));
+        ordered.extend(rest);
+        let resource = Value::Object(ordered);
+        let rows = index_rows(resource_type, &resource, self.base_url);
+        let body = serde_json::to_string(&resource).map_err(Error::storage)?;
+        let d = self.dialect;
+        if version > 1 {
+            self.session
+                .execute(&sql::retire_current(d, resource_type, id))
+                .await?;
+            self.session
+                .execute(&sql::delete_index(d, resource_type, id))
+                .await?;
+        }
+        self.session
+            .execute(&sql::insert_version(
+                d,
+                resource_type,
+                id,
+                version,
+                last_updated,
+                Some(body.clone()),
+            ))
+            .await?;
+        if !rows.is_empty() {
+            self.session
+                .execute(&sql::insert_index(d, resource_type, id, &rows))
+                .await?;
+        }
+        Ok(StoredResource {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+            version,
+            last_updated,
+            deleted: false,
+            body: Some(Arc::from(body)),
+        })
+    }
+
+    async fn current(&mut self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
+        let sql = sql::current_row(self.dialect, resource_type, id, true);
+        Ok(self.session.resources(&sql).await?.into_iter().next())
+    }
+
+    /// At most two matches: enough to tell none, one and several apart.
+    async fn matches(&mut self, query: &SearchQuery) -> Result<Vec<StoredResource>> {
+        self.session.lock_type(query.resource_type).await?;
+        let mut probe = query.clone();
+        probe.count = 2;
+        probe.page = 1;
+        probe.includes.clear();
+        probe.revincludes.clear();
+        probe.summary_count = false;
+        Ok(search_in(&mut *self.session, self.dialect, &probe)
+            .await?
+            .matches)
+    }
+
+    async fn create(&mut self, resource: Value, id: String) -> Result<WriteOutcome> {
+        let resource_type = resource_type_of(&resource)?;
+        let stored = self.store_version(resource_type, &id, 1, resource).await?;
+        Ok(WriteOutcome::Created(stored))
+    }
+
+    async fn update(
+        &mut self,
+        resource_type: &'static str,
+        id: &str,
+        resource: Value,
+        if_match: Option<i64>,
+    ) -> Result<WriteOutcome> {
+        if resource_type_of(&resource)? != resource_type {
+            return Err(Error::Invalid(format!(
+                "resource type does not match the target {resource_type}"
+            )));
+        }
+        let current = self.current(resource_type, id).await?.ok_or_else(|| {
+            Error::MethodNotAllowed(format!(
+                "{resource_type}/{id} does not exist; ids are assigned by the server, use create"
+            ))
+        })?;
+        if let Some(expected) = if_match {
+            if expected != current.version {
+                return Err(Error::VersionConflict(format!(
+                    "expected version {expected} does not match latest version {}",
+                    current.version
+                )));
+            }
+        }
+        let stored = self
+            .store_version(resource_type, id, current.version + 1, resource)
+            .await?;
+        Ok(WriteOutcome::Updated(stored))
+    }
+
+    async fn delete(&mut self, resource_type: &'static str, id: &str) -> Result<WriteOutcome> {
+        let current = self
+            .current(resource_type, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("{resource_type}/{id} not found")))?;
+        if current.deleted {
+            return Ok(WriteOutcome::AlreadyDeleted(current));
+        }
+        let d = self.dialect;
+        let version = current.version + 1;
+        let last_updated = now_millis();
+        self.session
+            .execute(&sql::retire_current(d, resource_type, id))
+            .await?;
+        self.session
+            .execute(&sql::delete_index(d, resource_type, id))
+            .await?;
+        self.session
+            .execute(&sql::insert_version(
+                d,
+                resource_type,
+                id,
+                version,
+                last_updated,
+                None,
+            ))
+            .await?;
+        Ok(WriteOutcome::Deleted(StoredResource {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+            version,
+            last_updated,
+            deleted: true,
+            body: None,
+        }))
+    }
+}
+
+fn several(query: &SearchQuery) -> Error {
+    Error::PreconditionFailed(format!(
+        "more than one {} matches the criteria",
+        query.resource_type
+    ))
+}
+
+/// Where a create or conditional update lands, decided before anything is written.
+enum Target {
+    New(String),
+    Existing(StoredResource),
+    Update(String),
+    None,
+}
+
+pub(super) async fn execute(
+    session: &mut dyn Session,
+    dialect: Dialect,
+    base_url: &str,
+    ops: Vec<WriteOp>,
+) -> std::result::Result<Vec<WriteOutcome>, (usize, Error)> {
+    let mut writer = Writer {
+        session,
+        dialect,
+        base_url,
+        ids: HashMap::new(),
+    };
+    // First resolve every create and conditional update to its id, so that entries may
+    // reference each other through fullUrls in any order, even in cycles (Organization and
+    // Endpoint reference each other in the DSF's allow-list bundles).
+    let mut targets = Vec::with_capacity(ops.len());
+    for (index, op) in ops.iter().enumerate() {
+        let resolved = resolve_target(&mut writer, op)
+            .await
+            .map_err(|e| (index, e))?;
+        targets.push(resolved);
+    }
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for (index, (op, target)) in ops.into_iter().zip(targets).enumerate() {
+        let outcome = apply(&mut writer, op, target)
+            .await
+            .map_err(|e| (index, e))?;
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+async fn resolve_target(writer: &mut Writer<'_>, op: &WriteOp) -> Result<Target> {
+    let (target, resource_type, full_url) = match op {
+        WriteOp::Create {
+            resource,
+            if_none_exist,
+            full_url,
+        } => {
+            let t = resource_type_of(resource)?;
+            let target = match if_none_exist {
+                None => Target::New(uuid::Uuid::new_v4().to_string()),
+                Some(query) => {
+                    let mut found = writer.matches(query).await?;
+                    match found.len() {
+                        0 => Target::New(uuid::Uuid::new_v4().to_string()),
+                        1 => Target::Existing(found.remove(0)),
+                        _ => return Err(several(query)),
+                    }
+                }
+            };
+            (target, t, full_url)
+        }
+        WriteOp::ConditionalUpdate {
+            query,
+            resource,
+            full_url,
+        } => {
+            let found = writer.matches(query).await?;
+            let body_id = resource.get("id").and_then(Value::as_str);
+            let target = match (found.as_slice(), body_id) {
+                ([], None) => Target::New(uuid::Uuid::new_v4().to_string()),
+                ([], Some(id)) => {
+                    return Err(Error::MethodNotAllowed(format!(
+                    "no {} matches the criteria and update as create of id {id} is not supported",
+                    query.resource_type
+                )))
+                }
+                ([one], body_id) => {
+                    if body_id.is_some_and(|b| b != one.id) {
+                        return Err(Error::Invalid(format!(
+                                "resource id does not match the id {} of the resource the criteria select",
+                                one.id
+                            )));
+                    }
+                    Target::Update(one.id.clone())
+                }
+                _ => return Err(several(query)),
+            };
+            (target, query.resource_type, full_url)
+        }
+        WriteOp::Update {
+            resource_type,
+            id,
+            full_url,
+            ..
+        } => (Target::Update(id.clone()), *resource_type, full_url),
+        _ => (Target::None, "", &None),
+    };
+    if let Some(url) = full_url {
+        match &target {
+            Target::New(id) | Target::Update(id) => {
+                writer
+                    .ids
+                    .insert(url.clone(), format!("{resource_type}/{id}"));
+            }
+            Target::Existing(stored) => {
+                writer.ids.insert(url.clone(), stored.reference());
+            }
+            Target::None => {}
+        }
+    }
+    Ok(target)
+}
+
+async fn apply(writer: &mut Writer<'_>, op: WriteOp, target: Target) -> Result<WriteOutcome> {
+    let outcome = match (op, target) {
+        (WriteOp::Create { resource, .. }, Target::New(id))
+        | (WriteOp::ConditionalUpdate { resource, .. }, Target::New(id)) => {
+            writer.create(resource, id).await?
+        }
+        (WriteOp::Create { .. }, Target::Existing(stored)) => WriteOutcome::Existing(stored),
+        (
+            WriteOp::Update {
+                resource_type,
+                id,
+                resource,
+                if_match,
+                ..
+            },
+            _,
+        ) => {
+            writer
+                .update(resource_type, &id, resource, if_match)
+                .await?
+        }
+        (
+            WriteOp::ConditionalUpdate {
+                query, resource, ..
+            },
+            Target::Update(id),
+        ) => {
+            writer
+                .update(query.resource_type, &id, resource, None)
+                .await?
+        }
+        (WriteOp::Delete { resource_type, id }, _) => writer.delete(resource_type, &id).await?,
+        (WriteOp::ConditionalDelete { query }, _) => {
+            let found = writer.matches(&query).await?;
+            match found.as_slice() {
+                [] => WriteOutcome::NoMatch,
+                [one] => {
+                    let id = one.id.clone();
+                    writer.delete(query.resource_type, &id).await?
+                }
+                _ => return Err(several(&query)),
+            }
+        }
+        _ => return Err(Error::Storage("write target resolution out of step".into())),
+    };
+    Ok(outcome)
+}
