@@ -54,9 +54,11 @@ pub trait Session: Send {
     async fn strings(&mut self, sql: &Sql) -> Result<Vec<String>>;
     async fn count(&mut self, sql: &Sql) -> Result<i64>;
     async fn execute(&mut self, sql: &Sql) -> Result<u64>;
-    /// Serialises conditional writes on one resource type across connections (PostgreSQL
-    /// advisory lock); a no-op where the backend has a single writer.
-    async fn lock_type(&mut self, resource_type: &str) -> Result<()>;
+    /// Serialises writers on `key` (a resource type for conditional writes, `Type/id` for one
+    /// resource) until the transaction ends: a PostgreSQL advisory lock, a no-op where the
+    /// backend has a single writer. Row locks are not enough: under READ COMMITTED a waiter
+    /// re-checks only the row it waited for, which is no longer the current version.
+    async fn lock(&mut self, key: &str) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 
@@ -129,7 +131,7 @@ impl ResourceStore {
     /// The current version, which may be a deletion.
     pub async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
         let mut session = self.backend.read().await?;
-        let sql = sql::current_row(self.dialect(), resource_type, id, false);
+        let sql = sql::current_row(self.dialect(), resource_type, id);
         Ok(session.resources(&sql).await?.into_iter().next())
     }
 

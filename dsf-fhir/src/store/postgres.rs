@@ -256,7 +256,7 @@ impl Session for PgSession {
             .map_err(storage_error)
     }
 
-    async fn lock_type(&mut self, resource_type: &str) -> Result<()> {
+    async fn lock(&mut self, key: &str) -> Result<()> {
         let stmt = self
             .statement(
                 "SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':' || $1)::bigint)",
@@ -264,7 +264,7 @@ impl Session for PgSession {
             .await?;
         self.conn()?
             .client
-            .execute(&stmt, &[&resource_type])
+            .execute(&stmt, &[&key])
             .await
             .map_err(storage_error)?;
         Ok(())

@@ -295,8 +295,8 @@ pub fn search_page(dialect: Dialect, query: &SearchQuery, limit: usize, offset: 
     sql
 }
 
-/// The current row (deleted or not) of one resource, locked for update where the dialect can.
-pub fn current_row(dialect: Dialect, resource_type: &str, id: &str, lock: bool) -> Sql {
+/// The current row (deleted or not) of one resource.
+pub fn current_row(dialect: Dialect, resource_type: &str, id: &str) -> Sql {
     let mut sql = Sql::new(dialect);
     sql.push("SELECT ")
         .push(RESOURCE_COLUMNS)
@@ -305,9 +305,6 @@ pub fn current_row(dialect: Dialect, resource_type: &str, id: &str, lock: bool) 
         .push(" AND r.res_id = ")
         .bind(id)
         .push(" AND r.current = 1");
-    if lock && dialect == Dialect::Postgres {
-        sql.push(" FOR UPDATE");
-    }
     sql
 }
 

@@ -148,7 +148,7 @@ impl Session for SqliteSession {
             .map_err(storage_error)
     }
 
-    async fn lock_type(&mut self, _resource_type: &str) -> Result<()> {
+    async fn lock(&mut self, _key: &str) -> Result<()> {
         // The single writer connection already serialises all writes.
         Ok(())
     }

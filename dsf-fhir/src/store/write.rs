@@ -189,13 +189,14 @@ impl Writer<'_> {
     }
 
     async fn current(&mut self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
-        let sql = sql::current_row(self.dialect, resource_type, id, true);
+        self.session.lock(&format!("{resource_type}/{id}")).await?;
+        let sql = sql::current_row(self.dialect, resource_type, id);
         Ok(self.session.resources(&sql).await?.into_iter().next())
     }
 
     /// At most two matches: enough to tell none, one and several apart.
     async fn matches(&mut self, query: &SearchQuery) -> Result<Vec<StoredResource>> {
-        self.session.lock_type(query.resource_type).await?;
+        self.session.lock(query.resource_type).await?;
         let mut probe = query.clone();
         probe.count = 2;
         probe.page = 1;

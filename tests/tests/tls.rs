@@ -1,0 +1,99 @@
+//! Transport: only clients with a certificate from a trusted CA get as far as HTTP.
+
+use dsf_core::{crypto_provider, DevPki};
+use dsf_tests::rustls_config::{ClientConfig, RootCertStore};
+use dsf_tests::{BackendKind, TestServer};
+use http::Method;
+
+fn roots(server: &TestServer) -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    for ca in server.pki.ca_certs().unwrap() {
+        roots.add(ca).unwrap();
+    }
+    roots
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_requires_a_client_certificate_from_a_trusted_ca() {
+    let server = TestServer::start(BackendKind::Sqlite).await.unwrap();
+
+    let anonymous = ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots(&server))
+        .with_no_client_auth();
+    let err = server
+        .client_with(anonymous)
+        .request(Method::GET, "metadata", &[], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, dsf_fhir::Error::Transport(_)), "{err}");
+
+    let foreign_ca = DevPki::generate("someone else's CA").unwrap();
+    let foreign = foreign_ca.issue_client("intruder").unwrap();
+    let foreign_config = ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots(&server))
+        .with_client_auth_cert(foreign.chain().unwrap(), foreign.key().unwrap())
+        .unwrap();
+    let err = server
+        .client_with(foreign_config)
+        .request(Method::GET, "metadata", &[], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, dsf_fhir::Error::Transport(_)), "{err}");
+
+    // The server keeps serving trusted clients.
+    let ok = server
+        .local
+        .request(
+            Method::GET,
+            "metadata",
+            &[("accept", "application/fhir+json")],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_http_does_not_disturb_the_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(BackendKind::Sqlite).await.unwrap();
+    let port: u16 = server
+        .base_url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Plain text on the TLS port, then a half-open handshake that never finishes.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    plain
+        .write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), plain.read(&mut buf)).await;
+    let _idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let ok = server
+        .local
+        .request(
+            Method::GET,
+            "metadata",
+            &[("accept", "application/fhir+json")],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+}
