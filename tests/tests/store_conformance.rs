@@ -262,6 +262,40 @@ async fn parallel_updates_never_lose_a_version(store: ResourceStore) {
     assert_eq!(history.total, current.version);
 }
 
+/// Concurrent writes may be committed together; one that fails must not take the others with
+/// it, and none of its own operations may remain.
+async fn concurrent_failures_stay_isolated(store: ResourceStore) {
+    let jobs: Vec<_> = (0..30)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut ops = vec![WriteOp::Create {
+                    resource: org(&format!("iso-{i}.test")),
+                    if_none_exist: None,
+                    full_url: None,
+                }];
+                if i % 3 == 0 {
+                    ops.push(WriteOp::Delete {
+                        resource_type: "Organization",
+                        id: format!("missing-{i}"),
+                    });
+                }
+                (i, store.transaction(ops).await)
+            })
+        })
+        .collect();
+    for job in jobs {
+        let (i, result) = job.await.unwrap();
+        let expected = if i % 3 == 0 { 0 } else { 1 };
+        assert_eq!(result.is_ok(), expected == 1, "job {i}: {result:?}");
+        assert_eq!(
+            count(&store, &format!("iso-{i}.test")).await,
+            expected,
+            "job {i}"
+        );
+    }
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod sqlite {
@@ -283,5 +317,6 @@ on_both!(
     versions_and_tombstones,
     failed_transaction_leaves_nothing,
     parallel_conditional_creates_make_one_resource,
-    parallel_updates_never_lose_a_version
+    parallel_updates_never_lose_a_version,
+    concurrent_failures_stay_isolated
 );

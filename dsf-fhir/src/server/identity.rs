@@ -98,3 +98,60 @@ pub async fn resolve(
         "client certificate is not part of the allow list".into(),
     ))
 }
+
+/// Identities by thumbprint, valid while the store's allow-list generation stays the same, so
+/// that the allow list is not queried on every request yet every change to it is seen by the
+/// next request. Refusals are cached too, so unknown certificates cost no queries either.
+#[derive(Default)]
+pub(crate) struct IdentityCache {
+    state: std::sync::Mutex<CacheState>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    generation: u64,
+    entries: std::collections::HashMap<Thumbprint, Option<Identity>>,
+}
+
+const CACHE_CAPACITY: usize = 10_000;
+
+impl IdentityCache {
+    pub(crate) async fn resolve(
+        &self,
+        store: &ResourceStore,
+        local_identifier: &str,
+        users: &[LocalUser],
+        thumbprint: &Thumbprint,
+    ) -> Result<Identity> {
+        let refused =
+            || Error::Unauthenticated("client certificate is not part of the allow list".into());
+        // Read before the lookup: a change committed meanwhile moves the generation on and
+        // makes this entry stale at once.
+        let generation = store.allow_list_generation();
+        {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.generation == generation {
+                if let Some(hit) = state.entries.get(thumbprint) {
+                    return hit.clone().ok_or_else(refused);
+                }
+            }
+        }
+        let resolved = match resolve(store, local_identifier, users, thumbprint).await {
+            Ok(identity) => Some(identity),
+            Err(Error::Unauthenticated(_)) => None,
+            Err(other) => return Err(other),
+        };
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if generation > state.generation {
+            state.generation = generation;
+            state.entries.clear();
+        }
+        if generation == state.generation {
+            if state.entries.len() >= CACHE_CAPACITY {
+                state.entries.clear();
+            }
+            state.entries.insert(thumbprint.clone(), resolved.clone());
+        }
+        resolved.ok_or_else(refused)
+    }
+}

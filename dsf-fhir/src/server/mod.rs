@@ -77,6 +77,7 @@ pub struct FhirServer {
     config: ServerConfig,
     context_path: String,
     policy: Arc<dyn AccessPolicy>,
+    identities: identity::IdentityCache,
 }
 
 /// What one request carries after transport: who sent it and the parsed URL.
@@ -134,6 +135,7 @@ impl FhirServer {
             store,
             config,
             policy: Arc::new(RoleBaseline),
+            identities: identity::IdentityCache::default(),
         }
     }
 
@@ -260,13 +262,15 @@ impl FhirServer {
         body: Incoming,
         query: Vec<(String, String)>,
     ) -> Result<Reply> {
-        let identity = identity::resolve(
-            &self.store,
-            &self.config.organization_identifier,
-            &self.config.users,
-            thumbprint,
-        )
-        .await?;
+        let identity = self
+            .identities
+            .resolve(
+                &self.store,
+                &self.config.organization_identifier,
+                &self.config.users,
+                thumbprint,
+            )
+            .await?;
         let path = parts.uri.path();
         let Some(path) = path
             .strip_prefix(self.context_path.as_str())

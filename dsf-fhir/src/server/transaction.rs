@@ -184,7 +184,10 @@ impl FhirServer {
         }
         let outcomes = self
             .store
-            .transaction_labelled(ops, |op| format!("entry {}", op_entries[op]))
+            .transaction_labelled(ops, {
+                let op_entries = op_entries.clone();
+                move |op| format!("entry {}", op_entries.get(op).copied().unwrap_or(op))
+            })
             .await?;
         let mut replies: Vec<Option<Reply>> = (0..requests.len()).map(|_| None).collect();
         for (i, outcome) in op_entries.into_iter().zip(outcomes) {

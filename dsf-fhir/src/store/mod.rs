@@ -2,6 +2,7 @@
 //! tombstones, conditional interactions, transactions, search, history) once, on top of the
 //! [`Backend`] seam that the SQLite and PostgreSQL backends implement with plain SQL.
 
+mod group;
 mod postgres;
 mod sql;
 mod sqlite;
@@ -66,6 +67,11 @@ pub trait Session: Send {
 #[async_trait]
 pub trait Backend: Send + Sync {
     fn dialect(&self) -> Dialect;
+    /// Whether all writes go through one connection anyway, so that the store commits
+    /// concurrent writes together (group commit) instead of one after the other.
+    fn single_writer(&self) -> bool {
+        false
+    }
     async fn read(&self) -> Result<Box<dyn Session>>;
     async fn write(&self) -> Result<Box<dyn Session>>;
 }
@@ -86,20 +92,39 @@ pub struct HistoryResult {
     pub entries: Vec<StoredResource>,
 }
 
+/// Resource types whose changes can change who is allowed in.
+pub const ALLOW_LIST_TYPES: [&str; 3] = ["Organization", "Endpoint", "OrganizationAffiliation"];
+
 /// The FHIR resource store. Cheap to clone.
 #[derive(Clone)]
 pub struct ResourceStore {
     backend: Arc<dyn Backend>,
     base_url: Arc<str>,
+    allow_list_generation: Arc<std::sync::atomic::AtomicU64>,
+    group_writer: Option<group::GroupWriter>,
 }
 
 impl ResourceStore {
     /// `base_url` is this server's external base (e.g. `https://dsf.example/fhir`); absolute
     /// references to it are stored relative.
     pub fn new(backend: Arc<dyn Backend>, base_url: &str) -> Self {
+        let base_url: Arc<str> = base_url.trim_end_matches('/').into();
+        let group_writer = if backend.single_writer() {
+            match group::spawn(backend.clone(), base_url.clone()) {
+                Ok(writer) => Some(writer),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no writer thread; committing writes one by one");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         ResourceStore {
             backend,
-            base_url: base_url.trim_end_matches('/').into(),
+            base_url,
+            allow_list_generation: Arc::default(),
+            group_writer,
         }
     }
 
@@ -183,14 +208,48 @@ impl ResourceStore {
     pub async fn transaction_labelled(
         &self,
         ops: Vec<WriteOp>,
-        label: impl Fn(usize) -> String + Send,
+        label: impl Fn(usize) -> String + Send + 'static,
     ) -> Result<Vec<WriteOutcome>> {
-        let mut session = self.backend.write().await?;
-        let outcomes = write::execute(&mut *session, self.dialect(), &self.base_url, ops)
-            .await
-            .map_err(|(index, e)| e.context(&label(index)))?;
-        session.commit().await?;
+        let touches_allow_list = ops
+            .iter()
+            .any(|op| ALLOW_LIST_TYPES.contains(&op.resource_type()));
+        let outcomes = match &self.group_writer {
+            Some(writer) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let job = group::Job {
+                    ops,
+                    label: Box::new(label),
+                    reply,
+                };
+                writer
+                    .send(job)
+                    .map_err(|_| Error::Storage("store writer has stopped".into()))?;
+                answer
+                    .await
+                    .map_err(|_| Error::Storage("store writer has stopped".into()))??
+            }
+            None => {
+                let mut session = self.backend.write().await?;
+                let outcomes = write::execute(&mut *session, self.dialect(), &self.base_url, ops)
+                    .await
+                    .map_err(|(index, e)| e.context(&label(index)))?;
+                session.commit().await?;
+                outcomes
+            }
+        };
+        if touches_allow_list {
+            self.allow_list_generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         Ok(outcomes)
+    }
+
+    /// Changes after every committed write through this store to an allow-list type
+    /// ([`ALLOW_LIST_TYPES`]), so identities derived from them can be cached until it moves.
+    /// Writes by other processes to the same database are not seen.
+    pub fn allow_list_generation(&self) -> u64 {
+        self.allow_list_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// One write in its own transaction.

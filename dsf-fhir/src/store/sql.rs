@@ -73,6 +73,13 @@ pub fn schema(dialect: Dialect) -> String {
         Dialect::Sqlite => "seq INTEGER PRIMARY KEY AUTOINCREMENT",
         Dialect::Postgres => "seq BIGSERIAL PRIMARY KEY",
     };
+    // Byte-wise comparison lets `LIKE 'prefix%'` use the indexes (SQLite gets the same from
+    // case_sensitive_like, set per connection); stored strings are already lower-cased where
+    // search is case-insensitive.
+    let text = match dialect {
+        Dialect::Sqlite => "TEXT",
+        Dialect::Postgres => "TEXT COLLATE \"C\"",
+    };
     format!(
         "CREATE TABLE IF NOT EXISTS resources (
             {seq},
@@ -92,14 +99,16 @@ pub fn schema(dialect: Dialect) -> String {
             res_id TEXT NOT NULL,
             param TEXT NOT NULL,
             system TEXT,
-            value TEXT,
-            norm TEXT,
+            value {text},
+            norm {text},
             low BIGINT,
             high BIGINT
         );
-        CREATE INDEX IF NOT EXISTS search_values_value ON search_values (res_type, param, value);
-        CREATE INDEX IF NOT EXISTS search_values_norm ON search_values (res_type, param, norm);
-        CREATE INDEX IF NOT EXISTS search_values_date ON search_values (res_type, param, low);
+        -- Partial, so that each predicate has exactly one index that fits, even before the
+        -- planner has statistics.
+        CREATE INDEX IF NOT EXISTS search_values_value ON search_values (res_type, param, value) WHERE value IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS search_values_norm ON search_values (res_type, param, norm) WHERE norm IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS search_values_date ON search_values (res_type, param, low) WHERE low IS NOT NULL;
         CREATE INDEX IF NOT EXISTS search_values_resource ON search_values (res_type, res_id);"
     )
 }
@@ -211,7 +220,7 @@ fn condition(sql: &mut Sql, c: &Condition) {
     }
 }
 
-fn clause(sql: &mut Sql, clause: &Clause) {
+fn clause(sql: &mut Sql, resource_type: &str, clause: &Clause) {
     if clause.param == "_id" {
         sql.push(" AND r.res_id IN (");
         for (i, c) in clause.any_of.iter().enumerate() {
@@ -224,12 +233,16 @@ fn clause(sql: &mut Sql, clause: &Clause) {
         sql.push(")");
         return;
     }
+    // An uncorrelated semi-join: the planner drives it from the search_values index instead
+    // of probing for every current resource of the type.
     sql.push(if clause.negate {
-        " AND NOT EXISTS"
+        " AND r.res_id NOT IN"
     } else {
-        " AND EXISTS"
+        " AND r.res_id IN"
     });
-    sql.push(" (SELECT 1 FROM search_values s WHERE s.res_type = r.res_type AND s.res_id = r.res_id AND s.param = ")
+    sql.push(" (SELECT s.res_id FROM search_values s WHERE s.res_type = ")
+        .bind(resource_type)
+        .push(" AND s.param = ")
         .bind(clause.param.as_str())
         .push(" AND (");
     for (i, c) in clause.any_of.iter().enumerate() {
@@ -247,7 +260,7 @@ fn search_from(sql: &mut Sql, query: &SearchQuery) {
         .bind(query.resource_type)
         .push(" AND r.current = 1 AND r.deleted = 0");
     for c in &query.clauses {
-        clause(sql, c);
+        clause(sql, query.resource_type, c);
     }
 }
 

@@ -32,6 +32,10 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(storage_error)?;
     conn.set_prepared_statement_cache_capacity(256);
+    // Search values are compared byte-wise (strings are stored lower-cased for the
+    // case-insensitive ones), which also lets SQLite use indexes for `LIKE 'prefix%'`.
+    conn.execute_batch("PRAGMA case_sensitive_like = ON")
+        .map_err(storage_error)?;
     Ok(())
 }
 
@@ -163,6 +167,10 @@ impl Session for SqliteSession {
 impl Backend for SqliteBackend {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
+    }
+
+    fn single_writer(&self) -> bool {
+        true
     }
 
     async fn read(&self) -> Result<Box<dyn Session>> {

@@ -39,6 +39,24 @@ pub enum WriteOp {
     },
 }
 
+impl WriteOp {
+    /// The type this operation writes (empty if the resource has no valid type).
+    pub fn resource_type(&self) -> &str {
+        match self {
+            WriteOp::Create { resource, .. } => resource
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or(""),
+            WriteOp::Update { resource_type, .. } | WriteOp::Delete { resource_type, .. } => {
+                resource_type
+            }
+            WriteOp::ConditionalUpdate { query, .. } | WriteOp::ConditionalDelete { query } => {
+                query.resource_type
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum WriteOutcome {
     Created(StoredResource),
