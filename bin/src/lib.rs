@@ -1,6 +1,8 @@
 //! Wiring shared by the reference binaries: logging set-up and starting a FHIR server from
 //! plain settings. Everything of substance lives in the library crates.
 
+pub mod load;
+
 use dsf_core::Thumbprint;
 use dsf_fhir::server::AllowListEntry;
 use dsf_fhir::{FhirServer, ResourceStore, ServerConfig};

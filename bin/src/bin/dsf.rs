@@ -22,6 +22,18 @@ enum Command {
     /// Development helpers (never for production)
     #[command(subcommand)]
     Dev(Dev),
+    /// Loopback load run: create, read and search against same-run baselines (raw inserts
+    /// into the same database, a trivial hyper+rustls handler), plus start-up time and idle
+    /// memory of dsf-fhir-server
+    Bench {
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Also run against PostgreSQL at this URL
+        #[arg(long)]
+        postgres: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -264,6 +276,46 @@ async fn check(
     Ok(())
 }
 
+async fn bench(
+    concurrency: usize,
+    seconds: u64,
+    postgres: Option<String>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use dsf_bin::load::{run, startup_and_memory, LoadSettings};
+    let duration = std::time::Duration::from_secs(seconds);
+    println!(
+        "{}",
+        run(LoadSettings {
+            concurrency,
+            duration,
+            postgres: None
+        })
+        .await?
+        .markdown()
+    );
+    if let Some(url) = postgres {
+        println!(
+            "{}",
+            run(LoadSettings {
+                concurrency,
+                duration,
+                postgres: Some(url)
+            })
+            .await?
+            .markdown()
+        );
+    }
+    let server = std::env::current_exe()?.with_file_name("dsf-fhir-server");
+    let (startup, rss_kib) = startup_and_memory(&server).await?;
+    println!(
+        "dsf-fhir-server ({}): start-up to first served request {:.0} ms; resident memory when idle {:.1} MiB",
+        server.display(),
+        startup.as_secs_f64() * 1000.0,
+        rss_kib as f64 / 1024.0
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     init_logging();
@@ -284,6 +336,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             println!("written to {}", out.display());
             Ok(())
         }
+        Command::Bench {
+            concurrency,
+            seconds,
+            postgres,
+        } => bench(concurrency, seconds, postgres).await,
         Command::Dev(Dev::Up {
             dir,
             organizations,

@@ -1,0 +1,531 @@
+//! A loopback load generator for `dsf bench`: closed-loop clients over mutual TLS against an
+//! in-process FHIR server, and the baselines the figures are reported against, all measured in
+//! the same run on the same machine.
+
+use bytes::Bytes;
+use dsf_core::{DevPki, IssuedCert};
+use dsf_fhir::server::AllowListEntry;
+use dsf_fhir::{FhirClient, FhirServer, ResourceStore, ServerConfig};
+use http::Method;
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Throughput and latency of one scenario.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub name: String,
+    pub ops: usize,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+fn summarise(name: &str, mut latencies: Vec<Duration>, elapsed: Duration) -> Measurement {
+    latencies.sort();
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Measurement {
+        name: name.to_owned(),
+        ops: latencies.len(),
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: pick(0.50),
+        p99_ms: pick(0.99),
+    }
+}
+
+/// Runs `op` from `concurrency` workers in a closed loop for `duration`.
+pub async fn closed_loop<F, Fut>(
+    name: &str,
+    concurrency: usize,
+    duration: Duration,
+    op: F,
+) -> Measurement
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let counter = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let op = op.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let i = counter.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    if !op(i).await {
+                        panic!("operation {i} failed");
+                    }
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap_or_default());
+    }
+    summarise(name, all, start.elapsed())
+}
+
+fn task(identifier: &str) -> Value {
+    json!({
+        "resourceType": "Task",
+        "meta": {"profile": ["http://dsf.dev/fhir/StructureDefinition/task-start-ping|1.0"]},
+        "identifier": [{"system": "http://dsf.dev/sid/task-identifier", "value": identifier}],
+        "instantiatesCanonical": "http://dsf.dev/bpe/Process/ping|1.0",
+        "status": "requested",
+        "intent": "order",
+        "authoredOn": "2026-11-25T10:00:00+01:00",
+        "requester": {"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": "bench-remote.test"}},
+        "restriction": {"recipient": [{"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": "bench.test"}}]},
+        "input": [
+            {"type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "message-name"}]}, "valueString": "startPingProcess"},
+            {"type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "business-key"}]}, "valueString": identifier}
+        ]
+    })
+}
+
+/// A hyper + rustls server with the FHIR server's accept loop shape that answers every
+/// request with a fixed small JSON body: the ceiling for anything served over this transport.
+async fn trivial_server(listener: TcpListener, tls: Arc<dsf_core::rustls::ServerConfig>) {
+    let acceptor = TlsAcceptor::from(tls);
+    let body = Bytes::from_static(
+        br#"{"resourceType":"Task","id":"x","status":"requested","intent":"order"}"#,
+    );
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let body = body.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |_req| {
+                let body = body.clone();
+                async move {
+                    let mut response = http::Response::new(Full::new(body));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/fhir+json"),
+                    );
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+/// Inserts of the JSON rows our store writes, one committed transaction each, with the same
+/// pragmas, into the same SQLite file: the ceiling for any create on that database.
+fn raw_sqlite_inserts(db: &Path, rows: &[String], duration: Duration) -> Measurement {
+    let conn = rusqlite::Connection::open(db).expect("open database");
+    conn.busy_timeout(Duration::from_secs(10)).ok();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+         CREATE TABLE IF NOT EXISTS raw_baseline (id TEXT PRIMARY KEY, body TEXT NOT NULL);",
+    )
+    .expect("baseline table");
+    let mut latencies = Vec::new();
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        let row = &rows[i % rows.len()];
+        conn.execute_batch("BEGIN").ok();
+        conn.execute(
+            "INSERT INTO raw_baseline (id, body) VALUES (?1, ?2)",
+            rusqlite::params![uuid::Uuid::new_v4().to_string(), row],
+        )
+        .expect("raw insert");
+        conn.execute_batch("COMMIT").ok();
+        latencies.push(t.elapsed());
+        i += 1;
+    }
+    summarise("raw SQLite insert (baseline)", latencies, start.elapsed())
+}
+
+/// The same for PostgreSQL, with as many connections as the load has clients.
+async fn raw_postgres_inserts(
+    url: &str,
+    schema: &str,
+    rows: Arc<Vec<String>>,
+    concurrency: usize,
+    duration: Duration,
+) -> Measurement {
+    let (setup, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    setup
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS \"{schema}\".raw_baseline (id TEXT PRIMARY KEY, body TEXT NOT NULL)"
+        ))
+        .await
+        .expect("baseline table");
+    let mut clients = Vec::new();
+    for _ in 0..concurrency {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        let stmt = client
+            .prepare(&format!(
+                "INSERT INTO \"{schema}\".raw_baseline (id, body) VALUES ($1, $2)"
+            ))
+            .await
+            .expect("prepare");
+        clients.push((client, stmt));
+    }
+    let clients = Arc::new(clients);
+    let next = Arc::new(AtomicUsize::new(0));
+    closed_loop(
+        "raw PostgreSQL insert (baseline)",
+        concurrency,
+        duration,
+        move |i| {
+            let clients = clients.clone();
+            let rows = rows.clone();
+            let slot = next.fetch_add(1, Ordering::Relaxed) % clients.len();
+            async move {
+                let (client, stmt) = &clients[slot];
+                let id = uuid::Uuid::new_v4().to_string();
+                client
+                    .execute(stmt, &[&id, &rows[i % rows.len()]])
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await
+}
+
+pub struct LoadSettings {
+    pub concurrency: usize,
+    pub duration: Duration,
+    /// PostgreSQL URL; SQLite (a file in a temporary directory) when absent.
+    pub postgres: Option<String>,
+}
+
+pub struct LoadReport {
+    pub backend: &'static str,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub measurements: Vec<Measurement>,
+}
+
+impl LoadReport {
+    fn rate(&self, prefix: &str) -> f64 {
+        self.measurements
+            .iter()
+            .find(|m| m.name.starts_with(prefix))
+            .map_or(0.0, |m| m.per_second)
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "Backend {}, {} concurrent clients, {:.0} s per scenario.\n\n| scenario | ops | ops/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|\n",
+            self.backend, self.concurrency, self.seconds
+        );
+        for m in &self.measurements {
+            out.push_str(&format!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} |\n",
+                m.name, m.ops, m.per_second, m.p50_ms, m.p99_ms
+            ));
+        }
+        let raw = self.rate("raw ");
+        let trivial = self.rate("trivial");
+        out.push_str(&format!(
+            "\n| ratio | value | target |\n|---|---:|---:|\n| create Task / raw insert | {:.2} | ≥ 0.5 |\n| read Task / trivial handler | {:.2} | ≥ 0.5 |\n| token search / trivial handler | {:.2} | – |\n",
+            self.rate("create") / raw,
+            self.rate("read") / trivial,
+            self.rate("search") / trivial,
+        ));
+        out
+    }
+}
+
+struct Certs {
+    pki: DevPki,
+    server: IssuedCert,
+    local: IssuedCert,
+}
+
+fn certs() -> Result<Certs, dsf_core::Error> {
+    let pki = DevPki::generate("dsf-rs bench CA")?;
+    Ok(Certs {
+        server: pki.issue_server("localhost")?,
+        local: pki.issue_client("bench-bpe")?,
+        pki,
+    })
+}
+
+pub async fn run(
+    settings: LoadSettings,
+) -> Result<LoadReport, Box<dyn std::error::Error + Send + Sync>> {
+    let certs = certs()?;
+    let tls = Arc::new(certs.pki.server_config(&certs.server)?);
+    let client_tls = Arc::new(certs.pki.client_config(&certs.local)?);
+    let dir = std::env::temp_dir().join(format!("dsf-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let db = dir.join("fhir.sqlite");
+
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base_url = format!("https://localhost:{}/fhir", listener.local_addr()?.port());
+    let schema = format!("dsf_bench_{}", uuid::Uuid::new_v4().simple());
+    let (store, backend_name) = match &settings.postgres {
+        Some(url) => {
+            let backend = dsf_fhir::store::PostgresBackend::connect(
+                url,
+                Some(&schema),
+                settings.concurrency.max(4),
+            )
+            .await?;
+            (
+                ResourceStore::new(Arc::new(backend), &base_url),
+                "PostgreSQL",
+            )
+        }
+        None => (
+            ResourceStore::open(&format!("sqlite:{}", db.display()), &base_url).await?,
+            "SQLite (file, WAL, synchronous=FULL)",
+        ),
+    };
+    let server = FhirServer::new(store, ServerConfig::new(&base_url, "bench.test"));
+    server
+        .load_allow_list(&[AllowListEntry {
+            identifier: "bench.test".into(),
+            name: "Bench".into(),
+            thumbprints: vec![certs.local.thumbprint()],
+            base_url: base_url.clone(),
+        }])
+        .await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(Arc::new(server).serve(listener, tls.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    let trivial_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let trivial_url = format!(
+        "https://localhost:{}/fhir",
+        trivial_listener.local_addr()?.port()
+    );
+    let trivial = tokio::spawn(trivial_server(trivial_listener, tls));
+
+    let client = Arc::new(FhirClient::new(&base_url, client_tls.clone())?);
+    let trivial_client = Arc::new(FhirClient::new(&trivial_url, client_tls)?);
+    let (c, d) = (settings.concurrency, settings.duration);
+    let mut measurements = Vec::new();
+
+    // The rows the raw baseline inserts are exactly what the store keeps for such a Task.
+    let sample = client.create(&task("sample")).await?;
+    let rows: Vec<String> = (0..64)
+        .map(|i| {
+            let mut t = sample.clone();
+            t["identifier"][0]["value"] = json!(format!("raw-{i}"));
+            t["id"] = json!(uuid::Uuid::new_v4().to_string());
+            serde_json::to_string(&t).unwrap_or_default()
+        })
+        .collect();
+    measurements.push(match &settings.postgres {
+        Some(url) => raw_postgres_inserts(url, &schema, Arc::new(rows), c, d).await,
+        None => {
+            let db = db.clone();
+            tokio::task::spawn_blocking(move || raw_sqlite_inserts(&db, &rows, d)).await?
+        }
+    });
+
+    let created_ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (cl, ids) = (client.clone(), created_ids.clone());
+    measurements.push(
+        closed_loop("create Task (POST)", c, d, move |i| {
+            let (cl, ids) = (cl.clone(), ids.clone());
+            async move {
+                let body =
+                    Bytes::from(serde_json::to_vec(&task(&format!("t-{i}"))).unwrap_or_default());
+                match cl
+                    .request(
+                        Method::POST,
+                        "Task",
+                        &[
+                            ("content-type", "application/fhir+json"),
+                            ("accept", "application/fhir+json"),
+                        ],
+                        Some(body),
+                    )
+                    .await
+                {
+                    Ok(r) if r.status == 201 => {
+                        if let Some(id) =
+                            r.header("location").and_then(|l| l.split('/').rev().nth(2))
+                        {
+                            ids.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push((i, id.to_owned()));
+                        }
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        })
+        .await,
+    );
+    let ids: Arc<Vec<(usize, String)>> = Arc::new(std::mem::take(
+        &mut *created_ids.lock().unwrap_or_else(|p| p.into_inner()),
+    ));
+    if ids.is_empty() {
+        return Err("no Task was created".into());
+    }
+    let (cl, known) = (client.clone(), ids.clone());
+    measurements.push(
+        closed_loop("read Task by id (GET)", c, d, move |i| {
+            let (cl, known) = (cl.clone(), known.clone());
+            async move {
+                let id = &known[(i * 7919) % known.len()].1;
+                matches!(cl.request(Method::GET, &format!("Task/{id}"), &[("accept", "application/fhir+json")], None).await, Ok(r) if r.status == 200)
+            }
+        })
+        .await,
+    );
+    let (cl, known) = (client.clone(), ids.clone());
+    measurements.push(
+        closed_loop(
+            "search Task?identifier=… (token, 1 hit)",
+            c,
+            d,
+            move |i| {
+                let (cl, known) = (cl.clone(), known.clone());
+                async move {
+                    let n = known[(i * 7919) % known.len()].0;
+                    let path =
+                        format!("Task?identifier=http://dsf.dev/sid/task-identifier%7Ct-{n}");
+                    match cl
+                        .request(
+                            Method::GET,
+                            &path,
+                            &[("accept", "application/fhir+json")],
+                            None,
+                        )
+                        .await
+                    {
+                        Ok(r) if r.status == 200 => {
+                            r.body.windows(10).any(|w| w == b"\"total\":1,")
+                        }
+                        _ => false,
+                    }
+                }
+            },
+        )
+        .await,
+    );
+    let tc = trivial_client.clone();
+    measurements.push(
+        closed_loop("trivial hyper+rustls handler (baseline)", c, d, move |_| {
+            let tc = tc.clone();
+            async move { matches!(tc.request(Method::GET, "Task/x", &[], None).await, Ok(r) if r.status == 200) }
+        })
+        .await,
+    );
+    let _ = stop_tx.send(());
+    trivial.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(LoadReport {
+        backend: backend_name,
+        concurrency: c,
+        seconds: d.as_secs_f64(),
+        measurements,
+    })
+}
+
+/// Start-up time to the first served request, and resident memory once idle, of the
+/// `dsf-fhir-server` binary at `binary` on a fresh SQLite database.
+pub async fn startup_and_memory(
+    binary: &Path,
+) -> Result<(Duration, u64), Box<dyn std::error::Error + Send + Sync>> {
+    let certs = certs()?;
+    let dir = std::env::temp_dir().join(format!("dsf-startup-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    certs.server.write(&dir, "server")?;
+    certs.local.write(&dir, "client")?;
+    certs.pki.write_ca(&dir)?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let base_url = format!("https://localhost:{port}/fhir");
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(binary)
+        .env("DEV_DSF_FHIR_SERVER_BASE_URL", &base_url)
+        .env(
+            "DEV_DSF_FHIR_SERVER_ORGANIZATION_IDENTIFIER_VALUE",
+            "startup.test",
+        )
+        .env("DEV_DSF_FHIR_CLIENT_CERTIFICATE", dir.join("client.crt"))
+        .env(
+            "DEV_DSF_FHIR_DB_URL",
+            format!("sqlite:{}", dir.join("fhir.sqlite").display()),
+        )
+        .env("DEV_DSF_SERVER_API_PORT", port.to_string())
+        .env("DEV_DSF_SERVER_CERTIFICATE", dir.join("server.crt"))
+        .env("DEV_DSF_SERVER_CERTIFICATE_KEY", dir.join("server.key"))
+        .env(
+            "DEV_DSF_SERVER_AUTH_TRUST_CLIENT_CERTIFICATE_CAS",
+            dir.join("ca.crt"),
+        )
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?;
+    let client = FhirClient::new(&base_url, Arc::new(certs.pki.client_config(&certs.local)?))?;
+    let startup = loop {
+        if let Ok(r) = client
+            .request(
+                Method::GET,
+                "metadata",
+                &[("accept", "application/fhir+json")],
+                None,
+            )
+            .await
+        {
+            if r.status == 200 {
+                break started.elapsed();
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err("server did not answer within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = child.id().ok_or("server exited")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or("no VmRSS")?;
+    child.kill().await.ok();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((startup, rss_kib))
+}

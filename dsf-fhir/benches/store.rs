@@ -1,0 +1,111 @@
+//! `cargo bench -p dsf-fhir`: the store's create and read against raw SQLite statements on the
+//! same database file in the same run, and the edge costs (fhirbolt parse, index extraction).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use dsf_fhir::format::{parse_resource, Format};
+use dsf_fhir::search::{index_rows, SearchQuery};
+use dsf_fhir::store::SqliteBackend;
+use dsf_fhir::{ResourceStore, WriteOp, WriteOutcome};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn task(n: usize) -> Value {
+    json!({
+        "resourceType": "Task",
+        "meta": {"profile": ["http://dsf.dev/fhir/StructureDefinition/task-start-ping|1.0"]},
+        "identifier": [{"system": "http://dsf.dev/sid/task-identifier", "value": format!("t-{n}")}],
+        "instantiatesCanonical": "http://dsf.dev/bpe/Process/ping|1.0",
+        "status": "requested",
+        "intent": "order",
+        "authoredOn": "2026-11-25T10:00:00+01:00",
+        "requester": {"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": "a.test"}},
+        "restriction": {"recipient": [{"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": "b.test"}}]},
+        "input": [{"type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "message-name"}]}, "valueString": "startPingProcess"}]
+    })
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bench.sqlite");
+    let store = ResourceStore::new(
+        Arc::new(SqliteBackend::open(&db).unwrap()),
+        "https://bench.test/fhir",
+    );
+    let body = serde_json::to_vec(&task(0)).unwrap();
+
+    let mut edge = c.benchmark_group("edge");
+    edge.bench_function("parse Task JSON (fhirbolt, strict)", |b| {
+        b.iter(|| parse_resource(&body, Format::Json).unwrap())
+    });
+    let parsed = parse_resource(&body, Format::Json).unwrap();
+    edge.bench_function("extract Task index rows", |b| {
+        b.iter(|| index_rows("Task", &parsed, "https://bench.test/fhir"))
+    });
+    edge.finish();
+
+    let mut create = c.benchmark_group("create (one committed transaction each)");
+    let mut n = 0;
+    let mut last_id = String::new();
+    create.bench_function("store create Task", |b| {
+        b.iter(|| {
+            n += 1;
+            let op = WriteOp::Create {
+                resource: task(n),
+                if_none_exist: None,
+                full_url: None,
+            };
+            if let WriteOutcome::Created(stored) = rt.block_on(store.write(op)).unwrap() {
+                last_id = stored.id;
+            }
+        })
+    });
+    let raw = rusqlite::Connection::open(&db).unwrap();
+    raw.execute_batch("PRAGMA synchronous = FULL; CREATE TABLE IF NOT EXISTS raw_baseline (id TEXT PRIMARY KEY, body TEXT NOT NULL);").unwrap();
+    let row = String::from_utf8(body.clone()).unwrap();
+    create.bench_function("raw insert of the same JSON (baseline)", |b| {
+        b.iter(|| {
+            raw.execute_batch("BEGIN").unwrap();
+            raw.execute(
+                "INSERT INTO raw_baseline (id, body) VALUES (?1, ?2)",
+                rusqlite::params![uuid::Uuid::new_v4().to_string(), row],
+            )
+            .unwrap();
+            raw.execute_batch("COMMIT").unwrap();
+        })
+    });
+    create.finish();
+
+    let mut read = c.benchmark_group("read");
+    read.bench_function("store read Task by id", |b| {
+        b.iter(|| rt.block_on(store.read("Task", &last_id)).unwrap().unwrap())
+    });
+    let mut stmt = raw
+        .prepare("SELECT body FROM raw_baseline LIMIT 1")
+        .unwrap();
+    read.bench_function("raw select of one row (baseline)", |b| {
+        b.iter(|| stmt.query_row([], |r| r.get::<_, String>(0)).unwrap())
+    });
+    let query = SearchQuery::parse_criteria(
+        "Task",
+        "identifier=http://dsf.dev/sid/task-identifier|t-5",
+        "",
+    )
+    .unwrap();
+    read.bench_function("store token search (1 hit)", |b| {
+        b.iter(|| rt.block_on(store.search(&query)).unwrap())
+    });
+    read.finish();
+}
+
+criterion_group! {
+    name = store;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1)).sample_size(30);
+    targets = benches
+}
+criterion_main!(store);
