@@ -54,6 +54,18 @@ impl Sql {
         self
     }
 
+    /// `(?1, ?2, …)` for each value.
+    pub fn bind_list<S: AsRef<str>>(&mut self, values: &[S]) -> &mut Self {
+        self.push("(");
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(v.as_ref());
+        }
+        self.push(")")
+    }
+
     pub fn bind(&mut self, value: impl Into<SqlValue>) -> &mut Self {
         self.params.push(value.into());
         let n = self.params.len();
@@ -70,7 +82,9 @@ pub const RESOURCE_COLUMNS: &str =
 
 pub fn schema(dialect: Dialect) -> String {
     let seq = match dialect {
-        Dialect::Sqlite => "seq INTEGER PRIMARY KEY AUTOINCREMENT",
+        // The rowid: rows are never deleted but by permanent delete, so it keeps increasing
+        // without AUTOINCREMENT's extra write per insert.
+        Dialect::Sqlite => "seq INTEGER PRIMARY KEY",
         Dialect::Postgres => "seq BIGSERIAL PRIMARY KEY",
     };
     // Byte-wise comparison lets `LIKE 'prefix%'` use the indexes (SQLite gets the same from
@@ -92,7 +106,8 @@ pub fn schema(dialect: Dialect) -> String {
             body TEXT,
             UNIQUE (res_type, res_id, version)
         );
-        CREATE INDEX IF NOT EXISTS resources_current ON resources (res_type, current, res_id);
+        -- The unique index also finds the current version of a resource and serves the
+        -- search semi-joins; fewer indexes, fewer pages written per commit.
         CREATE INDEX IF NOT EXISTS resources_updated ON resources (last_updated);
         CREATE TABLE IF NOT EXISTS search_values (
             res_type TEXT NOT NULL,
@@ -222,15 +237,15 @@ fn condition(sql: &mut Sql, c: &Condition) {
 
 fn clause(sql: &mut Sql, resource_type: &str, clause: &Clause) {
     if clause.param == "_id" {
-        sql.push(" AND r.res_id IN (");
-        for (i, c) in clause.any_of.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            let Condition::Equals(id) = c else { continue };
-            sql.bind(id.as_str());
-        }
-        sql.push(")");
+        let ids: Vec<&str> = clause
+            .any_of
+            .iter()
+            .filter_map(|c| match c {
+                Condition::Equals(id) => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        sql.push(" AND r.res_id IN ").bind_list(&ids);
         return;
     }
     // An uncorrelated semi-join: the planner drives it from the search_values index instead
@@ -341,14 +356,8 @@ pub fn current_by_ids(dialect: Dialect, resource_type: &str, ids: &[String]) -> 
         .push(RESOURCE_COLUMNS)
         .push(" FROM resources r WHERE r.res_type = ")
         .bind(resource_type)
-        .push(" AND r.current = 1 AND r.deleted = 0 AND r.res_id IN (");
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.bind(id.as_str());
-    }
-    sql.push(")");
+        .push(" AND r.current = 1 AND r.deleted = 0 AND r.res_id IN ");
+    sql.bind_list(ids);
     sql
 }
 
@@ -359,14 +368,8 @@ pub fn reference_values(dialect: Dialect, resource_type: &str, param: &str, ids:
         .bind(resource_type)
         .push(" AND s.param = ")
         .bind(param)
-        .push(" AND s.value IS NOT NULL AND s.res_id IN (");
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.bind(id.as_str());
-    }
-    sql.push(")");
+        .push(" AND s.value IS NOT NULL AND s.res_id IN ");
+    sql.bind_list(ids);
     sql
 }
 
@@ -380,14 +383,9 @@ pub fn referencing(dialect: Dialect, source_type: &str, param: &str, targets: &[
         .bind(source_type)
         .push(" AND r.current = 1 AND r.deleted = 0 AND EXISTS (SELECT 1 FROM search_values s WHERE s.res_type = r.res_type AND s.res_id = r.res_id AND s.param = ")
         .bind(param)
-        .push(" AND s.value IN (");
-    for (i, t) in targets.iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
-        }
-        sql.bind(t.as_str());
-    }
-    sql.push("))");
+        .push(" AND s.value IN ")
+        .bind_list(targets)
+        .push(")");
     sql
 }
 

@@ -173,6 +173,34 @@ impl Writer<'_> {
         let rows = index_rows(resource_type, &resource, self.base_url);
         let body = serde_json::to_string(&resource).map_err(Error::storage)?;
         let d = self.dialect;
+        self.append_version(resource_type, id, version, last_updated, Some(body.clone()))
+            .await?;
+        if !rows.is_empty() {
+            self.session
+                .execute(&sql::insert_index(d, resource_type, id, &rows))
+                .await?;
+        }
+        Ok(StoredResource {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+            version,
+            last_updated,
+            deleted: false,
+            body: Some(Arc::from(body)),
+        })
+    }
+
+    /// Makes `version` the current one: the previous version stops being current and loses
+    /// its index rows. `body` is `None` for a deletion.
+    async fn append_version(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+        last_updated: i64,
+        body: Option<String>,
+    ) -> Result<()> {
+        let d = self.dialect;
         if version > 1 {
             self.session
                 .execute(&sql::retire_current(d, resource_type, id))
@@ -188,22 +216,10 @@ impl Writer<'_> {
                 id,
                 version,
                 last_updated,
-                Some(body.clone()),
+                body,
             ))
             .await?;
-        if !rows.is_empty() {
-            self.session
-                .execute(&sql::insert_index(d, resource_type, id, &rows))
-                .await?;
-        }
-        Ok(StoredResource {
-            resource_type: resource_type.to_owned(),
-            id: id.to_owned(),
-            version,
-            last_updated,
-            deleted: false,
-            body: Some(Arc::from(body)),
-        })
+        Ok(())
     }
 
     async fn current(&mut self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
@@ -271,24 +287,9 @@ impl Writer<'_> {
         if current.deleted {
             return Ok(WriteOutcome::AlreadyDeleted(current));
         }
-        let d = self.dialect;
         let version = current.version + 1;
         let last_updated = now_millis();
-        self.session
-            .execute(&sql::retire_current(d, resource_type, id))
-            .await?;
-        self.session
-            .execute(&sql::delete_index(d, resource_type, id))
-            .await?;
-        self.session
-            .execute(&sql::insert_version(
-                d,
-                resource_type,
-                id,
-                version,
-                last_updated,
-                None,
-            ))
+        self.append_version(resource_type, id, version, last_updated, None)
             .await?;
         Ok(WriteOutcome::Deleted(StoredResource {
             resource_type: resource_type.to_owned(),
