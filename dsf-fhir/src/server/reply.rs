@@ -85,7 +85,8 @@ impl Reply {
                 )
             }
         };
-        let mut response = Response::new(Full::new(Bytes::from(bytes.clone().unwrap_or_default())));
+        let has_body = bytes.is_some();
+        let mut response = Response::new(Full::new(Bytes::from(bytes.unwrap_or_default())));
         *response.status_mut() = status;
         let h = response.headers_mut();
         for (name, value) in headers {
@@ -93,7 +94,7 @@ impl Reply {
                 h.append(name, v);
             }
         }
-        if bytes.is_some() {
+        if has_body {
             let content_type = format!("{};charset=UTF-8", format.mime());
             if let Ok(v) = HeaderValue::from_str(&content_type) {
                 h.insert(http::header::CONTENT_TYPE, v);

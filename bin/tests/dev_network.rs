@@ -1,0 +1,66 @@
+//! The main job: `dsf dev up` starts a network of organisations whose allow lists follow the
+//! topology, and `--smoke` checks every organisation against every server.
+
+use std::process::Command;
+
+fn free_port_range(len: u16) -> u16 {
+    // Ports from a just-released ephemeral port; the run fails loudly if one is taken.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    port.min(u16::MAX - len)
+}
+
+fn run(topology: &str, organizations: u16) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_dsf"))
+        .args(["dev", "up", "--smoke", "--topology", topology])
+        .args(["--organizations", &organizations.to_string()])
+        .args(["--base-port", &free_port_range(organizations).to_string()])
+        .arg("--dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let network: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("network.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        network["organizations"].as_array().unwrap().len(),
+        organizations as usize
+    );
+    for org in network["organizations"].as_array().unwrap() {
+        assert!(std::path::Path::new(org["client_certificate"].as_str().unwrap()).exists());
+        assert_eq!(org["thumbprint"].as_str().unwrap().len(), 128);
+    }
+    stdout
+}
+
+#[test]
+fn star_network_allows_only_the_hub() {
+    let out = run("star", 3);
+    assert!(out.contains("all 9 checks passed"), "{out}");
+    assert!(
+        out.contains("org-b.dsf.test -> org-c.dsf.test: metadata 401"),
+        "{out}"
+    );
+    assert!(
+        out.contains("org-b.dsf.test -> org-a.dsf.test: metadata 200"),
+        "{out}"
+    );
+}
+
+#[test]
+fn mesh_network_allows_everyone() {
+    let out = run("mesh", 3);
+    assert!(out.contains("all 9 checks passed"), "{out}");
+    assert!(!out.contains(" 401 "), "{out}");
+}
