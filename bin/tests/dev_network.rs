@@ -64,3 +64,42 @@ fn mesh_network_allows_everyone() {
     assert!(out.contains("all 9 checks passed"), "{out}");
     assert!(!out.contains(" 401 "), "{out}");
 }
+
+#[test]
+fn dev_certs_writes_a_ca_and_certificates_that_chain_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_dsf"))
+        .args([
+            "dev", "certs", "--org", "a.test", "--org", "b.test", "--user", "admin",
+        ])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ca = dsf_core::load_certs(&dir.path().join("ca.crt")).unwrap();
+    for org in ["a.test", "b.test"] {
+        for kind in ["server", "client"] {
+            let chain =
+                dsf_core::load_certs(&dir.path().join(org).join(format!("{kind}.crt"))).unwrap();
+            let key = dsf_core::load_private_key(&dir.path().join(org).join(format!("{kind}.key")))
+                .unwrap();
+            // Each pair loads into a TLS configuration trusting the dev CA.
+            if kind == "server" {
+                dsf_core::server_config(chain, key, ca.clone()).unwrap();
+            } else {
+                dsf_core::client_config(chain, key, ca.clone()).unwrap();
+            }
+        }
+    }
+    let admin = dsf_core::load_certs(&dir.path().join("admin.crt")).unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        printed.contains(&dsf_core::Thumbprint::of_der(&admin[0]).to_string()),
+        "{printed}"
+    );
+}
