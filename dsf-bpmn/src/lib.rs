@@ -1,5 +1,30 @@
-//! BPMN 2.0 for dsf-rs: a parser for process files as Camunda Modeler writes them for the Java
-//! DSF, and a token engine whose process instances are plain serialisable data.
+//! BPMN 2.0 for dsf-rs: the model of a process as DSF plugin authors write it in Camunda
+//! Modeler, and a parser that reads such files unchanged.
 //!
-//! This crate knows nothing of FHIR or HTTP. It is not implemented yet; see the project's
-//! BPMN issue.
+//! Anything the parser does not support is an error naming the file, line and element id;
+//! nothing is skipped silently, except diagram (BPMNDI) content and non-executable artifacts
+//! (documentation, annotations, lanes). The token engine is still to come.
+//!
+//! ```
+//! let xml = r#"<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"
+//!       xmlns:camunda="http://camunda.org/schema/1.0/bpmn">
+//!   <bpmn:process id="dsfdev_ping" isExecutable="true" camunda:versionTag="1.0">
+//!     <bpmn:startEvent id="start"><bpmn:messageEventDefinition messageRef="m"/></bpmn:startEvent>
+//!     <bpmn:sequenceFlow id="f" sourceRef="start" targetRef="end"/>
+//!     <bpmn:endEvent id="end"/>
+//!   </bpmn:process>
+//!   <bpmn:message id="m" name="startPing"/>
+//! </bpmn:definitions>"#;
+//! let definitions = dsf_bpmn::parse(xml.as_bytes(), "ping.bpmn").unwrap();
+//! assert_eq!(definitions.processes[0].version_tag.as_deref(), Some("1.0"));
+//! ```
+
+mod error;
+mod model;
+mod parse;
+mod tree;
+mod validate;
+
+pub use error::{Error, Result};
+pub use model::*;
+pub use parse::parse;
