@@ -498,15 +498,7 @@ pub async fn startup_and_memory(
         .spawn()?;
     let client = FhirClient::new(&base_url, Arc::new(certs.pki.client_config(&certs.local)?))?;
     let startup = loop {
-        if let Ok(r) = client
-            .request(
-                Method::GET,
-                "metadata",
-                &[("accept", "application/fhir+json")],
-                None,
-            )
-            .await
-        {
+        if let Ok(r) = client.json(Method::GET, "metadata", None).await {
             if r.status == 200 {
                 break started.elapsed();
             }

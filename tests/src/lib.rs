@@ -53,6 +53,7 @@ pub async fn backend(kind: BackendKind) -> Option<Arc<dyn Backend>> {
 /// READ and SEARCH roles, and clients holding each certificate plus one the server does not know.
 pub struct TestServer {
     pub base_url: String,
+    pub port: u16,
     pub pki: DevPki,
     pub store: ResourceStore,
     pub local: FhirClient,
@@ -131,6 +132,7 @@ impl TestServer {
             stranger: client(&stranger_cert),
             local_cert,
             base_url: base_url.clone(),
+            port,
             store,
             pki,
             shutdown: Some(tx),

@@ -13,6 +13,16 @@ fn roots(server: &TestServer) -> RootCertStore {
     roots
 }
 
+/// Trusted clients are still answered.
+async fn assert_still_serving(server: &TestServer) {
+    let ok = server
+        .local
+        .json(Method::GET, "metadata", None)
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_requires_a_client_certificate_from_a_trusted_ca() {
     let server = TestServer::start(BackendKind::Sqlite).await.unwrap();
@@ -44,34 +54,14 @@ async fn handshake_requires_a_client_certificate_from_a_trusted_ca() {
         .unwrap_err();
     assert!(matches!(err, dsf_fhir::Error::Transport(_)), "{err}");
 
-    // The server keeps serving trusted clients.
-    let ok = server
-        .local
-        .request(
-            Method::GET,
-            "metadata",
-            &[("accept", "application/fhir+json")],
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(ok.status, 200);
+    assert_still_serving(&server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_http_does_not_disturb_the_server() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::start(BackendKind::Sqlite).await.unwrap();
-    let port: u16 = server
-        .base_url
-        .split(':')
-        .nth(2)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = server.port;
     // Plain text on the TLS port, then a half-open handshake that never finishes.
     let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -85,15 +75,5 @@ async fn broken_http_does_not_disturb_the_server() {
     let _idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let ok = server
-        .local
-        .request(
-            Method::GET,
-            "metadata",
-            &[("accept", "application/fhir+json")],
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(ok.status, 200);
+    assert_still_serving(&server).await;
 }

@@ -124,14 +124,11 @@ pub fn full_url(base: &str, stored: &StoredResource) -> String {
     format!("{base}/{}/{}", stored.resource_type, stored.id)
 }
 
-/// `response` of a history or transaction entry for a stored version.
-pub fn version_response(status: &str, base: &str, stored: &StoredResource) -> EntryResponse {
+/// `response` of a history entry for a stored version.
+pub fn version_response(status: &str, stored: &StoredResource) -> EntryResponse {
     EntryResponse {
         status: status.to_owned(),
-        location: Some(format!(
-            "{base}/{}/{}/_history/{}",
-            stored.resource_type, stored.id, stored.version
-        )),
+        location: None,
         etag: Some(etag(stored.version)),
         last_modified: Some(crate::store::format_instant(stored.last_updated)),
         outcome: None,

@@ -1,9 +1,7 @@
 //! The FHIR interactions on single resources, types and the system: routing, read, vread,
 //! create, update, delete (plain and conditional), search and history.
 
-use super::bundles::{
-    self, Bundle, Entry, EntryRequest, EntryResource, EntryResponse, EntrySearch,
-};
+use super::bundles::{self, Bundle, Entry, EntryRequest, EntryResource, EntrySearch};
 use super::reply::{etag, Body, Reply};
 use super::{method_not_allowed, Call, FhirServer, Interaction};
 use crate::format::parse_resource;
@@ -104,7 +102,7 @@ impl FhirServer {
         }
     }
 
-    fn location(&self, stored: &StoredResource) -> String {
+    pub(crate) fn location(&self, stored: &StoredResource) -> String {
         format!(
             "{}/{}/{}/_history/{}",
             self.config.base_url, stored.resource_type, stored.id, stored.version
@@ -524,10 +522,7 @@ impl FhirServer {
                 full_url: Some(bundles::full_url(base, stored)),
                 resource: bundles::raw(stored)?.map(EntryResource::Raw),
                 request: Some(EntryRequest { method, url }),
-                response: Some(EntryResponse {
-                    location: None,
-                    ..bundles::version_response(status, base, stored)
-                }),
+                response: Some(bundles::version_response(status, stored)),
                 ..Default::default()
             });
         }

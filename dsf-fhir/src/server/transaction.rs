@@ -302,13 +302,9 @@ impl FhirServer {
                 "minimal" | "OperationOutcome" => Body::Empty,
                 _ => stored.body.clone().map_or(Body::Empty, Body::Stored),
             };
-            Reply::new(status, body).version_headers(stored).header(
-                header::LOCATION,
-                format!(
-                    "{}/{}/{}/_history/{}",
-                    self.config.base_url, stored.resource_type, stored.id, stored.version
-                ),
-            )
+            Reply::new(status, body)
+                .version_headers(stored)
+                .header(header::LOCATION, self.location(stored))
         };
         match outcome {
             WriteOutcome::Created(s) => stored_reply(StatusCode::CREATED, &s),
@@ -325,15 +321,7 @@ impl FhirServer {
 
     fn response_bundle(&self, kind: &'static str, replies: Vec<Reply>) -> Result<Reply> {
         let mut bundle = Bundle::new(kind);
-        let mut bodies: Vec<Option<Value>> = Vec::with_capacity(replies.len());
         for reply in &replies {
-            bodies.push(match &reply.body {
-                Body::Empty => None,
-                Body::Stored(json) => Some(serde_json::from_str(json).map_err(Error::storage)?),
-                Body::Value(v) => Some(v.clone()),
-            });
-        }
-        for (reply, body) in replies.iter().zip(bodies) {
             let header_value = |name: header::HeaderName| {
                 reply
                     .headers
@@ -342,9 +330,23 @@ impl FhirServer {
                     .map(|(_, v)| v.clone())
             };
             let is_error = reply.status.is_client_error() || reply.status.is_server_error();
-            let (resource, outcome) = if is_error { (None, body) } else { (body, None) };
+            let (resource, outcome) = match (&reply.body, is_error) {
+                (Body::Empty, _) => (None, None),
+                (Body::Value(v), true) => (None, Some(v.clone())),
+                (Body::Stored(json), true) => (
+                    None,
+                    Some(serde_json::from_str(json).map_err(Error::storage)?),
+                ),
+                (Body::Value(v), false) => (Some(EntryResource::Value(v.clone())), None),
+                (Body::Stored(json), false) => (
+                    Some(EntryResource::Raw(
+                        serde_json::from_str(json).map_err(Error::storage)?,
+                    )),
+                    None,
+                ),
+            };
             bundle.push(Entry {
-                resource: resource.map(EntryResource::Value),
+                resource,
                 response: Some(EntryResponse {
                     status: format!(
                         "{} {}",

@@ -2,7 +2,7 @@
 //! in one session so that a transaction Bundle is all or nothing.
 
 use super::sql::{self, Dialect};
-use super::{search_in, Session, StoredResource};
+use super::{Session, StoredResource};
 use crate::search::{index_rows, SearchQuery};
 use crate::{Error, Result};
 use serde_json::Value;
@@ -231,15 +231,9 @@ impl Writer<'_> {
     /// At most two matches: enough to tell none, one and several apart.
     async fn matches(&mut self, query: &SearchQuery) -> Result<Vec<StoredResource>> {
         self.session.lock(query.resource_type).await?;
-        let mut probe = query.clone();
-        probe.count = 2;
-        probe.page = 1;
-        probe.includes.clear();
-        probe.revincludes.clear();
-        probe.summary_count = false;
-        Ok(search_in(&mut *self.session, self.dialect, &probe)
-            .await?
-            .matches)
+        self.session
+            .resources(&sql::search_page(self.dialect, query, 2, 0))
+            .await
     }
 
     async fn create(&mut self, resource: Value, id: String) -> Result<WriteOutcome> {
