@@ -83,20 +83,21 @@ where
     summarise(name, all, start.elapsed())
 }
 
+/// A draft start message of the local organisation: the Task the local BPE keeps and updates
+/// most, and one that carries a searchable identifier.
 fn task(identifier: &str) -> Value {
     json!({
         "resourceType": "Task",
         "meta": {"profile": ["http://dsf.dev/fhir/StructureDefinition/task-start-ping|1.0"]},
         "identifier": [{"system": "http://dsf.dev/sid/task-identifier", "value": identifier}],
         "instantiatesCanonical": "http://dsf.dev/bpe/Process/ping|1.0",
-        "status": "requested",
+        "status": "draft",
         "intent": "order",
         "authoredOn": "2026-11-25T10:00:00+01:00",
-        "requester": {"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": "bench-remote.test"}},
+        "requester": {"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": "bench.test"}},
         "restriction": {"recipient": [{"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": "bench.test"}}]},
         "input": [
-            {"type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "message-name"}]}, "valueString": "startPingProcess"},
-            {"type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "business-key"}]}, "valueString": identifier}
+            {"type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "message-name"}]}, "valueString": "startPing"}
         ]
     })
 }

@@ -2,7 +2,7 @@ use crate::outcome::{IssueType, OperationOutcome};
 
 /// Everything that can go wrong in dsf-fhir. Each variant knows the HTTP status and the
 /// OperationOutcome issue type it is reported with, so the REST layer maps them in one place.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
     Invalid(String),

@@ -7,9 +7,10 @@
 //! they fail.
 
 use dsf_core::{DevPki, IssuedCert};
-use dsf_fhir::server::{AllowListEntry, LocalUser};
-use dsf_fhir::store::{Backend, PostgresBackend, SqliteBackend};
+use dsf_fhir::server::{AllowListEntry, LocalUser, Role, DSF_ADMIN};
+use dsf_fhir::store::{Backend, PostgresBackend, SqliteBackend, WriteOp, WriteOutcome};
 use dsf_fhir::{FhirClient, FhirServer, ResourceStore, ServerConfig};
+use serde_json::Value;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -49,8 +50,8 @@ pub async fn backend(kind: BackendKind) -> Option<Arc<dyn Backend>> {
     }
 }
 
-/// One FHIR server with the local organisation, one remote organisation, one local user with
-/// READ and SEARCH roles, and clients holding each certificate plus one the server does not know.
+/// One FHIR server with the local organisation, one remote organisation, a local reader and
+/// a local administrator, and clients holding each certificate plus one the server does not know.
 pub struct TestServer {
     pub base_url: String,
     pub port: u16,
@@ -58,7 +59,10 @@ pub struct TestServer {
     pub store: ResourceStore,
     pub local: FhirClient,
     pub remote: FhirClient,
+    /// A local user with the READ and SEARCH roles only.
     pub user: FhirClient,
+    /// A local user with every role and the DSF_ADMIN practitioner role.
+    pub admin: FhirClient,
     pub stranger: FhirClient,
     pub local_cert: IssuedCert,
     shutdown: Option<oneshot::Sender<()>>,
@@ -79,6 +83,7 @@ impl TestServer {
         let local_cert = pki.issue_client("local-bpe").expect("client cert");
         let remote_cert = pki.issue_client("remote-bpe").expect("client cert");
         let user_cert = pki.issue_client("local-user").expect("client cert");
+        let admin_cert = pki.issue_client("local-admin").expect("client cert");
         let stranger_cert = pki.issue_client("stranger").expect("client cert");
 
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -88,11 +93,16 @@ impl TestServer {
         // Small, so that an oversized body fits the loopback socket buffers and the client
         // reads the 413 instead of failing mid-write.
         config.max_body_bytes = TEST_MAX_BODY_BYTES;
-        config.users.push(LocalUser {
-            name: "reader".into(),
-            thumbprint: user_cert.thumbprint(),
-            roles: vec!["READ".into(), "SEARCH".into()],
-        });
+        config.users.push(LocalUser::new(
+            "reader",
+            user_cert.thumbprint(),
+            &[Role::Read, Role::Search],
+        ));
+        config.users.push(
+            LocalUser::new("admin", admin_cert.thumbprint(), &Role::ALL)
+                .with_practitioner_role(DSF_ADMIN.0, DSF_ADMIN.1)
+                .with_practitioner_identifier("admin@local.test"),
+        );
         configure(&mut config);
         let store = ResourceStore::new(backend, &base_url);
         let server = FhirServer::new(store.clone(), config);
@@ -129,6 +139,7 @@ impl TestServer {
             local: client(&local_cert),
             remote: client(&remote_cert),
             user: client(&user_cert),
+            admin: client(&admin_cert),
             stranger: client(&stranger_cert),
             local_cert,
             base_url: base_url.clone(),
@@ -150,6 +161,232 @@ impl Drop for TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+impl TestServer {
+    /// Writes `resources` straight into the store, past authorization: fixtures a test needs
+    /// but whose creation is not what it tests (a completed Task, another organisation's
+    /// resources). Returns them as stored.
+    pub async fn seed(&self, resources: Vec<Value>) -> Vec<Value> {
+        let ops = resources
+            .into_iter()
+            .map(|resource| WriteOp::Create {
+                resource,
+                if_none_exist: None,
+                full_url: None,
+            })
+            .collect();
+        self.store
+            .transaction(ops)
+            .await
+            .expect("seed")
+            .into_iter()
+            .map(|outcome| match outcome {
+                WriteOutcome::Created(stored) => stored.json().expect("stored JSON"),
+                other => panic!("seed: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Publishes [`fixtures::ping_activity_definition`] as the local organisation.
+    pub async fn authorize_ping(&self) -> Value {
+        self.local
+            .create(&fixtures::ping_activity_definition())
+            .await
+            .expect("ping ActivityDefinition")
+    }
+}
+
+/// Resources as DSF tests need them: tagged, with the identifiers and profiles the rules ask for.
+pub mod fixtures {
+    use super::{LOCAL_ORG, REMOTE_ORG};
+    use serde_json::{json, Value};
+
+    pub const ORG_SYSTEM: &str = "http://dsf.dev/sid/organization-identifier";
+    pub const READ_ACCESS: &str = "http://dsf.dev/fhir/CodeSystem/read-access-tag";
+    pub const PING_PROCESS: &str = "http://dsf.dev/bpe/Process/ping";
+    pub const PING_TASK_PROFILE: &str = "http://dsf.dev/fhir/StructureDefinition/task-start-ping";
+    pub const PING_MESSAGE: &str = "startPing";
+    pub const AUTHORIZATION: &str =
+        "http://dsf.dev/fhir/StructureDefinition/extension-process-authorization";
+    pub const AUTHORIZATION_SYSTEM: &str = "http://dsf.dev/fhir/CodeSystem/process-authorization";
+
+    /// `meta.tag` granting read access to everybody.
+    pub fn tag_all() -> Value {
+        json!([{"system": READ_ACCESS, "code": "ALL"}])
+    }
+
+    /// `meta.tag` granting read access to the local side and to one organisation.
+    pub fn tag_organization(identifier: &str) -> Value {
+        json!([
+            {"system": READ_ACCESS, "code": "LOCAL"},
+            {"system": READ_ACCESS, "code": "ORGANIZATION", "extension": [{
+                "url": "http://dsf.dev/fhir/StructureDefinition/extension-read-access-organization",
+                "valueIdentifier": {"system": ORG_SYSTEM, "value": identifier}
+            }]}
+        ])
+    }
+
+    /// `meta.tag` granting read access to the local side and to members of a parent
+    /// organisation holding a role.
+    pub fn tag_role(parent: &str, system: &str, code: &str) -> Value {
+        json!([
+            {"system": READ_ACCESS, "code": "LOCAL"},
+            {"system": READ_ACCESS, "code": "ROLE", "extension": [{
+                "url": "http://dsf.dev/fhir/StructureDefinition/extension-read-access-parent-organization-role",
+                "extension": [
+                    {"url": "parent-organization", "valueIdentifier": {"system": ORG_SYSTEM, "value": parent}},
+                    {"url": "organization-role", "valueCoding": {"system": system, "code": code}}
+                ]
+            }]}
+        ])
+    }
+
+    /// `meta.tag` granting read access to the local side only.
+    pub fn tag_local() -> Value {
+        json!([{"system": READ_ACCESS, "code": "LOCAL"}])
+    }
+
+    /// `resource` with `tags` as its `meta.tag`.
+    pub fn with_tags(mut resource: Value, tags: Value) -> Value {
+        resource["meta"]["tag"] = tags;
+        resource
+    }
+
+    pub fn organization(identifier: &str, name: &str) -> Value {
+        json!({
+            "resourceType": "Organization",
+            "meta": {"tag": tag_all()},
+            "identifier": [{"system": ORG_SYSTEM, "value": identifier}],
+            "active": true,
+            "name": name,
+        })
+    }
+
+    pub fn endpoint(identifier: &str, address: &str, organization: &str) -> Value {
+        json!({
+            "resourceType": "Endpoint",
+            "meta": {"tag": tag_all()},
+            "identifier": [{"system": "http://dsf.dev/sid/endpoint-identifier", "value": identifier}],
+            "status": "active",
+            "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest"},
+            "payloadType": [{"coding": [{"system": "http://hl7.org/fhir/resource-types", "code": "Task"}]}],
+            "address": address,
+            "managingOrganization": {"reference": organization},
+        })
+    }
+
+    /// A ping start message from `requester` (an organisation identifier) to the local
+    /// organisation.
+    pub fn ping_task(status: &str, authored: &str, requester: &str) -> Value {
+        json!({
+            "resourceType": "Task",
+            "meta": {"profile": [format!("{PING_TASK_PROFILE}|1.0")]},
+            "instantiatesCanonical": format!("{PING_PROCESS}|1.0"),
+            "status": status,
+            "intent": "order",
+            "authoredOn": authored,
+            "requester": {"type": "Organization", "identifier": {"system": ORG_SYSTEM, "value": requester}},
+            "restriction": {"recipient": [{"type": "Organization", "identifier": {"system": ORG_SYSTEM, "value": LOCAL_ORG}}]},
+            "input": [{
+                "type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "message-name"}]},
+                "valueString": PING_MESSAGE
+            }]
+        })
+    }
+
+    /// A draft of a ping start message, as the local organisation keeps them to start
+    /// processes from.
+    pub fn draft_task(identifier: &str, authored: &str) -> Value {
+        let mut task = ping_task("draft", authored, LOCAL_ORG);
+        task["identifier"] =
+            json!([{"system": "http://dsf.dev/sid/task-identifier", "value": identifier}]);
+        task
+    }
+
+    /// A process-authorization requester or recipient coding.
+    pub fn party(code: &str) -> Value {
+        json!({"system": AUTHORIZATION_SYSTEM, "code": code})
+    }
+
+    /// A requester coding naming one organisation (`LOCAL_ORGANIZATION` or
+    /// `REMOTE_ORGANIZATION`).
+    pub fn party_organization(code: &str, identifier: &str) -> Value {
+        json!({"system": AUTHORIZATION_SYSTEM, "code": code, "extension": [{
+            "url": "http://dsf.dev/fhir/StructureDefinition/extension-process-authorization-organization",
+            "valueIdentifier": {"system": ORG_SYSTEM, "value": identifier}
+        }]})
+    }
+
+    /// A requester or recipient coding naming a role in a parent organisation (`LOCAL_ROLE`
+    /// or `REMOTE_ROLE`).
+    pub fn party_role(code: &str, parent: &str, system: &str, role: &str) -> Value {
+        json!({"system": AUTHORIZATION_SYSTEM, "code": code, "extension": [{
+            "url": "http://dsf.dev/fhir/StructureDefinition/extension-process-authorization-parent-organization-role",
+            "extension": [
+                {"url": "parent-organization", "valueIdentifier": {"system": ORG_SYSTEM, "value": parent}},
+                {"url": "organization-role", "valueCoding": {"system": system, "code": role}}
+            ]
+        }]})
+    }
+
+    /// A practitioner requester coding (`LOCAL_ALL_PRACTITIONER`) for one practitioner role.
+    pub fn party_practitioner(system: &str, role: &str) -> Value {
+        json!({"system": AUTHORIZATION_SYSTEM, "code": "LOCAL_ALL_PRACTITIONER", "extension": [{
+            "url": "http://dsf.dev/fhir/StructureDefinition/extension-process-authorization-practitioner",
+            "valueCoding": {"system": system, "code": role}
+        }]})
+    }
+
+    /// The ping process (version 1.0) with the given requesters and recipients of its start
+    /// message.
+    pub fn activity_definition(requesters: &[Value], recipients: &[Value]) -> Value {
+        let mut authorization = vec![
+            json!({"url": "message-name", "valueString": PING_MESSAGE}),
+            json!({"url": "task-profile", "valueCanonical": format!("{PING_TASK_PROFILE}|1.0")}),
+        ];
+        authorization.extend(
+            requesters
+                .iter()
+                .map(|c| json!({"url": "requester", "valueCoding": c})),
+        );
+        authorization.extend(
+            recipients
+                .iter()
+                .map(|c| json!({"url": "recipient", "valueCoding": c})),
+        );
+        json!({
+            "resourceType": "ActivityDefinition",
+            "meta": {"tag": tag_all()},
+            "extension": [{"url": AUTHORIZATION, "extension": authorization}],
+            "url": PING_PROCESS,
+            "version": "1.0",
+            "name": "Ping",
+            "status": "active",
+            "kind": "Task",
+        })
+    }
+
+    /// Every local and remote organisation and every DSF administrator may send the ping
+    /// start message to the local organisation.
+    pub fn ping_activity_definition() -> Value {
+        activity_definition(
+            &[
+                party("LOCAL_ALL"),
+                party("REMOTE_ALL"),
+                party_practitioner(
+                    "http://dsf.dev/fhir/CodeSystem/practitioner-role",
+                    "DSF_ADMIN",
+                ),
+            ],
+            &[party("LOCAL_ALL")],
+        )
+    }
+
+    /// A ping start message from the remote test organisation.
+    pub fn remote_ping(authored: &str) -> Value {
+        ping_task("requested", authored, REMOTE_ORG)
     }
 }
 

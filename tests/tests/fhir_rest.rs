@@ -3,36 +3,16 @@
 use bytes::Bytes;
 use dsf_fhir::client::RawResponse;
 use dsf_fhir::FhirClient;
+use dsf_tests::fixtures::{
+    draft_task, endpoint, organization, ping_task, remote_ping, ORG_SYSTEM, PING_PROCESS,
+};
 use dsf_tests::{on_both_backends, TestServer, LOCAL_ORG, REMOTE_ORG};
 use http::Method;
 use serde_json::{json, Value};
 
-const ORG_SYSTEM: &str = "http://dsf.dev/sid/organization-identifier";
-
+/// A ping start message the local organisation sends itself.
 fn task(status: &str, authored: &str) -> Value {
-    json!({
-        "resourceType": "Task",
-        "meta": {"profile": ["http://dsf.dev/fhir/StructureDefinition/task-start-ping|1.0"]},
-        "instantiatesCanonical": "http://dsf.dev/bpe/Process/ping|1.0",
-        "status": status,
-        "intent": "order",
-        "authoredOn": authored,
-        "requester": {"type": "Organization", "identifier": {"system": ORG_SYSTEM, "value": REMOTE_ORG}},
-        "restriction": {"recipient": [{"type": "Organization", "identifier": {"system": ORG_SYSTEM, "value": LOCAL_ORG}}]},
-        "input": [{
-            "type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "message-name"}]},
-            "valueString": "startPingProcess"
-        }]
-    })
-}
-
-fn organization(identifier: &str, name: &str) -> Value {
-    json!({
-        "resourceType": "Organization",
-        "identifier": [{"system": ORG_SYSTEM, "value": identifier}],
-        "active": true,
-        "name": name,
-    })
+    ping_task(status, authored, LOCAL_ORG)
 }
 
 async fn send(
@@ -152,7 +132,7 @@ async fn create_read_update_delete_history(server: TestServer) {
         Method::POST,
         "Task",
         &[],
-        Some(task("requested", "2024-05-01T10:00:00Z")),
+        Some(draft_task("crud-1", "2024-05-01T10:00:00Z")),
     )
     .await;
     assert_eq!(r.status, 201);
@@ -170,8 +150,9 @@ async fn create_read_update_delete_history(server: TestServer) {
     assert_eq!(read.status, 200);
     assert_eq!(read.json().unwrap(), created);
 
+    // Drafts are the Tasks that may be changed in place and deleted.
     let mut changed = created.clone();
-    changed["status"] = json!("in-progress");
+    changed["authoredOn"] = json!("2024-05-02T10:00:00Z");
     let r = send(
         c,
         Method::PUT,
@@ -194,7 +175,7 @@ async fn create_read_update_delete_history(server: TestServer) {
     assert!(diagnostics(&stale).contains("expected version 1"));
 
     let v1 = send(c, Method::GET, &format!("Task/{id}/_history/1"), &[], None).await;
-    assert_eq!(v1.json().unwrap()["status"], "requested");
+    assert_eq!(v1.json().unwrap()["authoredOn"], "2024-05-01T10:00:00Z");
     assert_eq!(
         send(c, Method::GET, &format!("Task/{id}/_history/9"), &[], None)
             .await
@@ -270,6 +251,7 @@ async fn create_read_update_delete_history(server: TestServer) {
 }
 
 async fn conditional_reads_and_prefer(server: TestServer) {
+    server.authorize_ping().await;
     let c = &server.local;
     let r = send(
         c,
@@ -435,13 +417,18 @@ async fn conditional_create_update_delete(server: TestServer) {
 
 async fn search_parameters(server: TestServer) {
     let c = &server.local;
+    let ad = server.authorize_ping().await;
     let t1 = create(c, task("requested", "2024-01-15T08:00:00Z")).await;
-    let t2 = create(c, task("completed", "2024-02-20T08:00:00Z")).await;
-    let mut t3 = task("requested", "2024-03-10T08:00:00Z");
+    // Tasks the local organisation could not create itself.
+    let mut t3 = ping_task("requested", "2024-03-10T08:00:00Z", "other.test");
     t3["identifier"] =
         json!([{"system": "http://dsf.dev/sid/task-identifier", "value": "draft-1"}]);
-    t3["requester"]["identifier"]["value"] = json!("other.test");
-    let t3 = create(c, t3).await;
+    let [t2, t3] = <[Value; 2]>::try_from(
+        server
+            .seed(vec![task("completed", "2024-02-20T08:00:00Z"), t3])
+            .await,
+    )
+    .unwrap();
     let id = |v: &Value| v["id"].as_str().unwrap().to_owned();
 
     let mut requested = search_ids(c, "Task", "status=requested").await;
@@ -577,13 +564,15 @@ async fn search_parameters(server: TestServer) {
 
     // Strings, uris, references, include and revinclude.
     let org = create(c, organization("search.test", "Universitätsklinikum Alpha")).await;
-    let mut endpoint = json!({
-        "resourceType": "Endpoint", "status": "active", "name": "Alpha FHIR",
-        "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest"},
-        "payloadType": [{"text": "Task"}], "address": "https://alpha.test/fhir",
-        "managingOrganization": {"reference": format!("Organization/{}", id(&org))}
-    });
-    endpoint = create(c, endpoint).await;
+    let endpoint = create(
+        c,
+        endpoint(
+            "alpha.test",
+            "https://alpha.test/fhir",
+            &format!("Organization/{}", id(&org)),
+        ),
+    )
+    .await;
     assert_eq!(
         search_ids(c, "Organization", "name=universit%C3%A4tsklinikum").await,
         vec![id(&org)]
@@ -631,15 +620,13 @@ async fn search_parameters(server: TestServer) {
         .await
         .unwrap();
     assert_eq!(rev["entry"].as_array().unwrap().len(), 2);
-    let ad = json!({"resourceType": "ActivityDefinition", "status": "active", "url": "http://dsf.dev/bpe/Process/ping", "version": "1.0"});
-    let ad = create(c, ad).await;
     for q in [
-        "url=http://dsf.dev/bpe/Process/ping",
-        "url=http://dsf.dev/bpe/Process/ping|1.0",
-        "version=1.0",
+        format!("url={PING_PROCESS}"),
+        format!("url={PING_PROCESS}|1.0"),
+        "version=1.0".to_owned(),
     ] {
         assert_eq!(
-            ids(&c.search("ActivityDefinition", q).await.unwrap()),
+            ids(&c.search("ActivityDefinition", &q).await.unwrap()),
             vec![id(&ad)],
             "{q}"
         );
@@ -715,6 +702,7 @@ async fn unknown_search_parameters(server: TestServer) {
 }
 
 async fn history_of_type_and_system(server: TestServer) {
+    server.authorize_ping().await;
     let c = &server.local;
     let before = send(c, Method::GET, "_history?_count=0", &[], None)
         .await
@@ -791,16 +779,13 @@ fn entry(method: &str, url: &str, full_url: Option<&str>, resource: Option<Value
 }
 
 async fn transaction_bundles(server: TestServer) {
+    server.authorize_ping().await;
     let c = &server.local;
     let org_urn = "urn:uuid:0b8d3c1e-5d6a-4b0f-9c57-000000000001";
     let ep_urn = "urn:uuid:0b8d3c1e-5d6a-4b0f-9c57-000000000002";
     let mut org = organization("tx.test", "Tx");
     org["endpoint"] = json!([{"reference": ep_urn}]);
-    let ep = json!({
-        "resourceType": "Endpoint", "status": "active", "address": "https://tx.test/fhir",
-        "connectionType": {"code": "hl7-fhir-rest"}, "payloadType": [{"text": "Task"}],
-        "managingOrganization": {"reference": org_urn}
-    });
+    let ep = endpoint("tx.test", "https://tx.test/fhir", org_urn);
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         entry("PUT", &format!("Organization?identifier={ORG_SYSTEM}|tx.test"), Some(org_urn), Some(org)),
         entry("POST", "Endpoint", Some(ep_urn), Some(ep)),
@@ -835,7 +820,7 @@ async fn transaction_bundles(server: TestServer) {
     assert!(diagnostics(&r).contains("entry 1"));
     assert_eq!(count(&server, "Task?_id:missing=x").await, tasks_before);
     let dangling = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        entry("POST", "Endpoint", None, Some(json!({"resourceType": "Endpoint", "status": "active", "address": "https://x.test", "connectionType": {"code": "x"}, "payloadType": [{"text": "x"}], "managingOrganization": {"reference": "urn:uuid:00000000-0000-0000-0000-00000000dead"}}))),
+        entry("POST", "Endpoint", None, Some(endpoint("x.test", "https://x.test", "urn:uuid:00000000-0000-0000-0000-00000000dead"))),
     ]});
     assert_eq!(
         send(c, Method::POST, "", &[], Some(dangling)).await.status,
@@ -844,8 +829,9 @@ async fn transaction_bundles(server: TestServer) {
 }
 
 async fn batch_bundles(server: TestServer) {
+    server.authorize_ping().await;
     let c = &server.local;
-    let t = create(c, task("requested", "2024-01-01")).await;
+    let t = create(c, draft_task("batch-1", "2024-01-01")).await;
     let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
         entry("POST", "Task", None, Some(task("requested", "2024-01-02"))),
         entry("GET", &format!("Task/{}", t["id"].as_str().unwrap()), None, None),
@@ -880,6 +866,7 @@ async fn batch_bundles(server: TestServer) {
 }
 
 async fn bad_input_is_rejected_and_changes_nothing(server: TestServer) {
+    server.authorize_ping().await;
     let c = &server.local;
     let t = create(c, task("requested", "2024-01-01")).await;
     let id = t["id"].as_str().unwrap().to_owned();
@@ -954,6 +941,7 @@ async fn bad_input_is_rejected_and_changes_nothing(server: TestServer) {
 }
 
 async fn identities_from_certificates(server: TestServer) {
+    server.authorize_ping().await;
     let r = send(&server.stranger, Method::GET, "metadata", &[], None).await;
     assert_eq!(r.status, 401);
     assert!(diagnostics(&r).contains("allow list"));
@@ -964,7 +952,7 @@ async fn identities_from_certificates(server: TestServer) {
             Method::POST,
             "Task",
             &[],
-            Some(task("requested", "2024-01-01"))
+            Some(remote_ping("2024-01-01"))
         )
         .await
         .status,
@@ -1029,6 +1017,7 @@ async fn xml_on_the_wire(server: TestServer) {
     let xml = r#"<?xml version="1.0" encoding="utf-8"?>
 <!-- licence header -->
 <Organization xmlns="http://hl7.org/fhir" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <meta><tag><system value="http://dsf.dev/fhir/CodeSystem/read-access-tag"/><code value="ALL"/></tag></meta>
   <identifier><system value="http://dsf.dev/sid/organization-identifier"/><value value="xml.test"/></identifier>
   <active value="true"/>
   <name value="XML Org"/>

@@ -92,6 +92,9 @@ pub struct SearchQuery {
     /// Parameters this server does not support: an error under `Prefer: handling=strict`,
     /// a warning otherwise.
     pub unsupported: Vec<String>,
+    /// Only resources readable with these grants, includes too; `None` for all (the server's
+    /// own lookups, conditional writes).
+    pub visible_to: Option<crate::access::ReadGrants>,
 }
 
 /// Upper bound of `_count`, so that one request cannot make the server assemble a huge page.
@@ -337,6 +340,7 @@ impl SearchQuery {
             revincludes: Vec::new(),
             summary_count: false,
             unsupported: Vec::new(),
+            visible_to: None,
         };
         for (name, value) in pairs {
             match name.as_str() {

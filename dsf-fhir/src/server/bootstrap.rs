@@ -1,7 +1,7 @@
 //! Puts the local organisation and its endpoint into the store at start-up, as the Java DSF's
 //! init bundle does, so that the local BPE's certificate is recognised from the first request.
 
-use super::{FhirServer, ORGANIZATION_IDENTIFIER_SYSTEM};
+use super::{FhirServer, ORGANIZATION_IDENTIFIER_SYSTEM, READ_ACCESS_TAG_SYSTEM};
 use crate::search::SearchQuery;
 use crate::store::WriteOp;
 use crate::Result;
@@ -9,7 +9,6 @@ use dsf_core::Thumbprint;
 use serde_json::{json, Value};
 
 pub const ENDPOINT_IDENTIFIER_SYSTEM: &str = "http://dsf.dev/sid/endpoint-identifier";
-pub const READ_ACCESS_TAG_SYSTEM: &str = "http://dsf.dev/fhir/CodeSystem/read-access-tag";
 
 /// An organisation of the allow list: its identifier, certificate thumbprints and FHIR base URL.
 #[derive(Debug, Clone)]

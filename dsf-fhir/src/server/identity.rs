@@ -1,102 +1,362 @@
-//! Who is calling: resolved from the client certificate's thumbprint on every request, so a
-//! change to the allow list takes effect on the next request.
+//! Who is calling: resolved from the client certificate's thumbprint, as the Java DSF does:
+//! an active Organization of the allow list carrying the thumbprint (the local organisation
+//! or a remote one), else a configured local user (a practitioner of the local organisation),
+//! else nobody. Resolutions are cached until the allow list changes, so every change to it
+//! is seen by the next request.
 
-use crate::store::ResourceStore;
+use super::authorization::{DsfRole, Role};
+use crate::access::{
+    array_at, coding_of, grant, identifier_of, str_at, ReadGrants, ORGANIZATION_IDENTIFIER_SYSTEM,
+};
+use crate::search::SearchQuery;
+use crate::store::{ResourceStore, StoredResource};
 use crate::{Error, Result};
 use dsf_core::Thumbprint;
 use serde_json::Value;
+use std::sync::Arc;
 
-/// The identifier system of DSF organisations.
-pub const ORGANIZATION_IDENTIFIER_SYSTEM: &str = "http://dsf.dev/sid/organization-identifier";
+/// The practitioner role of DSF administrators.
+pub const DSF_ADMIN: (&str, &str) = (
+    "http://dsf.dev/fhir/CodeSystem/practitioner-role",
+    "DSF_ADMIN",
+);
 
-/// A local user configured by thumbprint (the Java DSF's role config), e.g. an administrator
-/// using the server with a personal certificate.
+/// A local user configured by certificate thumbprint (an entry of the Java DSF's
+/// `DEV_DSF_FHIR_SERVER_ROLECONFIG`), e.g. an administrator with a personal certificate.
 #[derive(Debug, Clone)]
 pub struct LocalUser {
     pub name: String,
     pub thumbprint: Thumbprint,
-    /// DSF roles such as `CREATE`, `READ`, `UPDATE`, `DELETE`, `SEARCH`, `HISTORY`.
-    pub roles: Vec<String>,
+    /// The DSF roles (`CREATE`, `READ`, …), each for all or some resource types.
+    pub roles: Vec<DsfRole>,
+    /// Practitioner roles as `(system, code)`, e.g. [`DSF_ADMIN`].
+    pub practitioner_roles: Vec<(String, String)>,
+    /// The value of the user's `http://dsf.dev/sid/practitioner-identifier` (an e-mail address).
+    pub practitioner_identifier: Option<String>,
+}
+
+impl LocalUser {
+    /// A user with the given roles on all resource types and no practitioner role.
+    pub fn new(name: &str, thumbprint: Thumbprint, roles: &[Role]) -> Self {
+        LocalUser {
+            name: name.to_owned(),
+            thumbprint,
+            roles: roles.iter().map(|r| DsfRole::all(*r)).collect(),
+            practitioner_roles: Vec::new(),
+            practitioner_identifier: None,
+        }
+    }
+
+    pub fn with_practitioner_role(mut self, system: &str, code: &str) -> Self {
+        self.practitioner_roles
+            .push((system.to_owned(), code.to_owned()));
+        self
+    }
+
+    pub fn with_practitioner_identifier(mut self, identifier: &str) -> Self {
+        self.practitioner_identifier = Some(identifier.to_owned());
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// The organisation this server belongs to (its BPE and its administrators' tools).
+    LocalOrganization,
+    /// An organisation of the allow list.
+    RemoteOrganization,
+    /// A configured local user, acting as a practitioner of the local organisation.
+    Practitioner,
+}
+
+/// The role an organisation holds in a parent organisation (an active
+/// OrganizationAffiliation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Affiliation {
+    pub parent: String,
+    pub system: String,
+    pub code: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identity {
-    /// The organisation this server belongs to (its BPE and its administrators' tools).
-    LocalOrganization {
-        identifier: String,
-        organization: String,
-    },
-    /// An organisation of the allow list.
-    RemoteOrganization {
-        identifier: String,
-        organization: String,
-    },
-    LocalUser {
-        name: String,
-        roles: Vec<String>,
-    },
+pub struct Identity {
+    pub kind: IdentityKind,
+    /// For logs: the organisation identifier or the user's name.
+    pub name: String,
+    /// The `organization-identifier` value of the caller's organisation (the local one for
+    /// practitioners).
+    pub organization_identifier: String,
+    pub roles: Vec<DsfRole>,
+    pub practitioner_roles: Vec<(String, String)>,
+    pub practitioner_identifier: Option<String>,
+    /// Roles of the caller's organisation in parent organisations.
+    pub affiliations: Vec<Affiliation>,
+    /// What the caller may read.
+    pub grants: ReadGrants,
 }
 
 impl Identity {
     pub fn is_local(&self) -> bool {
-        !matches!(self, Identity::RemoteOrganization { .. })
+        self.kind != IdentityKind::RemoteOrganization
     }
 
-    /// For logs.
+    pub fn is_organization(&self) -> bool {
+        self.kind != IdentityKind::Practitioner
+    }
+
     pub fn name(&self) -> &str {
-        match self {
-            Identity::LocalOrganization { identifier, .. }
-            | Identity::RemoteOrganization { identifier, .. } => identifier,
-            Identity::LocalUser { name, .. } => name,
+        &self.name
+    }
+
+    pub fn has_practitioner_role(&self, system: &str, code: &str) -> bool {
+        self.practitioner_roles
+            .iter()
+            .any(|(s, c)| s == system && c == code)
+    }
+
+    /// A practitioner with the DSF_ADMIN role.
+    pub fn is_admin(&self) -> bool {
+        self.kind == IdentityKind::Practitioner
+            && self.has_practitioner_role(DSF_ADMIN.0, DSF_ADMIN.1)
+    }
+
+    /// The local organisation itself or a DSF administrator: who may run the server's
+    /// business (move Tasks on, answer QuestionnaireResponses for the organisation).
+    pub fn is_local_organization_or_admin(&self) -> bool {
+        self.kind == IdentityKind::LocalOrganization || self.is_admin()
+    }
+
+    pub fn has_role(&self, role: Role, resource_type: &str) -> bool {
+        self.roles.iter().any(|r| r.grants(role, resource_type))
+    }
+
+    pub fn has_affiliation(&self, parent: &str, system: &str, code: &str) -> bool {
+        self.affiliations
+            .iter()
+            .any(|a| a.parent == parent && a.system == system && a.code == code)
+    }
+
+    fn organization(
+        kind: IdentityKind,
+        identifier: String,
+        affiliations: Vec<Affiliation>,
+    ) -> Identity {
+        let roles = match kind {
+            IdentityKind::LocalOrganization => Role::ALL.iter().map(|r| DsfRole::all(*r)).collect(),
+            _ => vec![
+                DsfRole::only(Role::Create, &["Task"]),
+                DsfRole::all(Role::Read),
+                DsfRole::all(Role::Search),
+                DsfRole::all(Role::History),
+            ],
+        };
+        let mut grants = common_grants(&identifier, &affiliations);
+        grants.push(grant::task_requester(
+            ORGANIZATION_IDENTIFIER_SYSTEM,
+            &identifier,
+        ));
+        if kind == IdentityKind::LocalOrganization {
+            grants.push(grant::LOCAL.to_owned());
+            grants.push(grant::task_recipient(&identifier));
+            grants.push(grant::QUESTIONNAIRE_RESPONSE_LOCAL.to_owned());
+        }
+        Identity {
+            kind,
+            name: identifier.clone(),
+            organization_identifier: identifier,
+            roles,
+            practitioner_roles: Vec::new(),
+            practitioner_identifier: None,
+            affiliations,
+            grants: ReadGrants::new(grants),
         }
     }
+
+    fn practitioner(user: &LocalUser, local: &str, affiliations: Vec<Affiliation>) -> Identity {
+        let mut identity = Identity {
+            kind: IdentityKind::Practitioner,
+            name: user.name.clone(),
+            organization_identifier: local.to_owned(),
+            roles: user.roles.clone(),
+            practitioner_roles: user.practitioner_roles.clone(),
+            practitioner_identifier: user.practitioner_identifier.clone(),
+            affiliations,
+            grants: ReadGrants::default(),
+        };
+        let mut grants = common_grants(local, &identity.affiliations);
+        grants.push(grant::LOCAL.to_owned());
+        grants.push(grant::task_draft_recipient(local));
+        grants.push(grant::QUESTIONNAIRE_RESPONSE_PRACTITIONERS.to_owned());
+        if let Some(id) = &identity.practitioner_identifier {
+            grants.push(grant::task_requester(
+                crate::access::PRACTITIONER_IDENTIFIER_SYSTEM,
+                id,
+            ));
+            grants.push(grant::practitioner(id));
+        }
+        for (system, code) in &identity.practitioner_roles {
+            grants.push(grant::practitioner_role(system, code));
+        }
+        if identity.is_admin() {
+            grants.push(grant::task_recipient(local));
+            grants.push(grant::QUESTIONNAIRE_RESPONSE_LOCAL.to_owned());
+        }
+        identity.grants = ReadGrants::new(grants);
+        identity
+    }
 }
 
-fn organization_identifier(org: &Value) -> Option<String> {
-    org.get("identifier")?
-        .as_array()?
+fn common_grants(organization: &str, affiliations: &[Affiliation]) -> Vec<String> {
+    let mut grants = vec![grant::ALL.to_owned(), grant::organization(organization)];
+    grants.extend(
+        affiliations
+            .iter()
+            .map(|a| grant::role(&a.parent, &a.system, &a.code)),
+    );
+    grants
+}
+
+pub(crate) fn organization_identifier(org: &Value) -> Option<String> {
+    array_at(org, "identifier")
         .iter()
-        .find(|i| i.get("system").and_then(Value::as_str) == Some(ORGANIZATION_IDENTIFIER_SYSTEM))
-        .and_then(|i| i.get("value").and_then(Value::as_str))
-        .map(str::to_owned)
+        .filter_map(identifier_of)
+        .find(|(system, _)| *system == ORGANIZATION_IDENTIFIER_SYSTEM)
+        .map(|(_, value)| value.to_owned())
 }
 
-/// Maps a thumbprint to an identity: an active Organization of the allow list carrying it,
-/// else a configured local user, else nobody.
+fn unfiltered(resource_type: &'static str, criteria: &str) -> Result<SearchQuery> {
+    let mut query = SearchQuery::parse_criteria(resource_type, criteria, "")?;
+    query.count = crate::search::MAX_COUNT;
+    Ok(query)
+}
+
+/// The roles `organization` (stored Organization) holds in parent organisations, from
+/// active OrganizationAffiliations that name it by literal or logical reference.
+async fn affiliations_of(
+    store: &ResourceStore,
+    organization: &StoredResource,
+    identifier: &str,
+) -> Result<Vec<Affiliation>> {
+    let by_reference = unfiltered(
+        "OrganizationAffiliation",
+        &format!(
+            "participating-organization={}&active=true",
+            organization.reference()
+        ),
+    )?;
+    let by_identifier = unfiltered(
+        "OrganizationAffiliation",
+        &format!(
+            "participating-organization:identifier={ORGANIZATION_IDENTIFIER_SYSTEM}|{identifier}&active=true"
+        ),
+    )?;
+    let mut found = store.search(&by_reference).await?.matches;
+    found.extend(store.search(&by_identifier).await?.matches);
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    found.dedup_by(|a, b| a.id == b.id);
+    let mut out = Vec::new();
+    for affiliation in &found {
+        let json = affiliation.json()?;
+        let Some(parent_ref) = json.get("organization") else {
+            continue;
+        };
+        let parent = match parent_ref
+            .get("identifier")
+            .and_then(identifier_of)
+            .filter(|(s, _)| *s == ORGANIZATION_IDENTIFIER_SYSTEM)
+        {
+            Some((_, value)) => Some(value.to_owned()),
+            None => match str_at(parent_ref, "reference").and_then(|r| r.split_once('/')) {
+                Some(("Organization", id)) => match store.read("Organization", id).await? {
+                    Some(org) if !org.deleted => organization_identifier(&org.json()?),
+                    _ => None,
+                },
+                _ => None,
+            },
+        };
+        let Some(parent) = parent else { continue };
+        for code in array_at(&json, "code") {
+            for coding in array_at(code, "coding") {
+                if let Some((system, code)) = coding_of(coding) {
+                    out.push(Affiliation {
+                        parent: parent.clone(),
+                        system: system.to_owned(),
+                        code: code.to_owned(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Maps a thumbprint to an identity; `Ok(None)` when nobody holds it.
 pub async fn resolve(
     store: &ResourceStore,
     local_identifier: &str,
     users: &[LocalUser],
     thumbprint: &Thumbprint,
-) -> Result<Identity> {
+) -> Result<Option<Identity>> {
     if let Some(org) = store
         .organization_by_thumbprint(thumbprint.as_str())
         .await?
     {
-        let json = org.json()?;
-        let identifier = organization_identifier(&json).unwrap_or_default();
-        let organization = org.reference();
-        return Ok(if identifier == local_identifier {
-            Identity::LocalOrganization {
-                identifier,
-                organization,
-            }
+        let identifier = organization_identifier(&org.json()?).unwrap_or_default();
+        let affiliations = affiliations_of(store, &org, &identifier).await?;
+        let kind = if identifier == local_identifier {
+            IdentityKind::LocalOrganization
         } else {
-            Identity::RemoteOrganization {
-                identifier,
-                organization,
-            }
-        });
+            IdentityKind::RemoteOrganization
+        };
+        return Ok(Some(Identity::organization(kind, identifier, affiliations)));
     }
     if let Some(user) = users.iter().find(|u| &u.thumbprint == thumbprint) {
-        return Ok(Identity::LocalUser {
-            name: user.name.clone(),
-            roles: user.roles.clone(),
-        });
+        let local = store
+            .search(&unfiltered(
+                "Organization",
+                &format!(
+                    "identifier={ORGANIZATION_IDENTIFIER_SYSTEM}|{local_identifier}&active=true"
+                ),
+            )?)
+            .await?
+            .matches;
+        let affiliations = match local.first() {
+            Some(org) => affiliations_of(store, org, local_identifier).await?,
+            None => Vec::new(),
+        };
+        return Ok(Some(Identity::practitioner(
+            user,
+            local_identifier,
+            affiliations,
+        )));
     }
-    Err(Error::Unauthenticated(
-        "client certificate is not part of the allow list".into(),
-    ))
+    Ok(None)
+}
+
+/// The local organisation as a process-authorization recipient: its identity as if it
+/// called itself. `None` while it is not in the allow list.
+pub async fn local_organization(
+    store: &ResourceStore,
+    local_identifier: &str,
+) -> Result<Option<Identity>> {
+    let local = store
+        .search(&unfiltered(
+            "Organization",
+            &format!("identifier={ORGANIZATION_IDENTIFIER_SYSTEM}|{local_identifier}&active=true"),
+        )?)
+        .await?
+        .matches;
+    match local.first() {
+        Some(org) => {
+            let affiliations = affiliations_of(store, org, local_identifier).await?;
+            Ok(Some(Identity::organization(
+                IdentityKind::LocalOrganization,
+                local_identifier.to_owned(),
+                affiliations,
+            )))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Identities by thumbprint, valid while the store's allow-list generation stays the same, so
@@ -110,48 +370,79 @@ pub(crate) struct IdentityCache {
 #[derive(Default)]
 struct CacheState {
     generation: u64,
-    entries: std::collections::HashMap<Thumbprint, Option<Identity>>,
+    entries: std::collections::HashMap<Thumbprint, Option<Arc<Identity>>>,
+    local: Option<Option<Arc<Identity>>>,
 }
 
 const CACHE_CAPACITY: usize = 10_000;
 
 impl IdentityCache {
+    fn lookup<T: Clone>(
+        &self,
+        generation: u64,
+        get: impl FnOnce(&CacheState) -> Option<T>,
+    ) -> Option<T> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.generation == generation {
+            get(&state)
+        } else {
+            None
+        }
+    }
+
+    fn remember(&self, generation: u64, put: impl FnOnce(&mut CacheState)) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if generation > state.generation {
+            state.generation = generation;
+            state.entries.clear();
+            state.local = None;
+        }
+        if generation == state.generation {
+            if state.entries.len() >= CACHE_CAPACITY {
+                state.entries.clear();
+            }
+            put(&mut state);
+        }
+    }
+
     pub(crate) async fn resolve(
         &self,
         store: &ResourceStore,
         local_identifier: &str,
         users: &[LocalUser],
         thumbprint: &Thumbprint,
-    ) -> Result<Identity> {
+    ) -> Result<Arc<Identity>> {
         let refused =
             || Error::Unauthenticated("client certificate is not part of the allow list".into());
         // Read before the lookup: a change committed meanwhile moves the generation on and
         // makes this entry stale at once.
         let generation = store.allow_list_generation();
-        {
-            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if state.generation == generation {
-                if let Some(hit) = state.entries.get(thumbprint) {
-                    return hit.clone().ok_or_else(refused);
-                }
-            }
+        if let Some(hit) = self.lookup(generation, |s| s.entries.get(thumbprint).cloned()) {
+            return hit.ok_or_else(refused);
         }
-        let resolved = match resolve(store, local_identifier, users, thumbprint).await {
-            Ok(identity) => Some(identity),
-            Err(Error::Unauthenticated(_)) => None,
-            Err(other) => return Err(other),
-        };
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if generation > state.generation {
-            state.generation = generation;
-            state.entries.clear();
-        }
-        if generation == state.generation {
-            if state.entries.len() >= CACHE_CAPACITY {
-                state.entries.clear();
-            }
-            state.entries.insert(thumbprint.clone(), resolved.clone());
-        }
+        let resolved = resolve(store, local_identifier, users, thumbprint)
+            .await?
+            .map(Arc::new);
+        self.remember(generation, |s| {
+            s.entries.insert(thumbprint.clone(), resolved.clone());
+        });
         resolved.ok_or_else(refused)
+    }
+
+    /// [`local_organization`], cached the same way.
+    pub(crate) async fn local(
+        &self,
+        store: &ResourceStore,
+        local_identifier: &str,
+    ) -> Result<Option<Arc<Identity>>> {
+        let generation = store.allow_list_generation();
+        if let Some(hit) = self.lookup(generation, |s| s.local.clone()) {
+            return Ok(hit);
+        }
+        let resolved = local_organization(store, local_identifier)
+            .await?
+            .map(Arc::new);
+        self.remember(generation, |s| s.local = Some(resolved.clone()));
+        Ok(resolved)
     }
 }

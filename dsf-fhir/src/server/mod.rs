@@ -1,17 +1,18 @@
 //! The REST API at `/fhir` over mutual TLS (hyper 1 + tokio-rustls).
 
+pub mod authorization;
 mod bootstrap;
 mod bundles;
 mod capability;
 pub mod identity;
-pub mod policy;
 mod reply;
 mod rest;
 mod transaction;
 
-pub use bootstrap::{AllowListEntry, ENDPOINT_IDENTIFIER_SYSTEM, READ_ACCESS_TAG_SYSTEM};
-pub use identity::{Identity, LocalUser, ORGANIZATION_IDENTIFIER_SYSTEM};
-pub use policy::{AccessPolicy, Interaction, RoleBaseline};
+pub use crate::access::{ORGANIZATION_IDENTIFIER_SYSTEM, READ_ACCESS_TAG_SYSTEM};
+pub use authorization::{DsfRole, Role};
+pub use bootstrap::{AllowListEntry, ENDPOINT_IDENTIFIER_SYSTEM};
+pub use identity::{Identity, IdentityKind, LocalUser, DSF_ADMIN};
 
 use crate::format::Format;
 use crate::search::parse_query_string;
@@ -71,12 +72,11 @@ impl ServerConfig {
     }
 }
 
-/// A FHIR server: a store, its settings and the access policy. Serve it with [`FhirServer::serve`].
+/// A FHIR server: a store and its settings. Serve it with [`FhirServer::serve`].
 pub struct FhirServer {
     store: ResourceStore,
     config: ServerConfig,
     context_path: String,
-    policy: Arc<dyn AccessPolicy>,
     identities: identity::IdentityCache,
 }
 
@@ -134,15 +134,8 @@ impl FhirServer {
             context_path: config.context_path(),
             store,
             config,
-            policy: Arc::new(RoleBaseline),
             identities: identity::IdentityCache::default(),
         }
-    }
-
-    /// Replaces the access policy (the default is [`RoleBaseline`]).
-    pub fn with_policy(mut self, policy: Arc<dyn AccessPolicy>) -> Self {
-        self.policy = policy;
-        self
     }
 
     pub fn store(&self) -> &ResourceStore {
@@ -290,10 +283,6 @@ impl FhirServer {
         };
         tracing::debug!(identity = identity.name(), method = %call.method, path = %call.path, "request");
         self.route(&call).await
-    }
-
-    fn allow(&self, call: &Call<'_>, interaction: Interaction, resource_type: &str) -> Result<()> {
-        self.policy.check(call.identity, interaction, resource_type)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::bundles::{self, Bundle, Entry, EntryRequest, EntryResource, EntrySearch};
 use super::reply::{etag, Body, Reply};
-use super::{method_not_allowed, Call, FhirServer, Interaction};
+use super::{method_not_allowed, Call, FhirServer, Role};
 use crate::format::parse_resource;
 use crate::resource_type::supported_type;
 use crate::search::{parse_date_range, parse_query_string, SearchQuery};
@@ -135,12 +135,13 @@ impl FhirServer {
     }
 
     async fn read(&self, call: &Call<'_>, t: &'static str, id: &str) -> Result<Reply> {
-        self.allow(call, Interaction::Read, t)?;
+        self.require(call, Role::Read, t)?;
         let not_found = || Error::NotFound(format!("{t}/{id} not found"));
         if !valid_id(id) {
             return Err(not_found());
         }
         let stored = self.store.read(t, id).await?.ok_or_else(not_found)?;
+        self.require_readable(call, &stored).await?;
         if stored.deleted {
             return Err(Error::Gone {
                 resource: stored.reference(),
@@ -185,13 +186,14 @@ impl FhirServer {
         id: &str,
         version: &str,
     ) -> Result<Reply> {
-        self.allow(call, Interaction::Read, t)?;
+        self.require(call, Role::Read, t)?;
         let not_found = || Error::NotFound(format!("{t}/{id}/_history/{version} not found"));
         let v: i64 = version.parse().map_err(|_| not_found())?;
         if !valid_id(id) {
             return Err(not_found());
         }
         let stored = self.store.vread(t, id, v).await?.ok_or_else(not_found)?;
+        self.require_readable(call, &stored).await?;
         if stored.deleted {
             return Err(Error::Gone {
                 resource: stored.reference(),
@@ -203,6 +205,32 @@ impl FhirServer {
             stored.body.clone().map_or(Body::Empty, Body::Stored),
         )
         .version_headers(&stored))
+    }
+
+    /// A resource the caller may not read is answered as if it did not exist, so that
+    /// neither the status nor the message tells whether it does.
+    pub(crate) async fn require_readable(
+        &self,
+        call: &Call<'_>,
+        stored: &StoredResource,
+    ) -> Result<()> {
+        if self
+            .store
+            .is_readable(stored, &call.identity.grants)
+            .await?
+        {
+            Ok(())
+        } else {
+            tracing::info!(identity = call.identity.name(), resource = %stored.reference(), "read refused");
+            Err(Error::NotFound(format!("{} not found", stored.reference())))
+        }
+    }
+
+    async fn write_one(&self, call: &Call<'_>, op: WriteOp) -> Result<WriteOutcome> {
+        self.write_as(call, vec![op], |_| "request".to_owned())
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Storage("write produced no outcome".into()))
     }
 
     /// Parses the body as a resource of type `t`.
@@ -221,7 +249,7 @@ impl FhirServer {
     }
 
     async fn create(&self, call: &Call<'_>, t: &'static str) -> Result<Reply> {
-        self.allow(call, Interaction::Create, t)?;
+        self.require(call, Role::Create, t)?;
         let mut resource = self.body_resource(call, t)?;
         if let Some(obj) = resource.as_object_mut() {
             obj.remove("id");
@@ -231,12 +259,14 @@ impl FhirServer {
             .map(|criteria| SearchQuery::parse_criteria(t, criteria, &self.config.base_url))
             .transpose()?;
         match self
-            .store
-            .write(WriteOp::Create {
-                resource,
-                if_none_exist,
-                full_url: None,
-            })
+            .write_one(
+                call,
+                WriteOp::Create {
+                    resource,
+                    if_none_exist,
+                    full_url: None,
+                },
+            )
             .await?
         {
             WriteOutcome::Created(stored) => {
@@ -258,7 +288,7 @@ impl FhirServer {
     }
 
     async fn update(&self, call: &Call<'_>, t: &'static str, id: &str) -> Result<Reply> {
-        self.allow(call, Interaction::Update, t)?;
+        self.require(call, Role::Update, t)?;
         if !valid_id(id) {
             return Err(Error::NotFound(format!("{t}/{id} not found")));
         }
@@ -277,7 +307,7 @@ impl FhirServer {
             if_match,
             full_url: None,
         };
-        match self.store.write(op).await? {
+        match self.write_one(call, op).await? {
             WriteOutcome::Updated(stored) => {
                 Ok(self.written(call, StatusCode::OK, &stored, "updated"))
             }
@@ -292,16 +322,18 @@ impl FhirServer {
     }
 
     async fn conditional_update(&self, call: &Call<'_>, t: &'static str) -> Result<Reply> {
-        self.allow(call, Interaction::Update, t)?;
+        self.require(call, Role::Update, t)?;
         let query = self.criteria(call, t)?;
         let resource = self.body_resource(call, t)?;
         match self
-            .store
-            .write(WriteOp::ConditionalUpdate {
-                query,
-                resource,
-                full_url: None,
-            })
+            .write_one(
+                call,
+                WriteOp::ConditionalUpdate {
+                    query,
+                    resource,
+                    full_url: None,
+                },
+            )
             .await?
         {
             WriteOutcome::Created(stored) => {
@@ -331,26 +363,27 @@ impl FhirServer {
     }
 
     async fn delete(&self, call: &Call<'_>, t: &'static str, id: &str) -> Result<Reply> {
-        self.allow(call, Interaction::Delete, t)?;
+        self.require(call, Role::Delete, t)?;
         if !valid_id(id) {
             return Err(Error::NotFound(format!("{t}/{id} not found")));
         }
         Self::deleted(
-            self.store
-                .write(WriteOp::Delete {
+            self.write_one(
+                call,
+                WriteOp::Delete {
                     resource_type: t,
                     id: id.to_owned(),
-                })
-                .await?,
+                },
+            )
+            .await?,
         )
     }
 
     async fn conditional_delete(&self, call: &Call<'_>, t: &'static str) -> Result<Reply> {
-        self.allow(call, Interaction::Delete, t)?;
+        self.require(call, Role::Delete, t)?;
         let query = self.criteria(call, t)?;
         Self::deleted(
-            self.store
-                .write(WriteOp::ConditionalDelete { query })
+            self.write_one(call, WriteOp::ConditionalDelete { query })
                 .await?,
         )
     }
@@ -362,8 +395,10 @@ impl FhirServer {
         t: &'static str,
         pairs: &[(String, String)],
     ) -> Result<String> {
-        self.allow(call, Interaction::Search, t)?;
-        let query = SearchQuery::parse(t, pairs, self.config.page_count, &self.config.base_url)?;
+        self.require(call, Role::Search, t)?;
+        let mut query =
+            SearchQuery::parse(t, pairs, self.config.page_count, &self.config.base_url)?;
+        query.visible_to = Some(call.identity.grants.clone());
         if call.strict() && !query.unsupported.is_empty() {
             return Err(Error::Invalid(format!(
                 "unsupported search parameters: {}",
@@ -447,10 +482,11 @@ impl FhirServer {
         t: Option<&'static str>,
         id: Option<&str>,
     ) -> Result<Reply> {
-        self.allow(call, Interaction::History, t.unwrap_or("*"))?;
+        self.require(call, Role::History, t.unwrap_or("*"))?;
         let mut filter = HistoryFilter {
             resource_type: t.map(str::to_owned),
             id: id.map(str::to_owned),
+            visible_to: Some(call.identity.grants.clone()),
             ..Default::default()
         };
         let mut count = self.config.page_count;
@@ -482,9 +518,12 @@ impl FhirServer {
             }
         }
         if let (Some(t), Some(id)) = (t, id) {
-            if !valid_id(id) || self.store.read(t, id).await?.is_none() {
-                return Err(Error::NotFound(format!("{t}/{id} not found")));
-            }
+            let current = match valid_id(id) {
+                true => self.store.read(t, id).await?,
+                false => None,
+            };
+            let current = current.ok_or_else(|| Error::NotFound(format!("{t}/{id} not found")))?;
+            self.require_readable(call, &current).await?;
         }
         let result = self.store.history(&filter, count, page).await?;
         let base = &self.config.base_url;

@@ -5,7 +5,7 @@
 use super::bundles::{Bundle, Entry, EntryResource, EntryResponse};
 use super::reply::{Body, Reply};
 use super::rest::{parse_etag, resource_type, valid_id};
-use super::{status, Call, FhirServer, Interaction};
+use super::{status, Call, FhirServer, Role};
 use crate::format::parse_resource;
 use crate::search::{parse_query_string, SearchQuery};
 use crate::store::{StoredResource, WriteOp, WriteOutcome};
@@ -183,8 +183,7 @@ impl FhirServer {
             }
         }
         let outcomes = self
-            .store
-            .transaction_labelled(ops, {
+            .write_as(call, ops, {
                 let op_entries = op_entries.clone();
                 move |op| format!("entry {}", op_entries.get(op).copied().unwrap_or(op))
             })
@@ -222,7 +221,7 @@ impl FhirServer {
             (&Method::GET | &Method::HEAD, _) => return Ok(None),
             (&Method::POST, [t]) => {
                 let t = resource_type(t)?;
-                self.allow(call, Interaction::Create, t)?;
+                self.require(call, Role::Create, t)?;
                 let mut resource = resource()?;
                 if str_at(&resource, "resourceType") != Some(t) {
                     return Err(Error::Invalid(format!(
@@ -245,7 +244,7 @@ impl FhirServer {
             }
             (&Method::PUT, [t]) => {
                 let t = resource_type(t)?;
-                self.allow(call, Interaction::Update, t)?;
+                self.require(call, Role::Update, t)?;
                 let query = SearchQuery::criteria_from_pairs(t, &request.query, base)?;
                 WriteOp::ConditionalUpdate {
                     query,
@@ -255,7 +254,7 @@ impl FhirServer {
             }
             (&Method::PUT, [t, id]) => {
                 let t = resource_type(t)?;
-                self.allow(call, Interaction::Update, t)?;
+                self.require(call, Role::Update, t)?;
                 let resource = resource()?;
                 if str_at(&resource, "id") != Some(id) || !valid_id(id) {
                     return Err(Error::Invalid(format!(
@@ -273,14 +272,14 @@ impl FhirServer {
             }
             (&Method::DELETE, [t]) => {
                 let t = resource_type(t)?;
-                self.allow(call, Interaction::Delete, t)?;
+                self.require(call, Role::Delete, t)?;
                 WriteOp::ConditionalDelete {
                     query: SearchQuery::criteria_from_pairs(t, &request.query, base)?,
                 }
             }
             (&Method::DELETE, [t, id]) => {
                 let t = resource_type(t)?;
-                self.allow(call, Interaction::Delete, t)?;
+                self.require(call, Role::Delete, t)?;
                 WriteOp::Delete {
                     resource_type: t,
                     id: (*id).to_owned(),

@@ -15,6 +15,7 @@ const MAX_BATCH: usize = 128;
 pub(super) struct Job {
     pub ops: Vec<WriteOp>,
     pub label: Box<dyn Fn(usize) -> String + Send>,
+    pub guard: Option<Arc<dyn super::WriteGuard>>,
     pub reply: oneshot::Sender<Result<Vec<WriteOutcome>>>,
 }
 
@@ -76,7 +77,8 @@ async fn run(backend: Arc<dyn Backend>, base_url: Arc<str>, mut rx: mpsc::Unboun
                 break;
             }
             let ops = std::mem::take(&mut job.ops);
-            match write::execute(&mut *session, dialect, &base_url, ops).await {
+            match write::execute(&mut *session, dialect, &base_url, ops, job.guard.as_deref()).await
+            {
                 Ok(outcomes) => {
                     if let Err(e) = session.execute(&release).await {
                         broken = Some(e);

@@ -12,8 +12,9 @@ pub use postgres::PostgresBackend;
 pub use sql::{Dialect, HistoryFilter, Sql, SqlValue};
 pub use sqlite::SqliteBackend;
 pub(crate) use write::now_millis;
-pub use write::{format_instant, WriteOp, WriteOutcome};
+pub use write::{format_instant, Change, WriteGuard, WriteOp, WriteOutcome};
 
+use crate::access::ReadGrants;
 use crate::search::SearchQuery;
 use crate::{Error, Result};
 use async_trait::async_trait;
@@ -171,6 +172,20 @@ impl ResourceStore {
         Ok(session.resources(&sql).await?.into_iter().next())
     }
 
+    /// Whether the given version of a resource (a tombstone included) is readable with
+    /// `grants`.
+    pub async fn is_readable(&self, stored: &StoredResource, grants: &ReadGrants) -> Result<bool> {
+        let mut session = self.backend.read().await?;
+        let sql = sql::version_visible(
+            self.dialect(),
+            &stored.resource_type,
+            &stored.id,
+            stored.version,
+            grants,
+        );
+        Ok(session.count(&sql).await? > 0)
+    }
+
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchResult> {
         let mut session = self.backend.read().await?;
         search_in(&mut *session, self.dialect(), query).await
@@ -210,6 +225,18 @@ impl ResourceStore {
         ops: Vec<WriteOp>,
         label: impl Fn(usize) -> String + Send + 'static,
     ) -> Result<Vec<WriteOutcome>> {
+        self.transaction_guarded(ops, None, label).await
+    }
+
+    /// [`ResourceStore::transaction_labelled`], with every change shown to `guard` inside the
+    /// transaction, after the resource it replaces or deletes is locked: its verdict is based
+    /// on the version the write actually replaces.
+    pub async fn transaction_guarded(
+        &self,
+        ops: Vec<WriteOp>,
+        guard: Option<Arc<dyn WriteGuard>>,
+        label: impl Fn(usize) -> String + Send + 'static,
+    ) -> Result<Vec<WriteOutcome>> {
         let touches_allow_list = ops
             .iter()
             .any(|op| ALLOW_LIST_TYPES.contains(&op.resource_type()));
@@ -218,6 +245,7 @@ impl ResourceStore {
                 let (reply, answer) = tokio::sync::oneshot::channel();
                 let job = group::Job {
                     ops,
+                    guard,
                     label: Box::new(label),
                     reply,
                 };
@@ -230,9 +258,15 @@ impl ResourceStore {
             }
             None => {
                 let mut session = self.backend.write().await?;
-                let outcomes = write::execute(&mut *session, self.dialect(), &self.base_url, ops)
-                    .await
-                    .map_err(|(index, e)| e.context(&label(index)))?;
+                let outcomes = write::execute(
+                    &mut *session,
+                    self.dialect(),
+                    &self.base_url,
+                    ops,
+                    guard.as_deref(),
+                )
+                .await
+                .map_err(|(index, e)| e.context(&label(index)))?;
                 session.commit().await?;
                 outcomes
             }
@@ -293,6 +327,7 @@ impl ResourceStore {
             revincludes: Vec::new(),
             summary_count: false,
             unsupported: Vec::new(),
+            visible_to: None,
         };
         let result = self.search(&query).await?;
         match result.matches.len() {
@@ -351,7 +386,12 @@ pub(crate) async fn search_in(
             for (t, ids) in by_type {
                 included.extend(
                     session
-                        .resources(&sql::current_by_ids(dialect, t, &ids))
+                        .resources(&sql::current_by_ids(
+                            dialect,
+                            t,
+                            &ids,
+                            query.visible_to.as_ref(),
+                        ))
                         .await?,
                 );
             }
@@ -365,6 +405,7 @@ pub(crate) async fn search_in(
                         rev.source_type,
                         rev.param,
                         &targets,
+                        query.visible_to.as_ref(),
                     ))
                     .await?,
             );

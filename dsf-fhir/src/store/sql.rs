@@ -1,6 +1,7 @@
 //! SQL text shared by the SQLite and PostgreSQL backends. Both speak the same schema; only
 //! placeholders, row locking and a few column types differ.
 
+use crate::access::{grant, ReadGrants};
 use crate::search::{Clause, Condition, IndexRow, ParamKind, Prefix, SearchQuery, SortKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +125,16 @@ pub fn schema(dialect: Dialect) -> String {
         CREATE INDEX IF NOT EXISTS search_values_value ON search_values (res_type, param, value) WHERE value IS NOT NULL;
         CREATE INDEX IF NOT EXISTS search_values_norm ON search_values (res_type, param, norm) WHERE norm IS NOT NULL;
         CREATE INDEX IF NOT EXISTS search_values_date ON search_values (res_type, param, low) WHERE low IS NOT NULL;
-        CREATE INDEX IF NOT EXISTS search_values_resource ON search_values (res_type, res_id);"
+        CREATE INDEX IF NOT EXISTS search_values_resource ON search_values (res_type, res_id);
+        -- What each version grants (see crate::access); kept for every version, tombstones
+        -- included, so that history is filtered as well as search.
+        CREATE TABLE IF NOT EXISTS read_access (
+            seq BIGINT NOT NULL,
+            res_type TEXT NOT NULL,
+            access {text} NOT NULL,
+            PRIMARY KEY (seq, access)
+        );
+        CREATE INDEX IF NOT EXISTS read_access_type ON read_access (res_type, access, seq);"
     )
 }
 
@@ -277,6 +287,107 @@ fn search_from(sql: &mut Sql, query: &SearchQuery) {
     for c in &query.clauses {
         clause(sql, query.resource_type, c);
     }
+    if let Some(grants) = &query.visible_to {
+        visible(sql, grants, Some(query.resource_type));
+    }
+}
+
+/// `AND <the version r is readable with grants>`. With a type, the planner can drive the
+/// query from the caller's few grant rows; without one (system history) it probes by version.
+pub(crate) fn visible(sql: &mut Sql, grants: &ReadGrants, resource_type: Option<&str>) {
+    let grants = grants.as_slice();
+    if grants.is_empty() {
+        sql.push(" AND 1 = 0");
+        return;
+    }
+    match resource_type {
+        Some(t) => {
+            sql.push(" AND (r.seq IN (SELECT a.seq FROM read_access a WHERE a.res_type = ")
+                .bind(t)
+                .push(" AND a.access IN ")
+                .bind_list(grants)
+                .push(")");
+        }
+        None => {
+            sql.push(
+                " AND (EXISTS (SELECT 1 FROM read_access a WHERE a.seq = r.seq AND a.access IN ",
+            )
+            .bind_list(grants)
+            .push(")");
+        }
+    }
+    if resource_type.is_none() || resource_type == Some("Binary") {
+        // Binaries readable through their securityContext: the context's current version
+        // must be readable.
+        sql.push(" OR r.seq IN (SELECT c.seq FROM read_access c WHERE c.res_type = 'Binary' AND c.access IN (SELECT ")
+            .bind(grant::CONTEXT_PREFIX)
+            .push(" || x.res_type || '/' || x.res_id FROM resources x WHERE x.current = 1 AND x.deleted = 0 AND x.seq IN (SELECT b.seq FROM read_access b WHERE b.access IN ")
+            .bind_list(grants)
+            .push(")))");
+    }
+    sql.push(")");
+}
+
+/// Whether one version is readable with `grants`.
+pub fn version_visible(
+    dialect: Dialect,
+    resource_type: &str,
+    id: &str,
+    version: i64,
+    grants: &ReadGrants,
+) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT COUNT(*) FROM resources r WHERE r.res_type = ")
+        .bind(resource_type)
+        .push(" AND r.res_id = ")
+        .bind(id)
+        .push(" AND r.version = ")
+        .bind(version);
+    visible(&mut sql, grants, Some(resource_type));
+    sql
+}
+
+/// Records what one stored version grants (callers skip it when empty).
+pub fn insert_grants(
+    dialect: Dialect,
+    resource_type: &str,
+    id: &str,
+    version: i64,
+    grants: &[String],
+) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("INSERT INTO read_access (seq, res_type, access) SELECT r.seq, r.res_type, g.access FROM resources r CROSS JOIN (");
+    for (i, g) in grants.iter().enumerate() {
+        if i > 0 {
+            sql.push(" UNION ALL ");
+        }
+        sql.push("SELECT CAST(")
+            .bind(g.as_str())
+            .push(" AS TEXT) AS access");
+    }
+    sql.push(") g WHERE r.res_type = ")
+        .bind(resource_type)
+        .push(" AND r.res_id = ")
+        .bind(id)
+        .push(" AND r.version = ")
+        .bind(version);
+    sql
+}
+
+/// Gives a tombstone the grants of the version it deletes, so that the deletion shows in
+/// the history of exactly those who could read the resource.
+pub fn copy_grants(dialect: Dialect, resource_type: &str, id: &str, from: i64, to: i64) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("INSERT INTO read_access (seq, res_type, access) SELECT n.seq, a.res_type, a.access FROM resources n, resources o, read_access a WHERE n.res_type = ")
+        .bind(resource_type)
+        .push(" AND n.res_id = ")
+        .bind(id)
+        .push(" AND n.version = ")
+        .bind(to)
+        .push(" AND o.res_type = n.res_type AND o.res_id = n.res_id AND o.version = ")
+        .bind(from)
+        .push(" AND a.seq = o.seq");
+    sql
 }
 
 pub fn search_count(dialect: Dialect, query: &SearchQuery) -> Sql {
@@ -350,7 +461,12 @@ pub fn version_row(dialect: Dialect, resource_type: &str, id: &str, version: i64
 }
 
 /// Current, not deleted resources by type and id, for `_include`.
-pub fn current_by_ids(dialect: Dialect, resource_type: &str, ids: &[String]) -> Sql {
+pub fn current_by_ids(
+    dialect: Dialect,
+    resource_type: &str,
+    ids: &[String],
+    visible_to: Option<&ReadGrants>,
+) -> Sql {
     let mut sql = Sql::new(dialect);
     sql.push("SELECT ")
         .push(RESOURCE_COLUMNS)
@@ -358,6 +474,9 @@ pub fn current_by_ids(dialect: Dialect, resource_type: &str, ids: &[String]) -> 
         .bind(resource_type)
         .push(" AND r.current = 1 AND r.deleted = 0 AND r.res_id IN ");
     sql.bind_list(ids);
+    if let Some(grants) = visible_to {
+        visible(&mut sql, grants, Some(resource_type));
+    }
     sql
 }
 
@@ -375,7 +494,13 @@ pub fn reference_values(dialect: Dialect, resource_type: &str, param: &str, ids:
 
 /// Current resources of `source_type` whose `param` references one of `targets`, for
 /// `_revinclude`.
-pub fn referencing(dialect: Dialect, source_type: &str, param: &str, targets: &[String]) -> Sql {
+pub fn referencing(
+    dialect: Dialect,
+    source_type: &str,
+    param: &str,
+    targets: &[String],
+    visible_to: Option<&ReadGrants>,
+) -> Sql {
     let mut sql = Sql::new(dialect);
     sql.push("SELECT ")
         .push(RESOURCE_COLUMNS)
@@ -386,6 +511,9 @@ pub fn referencing(dialect: Dialect, source_type: &str, param: &str, targets: &[
         .push(" AND s.value IN ")
         .bind_list(targets)
         .push(")");
+    if let Some(grants) = visible_to {
+        visible(&mut sql, grants, Some(source_type));
+    }
     sql
 }
 
@@ -471,6 +599,8 @@ pub struct HistoryFilter {
     pub since: Option<i64>,
     /// Versions current at these instants (ms); several `_at` values must all hold.
     pub at: Vec<i64>,
+    /// Only versions readable with these grants; `None` for all.
+    pub visible_to: Option<ReadGrants>,
 }
 
 fn history_from(sql: &mut Sql, filter: &HistoryFilter) {
@@ -490,6 +620,9 @@ fn history_from(sql: &mut Sql, filter: &HistoryFilter) {
             .push(" AND NOT EXISTS (SELECT 1 FROM resources n WHERE n.res_type = r.res_type AND n.res_id = r.res_id AND n.version > r.version AND n.last_updated <= ")
             .bind(*at)
             .push(")");
+    }
+    if let Some(grants) = &filter.visible_to {
+        visible(sql, grants, filter.resource_type.as_deref());
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::sql::{self, Dialect};
 use super::{Session, StoredResource};
+use crate::access::grants_of;
 use crate::search::{index_rows, SearchQuery};
 use crate::{Error, Result};
 use serde_json::Value;
@@ -55,6 +56,34 @@ impl WriteOp {
             }
         }
     }
+}
+
+/// One change about to be written, as a [`WriteGuard`] sees it.
+#[derive(Debug, Clone, Copy)]
+/// `index` is the position of the operation in the transaction.
+pub enum Change<'a> {
+    Create {
+        index: usize,
+        resource_type: &'a str,
+        new: &'a Value,
+    },
+    Update {
+        index: usize,
+        resource_type: &'a str,
+        old: &'a StoredResource,
+        new: &'a Value,
+    },
+    Delete {
+        index: usize,
+        resource_type: &'a str,
+        old: &'a StoredResource,
+    },
+}
+
+/// Judges each change of a transaction inside it, seeing the version a write replaces as it
+/// is when the write happens. An error aborts the transaction.
+pub trait WriteGuard: Send + Sync {
+    fn check(&self, change: Change<'_>) -> Result<()>;
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +161,9 @@ struct Writer<'a> {
     dialect: Dialect,
     base_url: &'a str,
     ids: HashMap<String, String>,
+    guard: Option<&'a dyn WriteGuard>,
+    /// The operation being applied, for the guard.
+    index: usize,
 }
 
 impl Writer<'_> {
@@ -171,6 +203,7 @@ impl Writer<'_> {
         ordered.extend(rest);
         let resource = Value::Object(ordered);
         let rows = index_rows(resource_type, &resource, self.base_url);
+        let grants = grants_of(resource_type, &resource, self.base_url);
         let body = serde_json::to_string(&resource).map_err(Error::storage)?;
         let d = self.dialect;
         self.append_version(resource_type, id, version, last_updated, Some(body.clone()))
@@ -178,6 +211,11 @@ impl Writer<'_> {
         if !rows.is_empty() {
             self.session
                 .execute(&sql::insert_index(d, resource_type, id, &rows))
+                .await?;
+        }
+        if !grants.is_empty() {
+            self.session
+                .execute(&sql::insert_grants(d, resource_type, id, version, &grants))
                 .await?;
         }
         Ok(StoredResource {
@@ -236,8 +274,20 @@ impl Writer<'_> {
             .await
     }
 
+    fn check(&self, change: Change<'_>) -> Result<()> {
+        match self.guard {
+            Some(guard) => guard.check(change),
+            None => Ok(()),
+        }
+    }
+
     async fn create(&mut self, resource: Value, id: String) -> Result<WriteOutcome> {
         let resource_type = resource_type_of(&resource)?;
+        self.check(Change::Create {
+            index: self.index,
+            resource_type,
+            new: &resource,
+        })?;
         let stored = self.store_version(resource_type, &id, 1, resource).await?;
         Ok(WriteOutcome::Created(stored))
     }
@@ -258,6 +308,12 @@ impl Writer<'_> {
             Error::MethodNotAllowed(format!(
                 "{resource_type}/{id} does not exist; ids are assigned by the server, use create"
             ))
+        })?;
+        self.check(Change::Update {
+            index: self.index,
+            resource_type,
+            old: &current,
+            new: &resource,
         })?;
         if let Some(expected) = if_match {
             if expected != current.version {
@@ -281,9 +337,23 @@ impl Writer<'_> {
         if current.deleted {
             return Ok(WriteOutcome::AlreadyDeleted(current));
         }
+        self.check(Change::Delete {
+            index: self.index,
+            resource_type,
+            old: &current,
+        })?;
         let version = current.version + 1;
         let last_updated = now_millis();
         self.append_version(resource_type, id, version, last_updated, None)
+            .await?;
+        self.session
+            .execute(&sql::copy_grants(
+                self.dialect,
+                resource_type,
+                id,
+                current.version,
+                version,
+            ))
             .await?;
         Ok(WriteOutcome::Deleted(StoredResource {
             resource_type: resource_type.to_owned(),
@@ -316,12 +386,15 @@ pub(super) async fn execute(
     dialect: Dialect,
     base_url: &str,
     ops: Vec<WriteOp>,
+    guard: Option<&dyn WriteGuard>,
 ) -> std::result::Result<Vec<WriteOutcome>, (usize, Error)> {
     let mut writer = Writer {
         session,
         dialect,
         base_url,
         ids: HashMap::new(),
+        guard,
+        index: 0,
     };
     // First resolve every create and conditional update to its id, so that entries may
     // reference each other through fullUrls in any order, even in cycles (Organization and
@@ -335,6 +408,7 @@ pub(super) async fn execute(
     }
     let mut outcomes = Vec::with_capacity(ops.len());
     for (index, (op, target)) in ops.into_iter().zip(targets).enumerate() {
+        writer.index = index;
         let outcome = apply(&mut writer, op, target)
             .await
             .map_err(|e| (index, e))?;

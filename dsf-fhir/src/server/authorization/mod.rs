@@ -1,0 +1,298 @@
+//! The DSF's authorization rules: a role gate per interaction and resource type, a rule per
+//! resource type for writes, read access for everything that is read (see [`crate::access`]),
+//! and process authorization for Tasks (see [`process`]).
+//!
+//! Writes are judged in two steps. Before the transaction, the server checks what needs
+//! lookups (read-access tags naming organisations, process authorization of a Task) and what
+//! depends only on the new content; inside the transaction, a [`WriteGuard`] compares the new
+//! content with the version it replaces (status transitions, immutable fields), so that a
+//! concurrent write cannot slip between the check and the write.
+
+mod meta_tag;
+pub(crate) mod process;
+mod questionnaire_response;
+mod task;
+
+use super::identity::Identity;
+use super::{Call, FhirServer};
+use crate::store::{Change, WriteGuard, WriteOp, WriteOutcome};
+use crate::{Error, Result};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// The DSF roles an identity may hold (the Java DSF's `FhirServerRole`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Create,
+    Read,
+    Update,
+    Delete,
+    Search,
+    History,
+    PermanentDelete,
+    Websocket,
+}
+
+impl Role {
+    pub const ALL: [Role; 8] = [
+        Role::Create,
+        Role::Read,
+        Role::Update,
+        Role::Delete,
+        Role::Search,
+        Role::History,
+        Role::PermanentDelete,
+        Role::Websocket,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Create => "CREATE",
+            Role::Read => "READ",
+            Role::Update => "UPDATE",
+            Role::Delete => "DELETE",
+            Role::Search => "SEARCH",
+            Role::History => "HISTORY",
+            Role::PermanentDelete => "PERMANENT_DELETE",
+            Role::Websocket => "WEBSOCKET",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name.trim())
+    }
+}
+
+/// A role, for all resource types or only some (`CREATE: [Task]` in the Java DSF's role
+/// configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DsfRole {
+    pub role: Role,
+    /// Empty for all types.
+    pub resource_types: Vec<String>,
+}
+
+impl DsfRole {
+    pub fn all(role: Role) -> Self {
+        DsfRole {
+            role,
+            resource_types: Vec::new(),
+        }
+    }
+
+    pub fn only(role: Role, resource_types: &[&str]) -> Self {
+        DsfRole {
+            role,
+            resource_types: resource_types.iter().map(|t| (*t).to_owned()).collect(),
+        }
+    }
+
+    /// `CREATE` or `CREATE:Task,QuestionnaireResponse`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (name, types) = text.split_once(':').unwrap_or((text, ""));
+        Some(DsfRole {
+            role: Role::parse(name)?,
+            resource_types: types
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+
+    pub fn grants(&self, role: Role, resource_type: &str) -> bool {
+        self.role == role
+            && (self.resource_types.is_empty()
+                || self.resource_types.iter().any(|t| t == resource_type))
+    }
+}
+
+fn forbidden(what: &str, identity: &Identity, why: impl std::fmt::Display) -> Error {
+    Error::Forbidden(format!(
+        "{what} not allowed for '{}': {why}",
+        identity.name()
+    ))
+}
+
+/// The role gate: 403 unless the identity holds `role` for `resource_type`.
+pub(crate) fn require_role(identity: &Identity, role: Role, resource_type: &str) -> Result<()> {
+    if identity.has_role(role, resource_type) {
+        Ok(())
+    } else {
+        Err(forbidden(
+            &format!("{} of {resource_type}", role.name().to_lowercase()),
+            identity,
+            format!("no role {}", role.name()),
+        ))
+    }
+}
+
+/// What was decided about one operation before its transaction.
+#[derive(Debug, Clone)]
+struct Verdict {
+    /// If the operation creates a resource.
+    as_create: Result<()>,
+    /// If it updates one: the part that needs no old version.
+    as_update: Result<()>,
+}
+
+/// The guard of one request's writes.
+pub(crate) struct WriteRules {
+    identity: Arc<Identity>,
+    verdicts: Vec<Verdict>,
+}
+
+impl WriteRules {
+    fn verdict(&self, index: usize) -> Result<&Verdict> {
+        self.verdicts
+            .get(index)
+            .ok_or_else(|| Error::Storage("write rules out of step with the operations".into()))
+    }
+}
+
+impl WriteGuard for WriteRules {
+    fn check(&self, change: Change<'_>) -> Result<()> {
+        match change {
+            Change::Create { index, .. } => self.verdict(index)?.as_create.clone(),
+            Change::Update {
+                index,
+                resource_type,
+                old,
+                new,
+            } => {
+                let verdict = self.verdict(index)?;
+                if old.deleted {
+                    // Writing over a tombstone brings the resource back: judged as a create.
+                    return verdict.as_create.clone();
+                }
+                verdict.as_update.clone()?;
+                let old = old.json()?;
+                match resource_type {
+                    "Task" => task::check_update(&self.identity, &old, new),
+                    "QuestionnaireResponse" => {
+                        questionnaire_response::check_update(&self.identity, &old, new)
+                    }
+                    t => meta_tag::check_update(t, &old, new),
+                }
+            }
+            Change::Delete {
+                resource_type, old, ..
+            } => {
+                let old = old.json()?;
+                match resource_type {
+                    "Task" => task::check_delete(&self.identity, &old),
+                    "QuestionnaireResponse" => questionnaire_response::check_delete(&self.identity),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+impl FhirServer {
+    /// The role gate for the caller of `call`.
+    pub(crate) fn require(&self, call: &Call<'_>, role: Role, resource_type: &str) -> Result<()> {
+        require_role(call.identity, role, resource_type)
+    }
+
+    /// Runs `ops` in one transaction under the caller's write rules.
+    pub(crate) async fn write_as(
+        &self,
+        call: &Call<'_>,
+        ops: Vec<WriteOp>,
+        label: impl Fn(usize) -> String + Send + 'static,
+    ) -> Result<Vec<WriteOutcome>> {
+        let mut verdicts = Vec::with_capacity(ops.len());
+        for (index, op) in ops.iter().enumerate() {
+            verdicts.push(
+                self.prepare(call.identity, op)
+                    .await
+                    .map_err(|e| e.context(&label(index)))?,
+            );
+        }
+        let rules = WriteRules {
+            identity: Arc::new(call.identity.clone()),
+            verdicts,
+        };
+        self.store
+            .transaction_guarded(ops, Some(Arc::new(rules)), label)
+            .await
+    }
+
+    /// The role gate of an operation, and what can be decided before its transaction.
+    async fn prepare(&self, identity: &Identity, op: &WriteOp) -> Result<Verdict> {
+        let t = op.resource_type();
+        let not_checked = || Err(Error::Forbidden("not checked".into()));
+        Ok(match op {
+            WriteOp::Create { resource, .. } => Verdict {
+                as_create: self.check_create(identity, t, resource).await,
+                as_update: not_checked(),
+            },
+            WriteOp::Update { resource, .. } | WriteOp::ConditionalUpdate { resource, .. } => {
+                require_role(identity, Role::Update, t)?;
+                Verdict {
+                    as_create: self.check_create(identity, t, resource).await,
+                    as_update: self.check_update_content(identity, t, resource).await,
+                }
+            }
+            WriteOp::Delete { .. } | WriteOp::ConditionalDelete { .. } => {
+                require_role(identity, Role::Delete, t)?;
+                Verdict {
+                    as_create: not_checked(),
+                    as_update: not_checked(),
+                }
+            }
+        })
+    }
+
+    async fn check_create(&self, identity: &Identity, t: &str, resource: &Value) -> Result<()> {
+        require_role(identity, Role::Create, t)?;
+        match t {
+            "Task" => {
+                let request =
+                    task::check_create(identity, &self.config.organization_identifier, resource)?;
+                if let Some(request) = request {
+                    let recipient = self.local_identity().await?;
+                    process::authorize(&self.store, identity, &recipient, &request).await?;
+                }
+                Ok(())
+            }
+            "QuestionnaireResponse" => questionnaire_response::check_create(identity, resource),
+            _ => meta_tag::check_content(&self.store, identity, t, resource).await,
+        }
+    }
+
+    /// Content rules of an update that need lookups but not the old version.
+    async fn check_update_content(
+        &self,
+        identity: &Identity,
+        t: &str,
+        resource: &Value,
+    ) -> Result<()> {
+        match t {
+            "Task" => match task::completion_request(resource) {
+                // Completing re-checks that this organisation may receive the message.
+                Some(request) => {
+                    let recipient = self.local_identity().await?;
+                    process::authorize_recipient(&self.store, &recipient, &request).await
+                }
+                None => Ok(()),
+            },
+            "QuestionnaireResponse" => Ok(()),
+            _ => meta_tag::check_content(&self.store, identity, t, resource).await,
+        }
+    }
+
+    async fn local_identity(&self) -> Result<Arc<Identity>> {
+        self.identities
+            .local(&self.store, &self.config.organization_identifier)
+            .await?
+            .ok_or_else(|| {
+                Error::Forbidden(
+                    "the local organization is not in the allow list; no Task can be received"
+                        .into(),
+                )
+            })
+    }
+}
