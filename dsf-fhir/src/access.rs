@@ -91,7 +91,7 @@ pub mod grant {
 }
 
 /// What a caller may read: a sorted set of grants.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct ReadGrants(Arc<[String]>);
 
 impl ReadGrants {

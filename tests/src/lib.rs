@@ -19,6 +19,19 @@ pub const LOCAL_ORG: &str = "local.test";
 pub const REMOTE_ORG: &str = "remote.test";
 pub const TEST_MAX_BODY_BYTES: usize = 256 * 1024;
 
+/// The name of the test user holding only `role`.
+pub fn role_user_name(role: Role) -> String {
+    format!("user-{}", role.name().to_lowercase())
+}
+
+/// The practitioner identifier (an e-mail address) of the test user holding only `role`.
+pub fn role_user_identifier(role: Role) -> String {
+    format!("{}@local.test", role_user_name(role))
+}
+
+/// The practitioner identifier of the test administrator.
+pub const ADMIN_IDENTIFIER: &str = "admin@local.test";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
     Sqlite,
@@ -63,6 +76,9 @@ pub struct TestServer {
     pub user: FhirClient,
     /// A local user with every role and the DSF_ADMIN practitioner role.
     pub admin: FhirClient,
+    /// One local user per DSF role, holding only that role, with a practitioner identifier
+    /// ([`role_user_identifier`]) but no practitioner role.
+    pub role_users: Vec<(Role, FhirClient)>,
     pub stranger: FhirClient,
     pub local_cert: IssuedCert,
     shutdown: Option<oneshot::Sender<()>>,
@@ -84,6 +100,15 @@ impl TestServer {
         let remote_cert = pki.issue_client("remote-bpe").expect("client cert");
         let user_cert = pki.issue_client("local-user").expect("client cert");
         let admin_cert = pki.issue_client("local-admin").expect("client cert");
+        let role_certs: Vec<(Role, IssuedCert)> = Role::ALL
+            .iter()
+            .map(|role| {
+                let cert = pki
+                    .issue_client(&format!("user-{}", role.name().to_lowercase()))
+                    .expect("client cert");
+                (*role, cert)
+            })
+            .collect();
         let stranger_cert = pki.issue_client("stranger").expect("client cert");
 
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -101,8 +126,14 @@ impl TestServer {
         config.users.push(
             LocalUser::new("admin", admin_cert.thumbprint(), &Role::ALL)
                 .with_practitioner_role(DSF_ADMIN.0, DSF_ADMIN.1)
-                .with_practitioner_identifier("admin@local.test"),
+                .with_practitioner_identifier(ADMIN_IDENTIFIER),
         );
+        for (role, cert) in &role_certs {
+            config.users.push(
+                LocalUser::new(&role_user_name(*role), cert.thumbprint(), &[*role])
+                    .with_practitioner_identifier(&role_user_identifier(*role)),
+            );
+        }
         configure(&mut config);
         let store = ResourceStore::new(backend, &base_url);
         let server = FhirServer::new(store.clone(), config);
@@ -140,6 +171,10 @@ impl TestServer {
             remote: client(&remote_cert),
             user: client(&user_cert),
             admin: client(&admin_cert),
+            role_users: role_certs
+                .iter()
+                .map(|(role, cert)| (*role, client(cert)))
+                .collect(),
             stranger: client(&stranger_cert),
             local_cert,
             base_url: base_url.clone(),
@@ -148,6 +183,15 @@ impl TestServer {
             pki,
             shutdown: Some(tx),
         })
+    }
+
+    /// The local user holding only `role`.
+    pub fn role_user(&self, role: Role) -> &FhirClient {
+        self.role_users
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, c)| c)
+            .expect("a user per role")
     }
 
     /// A client with an arbitrary TLS configuration, for transport-level tests.

@@ -136,7 +136,9 @@ impl Identity {
             .any(|a| a.parent == parent && a.system == system && a.code == code)
     }
 
-    fn organization(
+    /// The identity of an organisation of the allow list, with its roles in parent
+    /// organisations.
+    pub fn organization(
         kind: IdentityKind,
         identifier: String,
         affiliations: Vec<Affiliation>,

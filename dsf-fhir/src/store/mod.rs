@@ -3,13 +3,15 @@
 //! [`Backend`] seam that the SQLite and PostgreSQL backends implement with plain SQL.
 
 mod group;
+mod plan;
 mod postgres;
 mod sql;
 mod sqlite;
 mod write;
 
+pub use plan::FEW_READABLE;
 pub use postgres::PostgresBackend;
-pub use sql::{Dialect, HistoryFilter, Sql, SqlValue};
+pub use sql::{AccessPlan, Dialect, HistoryFilter, Sql, SqlValue};
 pub use sqlite::SqliteBackend;
 pub(crate) use write::now_millis;
 pub use write::{format_instant, Change, WriteGuard, WriteOp, WriteOutcome};
@@ -103,6 +105,7 @@ pub struct ResourceStore {
     base_url: Arc<str>,
     allow_list_generation: Arc<std::sync::atomic::AtomicU64>,
     group_writer: Option<group::GroupWriter>,
+    plans: Arc<plan::PlanCache>,
 }
 
 impl ResourceStore {
@@ -126,6 +129,7 @@ impl ResourceStore {
             base_url,
             allow_list_generation: Arc::default(),
             group_writer,
+            plans: Arc::default(),
         }
     }
 
@@ -188,7 +192,7 @@ impl ResourceStore {
 
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchResult> {
         let mut session = self.backend.read().await?;
-        search_in(&mut *session, self.dialect(), query).await
+        search_in(&mut *session, self.dialect(), query, &self.plans).await
     }
 
     pub async fn history(
@@ -198,15 +202,29 @@ impl ResourceStore {
         page: usize,
     ) -> Result<HistoryResult> {
         let mut session = self.backend.read().await?;
+        let plan = match (&filter.resource_type, &filter.id, &filter.visible_to) {
+            (Some(t), None, Some(grants)) => {
+                self.plans
+                    .for_type_history(&mut *session, self.dialect(), t, grants)
+                    .await?
+            }
+            _ => AccessPlan::PerRow,
+        };
         let total = session
-            .count(&sql::history_count(self.dialect(), filter))
+            .count(&sql::history_count(self.dialect(), filter, plan))
             .await?;
         let entries = if count == 0 {
             Vec::new()
         } else {
             let offset = (page.max(1) - 1).saturating_mul(count);
             session
-                .resources(&sql::history_page(self.dialect(), filter, count, offset))
+                .resources(&sql::history_page(
+                    self.dialect(),
+                    filter,
+                    plan,
+                    count,
+                    offset,
+                ))
                 .await?
         };
         Ok(HistoryResult { total, entries })
@@ -345,8 +363,12 @@ pub(crate) async fn search_in(
     session: &mut dyn Session,
     dialect: Dialect,
     query: &SearchQuery,
+    plans: &plan::PlanCache,
 ) -> Result<SearchResult> {
-    let total = session.count(&sql::search_count(dialect, query)).await?;
+    let plan = plans.for_search(session, dialect, query).await?;
+    let total = session
+        .count(&sql::search_count(dialect, query, plan))
+        .await?;
     if query.summary_count || query.count == 0 {
         return Ok(SearchResult {
             total,
@@ -356,7 +378,7 @@ pub(crate) async fn search_in(
     }
     let offset = (query.page.max(1) - 1).saturating_mul(query.count);
     let matches = session
-        .resources(&sql::search_page(dialect, query, query.count, offset))
+        .resources(&sql::search_page(dialect, query, plan, query.count, offset))
         .await?;
     let mut included: Vec<StoredResource> = Vec::new();
     if !matches.is_empty() {

@@ -280,7 +280,7 @@ fn clause(sql: &mut Sql, resource_type: &str, clause: &Clause) {
 }
 
 /// `FROM resources r WHERE <current, not deleted, the query's clauses>`.
-fn search_from(sql: &mut Sql, query: &SearchQuery) {
+fn search_from(sql: &mut Sql, query: &SearchQuery, plan: AccessPlan) {
     sql.push(" FROM resources r WHERE r.res_type = ")
         .bind(query.resource_type)
         .push(" AND r.current = 1 AND r.deleted = 0");
@@ -288,42 +288,111 @@ fn search_from(sql: &mut Sql, query: &SearchQuery) {
         clause(sql, query.resource_type, c);
     }
     if let Some(grants) = &query.visible_to {
-        visible(sql, grants, Some(query.resource_type));
+        visible(sql, grants, Some(query.resource_type), plan);
     }
 }
 
-/// `AND <the version r is readable with grants>`. With a type, the planner can drive the
-/// query from the caller's few grant rows; without one (system history) it probes by version.
-pub(crate) fn visible(sql: &mut Sql, grants: &ReadGrants, resource_type: Option<&str>) {
+/// How a read-access filter meets the rows it filters (see [`super::plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessPlan {
+    /// Collect the versions the caller may read and drive the query from them.
+    FromGrants,
+    /// Probe the grant rows of each candidate.
+    PerRow,
+}
+
+/// How many versions of `resource_type` are readable with `grants`, counted up to `limit`.
+pub fn readable_up_to(
+    dialect: Dialect,
+    resource_type: &str,
+    grants: &ReadGrants,
+    limit: i64,
+) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT COUNT(*) FROM (SELECT 1 FROM read_access a WHERE a.res_type = ")
+        .bind(resource_type)
+        .push(" AND a.access IN ")
+        .bind_list(grants.as_slice())
+        .push(" LIMIT ")
+        .bind(limit)
+        .push(") x");
+    sql
+}
+
+/// How many current resources match the query's own criteria, counted up to `limit`.
+pub fn candidates_up_to(dialect: Dialect, query: &SearchQuery, limit: i64) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("SELECT COUNT(*) FROM (SELECT 1");
+    let mut unfiltered = query.clone();
+    unfiltered.visible_to = None;
+    search_from(&mut sql, &unfiltered, AccessPlan::PerRow);
+    sql.push(" LIMIT ").bind(limit).push(") x");
+    sql
+}
+
+/// `AND <the version r is readable with grants>`.
+pub(crate) fn visible(
+    sql: &mut Sql,
+    grants: &ReadGrants,
+    resource_type: Option<&str>,
+    plan: AccessPlan,
+) {
     let grants = grants.as_slice();
     if grants.is_empty() {
         sql.push(" AND 1 = 0");
         return;
     }
-    match resource_type {
-        Some(t) => {
+    // SQLite would otherwise seek the primary key once per grant; with the unary plus it
+    // seeks by version once and checks the version's two or three rows against the list.
+    let access = match sql.dialect {
+        Dialect::Sqlite => "+a.access",
+        Dialect::Postgres => "a.access",
+    };
+    match (resource_type, plan) {
+        (Some(t), AccessPlan::FromGrants) => {
             sql.push(" AND (r.seq IN (SELECT a.seq FROM read_access a WHERE a.res_type = ")
                 .bind(t)
                 .push(" AND a.access IN ")
                 .bind_list(grants)
                 .push(")");
         }
-        None => {
-            sql.push(
-                " AND (EXISTS (SELECT 1 FROM read_access a WHERE a.seq = r.seq AND a.access IN ",
-            )
-            .bind_list(grants)
-            .push(")");
+        _ => {
+            sql.push(" AND (EXISTS (SELECT 1 FROM read_access a WHERE a.seq = r.seq AND ")
+                .push(access)
+                .push(" IN ")
+                .bind_list(grants)
+                .push(")");
         }
     }
     if resource_type.is_none() || resource_type == Some("Binary") {
-        // Binaries readable through their securityContext: the context's current version
-        // must be readable.
-        sql.push(" OR r.seq IN (SELECT c.seq FROM read_access c WHERE c.res_type = 'Binary' AND c.access IN (SELECT ")
+        // A Binary with a securityContext is readable when the context's current version
+        // is; its `CONTEXT|Type/id` grant names the context.
+        let start = grant::CONTEXT_PREFIX.len() + 1;
+        let (context_type, context_id) = match sql.dialect {
+            Dialect::Sqlite => (
+                format!("substr(c.access, {start}, instr(substr(c.access, {start}), '/') - 1)"),
+                format!("substr(c.access, {start} + instr(substr(c.access, {start}), '/'))"),
+            ),
+            Dialect::Postgres => (
+                format!("split_part(substr(c.access, {start}), '/', 1)"),
+                format!("split_part(substr(c.access, {start}), '/', 2)"),
+            ),
+        };
+        sql.push(" OR EXISTS (SELECT 1 FROM read_access c JOIN resources x ON x.res_type = ")
+            .push(&context_type)
+            .push(" AND x.res_id = ")
+            .push(&context_id)
+            .push(
+                " AND x.current = 1 AND x.deleted = 0 WHERE c.seq = r.seq AND substr(c.access, 1, ",
+            )
+            .push(&grant::CONTEXT_PREFIX.len().to_string())
+            .push(") = ")
             .bind(grant::CONTEXT_PREFIX)
-            .push(" || x.res_type || '/' || x.res_id FROM resources x WHERE x.current = 1 AND x.deleted = 0 AND x.seq IN (SELECT b.seq FROM read_access b WHERE b.access IN ")
+            .push(" AND EXISTS (SELECT 1 FROM read_access b WHERE b.seq = x.seq AND ")
+            .push(&access.replace("a.", "b."))
+            .push(" IN ")
             .bind_list(grants)
-            .push(")))");
+            .push("))");
     }
     sql.push(")");
 }
@@ -343,7 +412,7 @@ pub fn version_visible(
         .bind(id)
         .push(" AND r.version = ")
         .bind(version);
-    visible(&mut sql, grants, Some(resource_type));
+    visible(&mut sql, grants, Some(resource_type), AccessPlan::PerRow);
     sql
 }
 
@@ -390,18 +459,24 @@ pub fn copy_grants(dialect: Dialect, resource_type: &str, id: &str, from: i64, t
     sql
 }
 
-pub fn search_count(dialect: Dialect, query: &SearchQuery) -> Sql {
+pub fn search_count(dialect: Dialect, query: &SearchQuery, plan: AccessPlan) -> Sql {
     let mut sql = Sql::new(dialect);
     sql.push("SELECT COUNT(*)");
-    search_from(&mut sql, query);
+    search_from(&mut sql, query, plan);
     sql
 }
 
 /// One page of matches, ordered by `_sort` and then by last change, so that paging is stable.
-pub fn search_page(dialect: Dialect, query: &SearchQuery, limit: usize, offset: usize) -> Sql {
+pub fn search_page(
+    dialect: Dialect,
+    query: &SearchQuery,
+    plan: AccessPlan,
+    limit: usize,
+    offset: usize,
+) -> Sql {
     let mut sql = Sql::new(dialect);
     sql.push("SELECT ").push(RESOURCE_COLUMNS);
-    search_from(&mut sql, query);
+    search_from(&mut sql, query, plan);
     sql.push(" ORDER BY ");
     for sort in &query.sort {
         match &sort.key {
@@ -475,7 +550,7 @@ pub fn current_by_ids(
         .push(" AND r.current = 1 AND r.deleted = 0 AND r.res_id IN ");
     sql.bind_list(ids);
     if let Some(grants) = visible_to {
-        visible(&mut sql, grants, Some(resource_type));
+        visible(&mut sql, grants, Some(resource_type), AccessPlan::PerRow);
     }
     sql
 }
@@ -512,7 +587,7 @@ pub fn referencing(
         .bind_list(targets)
         .push(")");
     if let Some(grants) = visible_to {
-        visible(&mut sql, grants, Some(source_type));
+        visible(&mut sql, grants, Some(source_type), AccessPlan::PerRow);
     }
     sql
 }
@@ -603,7 +678,7 @@ pub struct HistoryFilter {
     pub visible_to: Option<ReadGrants>,
 }
 
-fn history_from(sql: &mut Sql, filter: &HistoryFilter) {
+fn history_from(sql: &mut Sql, filter: &HistoryFilter, plan: AccessPlan) {
     sql.push(" FROM resources r WHERE 1 = 1");
     if let Some(t) = &filter.resource_type {
         sql.push(" AND r.res_type = ").bind(t.as_str());
@@ -622,22 +697,28 @@ fn history_from(sql: &mut Sql, filter: &HistoryFilter) {
             .push(")");
     }
     if let Some(grants) = &filter.visible_to {
-        visible(sql, grants, filter.resource_type.as_deref());
+        visible(sql, grants, filter.resource_type.as_deref(), plan);
     }
 }
 
-pub fn history_count(dialect: Dialect, filter: &HistoryFilter) -> Sql {
+pub fn history_count(dialect: Dialect, filter: &HistoryFilter, plan: AccessPlan) -> Sql {
     let mut sql = Sql::new(dialect);
     sql.push("SELECT COUNT(*)");
-    history_from(&mut sql, filter);
+    history_from(&mut sql, filter, plan);
     sql
 }
 
 /// Newest change first.
-pub fn history_page(dialect: Dialect, filter: &HistoryFilter, limit: usize, offset: usize) -> Sql {
+pub fn history_page(
+    dialect: Dialect,
+    filter: &HistoryFilter,
+    plan: AccessPlan,
+    limit: usize,
+    offset: usize,
+) -> Sql {
     let mut sql = Sql::new(dialect);
     sql.push("SELECT ").push(RESOURCE_COLUMNS);
-    history_from(&mut sql, filter);
+    history_from(&mut sql, filter, plan);
     sql.push(" ORDER BY r.seq DESC LIMIT ")
         .bind(limit as i64)
         .push(" OFFSET ")

@@ -270,7 +270,13 @@ impl Writer<'_> {
     async fn matches(&mut self, query: &SearchQuery) -> Result<Vec<StoredResource>> {
         self.session.lock(query.resource_type).await?;
         self.session
-            .resources(&sql::search_page(self.dialect, query, 2, 0))
+            .resources(&sql::search_page(
+                self.dialect,
+                query,
+                sql::AccessPlan::PerRow,
+                2,
+                0,
+            ))
             .await
     }
 
