@@ -82,15 +82,60 @@ fn strict() -> Option<DeserializationConfig> {
     })
 }
 
+/// Whether the JSON text holds an empty array outside strings. FHIR forbids them, and
+/// fhirbolt 0.4 panics on them instead of reporting an error.
+fn has_empty_array(json: &[u8]) -> bool {
+    let (mut in_string, mut escaped, mut after_open) = (false, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b' ' | b'\t' | b'\n' | b'\r' => continue,
+            b']' if after_open => return true,
+            b'"' => in_string = true,
+            _ => {}
+        }
+        after_open = b == b'[';
+    }
+    false
+}
+
+/// Runs a fhirbolt parser, turning a panic inside it into an error: the body is the peer's.
+fn guarded<T>(what: &str, parse: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse)).unwrap_or_else(|_| {
+        Err(Error::Invalid(format!(
+            "invalid FHIR {what}: the parser could not read this resource"
+        )))
+    })
+}
+
 /// Parses and validates a resource from the wire and returns its canonical JSON.
 pub fn parse_resource(body: &[u8], format: Format) -> Result<Value> {
     let resource: Resource = match format {
-        Format::Json => fhirbolt::json::from_slice(body, strict())
-            .map_err(|e| Error::Invalid(format!("invalid FHIR JSON: {e}")))?,
+        Format::Json => {
+            if has_empty_array(body) {
+                return Err(Error::Invalid(
+                    "invalid FHIR JSON: arrays must not be empty".into(),
+                ));
+            }
+            guarded("JSON", || {
+                fhirbolt::json::from_slice(body, strict())
+                    .map_err(|e| Error::Invalid(format!("invalid FHIR JSON: {e}")))
+            })?
+        }
         Format::Xml => {
             let normalised = normalise_xml(body)?;
-            fhirbolt::xml::from_slice(&normalised, strict())
-                .map_err(|e| Error::Invalid(format!("invalid FHIR XML: {e}")))?
+            guarded("XML", || {
+                fhirbolt::xml::from_slice(&normalised, strict())
+                    .map_err(|e| Error::Invalid(format!("invalid FHIR XML: {e}")))
+            })?
         }
     };
     if matches!(resource, Resource::Invalid) {
@@ -219,6 +264,21 @@ pub(crate) fn normalise_xml(body: &[u8]) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_arrays_are_an_error_not_a_panic() {
+        for body in [
+            r#"{"resourceType":"Task","status":"requested","intent":"order","input":[]}"#,
+            r#"{"resourceType":"Task","status":"requested","intent":"order","identifier":[ ]}"#,
+            r#"{"resourceType":"Task","status":"requested","intent":"order","_identifier":[]}"#,
+        ] {
+            let err = parse_resource(body.as_bytes(), Format::Json).unwrap_err();
+            assert!(err.to_string().contains("must not be empty"), "{err}");
+        }
+        // Brackets inside strings are text.
+        let text = r#"{"resourceType":"Task","status":"requested","intent":"order","description":"a [] \"[]\""}"#;
+        assert!(parse_resource(text.as_bytes(), Format::Json).is_ok());
+    }
 
     #[test]
     fn negotiation_follows_the_java_dsf() {

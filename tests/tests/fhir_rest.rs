@@ -889,6 +889,7 @@ async fn bad_input_is_rejected_and_changes_nothing(server: TestServer) {
         (raw(Method::POST, "Task".into(), json, "{\"resourceType\":\"Task\",\"status\":\"requested\",\"intent\":\"order\",\"bogus\":1}").await, 400),
         (raw(Method::POST, "Task".into(), "application/fhir+xml", "<Task xmlns=\"http://hl7.org/fhir\"><status value=\"requested\"/>").await, 400),
         (raw(Method::POST, "Task".into(), "text/plain", "hello").await, 415),
+        (raw(Method::POST, "Task".into(), json, "{\"resourceType\":\"Task\",\"status\":\"requested\",\"intent\":\"order\",\"input\":[]}").await, 400),
         (raw(Method::POST, "Organization".into(), json, "{\"resourceType\":\"Task\",\"status\":\"requested\",\"intent\":\"order\"}").await, 400),
         (raw(Method::PUT, format!("Task/{id}"), json, "{\"resourceType\":\"Task\",\"id\":\"other\",\"status\":\"failed\",\"intent\":\"order\"}").await, 400),
         (raw(Method::PUT, format!("Task/{id}"), json, "{\"resourceType\":\"Task\",\"status\":\"failed\",\"intent\":\"order\"}").await, 400),
