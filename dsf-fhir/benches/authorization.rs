@@ -22,12 +22,12 @@ const LOCAL: &str = "local.test";
 
 fn task(n: usize) -> Value {
     // Every 100th Task comes from the remote organisation, the others from 50 others.
-    let requester = if n % 100 == 0 {
+    let requester = if n.is_multiple_of(100) {
         REMOTE.to_owned()
     } else {
         format!("org-{}.test", n % 50)
     };
-    let status = if n % 10 == 0 {
+    let status = if n.is_multiple_of(10) {
         "completed"
     } else {
         "requested"
