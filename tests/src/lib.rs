@@ -434,6 +434,29 @@ pub mod fixtures {
     }
 }
 
+/// Sends one JSON request and returns the status and the JSON body (`Null` when there is
+/// none).
+pub async fn send_json(
+    client: &FhirClient,
+    method: http::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let r = client
+        .request(
+            method,
+            path,
+            &[
+                ("accept", "application/fhir+json"),
+                ("content-type", "application/fhir+json"),
+            ],
+            body.map(|b| bytes::Bytes::from(serde_json::to_vec(b).expect("JSON"))),
+        )
+        .await
+        .expect("request");
+    (r.status.as_u16(), r.json().unwrap_or(Value::Null))
+}
+
 /// rustls, as re-exported by dsf-core.
 pub use dsf_core::rustls as rustls_config;
 

@@ -1,38 +1,15 @@
 //! Authorization rules the matrix cannot show: allow-list changes, process authorization
 //! variants, Task transitions, filtered includes, paging and history, and what errors say.
 
-use bytes::Bytes;
-use dsf_fhir::FhirClient;
 use dsf_tests::fixtures::{
     activity_definition, endpoint, organization, party, party_organization, party_role, ping_task,
     remote_ping, tag_all, tag_local, tag_organization, with_tags, ORG_SYSTEM, PING_TASK_PROFILE,
 };
-use dsf_tests::{on_both_backends, TestServer, LOCAL_ORG, REMOTE_ORG};
+use dsf_tests::{on_both_backends, send_json, TestServer, LOCAL_ORG, REMOTE_ORG};
 use http::Method;
 use serde_json::{json, Value};
 
 const ROLE_SYSTEM: &str = "http://dsf.dev/fhir/CodeSystem/organization-role";
-
-async fn send(
-    client: &FhirClient,
-    method: Method,
-    path: &str,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let r = client
-        .request(
-            method,
-            path,
-            &[
-                ("accept", "application/fhir+json"),
-                ("content-type", "application/fhir+json"),
-            ],
-            body.map(|b| Bytes::from(serde_json::to_vec(b).expect("JSON"))),
-        )
-        .await
-        .expect("request");
-    (r.status.as_u16(), r.json().unwrap_or(Value::Null))
-}
 
 fn diagnostics(outcome: &Value) -> String {
     assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
@@ -67,7 +44,7 @@ async fn allow_list_changes_apply_on_the_next_request(server: TestServer) {
             .client_config(&newcomer_cert)
             .expect("client TLS"),
     );
-    let (status, body) = send(&newcomer, Method::GET, "metadata", None).await;
+    let (status, body) = send_json(&newcomer, Method::GET, "metadata", None).await;
     assert_eq!(status, 401);
     assert!(diagnostics(&body).contains("allow list"));
 
@@ -78,29 +55,43 @@ async fn allow_list_changes_apply_on_the_next_request(server: TestServer) {
         "valueString": newcomer_cert.thumbprint().as_str()
     }]);
     let org = server.local.create(&org).await.expect("organization");
-    assert_eq!(send(&newcomer, Method::GET, "metadata", None).await.0, 200);
-    assert_eq!(send(&newcomer, Method::GET, "Task", None).await.0, 200);
+    assert_eq!(
+        send_json(&newcomer, Method::GET, "metadata", None).await.0,
+        200
+    );
+    assert_eq!(send_json(&newcomer, Method::GET, "Task", None).await.0, 200);
 
     // Deactivated: refused at once.
     let mut inactive = org.clone();
     inactive["active"] = json!(false);
     server.local.update(&inactive).await.expect("deactivate");
-    assert_eq!(send(&newcomer, Method::GET, "metadata", None).await.0, 401);
+    assert_eq!(
+        send_json(&newcomer, Method::GET, "metadata", None).await.0,
+        401
+    );
 
     // Active again, then deleted: refused at once.
     let mut active = inactive.clone();
     active["active"] = json!(true);
     server.local.update(&active).await.expect("reactivate");
-    assert_eq!(send(&newcomer, Method::GET, "metadata", None).await.0, 200);
-    let path = format!("Organization/{}", id(&org));
     assert_eq!(
-        send(&server.local, Method::DELETE, &path, None).await.0,
+        send_json(&newcomer, Method::GET, "metadata", None).await.0,
         200
     );
-    assert_eq!(send(&newcomer, Method::GET, "metadata", None).await.0, 401);
+    let path = format!("Organization/{}", id(&org));
+    assert_eq!(
+        send_json(&server.local, Method::DELETE, &path, None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        send_json(&newcomer, Method::GET, "metadata", None).await.0,
+        401
+    );
 
     // A remote organisation may not change the allow list.
-    let (status, body) = send(
+    let (status, body) = send_json(
         &server.remote,
         Method::POST,
         "Organization",
@@ -128,7 +119,7 @@ async fn remote_sends(
         None => server.local.create(&ad).await.expect("ActivityDefinition"),
     };
     *ad_id = Some(id(&ad));
-    send(&server.remote, Method::POST, "Task", Some(task))
+    send_json(&server.remote, Method::POST, "Task", Some(task))
         .await
         .0
 }
@@ -139,7 +130,7 @@ async fn process_authorization_variants(server: TestServer) {
     let mut ad = None;
 
     // No ActivityDefinition for the process: refused.
-    let (status, body) = send(&server.remote, Method::POST, "Task", Some(&ping)).await;
+    let (status, body) = send_json(&server.remote, Method::POST, "Task", Some(&ping)).await;
     assert_eq!(status, 403);
     assert!(diagnostics(&body).contains("ping"), "{body}");
 
@@ -260,7 +251,7 @@ async fn process_authorization_variants(server: TestServer) {
     let mut other_version = ping.clone();
     other_version["instantiatesCanonical"] = json!("http://dsf.dev/bpe/Process/ping|2.0");
     assert_eq!(
-        send(&server.remote, Method::POST, "Task", Some(&other_version))
+        send_json(&server.remote, Method::POST, "Task", Some(&other_version))
             .await
             .0,
         403
@@ -270,7 +261,7 @@ async fn process_authorization_variants(server: TestServer) {
     let mut unversioned = ping.clone();
     unversioned["meta"]["profile"] = json!([PING_TASK_PROFILE]);
     assert_eq!(
-        send(&server.remote, Method::POST, "Task", Some(&unversioned))
+        send_json(&server.remote, Method::POST, "Task", Some(&unversioned))
             .await
             .0,
         201
@@ -278,7 +269,7 @@ async fn process_authorization_variants(server: TestServer) {
     let mut other_profile = ping.clone();
     other_profile["meta"]["profile"] = json!([format!("{PING_TASK_PROFILE}|2.0")]);
     assert_eq!(
-        send(&server.remote, Method::POST, "Task", Some(&other_profile))
+        send_json(&server.remote, Method::POST, "Task", Some(&other_profile))
             .await
             .0,
         403
@@ -287,7 +278,7 @@ async fn process_authorization_variants(server: TestServer) {
     // An ActivityDefinition without a valid authorization is refused on write.
     let mut invalid = activity_definition(&[party("NOBODY")], &local);
     invalid["url"] = json!("http://dsf.dev/bpe/Process/invalid");
-    let (status, body) = send(
+    let (status, body) = send_json(
         &server.local,
         Method::POST,
         "ActivityDefinition",
@@ -325,7 +316,7 @@ async fn task_rules_and_transitions(server: TestServer) {
     draft["status"] = json!("draft");
     cases.push(("a draft", draft));
     for (what, task) in cases {
-        let (status, body) = send(remote, Method::POST, "Task", Some(&task)).await;
+        let (status, body) = send_json(remote, Method::POST, "Task", Some(&task)).await;
         assert_eq!(status, 403, "{what}: {body}");
         assert!(!diagnostics(&body).is_empty());
     }
@@ -342,7 +333,7 @@ async fn task_rules_and_transitions(server: TestServer) {
     };
     // Only the local side moves it on.
     assert_eq!(
-        send(
+        send_json(
             remote,
             Method::PUT,
             &path,
@@ -353,7 +344,7 @@ async fn task_rules_and_transitions(server: TestServer) {
         403
     );
     assert_eq!(
-        send(
+        send_json(
             local,
             Method::PUT,
             &path,
@@ -369,12 +360,14 @@ async fn task_rules_and_transitions(server: TestServer) {
         "type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "business-key"}]},
         "valueString": "bk-1"
     }));
-    let (status, taken) = send(local, Method::PUT, &path, Some(&taken)).await;
+    let (status, taken) = send_json(local, Method::PUT, &path, Some(&taken)).await;
     assert_eq!(status, 200, "{taken}");
     let mut rerouted = with_status(&taken, "completed");
     rerouted["requester"]["identifier"]["value"] = json!("other.test");
     assert_eq!(
-        send(local, Method::PUT, &path, Some(&rerouted)).await.0,
+        send_json(local, Method::PUT, &path, Some(&rerouted))
+            .await
+            .0,
         403
     );
     let mut done = with_status(&taken, "completed");
@@ -382,10 +375,10 @@ async fn task_rules_and_transitions(server: TestServer) {
         "type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "pong"}]},
         "valueString": "ok"
     }]);
-    let (status, done) = send(local, Method::PUT, &path, Some(&done)).await;
+    let (status, done) = send_json(local, Method::PUT, &path, Some(&done)).await;
     assert_eq!(status, 200, "{done}");
     assert_eq!(
-        send(
+        send_json(
             local,
             Method::PUT,
             &path,
@@ -396,9 +389,9 @@ async fn task_rules_and_transitions(server: TestServer) {
         403,
         "completed is final"
     );
-    assert_eq!(send(local, Method::DELETE, &path, None).await.0, 403);
+    assert_eq!(send_json(local, Method::DELETE, &path, None).await.0, 403);
     // The requester still reads its message, with the outcome.
-    let (status, read) = send(remote, Method::GET, &path, None).await;
+    let (status, read) = send_json(remote, Method::GET, &path, None).await;
     assert_eq!(status, 200);
     assert_eq!(read["status"], "completed");
 }
@@ -513,15 +506,15 @@ async fn includes_paging_and_history_show_only_what_is_readable(server: TestServ
     );
 
     // History: of the type, of the system and of one resource.
-    let (_, typed) = send(&server.remote, Method::GET, "Library/_history", None).await;
+    let (_, typed) = send_json(&server.remote, Method::GET, "Library/_history", None).await;
     assert_eq!(typed["total"], 3);
-    let (_, system) = send(&server.remote, Method::GET, "_history?_count=500", None).await;
+    let (_, system) = send_json(&server.remote, Method::GET, "_history?_count=500", None).await;
     assert!(system["entry"]
         .as_array()
         .expect("entries")
         .iter()
         .all(|e| e["resource"]["id"] != json!(id(&hidden))));
-    let (status, _) = send(
+    let (status, _) = send_json(
         &server.remote,
         Method::GET,
         &format!("Endpoint/{}/_history", id(&hidden)),
@@ -541,14 +534,14 @@ async fn errors_do_not_tell_hidden_from_missing(server: TestServer) {
         .await
         .expect("organization");
     let missing_id = "7f1b2c3d-0000-4000-8000-000000000000";
-    let (hidden_status, hidden_body) = send(
+    let (hidden_status, hidden_body) = send_json(
         &server.remote,
         Method::GET,
         &format!("Organization/{}", id(&hidden)),
         None,
     )
     .await;
-    let (missing_status, missing_body) = send(
+    let (missing_status, missing_body) = send_json(
         &server.remote,
         Method::GET,
         &format!("Organization/{missing_id}"),
@@ -562,7 +555,10 @@ async fn errors_do_not_tell_hidden_from_missing(server: TestServer) {
     );
     for version in ["1", "2"] {
         let path = format!("Organization/{}/_history/{version}", id(&hidden));
-        assert_eq!(send(&server.remote, Method::GET, &path, None).await.0, 404);
+        assert_eq!(
+            send_json(&server.remote, Method::GET, &path, None).await.0,
+            404
+        );
     }
 
     // Bad read-access tags are refused before anything is stored.
@@ -586,7 +582,8 @@ async fn errors_do_not_tell_hidden_from_missing(server: TestServer) {
         json!([{"system": "http://dsf.dev/fhir/CodeSystem/read-access-tag", "code": "EVERYONE"}]),
     );
     for bad in [naming_unknown, mixed, unknown_code] {
-        let (status, body) = send(&server.local, Method::POST, "Organization", Some(&bad)).await;
+        let (status, body) =
+            send_json(&server.local, Method::POST, "Organization", Some(&bad)).await;
         assert_eq!(status, 400, "{bad}");
         assert!(diagnostics(&body).contains("tag"), "{body}");
     }
@@ -594,7 +591,7 @@ async fn errors_do_not_tell_hidden_from_missing(server: TestServer) {
                           "securityContext": {"reference": format!("Organization/{}", id(&hidden))}});
     both["meta"] = json!({"tag": tag_all()});
     assert_eq!(
-        send(&server.local, Method::POST, "Binary", Some(&both))
+        send_json(&server.local, Method::POST, "Binary", Some(&both))
             .await
             .0,
         400

@@ -105,15 +105,19 @@ fn check_message(identity: &Identity, local: &str, task: &Value) -> Result<Proce
         process_url: process_url.to_owned(),
         process_version: process_version.to_owned(),
         message_name: message_name.to_owned(),
-        task_profiles: task
-            .get("meta")
-            .map(|m| array_at(m, "profile"))
-            .unwrap_or(&[])
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
+        task_profiles: profiles(task),
     })
+}
+
+/// `Task.meta.profile`.
+fn profiles(task: &Value) -> Vec<String> {
+    task.get("meta")
+        .map(|m| array_at(m, "profile"))
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect()
 }
 
 fn task_identifiers(task: &Value) -> Vec<&str> {
@@ -204,14 +208,7 @@ pub(super) fn completion_request(task: &Value) -> Option<ProcessRequest> {
         process_url: process_url.to_owned(),
         process_version: process_version.to_owned(),
         message_name: message_name.to_owned(),
-        task_profiles: task
-            .get("meta")
-            .map(|m| array_at(m, "profile"))
-            .unwrap_or(&[])
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
+        task_profiles: profiles(task),
     })
 }
 
