@@ -34,6 +34,11 @@ pub enum Error {
     Storage(String),
     #[error("{0}")]
     Transport(String),
+    /// A peer answered with a server error (5xx).
+    #[error("server error {status}: {message}")]
+    Server { status: u16, message: String },
+    #[error("{0}")]
+    Timeout(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -56,6 +61,8 @@ impl Error {
             // The Java DSF answers a unique-constraint violation with 403.
             Error::Duplicate(_) => 403,
             Error::Storage(_) | Error::Transport(_) => 500,
+            Error::Server { status, .. } => *status,
+            Error::Timeout(_) => 504,
         }
     }
 
@@ -71,7 +78,8 @@ impl Error {
             Error::Unauthenticated(_) => IssueType::Login,
             Error::Forbidden(_) => IssueType::Forbidden,
             Error::Duplicate(_) => IssueType::Duplicate,
-            Error::Storage(_) | Error::Transport(_) => IssueType::Exception,
+            Error::Storage(_) | Error::Transport(_) | Error::Server { .. } => IssueType::Exception,
+            Error::Timeout(_) => IssueType::Timeout,
         }
     }
 

@@ -6,7 +6,7 @@ use fhirbolt::model::r4::Resource;
 use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
     Json,
     Xml,

@@ -15,6 +15,7 @@ pub enum IssueType {
     Exception,
     Informational,
     Processing,
+    Timeout,
 }
 
 impl IssueType {
@@ -32,6 +33,7 @@ impl IssueType {
             IssueType::Exception => "exception",
             IssueType::Informational => "informational",
             IssueType::Processing => "processing",
+            IssueType::Timeout => "timeout",
         }
     }
 }

@@ -81,7 +81,29 @@ pub struct TestServer {
     pub role_users: Vec<(Role, FhirClient)>,
     pub stranger: FhirClient,
     pub local_cert: IssuedCert,
-    shutdown: Option<oneshot::Sender<()>>,
+    /// The server now serving; replaced by [`TestServer::restart`].
+    pub server: Arc<FhirServer>,
+    config: ServerConfig,
+    tls: Arc<rustls_config::ServerConfig>,
+    serving: Option<Serving>,
+}
+
+/// A running accept loop and the way to stop it.
+struct Serving {
+    shutdown: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+fn serve(
+    server: Arc<FhirServer>,
+    listener: TcpListener,
+    tls: Arc<rustls_config::ServerConfig>,
+) -> Serving {
+    let (shutdown, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(listener, tls, async {
+        let _ = rx.await;
+    }));
+    Serving { shutdown, task }
 }
 
 impl TestServer {
@@ -93,8 +115,18 @@ impl TestServer {
         kind: BackendKind,
         configure: impl FnOnce(&mut ServerConfig),
     ) -> Option<TestServer> {
-        let backend = backend(kind).await?;
         let pki = DevPki::generate("dsf-rs test CA").expect("CA");
+        Self::start_with_pki(kind, pki, configure).await
+    }
+
+    /// [`TestServer::start_with`] on a given PKI, so that a test can issue certificates for
+    /// users it configures (see [`TestServer::client_for`]).
+    pub async fn start_with_pki(
+        kind: BackendKind,
+        pki: DevPki,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Option<TestServer> {
+        let backend = backend(kind).await?;
         let server_cert = pki.issue_server("localhost").expect("server cert");
         let local_cert = pki.issue_client("local-bpe").expect("client cert");
         let remote_cert = pki.issue_client("remote-bpe").expect("client cert");
@@ -136,7 +168,7 @@ impl TestServer {
         }
         configure(&mut config);
         let store = ResourceStore::new(backend, &base_url);
-        let server = FhirServer::new(store.clone(), config);
+        let server = FhirServer::new(store.clone(), config.clone());
         server
             .load_allow_list(&[
                 AllowListEntry {
@@ -155,10 +187,8 @@ impl TestServer {
             .await
             .expect("allow list");
         let tls = Arc::new(pki.server_config(&server_cert).expect("server TLS"));
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(Arc::new(server).serve(listener, tls, async {
-            let _ = rx.await;
-        }));
+        let server = Arc::new(server);
+        let serving = serve(server.clone(), listener, tls.clone());
         let client = |cert: &IssuedCert| {
             FhirClient::new(
                 &base_url,
@@ -181,7 +211,10 @@ impl TestServer {
             port,
             store,
             pki,
-            shutdown: Some(tx),
+            server,
+            config,
+            tls,
+            serving: Some(serving),
         })
     }
 
@@ -194,6 +227,11 @@ impl TestServer {
             .expect("a user per role")
     }
 
+    /// A client holding `cert` (issued by this server's PKI).
+    pub fn client_for(&self, cert: &IssuedCert) -> FhirClient {
+        self.client_with(self.pki.client_config(cert).expect("client TLS"))
+    }
+
     /// A client with an arbitrary TLS configuration, for transport-level tests.
     pub fn client_with(&self, tls: rustls_config::ClientConfig) -> FhirClient {
         FhirClient::new(&self.base_url, Arc::new(tls)).expect("client")
@@ -202,9 +240,40 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+        if let Some(serving) = self.serving.take() {
+            let _ = serving.shutdown.send(());
         }
+    }
+}
+
+impl TestServer {
+    /// Stops serving: the accept loop ends and open connections close (websockets with
+    /// 1001). The store stays.
+    pub async fn stop(&mut self) {
+        if let Some(serving) = self.serving.take() {
+            let _ = serving.shutdown.send(());
+            let _ = serving.task.await;
+        }
+    }
+
+    /// Serves again on the same port with the same store, certificates and settings, as a
+    /// restarted server process would.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let mut attempts = 0;
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(listener) => break listener,
+                Err(e) if attempts < 50 => {
+                    attempts += 1;
+                    eprintln!("port {} not free yet: {e}", self.port);
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot bind port {} again: {e}", self.port),
+            }
+        };
+        self.server = Arc::new(FhirServer::new(self.store.clone(), self.config.clone()));
+        self.serving = Some(serve(self.server.clone(), listener, self.tls.clone()));
     }
 }
 

@@ -936,7 +936,7 @@ async fn bad_input_is_rejected_and_changes_nothing(server: TestServer) {
         .unwrap();
     assert_eq!(r.status, 413);
     // The stored Task is untouched by all of the above.
-    let now = c.read("Task", &id).await.unwrap();
+    let now: Value = c.read("Task", &id).await.unwrap();
     assert_eq!(now, t);
     assert_eq!(count(&server, "Task?_id:missing=x").await, 1);
 }

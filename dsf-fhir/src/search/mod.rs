@@ -1,8 +1,9 @@
 //! Search parameters, their index values and query parsing, shared by the storage backends
-//! and (later) subscription matching.
+//! and the in-memory matching of websocket subscriptions.
 
 mod date;
 mod extract;
+mod matcher;
 mod params;
 mod query;
 

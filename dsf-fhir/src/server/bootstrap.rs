@@ -90,7 +90,58 @@ pub fn allow_list_ops(entry: &AllowListEntry) -> Result<Vec<WriteOp>> {
     ])
 }
 
+/// The Subscriptions every DSF FHIR server has (the Java DSF ships them in its internal
+/// bundle): the BPE binds to them to hear of Tasks to start or continue and of answered user
+/// tasks. As `(criteria, reason)`.
+pub const BUILT_IN_SUBSCRIPTIONS: [(&str, &str); 2] = [
+    (
+        "Task?status=requested",
+        "Waiting for new Tasks with status requested",
+    ),
+    (
+        "QuestionnaireResponse?status=completed",
+        "Waiting for completed QuestionnaireResponses",
+    ),
+];
+
+/// Creates each of [`BUILT_IN_SUBSCRIPTIONS`] unless an equal one exists.
+fn built_in_subscription_ops() -> Result<Vec<WriteOp>> {
+    BUILT_IN_SUBSCRIPTIONS
+        .iter()
+        .map(|(criteria, reason)| {
+            let if_none_exist = SearchQuery::criteria_from_pairs(
+                "Subscription",
+                &[
+                    ("criteria:exact".to_owned(), (*criteria).to_owned()),
+                    ("status".to_owned(), "active".to_owned()),
+                    ("type".to_owned(), "websocket".to_owned()),
+                    ("payload".to_owned(), "application/fhir+json".to_owned()),
+                ],
+                "",
+            )?;
+            Ok(WriteOp::Create {
+                resource: json!({
+                    "resourceType": "Subscription",
+                    "meta": {"tag": [{"system": READ_ACCESS_TAG_SYSTEM, "code": "ALL"}]},
+                    "status": "active",
+                    "reason": reason,
+                    "criteria": criteria,
+                    "channel": {"type": "websocket", "payload": "application/fhir+json"},
+                }),
+                if_none_exist: Some(if_none_exist),
+                full_url: None,
+            })
+        })
+        .collect()
+}
+
 impl FhirServer {
+    /// Creates the built-in Subscriptions ([`BUILT_IN_SUBSCRIPTIONS`]) if they are missing.
+    pub(crate) async fn ensure_built_in_subscriptions(&self) -> Result<()> {
+        self.store.transaction(built_in_subscription_ops()?).await?;
+        Ok(())
+    }
+
     /// Creates or updates the given allow-list entries (the local organisation among them)
     /// in one transaction.
     pub async fn load_allow_list(&self, entries: &[AllowListEntry]) -> Result<()> {

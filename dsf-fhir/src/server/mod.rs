@@ -8,11 +8,13 @@ pub mod identity;
 mod reply;
 mod rest;
 mod transaction;
+pub mod websocket;
 
 pub use crate::access::{ORGANIZATION_IDENTIFIER_SYSTEM, READ_ACCESS_TAG_SYSTEM};
 pub use authorization::{DsfRole, Role};
-pub use bootstrap::{AllowListEntry, ENDPOINT_IDENTIFIER_SYSTEM};
+pub use bootstrap::{AllowListEntry, BUILT_IN_SUBSCRIPTIONS, ENDPOINT_IDENTIFIER_SYSTEM};
 pub use identity::{Identity, IdentityKind, LocalUser, DSF_ADMIN};
+pub use websocket::WEBSOCKET_PATH;
 
 use crate::format::Format;
 use crate::search::parse_query_string;
@@ -46,6 +48,29 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Local users, by certificate thumbprint.
     pub users: Vec<LocalUser>,
+    pub websocket: WebsocketSettings,
+}
+
+/// How websocket connections are kept alive and how much they may fall behind.
+#[derive(Debug, Clone)]
+pub struct WebsocketSettings {
+    /// Time between pings; a ping still unanswered at the next one closes the connection.
+    /// 28 s in the Java DSF.
+    pub ping_interval: Duration,
+    /// Events that may wait for one connection; one more closes it as too slow.
+    pub queue_capacity: usize,
+    /// How long one frame may take to leave; longer closes the connection as not reading.
+    pub write_timeout: Duration,
+}
+
+impl Default for WebsocketSettings {
+    fn default() -> Self {
+        WebsocketSettings {
+            ping_interval: Duration::from_secs(28),
+            queue_capacity: 4096,
+            write_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 impl ServerConfig {
@@ -56,6 +81,7 @@ impl ServerConfig {
             page_count: 20,
             max_body_bytes: 16 * 1024 * 1024,
             users: Vec::new(),
+            websocket: WebsocketSettings::default(),
         }
     }
 
@@ -78,6 +104,11 @@ pub struct FhirServer {
     config: ServerConfig,
     context_path: String,
     identities: identity::IdentityCache,
+    hub: websocket::Hub,
+    /// Turns true when [`FhirServer::serve`] stops: open connections then close.
+    closing: tokio::sync::watch::Sender<bool>,
+    /// The store's outbox, until `serve` hands it to the dispatcher.
+    changes: std::sync::Mutex<Option<crate::store::ChangeReceiver>>,
 }
 
 /// What one request carries after transport: who sent it and the parsed URL.
@@ -132,10 +163,18 @@ impl FhirServer {
     pub fn new(store: ResourceStore, config: ServerConfig) -> Self {
         FhirServer {
             context_path: config.context_path(),
+            changes: std::sync::Mutex::new(Some(store.changes())),
             store,
             config,
             identities: identity::IdentityCache::default(),
+            hub: websocket::Hub::default(),
+            closing: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Open websocket connections.
+    pub fn websocket_connections(&self) -> usize {
+        self.hub.sessions().len()
     }
 
     pub fn store(&self) -> &ResourceStore {
@@ -146,19 +185,42 @@ impl FhirServer {
         &self.config
     }
 
-    /// Accepts connections until `shutdown` completes. Each connection must present a client
-    /// certificate the TLS configuration trusts; its thumbprint is computed once per connection.
+    /// Accepts connections until `shutdown` completes, then closes the open ones (websockets
+    /// with 1001 "server shutting down", HTTP connections after their current request). Each
+    /// connection must present a client certificate the TLS configuration trusts; its
+    /// thumbprint is computed once per connection.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         tls: Arc<rustls::ServerConfig>,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        let changes = self
+            .changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(changes) = changes {
+            self.ensure_built_in_subscriptions()
+                .await
+                .map_err(std::io::Error::other)?;
+            self.hub
+                .reload(&self.store)
+                .await
+                .map_err(std::io::Error::other)?;
+            tokio::spawn(
+                self.clone()
+                    .dispatch_changes(changes, self.closing.subscribe()),
+            );
+        }
         let acceptor = TlsAcceptor::from(tls);
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
-                _ = &mut shutdown => return Ok(()),
+                _ = &mut shutdown => {
+                    self.closing.send_replace(true);
+                    return Ok(());
+                }
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -202,17 +264,85 @@ impl FhirServer {
             return;
         };
         let thumbprint = Arc::new(thumbprint);
+        let mut closing = self.closing.subscribe();
+        let server = self.clone();
         let service = hyper::service::service_fn(move |req| {
-            let server = self.clone();
+            let server = server.clone();
             let thumbprint = thumbprint.clone();
-            async move { Ok::<_, std::convert::Infallible>(server.handle(&thumbprint, req).await) }
+            async move {
+                let response = if server.is_websocket_request(&req) {
+                    server.upgrade(thumbprint, req).await
+                } else {
+                    server.handle(&thumbprint, req).await
+                };
+                Ok::<_, std::convert::Infallible>(response)
+            }
         });
-        if let Err(e) = hyper::server::conn::http1::Builder::new()
+        let connection = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(tls), service)
-            .await
-        {
+            .with_upgrades();
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = websocket::shut_down(&mut closing) => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "connection ended with error");
         }
+    }
+
+    fn is_websocket_request(&self, req: &Request<Incoming>) -> bool {
+        req.uri()
+            .path()
+            .strip_prefix(self.context_path.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|rest| rest.trim_end_matches('/') == websocket::WEBSOCKET_PATH)
+    }
+
+    /// Answers a request to the websocket path: 101 and a session for a known caller asking
+    /// for an upgrade, an OperationOutcome otherwise.
+    async fn upgrade(
+        self: Arc<Self>,
+        thumbprint: Arc<Thumbprint>,
+        mut req: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
+        let identity = match self
+            .identities
+            .resolve(
+                &self.store,
+                &self.config.organization_identifier,
+                &self.config.users,
+                &thumbprint,
+            )
+            .await
+        {
+            Ok(identity) => identity,
+            Err(e) => return Reply::error(&e).render(Format::Json, false),
+        };
+        if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+            return Reply::error(&Error::Invalid(
+                "this path only takes websocket upgrade requests".into(),
+            ))
+            .render(Format::Json, false);
+        }
+        let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut req) {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                return Reply::error(&Error::Invalid(format!("websocket handshake: {e}")))
+                    .render(Format::Json, false)
+            }
+        };
+        tokio::spawn(async move {
+            match upgraded.await {
+                Ok(ws) => self.websocket_session(ws, identity, thumbprint).await,
+                Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+            }
+        });
+        let (parts, _) = response.into_parts();
+        Response::from_parts(parts, Full::new(Bytes::new()))
     }
 
     /// Handles one request from the holder of `thumbprint`.

@@ -3,6 +3,7 @@
 //! commits them together, and only then answers them, so an acknowledged write is durable.
 //! Concurrent writers then share one commit instead of queueing for one each.
 
+use super::feed::ChangeFeed;
 use super::sql::{Dialect, Sql};
 use super::{write, Backend, WriteOp, WriteOutcome};
 use crate::{Error, Result};
@@ -21,7 +22,11 @@ pub(super) struct Job {
 
 pub(super) type GroupWriter = mpsc::UnboundedSender<Job>;
 
-pub(super) fn spawn(backend: Arc<dyn Backend>, base_url: Arc<str>) -> std::io::Result<GroupWriter> {
+pub(super) fn spawn(
+    backend: Arc<dyn Backend>,
+    base_url: Arc<str>,
+    feed: Arc<ChangeFeed>,
+) -> std::io::Result<GroupWriter> {
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("dsf-store-writer".into())
@@ -36,7 +41,7 @@ pub(super) fn spawn(backend: Arc<dyn Backend>, base_url: Arc<str>) -> std::io::R
                     return;
                 }
             };
-            runtime.block_on(run(backend, base_url, rx));
+            runtime.block_on(run(backend, base_url, feed, rx));
         })?;
     Ok(tx)
 }
@@ -47,7 +52,12 @@ fn statement(dialect: Dialect, text: &str) -> Sql {
     sql
 }
 
-async fn run(backend: Arc<dyn Backend>, base_url: Arc<str>, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn run(
+    backend: Arc<dyn Backend>,
+    base_url: Arc<str>,
+    feed: Arc<ChangeFeed>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+) {
     let dialect = backend.dialect();
     let savepoint = statement(dialect, "SAVEPOINT dsf_write");
     let release = statement(dialect, "RELEASE SAVEPOINT dsf_write");
@@ -105,6 +115,14 @@ async fn run(backend: Arc<dyn Backend>, base_url: Arc<str>, mut rx: mpsc::Unboun
         };
         match committed {
             Ok(()) => {
+                // Announced before any writer hears back, so a writer that waits for its
+                // own event cannot miss it.
+                let written: Vec<_> = results
+                    .iter()
+                    .filter_map(|r| r.as_ref().ok())
+                    .flat_map(|outcomes| super::feed::written(outcomes))
+                    .collect();
+                feed.publish(written);
                 for (job, result) in batch.into_iter().zip(results) {
                     let _ = job.reply.send(result);
                 }

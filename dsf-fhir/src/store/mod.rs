@@ -2,6 +2,7 @@
 //! tombstones, conditional interactions, transactions, search, history) once, on top of the
 //! [`Backend`] seam that the SQLite and PostgreSQL backends implement with plain SQL.
 
+mod feed;
 mod group;
 mod plan;
 mod postgres;
@@ -9,6 +10,7 @@ mod sql;
 mod sqlite;
 mod write;
 
+pub use feed::{ChangeReceiver, CommittedBatch};
 pub use plan::FEW_READABLE;
 pub use postgres::PostgresBackend;
 pub use sql::{AccessPlan, Dialect, HistoryFilter, Sql, SqlValue};
@@ -103,9 +105,9 @@ pub const ALLOW_LIST_TYPES: [&str; 3] = ["Organization", "Endpoint", "Organizati
 pub struct ResourceStore {
     backend: Arc<dyn Backend>,
     base_url: Arc<str>,
-    allow_list_generation: Arc<std::sync::atomic::AtomicU64>,
     group_writer: Option<group::GroupWriter>,
     plans: Arc<plan::PlanCache>,
+    feed: Arc<feed::ChangeFeed>,
 }
 
 impl ResourceStore {
@@ -113,8 +115,9 @@ impl ResourceStore {
     /// references to it are stored relative.
     pub fn new(backend: Arc<dyn Backend>, base_url: &str) -> Self {
         let base_url: Arc<str> = base_url.trim_end_matches('/').into();
+        let feed = Arc::new(feed::ChangeFeed::default());
         let group_writer = if backend.single_writer() {
-            match group::spawn(backend.clone(), base_url.clone()) {
+            match group::spawn(backend.clone(), base_url.clone(), feed.clone()) {
                 Ok(writer) => Some(writer),
                 Err(e) => {
                     tracing::warn!(error = %e, "no writer thread; committing writes one by one");
@@ -127,10 +130,16 @@ impl ResourceStore {
         ResourceStore {
             backend,
             base_url,
-            allow_list_generation: Arc::default(),
             group_writer,
             plans: Arc::default(),
+            feed,
         }
+    }
+
+    /// Every change committed through this store from now on, batch by batch (see
+    /// [`CommittedBatch`]). Writes by other processes to the same database are not seen.
+    pub fn changes(&self) -> ChangeReceiver {
+        self.feed.listen()
     }
 
     /// Opens the database a URL names: `sqlite:<path>`, `sqlite::memory:`, or a
@@ -255,9 +264,6 @@ impl ResourceStore {
         guard: Option<Arc<dyn WriteGuard>>,
         label: impl Fn(usize) -> String + Send + 'static,
     ) -> Result<Vec<WriteOutcome>> {
-        let touches_allow_list = ops
-            .iter()
-            .any(|op| ALLOW_LIST_TYPES.contains(&op.resource_type()));
         let outcomes = match &self.group_writer {
             Some(writer) => {
                 let (reply, answer) = tokio::sync::oneshot::channel();
@@ -286,13 +292,10 @@ impl ResourceStore {
                 .await
                 .map_err(|(index, e)| e.context(&label(index)))?;
                 session.commit().await?;
+                self.feed.publish(feed::written(&outcomes));
                 outcomes
             }
         };
-        if touches_allow_list {
-            self.allow_list_generation
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
         Ok(outcomes)
     }
 
@@ -300,8 +303,7 @@ impl ResourceStore {
     /// ([`ALLOW_LIST_TYPES`]), so identities derived from them can be cached until it moves.
     /// Writes by other processes to the same database are not seen.
     pub fn allow_list_generation(&self) -> u64 {
-        self.allow_list_generation
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.feed.allow_list_generation()
     }
 
     /// One write in its own transaction.

@@ -199,7 +199,16 @@ fn subscription(subscription: &Value) -> Result<(), String> {
             parsed.unsupported.join(", ")
         ));
     }
-    Ok(())
+    let channel = subscription.get("channel").unwrap_or(&Value::Null);
+    if str_at(channel, "type") != Some("websocket") {
+        return Err("Subscription.channel.type must be websocket".into());
+    }
+    match str_at(channel, "payload") {
+        None | Some("application/fhir+json") | Some("application/fhir+xml") => Ok(()),
+        Some(other) => Err(format!(
+            "Subscription.channel.payload '{other}' is not supported; use application/fhir+json, application/fhir+xml or none"
+        )),
+    }
 }
 
 /// Fields that identify a resource and may not change.

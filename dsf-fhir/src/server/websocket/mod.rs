@@ -1,0 +1,54 @@
+//! Websocket subscriptions at `{base}/ws`, as the Java DSF serves them: a client holding the
+//! WEBSOCKET role sends `bind <subscription id>`, the server answers `bound <id>` and from then
+//! on sends one text message per committed create or update that matches the Subscription's
+//! criteria and that the client may read: the resource as JSON or XML, or `ping <id>` when the
+//! Subscription asks for no payload. The server pings every connection periodically.
+//!
+//! Events come from the store's outbox ([`crate::ResourceStore::changes`]), so only
+//! committed writes are announced. One dispatcher matches them against the active
+//! Subscriptions and offers them to the connections without ever waiting: each connection has
+//! a bounded queue, and a connection whose queue is full, or whose socket stops taking data, is
+//! closed with a reason while writers and other subscribers carry on.
+
+mod dispatch;
+mod hub;
+mod session;
+
+pub(crate) use hub::Hub;
+pub(crate) use session::shut_down;
+
+/// The websocket path below the FHIR base URL.
+pub const WEBSOCKET_PATH: &str = "ws";
+
+/// Close codes this server sends (RFC 6455, section 7.4.1).
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const CANNOT_ACCEPT: u16 = 1003;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// Why a connection ends, and whether a close frame can still be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Closing {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Closing {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        // A close frame's payload is at most 125 bytes, two of them the code.
+        if reason.len() > 123 {
+            let mut end = 123;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        Closing { code, reason }
+    }
+}
