@@ -2,6 +2,7 @@
 //! plain settings. Everything of substance lives in the library crates.
 
 pub mod load;
+pub mod websocket_load;
 
 use dsf_core::Thumbprint;
 use dsf_fhir::server::AllowListEntry;

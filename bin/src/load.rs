@@ -27,19 +27,25 @@ pub struct Measurement {
     pub p99_ms: f64,
 }
 
-fn summarise(name: &str, mut latencies: Vec<Duration>, elapsed: Duration) -> Measurement {
-    latencies.sort();
+/// p50 and p99 in milliseconds of sorted latencies.
+pub fn summarise_latencies(sorted: &[Duration]) -> (f64, f64) {
     let pick = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+        sorted
+            .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
+    (pick(0.50), pick(0.99))
+}
+
+fn summarise(name: &str, mut latencies: Vec<Duration>, elapsed: Duration) -> Measurement {
+    latencies.sort();
+    let (p50_ms, p99_ms) = summarise_latencies(&latencies);
     Measurement {
         name: name.to_owned(),
         ops: latencies.len(),
         per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50_ms: pick(0.50),
-        p99_ms: pick(0.99),
+        p50_ms,
+        p99_ms,
     }
 }
 
@@ -85,7 +91,7 @@ where
 
 /// A draft start message of the local organisation: the Task the local BPE keeps and updates
 /// most, and one that carries a searchable identifier.
-fn task(identifier: &str) -> Value {
+pub fn bench_task(identifier: &str) -> Value {
     json!({
         "resourceType": "Task",
         "meta": {"profile": ["http://dsf.dev/fhir/StructureDefinition/task-start-ping|1.0"]},
@@ -282,50 +288,109 @@ fn certs() -> Result<Certs, dsf_core::Error> {
     })
 }
 
+/// An in-process FHIR server of one organisation on a loopback port, its database in a
+/// temporary directory (SQLite) or a schema of its own (PostgreSQL).
+pub struct BenchServer {
+    pub base_url: String,
+    pub backend_name: &'static str,
+    pub schema: String,
+    pub db: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    certs: Certs,
+    tls: Arc<dsf_core::rustls::ServerConfig>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl BenchServer {
+    pub async fn start(
+        postgres: Option<(&str, usize)>,
+    ) -> Result<BenchServer, Box<dyn std::error::Error + Send + Sync>> {
+        let certs = certs()?;
+        let tls = Arc::new(certs.pki.server_config(&certs.server)?);
+        let dir = std::env::temp_dir().join(format!("dsf-bench-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let db = dir.join("fhir.sqlite");
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let base_url = format!("https://localhost:{}/fhir", listener.local_addr()?.port());
+        let schema = format!("dsf_bench_{}", uuid::Uuid::new_v4().simple());
+        let (store, backend_name) = match postgres {
+            Some((url, connections)) => {
+                let backend =
+                    dsf_fhir::store::PostgresBackend::connect(url, Some(&schema), connections)
+                        .await?;
+                (
+                    ResourceStore::new(Arc::new(backend), &base_url),
+                    "PostgreSQL",
+                )
+            }
+            None => (
+                ResourceStore::open(&format!("sqlite:{}", db.display()), &base_url).await?,
+                "SQLite (file, WAL, synchronous=FULL)",
+            ),
+        };
+        let server = FhirServer::new(store, ServerConfig::new(&base_url, "bench.test"));
+        server
+            .load_allow_list(&[AllowListEntry {
+                identifier: "bench.test".into(),
+                name: "Bench".into(),
+                thumbprints: vec![certs.local.thumbprint()],
+                base_url: base_url.clone(),
+            }])
+            .await?;
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(Arc::new(server).serve(listener, tls.clone(), async {
+            let _ = stop_rx.await;
+        }));
+        Ok(BenchServer {
+            base_url,
+            backend_name,
+            schema,
+            db,
+            dir,
+            certs,
+            tls,
+            stop: Some(stop),
+        })
+    }
+
+    /// A client holding the local organisation's certificate.
+    pub fn client(&self) -> Result<FhirClient, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(FhirClient::new(&self.base_url, self.client_tls()?)?)
+    }
+
+    fn client_tls(
+        &self,
+    ) -> Result<Arc<dsf_core::rustls::ClientConfig>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Arc::new(self.certs.pki.client_config(&self.certs.local)?))
+    }
+
+    /// Stops serving and removes the SQLite directory.
+    pub fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 pub async fn run(
     settings: LoadSettings,
 ) -> Result<LoadReport, Box<dyn std::error::Error + Send + Sync>> {
-    let certs = certs()?;
-    let tls = Arc::new(certs.pki.server_config(&certs.server)?);
-    let client_tls = Arc::new(certs.pki.client_config(&certs.local)?);
-    let dir = std::env::temp_dir().join(format!("dsf-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    let db = dir.join("fhir.sqlite");
-
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let base_url = format!("https://localhost:{}/fhir", listener.local_addr()?.port());
-    let schema = format!("dsf_bench_{}", uuid::Uuid::new_v4().simple());
-    let (store, backend_name) = match &settings.postgres {
-        Some(url) => {
-            let backend = dsf_fhir::store::PostgresBackend::connect(
-                url,
-                Some(&schema),
-                settings.concurrency.max(4),
-            )
-            .await?;
-            (
-                ResourceStore::new(Arc::new(backend), &base_url),
-                "PostgreSQL",
-            )
-        }
-        None => (
-            ResourceStore::open(&format!("sqlite:{}", db.display()), &base_url).await?,
-            "SQLite (file, WAL, synchronous=FULL)",
-        ),
-    };
-    let server = FhirServer::new(store, ServerConfig::new(&base_url, "bench.test"));
-    server
-        .load_allow_list(&[AllowListEntry {
-            identifier: "bench.test".into(),
-            name: "Bench".into(),
-            thumbprints: vec![certs.local.thumbprint()],
-            base_url: base_url.clone(),
-        }])
-        .await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(Arc::new(server).serve(listener, tls.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let server = BenchServer::start(
+        settings
+            .postgres
+            .as_deref()
+            .map(|url| (url, settings.concurrency.max(4))),
+    )
+    .await?;
+    let (schema, db, backend_name) = (
+        server.schema.clone(),
+        server.db.clone(),
+        server.backend_name,
+    );
+    let client_tls = server.client_tls()?;
+    let tls = server.tls.clone();
+    let base_url = server.base_url.clone();
     let trivial_listener = TcpListener::bind("127.0.0.1:0").await?;
     let trivial_url = format!(
         "https://localhost:{}/fhir",
@@ -339,7 +404,7 @@ pub async fn run(
     let mut measurements = Vec::new();
 
     // The rows the raw baseline inserts are exactly what the store keeps for such a Task.
-    let sample = client.create(&task("sample")).await?;
+    let sample = client.create(&bench_task("sample")).await?;
     let rows: Vec<String> = (0..64)
         .map(|i| {
             let mut t = sample.clone();
@@ -362,8 +427,9 @@ pub async fn run(
         closed_loop("create Task (POST)", c, d, move |i| {
             let (cl, ids) = (cl.clone(), ids.clone());
             async move {
-                let body =
-                    Bytes::from(serde_json::to_vec(&task(&format!("t-{i}"))).unwrap_or_default());
+                let body = Bytes::from(
+                    serde_json::to_vec(&bench_task(&format!("t-{i}"))).unwrap_or_default(),
+                );
                 match cl
                     .request(
                         Method::POST,
@@ -448,9 +514,8 @@ pub async fn run(
         })
         .await,
     );
-    let _ = stop_tx.send(());
+    server.stop();
     trivial.abort();
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(LoadReport {
         backend: backend_name,
         concurrency: c,

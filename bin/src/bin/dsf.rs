@@ -33,6 +33,9 @@ enum Command {
         /// Also run against PostgreSQL at this URL
         #[arg(long)]
         postgres: Option<String>,
+        /// Run only the websocket subscription scenarios
+        #[arg(long)]
+        websocket_only: bool,
     },
 }
 
@@ -280,9 +283,22 @@ async fn bench(
     concurrency: usize,
     seconds: u64,
     postgres: Option<String>,
+    websocket_only: bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     use dsf_bin::load::{run, startup_and_memory, LoadSettings};
+    use dsf_bin::websocket_load::WebsocketSettings;
     let duration = std::time::Duration::from_secs(seconds);
+    let websocket = dsf_bin::websocket_load::run(WebsocketSettings {
+        rate: 1000,
+        subscribers: 10,
+        duration,
+        concurrency,
+    })
+    .await?;
+    println!("{}", websocket.markdown());
+    if websocket_only {
+        return Ok(());
+    }
     println!(
         "{}",
         run(LoadSettings {
@@ -340,7 +356,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             concurrency,
             seconds,
             postgres,
-        } => bench(concurrency, seconds, postgres).await,
+            websocket_only,
+        } => bench(concurrency, seconds, postgres, websocket_only).await,
         Command::Dev(Dev::Up {
             dir,
             organizations,

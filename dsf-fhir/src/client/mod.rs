@@ -136,6 +136,22 @@ pub struct Written {
     /// `Location` (`…/Type/id/_history/n`).
     pub location: Option<String>,
     pub resource: Option<Value>,
+    /// An OperationOutcome answered instead of the resource (e.g. when a conditional create
+    /// found an existing one).
+    pub outcome: Option<Value>,
+}
+
+impl Written {
+    /// The id and version the `Location` names.
+    pub fn id_and_version(&self) -> Option<(String, i64)> {
+        let location = self.location.as_deref()?;
+        let mut parts = location.rsplit('/');
+        let version = parts.next()?.parse().ok()?;
+        if parts.next()? != "_history" {
+            return None;
+        }
+        Some((parts.next()?.to_owned(), version))
+    }
 }
 
 impl FhirClient {
@@ -381,14 +397,24 @@ impl FhirClient {
             .json_with(method, path, &all, body)
             .await?
             .error_for_status()?;
+        let body = if response.body.is_empty() {
+            None
+        } else {
+            Some(response.json()?)
+        };
+        let (resource, outcome) = match body {
+            Some(b)
+                if b.get("resourceType").and_then(Value::as_str) == Some("OperationOutcome") =>
+            {
+                (None, Some(b))
+            }
+            other => (other, None),
+        };
         Ok(Written {
             status: response.status,
             location: response.header("location").map(str::to_owned),
-            resource: if response.body.is_empty() {
-                None
-            } else {
-                Some(response.json()?)
-            },
+            resource,
+            outcome,
         })
     }
 
