@@ -30,6 +30,9 @@ pub struct WebsocketReport {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The same run's POST round trips (send to 201): the baseline of the delivery latency.
+    pub write_p50_ms: f64,
+    pub write_p99_ms: f64,
     /// (scenario, creates per second)
     pub rates: Vec<(String, f64)>,
 }
@@ -37,14 +40,18 @@ pub struct WebsocketReport {
 impl WebsocketReport {
     pub fn markdown(&self) -> String {
         let mut out = format!(
-            "{}\n\n| write-to-delivery | value |\n|---|---:|\n| writes sent | {} ({:.0}/s achieved) |\n| deliveries received / expected | {} / {} |\n| p50 | {:.2} ms |\n| p99 | {:.2} ms |\n| max | {:.2} ms |\n\n| scenario | creates/s | ratio to none |\n|---|---:|---:|\n",
+            "{}\n\n| write-to-delivery | value |\n|---|---:|\n| writes sent | {} ({:.0}/s achieved) |\n| deliveries received / expected | {} / {} |\n| p50 | {:.2} ms ({:.2}x the write's own round trip, {:.2} ms) |\n| p99 | {:.2} ms ({:.2}x, {:.2} ms) |\n| max | {:.2} ms |\n\n| scenario | creates/s | ratio to none |\n|---|---:|---:|\n",
             self.settings_line,
             self.writes,
             self.achieved_rate,
             self.deliveries,
             self.expected_deliveries,
             self.p50_ms,
+            self.p50_ms / self.write_p50_ms,
+            self.write_p50_ms,
             self.p99_ms,
+            self.p99_ms / self.write_p99_ms,
+            self.write_p99_ms,
             self.max_ms
         );
         let none = self.rates.first().map_or(0.0, |(_, r)| *r);
@@ -210,16 +217,21 @@ pub async fn run(
         let (client, sent) = (client.clone(), sent.clone());
         pending.spawn(async move {
             let task = bench_task(&format!("lat-{n}"));
-            let _ = sent[n].set(Instant::now());
-            post(&client, &task).await
+            let at = Instant::now();
+            let _ = sent[n].set(at);
+            post(&client, &task).await.then(|| at.elapsed())
         });
     }
     let mut failed = 0;
+    let mut write_latencies = Vec::with_capacity(writes);
     while let Some(done) = pending.join_next().await {
-        if !matches!(done, Ok(true)) {
-            failed += 1;
+        match done {
+            Ok(Some(latency)) => write_latencies.push(latency),
+            _ => failed += 1,
         }
     }
+    write_latencies.sort();
+    let (write_p50_ms, write_p99_ms) = summarise_latencies(&write_latencies);
     let achieved_rate = writes as f64 / start.elapsed().as_secs_f64();
     if failed > 0 {
         return Err(format!("{failed} of {writes} latency writes failed").into());
@@ -308,6 +320,8 @@ pub async fn run(
         p50_ms,
         p99_ms,
         max_ms,
+        write_p50_ms,
+        write_p99_ms,
         rates,
     })
 }

@@ -47,7 +47,7 @@ fn run(topology: &str, organizations: u16) -> String {
 #[test]
 fn star_network_allows_only_the_hub() {
     let out = run("star", 3);
-    assert!(out.contains("all 9 checks passed"), "{out}");
+    assert!(out.contains("all 12 checks passed"), "{out}");
     assert!(
         out.contains("org-b.dsf.test -> org-c.dsf.test: metadata 401"),
         "{out}"
@@ -61,8 +61,12 @@ fn star_network_allows_only_the_hub() {
 #[test]
 fn mesh_network_allows_everyone() {
     let out = run("mesh", 3);
-    assert!(out.contains("all 9 checks passed"), "{out}");
+    assert!(out.contains("all 12 checks passed"), "{out}");
     assert!(!out.contains(" 401 "), "{out}");
+    assert!(
+        out.contains("org-c.dsf.test: websocket bound to Task?status=requested"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -272,10 +272,29 @@ async fn check(
             );
         }
     }
+    // What each organisation's BPE will do first: bind to its own server's Task subscription.
+    for org in orgs {
+        let client = FhirClient::new(&org.base_url, Arc::new(pki.client_config(&org.client)?))?;
+        let bound = async {
+            let id = client.find_subscription("Task?status=requested").await?;
+            client
+                .subscribe(&id, None, dsf_fhir::client::SubscriptionSettings::default())
+                .await
+        }
+        .await;
+        let ok = bound.as_ref().is_ok_and(|s| s.status().connected);
+        failures += usize::from(!ok);
+        println!(
+            "{} {}: websocket bound to Task?status=requested{}",
+            if ok { "ok  " } else { "FAIL" },
+            org.identifier,
+            bound.err().map(|e| format!(" ({e})")).unwrap_or_default()
+        );
+    }
     if failures > 0 {
         return Err(format!("{failures} checks failed").into());
     }
-    println!("all {} checks passed", orgs.len() * orgs.len());
+    println!("all {} checks passed", orgs.len() * orgs.len() + orgs.len());
     Ok(())
 }
 

@@ -342,13 +342,13 @@ impl Follower {
             let stop = match connected {
                 Ok(ws) => {
                     failures = 0;
-                    if let Some(first) = first.take() {
-                        let _ = first.send(Ok(()));
-                    }
                     self.status.send_modify(|s| {
                         s.connects += 1;
                         s.connected = true;
                     });
+                    if let Some(first) = first.take() {
+                        let _ = first.send(Ok(()));
+                    }
                     tracing::debug!(subscription = %self.subscription_id, "websocket bound");
                     let stop = self.follow(ws).await;
                     self.status.send_modify(|s| s.connected = false);
