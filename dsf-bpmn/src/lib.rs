@@ -20,6 +20,7 @@
 //! ```
 
 mod error;
+pub mod expr;
 mod model;
 mod parse;
 mod tree;
