@@ -19,6 +19,7 @@
 //! assert_eq!(definitions.processes[0].version_tag.as_deref(), Some("1.0"));
 //! ```
 
+pub mod engine;
 mod error;
 pub mod expr;
 mod model;

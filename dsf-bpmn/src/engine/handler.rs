@@ -1,0 +1,136 @@
+//! Rust code bound to the names a BPMN file uses for it (`camunda:class`,
+//! `camunda:delegateExpression`, `camunda:expression`), so that a file written for the Java DSF
+//! runs unchanged against Rust handlers.
+
+use crate::expr::Variables;
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What a handler may do instead of finishing normally.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HandlerError {
+    /// A BPMN error: caught by an error boundary event with a matching code (or none), else
+    /// the instance fails.
+    #[error("BPMN error {code}: {message}")]
+    Bpmn { code: String, message: String },
+    /// A technical failure: retried as `camunda:failedJobRetryTimeCycle` says when the
+    /// activity is asynchronous, else the instance fails.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a handler sees and changes of the running instance.
+pub struct HandlerContext<'a> {
+    pub process_id: &'a str,
+    pub instance_id: &'a str,
+    pub business_key: Option<&'a str>,
+    /// The element the handler runs for (a task, event or listener's element).
+    pub element_id: &'a str,
+    /// `start` or `end` for execution listeners, `create` for task listeners, `None` for the
+    /// element's own behaviour.
+    pub listener_event: Option<&'a str>,
+    /// `camunda:field` values, expressions already evaluated.
+    pub fields: &'a Map<String, Value>,
+    /// Variables visible here (the element's scope and its parents) as they were on entry.
+    pub(crate) visible: &'a Map<String, Value>,
+    /// Variables the handler sets; written to the scope that holds each name, else the
+    /// element's scope (`set_local`) or the instance (`set`).
+    pub(crate) writes: Vec<(String, Value, bool)>,
+}
+
+impl HandlerContext<'_> {
+    pub fn variable(&self, name: &str) -> Option<&Value> {
+        self.writes
+            .iter()
+            .rev()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, v, _)| v)
+            .or_else(|| self.visible.get(name))
+    }
+
+    pub fn variable_str(&self, name: &str) -> Option<&str> {
+        self.variable(name).and_then(Value::as_str)
+    }
+
+    /// Sets a variable where it already lives, or on the instance.
+    pub fn set(&mut self, name: &str, value: Value) {
+        self.writes.push((name.to_owned(), value, false));
+    }
+
+    /// Sets a variable on the element's own scope (a multi-instance iteration, a subprocess).
+    pub fn set_local(&mut self, name: &str, value: Value) {
+        self.writes.push((name.to_owned(), value, true));
+    }
+
+    pub fn field(&self, name: &str) -> Option<&Value> {
+        self.fields.get(name)
+    }
+}
+
+impl Variables for HandlerContext<'_> {
+    fn variable(&self, name: &str) -> Option<Value> {
+        HandlerContext::variable(self, name).cloned()
+    }
+}
+
+/// One piece of process code.
+#[async_trait]
+pub trait Handler: Send + Sync {
+    async fn execute(&self, context: &mut HandlerContext<'_>) -> Result<(), HandlerError>;
+}
+
+/// A handler from an async closure-like function, for small handlers and tests.
+pub struct FnHandler<F>(pub F);
+
+#[async_trait]
+impl<F> Handler for FnHandler<F>
+where
+    F: Fn(&mut HandlerContext<'_>) -> Result<(), HandlerError> + Send + Sync,
+{
+    async fn execute(&self, context: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
+        (self.0)(context)
+    }
+}
+
+/// Handlers by the name the BPMN file uses: the `camunda:class` value
+/// (`dev.dsf.bpe.service.Ping`), or for `camunda:delegateExpression` / `camunda:expression` the
+/// expression with or without `${…}` (`${pingTask}` and `pingTask` both bind).
+#[derive(Default, Clone)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    pub fn bind(&mut self, name: &str, handler: impl Handler + 'static) -> &mut Self {
+        self.handlers
+            .insert(strip_braces(name).to_owned(), Arc::new(handler));
+        self
+    }
+
+    pub fn bind_fn(
+        &mut self,
+        name: &str,
+        f: impl Fn(&mut HandlerContext<'_>) -> Result<(), HandlerError> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.bind(name, FnHandler(f))
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(strip_braces(name)).cloned()
+    }
+}
+
+fn strip_braces(name: &str) -> &str {
+    let trimmed = name.trim();
+    trimmed
+        .strip_prefix("${")
+        .or_else(|| trimmed.strip_prefix("#{"))
+        .and_then(|r| r.strip_suffix('}'))
+        .map_or(trimmed, str::trim)
+}

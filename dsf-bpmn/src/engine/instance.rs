@@ -1,0 +1,337 @@
+//! A process instance as plain serde data: scopes with their variables, tokens with where they
+//! are and what they wait for, and what the instance waits for (messages, timers, user tasks).
+//! The engine changes it one step at a time; the caller may store it after any step and resume
+//! from the stored copy.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum InstanceState {
+    Running,
+    Completed,
+    /// Ended by a terminate end event.
+    Terminated,
+    /// An unhandled BPMN error or a failed handler without retries left.
+    Failed {
+        element: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum ScopeKind {
+    Process,
+    SubProcess,
+    /// The body of a multi-instance activity: counts and, for sequential ones, what is next.
+    MultiInstance {
+        items: Vec<Value>,
+        started: usize,
+        completed: usize,
+        sequential: bool,
+    },
+    /// One iteration of a multi-instance activity.
+    Iteration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Scope {
+    pub id: u64,
+    pub parent: Option<u64>,
+    /// The token waiting for this scope to finish (none for the process scope).
+    pub owner: Option<u64>,
+    pub kind: ScopeKind,
+    pub variables: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum TokenState {
+    /// Enters its node at the next step.
+    Arriving,
+    /// Runs its node's behaviour when `due` (asynchronous continuation or a retry).
+    Job {
+        due: i64,
+        retries_left: Option<u32>,
+        interval: i64,
+    },
+    /// Waits for a subscription of its own, or for a scope it owns.
+    Waiting,
+    /// Leaves its node at the next step: by `flows` when a gateway chose them, else by the
+    /// node's outgoing flows. `due` delays it (asynchronous continuation after the node).
+    Leaving {
+        flows: Option<Vec<String>>,
+        due: Option<i64>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Token {
+    pub id: u64,
+    pub scope: u64,
+    pub node: String,
+    pub state: TokenState,
+    /// Inside a multi-instance iteration: the node runs once and the iteration ends there.
+    pub iteration: bool,
+}
+
+/// What fires a subscription.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Event {
+    Message {
+        name: String,
+        correlation_key: Option<String>,
+    },
+    Timer {
+        due: i64,
+        every: Option<i64>,
+        repeats: Option<u32>,
+    },
+    UserTask,
+}
+
+/// What happens to the owning token when a subscription fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Effect {
+    /// The token's own wait ends (message catch, receive task, timer catch, user task).
+    Complete,
+    /// A boundary event: the activity is cancelled (interrupting) or carries on.
+    Boundary { interrupting: bool },
+    /// A branch of an event-based gateway won the race: the token moves to `node`.
+    Race,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Subscription {
+    pub id: u64,
+    pub token: u64,
+    /// Where the flow continues when it fires (the event or task node).
+    pub node: String,
+    pub event: Event,
+    pub effect: Effect,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Join {
+    pub node: String,
+    pub scope: u64,
+    pub arrived: usize,
+}
+
+/// A running or finished process instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub process_id: String,
+    pub business_key: Option<String>,
+    pub state: InstanceState,
+    /// Every node entered, in order: the path the instance took.
+    pub path: Vec<String>,
+    pub(crate) scopes: Vec<Scope>,
+    pub(crate) tokens: Vec<Token>,
+    pub(crate) subscriptions: Vec<Subscription>,
+    pub(crate) joins: Vec<Join>,
+    pub(crate) next_id: u64,
+}
+
+/// What an instance waits for, for the caller to route messages and schedule timers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waiting {
+    Message {
+        name: String,
+        correlation_key: Option<String>,
+        node: String,
+    },
+    Timer {
+        due: i64,
+        node: String,
+    },
+    UserTask {
+        node: String,
+    },
+}
+
+impl Instance {
+    pub(crate) fn new(
+        id: String,
+        process_id: &str,
+        business_key: Option<String>,
+        variables: Map<String, Value>,
+    ) -> Self {
+        Instance {
+            id,
+            process_id: process_id.to_owned(),
+            business_key,
+            state: InstanceState::Running,
+            path: Vec::new(),
+            scopes: vec![Scope {
+                id: 0,
+                parent: None,
+                owner: None,
+                kind: ScopeKind::Process,
+                variables,
+            }],
+            tokens: Vec::new(),
+            subscriptions: Vec::new(),
+            joins: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    pub(crate) fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// The instance's own variables (the process scope).
+    pub fn variables(&self) -> &Map<String, Value> {
+        &self.scopes[0].variables
+    }
+
+    pub fn variable(&self, name: &str) -> Option<&Value> {
+        self.variables().get(name)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.state != InstanceState::Running
+    }
+
+    /// Messages, timers and user tasks the instance waits for now.
+    pub fn waiting(&self) -> Vec<Waiting> {
+        self.subscriptions
+            .iter()
+            .map(|s| match &s.event {
+                Event::Message {
+                    name,
+                    correlation_key,
+                } => Waiting::Message {
+                    name: name.clone(),
+                    correlation_key: correlation_key.clone(),
+                    node: s.node.clone(),
+                },
+                Event::Timer { due, .. } => Waiting::Timer {
+                    due: *due,
+                    node: s.node.clone(),
+                },
+                Event::UserTask => Waiting::UserTask {
+                    node: s.node.clone(),
+                },
+            })
+            .collect()
+    }
+
+    /// The earliest time at which a timer or a delayed job is due.
+    pub fn next_due(&self) -> Option<i64> {
+        let timers = self.subscriptions.iter().filter_map(|s| match s.event {
+            Event::Timer { due, .. } => Some(due),
+            _ => None,
+        });
+        let jobs = self.tokens.iter().filter_map(|t| match t.state {
+            TokenState::Job { due, .. } => Some(due),
+            TokenState::Leaving { due, .. } => due,
+            _ => None,
+        });
+        timers.chain(jobs).min()
+    }
+
+    pub(crate) fn scope(&self, id: u64) -> Option<&Scope> {
+        self.scopes.iter().find(|s| s.id == id)
+    }
+
+    pub(crate) fn scope_mut(&mut self, id: u64) -> Option<&mut Scope> {
+        self.scopes.iter_mut().find(|s| s.id == id)
+    }
+
+    pub(crate) fn token(&self, id: u64) -> Option<&Token> {
+        self.tokens.iter().find(|t| t.id == id)
+    }
+
+    pub(crate) fn token_mut(&mut self, id: u64) -> Option<&mut Token> {
+        self.tokens.iter_mut().find(|t| t.id == id)
+    }
+
+    /// Scope ids from `scope` up to the process scope.
+    pub(crate) fn chain(&self, scope: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut current = Some(scope);
+        while let Some(id) = current {
+            out.push(id);
+            current = self.scope(id).and_then(|s| s.parent);
+        }
+        out
+    }
+
+    /// The variables visible in `scope`: its own over its parents'.
+    pub(crate) fn visible(&self, scope: u64) -> Map<String, Value> {
+        let mut out = Map::new();
+        for id in self.chain(scope).into_iter().rev() {
+            if let Some(s) = self.scope(id) {
+                for (k, v) in &s.variables {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Sets `name` where it is already visible from `scope`, else on the process (or on
+    /// `scope` itself when `local`).
+    pub(crate) fn set_variable(&mut self, scope: u64, name: &str, value: Value, local: bool) {
+        let target = if local {
+            scope
+        } else {
+            self.chain(scope)
+                .into_iter()
+                .find(|id| {
+                    self.scope(*id)
+                        .is_some_and(|s| s.variables.contains_key(name))
+                })
+                .unwrap_or(0)
+        };
+        if let Some(s) = self.scope_mut(target) {
+            s.variables.insert(name.to_owned(), value);
+        }
+    }
+
+    /// Removes `scope` and everything inside it: child scopes, their tokens, subscriptions and
+    /// joins.
+    pub(crate) fn remove_scope_tree(&mut self, scope: u64) {
+        let mut doomed = vec![scope];
+        let mut i = 0;
+        while i < doomed.len() {
+            let parent = doomed[i];
+            doomed.extend(
+                self.scopes
+                    .iter()
+                    .filter(|s| s.parent == Some(parent))
+                    .map(|s| s.id),
+            );
+            i += 1;
+        }
+        let tokens: Vec<u64> = self
+            .tokens
+            .iter()
+            .filter(|t| doomed.contains(&t.scope))
+            .map(|t| t.id)
+            .collect();
+        self.tokens.retain(|t| !doomed.contains(&t.scope));
+        self.subscriptions.retain(|s| !tokens.contains(&s.token));
+        self.joins.retain(|j| !doomed.contains(&j.scope));
+        self.scopes.retain(|s| !doomed.contains(&s.id));
+    }
+
+    /// Removes a token and everything it owns (its subscriptions and the scopes it waits for).
+    pub(crate) fn remove_token_tree(&mut self, token: u64) {
+        let owned: Vec<u64> = self
+            .scopes
+            .iter()
+            .filter(|s| s.owner == Some(token))
+            .map(|s| s.id)
+            .collect();
+        for scope in owned {
+            self.remove_scope_tree(scope);
+        }
+        self.subscriptions.retain(|s| s.token != token);
+        self.tokens.retain(|t| t.id != token);
+    }
+}

@@ -1,0 +1,1557 @@
+//! The token engine: runs parsed processes against handlers bound by name, one step at a time.
+//!
+//! [`Engine::step`] moves one token one node on (or fires one due timer or job) and returns;
+//! the caller may persist the [`Instance`] after any step, and continue from the persisted copy
+//! after a restart. [`Engine::run`] steps until the instance waits or ends.
+
+mod clock;
+mod handler;
+mod instance;
+mod timer;
+
+pub use clock::{Clock, SystemClock, VirtualClock};
+pub use handler::{FnHandler, Handler, HandlerContext, HandlerError, Registry};
+pub use instance::{Instance, InstanceState, Waiting};
+pub use timer::{parse_cycle, parse_date, parse_duration, Schedule};
+
+use crate::expr::Expression;
+use crate::model::*;
+use crate::{Error, Result};
+use instance::{Effect, Event, Join, Scope, ScopeKind, Subscription, Token, TokenState};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Something moved; step again.
+    Progressed,
+    /// Nothing can move until a message, a user task completion or a later time.
+    Waiting,
+    /// The instance has ended (see [`Instance::state`]).
+    Finished,
+}
+
+/// A deployment: processes, their handlers, and the clock their timers run on.
+pub struct Engine {
+    definitions: Definitions,
+    registry: Registry,
+    clock: Arc<dyn Clock>,
+    expressions: HashMap<String, Expression>,
+    next_instance: std::sync::atomic::AtomicU64,
+}
+
+impl Engine {
+    /// Checks that every behaviour the processes name is bound in `registry`, that every
+    /// expression parses and every literal timer is valid ISO 8601, and that the processes use
+    /// only what this engine executes.
+    pub fn deploy(
+        definitions: Definitions,
+        registry: Registry,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine> {
+        let mut expressions = HashMap::new();
+        for process in &definitions.processes {
+            let fail = |element: &str, message: String| Error::Deploy {
+                process: process.id.clone(),
+                element: element.to_owned(),
+                message,
+            };
+            let compile = |expressions: &mut HashMap<String, Expression>,
+                           element: &str,
+                           text: &str|
+             -> Result<()> {
+                if !expressions.contains_key(text) {
+                    let parsed =
+                        Expression::parse(text).map_err(|e| fail(element, e.to_string()))?;
+                    expressions.insert(text.to_owned(), parsed);
+                }
+                Ok(())
+            };
+            for flow in &process.flows {
+                if let Some(condition) = &flow.condition {
+                    compile(&mut expressions, &flow.id, condition)?;
+                }
+            }
+            for node in &process.nodes {
+                check_supported(node).map_err(|m| fail(&node.id, m))?;
+                let behaviours = node
+                    .behaviour
+                    .iter()
+                    .chain(node.execution_listeners.iter().map(|l| &l.behaviour))
+                    .chain(node.task_listeners.iter().map(|l| &l.behaviour));
+                for behaviour in behaviours {
+                    let name = behaviour_name(behaviour);
+                    if registry.get(name).is_none() {
+                        return Err(fail(&node.id, format!("no handler bound to '{name}'")));
+                    }
+                }
+                let fields = node
+                    .fields
+                    .iter()
+                    .chain(
+                        node.execution_listeners
+                            .iter()
+                            .flat_map(|l| l.fields.iter()),
+                    )
+                    .chain(node.task_listeners.iter().flat_map(|l| l.fields.iter()));
+                for field in fields {
+                    if let FieldValue::Expression(text) = &field.value {
+                        compile(&mut expressions, &node.id, text)?;
+                    }
+                }
+                for parameter in node.inputs.iter().chain(node.outputs.iter()) {
+                    compile(&mut expressions, &node.id, &parameter.value)?;
+                }
+                if let Some(mi) = &node.multi_instance {
+                    for text in [
+                        &mi.collection,
+                        &mi.loop_cardinality,
+                        &mi.completion_condition,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        compile(&mut expressions, &node.id, text)?;
+                    }
+                }
+                if let Some(Trigger::Timer(timer)) = trigger_of(&node.kind) {
+                    let text = match timer {
+                        Timer::Duration(t) | Timer::Date(t) | Timer::Cycle(t) => t,
+                    };
+                    compile(&mut expressions, &node.id, text)?;
+                    if let Some(literal) = expressions.get(text).filter(|e| e.is_literal()) {
+                        schedule(timer, literal.source(), 0).map_err(|m| fail(&node.id, m))?;
+                    }
+                }
+            }
+        }
+        Ok(Engine {
+            definitions,
+            registry,
+            clock,
+            expressions,
+            next_instance: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    pub fn definitions(&self) -> &Definitions {
+        &self.definitions
+    }
+
+    fn process(&self, id: &str) -> Result<&Process> {
+        self.definitions
+            .processes
+            .iter()
+            .find(|p| p.id == id)
+            .ok_or_else(|| Error::NoMatch(format!("no process '{id}' is deployed")))
+    }
+
+    fn instance_id(&self) -> String {
+        let n = self
+            .next_instance
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n}", self.clock.now())
+    }
+
+    /// A new instance of `process_id` at its none start event, or at its timer start event
+    /// (the caller keeps the timer's schedule and starts instances when it is due).
+    pub fn start(
+        &self,
+        process_id: &str,
+        business_key: Option<&str>,
+        variables: Map<String, Value>,
+    ) -> Result<Instance> {
+        let process = self.process(process_id)?;
+        let start = process
+            .nodes
+            .iter()
+            .find(|n| {
+                n.parent.is_none()
+                    && matches!(
+                        n.kind,
+                        NodeKind::StartEvent(Trigger::None | Trigger::Timer(_))
+                    )
+            })
+            .ok_or_else(|| {
+                Error::NoMatch(format!(
+                    "process '{process_id}' has no none or timer start event"
+                ))
+            })?;
+        Ok(self.new_instance(process, &start.id, business_key, variables))
+    }
+
+    fn new_instance(
+        &self,
+        process: &Process,
+        start: &str,
+        business_key: Option<&str>,
+        variables: Map<String, Value>,
+    ) -> Instance {
+        let mut instance = Instance::new(
+            self.instance_id(),
+            &process.id,
+            business_key.map(str::to_owned),
+            variables,
+        );
+        let id = instance.fresh_id();
+        instance.tokens.push(Token {
+            id,
+            scope: 0,
+            node: start.to_owned(),
+            state: TokenState::Arriving,
+            iteration: false,
+        });
+        instance
+    }
+
+    /// Delivers a message by name. To a waiting instance when one of `instances` has this
+    /// business key and a token waiting for the message (with this correlation key, when one
+    /// is given); otherwise it starts a new instance at a message start event of that name,
+    /// returned as `Ok(Some(instance))`. Message variables are set on the instance. A message
+    /// nobody takes is [`Error::NoMatch`].
+    pub fn correlate(
+        &self,
+        instances: &mut [Instance],
+        message: &str,
+        business_key: Option<&str>,
+        correlation_key: Option<&str>,
+        variables: Map<String, Value>,
+    ) -> Result<Option<Instance>> {
+        for instance in instances.iter_mut().filter(|i| !i.is_finished()) {
+            if business_key.is_some() && instance.business_key.as_deref() != business_key {
+                continue;
+            }
+            if self.deliver(instance, message, correlation_key, &variables)? {
+                return Ok(None);
+            }
+        }
+        for process in &self.definitions.processes {
+            let start = process.nodes.iter().find(|n| {
+                n.parent.is_none()
+                    && matches!(&n.kind, NodeKind::StartEvent(Trigger::Message(Some(id)))
+                        if self.definitions.messages.get(id).is_some_and(|m| m.name == message))
+            });
+            if let Some(start) = start {
+                return Ok(Some(self.new_instance(
+                    process,
+                    &start.id,
+                    business_key,
+                    variables,
+                )));
+            }
+        }
+        Err(Error::NoMatch(format!(
+            "message '{message}' (business key {}, correlation key {}) matches no waiting instance and no start event",
+            business_key.unwrap_or("none"),
+            correlation_key.unwrap_or("none")
+        )))
+    }
+
+    /// Delivers a message to one instance; false if it does not wait for it.
+    pub fn deliver(
+        &self,
+        instance: &mut Instance,
+        message: &str,
+        correlation_key: Option<&str>,
+        variables: &Map<String, Value>,
+    ) -> Result<bool> {
+        let found = instance.subscriptions.iter().find(|s| match &s.event {
+            Event::Message {
+                name,
+                correlation_key: waiting,
+            } => {
+                name == message
+                    && (correlation_key.is_none() || waiting.as_deref() == correlation_key)
+            }
+            _ => false,
+        });
+        let Some(subscription) = found.cloned() else {
+            return Ok(false);
+        };
+        for (k, v) in variables {
+            instance.set_variable(0, k, v.clone(), false);
+        }
+        self.fire(instance, subscription)?;
+        Ok(true)
+    }
+
+    /// Completes the open user task at `node`, setting `variables` first.
+    pub fn complete_user_task(
+        &self,
+        instance: &mut Instance,
+        node: &str,
+        variables: &Map<String, Value>,
+    ) -> Result<()> {
+        let subscription = instance
+            .subscriptions
+            .iter()
+            .find(|s| s.node == node && s.event == Event::UserTask)
+            .cloned()
+            .ok_or_else(|| {
+                Error::NoMatch(format!(
+                    "no open user task '{node}' in instance {}",
+                    instance.id
+                ))
+            })?;
+        let scope = instance.token(subscription.token).map_or(0, |t| t.scope);
+        for (k, v) in variables {
+            instance.set_variable(scope, k, v.clone(), false);
+        }
+        self.fire(instance, subscription)
+    }
+
+    /// Steps until the instance waits or ends.
+    pub async fn run(&self, instance: &mut Instance) -> Result<Step> {
+        loop {
+            match self.step(instance).await? {
+                Step::Progressed => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Moves one token one node on, or runs one due job, or fires one due timer.
+    pub async fn step(&self, instance: &mut Instance) -> Result<Step> {
+        if instance.is_finished() {
+            return Ok(Step::Finished);
+        }
+        let now = self.clock.now();
+        let ready = instance.tokens.iter().find(|t| match &t.state {
+            TokenState::Arriving => true,
+            TokenState::Leaving { due, .. } => due.is_none_or(|d| d <= now),
+            TokenState::Job { due, .. } => *due <= now,
+            TokenState::Waiting => false,
+        });
+        if let Some(token) = ready.cloned() {
+            let process = self.process(&instance.process_id)?;
+            match token.state.clone() {
+                TokenState::Arriving => self.arrive(process, instance, token).await?,
+                TokenState::Job {
+                    retries_left,
+                    interval,
+                    ..
+                } => {
+                    self.execute(process, instance, token, Some((retries_left, interval)))
+                        .await?
+                }
+                TokenState::Leaving { flows, .. } => {
+                    self.leave(process, instance, token, flows).await?
+                }
+                TokenState::Waiting => {}
+            }
+            return Ok(if instance.is_finished() {
+                Step::Finished
+            } else {
+                Step::Progressed
+            });
+        }
+        let due = instance
+            .subscriptions
+            .iter()
+            .find(|s| matches!(s.event, Event::Timer { due, .. } if due <= now))
+            .cloned();
+        if let Some(subscription) = due {
+            self.fire(instance, subscription)?;
+            return Ok(if instance.is_finished() {
+                Step::Finished
+            } else {
+                Step::Progressed
+            });
+        }
+        Ok(Step::Waiting)
+    }
+
+    fn expression(&self, text: &str) -> Result<std::borrow::Cow<'_, Expression>> {
+        match self.expressions.get(text) {
+            Some(e) => Ok(std::borrow::Cow::Borrowed(e)),
+            None => Expression::parse(text)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| Error::NoMatch(e.to_string())),
+        }
+    }
+
+    fn evaluate(
+        &self,
+        instance: &Instance,
+        scope: u64,
+        element: &str,
+        text: &str,
+    ) -> Result<Value> {
+        let visible = instance.visible(scope);
+        self.expression(text)?
+            .evaluate(&visible)
+            .map_err(|e| runtime(instance, element, e.to_string()))
+    }
+
+    fn condition(
+        &self,
+        instance: &Instance,
+        scope: u64,
+        element: &str,
+        text: &str,
+    ) -> Result<bool> {
+        let visible = instance.visible(scope);
+        self.expression(text)?
+            .evaluate_bool(&visible)
+            .map_err(|e| runtime(instance, element, e.to_string()))
+    }
+
+    /// A token enters its node.
+    async fn arrive(&self, process: &Process, instance: &mut Instance, token: Token) -> Result<()> {
+        let node = node(process, &token.node)?;
+        instance.path.push(node.id.clone());
+        if let (Some(mi), false) = (&node.multi_instance, token.iteration) {
+            return self.start_multi_instance(process, instance, node, mi, token);
+        }
+        for parameter in &node.inputs {
+            let value = self.evaluate(instance, token.scope, &node.id, &parameter.value)?;
+            instance.set_variable(token.scope, &parameter.name, value, true);
+        }
+        self.listeners(instance, node, &token, "start").await?;
+        if node.async_before {
+            let (retries_left, interval) = retry_policy(node);
+            if let Some(t) = instance.token_mut(token.id) {
+                t.state = TokenState::Job {
+                    due: self.clock.now(),
+                    retries_left,
+                    interval,
+                };
+            }
+            return Ok(());
+        }
+        self.execute(process, instance, token, None).await
+    }
+
+    /// Runs what a node does once entered: its handler, its wait, its gateway decision.
+    async fn execute(
+        &self,
+        process: &Process,
+        instance: &mut Instance,
+        token: Token,
+        job: Option<(Option<u32>, i64)>,
+    ) -> Result<()> {
+        let node = node(process, &token.node)?;
+        match &node.kind {
+            NodeKind::StartEvent(_) | NodeKind::IntermediateThrowEvent(Trigger::None) => {
+                self.set_leaving(instance, &token, None)
+            }
+            NodeKind::ServiceTask
+            | NodeKind::SendTask
+            | NodeKind::IntermediateThrowEvent(Trigger::Message(_))
+            | NodeKind::EndEvent(Trigger::Message(_)) => {
+                if let Some(behaviour) = &node.behaviour {
+                    match self
+                        .call(instance, node, &token, behaviour, &node.fields, None)
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(HandlerError::Bpmn { code, message }) => {
+                            return self.throw_error(process, instance, &token, &code, &message)
+                        }
+                        Err(HandlerError::Failed(reason)) => {
+                            return self.handler_failed(instance, node, &token, job, reason)
+                        }
+                    }
+                }
+                if matches!(node.kind, NodeKind::EndEvent(_)) {
+                    self.consume(process, instance, token.id)
+                } else {
+                    self.set_leaving(instance, &token, None)
+                }
+            }
+            NodeKind::EndEvent(Trigger::None) => self.consume(process, instance, token.id),
+            NodeKind::EndEvent(Trigger::Terminate) => {
+                self.terminate(process, instance, token.scope)
+            }
+            NodeKind::EndEvent(Trigger::Error(id)) => {
+                let code = id
+                    .as_ref()
+                    .and_then(|id| self.definitions.errors.get(id))
+                    .and_then(|e| e.code.clone())
+                    .unwrap_or_default();
+                self.throw_error(process, instance, &token, &code, "error end event")
+            }
+            NodeKind::IntermediateCatchEvent(trigger) => {
+                let event = self.event_of(instance, token.scope, node, trigger)?;
+                self.wait(
+                    process,
+                    instance,
+                    &token,
+                    vec![(node.id.clone(), event, Effect::Complete)],
+                )
+            }
+            NodeKind::ReceiveTask { message } => {
+                let event = self.event_of(
+                    instance,
+                    token.scope,
+                    node,
+                    &Trigger::Message(message.clone()),
+                )?;
+                self.wait(
+                    process,
+                    instance,
+                    &token,
+                    vec![(node.id.clone(), event, Effect::Complete)],
+                )
+            }
+            NodeKind::UserTask { .. } => {
+                for listener in node.task_listeners.iter().filter(|l| l.event == "create") {
+                    self.call(
+                        instance,
+                        node,
+                        &token,
+                        &listener.behaviour,
+                        &listener.fields,
+                        Some("create"),
+                    )
+                    .await
+                    .map_err(|e| runtime(instance, &node.id, e.to_string()))?;
+                }
+                self.wait(
+                    process,
+                    instance,
+                    &token,
+                    vec![(node.id.clone(), Event::UserTask, Effect::Complete)],
+                )
+            }
+            NodeKind::ExclusiveGateway => {
+                let outgoing: Vec<&SequenceFlow> = process.outgoing(&node.id).collect();
+                if outgoing.len() <= 1 {
+                    return self.set_leaving(instance, &token, None);
+                }
+                for flow in &outgoing {
+                    if Some(&flow.id) == node.default_flow.as_ref() {
+                        continue;
+                    }
+                    let taken = match &flow.condition {
+                        Some(c) => self.condition(instance, token.scope, &flow.id, c)?,
+                        None => true,
+                    };
+                    if taken {
+                        return self.set_leaving(instance, &token, Some(vec![flow.id.clone()]));
+                    }
+                }
+                match &node.default_flow {
+                    Some(default) => {
+                        self.set_leaving(instance, &token, Some(vec![default.clone()]))
+                    }
+                    None => Err(runtime(
+                        instance,
+                        &node.id,
+                        "no outgoing flow's condition holds and there is no default flow".into(),
+                    )),
+                }
+            }
+            NodeKind::ParallelGateway => {
+                let incoming = process.incoming(&node.id).count();
+                if incoming <= 1 {
+                    return self.set_leaving(instance, &token, None);
+                }
+                self.join(instance, token, incoming)
+            }
+            NodeKind::InclusiveGateway => {
+                if process.incoming(&node.id).count() > 1
+                    && !self.inclusive_join_ready(process, instance, &token)
+                {
+                    if let Some(t) = instance.token_mut(token.id) {
+                        t.state = TokenState::Waiting;
+                    }
+                    return Ok(());
+                }
+                // Every token of this scope waiting at the gateway merges into this one.
+                let merged: Vec<u64> = instance
+                    .tokens
+                    .iter()
+                    .filter(|t| {
+                        t.id != token.id
+                            && t.scope == token.scope
+                            && t.node == node.id
+                            && t.state == TokenState::Waiting
+                    })
+                    .map(|t| t.id)
+                    .collect();
+                instance.tokens.retain(|t| !merged.contains(&t.id));
+                let mut chosen = Vec::new();
+                for flow in process.outgoing(&node.id) {
+                    if Some(&flow.id) == node.default_flow.as_ref() {
+                        continue;
+                    }
+                    let taken = match &flow.condition {
+                        Some(c) => self.condition(instance, token.scope, &flow.id, c)?,
+                        None => true,
+                    };
+                    if taken {
+                        chosen.push(flow.id.clone());
+                    }
+                }
+                if chosen.is_empty() {
+                    match &node.default_flow {
+                        Some(default) => chosen.push(default.clone()),
+                        None if process.outgoing(&node.id).next().is_none() => {}
+                        None => {
+                            return Err(runtime(
+                                instance,
+                                &node.id,
+                                "no outgoing flow's condition holds and there is no default flow"
+                                    .into(),
+                            ))
+                        }
+                    }
+                }
+                self.set_leaving(instance, &token, Some(chosen))
+            }
+            NodeKind::EventBasedGateway => {
+                let mut events = Vec::new();
+                for flow in process.outgoing(&node.id) {
+                    let target = self::node(process, &flow.target)?;
+                    let trigger = match &target.kind {
+                        NodeKind::IntermediateCatchEvent(t) => t.clone(),
+                        NodeKind::ReceiveTask { message } => Trigger::Message(message.clone()),
+                        _ => {
+                            return Err(runtime(
+                                instance,
+                                &node.id,
+                                format!(
+                                    "'{}' after an event-based gateway is not a catch event",
+                                    target.id
+                                ),
+                            ))
+                        }
+                    };
+                    events.push((
+                        target.id.clone(),
+                        self.event_of(instance, token.scope, target, &trigger)?,
+                        Effect::Race,
+                    ));
+                }
+                self.wait(process, instance, &token, events)
+            }
+            NodeKind::SubProcess { .. } => {
+                let scope = instance.fresh_id();
+                instance.scopes.push(Scope {
+                    id: scope,
+                    parent: Some(token.scope),
+                    owner: Some(token.id),
+                    kind: ScopeKind::SubProcess,
+                    variables: Map::new(),
+                });
+                let start = process
+                    .nodes
+                    .iter()
+                    .find(|n| {
+                        n.parent.as_deref() == Some(&node.id)
+                            && matches!(n.kind, NodeKind::StartEvent(Trigger::None))
+                    })
+                    .ok_or_else(|| {
+                        runtime(
+                            instance,
+                            &node.id,
+                            "subprocess without a none start event".into(),
+                        )
+                    })?;
+                let id = instance.fresh_id();
+                instance.tokens.push(Token {
+                    id,
+                    scope,
+                    node: start.id.clone(),
+                    state: TokenState::Arriving,
+                    iteration: false,
+                });
+                self.wait(process, instance, &token, Vec::new())
+            }
+            other => Err(runtime(
+                instance,
+                &node.id,
+                format!("{other:?} is not executed by this engine"),
+            )),
+        }
+    }
+
+    fn start_multi_instance(
+        &self,
+        process: &Process,
+        instance: &mut Instance,
+        node: &Node,
+        mi: &MultiInstance,
+        token: Token,
+    ) -> Result<()> {
+        let items: Vec<Value> = if let Some(collection) = &mi.collection {
+            let value = if collection.contains("${") || collection.contains("#{") {
+                self.evaluate(instance, token.scope, &node.id, collection)?
+            } else {
+                instance
+                    .visible(token.scope)
+                    .get(collection)
+                    .cloned()
+                    .unwrap_or(Value::Null)
+            };
+            match value {
+                Value::Array(items) => items,
+                Value::Null => Vec::new(),
+                other => {
+                    return Err(runtime(
+                        instance,
+                        &node.id,
+                        format!("multi-instance collection is not a list: {other}"),
+                    ))
+                }
+            }
+        } else if let Some(cardinality) = &mi.loop_cardinality {
+            let n = self
+                .evaluate(instance, token.scope, &node.id, cardinality)?
+                .as_u64()
+                .or_else(|| cardinality.trim().parse().ok())
+                .ok_or_else(|| {
+                    runtime(instance, &node.id, "loopCardinality is not a number".into())
+                })?;
+            (0..n).map(Value::from).collect()
+        } else {
+            return Err(runtime(
+                instance,
+                &node.id,
+                "multi-instance needs a collection or a loopCardinality".into(),
+            ));
+        };
+        let body = instance.fresh_id();
+        let mut variables = Map::new();
+        variables.insert("nrOfInstances".into(), Value::from(items.len()));
+        variables.insert("nrOfCompletedInstances".into(), Value::from(0));
+        variables.insert("nrOfActiveInstances".into(), Value::from(0));
+        instance.scopes.push(Scope {
+            id: body,
+            parent: Some(token.scope),
+            owner: Some(token.id),
+            kind: ScopeKind::MultiInstance {
+                items: items.clone(),
+                started: 0,
+                completed: 0,
+                sequential: mi.sequential,
+            },
+            variables,
+        });
+        self.wait(process, instance, &token, Vec::new())?;
+        if items.is_empty() {
+            return self.finish_scope(instance, body);
+        }
+        let first_wave = if mi.sequential { 1 } else { items.len() };
+        for _ in 0..first_wave {
+            self.start_iteration(instance, node, mi, body)?;
+        }
+        Ok(())
+    }
+
+    fn start_iteration(
+        &self,
+        instance: &mut Instance,
+        node: &Node,
+        mi: &MultiInstance,
+        body: u64,
+    ) -> Result<()> {
+        let Some(Scope {
+            kind: ScopeKind::MultiInstance { items, started, .. },
+            ..
+        }) = instance.scope_mut(body)
+        else {
+            return Err(runtime(
+                instance,
+                &node.id,
+                "multi-instance body missing".into(),
+            ));
+        };
+        let index = *started;
+        *started += 1;
+        let item = items.get(index).cloned().unwrap_or(Value::Null);
+        let scope = instance.fresh_id();
+        let mut variables = Map::new();
+        variables.insert("loopCounter".into(), Value::from(index));
+        if let Some(name) = &mi.element_variable {
+            variables.insert(name.clone(), item);
+        }
+        instance.scopes.push(Scope {
+            id: scope,
+            parent: Some(body),
+            owner: None,
+            kind: ScopeKind::Iteration,
+            variables,
+        });
+        self.adjust_active(instance, body, 1);
+        let id = instance.fresh_id();
+        instance.tokens.push(Token {
+            id,
+            scope,
+            node: node.id.clone(),
+            state: TokenState::Arriving,
+            iteration: true,
+        });
+        Ok(())
+    }
+
+    fn adjust_active(&self, instance: &mut Instance, body: u64, delta: i64) {
+        if let Some(scope) = instance.scope_mut(body) {
+            let active = scope
+                .variables
+                .get("nrOfActiveInstances")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            scope
+                .variables
+                .insert("nrOfActiveInstances".into(), Value::from(active + delta));
+        }
+    }
+
+    /// Calls a bound handler with the token's visible variables and writes back what it set.
+    async fn call(
+        &self,
+        instance: &mut Instance,
+        node: &Node,
+        token: &Token,
+        behaviour: &Behaviour,
+        fields: &[Field],
+        listener_event: Option<&str>,
+    ) -> std::result::Result<(), HandlerError> {
+        let name = behaviour_name(behaviour);
+        let handler = self
+            .registry
+            .get(name)
+            .ok_or_else(|| HandlerError::Failed(format!("no handler bound to '{name}'")))?;
+        let visible = instance.visible(token.scope);
+        let mut values = Map::new();
+        for field in fields {
+            let value = match &field.value {
+                FieldValue::String(s) => Value::String(s.clone()),
+                FieldValue::Expression(text) => self
+                    .expression(text)
+                    .map_err(|e| HandlerError::Failed(e.to_string()))?
+                    .evaluate(&visible)
+                    .map_err(|e| HandlerError::Failed(e.to_string()))?,
+            };
+            values.insert(field.name.clone(), value);
+        }
+        let mut context = HandlerContext {
+            process_id: &instance.process_id,
+            instance_id: &instance.id,
+            business_key: instance.business_key.as_deref(),
+            element_id: &node.id,
+            listener_event,
+            fields: &values,
+            visible: &visible,
+            writes: Vec::new(),
+        };
+        let result = handler.execute(&mut context).await;
+        let writes = std::mem::take(&mut context.writes);
+        for (name, value, local) in writes {
+            instance.set_variable(token.scope, &name, value, local);
+        }
+        result
+    }
+
+    async fn listeners(
+        &self,
+        instance: &mut Instance,
+        node: &Node,
+        token: &Token,
+        event: &str,
+    ) -> Result<()> {
+        for listener in node.execution_listeners.iter().filter(|l| l.event == event) {
+            self.call(
+                instance,
+                node,
+                token,
+                &listener.behaviour,
+                &listener.fields,
+                Some(event),
+            )
+            .await
+            .map_err(|e| runtime(instance, &node.id, format!("{event} listener: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn handler_failed(
+        &self,
+        instance: &mut Instance,
+        node: &Node,
+        token: &Token,
+        job: Option<(Option<u32>, i64)>,
+        reason: String,
+    ) -> Result<()> {
+        if let Some((Some(retries_left), interval)) = job {
+            if retries_left > 0 {
+                if let Some(t) = instance.token_mut(token.id) {
+                    t.state = TokenState::Job {
+                        due: self.clock.now() + interval,
+                        retries_left: Some(retries_left - 1),
+                        interval,
+                    };
+                }
+                return Ok(());
+            }
+        }
+        instance.state = InstanceState::Failed {
+            element: node.id.clone(),
+            reason,
+        };
+        Ok(())
+    }
+
+    fn event_of(
+        &self,
+        instance: &Instance,
+        scope: u64,
+        node: &Node,
+        trigger: &Trigger,
+    ) -> Result<Event> {
+        match trigger {
+            Trigger::Message(Some(id)) => {
+                let name = self
+                    .definitions
+                    .messages
+                    .get(id)
+                    .map(|m| m.name.clone())
+                    .ok_or_else(|| {
+                        runtime(instance, &node.id, format!("message '{id}' is not defined"))
+                    })?;
+                let correlation_key = instance
+                    .visible(scope)
+                    .get("correlationKey")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                Ok(Event::Message {
+                    name,
+                    correlation_key,
+                })
+            }
+            Trigger::Timer(timer) => {
+                let text = match timer {
+                    Timer::Duration(t) | Timer::Date(t) | Timer::Cycle(t) => t,
+                };
+                let value = crate::expr::to_text(&self.evaluate(instance, scope, &node.id, text)?);
+                let schedule = schedule(timer, &value, self.clock.now())
+                    .map_err(|m| runtime(instance, &node.id, m))?;
+                Ok(Event::Timer {
+                    due: schedule.first,
+                    every: schedule.every,
+                    repeats: schedule.repeats,
+                })
+            }
+            other => Err(runtime(
+                instance,
+                &node.id,
+                format!("cannot wait for {other:?}"),
+            )),
+        }
+    }
+
+    /// The token waits for `events` and for the boundary events of its node.
+    fn wait(
+        &self,
+        process: &Process,
+        instance: &mut Instance,
+        token: &Token,
+        events: Vec<(String, Event, Effect)>,
+    ) -> Result<()> {
+        if let Some(t) = instance.token_mut(token.id) {
+            t.state = TokenState::Waiting;
+        }
+        for (node, event, effect) in events {
+            let id = instance.fresh_id();
+            instance.subscriptions.push(Subscription {
+                id,
+                token: token.id,
+                node,
+                event,
+                effect,
+            });
+        }
+        for boundary in process.nodes.iter() {
+            let NodeKind::BoundaryEvent {
+                attached_to,
+                cancel_activity,
+                trigger,
+                ..
+            } = &boundary.kind
+            else {
+                continue;
+            };
+            if attached_to != &token.node
+                || token.iteration
+                    && process
+                        .node(attached_to)
+                        .is_some_and(|n| n.multi_instance.is_some())
+            {
+                continue;
+            }
+            if matches!(trigger, Trigger::Error(_)) {
+                continue;
+            }
+            let event = self.event_of(instance, token.scope, boundary, trigger)?;
+            let id = instance.fresh_id();
+            instance.subscriptions.push(Subscription {
+                id,
+                token: token.id,
+                node: boundary.id.clone(),
+                event,
+                effect: Effect::Boundary {
+                    interrupting: *cancel_activity,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// A subscription fires: a message arrived, a timer is due, a user task was completed.
+    fn fire(&self, instance: &mut Instance, subscription: Subscription) -> Result<()> {
+        let Some(owner) = instance.token(subscription.token).cloned() else {
+            instance.subscriptions.retain(|s| s.id != subscription.id);
+            return Ok(());
+        };
+        match subscription.effect {
+            Effect::Complete => {
+                instance.subscriptions.retain(|s| s.token != owner.id);
+                self.set_leaving(instance, &owner, None)
+            }
+            Effect::Race => {
+                instance.subscriptions.retain(|s| s.token != owner.id);
+                instance.path.push(subscription.node.clone());
+                if let Some(t) = instance.token_mut(owner.id) {
+                    t.node = subscription.node.clone();
+                    t.state = TokenState::Leaving {
+                        flows: None,
+                        due: None,
+                    };
+                }
+                Ok(())
+            }
+            Effect::Boundary { interrupting } => {
+                if interrupting {
+                    instance.remove_token_tree(owner.id);
+                } else {
+                    // A repeating timer boundary fires again later.
+                    let next = match subscription.event {
+                        Event::Timer {
+                            due,
+                            every: Some(every),
+                            repeats,
+                        } if repeats != Some(0) => Some(Event::Timer {
+                            due: due + every,
+                            every: Some(every),
+                            repeats: repeats.map(|r| r - 1),
+                        }),
+                        _ => None,
+                    };
+                    match (
+                        next,
+                        instance
+                            .subscriptions
+                            .iter_mut()
+                            .find(|s| s.id == subscription.id),
+                    ) {
+                        (Some(event), Some(s)) => s.event = event,
+                        _ => instance.subscriptions.retain(|s| s.id != subscription.id),
+                    }
+                }
+                instance.path.push(subscription.node.clone());
+                let id = instance.fresh_id();
+                let token = Token {
+                    id,
+                    scope: owner.scope,
+                    node: subscription.node.clone(),
+                    state: TokenState::Leaving {
+                        flows: None,
+                        due: None,
+                    },
+                    iteration: false,
+                };
+                instance.tokens.push(token);
+                Ok(())
+            }
+        }
+    }
+
+    fn set_leaving(
+        &self,
+        instance: &mut Instance,
+        token: &Token,
+        flows: Option<Vec<String>>,
+    ) -> Result<()> {
+        let process = self.process(&instance.process_id)?;
+        let node = node(process, &token.node)?;
+        let due = node.async_after.then(|| self.clock.now());
+        if let Some(t) = instance.token_mut(token.id) {
+            t.state = TokenState::Leaving { flows, due };
+        }
+        Ok(())
+    }
+
+    /// The token leaves its node by the chosen or the node's outgoing flows.
+    async fn leave(
+        &self,
+        process: &Process,
+        instance: &mut Instance,
+        token: Token,
+        flows: Option<Vec<String>>,
+    ) -> Result<()> {
+        let node = node(process, &token.node)?;
+        for parameter in &node.outputs {
+            let value = self.evaluate(instance, token.scope, &node.id, &parameter.value)?;
+            instance.set_variable(token.scope, &parameter.name, value, false);
+        }
+        self.listeners(instance, node, &token, "end").await?;
+        if token.iteration {
+            // One iteration of a multi-instance activity is done.
+            return self.consume(process, instance, token.id);
+        }
+        let flows = match flows {
+            Some(flows) => flows,
+            None => {
+                let mut chosen = Vec::new();
+                for flow in process.outgoing(&node.id) {
+                    if Some(&flow.id) == node.default_flow.as_ref() {
+                        continue;
+                    }
+                    let taken = match &flow.condition {
+                        Some(c) => self.condition(instance, token.scope, &flow.id, c)?,
+                        None => true,
+                    };
+                    if taken {
+                        chosen.push(flow.id.clone());
+                    }
+                }
+                if chosen.is_empty() {
+                    chosen.extend(node.default_flow.clone());
+                }
+                chosen
+            }
+        };
+        if flows.is_empty() {
+            return self.consume(process, instance, token.id);
+        }
+        for (i, flow_id) in flows.iter().enumerate() {
+            let flow = process
+                .flows
+                .iter()
+                .find(|f| &f.id == flow_id)
+                .ok_or_else(|| {
+                    runtime(instance, &node.id, format!("no sequence flow '{flow_id}'"))
+                })?;
+            if i == 0 {
+                if let Some(t) = instance.token_mut(token.id) {
+                    t.node = flow.target.clone();
+                    t.state = TokenState::Arriving;
+                }
+            } else {
+                let id = instance.fresh_id();
+                instance.tokens.push(Token {
+                    id,
+                    scope: token.scope,
+                    node: flow.target.clone(),
+                    state: TokenState::Arriving,
+                    iteration: false,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn join(&self, instance: &mut Instance, token: Token, incoming: usize) -> Result<()> {
+        let arrived = match instance
+            .joins
+            .iter_mut()
+            .find(|j| j.node == token.node && j.scope == token.scope)
+        {
+            Some(join) => {
+                join.arrived += 1;
+                join.arrived
+            }
+            None => {
+                instance.joins.push(Join {
+                    node: token.node.clone(),
+                    scope: token.scope,
+                    arrived: 1,
+                });
+                1
+            }
+        };
+        if arrived < incoming {
+            instance.tokens.retain(|t| t.id != token.id);
+            return Ok(());
+        }
+        instance
+            .joins
+            .retain(|j| !(j.node == token.node && j.scope == token.scope));
+        self.set_leaving(instance, &token, None)
+    }
+
+    /// Whether no other token of the scope can still reach the inclusive gateway `token` is at.
+    fn inclusive_join_ready(&self, process: &Process, instance: &Instance, token: &Token) -> bool {
+        let target = &token.node;
+        instance
+            .tokens
+            .iter()
+            .filter(|t| t.id != token.id && t.scope == token.scope && &t.node != target)
+            .all(|t| !reaches(process, &t.node, target))
+    }
+
+    /// A token ends; when its scope has no tokens left, the scope completes.
+    fn consume(&self, process: &Process, instance: &mut Instance, token: u64) -> Result<()> {
+        let scope = instance.token(token).map_or(0, |t| t.scope);
+        instance.remove_token_tree(token);
+        self.complete_if_empty(process, instance, scope)
+    }
+
+    fn complete_if_empty(
+        &self,
+        process: &Process,
+        instance: &mut Instance,
+        scope: u64,
+    ) -> Result<()> {
+        let busy = instance.tokens.iter().any(|t| t.scope == scope)
+            || instance.scopes.iter().any(|s| s.parent == Some(scope))
+            || instance.joins.iter().any(|j| j.scope == scope);
+        if busy {
+            // Tokens of the scope waiting at an inclusive join may now be able to go on.
+            let waiting: Vec<Token> = instance
+                .tokens
+                .iter()
+                .filter(|t| {
+                    t.scope == scope
+                        && t.state == TokenState::Waiting
+                        && process
+                            .node(&t.node)
+                            .is_some_and(|n| n.kind == NodeKind::InclusiveGateway)
+                })
+                .cloned()
+                .collect();
+            if let Some(first) = waiting
+                .into_iter()
+                .find(|t| self.inclusive_join_ready(process, instance, t))
+            {
+                // Decides again at the next step, without entering the gateway a second time.
+                if let Some(t) = instance.token_mut(first.id) {
+                    t.state = TokenState::Job {
+                        due: 0,
+                        retries_left: None,
+                        interval: 0,
+                    };
+                }
+            }
+            return Ok(());
+        }
+        self.finish_scope(instance, scope)
+    }
+
+    fn finish_scope(&self, instance: &mut Instance, scope: u64) -> Result<()> {
+        let Some(finished) = instance.scope(scope).cloned() else {
+            return Ok(());
+        };
+        match finished.kind {
+            ScopeKind::Process => {
+                instance.state = InstanceState::Completed;
+                Ok(())
+            }
+            ScopeKind::SubProcess => {
+                instance.scopes.retain(|s| s.id != scope);
+                match finished.owner.and_then(|o| instance.token(o).cloned()) {
+                    Some(owner) => {
+                        instance.subscriptions.retain(|s| s.token != owner.id);
+                        self.set_leaving(instance, &owner, None)
+                    }
+                    None => Ok(()),
+                }
+            }
+            ScopeKind::Iteration => {
+                instance.scopes.retain(|s| s.id != scope);
+                let Some(body) = finished.parent else {
+                    return Ok(());
+                };
+                self.iteration_done(instance, body)
+            }
+            ScopeKind::MultiInstance { .. } => {
+                instance.remove_scope_tree(scope);
+                match finished.owner.and_then(|o| instance.token(o).cloned()) {
+                    Some(owner) => {
+                        instance.subscriptions.retain(|s| s.token != owner.id);
+                        self.set_leaving(instance, &owner, None)
+                    }
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    fn iteration_done(&self, instance: &mut Instance, body: u64) -> Result<()> {
+        let process = self.process(&instance.process_id)?;
+        let Some(Scope {
+            kind:
+                ScopeKind::MultiInstance {
+                    items,
+                    started,
+                    completed,
+                    sequential,
+                },
+            owner,
+            ..
+        }) = instance.scope_mut(body)
+        else {
+            return Ok(());
+        };
+        *completed += 1;
+        let (total, started, done, sequential, owner) =
+            (items.len(), *started, *completed, *sequential, *owner);
+        if let Some(scope) = instance.scope_mut(body) {
+            scope
+                .variables
+                .insert("nrOfCompletedInstances".into(), Value::from(done));
+        }
+        self.adjust_active(instance, body, -1);
+        let owner_node = owner
+            .and_then(|o| instance.token(o))
+            .map(|t| t.node.clone())
+            .unwrap_or_default();
+        let node = node(process, &owner_node)?;
+        let mi = node.multi_instance.clone().unwrap_or(MultiInstance {
+            sequential,
+            collection: None,
+            element_variable: None,
+            loop_cardinality: None,
+            completion_condition: None,
+        });
+        let condition_met = match &mi.completion_condition {
+            Some(c) => self.condition(instance, body, &node.id, c)?,
+            None => false,
+        };
+        if done >= total || condition_met {
+            return self.finish_scope(instance, body);
+        }
+        if sequential && started < total {
+            self.start_iteration(instance, node, &mi, body)?;
+        }
+        Ok(())
+    }
+
+    fn terminate(&self, process: &Process, instance: &mut Instance, scope: u64) -> Result<()> {
+        if scope == 0 {
+            instance.tokens.clear();
+            instance.subscriptions.clear();
+            instance.joins.clear();
+            instance.scopes.retain(|s| s.id == 0);
+            instance.state = InstanceState::Terminated;
+            return Ok(());
+        }
+        let children: Vec<u64> = instance
+            .scopes
+            .iter()
+            .filter(|s| s.parent == Some(scope))
+            .map(|s| s.id)
+            .collect();
+        for child in children {
+            instance.remove_scope_tree(child);
+        }
+        let tokens: Vec<u64> = instance
+            .tokens
+            .iter()
+            .filter(|t| t.scope == scope)
+            .map(|t| t.id)
+            .collect();
+        for t in tokens {
+            instance.remove_token_tree(t);
+        }
+        self.complete_if_empty(process, instance, scope)
+    }
+
+    /// A BPMN error from `token`'s node: caught by the nearest error boundary event (on the
+    /// node itself, then on each enclosing subprocess or multi-instance activity) whose error
+    /// code matches or that catches all; uncaught, the instance fails.
+    fn throw_error(
+        &self,
+        process: &Process,
+        instance: &mut Instance,
+        token: &Token,
+        code: &str,
+        message: &str,
+    ) -> Result<()> {
+        let catches = |node_id: &str| {
+            process.nodes.iter().find(|b| match &b.kind {
+                NodeKind::BoundaryEvent {
+                    attached_to,
+                    trigger: Trigger::Error(error),
+                    ..
+                } if attached_to == node_id => match error {
+                    None => true,
+                    Some(id) => {
+                        self.definitions
+                            .errors
+                            .get(id)
+                            .and_then(|e| e.code.as_deref())
+                            == Some(code)
+                    }
+                },
+                _ => false,
+            })
+        };
+        // Candidates, innermost first: the node itself (when not one iteration of a
+        // multi-instance, whose boundary belongs to the whole activity), then scope owners.
+        let mut candidates: Vec<(Option<u64>, String)> = Vec::new();
+        if !token.iteration {
+            candidates.push((Some(token.id), token.node.clone()));
+        }
+        for scope in instance.chain(token.scope) {
+            if let Some(owner) = instance
+                .scope(scope)
+                .and_then(|s| s.owner)
+                .and_then(|o| instance.token(o))
+            {
+                candidates.push((Some(owner.id), owner.node.clone()));
+            }
+        }
+        for (owner, node_id) in candidates {
+            let Some(boundary) = catches(&node_id) else {
+                continue;
+            };
+            let Some(owner) = owner.and_then(|o| instance.token(o).cloned()) else {
+                continue;
+            };
+            if let NodeKind::BoundaryEvent {
+                error_code_variable,
+                error_message_variable,
+                ..
+            } = &boundary.kind
+            {
+                if let Some(name) = error_code_variable {
+                    instance.set_variable(owner.scope, name, Value::String(code.to_owned()), false);
+                }
+                if let Some(name) = error_message_variable {
+                    instance.set_variable(
+                        owner.scope,
+                        name,
+                        Value::String(message.to_owned()),
+                        false,
+                    );
+                }
+            }
+            instance.remove_token_tree(owner.id);
+            instance.path.push(boundary.id.clone());
+            let id = instance.fresh_id();
+            instance.tokens.push(Token {
+                id,
+                scope: owner.scope,
+                node: boundary.id.clone(),
+                state: TokenState::Leaving {
+                    flows: None,
+                    due: None,
+                },
+                iteration: false,
+            });
+            return Ok(());
+        }
+        instance.state = InstanceState::Failed {
+            element: token.node.clone(),
+            reason: format!("unhandled BPMN error '{code}': {message}"),
+        };
+        Ok(())
+    }
+}
+
+fn node<'a>(process: &'a Process, id: &str) -> Result<&'a Node> {
+    process.node(id).ok_or_else(|| Error::Deploy {
+        process: process.id.clone(),
+        element: id.to_owned(),
+        message: "no such element".into(),
+    })
+}
+
+fn runtime(instance: &Instance, element: &str, message: String) -> Error {
+    Error::Runtime {
+        instance: instance.id.clone(),
+        element: element.to_owned(),
+        message,
+    }
+}
+
+/// The name a behaviour is bound by.
+fn behaviour_name(behaviour: &Behaviour) -> &str {
+    match behaviour {
+        Behaviour::Class(name)
+        | Behaviour::Expression(name)
+        | Behaviour::DelegateExpression(name) => name,
+    }
+}
+
+fn trigger_of(kind: &NodeKind) -> Option<&Trigger> {
+    match kind {
+        NodeKind::StartEvent(t)
+        | NodeKind::EndEvent(t)
+        | NodeKind::IntermediateCatchEvent(t)
+        | NodeKind::IntermediateThrowEvent(t) => Some(t),
+        NodeKind::BoundaryEvent { trigger, .. } => Some(trigger),
+        _ => None,
+    }
+}
+
+/// What this engine does not execute yet, as a deploy-time error rather than a surprise.
+fn check_supported(node: &Node) -> std::result::Result<(), String> {
+    let unsupported = |what: &str| {
+        Err(format!(
+            "{what} is parsed but not yet executed by the engine"
+        ))
+    };
+    match &node.kind {
+        NodeKind::CallActivity { .. } => unsupported("callActivity"),
+        NodeKind::SubProcess {
+            triggered_by_event: true,
+        } => unsupported("event subprocess"),
+        NodeKind::StartEvent(Trigger::Timer(_)) if node.parent.is_none() => Ok(()),
+        _ => match trigger_of(&node.kind) {
+            Some(Trigger::Signal(_)) => unsupported("signal event"),
+            Some(Trigger::Conditional { .. }) => unsupported("conditional event"),
+            _ => Ok(()),
+        },
+    }
+}
+
+fn retry_policy(node: &Node) -> (Option<u32>, i64) {
+    match node
+        .retry_cycle
+        .as_deref()
+        .and_then(|c| parse_cycle(c, 0).ok())
+    {
+        Some(schedule) => (
+            Some(schedule.repeats.map_or(u32::MAX, |r| r + 1)),
+            schedule.every.unwrap_or(0),
+        ),
+        None => (None, 0),
+    }
+}
+
+fn schedule(timer: &Timer, text: &str, now: i64) -> std::result::Result<Schedule, String> {
+    match timer {
+        Timer::Duration(_) => Ok(Schedule {
+            first: now + parse_duration(text)?,
+            every: None,
+            repeats: Some(0),
+        }),
+        Timer::Date(_) => Ok(Schedule {
+            first: parse_date(text)?,
+            every: None,
+            repeats: Some(0),
+        }),
+        Timer::Cycle(_) => parse_cycle(text, now),
+    }
+}
+
+/// Whether a path of sequence flows leads from `from` to `to`.
+fn reaches(process: &Process, from: &str, to: &str) -> bool {
+    let mut seen = HashSet::new();
+    let mut stack = vec![from.to_owned()];
+    while let Some(current) = stack.pop() {
+        if current == to {
+            return true;
+        }
+        if seen.insert(current.clone()) {
+            stack.extend(process.outgoing(&current).map(|f| f.target.clone()));
+        }
+    }
+    false
+}
