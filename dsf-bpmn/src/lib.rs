@@ -3,7 +3,11 @@
 //!
 //! Anything the parser does not support is an error naming the file, line and element id;
 //! nothing is skipped silently, except diagram (BPMNDI) content and non-executable artifacts
-//! (documentation, annotations, lanes). The token engine is still to come.
+//! (documentation, annotations, lanes).
+//!
+//! [`engine::Engine`] runs parsed processes one step at a time over plain serde instances,
+//! calling Rust handlers bound by the names the file uses (`camunda:class`, expressions);
+//! [`expr`] evaluates the JUEL subset DSF files use. Nothing here knows of FHIR.
 //!
 //! ```
 //! let xml = r#"<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"
