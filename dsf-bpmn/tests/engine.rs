@@ -855,3 +855,112 @@ fn deploy_errors_name_process_and_element() {
         assert!(text.contains(expected), "{text}");
     }
 }
+
+#[tokio::test]
+async fn send_task_message_end_and_none_throw_call_their_handlers() {
+    let body = [
+        r#"<bpmn:startEvent id="s" />"#.to_owned(),
+        r#"<bpmn:sendTask id="send" camunda:delegateExpression="${sendPing}" />"#.to_owned(),
+        r#"<bpmn:intermediateThrowEvent id="mark" />"#.to_owned(),
+        r#"<bpmn:endEvent id="e"><bpmn:messageEventDefinition messageRef="MsgGo" camunda:expression="${reply}" /></bpmn:endEvent>"#.to_owned(),
+        flow("f1", "s", "send"),
+        flow("f2", "send", "mark"),
+        flow("f3", "mark", "e"),
+    ]
+    .concat();
+    let calls = Calls::default();
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(
+        &definitions(&body, ""),
+        recording(&calls, &["sendPing", "${reply}"]),
+        &clock,
+    );
+    let mut instance = engine.start("p", None, Map::new()).unwrap();
+    engine.run(&mut instance).await.unwrap();
+    assert_eq!(path(&instance), ["s", "send", "mark", "e"]);
+    assert_eq!(*calls.lock().unwrap(), ["send", "e"]);
+}
+
+#[tokio::test]
+async fn time_date_timer_fires_at_its_instant() {
+    let body = [
+        r#"<bpmn:startEvent id="s" />"#.to_owned(),
+        r#"<bpmn:intermediateCatchEvent id="t"><bpmn:timerEventDefinition><bpmn:timeDate>2023-11-14T22:30:00Z</bpmn:timeDate></bpmn:timerEventDefinition></bpmn:intermediateCatchEvent>"#.to_owned(),
+        r#"<bpmn:endEvent id="e" />"#.to_owned(),
+        flow("f1", "s", "t"),
+        flow("f2", "t", "e"),
+    ]
+    .concat();
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(&definitions(&body, ""), Registry::new(), &clock);
+    let mut instance = engine.start("p", None, Map::new()).unwrap();
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Waiting);
+    assert_eq!(instance.next_due(), Some(1_700_001_000_000));
+    clock.set(1_700_001_000_000);
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
+    assert_eq!(path(&instance), ["s", "t", "e"]);
+}
+
+#[tokio::test]
+async fn async_after_leaves_the_node_in_a_step_of_its_own() {
+    let body = [
+        r#"<bpmn:startEvent id="s" /><bpmn:endEvent id="e" />"#.to_owned(),
+        r#"<bpmn:serviceTask id="t" camunda:class="Work" camunda:asyncAfter="true" />"#.to_owned(),
+        flow("f1", "s", "t"),
+        flow("f2", "t", "e"),
+    ]
+    .concat();
+    let calls = Calls::default();
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(
+        &definitions(&body, ""),
+        recording(&calls, &["Work"]),
+        &clock,
+    );
+    let mut instance = engine.start("p", None, Map::new()).unwrap();
+    for _ in 0..3 {
+        assert_eq!(engine.step(&mut instance).await.unwrap(), Step::Progressed);
+    }
+    // The handler ran; leaving is its own job, so a crash now repeats only the leaving.
+    assert_eq!(*calls.lock().unwrap(), ["t"]);
+    assert_eq!(path(&instance), ["s", "t"]);
+    let stored: Instance =
+        serde_json::from_str(&serde_json::to_string(&instance).unwrap()).unwrap();
+    let mut resumed = stored;
+    assert_eq!(engine.run(&mut resumed).await.unwrap(), Step::Finished);
+    assert_eq!(path(&resumed), ["s", "t", "e"]);
+    assert_eq!(*calls.lock().unwrap(), ["t"], "not run twice");
+}
+
+#[tokio::test]
+async fn loop_cardinality_multi_instance_subprocess() {
+    let body = [
+        r#"<bpmn:startEvent id="s" /><bpmn:endEvent id="e" />"#.to_owned(),
+        r#"<bpmn:subProcess id="sub"><bpmn:multiInstanceLoopCharacteristics><bpmn:loopCardinality>${n}</bpmn:loopCardinality></bpmn:multiInstanceLoopCharacteristics><bpmn:startEvent id="ss" /><bpmn:serviceTask id="inner" camunda:class="Inner" /><bpmn:endEvent id="se" />"#.to_owned(),
+        flow("i1", "ss", "inner"),
+        flow("i2", "inner", "se"),
+        r#"</bpmn:subProcess>"#.to_owned(),
+        flow("f1", "s", "sub"),
+        flow("f2", "sub", "e"),
+    ]
+    .concat();
+    let counters = Arc::new(Mutex::new(Vec::new()));
+    let mut registry = Registry::new();
+    let record = counters.clone();
+    registry.bind_fn("Inner", move |ctx| {
+        record
+            .lock()
+            .unwrap()
+            .push(ctx.variable("loopCounter").cloned().unwrap_or(Value::Null));
+        Ok(())
+    });
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(&definitions(&body, ""), registry, &clock);
+    let mut instance = engine.start("p", None, vars(json!({"n": 2}))).unwrap();
+    engine.run(&mut instance).await.unwrap();
+    assert_eq!(*counters.lock().unwrap(), [json!(0), json!(1)]);
+    assert_eq!(instance.state, InstanceState::Completed);
+    assert_eq!(path(&instance).first(), Some(&"s"));
+    assert_eq!(path(&instance).last(), Some(&"e"));
+    assert_eq!(instance.path.iter().filter(|p| *p == "inner").count(), 2);
+}
