@@ -256,19 +256,31 @@ pub async fn run(
     // writes (the cost of evaluating criteria), then all of them (the cost of delivering).
     let mut connections = Vec::new();
     let none_received = Arc::new(AtomicUsize::new(0));
-    for i in 0..100 {
-        let id = create_subscription(
-            &client,
-            &format!("Task?status=draft&identifier=http://dsf.dev/sid/task-identifier|none-{i}"),
-        )
-        .await?;
-        connections.push(drain(
-            bind(&client, &id).await?,
-            None,
-            latencies.clone(),
-            none_received.clone(),
-        ));
-    }
+    let add = |criteria: Vec<String>| {
+        let (client, latencies, received) =
+            (client.clone(), latencies.clone(), none_received.clone());
+        async move {
+            let mut opened = Vec::new();
+            for c in criteria {
+                let id = create_subscription(&client, &c).await?;
+                opened.push(drain(
+                    bind(&client, &id).await?,
+                    None,
+                    latencies.clone(),
+                    received.clone(),
+                ));
+            }
+            Ok::<_, dsf_fhir::Error>(opened)
+        }
+    };
+    connections.extend(
+        add((0..100)
+            .map(|i| {
+                format!("Task?status=draft&identifier=http://dsf.dev/sid/task-identifier|none-{i}")
+            })
+            .collect())
+        .await?,
+    );
     rates.push(
         create_rate(
             "100 Subscriptions, none matching",
@@ -278,19 +290,12 @@ pub async fn run(
         )
         .await,
     );
-    for i in 0..100 {
-        let id = create_subscription(
-            &client,
-            &format!("Task?status=draft&authored-on=ge{}-01-01", 1900 + i),
-        )
-        .await?;
-        connections.push(drain(
-            bind(&client, &id).await?,
-            None,
-            latencies.clone(),
-            none_received.clone(),
-        ));
-    }
+    connections.extend(
+        add((0..100)
+            .map(|i| format!("Task?status=draft&authored-on=ge{}-01-01", 1900 + i))
+            .collect())
+        .await?,
+    );
     rates.push(
         create_rate(
             "+100 Subscriptions, all matching (JSON payload)",

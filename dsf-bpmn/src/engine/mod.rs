@@ -573,19 +573,7 @@ impl Engine {
                     .map(|t| t.id)
                     .collect();
                 instance.tokens.retain(|t| !merged.contains(&t.id));
-                let mut chosen = Vec::new();
-                for flow in process.outgoing(&node.id) {
-                    if Some(&flow.id) == node.default_flow.as_ref() {
-                        continue;
-                    }
-                    let taken = match &flow.condition {
-                        Some(c) => self.condition(instance, token.scope, &flow.id, c)?,
-                        None => true,
-                    };
-                    if taken {
-                        chosen.push(flow.id.clone());
-                    }
-                }
+                let mut chosen = self.true_flows(process, instance, node, token.scope)?;
                 if chosen.is_empty() {
                     match &node.default_flow {
                         Some(default) => chosen.push(default.clone()),
@@ -1106,19 +1094,7 @@ impl Engine {
         let flows = match flows {
             Some(flows) => flows,
             None => {
-                let mut chosen = Vec::new();
-                for flow in process.outgoing(&node.id) {
-                    if Some(&flow.id) == node.default_flow.as_ref() {
-                        continue;
-                    }
-                    let taken = match &flow.condition {
-                        Some(c) => self.condition(instance, token.scope, &flow.id, c)?,
-                        None => true,
-                    };
-                    if taken {
-                        chosen.push(flow.id.clone());
-                    }
-                }
+                let mut chosen = self.true_flows(process, instance, node, token.scope)?;
                 if chosen.is_empty() {
                     chosen.extend(node.default_flow.clone());
                 }
@@ -1153,6 +1129,31 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The outgoing flows of `node`, other than its default, that have no condition or whose
+    /// condition holds.
+    fn true_flows(
+        &self,
+        process: &Process,
+        instance: &Instance,
+        node: &Node,
+        scope: u64,
+    ) -> Result<Vec<String>> {
+        let mut chosen = Vec::new();
+        for flow in process.outgoing(&node.id) {
+            if Some(&flow.id) == node.default_flow.as_ref() {
+                continue;
+            }
+            let taken = match &flow.condition {
+                Some(c) => self.condition(instance, scope, &flow.id, c)?,
+                None => true,
+            };
+            if taken {
+                chosen.push(flow.id.clone());
+            }
+        }
+        Ok(chosen)
     }
 
     fn join(&self, instance: &mut Instance, token: Token, incoming: usize) -> Result<()> {
