@@ -964,3 +964,85 @@ async fn loop_cardinality_multi_instance_subprocess() {
     assert_eq!(path(&instance).last(), Some(&"e"));
     assert_eq!(instance.path.iter().filter(|p| *p == "inner").count(), 2);
 }
+
+const SIGNALS: &str = r#"<bpmn:signal id="SigStop" name="stopPing" />"#;
+
+#[tokio::test]
+async fn signal_end_event_stops_waiting_instances_through_a_boundary() {
+    // As the ping autostart process: one instance loops on a timer until a signal stops it.
+    let body = [
+        r#"<bpmn:startEvent id="s" /><bpmn:userTask id="loop" /><bpmn:endEvent id="never" /><bpmn:endEvent id="stopped" />"#.to_owned(),
+        r#"<bpmn:boundaryEvent id="stop" attachedToRef="loop"><bpmn:signalEventDefinition signalRef="SigStop" /></bpmn:boundaryEvent>"#.to_owned(),
+        flow("f1", "s", "loop"),
+        flow("f2", "loop", "never"),
+        flow("f3", "stop", "stopped"),
+    ]
+    .concat();
+    let stopper = r#"<bpmn:process id="stopper" isExecutable="true"><bpmn:startEvent id="s2" /><bpmn:endEvent id="send"><bpmn:signalEventDefinition signalRef="SigStop" /></bpmn:endEvent><bpmn:sequenceFlow id="g1" sourceRef="s2" targetRef="send" /></bpmn:process>"#;
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(
+        &definitions(&body, &format!("{SIGNALS}{stopper}")),
+        Registry::new(),
+        &clock,
+    );
+    let mut looping = engine.start("p", None, Map::new()).unwrap();
+    engine.run(&mut looping).await.unwrap();
+    assert_eq!(
+        looping.waiting()[1],
+        Waiting::Signal {
+            name: "stopPing".into(),
+            node: "stop".into()
+        }
+    );
+    let mut thrower = engine.start("stopper", None, Map::new()).unwrap();
+    engine.run(&mut thrower).await.unwrap();
+    let thrown = thrower.take_signals();
+    assert_eq!(thrown, ["stopPing"]);
+    assert!(thrower.take_signals().is_empty(), "taken once");
+    let mut others = vec![looping];
+    for name in &thrown {
+        assert!(engine.signal(&mut others, name).unwrap().is_empty());
+    }
+    engine.run(&mut others[0]).await.unwrap();
+    assert_eq!(path(&others[0]), ["s", "loop", "stop", "stopped"]);
+    assert_eq!(others[0].state, InstanceState::Completed);
+}
+
+#[tokio::test]
+async fn signals_reach_catches_in_the_throwing_instance_and_start_events() {
+    let body = [
+        r#"<bpmn:startEvent id="s" /><bpmn:parallelGateway id="fork" />"#.to_owned(),
+        r#"<bpmn:intermediateCatchEvent id="hear"><bpmn:signalEventDefinition signalRef="SigStop" /></bpmn:intermediateCatchEvent>"#.to_owned(),
+        r#"<bpmn:userTask id="first" /><bpmn:intermediateThrowEvent id="say"><bpmn:signalEventDefinition signalRef="SigStop" /></bpmn:intermediateThrowEvent>"#.to_owned(),
+        r#"<bpmn:endEvent id="e1" /><bpmn:endEvent id="e2" />"#.to_owned(),
+        flow("f1", "s", "fork"),
+        flow("f2", "fork", "hear"),
+        flow("f3", "fork", "first"),
+        flow("f4", "first", "say"),
+        flow("f5", "say", "e1"),
+        flow("f6", "hear", "e2"),
+    ]
+    .concat();
+    let started_by_signal = r#"<bpmn:process id="listener" isExecutable="true"><bpmn:startEvent id="sig"><bpmn:signalEventDefinition signalRef="SigStop" /></bpmn:startEvent><bpmn:endEvent id="le" /><bpmn:sequenceFlow id="h1" sourceRef="sig" targetRef="le" /></bpmn:process>"#;
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(
+        &definitions(&body, &format!("{SIGNALS}{started_by_signal}")),
+        Registry::new(),
+        &clock,
+    );
+    let mut instance = engine.start("p", None, Map::new()).unwrap();
+    engine.run(&mut instance).await.unwrap();
+    engine
+        .complete_user_task(&mut instance, "first", &Map::new())
+        .unwrap();
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
+    // The catching branch is the older token, so it moves on first.
+    assert_eq!(
+        path(&instance),
+        ["s", "fork", "hear", "first", "say", "e2", "e1"]
+    );
+    let mut started = engine.signal(&mut [], "stopPing").unwrap();
+    assert_eq!(started.len(), 1);
+    engine.run(&mut started[0]).await.unwrap();
+    assert_eq!(path(&started[0]), ["sig", "le"]);
+}

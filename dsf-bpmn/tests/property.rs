@@ -58,8 +58,11 @@ fn xml(shape: &Shape) -> String {
                 r#"<bpmn:intermediateCatchEvent id="{id}"><bpmn:timerEventDefinition><bpmn:timeDuration>PT{}M</bpmn:timeDuration></bpmn:timerEventDefinition></bpmn:intermediateCatchEvent>"#,
                 1 + seed % 90
             ),
-            6 => format!(
+            6 if seed % 2 == 0 => format!(
                 r#"<bpmn:intermediateCatchEvent id="{id}"><bpmn:messageEventDefinition messageRef="M" /></bpmn:intermediateCatchEvent>"#
+            ),
+            6 => format!(
+                r#"<bpmn:intermediateCatchEvent id="{id}"><bpmn:signalEventDefinition signalRef="S" /></bpmn:intermediateCatchEvent>"#
             ),
             7 => format!(
                 r#"<bpmn:subProcess id="{id}"><bpmn:startEvent id="{id}_s" /><bpmn:serviceTask id="{id}_t" camunda:class="Noop" /><bpmn:endEvent id="{id}_e" /><bpmn:sequenceFlow id="{id}_f1" sourceRef="{id}_s" targetRef="{id}_t" /><bpmn:sequenceFlow id="{id}_f2" sourceRef="{id}_t" targetRef="{id}_e" /></bpmn:subProcess>"#
@@ -99,7 +102,7 @@ fn xml(shape: &Shape) -> String {
         }
     }
     format!(
-        r#"<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" xmlns:camunda="http://camunda.org/schema/1.0/bpmn"><bpmn:process id="p" isExecutable="true">{body}{extra}{flows}</bpmn:process><bpmn:message id="M" name="m" /><bpmn:error id="E" errorCode="e" /></bpmn:definitions>"#
+        r#"<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" xmlns:camunda="http://camunda.org/schema/1.0/bpmn"><bpmn:process id="p" isExecutable="true">{body}{extra}{flows}</bpmn:process><bpmn:message id="M" name="m" /><bpmn:signal id="S" name="s" /><bpmn:error id="E" errorCode="e" /></bpmn:definitions>"#
     )
 }
 
@@ -145,6 +148,7 @@ proptest! {
                     match w {
                         Waiting::UserTask { node } => { let _ = engine.complete_user_task(&mut instance, &node, &Map::new()); }
                         Waiting::Message { name, .. } => { let _ = engine.deliver(&mut instance, &name, None, &Map::new()); }
+                        Waiting::Signal { name, .. } => { let _ = engine.signal(std::slice::from_mut(&mut instance), &name); }
                         Waiting::Timer { .. } => {}
                     }
                 }

@@ -87,6 +87,9 @@ pub(crate) enum Event {
         repeats: Option<u32>,
     },
     UserTask,
+    Signal {
+        name: String,
+    },
 }
 
 /// What happens to the owning token when a subscription fires.
@@ -131,6 +134,10 @@ pub struct Instance {
     pub(crate) subscriptions: Vec<Subscription>,
     pub(crate) joins: Vec<Join>,
     pub(crate) next_id: u64,
+    /// Signals this instance threw that the caller has not yet taken (see
+    /// [`Instance::take_signals`]).
+    #[serde(default)]
+    pub(crate) signals: Vec<String>,
 }
 
 /// What an instance waits for, for the caller to route messages and schedule timers.
@@ -146,6 +153,10 @@ pub enum Waiting {
         node: String,
     },
     UserTask {
+        node: String,
+    },
+    Signal {
+        name: String,
         node: String,
     },
 }
@@ -174,6 +185,7 @@ impl Instance {
             subscriptions: Vec::new(),
             joins: Vec::new(),
             next_id: 1,
+            signals: Vec::new(),
         }
     }
 
@@ -196,7 +208,7 @@ impl Instance {
         self.state != InstanceState::Running
     }
 
-    /// Messages, timers and user tasks the instance waits for now.
+    /// Messages, signals, timers and user tasks the instance waits for now.
     pub fn waiting(&self) -> Vec<Waiting> {
         self.subscriptions
             .iter()
@@ -216,8 +228,19 @@ impl Instance {
                 Event::UserTask => Waiting::UserTask {
                     node: s.node.clone(),
                 },
+                Event::Signal { name } => Waiting::Signal {
+                    name: name.clone(),
+                    node: s.node.clone(),
+                },
             })
             .collect()
+    }
+
+    /// The names of the signals this instance threw since the last call. A signal reaches
+    /// every waiting instance of the deployment: hand them to [`super::Engine::signal`]
+    /// with the other instances (the thrower's own catches have already heard it).
+    pub fn take_signals(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.signals)
     }
 
     /// The earliest time at which a timer or a delayed job is due.

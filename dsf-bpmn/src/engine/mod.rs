@@ -462,6 +462,24 @@ impl Engine {
                 }
             }
             NodeKind::EndEvent(Trigger::None) => self.consume(process, instance, token.id),
+            NodeKind::IntermediateThrowEvent(Trigger::Signal(id))
+            | NodeKind::EndEvent(Trigger::Signal(id)) => {
+                let name = self.signal_name(instance, node, id)?;
+                instance.signals.push(name.clone());
+                self.hear_signal(instance, &name)?;
+                if matches!(node.kind, NodeKind::EndEvent(_)) {
+                    // The token may already be gone if its own scope caught the signal.
+                    if instance.token(token.id).is_some() {
+                        self.consume(process, instance, token.id)?;
+                    }
+                    Ok(())
+                } else {
+                    match instance.token(token.id).cloned() {
+                        Some(t) => self.set_leaving(instance, &t, None),
+                        None => Ok(()),
+                    }
+                }
+            }
             NodeKind::EndEvent(Trigger::Terminate) => {
                 self.terminate(process, instance, token.scope)
             }
@@ -924,12 +942,65 @@ impl Engine {
                     repeats: schedule.repeats,
                 })
             }
+            Trigger::Signal(id) => Ok(Event::Signal {
+                name: self.signal_name(instance, node, id)?,
+            }),
             other => Err(runtime(
                 instance,
                 &node.id,
                 format!("cannot wait for {other:?}"),
             )),
         }
+    }
+
+    fn signal_name(&self, instance: &Instance, node: &Node, id: &str) -> Result<String> {
+        self.definitions
+            .signals
+            .get(id)
+            .map(|s| s.name.clone())
+            .ok_or_else(|| runtime(instance, &node.id, format!("signal '{id}' is not defined")))
+    }
+
+    /// Fires every subscription of `instance` waiting for the signal `name`.
+    fn hear_signal(&self, instance: &mut Instance, name: &str) -> Result<usize> {
+        let waiting: Vec<Subscription> = instance
+            .subscriptions
+            .iter()
+            .filter(|s| matches!(&s.event, Event::Signal { name: n } if n == name))
+            .cloned()
+            .collect();
+        let mut heard = 0;
+        for subscription in waiting {
+            // An earlier one may have cancelled this one (an interrupting boundary).
+            if instance
+                .subscriptions
+                .iter()
+                .any(|s| s.id == subscription.id)
+            {
+                self.fire(instance, subscription)?;
+                heard += 1;
+            }
+        }
+        Ok(heard)
+    }
+
+    /// Broadcasts the signal `name` to `instances`: every catch waiting for it fires, and
+    /// every process with a signal start event of that name starts a new instance (returned).
+    pub fn signal(&self, instances: &mut [Instance], name: &str) -> Result<Vec<Instance>> {
+        for instance in instances.iter_mut().filter(|i| !i.is_finished()) {
+            self.hear_signal(instance, name)?;
+        }
+        let mut started = Vec::new();
+        for process in &self.definitions.processes {
+            for start in process.nodes.iter().filter(|n| {
+                n.parent.is_none()
+                    && matches!(&n.kind, NodeKind::StartEvent(Trigger::Signal(id))
+                        if self.definitions.signals.get(id).is_some_and(|s| s.name == name))
+            }) {
+                started.push(self.new_instance(process, &start.id, None, Map::new()));
+            }
+        }
+        Ok(started)
     }
 
     /// The token waits for `events` and for the boundary events of its node.
@@ -1505,7 +1576,6 @@ fn check_supported(node: &Node) -> std::result::Result<(), String> {
         } => unsupported("event subprocess"),
         NodeKind::StartEvent(Trigger::Timer(_)) if node.parent.is_none() => Ok(()),
         _ => match trigger_of(&node.kind) {
-            Some(Trigger::Signal(_)) => unsupported("signal event"),
             Some(Trigger::Conditional { .. }) => unsupported("conditional event"),
             _ => Ok(()),
         },
