@@ -195,4 +195,6 @@ pub struct Node {
     pub multi_instance: Option<MultiInstance>,
     /// Default flow of a gateway or activity.
     pub default_flow: Option<String>,
+    /// `isInterrupting` of a start event (of an event subprocess); true unless set to false.
+    pub interrupting: bool,
 }

@@ -297,6 +297,7 @@ impl Parser<'_> {
             retry_cycle: None,
             multi_instance: None,
             default_flow: e.attr("default").map(str::to_owned),
+            interrupting: e.attr("isInterrupting") != Some("false"),
         };
         // Message events carry their class and fields on the event definition.
         if let Some(definition) = e.child(BPMN, "messageEventDefinition") {

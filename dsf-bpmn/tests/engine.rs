@@ -1046,3 +1046,122 @@ async fn signals_reach_catches_in_the_throwing_instance_and_start_events() {
     engine.run(&mut started[0]).await.unwrap();
     assert_eq!(path(&started[0]), ["sig", "le"]);
 }
+
+#[tokio::test]
+async fn interrupting_message_event_subprocess_cancels_the_main_flow() {
+    let body = [
+        r#"<bpmn:startEvent id="s" /><bpmn:userTask id="u" /><bpmn:endEvent id="e" />"#.to_owned(),
+        flow("f1", "s", "u"),
+        flow("f2", "u", "e"),
+        r#"<bpmn:subProcess id="cancel" triggeredByEvent="true"><bpmn:startEvent id="cs"><bpmn:messageEventDefinition messageRef="MsgGo" /></bpmn:startEvent>"#.to_owned(),
+        service("cleanup", "Cleanup"),
+        r#"<bpmn:endEvent id="ce" />"#.to_owned(),
+        flow("c1", "cs", "cleanup"),
+        flow("c2", "cleanup", "ce"),
+        r#"</bpmn:subProcess>"#.to_owned(),
+    ]
+    .concat();
+    let calls = Calls::default();
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(
+        &definitions(&body, ""),
+        recording(&calls, &["Cleanup"]),
+        &clock,
+    );
+    let mut instance = engine.start("p", Some("bk"), Map::new()).unwrap();
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Waiting);
+    assert_eq!(
+        instance.waiting().len(),
+        2,
+        "the user task and the event subprocess's message"
+    );
+    assert!(engine
+        .deliver(&mut instance, "go", None, &Map::new())
+        .unwrap());
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
+    assert_eq!(path(&instance), ["s", "u", "cancel", "cs", "cleanup", "ce"]);
+    assert_eq!(*calls.lock().unwrap(), ["cleanup"]);
+    assert_eq!(instance.state, InstanceState::Completed);
+    assert!(instance.waiting().is_empty());
+}
+
+#[tokio::test]
+async fn non_interrupting_timer_event_subprocess_runs_beside_the_main_flow() {
+    let body = [
+        r#"<bpmn:startEvent id="s" /><bpmn:userTask id="u" /><bpmn:endEvent id="e" />"#.to_owned(),
+        flow("f1", "s", "u"),
+        flow("f2", "u", "e"),
+        r#"<bpmn:subProcess id="remind" triggeredByEvent="true"><bpmn:startEvent id="rs" isInterrupting="false"><bpmn:timerEventDefinition><bpmn:timeCycle>R2/PT10M</bpmn:timeCycle></bpmn:timerEventDefinition></bpmn:startEvent>"#.to_owned(),
+        service("notify", "Notify"),
+        r#"<bpmn:endEvent id="re" />"#.to_owned(),
+        flow("r1", "rs", "notify"),
+        flow("r2", "notify", "re"),
+        r#"</bpmn:subProcess>"#.to_owned(),
+    ]
+    .concat();
+    let calls = Calls::default();
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(
+        &definitions(&body, ""),
+        recording(&calls, &["Notify"]),
+        &clock,
+    );
+    let mut instance = engine.start("p", None, Map::new()).unwrap();
+    engine.run(&mut instance).await.unwrap();
+    for _ in 0..3 {
+        clock.advance(600_000);
+        assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Waiting);
+    }
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        2,
+        "R2: two runs of the event subprocess"
+    );
+    engine
+        .complete_user_task(&mut instance, "u", &Map::new())
+        .unwrap();
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
+    assert_eq!(
+        path(&instance),
+        ["s", "u", "remind", "rs", "notify", "re", "remind", "rs", "notify", "re", "e"]
+    );
+}
+
+#[tokio::test]
+async fn error_event_subprocess_handles_an_error_inside_its_subprocess() {
+    let body = [
+        r#"<bpmn:startEvent id="s" /><bpmn:endEvent id="e" />"#.to_owned(),
+        r#"<bpmn:subProcess id="work"><bpmn:startEvent id="ws" />"#.to_owned(),
+        service("risky", "Risky"),
+        r#"<bpmn:endEvent id="we" />"#.to_owned(),
+        flow("w1", "ws", "risky"),
+        flow("w2", "risky", "we"),
+        r#"<bpmn:subProcess id="onError" triggeredByEvent="true"><bpmn:startEvent id="es"><bpmn:errorEventDefinition errorRef="ErrFail" /></bpmn:startEvent>"#.to_owned(),
+        service("repair", "Repair"),
+        r#"<bpmn:endEvent id="ee" />"#.to_owned(),
+        flow("e1", "es", "repair"),
+        flow("e2", "repair", "ee"),
+        r#"</bpmn:subProcess></bpmn:subProcess>"#.to_owned(),
+        flow("f1", "s", "work"),
+        flow("f2", "work", "e"),
+    ]
+    .concat();
+    let calls = Calls::default();
+    let mut registry = recording(&calls, &["Repair"]);
+    registry.bind_fn("Risky", |_| {
+        Err(HandlerError::Bpmn {
+            code: "fail-code".into(),
+            message: "broken".into(),
+        })
+    });
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(&definitions(&body, ""), registry, &clock);
+    let mut instance = engine.start("p", None, Map::new()).unwrap();
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
+    assert_eq!(
+        path(&instance),
+        ["s", "work", "ws", "risky", "onError", "es", "repair", "ee", "e"]
+    );
+    assert_eq!(*calls.lock().unwrap(), ["repair"]);
+    assert_eq!(instance.state, InstanceState::Completed);
+}

@@ -64,9 +64,23 @@ fn xml(shape: &Shape) -> String {
             6 => format!(
                 r#"<bpmn:intermediateCatchEvent id="{id}"><bpmn:signalEventDefinition signalRef="S" /></bpmn:intermediateCatchEvent>"#
             ),
-            7 => format!(
-                r#"<bpmn:subProcess id="{id}"><bpmn:startEvent id="{id}_s" /><bpmn:serviceTask id="{id}_t" camunda:class="Noop" /><bpmn:endEvent id="{id}_e" /><bpmn:sequenceFlow id="{id}_f1" sourceRef="{id}_s" targetRef="{id}_t" /><bpmn:sequenceFlow id="{id}_f2" sourceRef="{id}_t" targetRef="{id}_e" /></bpmn:subProcess>"#
-            ),
+            7 => {
+                // Sometimes with an event subprocess (message or timer start, interrupting or not).
+                let event_sub = match seed % 4 {
+                    1 => format!(
+                        r#"<bpmn:subProcess id="{id}_ev" triggeredByEvent="true"><bpmn:startEvent id="{id}_es" isInterrupting="{}"><bpmn:messageEventDefinition messageRef="M" /></bpmn:startEvent><bpmn:endEvent id="{id}_ee" /><bpmn:sequenceFlow id="{id}_ef" sourceRef="{id}_es" targetRef="{id}_ee" /></bpmn:subProcess>"#,
+                        seed % 8 == 1
+                    ),
+                    3 => format!(
+                        r#"<bpmn:subProcess id="{id}_ev" triggeredByEvent="true"><bpmn:startEvent id="{id}_es" isInterrupting="{}"><bpmn:timerEventDefinition><bpmn:timeDuration>PT10M</bpmn:timeDuration></bpmn:timerEventDefinition></bpmn:startEvent><bpmn:endEvent id="{id}_ee" /><bpmn:sequenceFlow id="{id}_ef" sourceRef="{id}_es" targetRef="{id}_ee" /></bpmn:subProcess>"#,
+                        seed % 8 == 3
+                    ),
+                    _ => String::new(),
+                };
+                format!(
+                    r#"<bpmn:subProcess id="{id}"><bpmn:startEvent id="{id}_s" /><bpmn:userTask id="{id}_t" /><bpmn:endEvent id="{id}_e" /><bpmn:sequenceFlow id="{id}_f1" sourceRef="{id}_s" targetRef="{id}_t" /><bpmn:sequenceFlow id="{id}_f2" sourceRef="{id}_t" targetRef="{id}_e" />{event_sub}</bpmn:subProcess>"#
+                )
+            }
             8 => format!(
                 r#"<bpmn:serviceTask id="{id}" camunda:class="Noop"><bpmn:multiInstanceLoopCharacteristics isSequential="{}"><bpmn:loopCardinality>{}</bpmn:loopCardinality></bpmn:multiInstanceLoopCharacteristics></bpmn:serviceTask>"#,
                 seed % 2 == 0,

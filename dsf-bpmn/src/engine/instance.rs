@@ -101,6 +101,8 @@ pub(crate) enum Effect {
     Boundary { interrupting: bool },
     /// A branch of an event-based gateway won the race: the token moves to `node`.
     Race,
+    /// The start event `node` of an event subprocess of `scope` (no token owns it).
+    EventSubProcess { scope: u64, interrupting: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -338,7 +340,10 @@ impl Instance {
             .map(|t| t.id)
             .collect();
         self.tokens.retain(|t| !doomed.contains(&t.scope));
-        self.subscriptions.retain(|s| !tokens.contains(&s.token));
+        self.subscriptions.retain(|s| {
+            !tokens.contains(&s.token)
+                && !matches!(s.effect, Effect::EventSubProcess { scope, .. } if doomed.contains(&scope))
+        });
         self.joins.retain(|j| !doomed.contains(&j.scope));
         self.scopes.retain(|s| !doomed.contains(&s.id));
     }

@@ -179,7 +179,7 @@ impl Engine {
                     "process '{process_id}' has no none or timer start event"
                 ))
             })?;
-        Ok(self.new_instance(process, &start.id, business_key, variables))
+        self.new_instance(process, &start.id, business_key, variables)
     }
 
     fn new_instance(
@@ -188,7 +188,7 @@ impl Engine {
         start: &str,
         business_key: Option<&str>,
         variables: Map<String, Value>,
-    ) -> Instance {
+    ) -> Result<Instance> {
         let mut instance = Instance::new(
             self.instance_id(),
             &process.id,
@@ -203,7 +203,8 @@ impl Engine {
             state: TokenState::Arriving,
             iteration: false,
         });
-        instance
+        self.arm_event_subprocesses(process, &mut instance, 0, None)?;
+        Ok(instance)
     }
 
     /// Delivers a message by name. To a waiting instance when one of `instances` has this
@@ -234,12 +235,9 @@ impl Engine {
                         if self.definitions.messages.get(id).is_some_and(|m| m.name == message))
             });
             if let Some(start) = start {
-                return Ok(Some(self.new_instance(
-                    process,
-                    &start.id,
-                    business_key,
-                    variables,
-                )));
+                return self
+                    .new_instance(process, &start.id, business_key, variables)
+                    .map(Some);
             }
         }
         Err(Error::NoMatch(format!(
@@ -643,6 +641,7 @@ impl Engine {
                     kind: ScopeKind::SubProcess,
                     variables: Map::new(),
                 });
+                self.arm_event_subprocesses(process, instance, scope, Some(&node.id))?;
                 let start = process
                     .nodes
                     .iter()
@@ -997,7 +996,7 @@ impl Engine {
                     && matches!(&n.kind, NodeKind::StartEvent(Trigger::Signal(id))
                         if self.definitions.signals.get(id).is_some_and(|s| s.name == name))
             }) {
-                started.push(self.new_instance(process, &start.id, None, Map::new()));
+                started.push(self.new_instance(process, &start.id, None, Map::new())?);
             }
         }
         Ok(started)
@@ -1062,11 +1061,32 @@ impl Engine {
 
     /// A subscription fires: a message arrived, a timer is due, a user task was completed.
     fn fire(&self, instance: &mut Instance, subscription: Subscription) -> Result<()> {
-        let Some(owner) = instance.token(subscription.token).cloned() else {
+        let owner = match subscription.effect {
+            Effect::EventSubProcess {
+                scope,
+                interrupting,
+            } => {
+                if !interrupting {
+                    rearm(instance, &subscription);
+                }
+                let process = self.process(&instance.process_id)?;
+                return self.start_event_subprocess(
+                    process,
+                    instance,
+                    scope,
+                    &subscription.node,
+                    interrupting,
+                );
+            }
+            _ => instance.token(subscription.token).cloned(),
+        };
+        let Some(owner) = owner else {
             instance.subscriptions.retain(|s| s.id != subscription.id);
             return Ok(());
         };
         match subscription.effect {
+            // Answered above: it has no owning token.
+            Effect::EventSubProcess { .. } => Ok(()),
             Effect::Complete => {
                 instance.subscriptions.retain(|s| s.token != owner.id);
                 self.set_leaving(instance, &owner, None)
@@ -1087,29 +1107,7 @@ impl Engine {
                 if interrupting {
                     instance.remove_token_tree(owner.id);
                 } else {
-                    // A repeating timer boundary fires again later.
-                    let next = match subscription.event {
-                        Event::Timer {
-                            due,
-                            every: Some(every),
-                            repeats,
-                        } if repeats != Some(0) => Some(Event::Timer {
-                            due: due + every,
-                            every: Some(every),
-                            repeats: repeats.map(|r| r - 1),
-                        }),
-                        _ => None,
-                    };
-                    match (
-                        next,
-                        instance
-                            .subscriptions
-                            .iter_mut()
-                            .find(|s| s.id == subscription.id),
-                    ) {
-                        (Some(event), Some(s)) => s.event = event,
-                        _ => instance.subscriptions.retain(|s| s.id != subscription.id),
-                    }
+                    rearm(instance, &subscription);
                 }
                 instance.path.push(subscription.node.clone());
                 let id = instance.fresh_id();
@@ -1320,17 +1318,26 @@ impl Engine {
         };
         match finished.kind {
             ScopeKind::Process => {
+                // Event subprocesses do not keep an instance alive.
+                instance.subscriptions.clear();
                 instance.state = InstanceState::Completed;
                 Ok(())
             }
             ScopeKind::SubProcess => {
-                instance.scopes.retain(|s| s.id != scope);
+                instance.remove_scope_tree(scope);
                 match finished.owner.and_then(|o| instance.token(o).cloned()) {
                     Some(owner) => {
                         instance.subscriptions.retain(|s| s.token != owner.id);
                         self.set_leaving(instance, &owner, None)
                     }
-                    None => Ok(()),
+                    // An event subprocess: its parent scope may be done now.
+                    None => match finished.parent {
+                        Some(parent) => {
+                            let process = self.process(&instance.process_id)?;
+                            self.complete_if_empty(process, instance, parent)
+                        }
+                        None => Ok(()),
+                    },
                 }
             }
             ScopeKind::Iteration => {
@@ -1433,6 +1440,110 @@ impl Engine {
         self.complete_if_empty(process, instance, scope)
     }
 
+    /// Subscriptions for the message, timer and signal start events of the event subprocesses
+    /// of `scope`, whose activity is `scope_node` (`None` for the process).
+    fn arm_event_subprocesses(
+        &self,
+        process: &Process,
+        instance: &mut Instance,
+        scope: u64,
+        scope_node: Option<&str>,
+    ) -> Result<()> {
+        let subprocesses = process.nodes.iter().filter(|n| {
+            n.kind
+                == (NodeKind::SubProcess {
+                    triggered_by_event: true,
+                })
+                && n.parent.as_deref() == scope_node
+        });
+        for sub in subprocesses {
+            let start = process.nodes.iter().find(|n| {
+                n.parent.as_deref() == Some(&sub.id) && matches!(n.kind, NodeKind::StartEvent(_))
+            });
+            let Some(start) = start else { continue };
+            let NodeKind::StartEvent(trigger) = &start.kind else {
+                continue;
+            };
+            if matches!(trigger, Trigger::Error(_) | Trigger::None) {
+                continue;
+            }
+            let event = self.event_of(instance, scope, start, trigger)?;
+            let id = instance.fresh_id();
+            instance.subscriptions.push(Subscription {
+                id,
+                token: 0,
+                node: start.id.clone(),
+                event,
+                effect: Effect::EventSubProcess {
+                    scope,
+                    interrupting: start.interrupting,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts the event subprocess whose start event is `start` in `scope`; an interrupting
+    /// one first cancels everything else running in the scope.
+    fn start_event_subprocess(
+        &self,
+        process: &Process,
+        instance: &mut Instance,
+        scope: u64,
+        start: &str,
+        interrupting: bool,
+    ) -> Result<()> {
+        let start_node = node(process, start)?;
+        if interrupting {
+            let tokens: Vec<u64> = instance
+                .tokens
+                .iter()
+                .filter(|t| t.scope == scope)
+                .map(|t| t.id)
+                .collect();
+            for t in tokens {
+                instance.remove_token_tree(t);
+            }
+            let children: Vec<u64> = instance
+                .scopes
+                .iter()
+                .filter(|s| s.parent == Some(scope))
+                .map(|s| s.id)
+                .collect();
+            for child in children {
+                instance.remove_scope_tree(child);
+            }
+            instance.joins.retain(|j| j.scope != scope);
+            instance.subscriptions.retain(
+                |s| !matches!(s.effect, Effect::EventSubProcess { scope: x, .. } if x == scope),
+            );
+        }
+        let child = instance.fresh_id();
+        instance.scopes.push(Scope {
+            id: child,
+            parent: Some(scope),
+            owner: None,
+            kind: ScopeKind::SubProcess,
+            variables: Map::new(),
+        });
+        if let Some(sub) = &start_node.parent {
+            instance.path.push(sub.clone());
+        }
+        instance.path.push(start.to_owned());
+        let id = instance.fresh_id();
+        instance.tokens.push(Token {
+            id,
+            scope: child,
+            node: start.to_owned(),
+            state: TokenState::Leaving {
+                flows: None,
+                due: None,
+            },
+            iteration: false,
+        });
+        Ok(())
+    }
+
     /// A BPMN error from `token`'s node: caught by the nearest error boundary event (on the
     /// node itself, then on each enclosing subprocess or multi-instance activity) whose error
     /// code matches or that catches all; uncaught, the instance fails.
@@ -1464,21 +1575,70 @@ impl Engine {
             })
         };
         // Candidates, innermost first: the node itself (when not one iteration of a
-        // multi-instance, whose boundary belongs to the whole activity), then scope owners.
-        let mut candidates: Vec<(Option<u64>, String)> = Vec::new();
+        // multi-instance, whose boundary belongs to the whole activity), then for each
+        // enclosing scope its error event subprocesses and the boundary of its activity.
+        enum Candidate {
+            Boundary(u64, String),
+            EventSubProcesses(u64, Option<String>),
+        }
+        let mut candidates: Vec<Candidate> = Vec::new();
         if !token.iteration {
-            candidates.push((Some(token.id), token.node.clone()));
+            candidates.push(Candidate::Boundary(token.id, token.node.clone()));
         }
         for scope in instance.chain(token.scope) {
-            if let Some(owner) = instance
-                .scope(scope)
-                .and_then(|s| s.owner)
-                .and_then(|o| instance.token(o))
-            {
-                candidates.push((Some(owner.id), owner.node.clone()));
+            let Some(s) = instance.scope(scope) else {
+                continue;
+            };
+            let owner = s.owner.and_then(|o| instance.token(o));
+            match (&s.kind, owner) {
+                (ScopeKind::Process, _) => {
+                    candidates.push(Candidate::EventSubProcesses(scope, None))
+                }
+                (ScopeKind::SubProcess, Some(owner)) => candidates.push(
+                    Candidate::EventSubProcesses(scope, Some(owner.node.clone())),
+                ),
+                _ => {}
+            }
+            if let Some(owner) = owner {
+                candidates.push(Candidate::Boundary(owner.id, owner.node.clone()));
             }
         }
-        for (owner, node_id) in candidates {
+        for candidate in candidates {
+            let (owner, node_id) = match candidate {
+                Candidate::Boundary(owner, node_id) => (Some(owner), node_id),
+                Candidate::EventSubProcesses(scope, scope_node) => {
+                    let start = process.nodes.iter().find(|start| {
+                        let in_scope = start
+                            .parent
+                            .as_deref()
+                            .and_then(|p| process.node(p))
+                            .is_some_and(|sub| {
+                                sub.kind
+                                    == (NodeKind::SubProcess {
+                                        triggered_by_event: true,
+                                    })
+                                    && sub.parent == scope_node
+                            });
+                        in_scope
+                            && match &start.kind {
+                                NodeKind::StartEvent(Trigger::Error(None)) => true,
+                                NodeKind::StartEvent(Trigger::Error(Some(id))) => {
+                                    self.definitions
+                                        .errors
+                                        .get(id)
+                                        .and_then(|e| e.code.as_deref())
+                                        == Some(code)
+                                }
+                                _ => false,
+                            }
+                    });
+                    if let Some(start) = start {
+                        return self
+                            .start_event_subprocess(process, instance, scope, &start.id, true);
+                    }
+                    continue;
+                }
+            };
             let Some(boundary) = catches(&node_id) else {
                 continue;
             };
@@ -1523,6 +1683,31 @@ impl Engine {
             reason: format!("unhandled BPMN error '{code}': {message}"),
         };
         Ok(())
+    }
+}
+
+/// After a non-interrupting event fired: a timer with repetitions left is due again one
+/// interval later, a one-off timer is done, message and signal waits go on listening.
+fn rearm(instance: &mut Instance, fired: &Subscription) {
+    let next = match fired.event {
+        Event::Timer {
+            due,
+            every: Some(every),
+            repeats,
+        } if repeats != Some(0) => Some(Event::Timer {
+            due: due + every,
+            every: Some(every),
+            repeats: repeats.map(|r| r - 1),
+        }),
+        Event::Timer { .. } => None,
+        ref other => Some(other.clone()),
+    };
+    match (
+        next,
+        instance.subscriptions.iter_mut().find(|s| s.id == fired.id),
+    ) {
+        (Some(event), Some(s)) => s.event = event,
+        _ => instance.subscriptions.retain(|s| s.id != fired.id),
     }
 }
 
@@ -1571,9 +1756,6 @@ fn check_supported(node: &Node) -> std::result::Result<(), String> {
     };
     match &node.kind {
         NodeKind::CallActivity { .. } => unsupported("callActivity"),
-        NodeKind::SubProcess {
-            triggered_by_event: true,
-        } => unsupported("event subprocess"),
         NodeKind::StartEvent(Trigger::Timer(_)) if node.parent.is_none() => Ok(()),
         _ => match trigger_of(&node.kind) {
             Some(Trigger::Conditional { .. }) => unsupported("conditional event"),
