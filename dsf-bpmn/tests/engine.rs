@@ -1165,3 +1165,73 @@ async fn error_event_subprocess_handles_an_error_inside_its_subprocess() {
     assert_eq!(*calls.lock().unwrap(), ["repair"]);
     assert_eq!(instance.state, InstanceState::Completed);
 }
+
+#[tokio::test]
+async fn conditional_catch_waits_until_its_variable_makes_the_condition_true() {
+    // As MII data-sharing: one branch waits until the other has received all data sets.
+    let body = [
+        r#"<bpmn:startEvent id="s" /><bpmn:parallelGateway id="fork" /><bpmn:parallelGateway id="join" /><bpmn:endEvent id="e" />"#.to_owned(),
+        r#"<bpmn:intermediateCatchEvent id="allReceived"><bpmn:conditionalEventDefinition camunda:variableName="allDataSetsReceived" camunda:variableEvents="update"><bpmn:condition xsi:type="bpmn:tFormalExpression">${allDataSetsReceived}</bpmn:condition></bpmn:conditionalEventDefinition></bpmn:intermediateCatchEvent>"#.to_owned(),
+        r#"<bpmn:receiveTask id="receive" messageRef="MsgGo" />"#.to_owned(),
+        service("count", "Count"),
+        flow("f1", "s", "fork"),
+        flow("f2", "fork", "allReceived"),
+        flow("f3", "fork", "receive"),
+        flow("f4", "receive", "count"),
+        flow("f5", "count", "join"),
+        flow("f6", "allReceived", "join"),
+        flow("f7", "join", "e"),
+    ]
+    .concat();
+    let mut registry = Registry::new();
+    registry.bind_fn("Count", |ctx| {
+        ctx.set("allDataSetsReceived", json!(true));
+        Ok(())
+    });
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(&definitions(&body, ""), registry, &clock);
+    let mut instance = engine
+        .start("p", None, vars(json!({"allDataSetsReceived": false})))
+        .unwrap();
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Waiting);
+    assert!(instance
+        .waiting()
+        .iter()
+        .any(|w| matches!(w, Waiting::Condition { node, .. } if node == "allReceived")));
+    // An unrelated variable changing does not fire it.
+    assert!(engine
+        .deliver(&mut instance, "go", None, &vars(json!({"other": 1})))
+        .unwrap());
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
+    assert_eq!(
+        path(&instance),
+        [
+            "s",
+            "fork",
+            "allReceived",
+            "receive",
+            "count",
+            "join",
+            "join",
+            "e"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn conditional_catch_passes_at_once_when_already_true() {
+    let body = [
+        r#"<bpmn:startEvent id="s" /><bpmn:endEvent id="e" />"#.to_owned(),
+        r#"<bpmn:intermediateCatchEvent id="c"><bpmn:conditionalEventDefinition><bpmn:condition xsi:type="bpmn:tFormalExpression">${ready == true}</bpmn:condition></bpmn:conditionalEventDefinition></bpmn:intermediateCatchEvent>"#.to_owned(),
+        flow("f1", "s", "c"),
+        flow("f2", "c", "e"),
+    ]
+    .concat();
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(&definitions(&body, ""), Registry::new(), &clock);
+    let mut instance = engine
+        .start("p", None, vars(json!({"ready": true})))
+        .unwrap();
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
+    assert_eq!(path(&instance), ["s", "c", "e"]);
+}

@@ -90,6 +90,12 @@ pub(crate) enum Event {
     Signal {
         name: String,
     },
+    /// A conditional event: fires once `condition` holds after a variable (the named one,
+    /// if `variable` is set) changed.
+    Condition {
+        condition: String,
+        variable: Option<String>,
+    },
 }
 
 /// What happens to the owning token when a subscription fires.
@@ -140,6 +146,9 @@ pub struct Instance {
     /// [`Instance::take_signals`]).
     #[serde(default)]
     pub(crate) signals: Vec<String>,
+    /// Names of variables set since conditional events were last evaluated.
+    #[serde(default)]
+    pub(crate) changed: Vec<String>,
 }
 
 /// What an instance waits for, for the caller to route messages and schedule timers.
@@ -159,6 +168,10 @@ pub enum Waiting {
     },
     Signal {
         name: String,
+        node: String,
+    },
+    Condition {
+        condition: String,
         node: String,
     },
 }
@@ -188,6 +201,7 @@ impl Instance {
             joins: Vec::new(),
             next_id: 1,
             signals: Vec::new(),
+            changed: Vec::new(),
         }
     }
 
@@ -228,6 +242,10 @@ impl Instance {
                     node: s.node.clone(),
                 },
                 Event::UserTask => Waiting::UserTask {
+                    node: s.node.clone(),
+                },
+                Event::Condition { condition, .. } => Waiting::Condition {
+                    condition: condition.clone(),
                     node: s.node.clone(),
                 },
                 Event::Signal { name } => Waiting::Signal {
@@ -315,6 +333,9 @@ impl Instance {
         };
         if let Some(s) = self.scope_mut(target) {
             s.variables.insert(name.to_owned(), value);
+        }
+        if !self.changed.iter().any(|c| c == name) {
+            self.changed.push(name.to_owned());
         }
     }
 

@@ -116,6 +116,9 @@ impl Engine {
                         compile(&mut expressions, &node.id, text)?;
                     }
                 }
+                if let Some(Trigger::Conditional { condition, .. }) = trigger_of(&node.kind) {
+                    compile(&mut expressions, &node.id, condition)?;
+                }
                 if let Some(Trigger::Timer(timer)) = trigger_of(&node.kind) {
                     let text = match timer {
                         Timer::Duration(t) | Timer::Date(t) | Timer::Cycle(t) => t,
@@ -315,6 +318,13 @@ impl Engine {
         if instance.is_finished() {
             return Ok(Step::Finished);
         }
+        if !instance.changed.is_empty() && self.fire_conditions(instance)? {
+            return Ok(if instance.is_finished() {
+                Step::Finished
+            } else {
+                Step::Progressed
+            });
+        }
         let now = self.clock.now();
         let ready = instance.tokens.iter().find(|t| match &t.state {
             TokenState::Arriving => true,
@@ -359,6 +369,48 @@ impl Engine {
             });
         }
         Ok(Step::Waiting)
+    }
+
+    /// Fires the conditional events whose condition holds now that variables changed; true if
+    /// any fired.
+    fn fire_conditions(&self, instance: &mut Instance) -> Result<bool> {
+        let changed = std::mem::take(&mut instance.changed);
+        let candidates: Vec<Subscription> = instance
+            .subscriptions
+            .iter()
+            .filter(|s| match &s.event {
+                Event::Condition { variable, .. } => {
+                    variable.as_ref().is_none_or(|v| changed.contains(v))
+                }
+                _ => false,
+            })
+            .cloned()
+            .collect();
+        let mut fired = false;
+        for subscription in candidates {
+            if !instance
+                .subscriptions
+                .iter()
+                .any(|s| s.id == subscription.id)
+            {
+                continue;
+            }
+            let Event::Condition { condition, .. } = &subscription.event else {
+                continue;
+            };
+            let scope = match subscription.effect {
+                Effect::EventSubProcess { scope, .. } => scope,
+                _ => match instance.token(subscription.token) {
+                    Some(t) => t.scope,
+                    None => continue,
+                },
+            };
+            if self.condition(instance, scope, &subscription.node, condition)? {
+                self.fire(instance, subscription)?;
+                fired = true;
+            }
+        }
+        Ok(fired)
     }
 
     fn expression(&self, text: &str) -> Result<std::borrow::Cow<'_, Expression>> {
@@ -491,6 +543,12 @@ impl Engine {
             }
             NodeKind::IntermediateCatchEvent(trigger) => {
                 let event = self.event_of(instance, token.scope, node, trigger)?;
+                if let Event::Condition { condition, .. } = &event {
+                    // A condition that already holds does not wait.
+                    if self.condition(instance, token.scope, &node.id, condition)? {
+                        return self.set_leaving(instance, &token, None);
+                    }
+                }
                 self.wait(
                     process,
                     instance,
@@ -943,6 +1001,14 @@ impl Engine {
             }
             Trigger::Signal(id) => Ok(Event::Signal {
                 name: self.signal_name(instance, node, id)?,
+            }),
+            Trigger::Conditional {
+                condition,
+                variable_name,
+                ..
+            } => Ok(Event::Condition {
+                condition: condition.clone(),
+                variable: variable_name.clone(),
             }),
             other => Err(runtime(
                 instance,
@@ -1756,11 +1822,7 @@ fn check_supported(node: &Node) -> std::result::Result<(), String> {
     };
     match &node.kind {
         NodeKind::CallActivity { .. } => unsupported("callActivity"),
-        NodeKind::StartEvent(Trigger::Timer(_)) if node.parent.is_none() => Ok(()),
-        _ => match trigger_of(&node.kind) {
-            Some(Trigger::Conditional { .. }) => unsupported("conditional event"),
-            _ => Ok(()),
-        },
+        _ => Ok(()),
     }
 }
 
