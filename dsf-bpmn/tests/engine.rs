@@ -1235,3 +1235,48 @@ async fn conditional_catch_passes_at_once_when_already_true() {
     assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
     assert_eq!(path(&instance), ["s", "c", "e"]);
 }
+
+#[tokio::test]
+async fn messages_correlate_by_alternative_business_key() {
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(
+        &definitions(&message_wait_process(), ""),
+        Registry::new(),
+        &clock,
+    );
+    let mut waiting = engine
+        .start(
+            "p",
+            Some("bk-own"),
+            vars(json!({"alternativeBusinessKey": "bk-alt"})),
+        )
+        .unwrap();
+    engine.run(&mut waiting).await.unwrap();
+    let mut instances = vec![waiting];
+    assert!(engine
+        .correlate(&mut instances, "go", Some("bk-alt"), None, Map::new())
+        .unwrap()
+        .is_none());
+    engine.run(&mut instances[0]).await.unwrap();
+    assert_eq!(path(&instances[0]), ["s", "wait", "e"]);
+}
+
+#[tokio::test]
+async fn timer_start_events_give_their_schedule() {
+    let body = [
+        r#"<bpmn:startEvent id="s"><bpmn:timerEventDefinition><bpmn:timeCycle>R/PT1H</bpmn:timeCycle></bpmn:timerEventDefinition></bpmn:startEvent><bpmn:endEvent id="e" />"#.to_owned(),
+        flow("f1", "s", "e"),
+    ]
+    .concat();
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(&definitions(&body, ""), Registry::new(), &clock);
+    let schedules = engine.timer_starts(T0).unwrap();
+    assert_eq!(schedules.len(), 1);
+    assert_eq!(schedules[0].0, "p");
+    assert_eq!(schedules[0].1.first, T0 + 3_600_000);
+    assert_eq!(schedules[0].1.every, Some(3_600_000));
+    assert_eq!(schedules[0].1.repeats, None);
+    let mut instance = engine.start("p", None, Map::new()).unwrap();
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
+    assert_eq!(path(&instance), ["s", "e"]);
+}

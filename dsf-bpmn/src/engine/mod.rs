@@ -22,6 +22,9 @@ use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+/// The instance variable a message's business key may match instead of the business key.
+pub const ALTERNATIVE_BUSINESS_KEY: &str = "alternativeBusinessKey";
+
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -158,6 +161,29 @@ impl Engine {
         format!("{}-{n}", self.clock.now())
     }
 
+    /// The schedules of the processes' timer start events with literal timers, computed from
+    /// `now`: the caller starts an instance with [`Engine::start`] whenever one is due.
+    pub fn timer_starts(&self, now: i64) -> Result<Vec<(String, Schedule)>> {
+        let mut out = Vec::new();
+        for process in &self.definitions.processes {
+            for start in process.nodes.iter().filter(|n| n.parent.is_none()) {
+                let NodeKind::StartEvent(Trigger::Timer(timer)) = &start.kind else {
+                    continue;
+                };
+                let text = match timer {
+                    Timer::Duration(t) | Timer::Date(t) | Timer::Cycle(t) => t,
+                };
+                let schedule = schedule(timer, text, now).map_err(|message| Error::Deploy {
+                    process: process.id.clone(),
+                    element: start.id.clone(),
+                    message,
+                })?;
+                out.push((process.id.clone(), schedule));
+            }
+        }
+        Ok(out)
+    }
+
     /// A new instance of `process_id` at its none start event, or at its timer start event
     /// (the caller keeps the timer's schedule and starts instances when it is due).
     pub fn start(
@@ -211,7 +237,7 @@ impl Engine {
     }
 
     /// Delivers a message by name. To a waiting instance when one of `instances` has this
-    /// business key and a token waiting for the message (with this correlation key, when one
+    /// business key (or this [`ALTERNATIVE_BUSINESS_KEY`] variable) and a token waiting for the message (with this correlation key, when one
     /// is given); otherwise it starts a new instance at a message start event of that name,
     /// returned as `Ok(Some(instance))`. Message variables are set on the instance. A message
     /// nobody takes is [`Error::NoMatch`].
@@ -224,8 +250,15 @@ impl Engine {
         variables: Map<String, Value>,
     ) -> Result<Option<Instance>> {
         for instance in instances.iter_mut().filter(|i| !i.is_finished()) {
-            if business_key.is_some() && instance.business_key.as_deref() != business_key {
-                continue;
+            if let Some(key) = business_key {
+                // The Java BPE also matches an instance's `alternativeBusinessKey` variable
+                // (processes that answer under a key of their own).
+                let alternative = instance
+                    .variable(ALTERNATIVE_BUSINESS_KEY)
+                    .and_then(Value::as_str);
+                if instance.business_key.as_deref() != Some(key) && alternative != Some(key) {
+                    continue;
+                }
             }
             if self.deliver(instance, message, correlation_key, &variables)? {
                 return Ok(None);
