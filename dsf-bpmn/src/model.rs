@@ -164,6 +164,20 @@ pub struct Parameter {
     pub value: String,
 }
 
+/// `camunda:in` / `camunda:out` of a call activity: which variables cross into the called
+/// process and back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VariableMapping {
+    /// `variables="all"`.
+    All,
+    /// `source` (a variable) or `sourceExpression` to `target`.
+    One {
+        source: Option<String>,
+        source_expression: Option<String>,
+        target: String,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct MultiInstance {
     pub sequential: bool,
@@ -197,4 +211,8 @@ pub struct Node {
     pub default_flow: Option<String>,
     /// `isInterrupting` of a start event (of an event subprocess); true unless set to false.
     pub interrupting: bool,
+    /// `camunda:in` of a call activity.
+    pub call_inputs: Vec<VariableMapping>,
+    /// `camunda:out` of a call activity.
+    pub call_outputs: Vec<VariableMapping>,
 }

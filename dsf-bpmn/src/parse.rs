@@ -298,6 +298,8 @@ impl Parser<'_> {
             multi_instance: None,
             default_flow: e.attr("default").map(str::to_owned),
             interrupting: e.attr("isInterrupting") != Some("false"),
+            call_inputs: Vec::new(),
+            call_outputs: Vec::new(),
         };
         // Message events carry their class and fields on the event definition.
         if let Some(definition) = e.child(BPMN, "messageEventDefinition") {
@@ -344,6 +346,34 @@ impl Parser<'_> {
                     node.execution_listeners.push(self.listener(c)?)
                 }
                 (Some(CAMUNDA), "taskListener") => node.task_listeners.push(self.listener(c)?),
+                (Some(CAMUNDA), direction @ ("in" | "out"))
+                    if matches!(node.kind, NodeKind::CallActivity { .. }) =>
+                {
+                    let mapping = if c.attr("variables") == Some("all") {
+                        VariableMapping::All
+                    } else {
+                        VariableMapping::One {
+                            source: c.attr("source").map(str::to_owned),
+                            source_expression: c.attr("sourceExpression").map(str::to_owned),
+                            target: self.required(c, "target")?,
+                        }
+                    };
+                    if let VariableMapping::One {
+                        source: None,
+                        source_expression: None,
+                        ..
+                    } = mapping
+                    {
+                        return Err(
+                            self.invalid(c, "needs source, sourceExpression or variables=\"all\"")
+                        );
+                    }
+                    if direction == "in" {
+                        node.call_inputs.push(mapping);
+                    } else {
+                        node.call_outputs.push(mapping);
+                    }
+                }
                 (Some(CAMUNDA), "failedJobRetryTimeCycle") => node.retry_cycle = Some(c.text()),
                 (Some(CAMUNDA), "properties") => {
                     for p in c.children.iter().filter(|p| p.is(CAMUNDA, "property")) {

@@ -842,7 +842,7 @@ fn deploy_errors_name_process_and_element() {
             started(r#"<bpmn:intermediateCatchEvent id="t"><bpmn:timerEventDefinition><bpmn:timeDuration>5 minutes</bpmn:timeDuration></bpmn:timerEventDefinition></bpmn:intermediateCatchEvent>"#.to_owned()),
             "'5 minutes' is not an ISO 8601 duration such as PT5M",
         ),
-        (started(r#"<bpmn:callActivity id="t" calledElement="other" />"#.to_owned()), "callActivity is parsed but not yet executed by the engine"),
+        (started(r#"<bpmn:callActivity id="t" calledElement="other" />"#.to_owned()), "called process 'other' is not part of this deployment"),
     ];
     for (body, expected) in cases {
         let definitions =
@@ -1279,4 +1279,83 @@ async fn timer_start_events_give_their_schedule() {
     let mut instance = engine.start("p", None, Map::new()).unwrap();
     assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
     assert_eq!(path(&instance), ["s", "e"]);
+}
+
+const CALLED: &str = r#"<bpmn:process id="child" isExecutable="true">
+    <bpmn:startEvent id="cs" /><bpmn:serviceTask id="work" camunda:class="ChildWork" /><bpmn:endEvent id="ce" />
+    <bpmn:sequenceFlow id="c1" sourceRef="cs" targetRef="work" /><bpmn:sequenceFlow id="c2" sourceRef="work" targetRef="ce" />
+  </bpmn:process>"#;
+
+#[tokio::test]
+async fn call_activity_maps_variables_in_and_out() {
+    let body = [
+        r#"<bpmn:startEvent id="s" /><bpmn:endEvent id="e" />"#.to_owned(),
+        r#"<bpmn:callActivity id="call" calledElement="child"><bpmn:extensionElements>
+            <camunda:in source="input" target="childInput" />
+            <camunda:in sourceExpression="${input}-x" target="derived" />
+            <camunda:out source="childResult" target="result" />
+          </bpmn:extensionElements></bpmn:callActivity>"#
+            .to_owned(),
+        flow("f1", "s", "call"),
+        flow("f2", "call", "e"),
+    ]
+    .concat();
+    let mut registry = Registry::new();
+    registry.bind_fn("ChildWork", |ctx| {
+        assert!(
+            ctx.variable("input").is_none(),
+            "a called process sees only what is mapped in"
+        );
+        let value = format!(
+            "{}/{}",
+            ctx.variable_str("childInput").unwrap(),
+            ctx.variable_str("derived").unwrap()
+        );
+        ctx.set("childResult", json!(value));
+        ctx.set("childOnly", json!(1));
+        Ok(())
+    });
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(&definitions(&body, CALLED), registry, &clock);
+    let mut instance = engine
+        .start("p", None, vars(json!({"input": "in"})))
+        .unwrap();
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
+    assert_eq!(path(&instance), ["s", "call", "cs", "work", "ce", "e"]);
+    assert_eq!(instance.variable("result"), Some(&json!("in/in-x")));
+    assert_eq!(
+        instance.variable("childOnly"),
+        None,
+        "only what is mapped out comes back"
+    );
+}
+
+#[tokio::test]
+async fn errors_in_a_called_process_reach_the_call_activity_boundary() {
+    let body = [
+        r#"<bpmn:startEvent id="s" /><bpmn:endEvent id="e" /><bpmn:endEvent id="handled" />"#.to_owned(),
+        r#"<bpmn:callActivity id="call" calledElement="child" />"#.to_owned(),
+        r#"<bpmn:boundaryEvent id="failed" attachedToRef="call"><bpmn:errorEventDefinition errorRef="ErrFail" camunda:errorCodeVariable="code" /></bpmn:boundaryEvent>"#.to_owned(),
+        flow("f1", "s", "call"),
+        flow("f2", "call", "e"),
+        flow("f3", "failed", "handled"),
+    ]
+    .concat();
+    let mut registry = Registry::new();
+    registry.bind_fn("ChildWork", |_| {
+        Err(HandlerError::Bpmn {
+            code: "fail-code".into(),
+            message: "child failed".into(),
+        })
+    });
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(&definitions(&body, CALLED), registry, &clock);
+    let mut instance = engine.start("p", None, Map::new()).unwrap();
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
+    assert_eq!(
+        path(&instance),
+        ["s", "call", "cs", "work", "failed", "handled"]
+    );
+    assert_eq!(instance.variable("code"), Some(&json!("fail-code")));
+    assert_eq!(instance.state, InstanceState::Completed);
 }

@@ -32,6 +32,10 @@ pub(crate) enum ScopeKind {
     },
     /// One iteration of a multi-instance activity.
     Iteration,
+    /// The process a call activity called: its nodes run here, its variables stop here.
+    Called {
+        process: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -304,10 +308,37 @@ impl Instance {
         out
     }
 
+    /// Scope ids from `scope` up to the first one that holds a process's variables: the
+    /// process scope, or the scope of a called process (which sees nothing of its caller).
+    pub(crate) fn variable_chain(&self, scope: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        for id in self.chain(scope) {
+            out.push(id);
+            if matches!(
+                self.scope(id).map(|s| &s.kind),
+                Some(ScopeKind::Called { .. })
+            ) {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The process whose nodes run in `scope`.
+    pub(crate) fn process_of(&self, scope: u64) -> &str {
+        self.chain(scope)
+            .into_iter()
+            .find_map(|id| match self.scope(id).map(|s| &s.kind) {
+                Some(ScopeKind::Called { process }) => Some(process.as_str()),
+                _ => None,
+            })
+            .unwrap_or(&self.process_id)
+    }
+
     /// The variables visible in `scope`: its own over its parents'.
     pub(crate) fn visible(&self, scope: u64) -> Map<String, Value> {
         let mut out = Map::new();
-        for id in self.chain(scope).into_iter().rev() {
+        for id in self.variable_chain(scope).into_iter().rev() {
             if let Some(s) = self.scope(id) {
                 for (k, v) in &s.variables {
                     out.insert(k.clone(), v.clone());
@@ -320,15 +351,18 @@ impl Instance {
     /// Sets `name` where it is already visible from `scope`, else on the process (or on
     /// `scope` itself when `local`).
     pub(crate) fn set_variable(&mut self, scope: u64, name: &str, value: Value, local: bool) {
+        let chain = self.variable_chain(scope);
         let target = if local {
             scope
         } else {
-            self.chain(scope)
-                .into_iter()
+            chain
+                .iter()
+                .copied()
                 .find(|id| {
                     self.scope(*id)
                         .is_some_and(|s| s.variables.contains_key(name))
                 })
+                .or(chain.last().copied())
                 .unwrap_or(0)
         };
         if let Some(s) = self.scope_mut(target) {

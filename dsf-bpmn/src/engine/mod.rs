@@ -47,8 +47,8 @@ pub struct Engine {
 
 impl Engine {
     /// Checks that every behaviour the processes name is bound in `registry`, that every
-    /// expression parses and every literal timer is valid ISO 8601, and that the processes use
-    /// only what this engine executes.
+    /// expression parses and every literal timer is valid ISO 8601, and that every called
+    /// process is part of the deployment.
     pub fn deploy(
         definitions: Definitions,
         registry: Registry,
@@ -78,7 +78,29 @@ impl Engine {
                 }
             }
             for node in &process.nodes {
-                check_supported(node).map_err(|m| fail(&node.id, m))?;
+                if let NodeKind::CallActivity { called_element } = &node.kind {
+                    if !definitions
+                        .processes
+                        .iter()
+                        .any(|p| &p.id == called_element)
+                    {
+                        return Err(fail(
+                            &node.id,
+                            format!(
+                                "called process '{called_element}' is not part of this deployment"
+                            ),
+                        ));
+                    }
+                }
+                for mapping in node.call_inputs.iter().chain(node.call_outputs.iter()) {
+                    if let VariableMapping::One {
+                        source_expression: Some(text),
+                        ..
+                    } = mapping
+                    {
+                        compile(&mut expressions, &node.id, text)?;
+                    }
+                }
                 let behaviours = node
                     .behaviour
                     .iter()
@@ -366,7 +388,7 @@ impl Engine {
             TokenState::Waiting => false,
         });
         if let Some(token) = ready.cloned() {
-            let process = self.process(&instance.process_id)?;
+            let process = self.process(instance.process_of(token.scope))?;
             match token.state.clone() {
                 TokenState::Arriving => self.arrive(process, instance, token).await?,
                 TokenState::Job {
@@ -402,6 +424,40 @@ impl Engine {
             });
         }
         Ok(Step::Waiting)
+    }
+
+    /// The variables `mappings` (`camunda:in` / `camunda:out`) take from `scope`.
+    fn map_variables(
+        &self,
+        instance: &Instance,
+        scope: u64,
+        mappings: &[VariableMapping],
+        element: &str,
+    ) -> Result<Vec<(String, Value)>> {
+        let visible = instance.visible(scope);
+        let mut out = Vec::new();
+        for mapping in mappings {
+            match mapping {
+                VariableMapping::All => {
+                    out.extend(visible.iter().map(|(k, v)| (k.clone(), v.clone())))
+                }
+                VariableMapping::One {
+                    source,
+                    source_expression,
+                    target,
+                } => {
+                    let value = match (source, source_expression) {
+                        (Some(source), _) => visible.get(source).cloned().unwrap_or(Value::Null),
+                        (None, Some(expression)) => {
+                            self.evaluate(instance, scope, element, expression)?
+                        }
+                        (None, None) => Value::Null,
+                    };
+                    out.push((target.clone(), value));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Fires the conditional events whose condition holds now that variables changed; true if
@@ -531,7 +587,7 @@ impl Engine {
                     {
                         Ok(()) => {}
                         Err(HandlerError::Bpmn { code, message }) => {
-                            return self.throw_error(process, instance, &token, &code, &message)
+                            return self.throw_error(instance, &token, &code, &message)
                         }
                         Err(HandlerError::Failed(reason)) => {
                             return self.handler_failed(instance, node, &token, job, reason)
@@ -572,7 +628,7 @@ impl Engine {
                     .and_then(|id| self.definitions.errors.get(id))
                     .and_then(|e| e.code.clone())
                     .unwrap_or_default();
-                self.throw_error(process, instance, &token, &code, "error end event")
+                self.throw_error(instance, &token, &code, "error end event")
             }
             NodeKind::IntermediateCatchEvent(trigger) => {
                 let event = self.event_of(instance, token.scope, node, trigger)?;
@@ -745,6 +801,44 @@ impl Engine {
                             instance,
                             &node.id,
                             "subprocess without a none start event".into(),
+                        )
+                    })?;
+                let id = instance.fresh_id();
+                instance.tokens.push(Token {
+                    id,
+                    scope,
+                    node: start.id.clone(),
+                    state: TokenState::Arriving,
+                    iteration: false,
+                });
+                self.wait(process, instance, &token, Vec::new())
+            }
+            NodeKind::CallActivity { called_element } => {
+                let called = self.process(called_element)?;
+                let values =
+                    self.map_variables(instance, token.scope, &node.call_inputs, &node.id)?;
+                let scope = instance.fresh_id();
+                instance.scopes.push(Scope {
+                    id: scope,
+                    parent: Some(token.scope),
+                    owner: Some(token.id),
+                    kind: ScopeKind::Called {
+                        process: called.id.clone(),
+                    },
+                    variables: values.into_iter().collect(),
+                });
+                self.arm_event_subprocesses(called, instance, scope, None)?;
+                let start = called
+                    .nodes
+                    .iter()
+                    .find(|n| {
+                        n.parent.is_none() && matches!(n.kind, NodeKind::StartEvent(Trigger::None))
+                    })
+                    .ok_or_else(|| {
+                        runtime(
+                            instance,
+                            &node.id,
+                            format!("called process '{}' has no none start event", called.id),
                         )
                     })?;
                 let id = instance.fresh_id();
@@ -1168,7 +1262,7 @@ impl Engine {
                 if !interrupting {
                     rearm(instance, &subscription);
                 }
-                let process = self.process(&instance.process_id)?;
+                let process = self.process(instance.process_of(scope))?;
                 return self.start_event_subprocess(
                     process,
                     instance,
@@ -1232,7 +1326,7 @@ impl Engine {
         token: &Token,
         flows: Option<Vec<String>>,
     ) -> Result<()> {
-        let process = self.process(&instance.process_id)?;
+        let process = self.process(instance.process_of(token.scope))?;
         let node = node(process, &token.node)?;
         let due = node.async_after.then(|| self.clock.now());
         if let Some(t) = instance.token_mut(token.id) {
@@ -1432,7 +1526,7 @@ impl Engine {
                     // An event subprocess: its parent scope may be done now.
                     None => match finished.parent {
                         Some(parent) => {
-                            let process = self.process(&instance.process_id)?;
+                            let process = self.process(instance.process_of(parent))?;
                             self.complete_if_empty(process, instance, parent)
                         }
                         None => Ok(()),
@@ -1445,6 +1539,26 @@ impl Engine {
                     return Ok(());
                 };
                 self.iteration_done(instance, body)
+            }
+            ScopeKind::Called { .. } => {
+                let owner = finished.owner.and_then(|o| instance.token(o).cloned());
+                if let Some(owner) = &owner {
+                    let caller = self.process(instance.process_of(owner.scope))?;
+                    let node = node(caller, &owner.node)?;
+                    for (name, value) in
+                        self.map_variables(instance, scope, &node.call_outputs, &node.id)?
+                    {
+                        instance.set_variable(owner.scope, &name, value, false);
+                    }
+                }
+                instance.remove_scope_tree(scope);
+                match owner {
+                    Some(owner) => {
+                        instance.subscriptions.retain(|s| s.token != owner.id);
+                        self.set_leaving(instance, &owner, None)
+                    }
+                    None => Ok(()),
+                }
             }
             ScopeKind::MultiInstance { .. } => {
                 instance.remove_scope_tree(scope);
@@ -1460,7 +1574,7 @@ impl Engine {
     }
 
     fn iteration_done(&self, instance: &mut Instance, body: u64) -> Result<()> {
-        let process = self.process(&instance.process_id)?;
+        let process = self.process(instance.process_of(body))?;
         let Some(Scope {
             kind:
                 ScopeKind::MultiInstance {
@@ -1648,30 +1762,33 @@ impl Engine {
     /// code matches or that catches all; uncaught, the instance fails.
     fn throw_error(
         &self,
-        process: &Process,
         instance: &mut Instance,
         token: &Token,
         code: &str,
         message: &str,
     ) -> Result<()> {
-        let catches = |node_id: &str| {
-            process.nodes.iter().find(|b| match &b.kind {
-                NodeKind::BoundaryEvent {
-                    attached_to,
-                    trigger: Trigger::Error(error),
-                    ..
-                } if attached_to == node_id => match error {
-                    None => true,
-                    Some(id) => {
-                        self.definitions
-                            .errors
-                            .get(id)
-                            .and_then(|e| e.code.as_deref())
-                            == Some(code)
-                    }
-                },
-                _ => false,
-            })
+        let catches = |process: &'_ Process, node_id: &str| -> Option<Node> {
+            process
+                .nodes
+                .iter()
+                .find(|b| match &b.kind {
+                    NodeKind::BoundaryEvent {
+                        attached_to,
+                        trigger: Trigger::Error(error),
+                        ..
+                    } if attached_to == node_id => match error {
+                        None => true,
+                        Some(id) => {
+                            self.definitions
+                                .errors
+                                .get(id)
+                                .and_then(|e| e.code.as_deref())
+                                == Some(code)
+                        }
+                    },
+                    _ => false,
+                })
+                .cloned()
         };
         // Candidates, innermost first: the node itself (when not one iteration of a
         // multi-instance, whose boundary belongs to the whole activity), then for each
@@ -1690,7 +1807,7 @@ impl Engine {
             };
             let owner = s.owner.and_then(|o| instance.token(o));
             match (&s.kind, owner) {
-                (ScopeKind::Process, _) => {
+                (ScopeKind::Process | ScopeKind::Called { .. }, _) => {
                     candidates.push(Candidate::EventSubProcesses(scope, None))
                 }
                 (ScopeKind::SubProcess, Some(owner)) => candidates.push(
@@ -1706,6 +1823,7 @@ impl Engine {
             let (owner, node_id) = match candidate {
                 Candidate::Boundary(owner, node_id) => (Some(owner), node_id),
                 Candidate::EventSubProcesses(scope, scope_node) => {
+                    let process = self.process(instance.process_of(scope))?;
                     let start = process.nodes.iter().find(|start| {
                         let in_scope = start
                             .parent
@@ -1738,10 +1856,11 @@ impl Engine {
                     continue;
                 }
             };
-            let Some(boundary) = catches(&node_id) else {
+            let Some(owner) = owner.and_then(|o| instance.token(o).cloned()) else {
                 continue;
             };
-            let Some(owner) = owner.and_then(|o| instance.token(o).cloned()) else {
+            let Some(boundary) = catches(self.process(instance.process_of(owner.scope))?, &node_id)
+            else {
                 continue;
             };
             if let NodeKind::BoundaryEvent {
@@ -1843,19 +1962,6 @@ fn trigger_of(kind: &NodeKind) -> Option<&Trigger> {
         | NodeKind::IntermediateThrowEvent(t) => Some(t),
         NodeKind::BoundaryEvent { trigger, .. } => Some(trigger),
         _ => None,
-    }
-}
-
-/// What this engine does not execute yet, as a deploy-time error rather than a surprise.
-fn check_supported(node: &Node) -> std::result::Result<(), String> {
-    let unsupported = |what: &str| {
-        Err(format!(
-            "{what} is parsed but not yet executed by the engine"
-        ))
-    };
-    match &node.kind {
-        NodeKind::CallActivity { .. } => unsupported("callActivity"),
-        _ => Ok(()),
     }
 }
 
