@@ -1359,3 +1359,99 @@ async fn errors_in_a_called_process_reach_the_call_activity_boundary() {
     assert_eq!(instance.variable("code"), Some(&json!("fail-code")));
     assert_eq!(instance.state, InstanceState::Completed);
 }
+
+/// The DSF-shaped test file (message start, async service task with retries and listener,
+/// multi-instance subprocess over `${targets.entries}` sending per target and racing an answer
+/// against a timer, error boundary, decision, user task, message and signal ends) runs as
+/// written, against handlers bound to its class names.
+#[tokio::test]
+async fn a_dsf_shaped_process_runs_unchanged() {
+    let xml = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/files/ping_like.bpmn"
+    ))
+    .unwrap();
+    let definitions = dsf_bpmn::parse(&xml, "ping_like.bpmn").unwrap();
+    let calls = Calls::default();
+    let mut registry = recording(
+        &calls,
+        &["org.example.LogStart", "org.example.ReviewListener"],
+    );
+    let record = calls.clone();
+    registry.bind_fn("org.example.SelectTargets", move |ctx| {
+        record
+            .lock()
+            .unwrap()
+            .push(format!("select (limit {})", ctx.variable("limit").unwrap()));
+        ctx.set(
+            "targets",
+            json!({"entries": [{"organization": "org-a"}, {"organization": "org-b"}]}),
+        );
+        Ok(())
+    });
+    let record = calls.clone();
+    registry.bind_fn("org.example.SendProbe", move |ctx| {
+        record.lock().unwrap().push(format!(
+            "send {} to {} with profile {}",
+            ctx.field("messageName").unwrap().as_str().unwrap(),
+            ctx.variable("target").unwrap()["organization"]
+                .as_str()
+                .unwrap(),
+            ctx.field("profile").unwrap().as_str().unwrap()
+        ));
+        Ok(())
+    });
+    let record = calls.clone();
+    registry.bind_fn("org.example.SendResult", move |ctx| {
+        record.lock().unwrap().push(format!(
+            "result {}",
+            ctx.field("messageName").unwrap().as_str().unwrap()
+        ));
+        Ok(())
+    });
+    let clock = VirtualClock::at(T0);
+    let engine = Engine::deploy(definitions, registry, Arc::new(clock.clone())).unwrap();
+    let mut instance = engine
+        .correlate(&mut [], "startProbe", Some("bk-1"), None, vars(json!({"maxTargets": 2, "profileUrl": "http://example.org/fhir/StructureDefinition/probe"})))
+        .unwrap()
+        .expect("started by its message start event");
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Waiting);
+    let waits: Vec<_> = instance
+        .waiting()
+        .into_iter()
+        .filter(|w| matches!(w, Waiting::Message { .. }))
+        .collect();
+    assert_eq!(
+        waits.len(),
+        2,
+        "each target waits for its answer: {waits:?}"
+    );
+    // One target answers; the other's timer runs out.
+    let mut instances = vec![instance];
+    engine
+        .correlate(&mut instances, "answer", Some("bk-1"), None, Map::new())
+        .unwrap();
+    let mut instance = instances.remove(0);
+    engine.run(&mut instance).await.unwrap();
+    clock.advance(20_000);
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
+    assert_eq!(instance.state, InstanceState::Completed);
+    assert_eq!(instance.variable("phase"), Some(&json!("selected")));
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [
+            "SelectTargets",
+            "select (limit 2)",
+            "send probe to org-a with profile http://example.org/fhir/StructureDefinition/probe",
+            "send probe to org-b with profile http://example.org/fhir/StructureDefinition/probe",
+            "result result",
+        ]
+    );
+    for reached in ["SubEndAnswered", "SubEndTimeout", "Decide", "Done"] {
+        assert!(
+            instance.path.iter().any(|p| p == reached),
+            "{reached} in {:?}",
+            instance.path
+        );
+    }
+}
