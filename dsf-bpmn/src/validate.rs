@@ -29,9 +29,13 @@ fn check_process(d: &Definitions, p: &Process, file: &str) -> Result<()> {
             return Err(fail(line, id, "id is used more than once".into()));
         }
     }
+    // Looked up once per flow end: an index keeps large files linear.
+    let by_id: std::collections::HashMap<&str, &Node> =
+        p.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
+    let sources: HashSet<&str> = p.flows.iter().map(|f| f.source.as_str()).collect();
     for f in &p.flows {
         for end in [&f.source, &f.target] {
-            let Some(node) = p.node(end) else {
+            let Some(node) = by_id.get(end.as_str()) else {
                 return Err(fail(
                     f.line,
                     &f.id,
@@ -41,7 +45,7 @@ fn check_process(d: &Definitions, p: &Process, file: &str) -> Result<()> {
                     ),
                 ));
             };
-            let source_parent = p.node(&f.source).and_then(|n| n.parent.as_ref());
+            let source_parent = by_id.get(f.source.as_str()).and_then(|n| n.parent.as_ref());
             if node.parent.as_ref() != source_parent {
                 return Err(fail(
                     f.line,
@@ -92,7 +96,7 @@ fn check_process(d: &Definitions, p: &Process, file: &str) -> Result<()> {
                 ..
             } => {
                 trigger_refs(n, trigger, true)?;
-                if p.node(attached_to).is_none() {
+                if !by_id.contains_key(attached_to.as_str()) {
                     return Err(fail(
                         n.line,
                         &n.id,
@@ -107,7 +111,7 @@ fn check_process(d: &Definitions, p: &Process, file: &str) -> Result<()> {
             | NodeKind::InclusiveGateway
             | NodeKind::ParallelGateway
             | NodeKind::EventBasedGateway
-                if p.outgoing(&n.id).next().is_none() =>
+                if !sources.contains(n.id.as_str()) =>
             {
                 return Err(fail(
                     n.line,
