@@ -326,13 +326,15 @@ impl Instance {
 
     /// The process whose nodes run in `scope`.
     pub(crate) fn process_of(&self, scope: u64) -> &str {
-        self.chain(scope)
-            .into_iter()
-            .find_map(|id| match self.scope(id).map(|s| &s.kind) {
-                Some(ScopeKind::Called { process }) => Some(process.as_str()),
-                _ => None,
-            })
-            .unwrap_or(&self.process_id)
+        // Walked without collecting: this runs on every step.
+        let mut current = self.scope(scope);
+        while let Some(s) = current {
+            if let ScopeKind::Called { process } = &s.kind {
+                return process;
+            }
+            current = s.parent.and_then(|p| self.scope(p));
+        }
+        &self.process_id
     }
 
     /// The variables visible in `scope`: its own over its parents'.
