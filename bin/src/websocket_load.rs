@@ -19,6 +19,8 @@ pub struct WebsocketSettings {
     pub duration: Duration,
     /// Closed-loop writers of the write-rate scenarios.
     pub concurrency: usize,
+    /// PostgreSQL URL; SQLite (a file in a temporary directory) when absent.
+    pub postgres: Option<String>,
 }
 
 pub struct WebsocketReport {
@@ -171,7 +173,14 @@ async fn create_rate(
 pub async fn run(
     settings: WebsocketSettings,
 ) -> Result<WebsocketReport, Box<dyn std::error::Error + Send + Sync>> {
-    let server = BenchServer::start(None).await?;
+    let server = BenchServer::start(
+        settings
+            .postgres
+            .as_deref()
+            .map(|url| (url, settings.concurrency.max(4))),
+    )
+    .await?;
+    let backend = server.backend_name;
     let client = server.client()?;
 
     // Write rate without any Subscription of Tasks (the built-in one matches requested
@@ -311,7 +320,7 @@ pub async fn run(
     server.stop();
     Ok(WebsocketReport {
         settings_line: format!(
-            "SQLite (file), {} subscribers on one Subscription, {} writes/s for {:.0} s; write rates with {} closed-loop writers for {:.0} s each.",
+            "{backend}, {} subscribers on one Subscription, {} writes/s for {:.0} s; write rates with {} closed-loop writers for {:.0} s each.",
             settings.subscribers,
             settings.rate,
             settings.duration.as_secs_f64(),

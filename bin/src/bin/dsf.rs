@@ -307,14 +307,17 @@ async fn bench(
     use dsf_bin::load::{run, startup_and_memory, LoadSettings};
     use dsf_bin::websocket_load::WebsocketSettings;
     let duration = std::time::Duration::from_secs(seconds);
-    let websocket = dsf_bin::websocket_load::run(WebsocketSettings {
-        rate: 1000,
-        subscribers: 10,
-        duration,
-        concurrency,
-    })
-    .await?;
-    println!("{}", websocket.markdown());
+    for backend in std::iter::once(None).chain(postgres.clone().map(Some)) {
+        let websocket = dsf_bin::websocket_load::run(WebsocketSettings {
+            rate: 1000,
+            subscribers: 10,
+            duration,
+            concurrency,
+            postgres: backend,
+        })
+        .await?;
+        println!("{}", websocket.markdown());
+    }
     if websocket_only {
         return Ok(());
     }
