@@ -1455,3 +1455,29 @@ async fn a_dsf_shaped_process_runs_unchanged() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_path_keeps_only_the_most_recent_nodes_of_a_long_loop() {
+    let body = [
+        r#"<bpmn:startEvent id="s" /><bpmn:exclusiveGateway id="again" default="more" /><bpmn:endEvent id="e" />"#.to_owned(),
+        service("count", "Count"),
+        flow("f1", "s", "count"),
+        flow("f2", "count", "again"),
+        conditional("done", "again", "e", "${n >= 1500}"),
+        flow("more", "again", "count"),
+    ]
+    .concat();
+    let mut registry = Registry::new();
+    registry.bind_fn("Count", |ctx| {
+        let n = ctx.variable("n").and_then(Value::as_i64).unwrap_or(0);
+        ctx.set("n", json!(n + 1));
+        Ok(())
+    });
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(&definitions(&body, ""), registry, &clock);
+    let mut instance = engine.start("p", None, vars(json!({"n": 0}))).unwrap();
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
+    assert_eq!(instance.variable("n"), Some(&json!(1500)));
+    assert_eq!(instance.path.len(), dsf_bpmn::engine::PATH_LIMIT);
+    assert_eq!(instance.path.last().map(String::as_str), Some("e"));
+}

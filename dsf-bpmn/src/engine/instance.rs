@@ -139,7 +139,8 @@ pub struct Instance {
     pub process_id: String,
     pub business_key: Option<String>,
     pub state: InstanceState,
-    /// Every node entered, in order: the path the instance took.
+    /// The nodes entered, in order: the path the instance took, the last [`PATH_LIMIT`] of
+    /// them (a process looping on a timer would otherwise grow without end).
     pub path: Vec<String>,
     pub(crate) scopes: Vec<Scope>,
     pub(crate) tokens: Vec<Token>,
@@ -154,6 +155,9 @@ pub struct Instance {
     #[serde(default)]
     pub(crate) changed: Vec<String>,
 }
+
+/// How many of the most recent nodes entered [`Instance::path`] keeps.
+pub const PATH_LIMIT: usize = 1000;
 
 /// What an instance waits for, for the caller to route messages and schedule timers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +211,14 @@ impl Instance {
             signals: Vec::new(),
             changed: Vec::new(),
         }
+    }
+
+    /// Records that a token entered `node`.
+    pub(crate) fn entered(&mut self, node: &str) {
+        if self.path.len() >= PATH_LIMIT {
+            self.path.drain(..self.path.len() + 1 - PATH_LIMIT);
+        }
+        self.path.push(node.to_owned());
     }
 
     pub(crate) fn fresh_id(&mut self) -> u64 {

@@ -11,7 +11,7 @@ mod timer;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use handler::{FnHandler, Handler, HandlerContext, HandlerError, Registry};
-pub use instance::{Instance, InstanceState, Waiting};
+pub use instance::{Instance, InstanceState, Waiting, PATH_LIMIT};
 pub use timer::{parse_cycle, parse_date, parse_duration, Schedule};
 
 use crate::expr::Expression;
@@ -540,7 +540,7 @@ impl Engine {
     /// A token enters its node.
     async fn arrive(&self, process: &Process, instance: &mut Instance, token: Token) -> Result<()> {
         let node = node(process, &token.node)?;
-        instance.path.push(node.id.clone());
+        instance.entered(&node.id);
         if let (Some(mi), false) = (&node.multi_instance, token.iteration) {
             return self.start_multi_instance(process, instance, node, mi, token);
         }
@@ -1286,7 +1286,7 @@ impl Engine {
             }
             Effect::Race => {
                 instance.subscriptions.retain(|s| s.token != owner.id);
-                instance.path.push(subscription.node.clone());
+                instance.entered(&subscription.node);
                 if let Some(t) = instance.token_mut(owner.id) {
                     t.node = subscription.node.clone();
                     t.state = TokenState::Leaving {
@@ -1302,7 +1302,7 @@ impl Engine {
                 } else {
                     rearm(instance, &subscription);
                 }
-                instance.path.push(subscription.node.clone());
+                instance.entered(&subscription.node);
                 let id = instance.fresh_id();
                 let token = Token {
                     id,
@@ -1740,9 +1740,9 @@ impl Engine {
             variables: Map::new(),
         });
         if let Some(sub) = &start_node.parent {
-            instance.path.push(sub.clone());
+            instance.entered(sub);
         }
-        instance.path.push(start.to_owned());
+        instance.entered(start);
         let id = instance.fresh_id();
         instance.tokens.push(Token {
             id,
@@ -1882,7 +1882,7 @@ impl Engine {
                 }
             }
             instance.remove_token_tree(owner.id);
-            instance.path.push(boundary.id.clone());
+            instance.entered(&boundary.id);
             let id = instance.fresh_id();
             instance.tokens.push(Token {
                 id,
