@@ -229,7 +229,9 @@ impl Instance {
 
     /// The instance's own variables (the process scope).
     pub fn variables(&self) -> &Map<String, Value> {
-        &self.scopes[0].variables
+        // A stored instance edited by hand may lack its process scope: no panic over it.
+        static NONE: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+        self.scope(0).map_or(&*NONE, |s| &s.variables)
     }
 
     pub fn variable(&self, name: &str) -> Option<&Value> {
