@@ -1481,3 +1481,53 @@ async fn the_path_keeps_only_the_most_recent_nodes_of_a_long_loop() {
     assert_eq!(instance.path.len(), dsf_bpmn::engine::PATH_LIMIT);
     assert_eq!(instance.path.last().map(String::as_str), Some("e"));
 }
+
+#[tokio::test]
+async fn conditional_variable_events_update_ignores_creation() {
+    // `ready` does not exist until the first handler creates it (true); only the second
+    // handler's update may fire the event, as camunda:variableEvents="update" says.
+    let body = [
+        r#"<bpmn:startEvent id="s" /><bpmn:parallelGateway id="fork" /><bpmn:endEvent id="e1" /><bpmn:endEvent id="e2" />"#.to_owned(),
+        r#"<bpmn:intermediateCatchEvent id="c"><bpmn:conditionalEventDefinition camunda:variableName="ready" camunda:variableEvents="update"><bpmn:condition xsi:type="bpmn:tFormalExpression">${execution.hasVariable('ready') &amp;&amp; ready}</bpmn:condition></bpmn:conditionalEventDefinition></bpmn:intermediateCatchEvent>"#.to_owned(),
+        r#"<bpmn:userTask id="u1" /><bpmn:userTask id="u2" />"#.to_owned(),
+        service("create", "Set"),
+        service("update", "Set"),
+        flow("f1", "s", "fork"),
+        flow("f2", "fork", "c"),
+        flow("f3", "fork", "u1"),
+        flow("f4", "u1", "create"),
+        flow("f5", "create", "u2"),
+        flow("f6", "u2", "update"),
+        flow("f7", "update", "e1"),
+        flow("f8", "c", "e2"),
+    ]
+    .concat();
+    let mut registry = Registry::new();
+    registry.bind_fn("Set", |ctx| {
+        ctx.set("ready", json!(true));
+        Ok(())
+    });
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(&definitions(&body, ""), registry, &clock);
+    let mut instance = engine.start("p", None, Map::new()).unwrap();
+    engine.run(&mut instance).await.unwrap();
+    engine
+        .complete_user_task(&mut instance, "u1", &Map::new())
+        .unwrap();
+    engine.run(&mut instance).await.unwrap();
+    assert!(
+        !instance.path.iter().any(|p| p == "e2"),
+        "creating the variable does not fire: {:?}",
+        instance.path
+    );
+    engine
+        .complete_user_task(&mut instance, "u2", &Map::new())
+        .unwrap();
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
+    assert_eq!(
+        instance.path.iter().filter(|p| *p == "e2").count(),
+        1,
+        "{:?}",
+        instance.path
+    );
+}

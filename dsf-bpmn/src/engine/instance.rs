@@ -95,10 +95,13 @@ pub(crate) enum Event {
         name: String,
     },
     /// A conditional event: fires once `condition` holds after a variable (the named one,
-    /// if `variable` is set) changed.
+    /// if `variable` is set) changed in a way `events` lists (`create`, `update`; any when
+    /// absent).
     Condition {
         condition: String,
         variable: Option<String>,
+        #[serde(default)]
+        events: Option<String>,
     },
 }
 
@@ -151,9 +154,10 @@ pub struct Instance {
     /// [`Instance::take_signals`]).
     #[serde(default)]
     pub(crate) signals: Vec<String>,
-    /// Names of variables set since conditional events were last evaluated.
+    /// Variables set since conditional events were last evaluated, each with whether it was
+    /// created (true) or updated.
     #[serde(default)]
-    pub(crate) changed: Vec<String>,
+    pub(crate) changed: Vec<(String, bool)>,
 }
 
 /// How many of the most recent nodes entered [`Instance::path`] keeps.
@@ -381,11 +385,12 @@ impl Instance {
                 .or(chain.last().copied())
                 .unwrap_or(0)
         };
-        if let Some(s) = self.scope_mut(target) {
-            s.variables.insert(name.to_owned(), value);
-        }
-        if !self.changed.iter().any(|c| c == name) {
-            self.changed.push(name.to_owned());
+        let created = match self.scope_mut(target) {
+            Some(s) => s.variables.insert(name.to_owned(), value).is_none(),
+            None => return,
+        };
+        if !self.changed.iter().any(|(c, _)| c == name) {
+            self.changed.push((name.to_owned(), created));
         }
     }
 

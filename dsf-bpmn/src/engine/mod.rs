@@ -468,9 +468,15 @@ impl Engine {
             .subscriptions
             .iter()
             .filter(|s| match &s.event {
-                Event::Condition { variable, .. } => {
-                    variable.as_ref().is_none_or(|v| changed.contains(v))
-                }
+                Event::Condition {
+                    variable, events, ..
+                } => changed.iter().any(|(name, created)| {
+                    let kind = if *created { "create" } else { "update" };
+                    variable.as_ref().is_none_or(|v| v == name)
+                        && events
+                            .as_deref()
+                            .is_none_or(|e| e.split(',').any(|k| k.trim() == kind))
+                }),
                 _ => false,
             })
             .cloned()
@@ -1132,10 +1138,11 @@ impl Engine {
             Trigger::Conditional {
                 condition,
                 variable_name,
-                ..
+                variable_events,
             } => Ok(Event::Condition {
                 condition: condition.clone(),
                 variable: variable_name.clone(),
+                events: variable_events.clone(),
             }),
             other => Err(runtime(
                 instance,
