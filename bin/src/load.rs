@@ -302,8 +302,11 @@ pub struct BenchServer {
 }
 
 impl BenchServer {
+    /// `postgres`: a PostgreSQL URL, used with a pool as large as `concurrency` (at least 4);
+    /// SQLite when absent.
     pub async fn start(
-        postgres: Option<(&str, usize)>,
+        postgres: Option<&str>,
+        concurrency: usize,
     ) -> Result<BenchServer, Box<dyn std::error::Error + Send + Sync>> {
         let certs = certs()?;
         let tls = Arc::new(certs.pki.server_config(&certs.server)?);
@@ -314,10 +317,13 @@ impl BenchServer {
         let base_url = format!("https://localhost:{}/fhir", listener.local_addr()?.port());
         let schema = format!("dsf_bench_{}", uuid::Uuid::new_v4().simple());
         let (store, backend_name) = match postgres {
-            Some((url, connections)) => {
-                let backend =
-                    dsf_fhir::store::PostgresBackend::connect(url, Some(&schema), connections)
-                        .await?;
+            Some(url) => {
+                let backend = dsf_fhir::store::PostgresBackend::connect(
+                    url,
+                    Some(&schema),
+                    concurrency.max(4),
+                )
+                .await?;
                 (
                     ResourceStore::new(Arc::new(backend), &base_url),
                     "PostgreSQL",
@@ -376,13 +382,7 @@ impl BenchServer {
 pub async fn run(
     settings: LoadSettings,
 ) -> Result<LoadReport, Box<dyn std::error::Error + Send + Sync>> {
-    let server = BenchServer::start(
-        settings
-            .postgres
-            .as_deref()
-            .map(|url| (url, settings.concurrency.max(4))),
-    )
-    .await?;
+    let server = BenchServer::start(settings.postgres.as_deref(), settings.concurrency).await?;
     let (schema, db, backend_name) = (
         server.schema.clone(),
         server.db.clone(),

@@ -173,13 +173,7 @@ async fn create_rate(
 pub async fn run(
     settings: WebsocketSettings,
 ) -> Result<WebsocketReport, Box<dyn std::error::Error + Send + Sync>> {
-    let server = BenchServer::start(
-        settings
-            .postgres
-            .as_deref()
-            .map(|url| (url, settings.concurrency.max(4))),
-    )
-    .await?;
+    let server = BenchServer::start(settings.postgres.as_deref(), settings.concurrency).await?;
     let backend = server.backend_name;
     let client = server.client()?;
 

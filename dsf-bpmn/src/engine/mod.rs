@@ -785,77 +785,29 @@ impl Engine {
                 }
                 self.wait(process, instance, &token, events)
             }
-            NodeKind::SubProcess { .. } => {
-                let scope = instance.fresh_id();
-                instance.scopes.push(Scope {
-                    id: scope,
-                    parent: Some(token.scope),
-                    owner: Some(token.id),
-                    kind: ScopeKind::SubProcess,
-                    variables: Map::new(),
-                });
-                self.arm_event_subprocesses(process, instance, scope, Some(&node.id))?;
-                let start = process
-                    .nodes
-                    .iter()
-                    .find(|n| {
-                        n.parent.as_deref() == Some(&node.id)
-                            && matches!(n.kind, NodeKind::StartEvent(Trigger::None))
-                    })
-                    .ok_or_else(|| {
-                        runtime(
-                            instance,
-                            &node.id,
-                            "subprocess without a none start event".into(),
-                        )
-                    })?;
-                let id = instance.fresh_id();
-                instance.tokens.push(Token {
-                    id,
-                    scope,
-                    node: start.id.clone(),
-                    state: TokenState::Arriving,
-                    iteration: false,
-                });
-                self.wait(process, instance, &token, Vec::new())
-            }
+            NodeKind::SubProcess { .. } => self.open_scope(
+                (process, process),
+                instance,
+                &token,
+                ScopeKind::SubProcess,
+                Map::new(),
+                Some(&node.id),
+            ),
             NodeKind::CallActivity { called_element } => {
                 let called = self.process(called_element)?;
                 let values =
                     self.map_variables(instance, token.scope, &node.call_inputs, &node.id)?;
-                let scope = instance.fresh_id();
-                instance.scopes.push(Scope {
-                    id: scope,
-                    parent: Some(token.scope),
-                    owner: Some(token.id),
-                    kind: ScopeKind::Called {
-                        process: called.id.clone(),
-                    },
-                    variables: values.into_iter().collect(),
-                });
-                self.arm_event_subprocesses(called, instance, scope, None)?;
-                let start = called
-                    .nodes
-                    .iter()
-                    .find(|n| {
-                        n.parent.is_none() && matches!(n.kind, NodeKind::StartEvent(Trigger::None))
-                    })
-                    .ok_or_else(|| {
-                        runtime(
-                            instance,
-                            &node.id,
-                            format!("called process '{}' has no none start event", called.id),
-                        )
-                    })?;
-                let id = instance.fresh_id();
-                instance.tokens.push(Token {
-                    id,
-                    scope,
-                    node: start.id.clone(),
-                    state: TokenState::Arriving,
-                    iteration: false,
-                });
-                self.wait(process, instance, &token, Vec::new())
+                let kind = ScopeKind::Called {
+                    process: called.id.clone(),
+                };
+                self.open_scope(
+                    (process, called),
+                    instance,
+                    &token,
+                    kind,
+                    values.into_iter().collect(),
+                    None,
+                )
             }
             other => Err(runtime(
                 instance,
@@ -863,6 +815,56 @@ impl Engine {
                 format!("{other:?} is not executed by this engine"),
             )),
         }
+    }
+
+    /// Starts a scope owned by `token` (a subprocess, or a called process) at the none start
+    /// event whose parent is `start_parent` in `processes.1`, arms its event subprocesses, and
+    /// lets `token` (a node of `processes.0`) wait for it.
+    fn open_scope(
+        &self,
+        processes: (&Process, &Process),
+        instance: &mut Instance,
+        token: &Token,
+        kind: ScopeKind,
+        variables: Map<String, Value>,
+        start_parent: Option<&str>,
+    ) -> Result<()> {
+        let (outer, inner) = processes;
+        let scope = instance.fresh_id();
+        instance.scopes.push(Scope {
+            id: scope,
+            parent: Some(token.scope),
+            owner: Some(token.id),
+            kind,
+            variables,
+        });
+        self.arm_event_subprocesses(inner, instance, scope, start_parent)?;
+        let start = inner
+            .nodes
+            .iter()
+            .find(|n| {
+                n.parent.as_deref() == start_parent
+                    && matches!(n.kind, NodeKind::StartEvent(Trigger::None))
+            })
+            .ok_or_else(|| {
+                runtime(
+                    instance,
+                    &token.node,
+                    format!(
+                        "'{}' has no none start event",
+                        start_parent.unwrap_or(&inner.id)
+                    ),
+                )
+            })?;
+        let id = instance.fresh_id();
+        instance.tokens.push(Token {
+            id,
+            scope,
+            node: start.id.clone(),
+            state: TokenState::Arriving,
+            iteration: false,
+        });
+        self.wait(outer, instance, token, Vec::new())
     }
 
     fn start_multi_instance(
