@@ -1531,3 +1531,31 @@ async fn conditional_variable_events_update_ignores_creation() {
         instance.path
     );
 }
+
+#[tokio::test]
+async fn terminate_inside_a_subprocess_ends_it_even_with_a_join_half_arrived() {
+    let body = [
+        r#"<bpmn:startEvent id="s" /><bpmn:endEvent id="e" />"#.to_owned(),
+        r#"<bpmn:subProcess id="sub"><bpmn:startEvent id="ss" /><bpmn:parallelGateway id="fork" /><bpmn:parallelGateway id="join" /><bpmn:userTask id="slow" /><bpmn:endEvent id="never" />"#.to_owned(),
+        r#"<bpmn:endEvent id="stop"><bpmn:terminateEventDefinition /></bpmn:endEvent>"#.to_owned(),
+        flow("i1", "ss", "fork"),
+        flow("i2", "fork", "join"),
+        flow("i3", "fork", "slow"),
+        flow("i4", "slow", "join"),
+        flow("i5", "join", "never"),
+        flow("i6", "fork", "stop"),
+        r#"</bpmn:subProcess>"#.to_owned(),
+        flow("f1", "s", "sub"),
+        flow("f2", "sub", "e"),
+    ]
+    .concat();
+    let clock = VirtualClock::at(T0);
+    let engine = deploy(&definitions(&body, ""), Registry::new(), &clock);
+    let mut instance = engine.start("p", None, Map::new()).unwrap();
+    assert_eq!(engine.run(&mut instance).await.unwrap(), Step::Finished);
+    assert_eq!(
+        path(&instance),
+        ["s", "sub", "ss", "fork", "join", "slow", "stop", "e"]
+    );
+    assert_eq!(instance.state, InstanceState::Completed);
+}

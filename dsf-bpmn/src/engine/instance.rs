@@ -424,6 +424,33 @@ impl Instance {
         self.scopes.retain(|s| !doomed.contains(&s.id));
     }
 
+    /// Ends everything running in `scope` but keeps the scope: its tokens (with what they
+    /// own), child scopes, pending joins and the armed event subprocesses of the scope.
+    pub(crate) fn clear_scope(&mut self, scope: u64) {
+        let tokens: Vec<u64> = self
+            .tokens
+            .iter()
+            .filter(|t| t.scope == scope)
+            .map(|t| t.id)
+            .collect();
+        for token in tokens {
+            self.remove_token_tree(token);
+        }
+        let children: Vec<u64> = self
+            .scopes
+            .iter()
+            .filter(|s| s.parent == Some(scope))
+            .map(|s| s.id)
+            .collect();
+        for child in children {
+            self.remove_scope_tree(child);
+        }
+        self.joins.retain(|j| j.scope != scope);
+        self.subscriptions.retain(
+            |s| !matches!(s.effect, Effect::EventSubProcess { scope: x, .. } if x == scope),
+        );
+    }
+
     /// Removes a token and everything it owns (its subscriptions and the scopes it waits for).
     pub(crate) fn remove_token_tree(&mut self, token: u64) {
         let owned: Vec<u64> = self

@@ -1641,24 +1641,7 @@ impl Engine {
             instance.state = InstanceState::Terminated;
             return Ok(());
         }
-        let children: Vec<u64> = instance
-            .scopes
-            .iter()
-            .filter(|s| s.parent == Some(scope))
-            .map(|s| s.id)
-            .collect();
-        for child in children {
-            instance.remove_scope_tree(child);
-        }
-        let tokens: Vec<u64> = instance
-            .tokens
-            .iter()
-            .filter(|t| t.scope == scope)
-            .map(|t| t.id)
-            .collect();
-        for t in tokens {
-            instance.remove_token_tree(t);
-        }
+        instance.clear_scope(scope);
         self.complete_if_empty(process, instance, scope)
     }
 
@@ -1717,28 +1700,7 @@ impl Engine {
     ) -> Result<()> {
         let start_node = node(process, start)?;
         if interrupting {
-            let tokens: Vec<u64> = instance
-                .tokens
-                .iter()
-                .filter(|t| t.scope == scope)
-                .map(|t| t.id)
-                .collect();
-            for t in tokens {
-                instance.remove_token_tree(t);
-            }
-            let children: Vec<u64> = instance
-                .scopes
-                .iter()
-                .filter(|s| s.parent == Some(scope))
-                .map(|s| s.id)
-                .collect();
-            for child in children {
-                instance.remove_scope_tree(child);
-            }
-            instance.joins.retain(|j| j.scope != scope);
-            instance.subscriptions.retain(
-                |s| !matches!(s.effect, Effect::EventSubProcess { scope: x, .. } if x == scope),
-            );
+            instance.clear_scope(scope);
         }
         let child = instance.fresh_id();
         instance.scopes.push(Scope {
