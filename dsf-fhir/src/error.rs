@@ -30,8 +30,14 @@ pub enum Error {
     Forbidden(String),
     #[error("duplicate resource exists: {0}")]
     Duplicate(String),
+    /// A fault of this server's storage. The text is for the log: clients are told only
+    /// that the request failed, never database details.
     #[error("storage: {0}")]
     Storage(String),
+    /// The database cannot be reached, or did not answer in time: try again later (503
+    /// with `Retry-After`).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Transport(String),
     /// A peer answered with a server error (5xx).
@@ -63,6 +69,7 @@ impl Error {
             Error::Storage(_) | Error::Transport(_) => 500,
             Error::Server { status, .. } => *status,
             Error::Timeout(_) => 504,
+            Error::Unavailable(_) => 503,
         }
     }
 
@@ -80,11 +87,18 @@ impl Error {
             Error::Duplicate(_) => IssueType::Duplicate,
             Error::Storage(_) | Error::Transport(_) | Error::Server { .. } => IssueType::Exception,
             Error::Timeout(_) => IssueType::Timeout,
+            Error::Unavailable(_) => IssueType::Transient,
         }
     }
 
+    /// The OperationOutcome a client is shown. Storage faults say no more than that they
+    /// happened; their detail goes to the log.
     pub fn to_outcome(&self) -> OperationOutcome {
-        OperationOutcome::error(self.issue_type(), self.to_string())
+        let text = match self {
+            Error::Storage(_) => "the server could not complete the request; see its log".into(),
+            other => other.to_string(),
+        };
+        OperationOutcome::error(self.issue_type(), text)
     }
 
     /// The same error with `context` before its message (e.g. which Bundle entry failed).

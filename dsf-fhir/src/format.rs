@@ -1,6 +1,7 @@
 //! The two FHIR wire formats, content negotiation, and the conversion between the wire and the
 //! canonical JSON this crate stores. fhirbolt (strict mode) validates every resource at the edge.
 
+use crate::bounds::{check_canonical, scan_json, scan_xml};
 use crate::{Error, Result};
 use fhirbolt::model::r4::Resource;
 use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
@@ -82,31 +83,6 @@ fn strict() -> Option<DeserializationConfig> {
     })
 }
 
-/// Whether the JSON text holds an empty array outside strings. FHIR forbids them, and
-/// fhirbolt 0.4 panics on them instead of reporting an error.
-fn has_empty_array(json: &[u8]) -> bool {
-    let (mut in_string, mut escaped, mut after_open) = (false, false, false);
-    for &b in json {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b' ' | b'\t' | b'\n' | b'\r' => continue,
-            b']' if after_open => return true,
-            b'"' => in_string = true,
-            _ => {}
-        }
-        after_open = b == b'[';
-    }
-    false
-}
-
 /// Runs a fhirbolt parser, turning a panic inside it into an error: the body is the peer's.
 fn guarded<T>(what: &str, parse: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse)).unwrap_or_else(|_| {
@@ -120,17 +96,14 @@ fn guarded<T>(what: &str, parse: impl FnOnce() -> Result<T>) -> Result<T> {
 pub fn parse_resource(body: &[u8], format: Format) -> Result<Value> {
     let resource: Resource = match format {
         Format::Json => {
-            if has_empty_array(body) {
-                return Err(Error::Invalid(
-                    "invalid FHIR JSON: arrays must not be empty".into(),
-                ));
-            }
+            scan_json(body)?;
             guarded("JSON", || {
                 fhirbolt::json::from_slice(body, strict())
                     .map_err(|e| Error::Invalid(format!("invalid FHIR JSON: {e}")))
             })?
         }
         Format::Xml => {
+            scan_xml(body)?;
             let normalised = normalise_xml(body)?;
             guarded("XML", || {
                 fhirbolt::xml::from_slice(&normalised, strict())
@@ -141,24 +114,97 @@ pub fn parse_resource(body: &[u8], format: Format) -> Result<Value> {
     if matches!(resource, Resource::Invalid) {
         return Err(Error::Invalid("not a FHIR resource".into()));
     }
-    fhirbolt::json::to_json_value(resource, None)
-        .map_err(|e| Error::Invalid(format!("cannot represent resource as JSON: {e}")))
+    let canonical = fhirbolt::json::to_json_value(resource, None)
+        .map_err(|e| Error::Invalid(format!("cannot represent resource as JSON: {e}")))?;
+    check_canonical(&canonical)?;
+    Ok(canonical)
 }
 
-/// Writes canonical JSON bytes (as stored) in the requested format.
+/// Writes canonical JSON bytes (as stored) in the requested format. A Bundle holding an
+/// entry that cannot be written in `format` (stored before the input bounds existed) is
+/// served without it: the entry becomes an OperationOutcome that names the resource.
 pub fn render_stored(json: &[u8], format: Format, pretty: bool) -> Result<Vec<u8>> {
+    render_exactly(json, format, pretty).or_else(|e| {
+        without_unwritable_entries(json, format, pretty)
+            .map(|bundle| render_exactly(&bundle, format, pretty))
+            .unwrap_or(Err(e))
+    })
+}
+
+fn render_exactly(json: &[u8], format: Format, pretty: bool) -> Result<Vec<u8>> {
+    let unwritable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "stored resource cannot be written as {format:?}");
+        Error::NotAcceptable(format!(
+            "the resource cannot be written as {}; request it as JSON without _pretty",
+            format.mime()
+        ))
+    };
     match (format, pretty) {
         (Format::Json, false) => Ok(json.to_vec()),
         (Format::Json, true) => {
-            let value: Value = serde_json::from_slice(json).map_err(Error::storage)?;
+            let value: Value = serde_json::from_slice(json).map_err(|e| unwritable(&e))?;
             serde_json::to_vec_pretty(&value).map_err(Error::storage)
         }
         (Format::Xml, _) => {
-            let resource: Resource = fhirbolt::json::from_slice(json, None)
-                .map_err(|e| Error::Storage(format!("stored resource unreadable: {e}")))?;
+            let resource: Resource =
+                fhirbolt::json::from_slice(json, None).map_err(|e| unwritable(&e))?;
             fhirbolt::xml::to_vec(&resource, None).map_err(Error::storage)
         }
     }
+}
+
+/// The Bundle in `json` with every entry whose resource cannot be written in `format`
+/// replaced by an OperationOutcome entry; `None` when `json` is no Bundle with entries.
+fn without_unwritable_entries(json: &[u8], format: Format, pretty: bool) -> Option<Vec<u8>> {
+    use serde_json::value::RawValue;
+    type Fields = serde_json::Map<String, Value>;
+    // Raw values are read without recursion, so this works on any nesting depth.
+    let mut bundle: std::collections::BTreeMap<String, Box<RawValue>> =
+        serde_json::from_slice(json).ok()?;
+    let entries: Vec<std::collections::BTreeMap<String, Box<RawValue>>> =
+        serde_json::from_str(bundle.get("entry")?.get()).ok()?;
+    let mut kept: Vec<Value> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let writable = entry
+            .get("resource")
+            .is_none_or(|r| render_exactly(r.get().as_bytes(), format, pretty).is_ok());
+        let mut fields = Fields::new();
+        if writable {
+            for (key, raw) in entry {
+                fields.insert(key, serde_json::from_str(raw.get()).ok()?);
+            }
+        } else {
+            let which = entry
+                .get("fullUrl")
+                .and_then(|u| serde_json::from_str::<String>(u.get()).ok())
+                .unwrap_or_else(|| "a resource".into());
+            let outcome = crate::OperationOutcome::error(
+                crate::IssueType::TooCostly,
+                format!(
+                    "{which} cannot be written as {}; request it as JSON without _pretty",
+                    format.mime()
+                ),
+            );
+            fields.insert("resource".into(), outcome.to_json());
+            fields.insert("search".into(), serde_json::json!({"mode": "outcome"}));
+        }
+        kept.push(Value::Object(fields));
+    }
+    let entries = RawValue::from_string(serde_json::to_string(&kept).ok()?).ok()?;
+    bundle.insert("entry".into(), entries);
+    // resourceType first, as fhirbolt expects to find it early in large bundles.
+    let mut out = String::from("{");
+    let resource_type = bundle.remove("resourceType")?;
+    out.push_str(&format!("\"resourceType\":{}", resource_type.get()));
+    for (key, raw) in &bundle {
+        out.push_str(&format!(
+            ",{}:{}",
+            serde_json::to_string(key).ok()?,
+            raw.get()
+        ));
+    }
+    out.push('}');
+    Some(out.into_bytes())
 }
 
 /// Writes a JSON value (a resource this server built, e.g. a Bundle) in the requested format.

@@ -5,6 +5,7 @@
 //! It knows nothing of BPMN; the BPE (`dsf-engine`) talks to it as a client.
 
 pub mod access;
+pub mod bounds;
 pub mod client;
 mod error;
 pub mod format;

@@ -16,6 +16,7 @@ pub enum IssueType {
     Informational,
     Processing,
     Timeout,
+    Transient,
 }
 
 impl IssueType {
@@ -33,6 +34,7 @@ impl IssueType {
             IssueType::Exception => "exception",
             IssueType::Informational => "informational",
             IssueType::Processing => "processing",
+            IssueType::Transient => "transient",
             IssueType::Timeout => "timeout",
         }
     }

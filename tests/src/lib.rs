@@ -3,8 +3,12 @@
 //!
 //! PostgreSQL tests read `DSF_TEST_POSTGRES_URL` (default
 //! `postgresql://postgres@127.0.0.1:5432/test`) and isolate themselves in a schema of their own.
-//! Without a reachable server they are skipped with a message, except under `CI=true`, where
-//! they fail.
+//! Whether they run is decided by the [`harness`] when a suite starts: without a reachable
+//! server they are reported as ignored, with the reason, except under `CI=true`, where they
+//! run and fail.
+
+pub mod harness;
+pub use harness::Suite;
 
 use dsf_core::{DevPki, IssuedCert};
 use dsf_fhir::server::{AllowListEntry, LocalUser, Role, DSF_ADMIN};
@@ -43,21 +47,15 @@ pub fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-/// A fresh, empty backend; `None` when PostgreSQL is unreachable outside CI.
-pub async fn backend(kind: BackendKind) -> Option<Arc<dyn Backend>> {
+/// A fresh, empty backend (on PostgreSQL, in a schema of its own).
+pub async fn backend(kind: BackendKind) -> Arc<dyn Backend> {
     match kind {
-        BackendKind::Sqlite => Some(Arc::new(
-            SqliteBackend::in_memory().expect("in-memory SQLite"),
-        )),
+        BackendKind::Sqlite => Arc::new(SqliteBackend::in_memory().expect("in-memory SQLite")),
         BackendKind::Postgres => {
             let schema = format!("dsf_test_{}", uuid::Uuid::new_v4().simple());
             match PostgresBackend::connect(&postgres_url(), Some(&schema), 8).await {
-                Ok(backend) => Some(Arc::new(backend)),
-                Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
-                    eprintln!("skipped: PostgreSQL at {} unreachable: {e}", postgres_url());
-                    None
-                }
-                Err(e) => panic!("PostgreSQL at {} unreachable under CI: {e}", postgres_url()),
+                Ok(backend) => Arc::new(backend),
+                Err(e) => panic!("PostgreSQL at {} unreachable: {e}", postgres_url()),
             }
         }
     }
@@ -107,14 +105,14 @@ fn serve(
 }
 
 impl TestServer {
-    pub async fn start(kind: BackendKind) -> Option<TestServer> {
+    pub async fn start(kind: BackendKind) -> TestServer {
         Self::start_with(kind, |_| {}).await
     }
 
     pub async fn start_with(
         kind: BackendKind,
         configure: impl FnOnce(&mut ServerConfig),
-    ) -> Option<TestServer> {
+    ) -> TestServer {
         let pki = DevPki::generate("dsf-rs test CA").expect("CA");
         Self::start_with_pki(kind, pki, configure).await
     }
@@ -125,8 +123,16 @@ impl TestServer {
         kind: BackendKind,
         pki: DevPki,
         configure: impl FnOnce(&mut ServerConfig),
-    ) -> Option<TestServer> {
-        let backend = backend(kind).await?;
+    ) -> TestServer {
+        Self::start_on(backend(kind).await, pki, configure).await
+    }
+
+    /// [`TestServer::start_with_pki`] on a given backend (e.g. one with short time limits).
+    pub async fn start_on(
+        backend: Arc<dyn Backend>,
+        pki: DevPki,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
         let server_cert = pki.issue_server("localhost").expect("server cert");
         let local_cert = pki.issue_client("local-bpe").expect("client cert");
         let remote_cert = pki.issue_client("remote-bpe").expect("client cert");
@@ -196,7 +202,7 @@ impl TestServer {
             )
             .expect("client")
         };
-        Some(TestServer {
+        TestServer {
             local: client(&local_cert),
             remote: client(&remote_cert),
             user: client(&user_cert),
@@ -215,7 +221,7 @@ impl TestServer {
             config,
             tls,
             serving: Some(serving),
-        })
+        }
     }
 
     /// The local user holding only `role`.
@@ -528,30 +534,3 @@ pub async fn send_json(
 
 /// rustls, as re-exported by dsf-core.
 pub use dsf_core::rustls as rustls_config;
-
-/// Runs each named async test function (taking a [`TestServer`]) once per backend.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(server) = $crate::TestServer::start($crate::BackendKind::Sqlite).await {
-                        super::$name(server).await;
-                    }
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(server) = $crate::TestServer::start($crate::BackendKind::Postgres).await {
-                        super::$name(server).await;
-                    }
-                }
-            )*
-        }
-    };
-}

@@ -5,7 +5,7 @@ use dsf_tests::fixtures::{
     activity_definition, endpoint, organization, party, party_organization, party_role, ping_task,
     remote_ping, tag_all, tag_local, tag_organization, with_tags, ORG_SYSTEM, PING_TASK_PROFILE,
 };
-use dsf_tests::{on_both_backends, send_json, TestServer, LOCAL_ORG, REMOTE_ORG};
+use dsf_tests::{send_json, TestServer, LOCAL_ORG, REMOTE_ORG};
 use http::Method;
 use serde_json::{json, Value};
 
@@ -606,10 +606,15 @@ async fn errors_do_not_tell_hidden_from_missing(server: TestServer) {
     );
 }
 
-on_both_backends!(
-    allow_list_changes_apply_on_the_next_request,
-    process_authorization_variants,
-    task_rules_and_transitions,
-    includes_paging_and_history_show_only_what_is_readable,
-    errors_do_not_tell_hidden_from_missing,
-);
+fn main() {
+    let suite = dsf_tests::Suite::new();
+    let suite = dsf_tests::server_tests!(
+        suite,
+        allow_list_changes_apply_on_the_next_request,
+        process_authorization_variants,
+        task_rules_and_transitions,
+        includes_paging_and_history_show_only_what_is_readable,
+        errors_do_not_tell_hidden_from_missing
+    );
+    suite.run()
+}

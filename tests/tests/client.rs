@@ -6,7 +6,7 @@ use bytes::Bytes;
 use dsf_fhir::client::ClientSettings;
 use dsf_fhir::{Error, FhirClient};
 use dsf_tests::fixtures::{self, tag_all};
-use dsf_tests::{on_both_backends, TestServer};
+use dsf_tests::TestServer;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
@@ -173,12 +173,6 @@ async fn paging_iterates_every_match(server: TestServer) {
     assert_eq!(bundles, 3);
 }
 
-on_both_backends!(
-    typed_crud_and_errors,
-    conditional_operations_and_transactions,
-    paging_iterates_every_match,
-);
-
 /// An HTTPS server (with the test PKI) that answers 503 to the first `failures` requests and
 /// then 200, or never answers when `hang` is set; counts the requests it saw.
 async fn misbehaving_server(
@@ -249,7 +243,6 @@ async fn misbehaving_server(
     (client, seen, settings)
 }
 
-#[tokio::test]
 async fn idempotent_calls_are_retried_until_they_succeed() {
     let (client, seen, _) = misbehaving_server(2, false).await;
     let library: Value = client
@@ -260,7 +253,6 @@ async fn idempotent_calls_are_retried_until_they_succeed() {
     assert_eq!(seen.load(Ordering::SeqCst), 3);
 }
 
-#[tokio::test]
 async fn retries_give_up_with_the_server_error() {
     let (client, seen, settings) = misbehaving_server(100, false).await;
     let result = client.read::<Value>("Library", "x").await;
@@ -271,7 +263,6 @@ async fn retries_give_up_with_the_server_error() {
     assert_eq!(seen.load(Ordering::SeqCst), 1 + settings.retries as usize);
 }
 
-#[tokio::test]
 async fn creates_are_never_repeated() {
     let (client, seen, _) = misbehaving_server(1, false).await;
     let result = client
@@ -288,7 +279,6 @@ async fn creates_are_never_repeated() {
     );
 }
 
-#[tokio::test]
 async fn calls_time_out() {
     let (client, seen, settings) = misbehaving_server(0, true).await;
     let started = std::time::Instant::now();
@@ -300,4 +290,25 @@ async fn calls_time_out() {
         "each attempt timed out"
     );
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+fn main() {
+    let suite = dsf_tests::Suite::new();
+    let suite = dsf_tests::server_tests!(
+        suite,
+        typed_crud_and_errors,
+        conditional_operations_and_transactions,
+        paging_iterates_every_match
+    );
+    let suite = suite.test(
+        "idempotent_calls_are_retried_until_they_succeed",
+        idempotent_calls_are_retried_until_they_succeed,
+    );
+    let suite = suite.test(
+        "retries_give_up_with_the_server_error",
+        retries_give_up_with_the_server_error,
+    );
+    let suite = suite.test("creates_are_never_repeated", creates_are_never_repeated);
+    let suite = suite.test("calls_time_out", calls_time_out);
+    suite.run()
 }

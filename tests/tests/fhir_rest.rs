@@ -6,7 +6,7 @@ use dsf_fhir::FhirClient;
 use dsf_tests::fixtures::{
     draft_task, endpoint, organization, ping_task, remote_ping, ORG_SYSTEM, PING_PROCESS,
 };
-use dsf_tests::{on_both_backends, TestServer, LOCAL_ORG, REMOTE_ORG};
+use dsf_tests::{TestServer, LOCAL_ORG, REMOTE_ORG};
 use http::Method;
 use serde_json::{json, Value};
 
@@ -1068,17 +1068,22 @@ async fn xml_on_the_wire(server: TestServer) {
     assert!(String::from_utf8_lossy(&search.body).contains("<Bundle"));
 }
 
-on_both_backends!(
-    metadata_lists_what_is_supported,
-    create_read_update_delete_history,
-    conditional_reads_and_prefer,
-    conditional_create_update_delete,
-    search_parameters,
-    unknown_search_parameters,
-    history_of_type_and_system,
-    transaction_bundles,
-    batch_bundles,
-    bad_input_is_rejected_and_changes_nothing,
-    identities_from_certificates,
-    xml_on_the_wire,
-);
+fn main() {
+    let suite = dsf_tests::Suite::new();
+    let suite = dsf_tests::server_tests!(
+        suite,
+        metadata_lists_what_is_supported,
+        create_read_update_delete_history,
+        conditional_reads_and_prefer,
+        conditional_create_update_delete,
+        search_parameters,
+        unknown_search_parameters,
+        history_of_type_and_system,
+        transaction_bundles,
+        batch_bundles,
+        bad_input_is_rejected_and_changes_nothing,
+        identities_from_certificates,
+        xml_on_the_wire
+    );
+    suite.run()
+}

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 const BASE: &str = "https://store.test/fhir";
 
-async fn store(kind: BackendKind) -> Option<ResourceStore> {
-    Some(ResourceStore::new(backend(kind).await?, BASE))
+async fn store(kind: BackendKind) -> ResourceStore {
+    ResourceStore::new(backend(kind).await, BASE)
 }
 
 fn org(identifier: &str) -> Value {
@@ -296,27 +296,27 @@ async fn concurrent_failures_stay_isolated(store: ResourceStore) {
     }
 }
 
-macro_rules! on_both {
-    ($($name:ident),*) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() {
-                if let Some(s) = super::store(dsf_tests::BackendKind::Sqlite).await { super::$name(s).await }
-            })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $name() {
-                if let Some(s) = super::store(dsf_tests::BackendKind::Postgres).await { super::$name(s).await }
-            })*
-        }
-    };
+fn main() {
+    let suite = dsf_tests::Suite::new();
+    let suite = suite.on_both_backends("versions_and_tombstones", |kind| async move {
+        versions_and_tombstones(store(kind).await).await
+    });
+    let suite = suite.on_both_backends("failed_transaction_leaves_nothing", |kind| async move {
+        failed_transaction_leaves_nothing(store(kind).await).await
+    });
+    let suite =
+        suite.on_both_backends(
+            "parallel_conditional_creates_make_one_resource",
+            |kind| async move {
+                parallel_conditional_creates_make_one_resource(store(kind).await).await
+            },
+        );
+    let suite = suite
+        .on_both_backends("parallel_updates_never_lose_a_version", |kind| async move {
+            parallel_updates_never_lose_a_version(store(kind).await).await
+        });
+    let suite = suite.on_both_backends("concurrent_failures_stay_isolated", |kind| async move {
+        concurrent_failures_stay_isolated(store(kind).await).await
+    });
+    suite.run()
 }
-
-on_both!(
-    versions_and_tombstones,
-    failed_transaction_leaves_nothing,
-    parallel_conditional_creates_make_one_resource,
-    parallel_updates_never_lose_a_version,
-    concurrent_failures_stay_isolated
-);

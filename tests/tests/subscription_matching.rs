@@ -87,9 +87,7 @@ const CRITERIA: &[&str] = &[
 ];
 
 async fn agree(kind: BackendKind) {
-    let Some(backend) = backend(kind).await else {
-        return;
-    };
+    let backend = backend(kind).await;
     let store = ResourceStore::new(backend, BASE);
     let ops = resources()
         .into_iter()
@@ -142,12 +140,23 @@ async fn agree(kind: BackendKind) {
     }
 }
 
-#[tokio::test]
 async fn matcher_agrees_with_sql_on_sqlite() {
     agree(BackendKind::Sqlite).await;
 }
 
-#[tokio::test]
 async fn matcher_agrees_with_sql_on_postgres() {
     agree(BackendKind::Postgres).await;
+}
+
+fn main() {
+    let suite = dsf_tests::Suite::new();
+    let suite = suite.test(
+        "matcher_agrees_with_sql_on_sqlite",
+        matcher_agrees_with_sql_on_sqlite,
+    );
+    let suite = suite.postgres_test(
+        "matcher_agrees_with_sql_on_postgres",
+        matcher_agrees_with_sql_on_postgres,
+    );
+    suite.run()
 }

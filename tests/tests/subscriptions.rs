@@ -9,7 +9,7 @@ use dsf_fhir::server::{LocalUser, Role};
 use dsf_fhir::store::WriteOp;
 use dsf_fhir::FhirClient;
 use dsf_tests::fixtures::{self, tag_local};
-use dsf_tests::{on_both_backends, BackendKind, TestServer, LOCAL_ORG};
+use dsf_tests::{BackendKind, TestServer, LOCAL_ORG};
 use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -167,7 +167,6 @@ async fn events_for_matching_writes_only(server: TestServer) {
 }
 
 /// Each connection only hears of what its identity may read, and only with the READ role.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_access_respected() {
     let pki = dsf_core::DevPki::generate("read access CA").expect("CA");
     let alice_cert = pki.issue_client("alice").expect("cert");
@@ -184,8 +183,7 @@ async fn read_access_respected() {
             );
         }
     })
-    .await
-    .expect("server");
+    .await;
     let alice = server.client_for(&alice_cert);
     let bob = server.client_for(&bob_cert);
     let subscription = create_subscription(
@@ -391,14 +389,12 @@ async fn malformed_frames_and_unknown_ids(server: TestServer) {
 }
 
 /// A subscriber that stops reading is cut off; writers and the other subscriber carry on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_cut_off() {
     let server = TestServer::start_with(BackendKind::Sqlite, |config| {
         config.websocket.queue_capacity = 8;
         config.websocket.write_timeout = Duration::from_secs(2);
     })
-    .await
-    .expect("server");
+    .await;
     let subscription = create_subscription(&server, "Binary?", Some("application/fhir+json")).await;
     let _stalled = bound(&server.local, &subscription).await;
     let mut reading = bound(&server.admin, &subscription).await;
@@ -595,10 +591,17 @@ async fn remote_pings(server: &TestServer, authored: &[&str]) -> Vec<Value> {
     out
 }
 
-on_both_backends!(
-    events_for_matching_writes_only,
-    websocket_roles,
-    malformed_frames_and_unknown_ids,
-    allow_list_and_subscription_changes_close_connections,
-    reconnect_catches_up_without_loss_or_duplicates,
-);
+fn main() {
+    let suite = dsf_tests::Suite::new();
+    let suite = dsf_tests::server_tests!(
+        suite,
+        events_for_matching_writes_only,
+        websocket_roles,
+        malformed_frames_and_unknown_ids,
+        allow_list_and_subscription_changes_close_connections,
+        reconnect_catches_up_without_loss_or_duplicates
+    );
+    let suite = suite.test("read_access_respected", read_access_respected);
+    let suite = suite.test("slow_subscriber_cut_off", slow_subscriber_cut_off);
+    suite.run()
+}

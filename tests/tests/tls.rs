@@ -4,6 +4,7 @@ use dsf_core::{crypto_provider, DevPki};
 use dsf_tests::rustls_config::{ClientConfig, RootCertStore};
 use dsf_tests::{BackendKind, TestServer};
 use http::Method;
+use std::time::Duration;
 
 fn roots(server: &TestServer) -> RootCertStore {
     let mut roots = RootCertStore::empty();
@@ -23,9 +24,8 @@ async fn assert_still_serving(server: &TestServer) {
     assert_eq!(ok.status, 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_requires_a_client_certificate_from_a_trusted_ca() {
-    let server = TestServer::start(BackendKind::Sqlite).await.unwrap();
+    let server = TestServer::start(BackendKind::Sqlite).await;
 
     let anonymous = ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
@@ -57,12 +57,14 @@ async fn handshake_requires_a_client_certificate_from_a_trusted_ca() {
     assert_still_serving(&server).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_http_does_not_disturb_the_server() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = TestServer::start(BackendKind::Sqlite).await.unwrap();
+    let server = TestServer::start_with(BackendKind::Sqlite, |config| {
+        config.connections.handshake_timeout = Duration::from_secs(1);
+    })
+    .await;
     let port = server.port;
-    // Plain text on the TLS port, then a half-open handshake that never finishes.
+    // Plain text on the TLS port: no HTTP answer, at most a TLS alert, then the end.
     let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -70,10 +72,36 @@ async fn broken_http_does_not_disturb_the_server() {
         .write_all(b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let mut buf = [0u8; 64];
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), plain.read(&mut buf)).await;
-    let _idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection at once")
+        .ok();
+    assert!(
+        answer.is_empty() || answer[0] == 0x15,
+        "expected nothing or a TLS alert record, got {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A handshake that never starts is cut after the handshake time-out.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(4), idle.read_to_end(&mut rest)).await;
+    assert!(cut.is_ok(), "the silent connection was not closed");
+    assert!(rest.is_empty());
     assert_still_serving(&server).await;
+}
+
+fn main() {
+    let suite = dsf_tests::Suite::new();
+    let suite = suite.test(
+        "handshake_requires_a_client_certificate_from_a_trusted_ca",
+        handshake_requires_a_client_certificate_from_a_trusted_ca,
+    );
+    let suite = suite.test(
+        "broken_http_does_not_disturb_the_server",
+        broken_http_does_not_disturb_the_server,
+    );
+    suite.run()
 }

@@ -18,22 +18,30 @@ fn day_start(date: Date) -> i64 {
     millis(PrimitiveDateTime::new(date, Time::MIDNIGHT).assume_utc())
 }
 
+/// Exactly two ASCII digits (`u8::from_str` would also take `+1`).
+fn two_digits(s: &str) -> Option<u8> {
+    match s.as_bytes() {
+        [a @ b'0'..=b'9', b @ b'0'..=b'9'] => Some((a - b'0') * 10 + (b - b'0')),
+        _ => None,
+    }
+}
+
 fn parse_offset(text: &str) -> Option<UtcOffset> {
     if text == "Z" {
         return Some(UtcOffset::UTC);
     }
-    let sign = match text.as_bytes().first()? {
+    let sign: i8 = match text.as_bytes().first()? {
         b'+' => 1,
         b'-' => -1,
         _ => return None,
     };
+    // Exactly `±hh:mm`, within the offsets FHIR allows (up to 14:00).
     let (h, m) = text[1..].split_once(':')?;
-    UtcOffset::from_hms(
-        sign * h.parse::<i8>().ok()?,
-        sign * m.parse::<i8>().ok()?,
-        0,
-    )
-    .ok()
+    let (h, m) = (two_digits(h)? as i8, two_digits(m)? as i8);
+    if h > 14 || m > 59 || (h == 14 && m > 0) {
+        return None;
+    }
+    UtcOffset::from_hms(sign * h, sign * m, 0).ok()
 }
 
 /// Parses `YYYY`, `YYYY-MM`, `YYYY-MM-DD` and `YYYY-MM-DDThh:mm[:ss[.fff]][Z|±hh:mm]`.
@@ -44,13 +52,17 @@ pub fn parse_date_range(text: &str) -> Option<DateRange> {
         None => (text, None),
     };
     let mut fields = date_part.split('-');
-    let year: i32 = fields.next().filter(|y| y.len() == 4)?.parse().ok()?;
+    let year: i32 = fields
+        .next()
+        .filter(|y| y.len() == 4 && y.bytes().all(|b| b.is_ascii_digit()))?
+        .parse()
+        .ok()?;
     let month = fields.next();
     let day = fields.next();
     if fields.next().is_some() {
         return None;
     }
-    let two = |s: &str| (s.len() == 2).then(|| s.parse::<u8>().ok()).flatten();
+    let two = two_digits;
     let Some(month) = month else {
         let low = day_start(Date::from_calendar_date(year, Month::January, 1).ok()?);
         let high = day_start(Date::from_calendar_date(year + 1, Month::January, 1).ok()?);
@@ -138,6 +150,10 @@ mod tests {
             "2024-02-30",
             "2024-1-01",
             "2024-01-01T25:00",
+            "2024-01-01T10:00--128:00",
+            "2024-01-01T10:00+-1:00",
+            "2024-01-01T10:00+15:00",
+            "2024-01-01T10:00+1:00",
             "2024-01-01T10:00:00.x",
             "x",
         ] {

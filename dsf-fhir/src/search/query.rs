@@ -99,6 +99,13 @@ pub struct SearchQuery {
 
 /// Upper bound of `_count`, so that one request cannot make the server assemble a huge page.
 pub const MAX_COUNT: usize = 1000;
+/// Most parameters one search may have (`_format` and `_pretty` aside). Each becomes a
+/// clause of the database query, and planning cost grows steeply with their number.
+pub const MAX_PARAMETERS: usize = 24;
+/// Most comma-separated alternatives one parameter may have.
+pub const MAX_ALTERNATIVES: usize = 100;
+/// Highest `_page`: deeper pages cost the database an ever longer skip.
+pub const MAX_PAGE: usize = 10_000;
 
 /// Splits `a=1&b=x%2Cy` into decoded pairs (`+` is a space, as in form bodies).
 pub fn parse_query_string(query: &str) -> Vec<(String, String)> {
@@ -204,6 +211,13 @@ fn parse_clause(
         None => (name, None),
     };
     let alternatives = split_alternatives(value);
+    if alternatives.len() > MAX_ALTERNATIVES {
+        return Err(invalid(
+            name,
+            &format!("{} values", alternatives.len()),
+            &format!("at most {MAX_ALTERNATIVES} comma-separated values are allowed"),
+        ));
+    }
     if alternatives.iter().any(|a| a.is_empty()) {
         return Err(invalid(name, value, "empty value"));
     }
@@ -317,8 +331,14 @@ fn parse_page(value: &str) -> Result<usize> {
     value
         .parse::<usize>()
         .ok()
-        .filter(|p| *p >= 1)
-        .ok_or_else(|| invalid("_page", value, "not a positive integer"))
+        .filter(|p| (1..=MAX_PAGE).contains(p))
+        .ok_or_else(|| {
+            invalid(
+                "_page",
+                value,
+                &format!("not an integer from 1 to {MAX_PAGE}"),
+            )
+        })
 }
 
 impl SearchQuery {
@@ -342,6 +362,14 @@ impl SearchQuery {
             unsupported: Vec::new(),
             visible_to: None,
         };
+        let mut parameters = pairs
+            .iter()
+            .filter(|(name, _)| name != "_format" && name != "_pretty");
+        if let Some((name, _)) = parameters.nth(MAX_PARAMETERS) {
+            return Err(Error::Invalid(format!(
+                "search parameter {name}: more than {MAX_PARAMETERS} search parameters in one request"
+            )));
+        }
         for (name, value) in pairs {
             match name.as_str() {
                 "_format" | "_pretty" => {}

@@ -4,6 +4,7 @@ pub mod authorization;
 mod bootstrap;
 mod bundles;
 mod capability;
+mod connections;
 pub mod identity;
 mod reply;
 mod rest;
@@ -13,6 +14,7 @@ pub mod websocket;
 pub use crate::access::{ORGANIZATION_IDENTIFIER_SYSTEM, READ_ACCESS_TAG_SYSTEM};
 pub use authorization::{DsfRole, Role};
 pub use bootstrap::{AllowListEntry, BUILT_IN_SUBSCRIPTIONS, ENDPOINT_IDENTIFIER_SYSTEM};
+pub use connections::ConnectionLimits;
 pub use identity::{Identity, IdentityKind, LocalUser, DSF_ADMIN};
 pub use websocket::WEBSOCKET_PATH;
 
@@ -49,6 +51,7 @@ pub struct ServerConfig {
     /// Local users, by certificate thumbprint.
     pub users: Vec<LocalUser>,
     pub websocket: WebsocketSettings,
+    pub connections: ConnectionLimits,
 }
 
 /// How websocket connections are kept alive and how much they may fall behind.
@@ -82,6 +85,7 @@ impl ServerConfig {
             max_body_bytes: 16 * 1024 * 1024,
             users: Vec::new(),
             websocket: WebsocketSettings::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 
@@ -105,6 +109,7 @@ pub struct FhirServer {
     context_path: String,
     identities: identity::IdentityCache,
     hub: websocket::Hub,
+    connections: Arc<connections::Registry>,
     /// Turns true when [`FhirServer::serve`] stops: open connections then close.
     closing: tokio::sync::watch::Sender<bool>,
     /// The store's outbox, until `serve` hands it to the dispatcher.
@@ -168,6 +173,7 @@ impl FhirServer {
             config,
             identities: identity::IdentityCache::default(),
             hub: websocket::Hub::default(),
+            connections: Arc::default(),
             closing: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -175,6 +181,11 @@ impl FhirServer {
     /// Open websocket connections.
     pub fn websocket_connections(&self) -> usize {
         self.hub.sessions().len()
+    }
+
+    /// Open client connections, websockets included.
+    pub fn open_connections(&self) -> usize {
+        self.connections.open()
     }
 
     pub fn store(&self) -> &ResourceStore {
@@ -230,10 +241,17 @@ impl FhirServer {
                     }
                 },
             };
+            let slot = match self.connections.admit(peer.ip(), &self.config.connections) {
+                Ok(slot) => slot,
+                Err(refused) => {
+                    tracing::debug!(%peer, ?refused, "connection refused");
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let server = self.clone();
             let acceptor = acceptor.clone();
-            tokio::spawn(async move { server.connection(acceptor, tcp, peer).await });
+            tokio::spawn(async move { server.connection(acceptor, tcp, peer, slot).await });
         }
     }
 
@@ -242,17 +260,23 @@ impl FhirServer {
         acceptor: TlsAcceptor,
         tcp: tokio::net::TcpStream,
         peer: SocketAddr,
+        slot: Arc<connections::Slot>,
     ) {
-        let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::info!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::info!(%peer, "TLS handshake timed out");
-                return;
-            }
+        let limits = &self.config.connections;
+        let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+        let tls = tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            },
+            _ = slot.evicted() => return,
         };
         let thumbprint = tls
             .get_ref()
@@ -263,28 +287,58 @@ impl FhirServer {
         let Some(thumbprint) = thumbprint else {
             return;
         };
+        // A certificate nobody allowed gets its 401 and the connection closes; it may not
+        // hold a connection open meanwhile.
+        let known = !matches!(
+            self.identities
+                .resolve(
+                    &self.store,
+                    &self.config.organization_identifier,
+                    &self.config.users,
+                    &thumbprint,
+                )
+                .await,
+            Err(Error::Unauthenticated(_))
+        );
+        slot.set_known(known);
+        let header_timeout = match known {
+            true => limits.header_timeout,
+            false => limits.unknown_client_header_timeout,
+        };
         let thumbprint = Arc::new(thumbprint);
         let mut closing = self.closing.subscribe();
         let server = self.clone();
+        let request_slot = slot.clone();
         let service = hyper::service::service_fn(move |req| {
             let server = server.clone();
             let thumbprint = thumbprint.clone();
+            let slot = request_slot.clone();
             async move {
+                let _busy = slot.busy();
                 let response = if server.is_websocket_request(&req) {
-                    server.upgrade(thumbprint, req).await
+                    server.upgrade(thumbprint, req, slot.clone()).await
                 } else {
                     server.handle(&thumbprint, req).await
                 };
                 Ok::<_, std::convert::Infallible>(response)
             }
         });
+        let io = connections::StallLimited::new(tls, limits.header_timeout);
         let connection = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(tls), service)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(known)
+            .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,
             _ = websocket::shut_down(&mut closing) => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+            _ = slot.evicted() => {
+                tracing::debug!(%peer, "idle connection closed to make room");
                 connection.as_mut().graceful_shutdown();
                 connection.await
             }
@@ -308,6 +362,7 @@ impl FhirServer {
         self: Arc<Self>,
         thumbprint: Arc<Thumbprint>,
         mut req: Request<Incoming>,
+        slot: Arc<connections::Slot>,
     ) -> Response<Full<Bytes>> {
         let identity = match self
             .identities
@@ -336,6 +391,8 @@ impl FhirServer {
             }
         };
         tokio::spawn(async move {
+            // A websocket is never idle in the registry's sense: it waits for events.
+            let _busy = slot.busy();
             match upgraded.await {
                 Ok(ws) => self.websocket_session(ws, identity, thumbprint).await,
                 Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),

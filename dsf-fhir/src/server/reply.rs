@@ -23,6 +23,9 @@ pub struct Reply {
     pub body: Body,
 }
 
+/// What a 503 asks the client to wait before it tries again.
+pub const RETRY_AFTER_SECONDS: u64 = 5;
+
 /// `W/"n"`.
 pub fn etag(version: i64) -> String {
     format!("W/\"{version}\"")
@@ -50,8 +53,12 @@ impl Reply {
         let status =
             StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut reply = Reply::outcome(status, error.to_outcome());
-        if let Error::Gone { version, .. } = error {
-            reply = reply.header(http::header::ETAG, etag(*version));
+        match error {
+            Error::Gone { version, .. } => reply = reply.header(http::header::ETAG, etag(*version)),
+            Error::Unavailable(_) => {
+                reply = reply.header(http::header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string())
+            }
+            _ => {}
         }
         reply
     }
@@ -73,15 +80,20 @@ impl Reply {
             Body::Stored(json) => render_stored(json.as_bytes(), format, pretty).map(Some),
             Body::Value(value) => render_value(value, format, pretty).map(Some),
         };
-        let (status, headers, bytes) = match rendered {
-            Ok(bytes) => (self.status, self.headers, bytes),
+        let (status, headers, bytes, format) = match rendered {
+            Ok(bytes) => (self.status, self.headers, bytes, format),
             Err(e) => {
-                tracing::error!(error = %e, "cannot render response");
+                if e.status() >= 500 {
+                    tracing::error!(error = %e, "cannot render response");
+                }
+                // The outcome goes out as JSON, whatever was asked for: the asked-for
+                // format may be what failed.
                 let fallback = serde_json::to_vec(&e.to_outcome().to_json()).unwrap_or_default();
                 (
-                    StatusCode::INTERNAL_SERVER_ERROR,
+                    StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                     Vec::new(),
                     Some(fallback),
+                    Format::Json,
                 )
             }
         };

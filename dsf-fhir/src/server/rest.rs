@@ -20,6 +20,17 @@ pub(crate) fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// A 400 for an id that breaks the FHIR id syntax (1 to 64 of `A-Z a-z 0-9 - .`).
+fn require_valid_id(id: &str) -> Result<()> {
+    if valid_id(id) {
+        return Ok(());
+    }
+    let shown: String = id.chars().take(80).collect();
+    Err(Error::Invalid(format!(
+        "'{shown}' is not a valid FHIR id: 1 to 64 letters, digits, '-' or '.'"
+    )))
+}
+
 pub(crate) fn resource_type(name: &str) -> Result<&'static str> {
     supported_type(name)
         .ok_or_else(|| Error::NotFound(format!("resource type '{name}' is not supported")))
@@ -193,7 +204,13 @@ impl FhirServer {
             return Err(not_found());
         }
         let stored = self.store.vread(t, id, v).await?.ok_or_else(not_found)?;
-        self.require_readable(call, &stored).await?;
+        // A hidden version is answered exactly as a missing one.
+        self.require_readable(call, &stored)
+            .await
+            .map_err(|e| match e {
+                Error::NotFound(_) => not_found(),
+                other => other,
+            })?;
         if stored.deleted {
             return Err(Error::Gone {
                 resource: stored.reference(),
@@ -256,7 +273,7 @@ impl FhirServer {
         }
         let if_none_exist = call
             .header(http::HeaderName::from_static("if-none-exist"))
-            .map(|criteria| SearchQuery::parse_criteria(t, criteria, &self.config.base_url))
+            .map(|criteria| self.if_none_exist(call, t, criteria))
             .transpose()?;
         match self
             .write_one(
@@ -289,9 +306,7 @@ impl FhirServer {
 
     async fn update(&self, call: &Call<'_>, t: &'static str, id: &str) -> Result<Reply> {
         self.require(call, Role::Update, t)?;
-        if !valid_id(id) {
-            return Err(Error::NotFound(format!("{t}/{id} not found")));
-        }
+        require_valid_id(id)?;
         let resource = self.body_resource(call, t)?;
         let body_id = resource.get("id").and_then(Value::as_str).unwrap_or("");
         if body_id != id {
@@ -318,7 +333,32 @@ impl FhirServer {
     }
 
     fn criteria(&self, call: &Call<'_>, t: &'static str) -> Result<SearchQuery> {
-        SearchQuery::criteria_from_pairs(t, &call.query, &self.config.base_url)
+        self.conditional_criteria(call, t, &call.query)
+    }
+
+    /// Criteria of a conditional create, update or delete. They select only among what the
+    /// caller may read, so that a conditional write tells nothing about hidden resources.
+    pub(crate) fn conditional_criteria(
+        &self,
+        call: &Call<'_>,
+        t: &'static str,
+        pairs: &[(String, String)],
+    ) -> Result<SearchQuery> {
+        let mut query = SearchQuery::criteria_from_pairs(t, pairs, &self.config.base_url)?;
+        query.visible_to = Some(call.identity.grants.clone());
+        Ok(query)
+    }
+
+    /// `If-None-Exist` criteria (`[type?]name=value&…`), as [`FhirServer::conditional_criteria`].
+    pub(crate) fn if_none_exist(
+        &self,
+        call: &Call<'_>,
+        t: &'static str,
+        criteria: &str,
+    ) -> Result<SearchQuery> {
+        let mut query = SearchQuery::parse_criteria(t, criteria, &self.config.base_url)?;
+        query.visible_to = Some(call.identity.grants.clone());
+        Ok(query)
     }
 
     async fn conditional_update(&self, call: &Call<'_>, t: &'static str) -> Result<Reply> {
@@ -364,9 +404,7 @@ impl FhirServer {
 
     async fn delete(&self, call: &Call<'_>, t: &'static str, id: &str) -> Result<Reply> {
         self.require(call, Role::Delete, t)?;
-        if !valid_id(id) {
-            return Err(Error::NotFound(format!("{t}/{id} not found")));
-        }
+        require_valid_id(id)?;
         Self::deleted(
             self.write_one(
                 call,
@@ -491,6 +529,12 @@ impl FhirServer {
         };
         let mut count = self.config.page_count;
         let mut page = 1;
+        if call.query.len() > crate::search::MAX_PARAMETERS {
+            return Err(Error::Invalid(format!(
+                "more than {} history parameters in one request",
+                crate::search::MAX_PARAMETERS
+            )));
+        }
         for (k, v) in &call.query {
             let bad = || Error::Invalid(format!("history parameter {k}={v} is not valid"));
             match k.as_str() {
@@ -506,7 +550,7 @@ impl FhirServer {
                     page = v
                         .parse::<usize>()
                         .ok()
-                        .filter(|p| *p >= 1)
+                        .filter(|p| (1..=crate::search::MAX_PAGE).contains(p))
                         .ok_or_else(bad)?
                 }
                 "_format" | "_pretty" => {}

@@ -7,7 +7,7 @@ use super::reply::{Body, Reply};
 use super::rest::{parse_etag, resource_type, valid_id};
 use super::{status, Call, FhirServer, Role};
 use crate::format::parse_resource;
-use crate::search::{parse_query_string, SearchQuery};
+use crate::search::parse_query_string;
 use crate::store::{StoredResource, WriteOp, WriteOutcome};
 use crate::{Error, Result};
 use bytes::Bytes;
@@ -216,7 +216,6 @@ impl FhirServer {
                 .clone()
                 .ok_or_else(|| Error::Invalid(format!("{} entry has no resource", request.method)))
         };
-        let base = &self.config.base_url;
         let op = match (&request.method, segments.as_slice()) {
             (&Method::GET | &Method::HEAD, _) => return Ok(None),
             (&Method::POST, [t]) => {
@@ -234,7 +233,7 @@ impl FhirServer {
                 let if_none_exist = request
                     .if_none_exist
                     .as_deref()
-                    .map(|c| SearchQuery::parse_criteria(t, c, base))
+                    .map(|c| self.if_none_exist(call, t, c))
                     .transpose()?;
                 WriteOp::Create {
                     resource,
@@ -245,7 +244,7 @@ impl FhirServer {
             (&Method::PUT, [t]) => {
                 let t = resource_type(t)?;
                 self.require(call, Role::Update, t)?;
-                let query = SearchQuery::criteria_from_pairs(t, &request.query, base)?;
+                let query = self.conditional_criteria(call, t, &request.query)?;
                 WriteOp::ConditionalUpdate {
                     query,
                     resource: resource()?,
@@ -274,7 +273,7 @@ impl FhirServer {
                 let t = resource_type(t)?;
                 self.require(call, Role::Delete, t)?;
                 WriteOp::ConditionalDelete {
-                    query: SearchQuery::criteria_from_pairs(t, &request.query, base)?,
+                    query: self.conditional_criteria(call, t, &request.query)?,
                 }
             }
             (&Method::DELETE, [t, id]) => {

@@ -12,7 +12,7 @@ mod write;
 
 pub use feed::{ChangeReceiver, CommittedBatch};
 pub use plan::FEW_READABLE;
-pub use postgres::PostgresBackend;
+pub use postgres::{PostgresBackend, PostgresOptions};
 pub use sql::{AccessPlan, Dialect, HistoryFilter, Sql, SqlValue};
 pub use sqlite::SqliteBackend;
 pub(crate) use write::now_millis;
@@ -42,14 +42,31 @@ impl StoredResource {
         format!("{}/{}", self.resource_type, self.id)
     }
 
+    /// The stored body as JSON. Rows written before the input bounds existed may nest deeper
+    /// than serde_json's default limit of 128; they are still read (up to
+    /// [`MAX_STORED_DEPTH`]), so that they can be updated and deleted.
     pub fn json(&self) -> Result<serde_json::Value> {
+        use serde::Deserialize;
         let body = self.body.as_deref().ok_or_else(|| Error::Gone {
             resource: self.reference(),
             version: self.version,
         })?;
-        serde_json::from_str(body).map_err(Error::storage)
+        if crate::bounds::json_depth(body.as_bytes()) > MAX_STORED_DEPTH {
+            return Err(Error::Storage(format!(
+                "{} is stored nested deeper than {MAX_STORED_DEPTH} levels",
+                self.reference()
+            )));
+        }
+        let mut reader = serde_json::Deserializer::from_str(body);
+        reader.disable_recursion_limit();
+        let value = serde_json::Value::deserialize(&mut reader).map_err(Error::storage)?;
+        reader.end().map_err(Error::storage)?;
+        Ok(value)
     }
 }
+
+/// Deepest stored JSON [`StoredResource::json`] reads.
+pub const MAX_STORED_DEPTH: usize = 1_000;
 
 /// A database session: a read-only connection, or a write transaction that is rolled back
 /// unless committed.

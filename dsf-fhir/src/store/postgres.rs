@@ -1,6 +1,13 @@
 //! The PostgreSQL backend (tokio-postgres): the choice for production, where replicas,
 //! backups and failover come from PostgreSQL. Connections are pooled; each caches its
 //! prepared statements.
+//!
+//! Every wait on the database is bounded: connecting, getting a pooled connection and each
+//! statement (a server-side `statement_timeout` and, for a database that stopped answering
+//! altogether, the same bound on the client side). Running out of time or reaching no server
+//! is [`Error::Unavailable`] (503), and the pool heals itself as the database comes back.
+//! A session dropped while a statement runs (its HTTP client went away) cancels the
+//! statement on the server instead of leaving it to run.
 
 use super::sql::{schema, Dialect, Sql, SqlValue};
 use super::{Backend, Session, StoredResource};
@@ -8,6 +15,7 @@ use crate::{Error, Result};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -20,9 +28,46 @@ struct Connection {
     statements: HashMap<String, Statement>,
 }
 
+/// Pool size and time limits of a [`PostgresBackend`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PostgresOptions {
+    pub max_connections: usize,
+    /// How long opening a connection (TCP, authentication, set-up) may take.
+    pub connect_timeout: Duration,
+    /// How long one statement may run, and how long a request waits for a pooled connection.
+    pub statement_timeout: Duration,
+}
+
+impl PostgresOptions {
+    pub fn new(max_connections: usize) -> Self {
+        PostgresOptions {
+            max_connections,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// The client-side bound: the server's own timeout plus time for its answer to arrive.
+    fn answer_timeout(&self) -> Duration {
+        self.statement_timeout + Duration::from_secs(1)
+    }
+}
+
 struct Pool {
     url: String,
     schema: Option<String>,
+    options: PostgresOptions,
     idle: std::sync::Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
 }
@@ -32,10 +77,38 @@ pub struct PostgresBackend {
 }
 
 fn storage_error(e: tokio_postgres::Error) -> Error {
-    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-        return Error::VersionConflict(format!("concurrent modification: {e}"));
+    match e.code() {
+        Some(&SqlState::UNIQUE_VIOLATION) => {
+            return Error::VersionConflict(format!("concurrent modification: {e}"))
+        }
+        Some(&SqlState::QUERY_CANCELED) => {
+            return Error::Unavailable(
+                "the database did not finish the request in time; try again later".into(),
+            )
+        }
+        Some(code) if code.code().starts_with("08") || code.code().starts_with("57P") => {
+            return unavailable(e)
+        }
+        _ => {}
+    }
+    if e.is_closed() || e.code().is_none() && e.as_db_error().is_none() {
+        // No answer from the server at all: connection refused, reset or closed.
+        return unavailable(e);
     }
     Error::Storage(e.to_string())
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    tracing::warn!(error = %e, "PostgreSQL unavailable");
+    Error::Unavailable("the database is not available; try again later".into())
+}
+
+fn timed_out(what: &str, after: Duration) -> Error {
+    tracing::warn!(after = ?after, "PostgreSQL: {what} timed out");
+    Error::Unavailable(format!(
+        "the database did not answer within {} s; try again later",
+        after.as_secs_f32()
+    ))
 }
 
 fn quote_ident(name: &str) -> String {
@@ -44,6 +117,13 @@ fn quote_ident(name: &str) -> String {
 
 impl Pool {
     async fn connect(&self) -> Result<Connection> {
+        let timeout = self.options.connect_timeout;
+        tokio::time::timeout(timeout, self.open())
+            .await
+            .map_err(|_| timed_out("connecting", timeout))?
+    }
+
+    async fn open(&self) -> Result<Connection> {
         let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
             .await
             .map_err(storage_error)?;
@@ -52,12 +132,14 @@ impl Pool {
                 tracing::warn!(error = %e, "PostgreSQL connection closed");
             }
         });
+        let mut setup = format!(
+            "SET statement_timeout = {}",
+            self.options.statement_timeout.as_millis().max(1)
+        );
         if let Some(schema) = &self.schema {
-            client
-                .batch_execute(&format!("SET search_path TO {}", quote_ident(schema)))
-                .await
-                .map_err(storage_error)?;
+            setup.push_str(&format!("; SET search_path TO {}", quote_ident(schema)));
         }
+        client.batch_execute(&setup).await.map_err(storage_error)?;
         Ok(Connection {
             client,
             statements: HashMap::new(),
@@ -93,11 +175,21 @@ impl PostgresBackend {
         schema_name: Option<&str>,
         max_connections: usize,
     ) -> Result<Self> {
+        Self::connect_with(url, schema_name, PostgresOptions::new(max_connections)).await
+    }
+
+    /// [`PostgresBackend::connect`] with explicit pool size and time limits.
+    pub async fn connect_with(
+        url: &str,
+        schema_name: Option<&str>,
+        options: PostgresOptions,
+    ) -> Result<Self> {
         let pool = Arc::new(Pool {
             url: url.to_owned(),
             schema: schema_name.map(str::to_owned),
             idle: std::sync::Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(max_connections.max(1))),
+            permits: Arc::new(Semaphore::new(options.max_connections.max(1))),
+            options,
         });
         let conn = pool.connect().await?;
         if let Some(schema) = schema_name {
@@ -118,29 +210,27 @@ impl PostgresBackend {
     }
 
     async fn session(&self, transaction: bool) -> Result<Box<dyn Session>> {
-        let permit = self
-            .pool
-            .permits
-            .clone()
-            .acquire_owned()
+        let wait = self.pool.options.statement_timeout;
+        let permit = tokio::time::timeout(wait, self.pool.permits.clone().acquire_owned())
             .await
+            .map_err(|_| timed_out("waiting for a pooled connection", wait))?
             .map_err(|e| Error::Storage(e.to_string()))?;
         let conn = match self.pool.checkout() {
             Some(conn) => conn,
             None => self.pool.connect().await?,
         };
-        if transaction {
-            conn.client
-                .batch_execute("BEGIN")
-                .await
-                .map_err(storage_error)?;
-        }
-        Ok(Box::new(PgSession {
+        let mut session = PgSession {
             conn: Some(conn),
             pool: self.pool.clone(),
             _permit: permit,
-            open_transaction: transaction,
-        }))
+            open_transaction: false,
+            in_statement: false,
+        };
+        if transaction {
+            session.batch("BEGIN").await?;
+            session.open_transaction = true;
+        }
+        Ok(Box::new(session))
     }
 }
 
@@ -149,11 +239,27 @@ struct PgSession {
     pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
     open_transaction: bool,
+    /// A statement was sent and its answer not yet read: dropping now must cancel it.
+    in_statement: bool,
 }
 
 impl Drop for PgSession {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
+        if self.in_statement {
+            // The caller went away (or gave up) mid-statement: stop the statement on the
+            // server and retire the connection, whose state is unknown.
+            let cancel = conn.client.cancel_token();
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    if let Err(e) = cancel.cancel_query(NoTls).await {
+                        tracing::debug!(error = %e, "cancelling an abandoned statement failed");
+                    }
+                    drop(conn);
+                });
+            }
+            return;
+        }
         if !self.open_transaction {
             self.pool.give_back(conn);
             return;
@@ -177,12 +283,29 @@ impl PgSession {
             .ok_or_else(|| Error::Storage("session already finished".into()))
     }
 
+    /// The client, the mid-statement flag and the answer time limit, borrowed apart so that
+    /// a round trip can run under [`bounded`].
+    fn parts(&mut self) -> Result<(&Client, &mut bool, Duration)> {
+        let limit = self.pool.options.answer_timeout();
+        let conn = self
+            .conn
+            .as_ref()
+            .ok_or_else(|| Error::Storage("session already finished".into()))?;
+        Ok((&conn.client, &mut self.in_statement, limit))
+    }
+
+    async fn batch(&mut self, text: &str) -> Result<()> {
+        let (client, in_statement, limit) = self.parts()?;
+        bounded(in_statement, limit, client.batch_execute(text)).await
+    }
+
     async fn statement(&mut self, text: &str) -> Result<Statement> {
-        let conn = self.conn()?;
-        if let Some(stmt) = conn.statements.get(text) {
+        if let Some(stmt) = self.conn()?.statements.get(text) {
             return Ok(stmt.clone());
         }
-        let stmt = conn.client.prepare(text).await.map_err(storage_error)?;
+        let (client, in_statement, limit) = self.parts()?;
+        let stmt = bounded(in_statement, limit, client.prepare(text)).await?;
+        let conn = self.conn()?;
         if conn.statements.len() >= STATEMENT_CACHE {
             conn.statements.clear();
         }
@@ -193,11 +316,27 @@ impl PgSession {
     async fn rows(&mut self, sql: &Sql) -> Result<Vec<tokio_postgres::Row>> {
         let stmt = self.statement(&sql.text).await?;
         let params: Vec<&(dyn ToSql + Sync)> = sql.params.iter().map(as_sql).collect();
-        self.conn()?
-            .client
-            .query(&stmt, &params)
-            .await
-            .map_err(storage_error)
+        let (client, in_statement, limit) = self.parts()?;
+        bounded(in_statement, limit, client.query(&stmt, &params)).await
+    }
+}
+
+/// Runs one round trip to the server within `limit`. Until it returns, the session counts as
+/// mid-statement, so that dropping it (or this timing out) cancels the statement.
+async fn bounded<T>(
+    in_statement: &mut bool,
+    limit: Duration,
+    round_trip: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    *in_statement = true;
+    match tokio::time::timeout(limit, round_trip).await {
+        Ok(answer) => {
+            *in_statement = false;
+            answer.map_err(storage_error)
+        }
+        // The flag stays set: dropping the session cancels the statement and retires the
+        // connection.
+        Err(_) => Err(timed_out("a statement", limit)),
     }
 }
 
@@ -249,11 +388,8 @@ impl Session for PgSession {
     async fn execute(&mut self, sql: &Sql) -> Result<u64> {
         let stmt = self.statement(&sql.text).await?;
         let params: Vec<&(dyn ToSql + Sync)> = sql.params.iter().map(as_sql).collect();
-        self.conn()?
-            .client
-            .execute(&stmt, &params)
-            .await
-            .map_err(storage_error)
+        let (client, in_statement, limit) = self.parts()?;
+        bounded(in_statement, limit, client.execute(&stmt, &params)).await
     }
 
     async fn lock(&mut self, key: &str) -> Result<()> {
@@ -262,20 +398,13 @@ impl Session for PgSession {
                 "SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':' || $1)::bigint)",
             )
             .await?;
-        self.conn()?
-            .client
-            .execute(&stmt, &[&key])
-            .await
-            .map_err(storage_error)?;
+        let (client, in_statement, limit) = self.parts()?;
+        bounded(in_statement, limit, client.execute(&stmt, &[&key])).await?;
         Ok(())
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        self.conn()?
-            .client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(storage_error)?;
+        self.batch("COMMIT").await?;
         self.open_transaction = false;
         Ok(())
     }

@@ -1,5 +1,8 @@
 //! The embedded default backend: SQLite (bundled) in WAL mode, one writer connection and a few
 //! reader connections, so reads never wait for a write to commit.
+//!
+//! A session may run for at most [`SqliteBackend::statement_timeout`]; past it, SQLite's
+//! progress handler interrupts the statement and the request gets [`Error::Unavailable`].
 
 use super::sql::{schema, Dialect, Sql, SqlValue};
 use super::{Backend, Session, StoredResource};
@@ -7,25 +10,67 @@ use crate::{Error, Result};
 use async_trait::async_trait;
 use rusqlite::{params_from_iter, Connection, OpenFlags};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 const READERS: usize = 4;
+const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection and the time its current session must end by.
+struct Guarded {
+    conn: Connection,
+    /// Milliseconds since [`epoch`] after which statements are interrupted.
+    deadline: Arc<AtomicU64>,
+}
 
 pub struct SqliteBackend {
-    writer: Arc<Mutex<Connection>>,
-    readers: Vec<Arc<Mutex<Connection>>>,
+    writer: Arc<Mutex<Guarded>>,
+    readers: Vec<Arc<Mutex<Guarded>>>,
     next_reader: AtomicUsize,
+    statement_timeout: Duration,
+}
+
+/// A monotonic origin for deadlines stored in atomics.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn millis_since_epoch() -> u64 {
+    epoch().elapsed().as_millis() as u64
 }
 
 fn storage_error(e: rusqlite::Error) -> Error {
     if let rusqlite::Error::SqliteFailure(f, _) = &e {
-        if f.code == rusqlite::ErrorCode::ConstraintViolation {
-            return Error::VersionConflict(format!("concurrent modification: {e}"));
+        match f.code {
+            rusqlite::ErrorCode::ConstraintViolation => {
+                return Error::VersionConflict(format!("concurrent modification: {e}"))
+            }
+            rusqlite::ErrorCode::OperationInterrupted => {
+                return Error::Unavailable(
+                    "the database did not finish the request in time; try again later".into(),
+                )
+            }
+            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => {
+                return Error::Unavailable("the database is busy; try again later".into())
+            }
+            _ => {}
         }
     }
     Error::Storage(e.to_string())
+}
+
+/// Installs the progress handler that interrupts statements running past the deadline.
+fn guard(conn: Connection) -> Guarded {
+    let deadline = Arc::new(AtomicU64::new(u64::MAX));
+    let seen = deadline.clone();
+    conn.progress_handler(
+        10_000,
+        Some(move || millis_since_epoch() > seen.load(Ordering::Relaxed)),
+    );
+    Guarded { conn, deadline }
 }
 
 fn configure(conn: &Connection) -> Result<()> {
@@ -62,13 +107,28 @@ impl SqliteBackend {
             )
             .map_err(storage_error)?;
             configure(&reader)?;
-            readers.push(Arc::new(Mutex::new(reader)));
+            readers.push(Arc::new(Mutex::new(guard(reader))));
         }
         Ok(SqliteBackend {
-            writer: Arc::new(Mutex::new(writer)),
+            writer: Arc::new(Mutex::new(guard(writer))),
             readers,
             next_reader: AtomicUsize::new(0),
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
         })
+    }
+
+    /// How long one session (a read, or a write transaction) may run before its statement
+    /// is interrupted; 10 s unless set.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    async fn session(&self, conn: &Arc<Mutex<Guarded>>) -> OwnedMutexGuard<Guarded> {
+        let conn = conn.clone().lock_owned().await;
+        let deadline = millis_since_epoch() + self.statement_timeout.as_millis() as u64;
+        conn.deadline.store(deadline, Ordering::Relaxed);
+        conn
     }
 
     /// A private in-memory database (one connection serves reads and writes).
@@ -77,25 +137,34 @@ impl SqliteBackend {
         configure(&conn)?;
         conn.execute_batch(&schema(Dialect::Sqlite))
             .map_err(storage_error)?;
-        let writer = Arc::new(Mutex::new(conn));
+        let writer = Arc::new(Mutex::new(guard(conn)));
         Ok(SqliteBackend {
             readers: vec![writer.clone()],
             writer,
             next_reader: AtomicUsize::new(0),
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
         })
     }
 }
 
 struct SqliteSession {
-    conn: OwnedMutexGuard<Connection>,
+    guarded: OwnedMutexGuard<Guarded>,
     open_transaction: bool,
+}
+
+impl SqliteSession {
+    fn conn(&self) -> &Connection {
+        &self.guarded.conn
+    }
 }
 
 impl Drop for SqliteSession {
     fn drop(&mut self) {
+        // The rollback must not be interrupted by a deadline that has passed.
+        self.guarded.deadline.store(u64::MAX, Ordering::Relaxed);
         if self.open_transaction {
             // Not committed: nothing of it may persist.
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = self.conn().execute_batch("ROLLBACK");
         }
     }
 }
@@ -116,7 +185,10 @@ fn params(sql: &Sql) -> impl rusqlite::Params + '_ {
 #[async_trait]
 impl Session for SqliteSession {
     async fn resources(&mut self, sql: &Sql) -> Result<Vec<StoredResource>> {
-        let mut stmt = self.conn.prepare_cached(&sql.text).map_err(storage_error)?;
+        let mut stmt = self
+            .conn()
+            .prepare_cached(&sql.text)
+            .map_err(storage_error)?;
         let rows = stmt
             .query_map(params(sql), |row| {
                 Ok(StoredResource {
@@ -134,7 +206,10 @@ impl Session for SqliteSession {
     }
 
     async fn strings(&mut self, sql: &Sql) -> Result<Vec<String>> {
-        let mut stmt = self.conn.prepare_cached(&sql.text).map_err(storage_error)?;
+        let mut stmt = self
+            .conn()
+            .prepare_cached(&sql.text)
+            .map_err(storage_error)?;
         let rows = stmt
             .query_map(params(sql), |row| row.get(0))
             .map_err(storage_error)?;
@@ -143,13 +218,19 @@ impl Session for SqliteSession {
     }
 
     async fn count(&mut self, sql: &Sql) -> Result<i64> {
-        let mut stmt = self.conn.prepare_cached(&sql.text).map_err(storage_error)?;
+        let mut stmt = self
+            .conn()
+            .prepare_cached(&sql.text)
+            .map_err(storage_error)?;
         stmt.query_row(params(sql), |row| row.get(0))
             .map_err(storage_error)
     }
 
     async fn execute(&mut self, sql: &Sql) -> Result<u64> {
-        let mut stmt = self.conn.prepare_cached(&sql.text).map_err(storage_error)?;
+        let mut stmt = self
+            .conn()
+            .prepare_cached(&sql.text)
+            .map_err(storage_error)?;
         stmt.execute(params(sql))
             .map(|n| n as u64)
             .map_err(storage_error)
@@ -162,7 +243,7 @@ impl Session for SqliteSession {
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
         self.open_transaction = false;
-        self.conn.execute_batch("COMMIT").map_err(storage_error)
+        self.conn().execute_batch("COMMIT").map_err(storage_error)
     }
 }
 
@@ -178,19 +259,20 @@ impl Backend for SqliteBackend {
 
     async fn read(&self) -> Result<Box<dyn Session>> {
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        let conn = self.readers[i].clone().lock_owned().await;
         Ok(Box::new(SqliteSession {
-            conn,
+            guarded: self.session(&self.readers[i]).await,
             open_transaction: false,
         }))
     }
 
     async fn write(&self) -> Result<Box<dyn Session>> {
-        let conn = self.writer.clone().lock_owned().await;
-        conn.execute_batch("BEGIN IMMEDIATE")
+        let guarded = self.session(&self.writer).await;
+        guarded
+            .conn
+            .execute_batch("BEGIN IMMEDIATE")
             .map_err(storage_error)?;
         Ok(Box::new(SqliteSession {
-            conn,
+            guarded,
             open_transaction: true,
         }))
     }

@@ -287,13 +287,16 @@ impl Writer<'_> {
         }
     }
 
-    async fn create(&mut self, resource: Value, id: String) -> Result<WriteOutcome> {
+    /// Creates version 1; `checked` when the write rules have already judged this create.
+    async fn create(&mut self, resource: Value, id: String, checked: bool) -> Result<WriteOutcome> {
         let resource_type = resource_type_of(&resource)?;
-        self.check(Change::Create {
-            index: self.index,
-            resource_type,
-            new: &resource,
-        })?;
+        if !checked {
+            self.check(Change::Create {
+                index: self.index,
+                resource_type,
+                new: &resource,
+            })?;
+        }
         let stored = self.store_version(resource_type, &id, 1, resource).await?;
         Ok(WriteOutcome::Created(stored))
     }
@@ -407,6 +410,7 @@ pub(super) async fn execute(
     // Endpoint reference each other in the DSF's allow-list bundles).
     let mut targets = Vec::with_capacity(ops.len());
     for (index, op) in ops.iter().enumerate() {
+        writer.index = index;
         let resolved = resolve_target(&mut writer, op)
             .await
             .map_err(|e| (index, e))?;
@@ -431,6 +435,13 @@ async fn resolve_target(writer: &mut Writer<'_>, op: &WriteOp) -> Result<Target>
             full_url,
         } => {
             let t = resource_type_of(resource)?;
+            // The write rules judge a create before any lookup, so that a conditional create
+            // the caller may not make tells nothing of what exists.
+            writer.check(Change::Create {
+                index: writer.index,
+                resource_type: t,
+                new: resource,
+            })?;
             let target = match if_none_exist {
                 None => Target::New(uuid::Uuid::new_v4().to_string()),
                 Some(query) => {
@@ -498,9 +509,11 @@ async fn resolve_target(writer: &mut Writer<'_>, op: &WriteOp) -> Result<Target>
 
 async fn apply(writer: &mut Writer<'_>, op: WriteOp, target: Target) -> Result<WriteOutcome> {
     let outcome = match (op, target) {
-        (WriteOp::Create { resource, .. }, Target::New(id))
-        | (WriteOp::ConditionalUpdate { resource, .. }, Target::New(id)) => {
-            writer.create(resource, id).await?
+        (WriteOp::Create { resource, .. }, Target::New(id)) => {
+            writer.create(resource, id, true).await?
+        }
+        (WriteOp::ConditionalUpdate { resource, .. }, Target::New(id)) => {
+            writer.create(resource, id, false).await?
         }
         (WriteOp::Create { .. }, Target::Existing(stored)) => WriteOutcome::Existing(stored),
         (

@@ -1,0 +1,316 @@
+//! Admission and time limits for client connections, so that idle or slow connections from
+//! one peer (or from a certificate nobody allowed) cannot use up the server's sockets while
+//! the organisations it serves are kept waiting.
+//!
+//! Every connection holds a [`Slot`] for its lifetime. A new connection over the per-address
+//! limit is closed at once. At the total limit, the connection idle the longest is closed to
+//! make room, preferring one whose certificate is on no allow list; when every connection is
+//! busy with a request, the new one is closed instead.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// Connection limits of a server.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectionLimits {
+    /// Open connections at most, websockets included.
+    pub max_connections: usize,
+    /// Open connections from one IP address at most.
+    pub max_per_address: usize,
+    /// How long the TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// How long a caller may take to send a request's head, counted from the moment the
+    /// connection waits for it: after the handshake and between requests (the idle limit).
+    pub header_timeout: Duration,
+    /// The same for a certificate that maps to no organisation or user: such a connection
+    /// gets its 401 and is closed, so it needs no more than the time to send one request.
+    pub unknown_client_header_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 1024,
+            max_per_address: 256,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(60),
+            unknown_client_header_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+fn now_millis() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// One open connection, as the registry sees it.
+pub(crate) struct Slot {
+    id: u64,
+    address: IpAddr,
+    /// Whether the certificate maps to an organisation or local user (set after the
+    /// handshake; until then the connection counts as unknown).
+    known: AtomicBool,
+    /// Requests being handled (a websocket counts as one for its whole life).
+    busy: AtomicU64,
+    last_active: AtomicU64,
+    close: Notify,
+    registry: Arc<Registry>,
+}
+
+impl Slot {
+    pub fn set_known(&self, known: bool) {
+        self.known.store(known, Ordering::Relaxed);
+    }
+
+    /// Marks a request as being handled until the returned guard drops.
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.last_active.store(now_millis(), Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// Completes when the registry wants this connection closed to make room.
+    pub async fn evicted(&self) {
+        self.close.notified().await
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = self.registry.lock();
+        state.slots.remove(&self.id);
+        if let Some(n) = state.per_address.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                state.per_address.remove(&self.address);
+            }
+        }
+    }
+}
+
+pub(crate) struct Busy(Arc<Slot>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.last_active.store(now_millis(), Ordering::Relaxed);
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    slots: HashMap<u64, std::sync::Weak<Slot>>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// The open connections of one server.
+#[derive(Default)]
+pub(crate) struct Registry {
+    state: Mutex<State>,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    TooManyFromAddress,
+    Full,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn open(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    /// Admits a connection from `address`, closing an idle one when the server is full.
+    pub fn admit(
+        self: &Arc<Self>,
+        address: IpAddr,
+        limits: &ConnectionLimits,
+    ) -> Result<Arc<Slot>, Refused> {
+        let mut state = self.lock();
+        if state.per_address.get(&address).copied().unwrap_or(0) >= limits.max_per_address {
+            return Err(Refused::TooManyFromAddress);
+        }
+        if state.slots.len() >= limits.max_connections {
+            // Unknown certificates first, then the longest idle; a busy connection stays.
+            let victim = state
+                .slots
+                .values()
+                .filter_map(std::sync::Weak::upgrade)
+                .filter(|slot| slot.busy.load(Ordering::Relaxed) == 0)
+                .min_by_key(|slot| {
+                    (
+                        slot.known.load(Ordering::Relaxed),
+                        slot.last_active.load(Ordering::Relaxed),
+                    )
+                })
+                .ok_or(Refused::Full)?;
+            // The victim leaves the count now; its task closes it as soon as it runs.
+            state.slots.remove(&victim.id);
+            victim.close.notify_one();
+        }
+        state.next_id += 1;
+        let slot = Arc::new(Slot {
+            id: state.next_id,
+            address,
+            known: AtomicBool::new(false),
+            busy: AtomicU64::new(0),
+            last_active: AtomicU64::new(now_millis()),
+            close: Notify::new(),
+            registry: self.clone(),
+        });
+        state.slots.insert(slot.id, Arc::downgrade(&slot));
+        *state.per_address.entry(address).or_default() += 1;
+        Ok(slot)
+    }
+}
+
+/// A stream whose writes may stall for at most `limit`: a client that stops reading its
+/// answer gets its connection closed instead of holding it (and the answer) forever.
+pub(crate) struct StallLimited<T> {
+    inner: T,
+    limit: Duration,
+    stalled_since: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> StallLimited<T> {
+    pub fn new(inner: T, limit: Duration) -> Self {
+        StallLimited {
+            inner,
+            limit,
+            stalled_since: None,
+        }
+    }
+
+    /// Turns a pending write into an error once it has been pending for `limit`.
+    fn bound<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        if poll.is_ready() {
+            self.stalled_since = None;
+            return poll;
+        }
+        let limit = self.limit;
+        let timer = self
+            .stalled_since
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for StallLimited<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for StallLimited<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bound(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bound(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.bound(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.bound(cx, poll)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_address: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: total,
+            max_per_address: per_address,
+            ..ConnectionLimits::default()
+        }
+    }
+
+    #[test]
+    fn per_address_limit_and_release() {
+        let registry = Arc::new(Registry::default());
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let limits = limits(10, 2);
+        let first = registry.admit(a, &limits).unwrap();
+        let _second = registry.admit(a, &limits).unwrap();
+        assert_eq!(
+            registry.admit(a, &limits).err(),
+            Some(Refused::TooManyFromAddress)
+        );
+        assert!(registry.admit(b, &limits).is_ok());
+        drop(first);
+        assert!(registry.admit(a, &limits).is_ok());
+    }
+
+    #[tokio::test]
+    async fn full_server_closes_unknown_then_idle_never_busy() {
+        let registry = Arc::new(Registry::default());
+        let limits = limits(2, 10);
+        let address: IpAddr = "127.0.0.1".parse().unwrap();
+        let known = registry.admit(address, &limits).unwrap();
+        known.set_known(true);
+        let unknown = registry.admit(address, &limits).unwrap();
+        // Full: the unknown one is chosen although the known one is idle for longer.
+        let third = registry.admit(address, &limits).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), unknown.evicted())
+            .await
+            .expect("unknown connection told to close");
+        assert_eq!(registry.open(), 2);
+        third.set_known(true);
+        let _working = known.busy();
+        let _working_too = third.busy();
+        assert_eq!(registry.admit(address, &limits).err(), Some(Refused::Full));
+    }
+}
