@@ -277,6 +277,8 @@ struct Certs {
     pki: DevPki,
     server: IssuedCert,
     local: IssuedCert,
+    /// A remote organisation on the allow list.
+    peer: IssuedCert,
 }
 
 fn certs() -> Result<Certs, dsf_core::Error> {
@@ -284,6 +286,7 @@ fn certs() -> Result<Certs, dsf_core::Error> {
     Ok(Certs {
         server: pki.issue_server("localhost")?,
         local: pki.issue_client("bench-bpe")?,
+        peer: pki.issue_client("bench-peer")?,
         pki,
     })
 }
@@ -336,12 +339,20 @@ impl BenchServer {
         };
         let server = FhirServer::new(store, ServerConfig::new(&base_url, "bench.test"));
         server
-            .load_allow_list(&[AllowListEntry {
-                identifier: "bench.test".into(),
-                name: "Bench".into(),
-                thumbprints: vec![certs.local.thumbprint()],
-                base_url: base_url.clone(),
-            }])
+            .load_allow_list(&[
+                AllowListEntry {
+                    identifier: "bench.test".into(),
+                    name: "Bench".into(),
+                    thumbprints: vec![certs.local.thumbprint()],
+                    base_url: base_url.clone(),
+                },
+                AllowListEntry {
+                    identifier: "peer.test".into(),
+                    name: "Bench peer".into(),
+                    thumbprints: vec![certs.peer.thumbprint()],
+                    base_url: "https://peer.test/fhir".into(),
+                },
+            ])
             .await?;
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(Arc::new(server).serve(listener, tls.clone(), async {
@@ -368,6 +379,20 @@ impl BenchServer {
         &self,
     ) -> Result<Arc<dsf_core::rustls::ClientConfig>, Box<dyn std::error::Error + Send + Sync>> {
         Ok(Arc::new(self.certs.pki.client_config(&self.certs.local)?))
+    }
+
+    /// A client holding the certificate of a remote organisation on the allow list.
+    pub fn peer_client(&self) -> Result<FhirClient, Box<dyn std::error::Error + Send + Sync>> {
+        let tls = self.certs.pki.client_config(&self.certs.peer)?;
+        Ok(FhirClient::new(&self.base_url, Arc::new(tls))?)
+    }
+
+    /// Client TLS with a certificate from the server's CA that is on no allow list.
+    pub fn stranger_tls(
+        &self,
+    ) -> Result<Arc<dsf_core::rustls::ClientConfig>, Box<dyn std::error::Error + Send + Sync>> {
+        let stranger = self.certs.pki.issue_client("stranger")?;
+        Ok(Arc::new(self.certs.pki.client_config(&stranger)?))
     }
 
     /// Stops serving and removes the SQLite directory.

@@ -36,6 +36,10 @@ enum Command {
         /// Run only the websocket subscription scenarios
         #[arg(long)]
         websocket_only: bool,
+        /// Run only the hostile load: reads with and without a connection flood and hostile
+        /// clients, and the memory of oversized requests
+        #[arg(long)]
+        hostile_only: bool,
     },
 }
 
@@ -298,6 +302,21 @@ async fn check(
     Ok(())
 }
 
+async fn hostile_bench(
+    concurrency: usize,
+    seconds: u64,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let report = dsf_bin::hostile_load::run(dsf_bin::hostile_load::HostileSettings {
+        concurrency: concurrency.min(4),
+        duration: std::time::Duration::from_secs(seconds),
+        idle_connections: 1_000,
+        hostile_clients: 20,
+    })
+    .await?;
+    println!("{}", report.markdown());
+    Ok(())
+}
+
 async fn bench(
     concurrency: usize,
     seconds: u64,
@@ -343,6 +362,7 @@ async fn bench(
             .markdown()
         );
     }
+    hostile_bench(concurrency, seconds).await?;
     let server = std::env::current_exe()?.with_file_name("dsf-fhir-server");
     let (startup, rss_kib) = startup_and_memory(&server).await?;
     println!(
@@ -379,7 +399,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             seconds,
             postgres,
             websocket_only,
-        } => bench(concurrency, seconds, postgres, websocket_only).await,
+            hostile_only,
+        } => {
+            if hostile_only {
+                hostile_bench(concurrency, seconds).await
+            } else {
+                bench(concurrency, seconds, postgres, websocket_only).await
+            }
+        }
         Command::Dev(Dev::Up {
             dir,
             organizations,

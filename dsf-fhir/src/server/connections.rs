@@ -34,6 +34,15 @@ pub struct ConnectionLimits {
     /// The same for a certificate that maps to no organisation or user: such a connection
     /// gets its 401 and is closed, so it needs no more than the time to send one request.
     pub unknown_client_header_timeout: Duration,
+    /// Requests of one remote organisation handled at once; further ones wait their turn
+    /// (before their bodies are read), so that one peer cannot take the server's cores from
+    /// the local organisation and the other peers. The local organisation and local users
+    /// are not limited.
+    pub max_requests_per_peer: usize,
+    /// How long a remote organisation's turn stays taken after a request of it was refused
+    /// (4xx). The answer is not delayed, but a peer sending request after request that is
+    /// refused gets at most `max_requests_per_peer` of them handled per this time.
+    pub refusal_penalty: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -44,6 +53,8 @@ impl Default for ConnectionLimits {
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(60),
             unknown_client_header_timeout: Duration::from_secs(5),
+            max_requests_per_peer: 4,
+            refusal_penalty: Duration::from_millis(100),
         }
     }
 }
@@ -177,6 +188,34 @@ impl Registry {
         state.slots.insert(slot.id, Arc::downgrade(&slot));
         *state.per_address.entry(address).or_default() += 1;
         Ok(slot)
+    }
+}
+
+/// Turns of the remote organisations: one semaphore per organisation identifier.
+#[derive(Default)]
+pub(crate) struct PeerTurns {
+    peers: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl PeerTurns {
+    /// Waits for a turn of `peer`; the turn ends when the permit drops.
+    pub async fn take(
+        &self,
+        peer: &str,
+        limit: usize,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget organisations with nobody waiting or served, so the map stays small.
+            if peers.len() > 1024 {
+                peers.retain(|_, s| s.available_permits() < limit);
+            }
+            peers
+                .entry(peer.to_owned())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit.max(1))))
+                .clone()
+        };
+        semaphore.acquire_owned().await.ok()
     }
 }
 

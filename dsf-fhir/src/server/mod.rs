@@ -26,7 +26,6 @@ use bytes::Bytes;
 use dsf_core::Thumbprint;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use reply::Reply;
@@ -110,8 +109,11 @@ pub struct FhirServer {
     identities: identity::IdentityCache,
     hub: websocket::Hub,
     connections: Arc<connections::Registry>,
+    peer_turns: connections::PeerTurns,
     /// Turns true when [`FhirServer::serve`] stops: open connections then close.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Turns for parsing large bodies, so that parsing never occupies every core.
+    large_parses: tokio::sync::Semaphore,
     /// The store's outbox, until `serve` hands it to the dispatcher.
     changes: std::sync::Mutex<Option<crate::store::ChangeReceiver>>,
 }
@@ -174,6 +176,10 @@ impl FhirServer {
             identities: identity::IdentityCache::default(),
             hub: websocket::Hub::default(),
             connections: Arc::default(),
+            peer_turns: connections::PeerTurns::default(),
+            large_parses: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            ),
             closing: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -348,6 +354,30 @@ impl FhirServer {
         }
     }
 
+    /// Serves a websocket session over `stream` (after its handshake) for the holder of
+    /// `thumbprint`: the `/fhir/ws` protocol without HTTP, for the fuzz targets.
+    #[doc(hidden)]
+    pub async fn websocket_over<S>(self: Arc<Self>, stream: S, thumbprint: Thumbprint)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok(identity) = self
+            .identities
+            .resolve(
+                &self.store,
+                &self.config.organization_identifier,
+                &self.config.users,
+                &thumbprint,
+            )
+            .await
+        else {
+            return;
+        };
+        let ws = fastwebsockets::WebSocket::after_handshake(stream, fastwebsockets::Role::Server);
+        self.websocket_session(ws, identity, Arc::new(thumbprint))
+            .await;
+    }
+
     fn is_websocket_request(&self, req: &Request<Incoming>) -> bool {
         req.uri()
             .path()
@@ -402,28 +432,38 @@ impl FhirServer {
         Response::from_parts(parts, Full::new(Bytes::new()))
     }
 
-    /// Handles one request from the holder of `thumbprint`.
-    pub async fn handle(
-        &self,
-        thumbprint: &Thumbprint,
-        req: Request<Incoming>,
-    ) -> Response<Full<Bytes>> {
+    /// Handles one request from the holder of `thumbprint`. The body may be hyper's
+    /// incoming body or any other (e.g. `Full<Bytes>` when there is no transport).
+    pub async fn handle<B>(&self, thumbprint: &Thumbprint, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
         let (parts, body) = req.into_parts();
+        let accept = parts
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        // Who asks, and their turn, come before any work on the request: a remote
+        // organisation's requests beyond its share wait here at no cost.
+        let admitted = match self.admit(thumbprint, parts.uri.query()).await {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                let format = Format::negotiate(None, accept).unwrap_or(Format::Json);
+                return Reply::error(&e).render(format, false);
+            }
+        };
         let query = parse_query_string(parts.uri.query().unwrap_or(""));
         let format_param = query
             .iter()
             .find(|(k, _)| k == "_format")
             .map(|(_, v)| v.clone());
         let pretty = query.iter().any(|(k, v)| k == "_pretty" && v == "true");
-        let accept = parts
-            .headers
-            .get(http::header::ACCEPT)
-            .and_then(|v| v.to_str().ok());
         let format = match Format::negotiate(format_param.as_deref(), accept) {
             Ok(f) => f,
             Err(e) => return Reply::error(&e).render(Format::Json, pretty),
         };
-        let reply = match self.dispatch(thumbprint, parts, body, query).await {
+        let reply = match self.dispatch(&admitted.identity, parts, body, query).await {
             Ok(reply) => reply,
             Err(e) => {
                 if e.status() >= 500 {
@@ -432,16 +472,15 @@ impl FhirServer {
                 Reply::error(&e)
             }
         };
+        if reply.status.is_client_error() {
+            admitted.hold_turn(self.config.connections.refusal_penalty);
+        }
         reply.render(format, pretty)
     }
 
-    async fn dispatch(
-        &self,
-        thumbprint: &Thumbprint,
-        parts: http::request::Parts,
-        body: Incoming,
-        query: Vec<(String, String)>,
-    ) -> Result<Reply> {
+    /// Resolves the caller and waits for its turn; then refuses, before decoding anything, a
+    /// query string with more parts than any search may use.
+    async fn admit(&self, thumbprint: &Thumbprint, query: Option<&str>) -> Result<Admitted> {
         let identity = self
             .identities
             .resolve(
@@ -451,6 +490,47 @@ impl FhirServer {
                 thumbprint,
             )
             .await?;
+        let turn = match identity.kind {
+            IdentityKind::RemoteOrganization => {
+                self.peer_turns
+                    .take(
+                        &identity.organization_identifier,
+                        self.config.connections.max_requests_per_peer,
+                    )
+                    .await
+            }
+            IdentityKind::LocalOrganization | IdentityKind::Practitioner => None,
+        };
+        let admitted = Admitted { identity, turn };
+        let mut parts = query.unwrap_or("").split('&').filter(|p| !p.is_empty());
+        if let Some(excess) = parts.nth(MAX_QUERY_PARTS) {
+            admitted.hold_turn(self.config.connections.refusal_penalty);
+            // Named as sent (not decoded): this check runs before any decoding.
+            let name: String = excess
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(64)
+                .collect();
+            return Err(Error::Invalid(format!(
+                "search parameter {name}: more than {MAX_QUERY_PARTS} query parameters in one request"
+            )));
+        }
+        Ok(admitted)
+    }
+
+    async fn dispatch<B>(
+        &self,
+        identity: &Identity,
+        parts: http::request::Parts,
+        body: B,
+        query: Vec<(String, String)>,
+    ) -> Result<Reply>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
         let path = parts.uri.path();
         let Some(path) = path
             .strip_prefix(self.context_path.as_str())
@@ -461,7 +541,7 @@ impl FhirServer {
         let path = path.trim_matches('/').to_owned();
         let body = read_body(body, self.config.max_body_bytes).await?;
         let call = Call {
-            identity: &identity,
+            identity,
             method: parts.method,
             path,
             query,
@@ -473,13 +553,64 @@ impl FhirServer {
     }
 }
 
+/// Most `&`-separated parts a query string may have: the search limits
+/// ([`crate::search::MAX_PARAMETERS`]) plus result and format parameters, with room to spare.
+const MAX_QUERY_PARTS: usize = 64;
+
+/// A caller allowed to proceed, holding its turn until the request is answered.
+struct Admitted {
+    identity: Arc<Identity>,
+    turn: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Admitted {
+    /// Keeps the caller's turn taken for `penalty` after the answer goes out.
+    fn hold_turn(self, penalty: Duration) {
+        if let Some(turn) = self.turn {
+            tokio::spawn(async move {
+                tokio::time::sleep(penalty).await;
+                drop(turn);
+            });
+        }
+    }
+}
+
+/// Bodies up to this size are parsed where the request runs; larger ones on the blocking
+/// pool, a few at a time (see [`FhirServer::parse_body`]).
+const INLINE_PARSE_BYTES: usize = 32 * 1024;
+
+impl FhirServer {
+    /// Parses the request body as a resource. A large body is parsed on the blocking pool,
+    /// at most half as many at once as there are cores, so that requests with large bodies
+    /// wait for each other rather than hold up the async workers everyone else needs.
+    pub(crate) async fn parse_body(&self, call: &Call<'_>) -> Result<serde_json::Value> {
+        let format = call.body_format()?;
+        if call.body.len() <= INLINE_PARSE_BYTES {
+            return crate::format::parse_resource(&call.body, format);
+        }
+        let _turn = self
+            .large_parses
+            .acquire()
+            .await
+            .map_err(|e| Error::Storage(e.to_string()))?;
+        let body = call.body.clone();
+        tokio::task::spawn_blocking(move || crate::format::parse_resource(&body, format))
+            .await
+            .map_err(|e| Error::Storage(format!("parser task failed: {e}")))?
+    }
+}
+
 /// How much of an oversized body is read and thrown away so that the client, still sending,
 /// receives the 413 instead of a connection reset.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// Collects a request body of at most `max` bytes.
-async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes> {
+async fn read_body<B>(mut body: B, max: usize) -> Result<Bytes>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut collected = bytes::BytesMut::new();
     let mut too_large = body.size_hint().exact().is_some_and(|len| len > max as u64);
     let mut drained = 0usize;

@@ -4,7 +4,6 @@
 use super::bundles::{self, Bundle, Entry, EntryRequest, EntryResource, EntrySearch};
 use super::reply::{etag, Body, Reply};
 use super::{method_not_allowed, Call, FhirServer, Role};
-use crate::format::parse_resource;
 use crate::resource_type::supported_type;
 use crate::search::{parse_date_range, parse_query_string, SearchQuery};
 use crate::store::{HistoryFilter, StoredResource, WriteOp, WriteOutcome};
@@ -251,8 +250,8 @@ impl FhirServer {
     }
 
     /// Parses the body as a resource of type `t`.
-    fn body_resource(&self, call: &Call<'_>, t: &str) -> Result<Value> {
-        let resource = parse_resource(&call.body, call.body_format()?)?;
+    async fn body_resource(&self, call: &Call<'_>, t: &str) -> Result<Value> {
+        let resource = self.parse_body(call).await?;
         let actual = resource
             .get("resourceType")
             .and_then(Value::as_str)
@@ -267,7 +266,7 @@ impl FhirServer {
 
     async fn create(&self, call: &Call<'_>, t: &'static str) -> Result<Reply> {
         self.require(call, Role::Create, t)?;
-        let mut resource = self.body_resource(call, t)?;
+        let mut resource = self.body_resource(call, t).await?;
         if let Some(obj) = resource.as_object_mut() {
             obj.remove("id");
         }
@@ -307,7 +306,7 @@ impl FhirServer {
     async fn update(&self, call: &Call<'_>, t: &'static str, id: &str) -> Result<Reply> {
         self.require(call, Role::Update, t)?;
         require_valid_id(id)?;
-        let resource = self.body_resource(call, t)?;
+        let resource = self.body_resource(call, t).await?;
         let body_id = resource.get("id").and_then(Value::as_str).unwrap_or("");
         if body_id != id {
             return Err(Error::Invalid(format!(
@@ -364,7 +363,7 @@ impl FhirServer {
     async fn conditional_update(&self, call: &Call<'_>, t: &'static str) -> Result<Reply> {
         self.require(call, Role::Update, t)?;
         let query = self.criteria(call, t)?;
-        let resource = self.body_resource(call, t)?;
+        let resource = self.body_resource(call, t).await?;
         match self
             .write_one(
                 call,

@@ -6,7 +6,6 @@ use super::bundles::{Bundle, Entry, EntryResource, EntryResponse};
 use super::reply::{Body, Reply};
 use super::rest::{parse_etag, resource_type, valid_id};
 use super::{status, Call, FhirServer, Role};
-use crate::format::parse_resource;
 use crate::search::parse_query_string;
 use crate::store::{StoredResource, WriteOp, WriteOutcome};
 use crate::{Error, Result};
@@ -77,7 +76,7 @@ impl FhirServer {
     }
 
     pub(crate) async fn bundle(&self, call: &Call<'_>) -> Result<Reply> {
-        let bundle = parse_resource(&call.body, call.body_format()?)?;
+        let bundle = self.parse_body(call).await?;
         if str_at(&bundle, "resourceType") != Some("Bundle") {
             return Err(Error::Invalid(
                 "POST to the base URL takes a batch or transaction Bundle".into(),

@@ -9,15 +9,18 @@ use dsf_core::Thumbprint;
 use fastwebsockets::{
     Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
 };
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
-type Stream = TokioIo<Upgraded>;
+/// What a websocket runs over: an upgraded HTTP connection, or any byte stream.
+pub(crate) trait Stream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 /// Largest text message a client may send: `bind` plus an id is tiny.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
@@ -32,9 +35,9 @@ enum Control {
 
 impl FhirServer {
     /// Serves an upgraded connection until it closes.
-    pub(crate) async fn websocket_session(
+    pub(crate) async fn websocket_session<S: Stream>(
         self: Arc<Self>,
-        ws: WebSocket<Stream>,
+        ws: WebSocket<S>,
         identity: Arc<Identity>,
         thumbprint: Arc<Thumbprint>,
     ) {
@@ -105,16 +108,16 @@ pub(crate) async fn shut_down(closing: &mut tokio::sync::watch::Receiver<bool>) 
     let _ = closing.wait_for(|c| *c).await;
 }
 
-async fn send_close(writer: &mut WebSocketWrite<WriteHalf<Stream>>, closing: &Closing) {
+async fn send_close<S: Stream>(writer: &mut WebSocketWrite<WriteHalf<S>>, closing: &Closing) {
     let frame = Frame::close(closing.code, closing.reason.as_bytes());
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.write_frame(frame)).await;
 }
 
 /// Reads client frames until the connection ends; the result is the close to send, `None`
 /// when the peer is gone.
-async fn read_loop(
+async fn read_loop<S: Stream>(
     server: &FhirServer,
-    reader: &mut WebSocketRead<ReadHalf<Stream>>,
+    reader: &mut WebSocketRead<ReadHalf<S>>,
     control: &mpsc::Sender<Control>,
     session: &super::hub::Session,
     outstanding_ping: &Mutex<Option<Vec<u8>>>,
@@ -260,8 +263,8 @@ fn protocol_failure(error: &WebSocketError) -> Option<Closing> {
 
 /// Writes control frames, pings and queued events until something fails; the result is the
 /// close to send, `None` when the peer is gone.
-async fn write_loop(
-    writer: &mut WebSocketWrite<WriteHalf<Stream>>,
+async fn write_loop<S: Stream>(
+    writer: &mut WebSocketWrite<WriteHalf<S>>,
     mut control: mpsc::Receiver<Control>,
     mut queue: mpsc::Receiver<Message>,
     outstanding_ping: &Mutex<Option<Vec<u8>>>,
