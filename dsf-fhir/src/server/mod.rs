@@ -184,6 +184,18 @@ impl FhirServer {
         }
     }
 
+    /// Who holds `thumbprint` (cached per allow-list generation).
+    async fn identity_of(&self, thumbprint: &Thumbprint) -> Result<Arc<Identity>> {
+        self.identities
+            .resolve(
+                &self.store,
+                &self.config.organization_identifier,
+                &self.config.users,
+                thumbprint,
+            )
+            .await
+    }
+
     /// Open websocket connections.
     pub fn websocket_connections(&self) -> usize {
         self.hub.sessions().len()
@@ -296,14 +308,7 @@ impl FhirServer {
         // A certificate nobody allowed gets its 401 and the connection closes; it may not
         // hold a connection open meanwhile.
         let known = !matches!(
-            self.identities
-                .resolve(
-                    &self.store,
-                    &self.config.organization_identifier,
-                    &self.config.users,
-                    &thumbprint,
-                )
-                .await,
+            self.identity_of(&thumbprint).await,
             Err(Error::Unauthenticated(_))
         );
         slot.set_known(known);
@@ -361,16 +366,7 @@ impl FhirServer {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Ok(identity) = self
-            .identities
-            .resolve(
-                &self.store,
-                &self.config.organization_identifier,
-                &self.config.users,
-                &thumbprint,
-            )
-            .await
-        else {
+        let Ok(identity) = self.identity_of(&thumbprint).await else {
             return;
         };
         let ws = fastwebsockets::WebSocket::after_handshake(stream, fastwebsockets::Role::Server);
@@ -394,16 +390,7 @@ impl FhirServer {
         mut req: Request<Incoming>,
         slot: Arc<connections::Slot>,
     ) -> Response<Full<Bytes>> {
-        let identity = match self
-            .identities
-            .resolve(
-                &self.store,
-                &self.config.organization_identifier,
-                &self.config.users,
-                &thumbprint,
-            )
-            .await
-        {
+        let identity = match self.identity_of(&thumbprint).await {
             Ok(identity) => identity,
             Err(e) => return Reply::error(&e).render(Format::Json, false),
         };
@@ -481,15 +468,7 @@ impl FhirServer {
     /// Resolves the caller and waits for its turn; then refuses, before decoding anything, a
     /// query string with more parts than any search may use.
     async fn admit(&self, thumbprint: &Thumbprint, query: Option<&str>) -> Result<Admitted> {
-        let identity = self
-            .identities
-            .resolve(
-                &self.store,
-                &self.config.organization_identifier,
-                &self.config.users,
-                thumbprint,
-            )
-            .await?;
+        let identity = self.identity_of(thumbprint).await?;
         let turn = match identity.kind {
             IdentityKind::RemoteOrganization => {
                 self.peer_turns
