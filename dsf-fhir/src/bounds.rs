@@ -339,23 +339,16 @@ fn looks_like_date(s: &str) -> bool {
 pub fn check_canonical(resource: &Value) -> Result<()> {
     let mut stack: Vec<(Option<&str>, &Value, usize)> = vec![(None, resource, 1)];
     while let Some((key, value, depth)) = stack.pop() {
+        if depth > MAX_JSON_DEPTH && (value.is_object() || value.is_array()) {
+            return Err(Error::Invalid(format!(
+                "invalid FHIR resource: nested deeper than {MAX_JSON_DEPTH} levels"
+            )));
+        }
         match value {
             Value::Object(map) => {
-                if depth > MAX_JSON_DEPTH {
-                    return Err(Error::Invalid(format!(
-                        "invalid FHIR resource: nested deeper than {MAX_JSON_DEPTH} levels"
-                    )));
-                }
                 stack.extend(map.iter().map(|(k, v)| (Some(k.as_str()), v, depth + 1)));
             }
-            Value::Array(items) => {
-                if depth > MAX_JSON_DEPTH {
-                    return Err(Error::Invalid(format!(
-                        "invalid FHIR resource: nested deeper than {MAX_JSON_DEPTH} levels"
-                    )));
-                }
-                stack.extend(items.iter().map(|v| (key, v, depth + 1)));
-            }
+            Value::Array(items) => stack.extend(items.iter().map(|v| (key, v, depth + 1))),
             Value::String(s) => {
                 if let Some(c) = s
                     .chars()
