@@ -36,6 +36,7 @@ run() {
     [ "$status" = clean ]
 }
 
+mkdir -p target
 failed=0
 running=0
 for t in "${targets[@]}"; do
