@@ -64,12 +64,14 @@ pub fn read(bytes: &[u8], file: &str) -> Result<Element> {
     // Depth inside a skipped (diagram) subtree.
     let mut skipping = 0usize;
     loop {
-        let line = reader.position().row + 1;
         let event = reader.next().map_err(|e| Error::Xml {
             file: file.to_owned(),
             line: e.position().row + 1,
             message: e.msg().to_owned(),
         })?;
+        // After `next`, the position is where the event just read starts: the element's own
+        // line (before it, it is where the preceding whitespace started).
+        let line = reader.position().row + 1;
         match event {
             XmlEvent::StartElement {
                 name, attributes, ..
