@@ -1,5 +1,31 @@
-//! The DSF business process engine (BPE): runs plugin processes on `dsf-bpmn`, starts and
-//! continues them from Task resources on the local `dsf-fhir` server, and sends Tasks to other
-//! organisations.
+//! The DSF business process engine (BPE): deploys process plugins written against
+//! `dsf-plugin-api` onto `dsf-bpmn`, starts and continues their instances from Task resources
+//! on the local DSF FHIR server, sends Tasks to other organisations' FHIR servers, and keeps
+//! its state (instances, timers, claimed and sent Tasks) in SQLite so that it resumes after a
+//! crash without losing a step or sending a Task twice.
 //!
-//! Not implemented yet; it composes the crates below it once they exist.
+//! It is a client of its FHIR server only (`dsf-fhir`'s client), over HTTPS and a websocket
+//! subscription, so the server may run in another process (the DSF's DMZ/intranet split) or
+//! in the same one.
+//!
+//! ```no_run
+//! # async fn run(tls: std::sync::Arc<rustls::ClientConfig>, plugin: dsf_plugin_api::PluginDefinition) -> Result<(), dsf_engine::Error> {
+//! let config = dsf_engine::BpeConfig::new("https://dic.example.org/fhir", tls);
+//! let bpe = dsf_engine::Bpe::start(config, vec![plugin]).await?;
+//! bpe.wait_connected().await;
+//! # Ok(()) }
+//! ```
+
+mod adapters;
+mod bpe;
+mod deploy;
+mod error;
+mod incoming;
+mod locks;
+mod outgoing;
+mod state;
+
+pub use bpe::{Bpe, BpeConfig, BpeStatus};
+pub use deploy::{process_key, Deployment, DeploymentReport};
+pub use error::{Error, Result};
+pub use state::{StateStore, INSTANCE_FORMAT};

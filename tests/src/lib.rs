@@ -8,6 +8,7 @@
 //! run and fail.
 
 pub mod harness;
+pub mod network;
 pub use harness::Suite;
 
 use dsf_core::{DevPki, IssuedCert};
@@ -87,12 +88,12 @@ pub struct TestServer {
 }
 
 /// A running accept loop and the way to stop it.
-struct Serving {
-    shutdown: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+pub(crate) struct Serving {
+    pub(crate) shutdown: oneshot::Sender<()>,
+    pub(crate) task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-fn serve(
+pub(crate) fn serve(
     server: Arc<FhirServer>,
     listener: TcpListener,
     tls: Arc<rustls_config::ServerConfig>,

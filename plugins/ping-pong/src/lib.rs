@@ -1,4 +1,622 @@
-//! The DSF ping-pong process plugin on `dsf-plugin-api`: checks connectivity between
-//! organisations by sending ping Tasks and answering with pong Tasks.
+//! The DSF ping-pong process plugin on `dsf-plugin-api`: an organisation pings others (a Task
+//! to each), each answers with a pong, and the pinging organisation records per target whether
+//! the pong came back, the ping was refused, or the target could not be reached.
 //!
-//! Not implemented yet; it needs the plugin API and the engine.
+//! Process ids, canonical URLs, Task profiles, codes, message names and Task inputs/outputs
+//! are the DSF ping-pong plugin's (version 1.0), so a Java DSF organisation can answer our
+//! pings and ours answer theirs. Handlers are registered under our names (`pingpong.*`) and
+//! under the Java class names the DSF's own BPMN files use, so those files run unchanged.
+//!
+//! ```
+//! let plugin = dsf_plugin_ping_pong::plugin();
+//! assert_eq!(plugin.name(), "dsf-process-ping-pong");
+//! assert_eq!(plugin.version().resource_version(), "1.0");
+//! ```
+
+use dsf_plugin_api::constants::{
+    BPMN_MESSAGE, CORRELATION_KEY, ENDPOINT_IDENTIFIER, ORGANIZATION_IDENTIFIER,
+};
+use dsf_plugin_api::task::{add_output, input_string, inputs, parameter, requester};
+use dsf_plugin_api::{
+    async_trait, json, ExecutionListener, Handler, MessageSend, PluginDefinition, ProcessApi,
+    ProcessError, SendContext, SendError, ServiceTask, Target, Targets, Value, Variables,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// CodeSystem of the ping-pong inputs and outputs.
+pub const PING: &str = "http://dsf.dev/fhir/CodeSystem/ping";
+/// CodeSystem of the ping and pong statuses.
+pub const PING_STATUS: &str = "http://dsf.dev/fhir/CodeSystem/ping-status";
+/// Extension holding a status's target details.
+pub const EXTENSION_PING_STATUS: &str =
+    "http://dsf.dev/fhir/StructureDefinition/extension-ping-status";
+
+pub const STATUS_NOT_ALLOWED: &str = "not-allowed";
+pub const STATUS_NOT_REACHABLE: &str = "not-reachable";
+pub const STATUS_PONG_MISSING: &str = "pong-missing";
+pub const STATUS_PONG_RECEIVED: &str = "pong-received";
+pub const STATUS_PONG_SEND: &str = "pong-send";
+
+/// The process URLs, for starting them.
+pub const PING_PROCESS: &str = "http://dsf.dev/bpe/Process/ping";
+pub const PONG_PROCESS: &str = "http://dsf.dev/bpe/Process/pong";
+pub const PING_AUTOSTART_PROCESS: &str = "http://dsf.dev/bpe/Process/pingAutostart";
+
+/// How long a ping waits for its pong by default (the DSF's value).
+pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The plugin with the DSF's defaults.
+pub fn plugin() -> PluginDefinition {
+    plugin_with(DEFAULT_PONG_TIMEOUT)
+}
+
+/// The plugin waiting `pong_timeout` for each pong.
+pub fn plugin_with(pong_timeout: Duration) -> PluginDefinition {
+    let definition = PluginDefinition::new("dsf-process-ping-pong", "1.0.1.0", "2023-09-12")
+        .unwrap_or_else(|e| unreachable!("the plugin's own metadata is valid: {e}"))
+        .bpmn("bpe/ping.bpmn", include_str!("../bpe/ping.bpmn"))
+        .bpmn("bpe/pong.bpmn", include_str!("../bpe/pong.bpmn"))
+        .bpmn(
+            "bpe/ping-autostart.bpmn",
+            include_str!("../bpe/ping-autostart.bpmn"),
+        );
+    let fhir: [(&str, &str, &'static str); 21] = [
+        (
+            "dsfdev_ping",
+            "fhir/ActivityDefinition-dsf-ping.json",
+            include_str!("../fhir/ActivityDefinition-dsf-ping.json"),
+        ),
+        (
+            "dsfdev_ping",
+            "fhir/CodeSystem-dsf-ping.json",
+            include_str!("../fhir/CodeSystem-dsf-ping.json"),
+        ),
+        (
+            "dsfdev_ping",
+            "fhir/CodeSystem-dsf-ping-status.json",
+            include_str!("../fhir/CodeSystem-dsf-ping-status.json"),
+        ),
+        (
+            "dsfdev_ping",
+            "fhir/ValueSet-dsf-ping.json",
+            include_str!("../fhir/ValueSet-dsf-ping.json"),
+        ),
+        (
+            "dsfdev_ping",
+            "fhir/ValueSet-dsf-ping-status.json",
+            include_str!("../fhir/ValueSet-dsf-ping-status.json"),
+        ),
+        (
+            "dsfdev_ping",
+            "fhir/Task-start-ping.json",
+            include_str!("../fhir/Task-start-ping.json"),
+        ),
+        (
+            "dsfdev_ping",
+            "fhir/StructureDefinition-task-start-ping.json",
+            include_str!("../fhir/StructureDefinition-task-start-ping.json"),
+        ),
+        (
+            "dsfdev_ping",
+            "fhir/StructureDefinition-task-pong.json",
+            include_str!("../fhir/StructureDefinition-task-pong.json"),
+        ),
+        (
+            "dsfdev_ping",
+            "fhir/StructureDefinition-extension-ping-status.json",
+            include_str!("../fhir/StructureDefinition-extension-ping-status.json"),
+        ),
+        (
+            "dsfdev_pong",
+            "fhir/ActivityDefinition-dsf-pong.json",
+            include_str!("../fhir/ActivityDefinition-dsf-pong.json"),
+        ),
+        (
+            "dsfdev_pong",
+            "fhir/CodeSystem-dsf-ping.json",
+            include_str!("../fhir/CodeSystem-dsf-ping.json"),
+        ),
+        (
+            "dsfdev_pong",
+            "fhir/CodeSystem-dsf-ping-status.json",
+            include_str!("../fhir/CodeSystem-dsf-ping-status.json"),
+        ),
+        (
+            "dsfdev_pong",
+            "fhir/ValueSet-dsf-ping.json",
+            include_str!("../fhir/ValueSet-dsf-ping.json"),
+        ),
+        (
+            "dsfdev_pong",
+            "fhir/ValueSet-dsf-pong-status.json",
+            include_str!("../fhir/ValueSet-dsf-pong-status.json"),
+        ),
+        (
+            "dsfdev_pong",
+            "fhir/StructureDefinition-task-ping.json",
+            include_str!("../fhir/StructureDefinition-task-ping.json"),
+        ),
+        (
+            "dsfdev_pingAutostart",
+            "fhir/ActivityDefinition-dsf-ping-autostart.json",
+            include_str!("../fhir/ActivityDefinition-dsf-ping-autostart.json"),
+        ),
+        (
+            "dsfdev_pingAutostart",
+            "fhir/Task-start-ping-autostart.json",
+            include_str!("../fhir/Task-start-ping-autostart.json"),
+        ),
+        (
+            "dsfdev_pingAutostart",
+            "fhir/Task-stop-ping-autostart.json",
+            include_str!("../fhir/Task-stop-ping-autostart.json"),
+        ),
+        (
+            "dsfdev_pingAutostart",
+            "fhir/StructureDefinition-task-start-ping-autostart.json",
+            include_str!("../fhir/StructureDefinition-task-start-ping-autostart.json"),
+        ),
+        (
+            "dsfdev_pingAutostart",
+            "fhir/StructureDefinition-task-stop-ping-autostart.json",
+            include_str!("../fhir/StructureDefinition-task-stop-ping-autostart.json"),
+        ),
+        (
+            "dsfdev_pingAutostart",
+            "fhir/ValueSet-dsf-ping.json",
+            include_str!("../fhir/ValueSet-dsf-ping.json"),
+        ),
+    ];
+    let definition = fhir
+        .into_iter()
+        .fold(definition, |d, (process, path, text)| {
+            d.fhir(process, path, text)
+        });
+    let handlers: [(&str, &str, Handler); 12] = [
+        (
+            "SelectPingTargets",
+            "dev.dsf.bpe.service.SelectPingTargets",
+            Handler::ServiceTask(Arc::new(SelectPingTargets { pong_timeout })),
+        ),
+        (
+            "SendPing",
+            "dev.dsf.bpe.message.SendPing",
+            Handler::MessageSend(Arc::new(SendPing)),
+        ),
+        (
+            "SetCorrelationKey",
+            "dev.dsf.bpe.listener.SetCorrelationKeyListener",
+            Handler::ExecutionListener(Arc::new(SetCorrelationKey)),
+        ),
+        (
+            "LogPong",
+            "dev.dsf.bpe.service.LogPong",
+            Handler::ServiceTask(Arc::new(RecordStatus(StatusSource::Fixed(
+                STATUS_PONG_RECEIVED,
+            )))),
+        ),
+        (
+            "LogNoResponse",
+            "dev.dsf.bpe.service.LogNoResponse",
+            Handler::ServiceTask(Arc::new(RecordStatus(StatusSource::Fixed(
+                STATUS_PONG_MISSING,
+            )))),
+        ),
+        (
+            "LogSendError",
+            "dev.dsf.bpe.service.LogSendError",
+            Handler::ServiceTask(Arc::new(RecordStatus(StatusSource::SendError))),
+        ),
+        (
+            "SaveResults",
+            "dev.dsf.bpe.service.SaveResults",
+            Handler::ServiceTask(Arc::new(SaveResults)),
+        ),
+        (
+            "LogPing",
+            "dev.dsf.bpe.service.LogPing",
+            Handler::ServiceTask(Arc::new(LogPing)),
+        ),
+        (
+            "SelectPongTarget",
+            "dev.dsf.bpe.service.SelectPongTarget",
+            Handler::ServiceTask(Arc::new(SelectPongTarget)),
+        ),
+        (
+            "SendPong",
+            "dev.dsf.bpe.message.SendPong",
+            Handler::MessageSend(Arc::new(SendPong)),
+        ),
+        (
+            "SetTargetAndConfigureTimer",
+            "dev.dsf.bpe.service.SetTargetAndConfigureTimer",
+            Handler::ServiceTask(Arc::new(SetTargetAndConfigureTimer)),
+        ),
+        (
+            "SendStartPing",
+            "dev.dsf.bpe.message.SendStartPing",
+            Handler::MessageSend(Arc::new(SendStartPing)),
+        ),
+    ];
+    handlers
+        .into_iter()
+        .fold(definition, |d, (name, java, handler)| {
+            d.handler(&format!("pingpong.{name}"), handler.clone())
+                .handler(java, handler)
+        })
+}
+
+fn start_task(vars: &Variables<'_>) -> Result<Value, ProcessError> {
+    vars.start_task()
+        .ok_or_else(|| ProcessError::failed("the instance has no start Task"))
+}
+
+fn target(vars: &Variables<'_>) -> Result<Target, ProcessError> {
+    vars.target()?
+        .ok_or_else(|| ProcessError::failed("no variable 'target'"))
+}
+
+/// The endpoints to ping: those the start Task's `target-endpoints` search selects (else every
+/// active endpoint), without the local one and without endpoints of no known organisation,
+/// each with a fresh correlation key.
+struct SelectPingTargets {
+    pong_timeout: Duration,
+}
+
+#[async_trait]
+impl ServiceTask for SelectPingTargets {
+    async fn execute(
+        &self,
+        api: &ProcessApi,
+        vars: &mut Variables<'_>,
+    ) -> Result<(), ProcessError> {
+        let task = start_task(vars)?;
+        let query = match input_string(&task, PING, "target-endpoints") {
+            Some(search) => {
+                let (resource_type, query) = search.split_once('?').unwrap_or((search, ""));
+                if resource_type.rsplit('/').next() != Some("Endpoint") {
+                    return Err(ProcessError::failed(format!(
+                        "target-endpoints must search Endpoint resources, not '{resource_type}'"
+                    )));
+                }
+                query.to_owned()
+            }
+            None => format!("status=active&identifier={ENDPOINT_IDENTIFIER}|"),
+        };
+        let local = api.local_endpoint();
+        let mut targets: Vec<Target> = api
+            .endpoints(&query)
+            .await?
+            .into_iter()
+            .filter(|e| e.address != local.address && e.identifier != local.identifier)
+            .filter(|e| {
+                e.organization
+                    .as_deref()
+                    .is_some_and(|o| o != api.local_organization())
+            })
+            .filter_map(|e| e.target())
+            .map(Target::with_new_correlation_key)
+            .collect();
+        targets.sort_by(|a, b| {
+            a.endpoint_identifier_value
+                .cmp(&b.endpoint_identifier_value)
+        });
+        tracing::info!(targets = targets.len(), "pinging");
+        vars.set_targets(&Targets { entries: targets })?;
+        vars.set_string("pongTimeout", &iso_duration(self.pong_timeout));
+        Ok(())
+    }
+}
+
+fn iso_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis % 1000 == 0 {
+        format!("PT{}S", millis / 1000)
+    } else {
+        format!("PT{}.{:03}S", millis / 1000, millis % 1000)
+    }
+}
+
+/// The ping carries the local endpoint's identifier, where the pong is to go. A ping that
+/// cannot be delivered is recorded (not-allowed or not-reachable) and the process goes on.
+struct SendPing;
+
+#[async_trait]
+impl MessageSend for SendPing {
+    async fn additional_inputs(
+        &self,
+        api: &ProcessApi,
+        _vars: &Variables<'_>,
+        _send: &SendContext,
+    ) -> Result<Vec<Value>, ProcessError> {
+        Ok(vec![parameter(
+            PING,
+            "endpoint-identifier",
+            "valueReference",
+            json!({"type": "Endpoint", "identifier": {"system": ENDPOINT_IDENTIFIER, "value": api.local_endpoint().identifier}}),
+        )])
+    }
+
+    async fn on_send_error(
+        &self,
+        _api: &ProcessApi,
+        vars: &mut Variables<'_>,
+        _send: &SendContext,
+        error: &SendError,
+    ) -> Result<(), ProcessError> {
+        let status = if error.is_not_allowed() {
+            STATUS_NOT_ALLOWED
+        } else {
+            STATUS_NOT_REACHABLE
+        };
+        vars.set_local("statusCode", json!(status));
+        vars.set_local("errorMessage", json!(error.message));
+        Ok(())
+    }
+}
+
+/// The catch event waiting for a target's pong matches its correlation key.
+struct SetCorrelationKey;
+
+#[async_trait]
+impl ExecutionListener for SetCorrelationKey {
+    async fn notify(
+        &self,
+        _api: &ProcessApi,
+        vars: &mut Variables<'_>,
+    ) -> Result<(), ProcessError> {
+        let key = target(vars)?.correlation_key.unwrap_or_default();
+        vars.set_local("correlationKey", json!(key));
+        Ok(())
+    }
+}
+
+enum StatusSource {
+    Fixed(&'static str),
+    /// The local `statusCode` and `errorMessage` a failed send left.
+    SendError,
+}
+
+/// Records one target's status under its correlation key, for [`SaveResults`].
+struct RecordStatus(StatusSource);
+
+#[async_trait]
+impl ServiceTask for RecordStatus {
+    async fn execute(
+        &self,
+        _api: &ProcessApi,
+        vars: &mut Variables<'_>,
+    ) -> Result<(), ProcessError> {
+        let target = target(vars)?;
+        let key = target.correlation_key.clone().unwrap_or_default();
+        let status = match &self.0 {
+            StatusSource::Fixed(status) => (*status).to_owned(),
+            StatusSource::SendError => {
+                let error = vars.get_string("errorMessage").unwrap_or_default();
+                vars.set_string(&format!("errorMessage_{key}"), &error);
+                vars.get_string("statusCode")
+                    .unwrap_or_else(|| STATUS_NOT_REACHABLE.to_owned())
+            }
+        };
+        tracing::info!(
+            organization = %target.organization_identifier_value,
+            endpoint = %target.endpoint_identifier_value, %status, "ping status"
+        );
+        vars.set_string(&format!("statusCode_{key}"), &status);
+        Ok(())
+    }
+}
+
+/// A status output as the DSF writes it: the status coding, and an extension naming the
+/// target (and the error, if any).
+pub fn status_output(kind: &str, target: &Target, status: &str, error: Option<&str>) -> Value {
+    let mut details = vec![
+        json!({"url": "correlation-key", "valueString": target.correlation_key.clone().unwrap_or_default()}),
+        json!({"url": "organization-identifier", "valueIdentifier": {"system": ORGANIZATION_IDENTIFIER, "value": target.organization_identifier_value}}),
+        json!({"url": "endpoint-identifier", "valueIdentifier": {"system": ENDPOINT_IDENTIFIER, "value": target.endpoint_identifier_value}}),
+    ];
+    if let Some(error) = error {
+        details.push(json!({"url": "error-message", "valueString": error}));
+    }
+    let mut output = parameter(
+        PING,
+        kind,
+        "valueCoding",
+        json!({"system": PING_STATUS, "code": status}),
+    );
+    output["extension"] = json!([{"url": EXTENSION_PING_STATUS, "extension": details}]);
+    output
+}
+
+/// One `ping-status` output per target on the start Task.
+struct SaveResults;
+
+#[async_trait]
+impl ServiceTask for SaveResults {
+    async fn execute(
+        &self,
+        _api: &ProcessApi,
+        vars: &mut Variables<'_>,
+    ) -> Result<(), ProcessError> {
+        let mut task = start_task(vars)?;
+        let mut targets = vars.targets()?.entries;
+        targets.sort_by(|a, b| {
+            a.endpoint_identifier_value
+                .cmp(&b.endpoint_identifier_value)
+        });
+        for target in &targets {
+            let key = target.correlation_key.clone().unwrap_or_default();
+            let status = vars
+                .get_string(&format!("statusCode_{key}"))
+                .unwrap_or_else(|| STATUS_PONG_MISSING.to_owned());
+            let error = (status == STATUS_NOT_ALLOWED || status == STATUS_NOT_REACHABLE)
+                .then(|| vars.get_string(&format!("errorMessage_{key}")))
+                .flatten();
+            add_output(
+                &mut task,
+                status_output("ping-status", target, &status, error.as_deref()),
+            );
+        }
+        vars.update_task(task)
+    }
+}
+
+struct LogPing;
+
+#[async_trait]
+impl ServiceTask for LogPing {
+    async fn execute(
+        &self,
+        _api: &ProcessApi,
+        vars: &mut Variables<'_>,
+    ) -> Result<(), ProcessError> {
+        let task = start_task(vars)?;
+        tracing::info!(from = requester(&task).unwrap_or("?"), "ping received");
+        Ok(())
+    }
+}
+
+/// The pong goes to the pinging organisation's endpoint named in the ping, if the allow list
+/// has it; else the BPMN error `target_not_allowed` ends the process without a pong.
+struct SelectPongTarget;
+
+#[async_trait]
+impl ServiceTask for SelectPongTarget {
+    async fn execute(
+        &self,
+        api: &ProcessApi,
+        vars: &mut Variables<'_>,
+    ) -> Result<(), ProcessError> {
+        let task = start_task(vars)?;
+        let correlation_key = input_string(&task, BPMN_MESSAGE, CORRELATION_KEY).map(str::to_owned);
+        let organization = requester(&task)
+            .ok_or_else(|| ProcessError::failed("the ping names no requester"))?
+            .to_owned();
+        let endpoint_identifier = inputs(&task, PING, "endpoint-identifier")
+            .into_iter()
+            .find_map(|p| p["valueReference"]["identifier"]["value"].as_str())
+            .ok_or_else(|| ProcessError::failed("the ping has no endpoint-identifier input"))?
+            .to_owned();
+        let Some(endpoint) = api.endpoint(&endpoint_identifier).await? else {
+            tracing::warn!(%organization, endpoint = %endpoint_identifier, "pong target not on the allow list; not sending a pong");
+            return Err(ProcessError::bpmn(
+                "target_not_allowed",
+                "pong target not found or not active",
+            ));
+        };
+        let mut target = Target::new(&organization, &endpoint_identifier, &endpoint.address);
+        target.correlation_key = correlation_key;
+        vars.set_target(&target)
+    }
+}
+
+/// After the pong went out, the ping Task records `pong-send`; if it could not, the status
+/// and error are recorded and the ping Task fails.
+struct SendPong;
+
+#[async_trait]
+impl MessageSend for SendPong {
+    async fn after_send(
+        &self,
+        _api: &ProcessApi,
+        vars: &mut Variables<'_>,
+        send: &SendContext,
+    ) -> Result<(), ProcessError> {
+        let mut task = start_task(vars)?;
+        add_output(
+            &mut task,
+            status_output("pong-status", &send.target, STATUS_PONG_SEND, None),
+        );
+        vars.update_task(task)
+    }
+
+    async fn on_send_error(
+        &self,
+        _api: &ProcessApi,
+        vars: &mut Variables<'_>,
+        send: &SendContext,
+        error: &SendError,
+    ) -> Result<(), ProcessError> {
+        let status = if error.is_not_allowed() {
+            STATUS_NOT_ALLOWED
+        } else {
+            STATUS_NOT_REACHABLE
+        };
+        let mut task = start_task(vars)?;
+        add_output(
+            &mut task,
+            status_output("pong-status", &send.target, status, Some(&error.message)),
+        );
+        vars.update_task(task)?;
+        Err(ProcessError::failed(format!("pong not delivered: {error}")))
+    }
+}
+
+/// The autostart loop pings from the local organisation at the start Task's `timer-interval`
+/// (default PT24H).
+struct SetTargetAndConfigureTimer;
+
+#[async_trait]
+impl ServiceTask for SetTargetAndConfigureTimer {
+    async fn execute(
+        &self,
+        api: &ProcessApi,
+        vars: &mut Variables<'_>,
+    ) -> Result<(), ProcessError> {
+        let task = start_task(vars)?;
+        let interval = input_string(&task, PING, "timer-interval")
+            .unwrap_or("PT24H")
+            .to_owned();
+        vars.set_string("timerInterval", &interval);
+        let local = api.local_endpoint();
+        vars.set_target(&Target::new(
+            api.local_organization(),
+            &local.identifier,
+            &local.address,
+        ))
+    }
+}
+
+/// The ping each interval starts carries the autostart Task's `target-endpoints`.
+struct SendStartPing;
+
+#[async_trait]
+impl MessageSend for SendStartPing {
+    async fn additional_inputs(
+        &self,
+        _api: &ProcessApi,
+        vars: &Variables<'_>,
+        _send: &SendContext,
+    ) -> Result<Vec<Value>, ProcessError> {
+        let task = start_task(vars)?;
+        Ok(inputs(&task, PING, "target-endpoints")
+            .into_iter()
+            .cloned()
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_iso_8601() {
+        assert_eq!(iso_duration(Duration::from_secs(20)), "PT20S");
+        assert_eq!(iso_duration(Duration::from_millis(1500)), "PT1.500S");
+    }
+
+    #[test]
+    fn every_bpmn_handler_is_registered_under_both_names() {
+        let plugin = plugin();
+        for java in [
+            "dev.dsf.bpe.service.SelectPingTargets",
+            "dev.dsf.bpe.message.SendPong",
+            "dev.dsf.bpe.listener.SetCorrelationKeyListener",
+        ] {
+            assert!(plugin.handlers().iter().any(|(n, _)| n == java), "{java}");
+        }
+        assert_eq!(plugin.handlers().len(), 24);
+    }
+}

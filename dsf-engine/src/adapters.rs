@@ -1,0 +1,255 @@
+//! Plugin handlers seen through dsf-bpmn's handler interface: variables mapped onto the running
+//! instance, message sends performed by the engine, user task QuestionnaireResponses created.
+
+use crate::bpe::Shared;
+use crate::outgoing;
+use async_trait::async_trait;
+use dsf_bpmn::engine::{HandlerContext, HandlerError};
+use dsf_plugin_api::{constants, Handler, ProcessError, UserTaskListener, VariableScope};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// The name the engine's own user task listener is bound to.
+pub(crate) const DEFAULT_USER_TASK_LISTENER: &str = "dsf.engine.DefaultUserTaskListener";
+
+/// The field the engine gives every user task's `create` listener: the task's
+/// `camunda:formKey` (the Questionnaire's `url|version`).
+pub(crate) const FORM_KEY_FIELD: &str = "formKey";
+
+/// A handler context as the plugin API's variable scope.
+pub(crate) struct ContextScope<'c, 'a>(pub(crate) &'c mut HandlerContext<'a>);
+
+impl VariableScope for ContextScope<'_, '_> {
+    fn get(&self, name: &str) -> Option<Value> {
+        self.0.variable(name).cloned()
+    }
+
+    fn set(&mut self, name: &str, value: Value) {
+        self.0.set(name, value);
+    }
+
+    fn set_local(&mut self, name: &str, value: Value) {
+        self.0.set_local(name, value);
+    }
+}
+
+/// What a handler call needs besides the scope, copied out of the context so that the scope
+/// can borrow it mutably.
+pub(crate) struct CallInfo {
+    pub business_key: Option<String>,
+    pub instance_id: String,
+    pub element_id: String,
+    pub fields: Map<String, Value>,
+}
+
+impl CallInfo {
+    pub(crate) fn of(context: &HandlerContext<'_>) -> Self {
+        CallInfo {
+            business_key: context.business_key.map(str::to_owned),
+            instance_id: context.instance_id.to_owned(),
+            element_id: context.element_id.to_owned(),
+            fields: context.fields.clone(),
+        }
+    }
+}
+
+/// Binds `$vars` to the plugin API's view of the handler context `$context` for `$body`.
+macro_rules! with_vars {
+    ($context:expr, $vars:ident => $body:expr) => {{
+        let info = $crate::adapters::CallInfo::of($context);
+        let mut scope = $crate::adapters::ContextScope($context);
+        #[allow(unused_mut)]
+        let mut $vars = dsf_plugin_api::Variables::new(
+            &mut scope,
+            info.business_key.as_deref(),
+            &info.instance_id,
+            &info.element_id,
+            &info.fields,
+        );
+        $body
+    }};
+}
+pub(crate) use with_vars;
+
+pub(crate) fn to_handler_error(error: ProcessError) -> HandlerError {
+    match error {
+        ProcessError::Bpmn { code, message } => HandlerError::Bpmn { code, message },
+        ProcessError::Failed(reason) => HandlerError::Failed(reason),
+        other => HandlerError::Failed(other.to_string()),
+    }
+}
+
+struct Adapter {
+    handler: Handler,
+    shared: Arc<Shared>,
+}
+
+pub(crate) fn adapter(handler: Handler, shared: Arc<Shared>) -> impl dsf_bpmn::engine::Handler {
+    Adapter { handler, shared }
+}
+
+#[async_trait]
+impl dsf_bpmn::engine::Handler for Adapter {
+    async fn execute(&self, context: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
+        let api = &self.shared.api;
+        match &self.handler {
+            Handler::ServiceTask(h) => with_vars!(context, vars => h.execute(api, &mut vars).await)
+                .map_err(to_handler_error),
+            Handler::ExecutionListener(h) => {
+                with_vars!(context, vars => h.notify(api, &mut vars).await)
+                    .map_err(to_handler_error)
+            }
+            Handler::MessageSend(h) => outgoing::send(&self.shared, h.as_ref(), context)
+                .await
+                .map_err(to_handler_error),
+            Handler::UserTaskListener(h) => {
+                create_questionnaire_response(&self.shared, h.as_ref(), context)
+                    .await
+                    .map_err(to_handler_error)
+            }
+            _ => Err(HandlerError::Failed(format!(
+                "handler kind {} is not supported by this engine",
+                self.handler.kind()
+            ))),
+        }
+    }
+}
+
+struct NoHooks;
+
+impl UserTaskListener for NoHooks {}
+
+pub(crate) fn default_user_task_listener(shared: Arc<Shared>) -> impl dsf_bpmn::engine::Handler {
+    Adapter {
+        handler: Handler::UserTaskListener(Arc::new(NoHooks)),
+        shared,
+    }
+}
+
+/// The user task's QuestionnaireResponse, created on the local FHIR server with status
+/// `in-progress`: the `business-key` and `user-task-id` items, then one item per question of
+/// the Questionnaire the task's `camunda:formKey` names.
+async fn create_questionnaire_response(
+    shared: &Shared,
+    hooks: &dyn UserTaskListener,
+    context: &mut HandlerContext<'_>,
+) -> Result<(), ProcessError> {
+    let instance_id = context.instance_id.to_owned();
+    let node = context.element_id.to_owned();
+    if shared
+        .state
+        .has_user_task(&instance_id, &node)
+        .await
+        .map_err(fail)?
+    {
+        return Ok(());
+    }
+    let form_key = context
+        .fields
+        .get(FORM_KEY_FIELD)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            ProcessError::failed(format!("user task '{node}' has no camunda:formKey"))
+        })?;
+    let (url, version) = form_key.split_once('|').unwrap_or((&form_key, ""));
+    let query = if version.is_empty() {
+        format!("url={url}")
+    } else {
+        format!("url={url}&version={version}")
+    };
+    let bundle = shared
+        .api
+        .local_client()
+        .search("Questionnaire", &query)
+        .await?;
+    let questionnaire = bundle
+        .pointer("/entry/0/resource")
+        .cloned()
+        .ok_or_else(|| {
+            ProcessError::failed(format!(
+                "no Questionnaire {form_key} on the local FHIR server"
+            ))
+        })?;
+    let user_task_id = format!("{instance_id}/{node}");
+    let mut items = vec![
+        json!({"linkId": "business-key", "text": "The business-key of the process execution",
+               "answer": [{"valueString": context.business_key.unwrap_or_default()}]}),
+        json!({"linkId": "user-task-id", "text": "The user-task-id of the process execution",
+               "answer": [{"valueString": user_task_id}]}),
+    ];
+    for item in questionnaire["item"].as_array().into_iter().flatten() {
+        let link = item["linkId"].as_str().unwrap_or_default();
+        if link == "business-key" || link == "user-task-id" {
+            continue;
+        }
+        let mut answer_item = json!({"linkId": link});
+        if let Some(text) = item.get("text") {
+            answer_item["text"] = text.clone();
+        }
+        if item["type"] != "display" {
+            if let Some(placeholder) = placeholder_answer(item["type"].as_str().unwrap_or_default())
+            {
+                answer_item["answer"] = json!([placeholder]);
+            }
+        }
+        items.push(answer_item);
+    }
+    let mut response = json!({
+        "resourceType": "QuestionnaireResponse",
+        "meta": {"profile": ["http://dsf.dev/fhir/StructureDefinition/questionnaire-response"],
+                 "tag": [dsf_plugin_api::task::tag_local()]},
+        "questionnaire": form_key,
+        "status": "in-progress",
+        "authored": now_instant(),
+        "author": {"type": "Organization", "identifier": {
+            "system": constants::ORGANIZATION_IDENTIFIER, "value": shared.api.local_organization()}},
+        "item": items,
+    });
+    with_vars!(context, vars => {
+        hooks.before_create(&shared.api, &mut vars, &mut response).await?;
+        let created: Value = shared.api.local_client().create(&response).await?;
+        let id = created["id"].as_str().unwrap_or_default().to_owned();
+        shared
+            .state
+            .add_user_task(&id, &instance_id, &node)
+            .await
+            .map_err(fail)?;
+        hooks.after_create(&shared.api, &mut vars, &created).await
+    })
+}
+
+/// A placeholder answer of the type a question asks for, as the Java BPE fills them.
+fn placeholder_answer(question_type: &str) -> Option<Value> {
+    Some(match question_type {
+        "string" | "text" => json!({"valueString": "placeholder"}),
+        "integer" => json!({"valueInteger": 0}),
+        "decimal" => json!({"valueDecimal": 0}),
+        "boolean" => json!({"valueBoolean": false}),
+        "date" => json!({"valueDate": "1900-01-01"}),
+        "dateTime" => json!({"valueDateTime": "1900-01-01T00:00:00.000Z"}),
+        "time" => json!({"valueTime": "00:00:00"}),
+        "url" => json!({"valueUri": "http://example.org/fhir/placeholder"}),
+        "reference" => {
+            json!({"valueReference": {"reference": "http://example.org/fhir/Placeholder/id"}})
+        }
+        "choice" | "open-choice" | "coding" => {
+            json!({"valueCoding": {"system": "http://example.org/fhir/CodeSystem/placeholder", "code": "placeholder"}})
+        }
+        _ => return None,
+    })
+}
+
+pub(crate) fn now_instant() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let millis = now.millisecond();
+    let now = now
+        .replace_nanosecond(u32::from(millis) * 1_000_000)
+        .unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn fail(error: crate::Error) -> ProcessError {
+    ProcessError::failed(error.to_string())
+}

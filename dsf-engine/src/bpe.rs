@@ -1,0 +1,287 @@
+//! The running BPE: configuration, start-up (identity, deployment, recovery) and the loops
+//! that feed it (the Task and QuestionnaireResponse subscriptions, the timer clock).
+
+use crate::deploy::{self, Deployment, DeploymentReport};
+use crate::locks::KeyLocks;
+use crate::state::StateStore;
+use crate::{Error, Result};
+use dsf_fhir::client::{ClientSettings, SubscriptionSettings};
+use dsf_fhir::FhirClient;
+use dsf_plugin_api::{EndpointInfo, PluginDefinition, ProcessApi};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+/// How a BPE reaches its FHIR server and where it keeps its state.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct BpeConfig {
+    /// The local organisation's FHIR server (`DEV_DSF_BPE_FHIR_SERVER_BASE_URL`).
+    pub fhir_base_url: String,
+    /// The BPE's client certificate and the CAs it trusts, for the local server and for
+    /// every other organisation's server.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// The SQLite state database; `None` keeps state in memory (lost on exit).
+    pub state_path: Option<PathBuf>,
+    /// Tasks, timers and user tasks handled at once (`DEV_DSF_BPE_PROCESS_THREADS`).
+    pub max_concurrent: usize,
+    pub client: ClientSettings,
+    pub subscription: SubscriptionSettings,
+    /// How long start-up waits for the FHIR server to answer with the local organisation.
+    pub startup_timeout: Duration,
+}
+
+impl BpeConfig {
+    pub fn new(fhir_base_url: &str, tls: Arc<rustls::ClientConfig>) -> Self {
+        BpeConfig {
+            fhir_base_url: fhir_base_url.trim_end_matches('/').to_owned(),
+            tls,
+            state_path: None,
+            max_concurrent: std::thread::available_parallelism()
+                .map(|n| n.get() * 4)
+                .unwrap_or(8),
+            client: ClientSettings::default(),
+            subscription: SubscriptionSettings::default(),
+            startup_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the BPE is doing, for operators and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BpeStatus {
+    /// The Task subscription is bound (and its first catch-up done).
+    pub tasks_connected: bool,
+    /// The QuestionnaireResponse subscription is bound.
+    pub questionnaire_responses_connected: bool,
+    /// Websocket connects so far, both subscriptions (more than 2 after reconnects).
+    pub connects: u64,
+    /// Tasks handled so far (started, continued or failed).
+    pub tasks_handled: u64,
+}
+
+/// What the handlers and loops share.
+pub(crate) struct Shared {
+    pub api: ProcessApi,
+    pub state: StateStore,
+}
+
+pub(crate) struct Inner {
+    pub shared: Arc<Shared>,
+    /// By `(process id, version)`.
+    pub deployments: HashMap<(String, String), Arc<Deployment>>,
+    pub locks: KeyLocks,
+    pub timers: Notify,
+    pub status: watch::Sender<BpeStatus>,
+    pub work: Arc<Semaphore>,
+}
+
+impl Inner {
+    pub(crate) fn deployment(&self, key: &str) -> Option<&Arc<Deployment>> {
+        let (id, version) = key.split_once('|')?;
+        self.deployments.get(&(id.to_owned(), version.to_owned()))
+    }
+
+    pub(crate) fn local(&self) -> &FhirClient {
+        self.shared.api.local_client()
+    }
+}
+
+/// A running BPE. Dropping it stops its loops.
+pub struct Bpe {
+    inner: Arc<Inner>,
+    report: DeploymentReport,
+    loops: Vec<JoinHandle<()>>,
+    status: watch::Receiver<BpeStatus>,
+}
+
+impl Drop for Bpe {
+    fn drop(&mut self) {
+        for task in &self.loops {
+            task.abort();
+        }
+    }
+}
+
+impl Bpe {
+    /// Starts the BPE: finds the local organisation (the Endpoint whose address is the FHIR
+    /// base URL), deploys `plugins` (a plugin that cannot be deployed is refused and logged;
+    /// the others run), writes their FHIR resources, resumes Tasks claimed before a restart,
+    /// then follows the Task and QuestionnaireResponse subscriptions (each connect catches up
+    /// over REST first) and the timers.
+    pub async fn start(config: BpeConfig, plugins: Vec<PluginDefinition>) -> Result<Bpe> {
+        let local = FhirClient::with_settings(
+            &config.fhir_base_url,
+            config.tls.clone(),
+            config.client.clone(),
+        )?;
+        let endpoint = local_identity(&local, &config).await?;
+        let organization = endpoint.organization.clone().ok_or_else(|| {
+            Error::Config(format!(
+                "the Endpoint {} at {} names no organisation with an identifier",
+                endpoint.identifier, endpoint.address
+            ))
+        })?;
+        let state = match &config.state_path {
+            Some(path) => StateStore::open(path)?,
+            None => StateStore::in_memory()?,
+        };
+        let shared = Arc::new(Shared {
+            api: ProcessApi::new(local.clone(), config.tls.clone(), &organization, endpoint),
+            state,
+        });
+
+        let mut report = DeploymentReport::default();
+        let mut prepared = Vec::new();
+        for plugin in &plugins {
+            match deploy::prepare(plugin, &organization, &shared) {
+                Ok(p) => prepared.push(p),
+                Err(message) => {
+                    tracing::error!(plugin = plugin.name(), version = %plugin.version(), %message, "plugin refused");
+                    report.refused.push((plugin.name().to_owned(), message));
+                }
+            }
+        }
+        refuse_duplicates(&mut prepared, &mut report);
+        let (written, retired) = deploy::upload(&local, &prepared).await?;
+        report.resources = written;
+        report.retired = retired;
+        let mut deployments = HashMap::new();
+        for plugin in prepared {
+            for deployment in plugin.deployments {
+                tracing::info!(plugin = %deployment.plugin, process = %deployment.key(), "process deployed");
+                report.deployed.push(deployment.key());
+                deployments.insert(
+                    (deployment.process_id.clone(), deployment.version.clone()),
+                    Arc::new(deployment),
+                );
+            }
+        }
+
+        let (status_tx, status) = watch::channel(BpeStatus::default());
+        let inner = Arc::new(Inner {
+            shared,
+            deployments,
+            locks: KeyLocks::default(),
+            timers: Notify::new(),
+            status: status_tx,
+            work: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+        });
+        inner.recover_claims().await;
+        let loops = vec![
+            tokio::spawn(inner.clone().follow(
+                "Task?status=requested",
+                "task",
+                config.subscription.clone(),
+            )),
+            tokio::spawn(inner.clone().follow(
+                "QuestionnaireResponse?status=completed",
+                "questionnaire_response",
+                config.subscription.clone(),
+            )),
+            tokio::spawn(inner.clone().clock()),
+        ];
+        Ok(Bpe {
+            inner,
+            report,
+            loops,
+            status,
+        })
+    }
+
+    pub fn report(&self) -> &DeploymentReport {
+        &self.report
+    }
+
+    /// The local organisation's identifier value.
+    pub fn organization(&self) -> &str {
+        self.inner.shared.api.local_organization()
+    }
+
+    pub fn status(&self) -> BpeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until both subscriptions are bound and caught up.
+    pub async fn wait_connected(&self) {
+        let mut status = self.status.clone();
+        let _ = status
+            .wait_for(|s| s.tasks_connected && s.questionnaire_responses_connected)
+            .await;
+    }
+
+    /// Waits until the status satisfies `condition`.
+    pub async fn wait_for(&self, condition: impl FnMut(&BpeStatus) -> bool) {
+        let mut status = self.status.clone();
+        let _ = status.wait_for(condition).await;
+    }
+
+    /// Running instances in the state database.
+    pub async fn running_instances(&self) -> Result<u64> {
+        self.inner.shared.state.running_count().await
+    }
+
+    /// Stops the loops; work in progress is abandoned and resumed by the next start.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+/// Two plugins deploying the same process and version: neither runs (the Java BPE's rule).
+fn refuse_duplicates(prepared: &mut Vec<deploy::PreparedPlugin>, report: &mut DeploymentReport) {
+    let mut owners: HashMap<String, Vec<String>> = HashMap::new();
+    for plugin in prepared.iter() {
+        for d in &plugin.deployments {
+            owners.entry(d.key()).or_default().push(plugin.name.clone());
+        }
+    }
+    let clashing: Vec<(String, Vec<String>)> =
+        owners.into_iter().filter(|(_, o)| o.len() > 1).collect();
+    for (process, names) in &clashing {
+        for name in names {
+            let message = format!("process {process} is also deployed by {}", names.join(", "));
+            tracing::error!(plugin = %name, %message, "plugin refused");
+            report.refused.push((name.clone(), message));
+        }
+    }
+    prepared.retain(|p| !clashing.iter().any(|(_, names)| names.contains(&p.name)));
+}
+
+/// The local Endpoint (address = the FHIR base URL) with its organisation, as the Java BPE
+/// looks it up; retried until the server answers or `startup_timeout` passes.
+async fn local_identity(local: &FhirClient, config: &BpeConfig) -> Result<EndpointInfo> {
+    let probe = ProcessApi::new(
+        local.clone(),
+        config.tls.clone(),
+        "",
+        EndpointInfo {
+            identifier: String::new(),
+            address: config.fhir_base_url.clone(),
+            organization: None,
+        },
+    );
+    let deadline = tokio::time::Instant::now() + config.startup_timeout;
+    let query = format!("status=active&address={}", config.fhir_base_url);
+    loop {
+        let error = match probe.endpoints(&query).await {
+            Ok(found) => match found.into_iter().next() {
+                Some(endpoint) => return Ok(endpoint),
+                None => format!(
+                    "no active Endpoint with address {} on the FHIR server",
+                    config.fhir_base_url
+                ),
+            },
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Config(format!(
+                "cannot find the local organisation: {error}"
+            )));
+        }
+        tracing::warn!(%error, "waiting for the FHIR server");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,528 @@
+//! Events reaching the BPE and what it does with them: a requested Task starts or continues an
+//! instance (claimed first, so two BPEs never both run it), a completed QuestionnaireResponse
+//! completes a user task, a due timer fires. After each, the instance runs until it waits or
+//! ends, its state is saved, and the Tasks it is done with are completed or failed.
+
+use crate::bpe::Inner;
+use crate::deploy::{process_key, Deployment};
+use dsf_bpmn::engine::{Instance, InstanceState};
+use dsf_fhir::client::SubscriptionSettings;
+use dsf_fhir::Error as FhirError;
+use dsf_plugin_api::constants::{
+    BPMN_MESSAGE, BUSINESS_KEY, ERROR, QUESTIONNAIRE_RESPONSE, RECEIVED_TASKS, START_TASK,
+};
+use dsf_plugin_api::task::{add_output, business_key, correlation_key, message_name, parameter};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Inner {
+    /// Follows the Subscription with `criteria` for as long as the BPE runs: every (re)connect
+    /// catches up over REST from the last event time stored under `kind`; each event is
+    /// handled on a task of its own, so the reader never waits for process code.
+    pub(crate) async fn follow(
+        self: Arc<Self>,
+        criteria: &'static str,
+        kind: &'static str,
+        settings: SubscriptionSettings,
+    ) {
+        let tasks = kind == "task";
+        loop {
+            let id = match self.local().find_subscription(criteria).await {
+                Ok(id) => id,
+                Err(error) => {
+                    tracing::warn!(%criteria, %error, "no subscription to bind to yet");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            let since = self.shared.state.last_event(kind).await.ok().flatten();
+            let mut stream = match self.local().subscribe(&id, since, settings.clone()).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(%criteria, %error, "cannot subscribe");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            let mut seen_connects = 0;
+            loop {
+                let notification = tokio::select! {
+                    n = stream.next() => n,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                        let s = stream.status();
+                        let connected = s.connected && s.catch_ups >= s.connects && s.connects > 0;
+                        let fresh = s.connects.saturating_sub(seen_connects);
+                        seen_connects = s.connects;
+                        self.status.send_if_modified(|status| {
+                            let flag = if tasks { &mut status.tasks_connected } else { &mut status.questionnaire_responses_connected };
+                            let changed = *flag != connected || fresh > 0;
+                            *flag = connected;
+                            status.connects += fresh;
+                            changed
+                        });
+                        continue;
+                    }
+                };
+                let Some(notification) = notification else {
+                    break;
+                };
+                let Ok(permit) = self.work.clone().acquire_owned().await else {
+                    return;
+                };
+                let inner = self.clone();
+                tokio::spawn(async move {
+                    if tasks {
+                        inner.on_task(notification.resource).await;
+                        inner.status.send_modify(|s| s.tasks_handled += 1);
+                    } else {
+                        inner.on_questionnaire_response(notification.resource).await;
+                    }
+                    if let Some(at) = notification.last_updated {
+                        if let Err(error) = inner.shared.state.set_last_event(kind, at).await {
+                            tracing::warn!(%error, "cannot store the last event time");
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    /// Runs instances whose timers or jobs are due, sleeping until the next one (or until an
+    /// instance is saved with a new due time).
+    pub(crate) async fn clock(self: Arc<Self>) {
+        loop {
+            let now = now_millis();
+            let (due, next) = match self.shared.state.due(now).await {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read due timers");
+                    (Vec::new(), Some(now + 1000))
+                }
+            };
+            let mut running = Vec::new();
+            for id in due {
+                let Ok(permit) = self.work.clone().acquire_owned().await else {
+                    return;
+                };
+                let inner = self.clone();
+                running.push(tokio::spawn(async move {
+                    inner.run_instance(&id).await;
+                    drop(permit);
+                }));
+            }
+            for task in running {
+                let _ = task.await;
+            }
+            let wait = next.map_or(60_000, |n| (n - now_millis()).clamp(10, 60_000));
+            tokio::select! {
+                _ = self.timers.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+            }
+        }
+    }
+
+    /// Loads, locks and runs one instance (a timer or job of it is due).
+    async fn run_instance(self: &Arc<Self>, id: &str) {
+        let Ok(Some(stored)) = self.shared.state.load(id).await else {
+            return;
+        };
+        let key = stored
+            .instance
+            .business_key
+            .clone()
+            .unwrap_or_else(|| id.to_owned());
+        let _guard = self.locks.lock(&key).await;
+        let Ok(Some(stored)) = self.shared.state.load(id).await else {
+            return;
+        };
+        if stored.instance.is_finished() {
+            return;
+        }
+        let Some(deployment) = self.deployment(&stored.deployment).cloned() else {
+            tracing::warn!(instance = %id, deployment = %stored.deployment, "instance of a process no longer deployed");
+            return;
+        };
+        self.drive(&deployment, stored.instance, None).await;
+    }
+
+    /// A Task from the subscription or a catch-up search.
+    pub(crate) async fn on_task(self: &Arc<Self>, mut task: Value) {
+        let Some(id) = task["id"].as_str().map(str::to_owned) else {
+            return;
+        };
+        if task["status"].as_str() != Some("requested") {
+            return;
+        }
+        let version = task
+            .pointer("/meta/versionId")
+            .and_then(Value::as_str)
+            .and_then(|v| v.parse::<i64>().ok());
+        let canonical = task["instantiatesCanonical"].as_str().unwrap_or_default();
+        let deployment = process_key(canonical).and_then(|key| self.deployments.get(&key).cloned());
+        let Some(deployment) = deployment else {
+            let reason = format!("Process not found: no process {canonical} is deployed");
+            self.fail_task(task, version, &reason).await;
+            return;
+        };
+        if message_name(&task).is_none() {
+            self.fail_task(task, version, "Task has no input bpmn-message|message-name")
+                .await;
+            return;
+        }
+        // A Task without a business key gets one with the claim (the one input change the
+        // server allows).
+        if business_key(&task).is_none() {
+            let key = uuid::Uuid::new_v4().to_string();
+            let input = parameter(BPMN_MESSAGE, BUSINESS_KEY, "valueString", json!(key));
+            match task.get_mut("input").and_then(Value::as_array_mut) {
+                Some(inputs) => inputs.push(input),
+                None => task["input"] = json!([input]),
+            }
+        }
+        // Recorded first: a BPE stopped right after the claim finds the Task again.
+        if let Err(error) = self.shared.state.claim(&id, &task).await {
+            tracing::error!(task = %id, %error, "cannot record the claim; leaving the Task requested");
+            return;
+        }
+        task["status"] = json!("in-progress");
+        let claimed: Value = match self.local().update_if_match(&task, version).await {
+            Ok(claimed) => claimed,
+            Err(FhirError::PreconditionFailed(_) | FhirError::VersionConflict(_)) => {
+                tracing::info!(task = %id, "Task claimed by another BPE");
+                let _ = self.shared.state.claim_done(&id).await;
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(task = %id, %error, "cannot set the Task in progress");
+                let _ = self.shared.state.claim_done(&id).await;
+                return;
+            }
+        };
+        let _ = self.shared.state.claim(&id, &claimed).await;
+        self.continue_claimed(&deployment, claimed).await;
+    }
+
+    /// A claimed (in-progress) Task starts an instance or reaches a waiting one.
+    async fn continue_claimed(self: &Arc<Self>, deployment: &Arc<Deployment>, task: Value) {
+        let id = task["id"].as_str().unwrap_or_default().to_owned();
+        let Some(key) = business_key(&task).map(str::to_owned) else {
+            self.fail_claimed(task, "Task has no business-key input")
+                .await;
+            return;
+        };
+        let message = message_name(&task).unwrap_or_default().to_owned();
+        let correlation = correlation_key(&task).map(str::to_owned);
+        tracing::info!(
+            task = %id, process = %deployment.key(), message = %message,
+            business_key = %key, correlation_key = ?correlation, "Task received"
+        );
+        let _guard = self.locks.lock(&key).await;
+        let candidates = match self.shared.state.running_by_key(&key).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::error!(task = %id, %error, "cannot read instances; the Task stays claimed and is retried on restart");
+                return;
+            }
+        };
+        for stored in candidates
+            .into_iter()
+            .filter(|s| s.deployment == deployment.key())
+        {
+            let mut instance = stored.instance;
+            let mut received = match instance.variable(RECEIVED_TASKS) {
+                Some(Value::Array(tasks)) => tasks.clone(),
+                _ => Vec::new(),
+            };
+            received.push(task.clone());
+            let mut variables = Map::new();
+            variables.insert(RECEIVED_TASKS.into(), Value::Array(received));
+            match deployment.engine.deliver(
+                &mut instance,
+                &message,
+                correlation.as_deref(),
+                &variables,
+            ) {
+                Ok(true) => {
+                    self.drive(deployment, instance, Some(&id)).await;
+                    return;
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    self.fail_claimed(task, &format!("Unable to correlate Task: {error}"))
+                        .await;
+                    return;
+                }
+            }
+        }
+        if !deployment.start_messages.contains(&message) {
+            let reason = format!(
+                "Unable to correlate Task: no instance of {} with business key {key}{} waits for message '{message}', and it starts no new one",
+                deployment.key(),
+                correlation.as_deref().map(|c| format!(" and correlation key {c}")).unwrap_or_default()
+            );
+            self.fail_claimed(task, &reason).await;
+            return;
+        }
+        let mut variables = Map::new();
+        variables.insert(START_TASK.into(), task.clone());
+        match deployment
+            .engine
+            .correlate(&mut [], &message, Some(&key), None, variables)
+        {
+            Ok(Some(instance)) => {
+                tracing::info!(task = %id, instance = %instance.id, process = %deployment.key(), "process started");
+                self.drive(deployment, instance, Some(&id)).await;
+            }
+            Ok(None) | Err(_) => {
+                self.fail_claimed(
+                    task,
+                    &format!("Process with start message-name '{message}' not found"),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// A completed QuestionnaireResponse answers the user task it was created for.
+    pub(crate) async fn on_questionnaire_response(self: &Arc<Self>, mut response: Value) {
+        if response["status"].as_str() != Some("completed") {
+            return;
+        }
+        let Some(id) = response["id"].as_str().map(str::to_owned) else {
+            return;
+        };
+        let Ok(Some((instance_id, node))) = self.shared.state.take_user_task(&id).await else {
+            tracing::debug!(questionnaire_response = %id, "no open user task waits for it");
+            return;
+        };
+        let Ok(Some(stored)) = self.shared.state.load(&instance_id).await else {
+            return;
+        };
+        let key = stored
+            .instance
+            .business_key
+            .clone()
+            .unwrap_or_else(|| instance_id.clone());
+        let _guard = self.locks.lock(&key).await;
+        let Ok(Some(stored)) = self.shared.state.load(&instance_id).await else {
+            return;
+        };
+        let Some(deployment) = self.deployment(&stored.deployment).cloned() else {
+            return;
+        };
+        let mut instance = stored.instance;
+        response["status"] = json!("amended");
+        match self.local().update(&response).await {
+            Ok(updated) => response = updated,
+            Err(error) => {
+                tracing::warn!(questionnaire_response = %id, %error, "cannot set the QuestionnaireResponse amended")
+            }
+        }
+        let mut variables = Map::new();
+        variables.insert(QUESTIONNAIRE_RESPONSE.into(), response);
+        if let Err(error) = deployment
+            .engine
+            .complete_user_task(&mut instance, &node, &variables)
+        {
+            tracing::warn!(questionnaire_response = %id, instance = %instance_id, %error, "user task not open");
+            let _ = self.shared.state.remove_user_task(&id).await;
+            return;
+        }
+        let _ = self.shared.state.remove_user_task(&id).await;
+        self.drive(&deployment, instance, None).await;
+    }
+
+    /// Runs `instance` until it waits or ends, then completes or fails its Tasks if it ended,
+    /// saves it (marking `claimed` handled), and passes on the signals it threw.
+    async fn drive(
+        self: &Arc<Self>,
+        deployment: &Arc<Deployment>,
+        mut instance: Instance,
+        claimed: Option<&str>,
+    ) {
+        if let Err(error) = deployment.engine.run(&mut instance).await {
+            if !instance.is_finished() {
+                instance.state = InstanceState::Failed {
+                    element: error_element(&error),
+                    reason: error.to_string(),
+                };
+            }
+        }
+        if instance.is_finished() {
+            self.finish_tasks(&instance).await;
+            match &instance.state {
+                InstanceState::Failed { element, reason } => tracing::warn!(
+                    instance = %instance.id, process = %deployment.key(), %element, %reason, "process failed"
+                ),
+                _ => {
+                    tracing::info!(instance = %instance.id, process = %deployment.key(), "process ended")
+                }
+            }
+        }
+        let signals = instance.take_signals();
+        if let Err(error) = self
+            .shared
+            .state
+            .save(&deployment.key(), &instance, claimed)
+            .await
+        {
+            tracing::error!(instance = %instance.id, %error, "cannot save the instance");
+        }
+        self.timers.notify_one();
+        for name in signals {
+            let inner = self.clone();
+            let from = instance.id.clone();
+            tokio::spawn(inner.broadcast(name, from));
+        }
+    }
+
+    /// A signal reaches every other running instance that waits for it.
+    /// (Boxed: a signal's receivers may throw signals in turn.)
+    fn broadcast(
+        self: Arc<Self>,
+        name: String,
+        from: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move { self.deliver_signal(&name, &from).await })
+    }
+
+    async fn deliver_signal(self: &Arc<Self>, name: &str, from: &str) {
+        let Ok(ids) = self.shared.state.waiting_for_signal(name).await else {
+            return;
+        };
+        for id in ids.into_iter().filter(|id| id != from) {
+            let Ok(Some(stored)) = self.shared.state.load(&id).await else {
+                continue;
+            };
+            let key = stored
+                .instance
+                .business_key
+                .clone()
+                .unwrap_or_else(|| id.clone());
+            let _guard = self.locks.lock(&key).await;
+            let Ok(Some(stored)) = self.shared.state.load(&id).await else {
+                continue;
+            };
+            let Some(deployment) = self.deployment(&stored.deployment).cloned() else {
+                continue;
+            };
+            let mut instance = stored.instance;
+            if let Err(error) = deployment
+                .engine
+                .signal(std::slice::from_mut(&mut instance), name)
+            {
+                tracing::warn!(instance = %id, signal = %name, %error, "signal not delivered");
+                continue;
+            }
+            self.drive(&deployment, instance, None).await;
+        }
+    }
+
+    /// An ended instance's Tasks still in progress become completed (with the outputs its
+    /// handlers added), or failed with the reason when the instance failed.
+    async fn finish_tasks(&self, instance: &Instance) {
+        let (status, error) = match &instance.state {
+            InstanceState::Failed { element, reason } => (
+                "failed",
+                Some(format!(
+                    "Process {} has fatal error in step {element}, reason: {reason}",
+                    instance.process_id
+                )),
+            ),
+            _ => ("completed", None),
+        };
+        let mut tasks: Vec<Value> = instance.variable(START_TASK).cloned().into_iter().collect();
+        if let Some(Value::Array(received)) = instance.variable(RECEIVED_TASKS) {
+            tasks.extend(received.iter().cloned());
+        }
+        for mut task in tasks {
+            if task["status"].as_str() != Some("in-progress") {
+                continue;
+            }
+            task["status"] = json!(status);
+            if let Some(reason) = &error {
+                add_output(
+                    &mut task,
+                    parameter(BPMN_MESSAGE, ERROR, "valueString", json!(reason)),
+                );
+            }
+            if let Err(e) = self.local().update(&task).await {
+                tracing::warn!(task = ?task["id"], instance = %instance.id, error = %e, "cannot write the Task's final status");
+            }
+        }
+    }
+
+    /// Fails a Task not yet claimed, only if nobody changed it since it was read.
+    async fn fail_task(&self, mut task: Value, version: Option<i64>, reason: &str) {
+        tracing::warn!(task = ?task["id"], %reason, "Task failed");
+        task["status"] = json!("failed");
+        add_output(
+            &mut task,
+            parameter(BPMN_MESSAGE, ERROR, "valueString", json!(reason)),
+        );
+        if let Err(error) = self.local().update_if_match(&task, version).await {
+            tracing::warn!(task = ?task["id"], %error, "cannot set the Task failed");
+        }
+    }
+
+    /// Fails a claimed Task and marks the claim handled.
+    async fn fail_claimed(&self, task: Value, reason: &str) {
+        let id = task["id"].as_str().unwrap_or_default().to_owned();
+        self.fail_task(task, None, reason).await;
+        let _ = self.shared.state.claim_done(&id).await;
+    }
+
+    /// Tasks claimed before a restart but not yet acted on: handled now if still in
+    /// progress; a Task still requested is found by the catch-up search.
+    pub(crate) async fn recover_claims(self: &Arc<Self>) {
+        let claims = match self.shared.state.unfinished_claims().await {
+            Ok(claims) => claims,
+            Err(error) => {
+                tracing::error!(%error, "cannot read claimed Tasks");
+                return;
+            }
+        };
+        for claimed in claims {
+            let Some(id) = claimed["id"].as_str().map(str::to_owned) else {
+                continue;
+            };
+            let current: Value = match self.local().read("Task", &id).await {
+                Ok(task) => task,
+                Err(error) => {
+                    tracing::warn!(task = %id, %error, "cannot read a claimed Task");
+                    continue;
+                }
+            };
+            if current["status"].as_str() != Some("in-progress") {
+                let _ = self.shared.state.claim_done(&id).await;
+                continue;
+            }
+            let canonical = current["instantiatesCanonical"]
+                .as_str()
+                .unwrap_or_default();
+            match process_key(canonical).and_then(|k| self.deployments.get(&k).cloned()) {
+                Some(deployment) => {
+                    tracing::info!(task = %id, "resuming a Task claimed before the restart");
+                    self.continue_claimed(&deployment, current).await;
+                }
+                None => self.fail_claimed(current, "Process not found").await,
+            }
+        }
+    }
+}
+
+fn error_element(error: &dsf_bpmn::Error) -> String {
+    match error {
+        dsf_bpmn::Error::Runtime { element, .. } | dsf_bpmn::Error::Deploy { element, .. } => {
+            element.clone()
+        }
+        _ => String::new(),
+    }
+}
+
+fn now_millis() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    (now.unix_timestamp_nanos() / 1_000_000) as i64
+}

@@ -1,0 +1,266 @@
+//! Sending a message: the Task is built from the element's fields and the target, created on
+//! the target's FHIR server, and recorded in the state database before and after, so that a
+//! BPE restarted mid-send finds out whether the Task went out instead of sending it again.
+
+use crate::adapters::{now_instant, with_vars};
+use crate::bpe::Shared;
+use crate::state::SendMark;
+use dsf_bpmn::engine::HandlerContext;
+use dsf_plugin_api::constants::{
+    ALTERNATIVE_BUSINESS_KEY, BPMN_MESSAGE, BUSINESS_KEY, CORRELATION_KEY, MESSAGE_NAME,
+    ORGANIZATION_IDENTIFIER, TARGET,
+};
+use dsf_plugin_api::task::{correlation_key, input_string, message_name, parameter};
+use dsf_plugin_api::{
+    BusinessKeyStrategy, MessageSend, ProcessError, SendContext, SendError, Target,
+};
+use serde_json::{json, Value};
+
+/// The instance variable counting the sends of an instance: with the instance id it names
+/// each send, and replaying an instance from its stored state counts the same way.
+const SEND_SEQUENCE: &str = "dsf.sendSequence";
+
+pub(crate) async fn send(
+    shared: &Shared,
+    handler: &dyn MessageSend,
+    context: &mut HandlerContext<'_>,
+) -> Result<(), ProcessError> {
+    let field = |name: &str| -> Result<String, ProcessError> {
+        context
+            .field(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ProcessError::failed(format!(
+                    "message send '{}' has no string field '{name}'",
+                    context.element_id
+                ))
+            })
+    };
+    let instantiates_canonical = field("instantiatesCanonical")?;
+    let message_name_field = field("messageName")?;
+    let profile = field("profile")?;
+    let target: Target = context
+        .variable(TARGET)
+        .cloned()
+        .ok_or_else(|| {
+            ProcessError::failed(format!(
+                "message send '{}': no variable 'target'",
+                context.element_id
+            ))
+        })
+        .and_then(|v| {
+            serde_json::from_value(v).map_err(|e| {
+                ProcessError::failed(format!("variable 'target' is not a Target: {e}"))
+            })
+        })?;
+    let sequence = context
+        .variable(SEND_SEQUENCE)
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        + 1;
+    context.set(SEND_SEQUENCE, json!(sequence));
+    let key = format!("{}/{sequence}", context.instance_id);
+    let send = SendContext {
+        instantiates_canonical,
+        message_name: message_name_field,
+        profile,
+        target,
+    };
+    let mark = shared
+        .state
+        .send_mark(&key)
+        .await
+        .map_err(|e| ProcessError::failed(e.to_string()))?;
+    let outcome = match mark {
+        Some((SendMark::Sent, task)) => {
+            tracing::info!(send = %key, "Task was sent before a restart; not sending it again");
+            restore_alternative_key(handler, context, &task);
+            Ok(())
+        }
+        Some((SendMark::Pending, task)) => {
+            restore_alternative_key(handler, context, &task);
+            let stored: Value = serde_json::from_str(&task)?;
+            if arrived(shared, &send, &stored).await {
+                tracing::info!(send = %key, "Task reached its target before a restart; not sending it again");
+                mark_sent(shared, &key).await
+            } else {
+                post(shared, &key, &send, &stored).await
+            }
+        }
+        None => {
+            let business_key = match handler.business_key_strategy() {
+                BusinessKeyStrategy::Same => context.business_key.map(str::to_owned),
+                BusinessKeyStrategy::Alternative => {
+                    let key = uuid::Uuid::new_v4().to_string();
+                    context.set(ALTERNATIVE_BUSINESS_KEY, json!(key));
+                    Some(key)
+                }
+                _ => Some(uuid::Uuid::new_v4().to_string()),
+            };
+            let extra = with_vars!(context, vars => handler.additional_inputs(&shared.api, &vars, &send).await)?;
+            let task = build_task(shared, &send, business_key.as_deref(), extra);
+            shared
+                .state
+                .mark_pending(&key, &task.to_string(), &send.target.endpoint_url)
+                .await
+                .map_err(|e| ProcessError::failed(e.to_string()))?;
+            post(shared, &key, &send, &task).await
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            with_vars!(context, vars => handler.after_send(&shared.api, &mut vars, &send).await)
+        }
+        Err(error) => {
+            tracing::warn!(
+                send = %key,
+                target = %send.target.organization_identifier_value,
+                endpoint = %send.target.endpoint_url,
+                status = ?error.status,
+                error = %error.message,
+                "sending Task failed"
+            );
+            with_vars!(context, vars => handler.on_send_error(&shared.api, &mut vars, &send, &error).await)
+        }
+    }
+}
+
+/// With [`BusinessKeyStrategy::Alternative`], the key the Task already carries is the one
+/// replies come back with.
+fn restore_alternative_key(
+    handler: &dyn MessageSend,
+    context: &mut HandlerContext<'_>,
+    task: &str,
+) {
+    if handler.business_key_strategy() == BusinessKeyStrategy::Alternative {
+        if let Ok(task) = serde_json::from_str::<Value>(task) {
+            if let Some(key) = input_string(&task, BPMN_MESSAGE, BUSINESS_KEY) {
+                context.set(ALTERNATIVE_BUSINESS_KEY, json!(key));
+            }
+        }
+    }
+}
+
+fn build_task(
+    shared: &Shared,
+    send: &SendContext,
+    business_key: Option<&str>,
+    extra: Vec<Value>,
+) -> Value {
+    let mut inputs = vec![parameter(
+        BPMN_MESSAGE,
+        MESSAGE_NAME,
+        "valueString",
+        json!(send.message_name),
+    )];
+    if let Some(key) = business_key {
+        inputs.push(parameter(
+            BPMN_MESSAGE,
+            BUSINESS_KEY,
+            "valueString",
+            json!(key),
+        ));
+    }
+    if let Some(key) = &send.target.correlation_key {
+        inputs.push(parameter(
+            BPMN_MESSAGE,
+            CORRELATION_KEY,
+            "valueString",
+            json!(key),
+        ));
+    }
+    inputs.extend(extra);
+    let organization = |value: &str| json!({"type": "Organization", "identifier": {"system": ORGANIZATION_IDENTIFIER, "value": value}});
+    json!({
+        "resourceType": "Task",
+        "meta": {"profile": [send.profile]},
+        "instantiatesCanonical": send.instantiates_canonical,
+        "status": "requested",
+        "intent": "order",
+        "authoredOn": now_instant(),
+        "requester": organization(shared.api.local_organization()),
+        "restriction": {"recipient": [organization(&send.target.organization_identifier_value)]},
+        "input": inputs,
+    })
+}
+
+async fn post(
+    shared: &Shared,
+    key: &str,
+    send: &SendContext,
+    task: &Value,
+) -> Result<(), SendError> {
+    let client = shared
+        .api
+        .client_for(&send.target.endpoint_url)
+        .map_err(|e| SendError {
+            status: None,
+            message: e.to_string(),
+        })?;
+    match client.create(task).await {
+        Ok(_) => mark_sent(shared, key).await,
+        Err(error) => {
+            let error = send_error(&error);
+            // The target answered: it did not store the Task, so the send is not pending.
+            if error.status.is_some_and(|s| (400..500).contains(&s)) {
+                let _ = shared.state.forget_send(key).await;
+            }
+            Err(error)
+        }
+    }
+}
+
+async fn mark_sent(shared: &Shared, key: &str) -> Result<(), SendError> {
+    shared.state.mark_sent(key).await.map_err(|e| SendError {
+        status: None,
+        message: format!("Task sent, but recording it failed: {e}"),
+    })
+}
+
+/// Whether the target already has the Task `task` (sent before the BPE stopped): a Task of
+/// ours authored at the same instant with the same message, business key and correlation key.
+async fn arrived(shared: &Shared, send: &SendContext, task: &Value) -> bool {
+    let Ok(client) = shared.api.client_for(&send.target.endpoint_url) else {
+        return false;
+    };
+    let Some(authored) = task["authoredOn"].as_str() else {
+        return false;
+    };
+    let query = format!(
+        "authored-on={}&requester:identifier={ORGANIZATION_IDENTIFIER}|{}",
+        authored.replace('+', "%2B"),
+        shared.api.local_organization()
+    );
+    let Ok(found) = client.search_pages("Task", &query).collect().await else {
+        return false;
+    };
+    let business_key = |t: &Value| input_string(t, BPMN_MESSAGE, BUSINESS_KEY).map(str::to_owned);
+    found.iter().any(|t| {
+        t["instantiatesCanonical"] == task["instantiatesCanonical"]
+            && message_name(t) == message_name(task)
+            && business_key(t) == business_key(task)
+            && correlation_key(t) == correlation_key(task)
+    })
+}
+
+fn send_error(error: &dsf_fhir::Error) -> SendError {
+    use dsf_fhir::Error as E;
+    let status = match error {
+        E::Forbidden(_) => Some(403),
+        E::Unauthenticated(_) => Some(401),
+        E::Invalid(_) => Some(400),
+        E::NotFound(_) => Some(404),
+        E::PreconditionFailed(_) => Some(412),
+        E::Duplicate(_) | E::VersionConflict(_) => Some(409),
+        E::UnsupportedMediaType(_) => Some(415),
+        E::PayloadTooLarge(_) => Some(413),
+        E::Unavailable(_) => Some(503),
+        E::Server { status, .. } => Some(*status),
+        _ => None,
+    };
+    SendError {
+        status,
+        message: error.to_string(),
+    }
+}

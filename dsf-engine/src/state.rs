@@ -1,0 +1,451 @@
+//! The BPE's durable state in SQLite: process instances (as dsf-bpmn serialises them, with a
+//! format version), the Tasks it claimed, the Tasks it sent or is about to send, the
+//! QuestionnaireResponses of open user tasks and the last event time per subscription.
+//!
+//! Every call runs on the blocking pool; one connection, so writes never contend.
+
+use crate::{Error, Result};
+use dsf_bpmn::engine::Instance;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// The version of the stored instance format. Bump it when [`Instance`] changes shape and
+/// add the step from the previous version to [`migrate_instance`].
+pub const INSTANCE_FORMAT: i64 = 1;
+
+/// A stored instance and what the BPE indexes it by.
+#[derive(Debug, Clone)]
+pub struct StoredInstance {
+    /// `<process id>|<version>`.
+    pub deployment: String,
+    pub instance: Instance,
+}
+
+/// What became of a Task the BPE sends, by its send key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendMark {
+    /// Recorded before the request: it may or may not have reached the target.
+    Pending,
+    /// The target stored it.
+    Sent,
+}
+
+#[derive(Clone)]
+pub struct StateStore {
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl StateStore {
+    /// Opens (creating if needed) the state database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let connection = Connection::open(path).map_err(storage)?;
+        Self::init(connection)
+    }
+
+    /// A state database in memory (lost on exit), for tests and throw-away runs.
+    pub fn in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory().map_err(storage)?)
+    }
+
+    fn init(connection: Connection) -> Result<Self> {
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode=WAL;
+                 PRAGMA synchronous=NORMAL;
+                 PRAGMA busy_timeout=5000;
+                 CREATE TABLE IF NOT EXISTS instances(
+                     id TEXT PRIMARY KEY,
+                     deployment TEXT NOT NULL,
+                     business_key TEXT,
+                     alternative_key TEXT,
+                     finished INTEGER NOT NULL,
+                     next_due INTEGER,
+                     signals TEXT NOT NULL,
+                     format INTEGER NOT NULL,
+                     data TEXT NOT NULL);
+                 CREATE INDEX IF NOT EXISTS instances_key ON instances(business_key) WHERE finished = 0;
+                 CREATE INDEX IF NOT EXISTS instances_alternative ON instances(alternative_key) WHERE finished = 0;
+                 CREATE INDEX IF NOT EXISTS instances_due ON instances(next_due) WHERE finished = 0;
+                 CREATE TABLE IF NOT EXISTS sent(
+                     key TEXT PRIMARY KEY,
+                     state TEXT NOT NULL,
+                     task TEXT NOT NULL,
+                     target_url TEXT NOT NULL);
+                 CREATE TABLE IF NOT EXISTS claimed(
+                     task_id TEXT PRIMARY KEY,
+                     task TEXT NOT NULL,
+                     done INTEGER NOT NULL);
+                 CREATE TABLE IF NOT EXISTS user_tasks(
+                     questionnaire_response TEXT PRIMARY KEY,
+                     instance_id TEXT NOT NULL,
+                     node TEXT NOT NULL);
+                 CREATE TABLE IF NOT EXISTS last_events(
+                     kind TEXT PRIMARY KEY,
+                     millis INTEGER NOT NULL);",
+            )
+            .map_err(storage)?;
+        Ok(StateStore {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+            work(&mut connection)
+        })
+        .await
+        .map_err(|e| Error::State(format!("state task: {e}")))?
+        .map_err(storage)
+    }
+
+    /// Writes an instance as it is now, and marks `claimed_task` (the Task whose handling
+    /// led here) done in the same transaction.
+    pub async fn save(
+        &self,
+        deployment: &str,
+        instance: &Instance,
+        claimed_task: Option<&str>,
+    ) -> Result<()> {
+        let data = serde_json::to_string(instance).map_err(|e| Error::State(e.to_string()))?;
+        let signals: String = instance
+            .waiting()
+            .iter()
+            .filter_map(|w| match w {
+                dsf_bpmn::engine::Waiting::Signal { name, .. } => Some(format!("|{name}|")),
+                _ => None,
+            })
+            .collect();
+        let alternative = instance
+            .variable(dsf_bpmn::engine::ALTERNATIVE_BUSINESS_KEY)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        let row = (
+            instance.id.clone(),
+            deployment.to_owned(),
+            instance.business_key.clone(),
+            alternative,
+            instance.is_finished(),
+            instance.next_due(),
+            signals,
+            data,
+            claimed_task.map(str::to_owned),
+        );
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO instances(id, deployment, business_key, alternative_key, finished, next_due, signals, format, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(id) DO UPDATE SET alternative_key = excluded.alternative_key,
+                     finished = excluded.finished, next_due = excluded.next_due,
+                     signals = excluded.signals, format = excluded.format, data = excluded.data",
+                params![row.0, row.1, row.2, row.3, row.4, row.5, row.6, INSTANCE_FORMAT, row.7],
+            )?;
+            if let Some(task) = row.8 {
+                tx.execute("UPDATE claimed SET done = 1 WHERE task_id = ?1", params![task])?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Running instances whose business key or alternative business key is `key`.
+    pub async fn running_by_key(&self, key: &str) -> Result<Vec<StoredInstance>> {
+        let key = key.to_owned();
+        let rows = self
+            .with(move |c| {
+                let mut statement = c.prepare_cached(
+                    "SELECT deployment, format, data FROM instances
+                     WHERE finished = 0 AND (business_key = ?1 OR alternative_key = ?1)",
+                )?;
+                let rows = statement
+                    .query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<rusqlite::Result<Vec<(String, i64, String)>>>()?;
+                Ok(rows)
+            })
+            .await?;
+        rows.into_iter().map(decode).collect()
+    }
+
+    pub async fn load(&self, id: &str) -> Result<Option<StoredInstance>> {
+        let id = id.to_owned();
+        let row = self
+            .with(move |c| {
+                c.query_row(
+                    "SELECT deployment, format, data FROM instances WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+            })
+            .await?;
+        row.map(decode).transpose()
+    }
+
+    /// Ids of running instances with a timer or job due at or before `now`, and the
+    /// earliest due time after it.
+    pub async fn due(&self, now: i64) -> Result<(Vec<String>, Option<i64>)> {
+        self.with(move |c| {
+            let mut statement = c.prepare_cached(
+                "SELECT id FROM instances WHERE finished = 0 AND next_due <= ?1 ORDER BY next_due LIMIT 1000",
+            )?;
+            let due = statement
+                .query_map(params![now], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            let next = c.query_row(
+                "SELECT MIN(next_due) FROM instances WHERE finished = 0 AND next_due > ?1",
+                params![now],
+                |r| r.get(0),
+            )?;
+            Ok((due, next))
+        })
+        .await
+    }
+
+    /// Ids of running instances waiting for the signal `name`.
+    pub async fn waiting_for_signal(&self, name: &str) -> Result<Vec<String>> {
+        let pattern = format!("%|{}|%", name.replace('%', "\\%").replace('_', "\\_"));
+        self.with(move |c| {
+            let mut statement = c.prepare_cached(
+                "SELECT id FROM instances WHERE finished = 0 AND signals LIKE ?1 ESCAPE '\\'",
+            )?;
+            let ids = statement
+                .query_map(params![pattern], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    pub async fn running_count(&self) -> Result<u64> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM instances WHERE finished = 0",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map(|n| n.max(0) as u64)
+    }
+
+    /// Records that the BPE claimed `task_id` (set it in progress) and has yet to act on it.
+    pub async fn claim(&self, task_id: &str, task: &serde_json::Value) -> Result<()> {
+        let (id, task) = (task_id.to_owned(), task.to_string());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO claimed(task_id, task, done) VALUES (?1, ?2, 0)
+                 ON CONFLICT(task_id) DO UPDATE SET task = excluded.task, done = 0",
+                params![id, task],
+            )
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn claim_done(&self, task_id: &str) -> Result<()> {
+        let id = task_id.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE claimed SET done = 1 WHERE task_id = ?1",
+                params![id],
+            )
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Tasks claimed but not acted on (the BPE stopped in between), as claimed.
+    pub async fn unfinished_claims(&self) -> Result<Vec<serde_json::Value>> {
+        let rows = self
+            .with(|c| {
+                let mut statement = c.prepare("SELECT task FROM claimed WHERE done = 0")?;
+                let rows = statement
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()?;
+                Ok(rows)
+            })
+            .await?;
+        rows.iter()
+            .map(|t| serde_json::from_str(t).map_err(|e| Error::State(e.to_string())))
+            .collect()
+    }
+
+    /// The mark of the send `key` and the Task it sends (JSON), if it was recorded.
+    pub async fn send_mark(&self, key: &str) -> Result<Option<(SendMark, String)>> {
+        let key = key.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT state, task FROM sent WHERE key = ?1",
+                params![key],
+                |r| {
+                    let state: String = r.get(0)?;
+                    let mark = if state == "sent" {
+                        SendMark::Sent
+                    } else {
+                        SendMark::Pending
+                    };
+                    Ok((mark, r.get(1)?))
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    pub async fn mark_pending(&self, key: &str, task: &str, target_url: &str) -> Result<()> {
+        let (key, task, url) = (key.to_owned(), task.to_owned(), target_url.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO sent(key, state, task, target_url) VALUES (?1, 'pending', ?2, ?3)",
+                params![key, task, url],
+            )
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn mark_sent(&self, key: &str) -> Result<()> {
+        let key = key.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE sent SET state = 'sent' WHERE key = ?1",
+                params![key],
+            )
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Forgets a pending send that certainly did not reach the target (it refused it).
+    pub async fn forget_send(&self, key: &str) -> Result<()> {
+        let key = key.to_owned();
+        self.with(move |c| c.execute("DELETE FROM sent WHERE key = ?1", params![key]))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn add_user_task(
+        &self,
+        questionnaire_response: &str,
+        instance_id: &str,
+        node: &str,
+    ) -> Result<()> {
+        let row = (
+            questionnaire_response.to_owned(),
+            instance_id.to_owned(),
+            node.to_owned(),
+        );
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO user_tasks(questionnaire_response, instance_id, node) VALUES (?1, ?2, ?3)",
+                params![row.0, row.1, row.2],
+            )
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The instance and node of the open user task answered by this QuestionnaireResponse.
+    pub async fn take_user_task(
+        &self,
+        questionnaire_response: &str,
+    ) -> Result<Option<(String, String)>> {
+        let id = questionnaire_response.to_owned();
+        self.with(move |c| {
+            let found = c
+                .query_row(
+                    "SELECT instance_id, node FROM user_tasks WHERE questionnaire_response = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(found)
+        })
+        .await
+    }
+
+    pub async fn remove_user_task(&self, questionnaire_response: &str) -> Result<()> {
+        let id = questionnaire_response.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM user_tasks WHERE questionnaire_response = ?1",
+                params![id],
+            )
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Whether a user task of this instance and node already has its QuestionnaireResponse.
+    pub async fn has_user_task(&self, instance_id: &str, node: &str) -> Result<bool> {
+        let (id, node) = (instance_id.to_owned(), node.to_owned());
+        self.with(move |c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM user_tasks WHERE instance_id = ?1 AND node = ?2",
+                params![id, node],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .await
+        .map(|n| n > 0)
+    }
+
+    pub async fn last_event(&self, kind: &str) -> Result<Option<i64>> {
+        let kind = kind.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT millis FROM last_events WHERE kind = ?1",
+                params![kind],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Moves the last event time of `kind` forward (never back).
+    pub async fn set_last_event(&self, kind: &str, millis: i64) -> Result<()> {
+        let kind = kind.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO last_events(kind, millis) VALUES (?1, ?2)
+                 ON CONFLICT(kind) DO UPDATE SET millis = MAX(millis, excluded.millis)",
+                params![kind, millis],
+            )
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+fn decode((deployment, format, data): (String, i64, String)) -> Result<StoredInstance> {
+    let value: serde_json::Value =
+        serde_json::from_str(&data).map_err(|e| Error::State(format!("stored instance: {e}")))?;
+    let value = migrate_instance(format, value)?;
+    let instance =
+        serde_json::from_value(value).map_err(|e| Error::State(format!("stored instance: {e}")))?;
+    Ok(StoredInstance {
+        deployment,
+        instance,
+    })
+}
+
+/// Brings a stored instance of format `format` to [`INSTANCE_FORMAT`].
+pub fn migrate_instance(format: i64, value: serde_json::Value) -> Result<serde_json::Value> {
+    match format {
+        INSTANCE_FORMAT => Ok(value),
+        other => Err(Error::State(format!(
+            "stored instance has format {other}; this BPE reads format {INSTANCE_FORMAT} (no migration from {other} exists)"
+        ))),
+    }
+}
+
+fn storage(error: rusqlite::Error) -> Error {
+    Error::State(error.to_string())
+}

@@ -1,0 +1,162 @@
+//! Several DSF organisations in one process: a FHIR server each on its own loopback port,
+//! one development PKI, allow lists by topology, and for each organisation the TLS
+//! configuration its BPE uses.
+
+use crate::{serve, Serving};
+use dsf_core::{DevPki, IssuedCert, Thumbprint};
+use dsf_fhir::server::AllowListEntry;
+use dsf_fhir::store::SqliteBackend;
+use dsf_fhir::{FhirClient, FhirServer, ResourceStore, ServerConfig};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Who is on whose allow list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// Every organisation allows every other.
+    Mesh,
+    /// Organisation 0 is the hub and allows all; the others allow only the hub.
+    Star,
+}
+
+/// One organisation: its server and the certificate its BPE (and tests) use.
+pub struct Organization {
+    pub identifier: String,
+    pub base_url: String,
+    pub port: u16,
+    pub store: ResourceStore,
+    pub server: Arc<FhirServer>,
+    /// A client with the organisation's own certificate (the BPE's).
+    pub client: FhirClient,
+    /// The TLS configuration of the organisation's BPE.
+    pub bpe_tls: Arc<rustls::ClientConfig>,
+    pub certificate: IssuedCert,
+    config: ServerConfig,
+    tls: Arc<rustls::ServerConfig>,
+    serving: Option<Serving>,
+}
+
+impl Organization {
+    /// Stops serving (connections close); the store stays.
+    pub async fn stop(&mut self) {
+        if let Some(serving) = self.serving.take() {
+            let _ = serving.shutdown.send(());
+            let _ = serving.task.await;
+        }
+    }
+
+    /// Serves again on the same port with the same store.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let listener = bind_again(self.port).await;
+        self.server = Arc::new(FhirServer::new(self.store.clone(), self.config.clone()));
+        self.serving = Some(serve(self.server.clone(), listener, self.tls.clone()));
+    }
+}
+
+impl Drop for Organization {
+    fn drop(&mut self) {
+        if let Some(serving) = self.serving.take() {
+            let _ = serving.shutdown.send(());
+        }
+    }
+}
+
+async fn bind_again(port: u16) -> TcpListener {
+    for _ in 0..50 {
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)).await {
+            return listener;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("cannot bind port {port} again");
+}
+
+pub struct Network {
+    pub pki: DevPki,
+    pub organizations: Vec<Organization>,
+}
+
+/// The identifier of organisation `i`: `org0.test`, `org1.test` …
+pub fn organization_identifier(i: usize) -> String {
+    format!("org{i}.test")
+}
+
+/// An allow-list entry for an organisation that does not exist: its endpoint is a loopback
+/// port nobody listens on.
+pub fn unreachable_entry(identifier: &str, port: u16) -> AllowListEntry {
+    AllowListEntry {
+        identifier: identifier.to_owned(),
+        name: identifier.to_owned(),
+        thumbprints: vec![Thumbprint::of_der(identifier.as_bytes())],
+        base_url: format!("https://localhost:{port}/fhir"),
+    }
+}
+
+impl Network {
+    /// `count` organisations on SQLite (in memory), allowing each other as `topology` says.
+    pub async fn start(count: usize, topology: Topology) -> Network {
+        let pki = DevPki::generate("dsf-rs network test CA").expect("CA");
+        let server_cert = pki.issue_server("localhost").expect("server certificate");
+        let tls = Arc::new(pki.server_config(&server_cert).expect("server TLS"));
+        let mut listeners = Vec::new();
+        let mut certificates = Vec::new();
+        for i in 0..count {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = listener.local_addr().expect("address").port();
+            listeners.push((listener, port));
+            certificates.push(
+                pki.issue_client(&format!("bpe-{}", organization_identifier(i)))
+                    .expect("client certificate"),
+            );
+        }
+        let ports: Vec<u16> = listeners.iter().map(|(_, port)| *port).collect();
+        let entry = |i: usize| AllowListEntry {
+            identifier: organization_identifier(i),
+            name: format!("Organization {i}"),
+            thumbprints: vec![certificates[i].thumbprint()],
+            base_url: format!("https://localhost:{}/fhir", ports[i]),
+        };
+        let allows = |i: usize, j: usize| {
+            i == j
+                || match topology {
+                    Topology::Mesh => true,
+                    Topology::Star => i == 0 || j == 0,
+                }
+        };
+        let mut organizations = Vec::new();
+        for (i, (listener, port)) in listeners.into_iter().enumerate() {
+            let identifier = organization_identifier(i);
+            let base_url = format!("https://localhost:{port}/fhir");
+            let config = ServerConfig::new(&base_url, &identifier);
+            let backend = Arc::new(SqliteBackend::in_memory().expect("SQLite"));
+            let store = ResourceStore::new(backend, &base_url);
+            let server = FhirServer::new(store.clone(), config.clone());
+            let entries: Vec<AllowListEntry> =
+                (0..count).filter(|&j| allows(i, j)).map(entry).collect();
+            server.load_allow_list(&entries).await.expect("allow list");
+            let server = Arc::new(server);
+            let serving = serve(server.clone(), listener, tls.clone());
+            let bpe_tls = Arc::new(pki.client_config(&certificates[i]).expect("client TLS"));
+            let client = FhirClient::new(&base_url, bpe_tls.clone()).expect("client");
+            organizations.push(Organization {
+                identifier,
+                base_url,
+                port,
+                store,
+                server,
+                client,
+                bpe_tls,
+                certificate: certificates[i].clone(),
+                config,
+                tls: tls.clone(),
+                serving: Some(serving),
+            });
+        }
+        Network { pki, organizations }
+    }
+
+    pub fn organization(&self, i: usize) -> &Organization {
+        &self.organizations[i]
+    }
+}

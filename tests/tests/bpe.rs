@@ -1,0 +1,527 @@
+//! The BPE end to end: organisations in-process on loopback over mutual TLS, each with its
+//! FHIR server and a BPE running the ping-pong plugin; Tasks start and continue processes,
+//! messages travel between organisations, and the BPE survives restarts and rivals.
+
+use dsf_engine::{Bpe, BpeConfig};
+use dsf_plugin_api::task::{output_string, outputs};
+use dsf_plugin_api::PluginDefinition;
+use dsf_plugin_ping_pong as ping_pong;
+use dsf_tests::network::{unreachable_entry, Network, Organization, Topology};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+const PONG_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn plugins() -> Vec<PluginDefinition> {
+    vec![ping_pong::plugin_with(PONG_TIMEOUT)]
+}
+
+async fn start_bpe(org: &Organization, state: Option<&Path>) -> Bpe {
+    let mut config = BpeConfig::new(&org.base_url, org.bpe_tls.clone());
+    config.state_path = state.map(Path::to_path_buf);
+    let bpe = Bpe::start(config, plugins()).await.expect("BPE starts");
+    assert!(
+        bpe.report().refused.is_empty(),
+        "{:?}",
+        bpe.report().refused
+    );
+    tokio::time::timeout(WAIT, bpe.wait_connected())
+        .await
+        .expect("BPE subscriptions bound");
+    bpe
+}
+
+fn organization_reference(identifier: &str) -> Value {
+    json!({"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": identifier}})
+}
+
+fn message_input(name: &str) -> Value {
+    json!({"type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "message-name"}]}, "valueString": name})
+}
+
+/// A Task from the organisation to itself starting `process` (`ping`, `pingAutostart` …).
+fn start_task(
+    org: &Organization,
+    process: &str,
+    profile: &str,
+    message: &str,
+    extra: Vec<Value>,
+) -> Value {
+    let mut inputs = vec![message_input(message)];
+    inputs.extend(extra);
+    json!({
+        "resourceType": "Task",
+        "meta": {"profile": [format!("http://dsf.dev/fhir/StructureDefinition/{profile}|1.0")]},
+        "instantiatesCanonical": format!("http://dsf.dev/bpe/Process/{process}|1.0"),
+        "status": "requested",
+        "intent": "order",
+        "authoredOn": "2026-11-28T10:00:00+00:00",
+        "requester": organization_reference(&org.identifier),
+        "restriction": {"recipient": [organization_reference(&org.identifier)]},
+        "input": inputs,
+    })
+}
+
+async fn post(org: &Organization, task: Value) -> String {
+    let created: Value = org.client.create(&task).await.expect("Task created");
+    created["id"].as_str().expect("id").to_owned()
+}
+
+async fn start_ping(org: &Organization) -> String {
+    post(
+        org,
+        start_task(org, "ping", "task-start-ping", "startPing", vec![]),
+    )
+    .await
+}
+
+/// Waits until `Task/id` on `org` is completed or failed, and returns it.
+async fn finished(org: &Organization, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let task: Value = org.client.read("Task", id).await.expect("read Task");
+        if matches!(task["status"].as_str(), Some("completed" | "failed")) {
+            return task;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Task/{id} still {}",
+            task["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `organization identifier -> ping status code` of a finished start-ping Task.
+fn ping_statuses(task: &Value) -> Vec<(String, String)> {
+    let mut statuses: Vec<(String, String)> = outputs(task, ping_pong::PING, "ping-status")
+        .into_iter()
+        .map(|o| {
+            let organization = o["extension"][0]["extension"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["url"] == "organization-identifier")
+                .and_then(|e| e["valueIdentifier"]["value"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            (
+                organization,
+                o["valueCoding"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    statuses.sort();
+    statuses
+}
+
+fn error_of(task: &Value) -> String {
+    output_string(task, "http://dsf.dev/fhir/CodeSystem/bpmn-message", "error")
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Tasks on `org` whose `instantiatesCanonical` is `process|1.0`, without the plugin's drafts.
+async fn tasks_of(org: &Organization, process: &str) -> Vec<Value> {
+    org.client
+        .search_pages("Task", "_count=200")
+        .collect()
+        .await
+        .expect("search Tasks")
+        .into_iter()
+        .filter(|t| {
+            t["instantiatesCanonical"] == format!("http://dsf.dev/bpe/Process/{process}|1.0")
+        })
+        .filter(|t| t["status"] != "draft")
+        .collect()
+}
+
+async fn ping_from_one_to_all_others_in_a_mesh() {
+    let network = Network::start(3, Topology::Mesh).await;
+    let mut bpes = Vec::new();
+    for org in &network.organizations {
+        bpes.push(start_bpe(org, None).await);
+    }
+    assert_eq!(bpes[0].report().deployed.len(), 3, "{:?}", bpes[0].report());
+    let id = start_ping(network.organization(0)).await;
+    let task = finished(network.organization(0), &id).await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(
+        ping_statuses(&task),
+        vec![
+            ("org1.test".to_owned(), "pong-received".to_owned()),
+            ("org2.test".to_owned(), "pong-received".to_owned())
+        ]
+    );
+    // Exactly three writes: created, in progress, completed (the Java BPE's count).
+    assert_eq!(task["meta"]["versionId"], "3");
+    for receiver in [1, 2] {
+        let pings = tasks_of(network.organization(receiver), "pong").await;
+        assert_eq!(pings.len(), 1, "one ping reached org{receiver}");
+        let ping = finished(
+            network.organization(receiver),
+            pings[0]["id"].as_str().unwrap_or_default(),
+        )
+        .await;
+        assert_eq!(ping["status"], "completed", "{ping:#}");
+        let pong_status = &outputs(&ping, ping_pong::PING, "pong-status")[0]["valueCoding"]["code"];
+        assert_eq!(pong_status, "pong-send");
+    }
+    // The pongs that came back were claimed and completed too.
+    let pongs = tasks_of(network.organization(0), "ping").await;
+    assert_eq!(pongs.len(), 3, "the start Task and two pongs");
+    for pong in &pongs {
+        let pong = finished(
+            network.organization(0),
+            pong["id"].as_str().unwrap_or_default(),
+        )
+        .await;
+        assert_eq!(pong["status"], "completed", "{pong:#}");
+    }
+}
+
+async fn hub_and_spokes_ping_each_other_through_the_allow_lists() {
+    let network = Network::start(4, Topology::Star).await;
+    let mut bpes = Vec::new();
+    for org in &network.organizations {
+        bpes.push(start_bpe(org, None).await);
+    }
+    let id = start_ping(network.organization(0)).await;
+    let task = finished(network.organization(0), &id).await;
+    assert_eq!(
+        ping_statuses(&task)
+            .iter()
+            .map(|(_, s)| s.as_str())
+            .collect::<Vec<_>>(),
+        vec!["pong-received"; 3]
+    );
+    // A spoke knows only the hub.
+    let id = start_ping(network.organization(2)).await;
+    let task = finished(network.organization(2), &id).await;
+    assert_eq!(
+        ping_statuses(&task),
+        vec![("org0.test".to_owned(), "pong-received".to_owned())]
+    );
+}
+
+async fn refused_unreachable_and_silent_targets_are_told_apart() {
+    let mut network = Network::start(4, Topology::Mesh).await;
+    // org1 runs no BPE: its server has no pong ActivityDefinition and refuses the ping (403).
+    // org2 is stopped before the ping: not reachable. org3 answers.
+    // org0 also knows an organisation whose endpoint nobody serves.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let closed_port = closed.local_addr().expect("address").port();
+    drop(closed);
+    network.organizations[0]
+        .server
+        .load_allow_list(&[unreachable_entry("gone.test", closed_port)])
+        .await
+        .expect("allow list");
+    let _bpe0 = start_bpe(network.organization(0), None).await;
+    let _bpe3 = start_bpe(network.organization(3), None).await;
+    network.organizations[2].stop().await;
+    let id = start_ping(network.organization(0)).await;
+    let task = finished(network.organization(0), &id).await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(
+        ping_statuses(&task),
+        vec![
+            ("gone.test".to_owned(), "not-reachable".to_owned()),
+            ("org1.test".to_owned(), "not-allowed".to_owned()),
+            ("org2.test".to_owned(), "not-reachable".to_owned()),
+            ("org3.test".to_owned(), "pong-received".to_owned()),
+        ]
+    );
+    let refused = outputs(&task, ping_pong::PING, "ping-status")
+        .into_iter()
+        .find(|o| o.to_string().contains("org1.test"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(refused.to_string().contains("error-message"), "{refused:#}");
+}
+
+async fn a_target_that_never_answers_is_pong_missing() {
+    let network = Network::start(2, Topology::Mesh).await;
+    let _bpe0 = start_bpe(network.organization(0), None).await;
+    // org1 accepts the ping (its BPE deployed the plugin) but its BPE is gone before it runs.
+    let bpe1 = start_bpe(network.organization(1), None).await;
+    drop(bpe1);
+    let id = start_ping(network.organization(0)).await;
+    let task = finished(network.organization(0), &id).await;
+    assert_eq!(
+        ping_statuses(&task),
+        vec![("org1.test".to_owned(), "pong-missing".to_owned())]
+    );
+}
+
+async fn unknown_process_and_uncorrelated_messages_fail_the_task() {
+    let network = Network::start(1, Topology::Mesh).await;
+    let org = network.organization(0);
+    let _bpe = start_bpe(org, None).await;
+    // A pong nobody waits for (its business key matches no instance).
+    let mut pong = start_task(org, "ping", "task-pong", "pong", vec![]);
+    pong["input"].as_array_mut().expect("inputs").push(json!({
+        "type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "business-key"}]},
+        "valueString": "no-such-instance"}));
+    let id = post(org, pong).await;
+    let task = finished(org, &id).await;
+    assert_eq!(task["status"], "failed");
+    assert!(
+        error_of(&task).contains("Unable to correlate"),
+        "{}",
+        error_of(&task)
+    );
+    // A process the server authorises but no BPE plugin deploys.
+    let mut definition: Value = org
+        .client
+        .search("ActivityDefinition", "url=http://dsf.dev/bpe/Process/pong")
+        .await
+        .expect("search")["entry"][0]["resource"]
+        .clone();
+    definition.as_object_mut().expect("object").remove("id");
+    definition["url"] = json!("http://dsf.dev/bpe/Process/ghost");
+    org.client
+        .create(&definition)
+        .await
+        .expect("ActivityDefinition");
+    let mut ghost = start_task(org, "ghost", "task-ping", "ping", vec![]);
+    ghost["restriction"] = json!({"recipient": [organization_reference(&org.identifier)]});
+    let id = post(org, ghost).await;
+    let task = finished(org, &id).await;
+    assert_eq!(task["status"], "failed");
+    assert!(
+        error_of(&task).contains("Process not found"),
+        "{}",
+        error_of(&task)
+    );
+    // The BPE goes on handling Tasks.
+    let id = start_ping(org).await;
+    assert_eq!(finished(org, &id).await["status"], "completed");
+}
+
+async fn two_bpes_on_one_server_run_each_task_once() {
+    // org1 runs two BPEs (each with its own state): both hear of every ping, one claims it.
+    let network = Network::start(2, Topology::Mesh).await;
+    let _a = start_bpe(network.organization(0), None).await;
+    let _b = start_bpe(network.organization(1), None).await;
+    let _c = start_bpe(network.organization(1), None).await;
+    let ids = futures_join(network.organization(0), 5).await;
+    for id in ids {
+        let task = finished(network.organization(0), &id).await;
+        assert_eq!(task["status"], "completed", "{task:#}");
+        assert_eq!(
+            ping_statuses(&task),
+            vec![("org1.test".to_owned(), "pong-received".to_owned())]
+        );
+    }
+    // Each ping was answered once, and written three times (created, claimed, completed).
+    let pings = tasks_of(network.organization(1), "pong").await;
+    assert_eq!(pings.len(), 5);
+    for ping in &pings {
+        let ping = finished(
+            network.organization(1),
+            ping["id"].as_str().unwrap_or_default(),
+        )
+        .await;
+        assert_eq!(ping["meta"]["versionId"], "3", "{ping:#}");
+        assert_eq!(
+            outputs(&ping, ping_pong::PING, "pong-status").len(),
+            1,
+            "{ping:#}"
+        );
+    }
+    assert_eq!(
+        tasks_of(network.organization(0), "ping").await.len(),
+        10,
+        "five starts, five pongs"
+    );
+}
+
+async fn futures_join(org: &Organization, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(start_ping(org).await);
+    }
+    ids
+}
+
+async fn a_restarted_bpe_catches_up_on_what_arrived_while_it_was_down() {
+    let network = Network::start(2, Topology::Mesh).await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let state = dir.path().join("bpe0.sqlite");
+    let bpe0 = start_bpe(network.organization(0), Some(&state)).await;
+    let _bpe1 = start_bpe(network.organization(1), None).await;
+    let id = start_ping(network.organization(0)).await;
+    // Stop org0's BPE as soon as its ping is out: the pong arrives while it is down.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tasks_of(network.organization(1), "pong").await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no ping sent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(bpe0);
+    // And a start Task arrives while it is down.
+    let second = start_ping(network.organization(0)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _bpe0 = start_bpe(network.organization(0), Some(&state)).await;
+    for id in [id, second] {
+        let task = finished(network.organization(0), &id).await;
+        assert_eq!(task["status"], "completed", "{task:#}");
+        assert_eq!(
+            ping_statuses(&task),
+            vec![("org1.test".to_owned(), "pong-received".to_owned())]
+        );
+    }
+    // Nothing was sent twice.
+    assert_eq!(tasks_of(network.organization(1), "pong").await.len(), 2);
+}
+
+async fn autostart_pings_at_its_interval_until_stopped() {
+    let network = Network::start(2, Topology::Mesh).await;
+    let org = network.organization(0);
+    let _bpe0 = start_bpe(org, None).await;
+    let _bpe1 = start_bpe(network.organization(1), None).await;
+    let interval = json!({"type": {"coding": [{"system": ping_pong::PING, "code": "timer-interval"}]}, "valueString": "PT1S"});
+    let autostart = post(
+        org,
+        start_task(
+            org,
+            "pingAutostart",
+            "task-start-ping-autostart",
+            "startPingAutostart",
+            vec![interval],
+        ),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let started = tasks_of(org, "ping")
+            .await
+            .into_iter()
+            .filter(|t| {
+                t["meta"]["profile"][0]
+                    .as_str()
+                    .is_some_and(|p| p.contains("task-start-ping|"))
+            })
+            .count();
+        if started >= 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {started} pings started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stop = post(
+        org,
+        start_task(
+            org,
+            "pingAutostart",
+            "task-stop-ping-autostart",
+            "stopPingAutostart",
+            vec![],
+        ),
+    )
+    .await;
+    assert_eq!(finished(org, &stop).await["status"], "completed");
+    let looping = finished(org, &autostart).await;
+    assert_eq!(looping["status"], "completed", "{looping:#}");
+    let count = tasks_of(org, "ping").await.len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let started_after_stop = tasks_of(org, "ping").await.len() - count;
+    assert!(
+        started_after_stop <= 2,
+        "the loop kept pinging: {started_after_stop} more Tasks"
+    );
+}
+
+async fn a_broken_plugin_is_refused_and_the_others_run() {
+    let network = Network::start(1, Topology::Mesh).await;
+    let org = network.organization(0);
+    let broken = PluginDefinition::new("broken", "1.0.0.0", "2026-11-28")
+        .expect("metadata")
+        .bpmn(
+            "bpe/broken.bpmn",
+            r#"<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" xmlns:camunda="http://camunda.org/schema/1.0/bpmn">
+  <bpmn:process id="testorg_broken" isExecutable="true" camunda:versionTag="1.0">
+    <bpmn:startEvent id="s"><bpmn:messageEventDefinition messageRef="m"/></bpmn:startEvent>
+    <bpmn:sequenceFlow id="f1" sourceRef="s" targetRef="a"/>
+    <bpmn:serviceTask id="a" camunda:class="org.example.Missing"/>
+    <bpmn:sequenceFlow id="f2" sourceRef="a" targetRef="b"/>
+    <bpmn:serviceTask id="b" camunda:class="org.example.AlsoMissing"/>
+    <bpmn:sequenceFlow id="f3" sourceRef="b" targetRef="e"/>
+    <bpmn:endEvent id="e"/>
+  </bpmn:process>
+  <bpmn:message id="m" name="go"/>
+</bpmn:definitions>"#,
+        );
+    let mut config = BpeConfig::new(&org.base_url, org.bpe_tls.clone());
+    config.state_path = None;
+    let mut all = plugins();
+    all.push(broken);
+    let bpe = Bpe::start(config, all).await.expect("BPE starts");
+    let refused = &bpe.report().refused;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let (name, reason) = &refused[0];
+    assert_eq!(name, "broken");
+    // Every missing handler at once, with file and line.
+    assert!(
+        reason.contains("org.example.Missing") && reason.contains("org.example.AlsoMissing"),
+        "{reason}"
+    );
+    assert!(reason.contains("bpe/broken.bpmn:5"), "{reason}");
+    assert_eq!(bpe.report().deployed.len(), 3);
+    tokio::time::timeout(WAIT, bpe.wait_connected())
+        .await
+        .expect("connected");
+    let id = start_ping(org).await;
+    assert_eq!(finished(org, &id).await["status"], "completed");
+}
+
+fn main() {
+    dsf_tests::Suite::new()
+        .test(
+            "ping_from_one_to_all_others_in_a_mesh",
+            ping_from_one_to_all_others_in_a_mesh,
+        )
+        .test(
+            "hub_and_spokes_ping_each_other_through_the_allow_lists",
+            hub_and_spokes_ping_each_other_through_the_allow_lists,
+        )
+        .test(
+            "refused_unreachable_and_silent_targets_are_told_apart",
+            refused_unreachable_and_silent_targets_are_told_apart,
+        )
+        .test(
+            "a_target_that_never_answers_is_pong_missing",
+            a_target_that_never_answers_is_pong_missing,
+        )
+        .test(
+            "unknown_process_and_uncorrelated_messages_fail_the_task",
+            unknown_process_and_uncorrelated_messages_fail_the_task,
+        )
+        .test(
+            "two_bpes_on_one_server_run_each_task_once",
+            two_bpes_on_one_server_run_each_task_once,
+        )
+        .test(
+            "a_restarted_bpe_catches_up_on_what_arrived_while_it_was_down",
+            a_restarted_bpe_catches_up_on_what_arrived_while_it_was_down,
+        )
+        .test(
+            "autostart_pings_at_its_interval_until_stopped",
+            autostart_pings_at_its_interval_until_stopped,
+        )
+        .test(
+            "a_broken_plugin_is_refused_and_the_others_run",
+            a_broken_plugin_is_refused_and_the_others_run,
+        )
+        .run()
+}
