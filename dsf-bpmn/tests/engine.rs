@@ -284,6 +284,27 @@ async fn message_start_event_starts_an_instance() {
     assert_eq!(started.variable("v"), Some(&json!(1)));
 }
 
+#[test]
+fn instance_ids_are_unique_across_engines_on_one_clock() {
+    let body = [
+        r#"<bpmn:startEvent id="s"><bpmn:messageEventDefinition messageRef="MsgStart" /></bpmn:startEvent><bpmn:endEvent id="e" />"#.to_owned(),
+        flow("f1", "s", "e"),
+    ]
+    .concat();
+    // Two deployments (as a BPE has one per process) on a clock that stands still.
+    let clock = VirtualClock::at(T0);
+    let a = deploy(&definitions(&body, ""), Registry::new(), &clock);
+    let b = deploy(&definitions(&body, ""), Registry::new(), &clock);
+    let mut ids = std::collections::HashSet::new();
+    for engine in [&a, &b, &a, &b] {
+        let instance = engine
+            .correlate(&mut [], "startMe", Some("bk"), None, Map::new())
+            .unwrap()
+            .expect("new instance");
+        assert!(ids.insert(instance.id), "duplicate instance id");
+    }
+}
+
 #[tokio::test]
 async fn receive_task_waits_for_its_message() {
     let body = [

@@ -42,7 +42,6 @@ pub struct Engine {
     registry: Registry,
     clock: Arc<dyn Clock>,
     expressions: HashMap<String, Expression>,
-    next_instance: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
@@ -160,7 +159,6 @@ impl Engine {
             registry,
             clock,
             expressions,
-            next_instance: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -176,11 +174,10 @@ impl Engine {
             .ok_or_else(|| Error::NoMatch(format!("no process '{id}' is deployed")))
     }
 
+    /// A random (v4) UUID: unique across deployments, engines and restarts, so that a
+    /// caller may key stored instances by it.
     fn instance_id(&self) -> String {
-        let n = self
-            .next_instance
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{}-{n}", self.clock.now())
+        uuid::Uuid::new_v4().to_string()
     }
 
     /// The schedules of the processes' timer start events with literal timers, computed from
