@@ -31,9 +31,9 @@ mod parse;
 mod tree;
 mod validate;
 
-pub use error::{Error, Result};
 /// Handlers are implemented with this attribute; re-exported so that implementing one needs
 /// no dependency of its own.
 pub use async_trait::async_trait;
+pub use error::{Error, Result};
 pub use model::*;
 pub use parse::parse;

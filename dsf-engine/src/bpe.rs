@@ -32,7 +32,16 @@ pub struct BpeConfig {
     pub subscription: SubscriptionSettings,
     /// How long start-up waits for the FHIR server to answer with the local organisation.
     pub startup_timeout: Duration,
+    /// For crash tests: called at each step boundary with its name (`claimed`, `sent` …);
+    /// when it answers true, the work in progress stops there for good, as if the process
+    /// had been killed. Not for production use.
+    #[doc(hidden)]
+    pub crash_at: Option<CrashHook>,
 }
+
+/// See [`BpeConfig::crash_at`].
+#[doc(hidden)]
+pub type CrashHook = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl BpeConfig {
     pub fn new(fhir_base_url: &str, tls: Arc<rustls::ClientConfig>) -> Self {
@@ -46,6 +55,7 @@ impl BpeConfig {
             client: ClientSettings::default(),
             subscription: SubscriptionSettings::default(),
             startup_timeout: Duration::from_secs(60),
+            crash_at: None,
         }
     }
 }
@@ -67,6 +77,17 @@ pub struct BpeStatus {
 pub(crate) struct Shared {
     pub api: ProcessApi,
     pub state: StateStore,
+    pub crash_at: Option<CrashHook>,
+}
+
+impl Shared {
+    /// A step boundary: with a crash hook that fires here, the caller's work never goes on.
+    pub(crate) async fn step_boundary(&self, name: &str) {
+        if self.crash_at.as_ref().is_some_and(|hook| hook(name)) {
+            tracing::warn!(step = name, "simulated crash");
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -77,6 +98,8 @@ pub(crate) struct Inner {
     pub timers: Notify,
     pub status: watch::Sender<BpeStatus>,
     pub work: Arc<Semaphore>,
+    /// Work started from the loops; aborted when the BPE stops.
+    pub running: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl Inner {
@@ -87,6 +110,13 @@ impl Inner {
 
     pub(crate) fn local(&self) -> &FhirClient {
         self.shared.api.local_client()
+    }
+
+    /// Runs `work` on a task of its own that stops with the BPE.
+    pub(crate) fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        while running.try_join_next().is_some() {}
+        running.spawn(work);
     }
 }
 
@@ -103,6 +133,11 @@ impl Drop for Bpe {
         for task in &self.loops {
             task.abort();
         }
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .abort_all();
     }
 }
 
@@ -132,6 +167,7 @@ impl Bpe {
         let shared = Arc::new(Shared {
             api: ProcessApi::new(local.clone(), config.tls.clone(), &organization, endpoint),
             state,
+            crash_at: config.crash_at.clone(),
         });
 
         let mut report = DeploymentReport::default();
@@ -169,7 +205,9 @@ impl Bpe {
             timers: Notify::new(),
             status: status_tx,
             work: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            running: std::sync::Mutex::new(tokio::task::JoinSet::new()),
         });
+        inner.resume_interrupted().await;
         inner.recover_claims().await;
         let loops = vec![
             tokio::spawn(inner.clone().follow(

@@ -22,6 +22,8 @@ pub struct Deployment {
     pub(crate) engine: Engine,
     /// Names of the messages of the process's message start events.
     pub start_messages: Vec<String>,
+    /// Ids of the elements that send messages: the instance is saved before each runs.
+    pub(crate) send_nodes: std::collections::HashSet<String>,
 }
 
 impl Deployment {
@@ -148,6 +150,13 @@ pub(crate) fn prepare(
         );
         let process_id = definitions.processes[0].id.clone();
         let start_messages = start_messages(&definitions);
+        let send_nodes = definitions
+            .processes
+            .iter()
+            .flat_map(|p| p.nodes.iter())
+            .filter(|n| is_send(&n.kind))
+            .map(|n| n.id.clone())
+            .collect();
         let engine = Engine::deploy(definitions, registry, Arc::new(SystemClock))
             .map_err(|e| format!("{}: {e}", file.path))?;
         deployments.push(Deployment {
@@ -156,6 +165,7 @@ pub(crate) fn prepare(
             plugin: plugin.name().to_owned(),
             engine,
             start_messages,
+            send_nodes,
         });
     }
     let mut resources = Vec::new();
@@ -182,6 +192,15 @@ pub(crate) fn prepare(
         deployments,
         resources,
     })
+}
+
+fn is_send(kind: &NodeKind) -> bool {
+    matches!(
+        kind,
+        NodeKind::SendTask
+            | NodeKind::IntermediateThrowEvent(Trigger::Message(_))
+            | NodeKind::EndEvent(Trigger::Message(_))
+    )
 }
 
 fn normalize(name: &str) -> &str {
@@ -217,12 +236,7 @@ fn check_handlers(
     for process in &definitions.processes {
         for node in &process.nodes {
             let at = format!("{file}:{}: element '{}'", node.line, node.id);
-            let sends = matches!(
-                node.kind,
-                NodeKind::SendTask
-                    | NodeKind::IntermediateThrowEvent(Trigger::Message(_))
-                    | NodeKind::EndEvent(Trigger::Message(_))
-            );
+            let sends = is_send(&node.kind);
             let want = |problems: &mut BTreeSet<String>,
                         behaviour: &Behaviour,
                         kind: &str,

@@ -5,7 +5,7 @@
 
 use crate::bpe::Inner;
 use crate::deploy::{process_key, Deployment};
-use dsf_bpmn::engine::{Instance, InstanceState};
+use dsf_bpmn::engine::{Instance, InstanceState, Step};
 use dsf_fhir::client::SubscriptionSettings;
 use dsf_fhir::Error as FhirError;
 use dsf_plugin_api::constants::{
@@ -71,7 +71,7 @@ impl Inner {
                     return;
                 };
                 let inner = self.clone();
-                tokio::spawn(async move {
+                self.spawn(async move {
                     if tasks {
                         inner.on_task(notification.resource).await;
                         inner.status.send_modify(|s| s.tasks_handled += 1);
@@ -101,20 +101,18 @@ impl Inner {
                     (Vec::new(), Some(now + 1000))
                 }
             };
-            let mut running = Vec::new();
+            let mut running = tokio::task::JoinSet::new();
             for id in due {
                 let Ok(permit) = self.work.clone().acquire_owned().await else {
                     return;
                 };
                 let inner = self.clone();
-                running.push(tokio::spawn(async move {
+                running.spawn(async move {
                     inner.run_instance(&id).await;
                     drop(permit);
-                }));
+                });
             }
-            for task in running {
-                let _ = task.await;
-            }
+            while running.join_next().await.is_some() {}
             let wait = next.map_or(60_000, |n| (n - now_millis()).clamp(10, 60_000));
             tokio::select! {
                 _ = self.timers.notified() => {}
@@ -124,7 +122,7 @@ impl Inner {
     }
 
     /// Loads, locks and runs one instance (a timer or job of it is due).
-    async fn run_instance(self: &Arc<Self>, id: &str) {
+    pub(crate) async fn run_instance(self: &Arc<Self>, id: &str) {
         let Ok(Some(stored)) = self.shared.state.load(id).await else {
             return;
         };
@@ -186,6 +184,7 @@ impl Inner {
             tracing::error!(task = %id, %error, "cannot record the claim; leaving the Task requested");
             return;
         }
+        self.shared.step_boundary("claim-recorded").await;
         task["status"] = json!("in-progress");
         let claimed: Value = match self.local().update_if_match(&task, version).await {
             Ok(claimed) => claimed,
@@ -201,6 +200,7 @@ impl Inner {
             }
         };
         let _ = self.shared.state.claim(&id, &claimed).await;
+        self.shared.step_boundary("claimed").await;
         self.continue_claimed(&deployment, claimed).await;
     }
 
@@ -271,7 +271,10 @@ impl Inner {
             .engine
             .correlate(&mut [], &message, Some(&key), None, variables)
         {
-            Ok(Some(instance)) => {
+            Ok(Some(mut instance)) => {
+                // Named after its start Task: a start replayed after a crash is the same
+                // instance, so its sends are recognised as already made.
+                instance.id = format!("task-{id}");
                 tracing::info!(task = %id, instance = %instance.id, process = %deployment.key(), "process started");
                 self.drive(deployment, instance, Some(&id)).await;
             }
@@ -342,16 +345,43 @@ impl Inner {
         mut instance: Instance,
         claimed: Option<&str>,
     ) {
-        if let Err(error) = deployment.engine.run(&mut instance).await {
-            if !instance.is_finished() {
-                instance.state = InstanceState::Failed {
-                    element: error_element(&error),
-                    reason: error.to_string(),
-                };
+        // Step by step: before a message send the instance is saved, so that a BPE killed
+        // during the send resumes at the send (with the variables it had) rather than
+        // replaying handlers whose results may differ (new correlation keys, say).
+        loop {
+            let sends_next = deployment
+                .engine
+                .next_node(&instance)
+                .is_some_and(|node| deployment.send_nodes.contains(node));
+            if sends_next {
+                if let Err(error) = self
+                    .shared
+                    .state
+                    .save(&deployment.key(), &instance, claimed, true)
+                    .await
+                {
+                    tracing::error!(instance = %instance.id, %error, "cannot save the instance before a send");
+                    return;
+                }
+            }
+            match deployment.engine.step(&mut instance).await {
+                Ok(Step::Progressed) => {}
+                Ok(Step::Waiting | Step::Finished) => break,
+                Err(error) => {
+                    if !instance.is_finished() {
+                        instance.state = InstanceState::Failed {
+                            element: error_element(&error),
+                            reason: error.to_string(),
+                        };
+                    }
+                    break;
+                }
             }
         }
+        self.shared.step_boundary("ran").await;
         if instance.is_finished() {
             self.finish_tasks(&instance).await;
+            self.shared.step_boundary("tasks-finished").await;
             match &instance.state {
                 InstanceState::Failed { element, reason } => tracing::warn!(
                     instance = %instance.id, process = %deployment.key(), %element, %reason, "process failed"
@@ -365,16 +395,17 @@ impl Inner {
         if let Err(error) = self
             .shared
             .state
-            .save(&deployment.key(), &instance, claimed)
+            .save(&deployment.key(), &instance, claimed, false)
             .await
         {
             tracing::error!(instance = %instance.id, %error, "cannot save the instance");
         }
+        self.shared.step_boundary("saved").await;
         self.timers.notify_one();
         for name in signals {
             let inner = self.clone();
             let from = instance.id.clone();
-            tokio::spawn(inner.broadcast(name, from));
+            self.spawn(inner.broadcast(name, from));
         }
     }
 
@@ -472,6 +503,20 @@ impl Inner {
         let id = task["id"].as_str().unwrap_or_default().to_owned();
         self.fail_task(task, None, reason).await;
         let _ = self.shared.state.claim_done(&id).await;
+    }
+
+    /// Instances the BPE stopped in the middle of running (saved before a send): they go on
+    /// from there.
+    pub(crate) async fn resume_interrupted(self: &Arc<Self>) {
+        match self.shared.state.interrupted().await {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::info!(instance = %id, "resuming an instance interrupted by a restart");
+                    self.run_instance(&id).await;
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot read interrupted instances"),
+        }
     }
 
     /// Tasks claimed before a restart but not yet acted on: handled now if still in

@@ -105,6 +105,7 @@ pub(crate) async fn send(
                 .mark_pending(&key, &task.to_string(), &send.target.endpoint_url)
                 .await
                 .map_err(|e| ProcessError::failed(e.to_string()))?;
+            shared.step_boundary("send-recorded").await;
             post(shared, &key, &send, &task).await
         }
     };
@@ -199,7 +200,10 @@ async fn post(
             message: e.to_string(),
         })?;
     match client.create(task).await {
-        Ok(_) => mark_sent(shared, key).await,
+        Ok(_) => {
+            shared.step_boundary("sent").await;
+            mark_sent(shared, key).await
+        }
         Err(error) => {
             let error = send_error(&error);
             // The target answered: it did not store the Task, so the send is not pending.

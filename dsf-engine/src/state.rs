@@ -63,7 +63,8 @@ impl StateStore {
                      next_due INTEGER,
                      signals TEXT NOT NULL,
                      format INTEGER NOT NULL,
-                     data TEXT NOT NULL);
+                     data TEXT NOT NULL,
+                     mid_run INTEGER NOT NULL DEFAULT 0);
                  CREATE INDEX IF NOT EXISTS instances_key ON instances(business_key) WHERE finished = 0;
                  CREATE INDEX IF NOT EXISTS instances_alternative ON instances(alternative_key) WHERE finished = 0;
                  CREATE INDEX IF NOT EXISTS instances_due ON instances(next_due) WHERE finished = 0;
@@ -105,12 +106,15 @@ impl StateStore {
     }
 
     /// Writes an instance as it is now, and marks `claimed_task` (the Task whose handling
-    /// led here) done in the same transaction.
+    /// led here) done in the same transaction. An instance saved in the middle of a run
+    /// (`mid_run`) is resumed when the BPE starts again, in case it stopped before the run
+    /// ended.
     pub async fn save(
         &self,
         deployment: &str,
         instance: &Instance,
         claimed_task: Option<&str>,
+        mid_run: bool,
     ) -> Result<()> {
         let data = serde_json::to_string(instance).map_err(|e| Error::State(e.to_string()))?;
         let signals: String = instance
@@ -135,16 +139,18 @@ impl StateStore {
             signals,
             data,
             claimed_task.map(str::to_owned),
+            mid_run,
         );
         self.with(move |c| {
             let tx = c.transaction()?;
             tx.execute(
-                "INSERT INTO instances(id, deployment, business_key, alternative_key, finished, next_due, signals, format, data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                "INSERT INTO instances(id, deployment, business_key, alternative_key, finished, next_due, signals, format, data, mid_run)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT(id) DO UPDATE SET alternative_key = excluded.alternative_key,
                      finished = excluded.finished, next_due = excluded.next_due,
-                     signals = excluded.signals, format = excluded.format, data = excluded.data",
-                params![row.0, row.1, row.2, row.3, row.4, row.5, row.6, INSTANCE_FORMAT, row.7],
+                     signals = excluded.signals, format = excluded.format, data = excluded.data,
+                     mid_run = excluded.mid_run",
+                params![row.0, row.1, row.2, row.3, row.4, row.5, row.6, INSTANCE_FORMAT, row.7, row.9],
             )?;
             if let Some(task) = row.8 {
                 tx.execute("UPDATE claimed SET done = 1 WHERE task_id = ?1", params![task])?;
@@ -207,6 +213,20 @@ impl StateStore {
         .await
     }
 
+    /// Ids of instances saved in the middle of a run and not since (the BPE stopped during
+    /// the run).
+    pub async fn interrupted(&self) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut statement =
+                c.prepare("SELECT id FROM instances WHERE finished = 0 AND mid_run = 1")?;
+            let ids = statement
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
     /// Ids of running instances waiting for the signal `name`.
     pub async fn waiting_for_signal(&self, name: &str) -> Result<Vec<String>> {
         let pattern = format!("%|{}|%", name.replace('%', "\\%").replace('_', "\\_"));
@@ -264,7 +284,8 @@ impl StateStore {
     pub async fn unfinished_claims(&self) -> Result<Vec<serde_json::Value>> {
         let rows = self
             .with(|c| {
-                let mut statement = c.prepare("SELECT task FROM claimed WHERE done = 0")?;
+                let mut statement =
+                    c.prepare("SELECT task FROM claimed WHERE done = 0 ORDER BY rowid")?;
                 let rows = statement
                     .query_map([], |r| r.get(0))?
                     .collect::<rusqlite::Result<Vec<String>>>()?;

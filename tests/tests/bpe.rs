@@ -9,6 +9,8 @@ use dsf_plugin_ping_pong as ping_pong;
 use dsf_tests::network::{unreachable_entry, Network, Organization, Topology};
 use serde_json::{json, Value};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -485,6 +487,114 @@ async fn a_broken_plugin_is_refused_and_the_others_run() {
     assert_eq!(finished(org, &id).await["status"], "completed");
 }
 
+/// The steps at which a BPE may be killed, in the order a request/reply process meets them.
+const STEPS: [&str; 7] = [
+    "claim-recorded",
+    "claimed",
+    "send-recorded",
+    "sent",
+    "ran",
+    "tasks-finished",
+    "saved",
+];
+
+/// Kills the BPE of organisation `side` (0 pings, 1 answers) at the `occurrence`-th time it
+/// reaches `step`, restarts it on its state, and checks that the ping still completes with
+/// one ping and one pong sent, and that no Task is left in progress.
+async fn killed_at(side: usize, step: &'static str, occurrence: usize) -> bool {
+    let network = Network::start(2, Topology::Mesh).await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let states = [
+        dir.path().join("bpe0.sqlite"),
+        dir.path().join("bpe1.sqlite"),
+    ];
+    let hits = Arc::new(AtomicUsize::new(0));
+    let crashed = Arc::new(AtomicBool::new(false));
+    let hook = {
+        let (hits, crashed) = (hits.clone(), crashed.clone());
+        Arc::new(move |name: &str| {
+            name == step
+                && hits.fetch_add(1, Ordering::SeqCst) + 1 == occurrence
+                && !crashed.swap(true, Ordering::SeqCst)
+        })
+    };
+    let start = |i: usize, crash: bool| {
+        let org = network.organization(i);
+        let mut config = BpeConfig::new(&org.base_url, org.bpe_tls.clone());
+        config.state_path = Some(states[i].clone());
+        if crash {
+            config.crash_at = Some(hook.clone());
+        }
+        async move {
+            let bpe = Bpe::start(config, plugins()).await.expect("BPE starts");
+            tokio::time::timeout(WAIT, bpe.wait_connected())
+                .await
+                .expect("bound");
+            bpe
+        }
+    };
+    let mut bpes = vec![start(0, side == 0).await, start(1, side == 1).await];
+    let id = start_ping(network.organization(0)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let org0 = network.organization(0);
+    loop {
+        if crashed.load(Ordering::SeqCst) {
+            break;
+        }
+        let task: Value = org0.client.read("Task", &id).await.expect("read");
+        if task["status"] == "completed" || tokio::time::Instant::now() > deadline {
+            // Steps after the final Task write come just after it.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if crashed.load(Ordering::SeqCst) {
+                break;
+            }
+            // This step does not occur that often on this side: nothing to kill.
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(bpes.remove(side));
+    let restarted = start(side, false).await;
+    bpes.insert(side, restarted);
+    let task = finished(org0, &id).await;
+    let context = format!("killed at {step} #{occurrence} on org{side}");
+    assert_eq!(task["status"], "completed", "{context}: {task:#}");
+    assert_eq!(
+        ping_statuses(&task),
+        vec![("org1.test".to_owned(), "pong-received".to_owned())],
+        "{context}"
+    );
+    let pings = tasks_of(network.organization(1), "pong").await;
+    assert_eq!(pings.len(), 1, "{context}: pings sent");
+    let pongs = tasks_of(org0, "ping").await;
+    assert_eq!(pongs.len(), 2, "{context}: start Task and pongs");
+    for (org, task) in [(1, &pings[0]), (0, &pongs[0]), (0, &pongs[1])] {
+        let task = finished(
+            network.organization(org),
+            task["id"].as_str().unwrap_or_default(),
+        )
+        .await;
+        assert_eq!(task["status"], "completed", "{context}: {task:#}");
+    }
+    true
+}
+
+async fn a_bpe_killed_at_any_step_loses_nothing_and_sends_nothing_twice() {
+    let mut kills = Vec::new();
+    for side in [0, 1] {
+        for step in STEPS {
+            for occurrence in [1, 2] {
+                if killed_at(side, step, occurrence).await {
+                    kills.push(format!("org{side}:{step}#{occurrence}"));
+                }
+            }
+        }
+    }
+    // The pinging side meets every step twice (start Task, then pong) but for the sends;
+    // the answering side once.
+    assert!(kills.len() >= 18, "only {} kills: {kills:?}", kills.len());
+}
+
 fn main() {
     dsf_tests::Suite::new()
         .test(
@@ -522,6 +632,10 @@ fn main() {
         .test(
             "a_broken_plugin_is_refused_and_the_others_run",
             a_broken_plugin_is_refused_and_the_others_run,
+        )
+        .test(
+            "a_bpe_killed_at_any_step_loses_nothing_and_sends_nothing_twice",
+            a_bpe_killed_at_any_step_loses_nothing_and_sends_nothing_twice,
         )
         .run()
 }

@@ -365,6 +365,26 @@ impl Engine {
         }
     }
 
+    /// The node whose behaviour the next [`Engine::step`] runs, if it runs one: a token
+    /// entering a node, or a due job. A caller that must persist the instance before some
+    /// behaviours (the BPE before a message send) checks this before stepping.
+    pub fn next_node<'i>(&self, instance: &'i Instance) -> Option<&'i str> {
+        if instance.is_finished() {
+            return None;
+        }
+        let now = self.clock.now();
+        let ready = instance.tokens.iter().find(|t| match &t.state {
+            TokenState::Arriving => true,
+            TokenState::Leaving { due, .. } => due.is_none_or(|d| d <= now),
+            TokenState::Job { due, .. } => *due <= now,
+            TokenState::Waiting => false,
+        })?;
+        match ready.state {
+            TokenState::Arriving | TokenState::Job { .. } => Some(ready.node.as_str()),
+            _ => None,
+        }
+    }
+
     /// Moves one token one node on, or runs one due job, or fires one due timer.
     pub async fn step(&self, instance: &mut Instance) -> Result<Step> {
         if instance.is_finished() {
