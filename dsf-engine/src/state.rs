@@ -470,3 +470,95 @@ pub fn migrate_instance(format: i64, value: serde_json::Value) -> Result<serde_j
 fn storage(error: rusqlite::Error) -> Error {
     Error::State(error.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dsf_bpmn::engine::{Engine, Registry, VirtualClock};
+
+    async fn instance() -> Instance {
+        let xml = r#"<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL">
+  <bpmn:process id="t_p" isExecutable="true">
+    <bpmn:startEvent id="s"><bpmn:messageEventDefinition messageRef="m"/></bpmn:startEvent>
+    <bpmn:sequenceFlow id="f" sourceRef="s" targetRef="c"/>
+    <bpmn:intermediateCatchEvent id="c"><bpmn:messageEventDefinition messageRef="n"/></bpmn:intermediateCatchEvent>
+  </bpmn:process>
+  <bpmn:message id="m" name="go"/><bpmn:message id="n" name="next"/>
+</bpmn:definitions>"#;
+        let definitions = dsf_bpmn::parse(xml.as_bytes(), "t.bpmn").expect("parses");
+        let engine = Engine::deploy(
+            definitions,
+            Registry::new(),
+            std::sync::Arc::new(VirtualClock::at(0)),
+        )
+        .expect("deploys");
+        let mut instance = engine
+            .correlate(&mut [], "go", Some("bk"), None, serde_json::Map::new())
+            .expect("starts")
+            .expect("new");
+        engine.run(&mut instance).await.expect("runs");
+        instance
+    }
+
+    #[tokio::test]
+    async fn instances_round_trip_and_are_found_by_key() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("state.sqlite");
+        let stored = instance().await;
+        {
+            let state = StateStore::open(&path).expect("open");
+            state
+                .save("t_p|1.0", &stored, None, false)
+                .await
+                .expect("save");
+        }
+        let state = StateStore::open(&path).expect("reopen");
+        let found = state.running_by_key("bk").await.expect("by key");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].deployment, "t_p|1.0");
+        assert_eq!(found[0].instance, stored);
+        assert!(state
+            .running_by_key("other")
+            .await
+            .expect("by key")
+            .is_empty());
+        assert!(state.interrupted().await.expect("interrupted").is_empty());
+    }
+
+    #[test]
+    fn a_stored_instance_of_an_unknown_format_is_refused_with_the_reason() {
+        let value = serde_json::json!({"id": "x"});
+        assert!(migrate_instance(INSTANCE_FORMAT, value.clone()).is_ok());
+        let error = migrate_instance(INSTANCE_FORMAT + 1, value)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("format"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn send_marks_and_claims() {
+        let state = StateStore::in_memory().expect("state");
+        assert_eq!(state.send_mark("i/1").await.expect("mark"), None);
+        state
+            .mark_pending("i/1", "{}", "https://a/fhir")
+            .await
+            .expect("pending");
+        assert_eq!(
+            state.send_mark("i/1").await.expect("mark"),
+            Some((SendMark::Pending, "{}".into()))
+        );
+        state.mark_sent("i/1").await.expect("sent");
+        assert_eq!(
+            state.send_mark("i/1").await.expect("mark"),
+            Some((SendMark::Sent, "{}".into()))
+        );
+        let task = serde_json::json!({"resourceType": "Task", "id": "t1"});
+        state.claim("t1", &task).await.expect("claim");
+        assert_eq!(state.unfinished_claims().await.expect("claims"), vec![task]);
+        state.claim_done("t1").await.expect("done");
+        assert!(state.unfinished_claims().await.expect("claims").is_empty());
+        state.set_last_event("task", 10).await.expect("event");
+        state.set_last_event("task", 5).await.expect("event");
+        assert_eq!(state.last_event("task").await.expect("event"), Some(10));
+    }
+}

@@ -487,6 +487,143 @@ async fn a_broken_plugin_is_refused_and_the_others_run() {
     assert_eq!(finished(org, &id).await["status"], "completed");
 }
 
+const APPROVE_BPMN: &str = r##"<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" xmlns:camunda="http://camunda.org/schema/1.0/bpmn">
+  <bpmn:process id="testorg_approve" isExecutable="true" camunda:versionTag="#{version}">
+    <bpmn:startEvent id="Start"><bpmn:messageEventDefinition messageRef="Go"/></bpmn:startEvent>
+    <bpmn:sequenceFlow id="f1" sourceRef="Start" targetRef="Ask"/>
+    <bpmn:userTask id="Ask" camunda:formKey="http://test.org/fhir/Questionnaire/approve|#{version}"/>
+    <bpmn:sequenceFlow id="f2" sourceRef="Ask" targetRef="Record"/>
+    <bpmn:serviceTask id="Record" camunda:class="org.test.RecordAnswer"/>
+    <bpmn:sequenceFlow id="f3" sourceRef="Record" targetRef="End"/>
+    <bpmn:endEvent id="End"/>
+  </bpmn:process>
+  <bpmn:message id="Go" name="approve"/>
+</bpmn:definitions>"##;
+
+/// Copies the user's answer (item `approved`) to an output of the start Task.
+struct RecordAnswer;
+
+#[dsf_plugin_api::async_trait]
+impl dsf_plugin_api::ServiceTask for RecordAnswer {
+    async fn execute(
+        &self,
+        _api: &dsf_plugin_api::ProcessApi,
+        vars: &mut dsf_plugin_api::Variables<'_>,
+    ) -> Result<(), dsf_plugin_api::ProcessError> {
+        let response = vars
+            .questionnaire_response()
+            .ok_or_else(|| dsf_plugin_api::ProcessError::failed("no answer"))?;
+        let approved = response["item"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["linkId"] == "approved")
+            .and_then(|i| i["answer"][0]["valueBoolean"].as_bool())
+            .unwrap_or(false);
+        let mut task = vars.start_task().unwrap_or_default();
+        dsf_plugin_api::task::add_output(
+            &mut task,
+            dsf_plugin_api::task::parameter(
+                "http://test.org/fhir/CodeSystem/approve",
+                "approved",
+                "valueBoolean",
+                json!(approved),
+            ),
+        );
+        vars.update_task(task)
+    }
+}
+
+fn approve_plugin() -> PluginDefinition {
+    let authorization = json!({"url": "http://dsf.dev/fhir/StructureDefinition/extension-process-authorization", "extension": [
+        {"url": "message-name", "valueString": "approve"},
+        {"url": "task-profile", "valueCanonical": "http://test.org/fhir/StructureDefinition/task-approve|#{version}"},
+        {"url": "requester", "valueCoding": {"system": "http://dsf.dev/fhir/CodeSystem/process-authorization", "code": "LOCAL_ALL"}},
+        {"url": "recipient", "valueCoding": {"system": "http://dsf.dev/fhir/CodeSystem/process-authorization", "code": "LOCAL_ALL"}}]});
+    let tag = json!([{"system": "http://dsf.dev/fhir/CodeSystem/read-access-tag", "code": "ALL"}]);
+    let activity = json!({"resourceType": "ActivityDefinition", "meta": {"tag": tag}, "extension": [authorization],
+        "url": "http://test.org/bpe/Process/approve", "version": "#{version}", "status": "unknown", "kind": "Task"});
+    let questionnaire = json!({"resourceType": "Questionnaire", "meta": {"tag": tag},
+        "url": "http://test.org/fhir/Questionnaire/approve", "version": "#{version}", "status": "unknown",
+        "item": [
+            {"linkId": "business-key", "type": "string", "text": "business key", "required": true},
+            {"linkId": "user-task-id", "type": "string", "text": "user task", "required": true},
+            {"linkId": "approved", "type": "boolean", "text": "Approve?", "required": true}]});
+    PluginDefinition::new("approve", "1.0.0.0", "2026-11-28")
+        .expect("metadata")
+        .bpmn("bpe/approve.bpmn", APPROVE_BPMN)
+        .fhir(
+            "testorg_approve",
+            "fhir/approve-ad.json",
+            activity.to_string(),
+        )
+        .fhir(
+            "testorg_approve",
+            "fhir/approve-q.json",
+            questionnaire.to_string(),
+        )
+        .service_task("org.test.RecordAnswer", RecordAnswer)
+}
+
+async fn a_user_task_waits_for_its_questionnaire_response() {
+    let network = Network::start(1, Topology::Mesh).await;
+    let org = network.organization(0);
+    let config = BpeConfig::new(&org.base_url, org.bpe_tls.clone());
+    let bpe = Bpe::start(config, vec![approve_plugin()])
+        .await
+        .expect("BPE");
+    assert!(
+        bpe.report().refused.is_empty(),
+        "{:?}",
+        bpe.report().refused
+    );
+    tokio::time::timeout(WAIT, bpe.wait_connected())
+        .await
+        .expect("bound");
+    let mut task = start_task(org, "approve", "task-approve", "approve", vec![]);
+    task["instantiatesCanonical"] = json!("http://test.org/bpe/Process/approve|1.0");
+    task["meta"]["profile"] = json!(["http://test.org/fhir/StructureDefinition/task-approve|1.0"]);
+    let id = post(org, task).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut response = loop {
+        let found = org
+            .client
+            .search("QuestionnaireResponse", "status=in-progress")
+            .await
+            .expect("search");
+        if let Some(r) = found.pointer("/entry/0/resource") {
+            break r.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no QuestionnaireResponse created"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        response["questionnaire"],
+        "http://test.org/fhir/Questionnaire/approve|1.0"
+    );
+    let items = response["item"].as_array().cloned().unwrap_or_default();
+    let links: Vec<&str> = items.iter().filter_map(|i| i["linkId"].as_str()).collect();
+    assert_eq!(links, ["business-key", "user-task-id", "approved"]);
+    // The instance waits: the start Task stays in progress until the user answers.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting: Value = org.client.read("Task", &id).await.expect("read");
+    assert_eq!(waiting["status"], "in-progress");
+    response["item"][2]["answer"] = json!([{"valueBoolean": true}]);
+    response["status"] = json!("completed");
+    org.client.update(&response).await.expect("answer");
+    let task = finished(org, &id).await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let approved = outputs(&task, "http://test.org/fhir/CodeSystem/approve", "approved");
+    assert_eq!(
+        approved.first().map(|o| o["valueBoolean"].clone()),
+        Some(json!(true)),
+        "{task:#}"
+    );
+}
+
 /// The steps at which a BPE may be killed, in the order a request/reply process meets them.
 const STEPS: [&str; 7] = [
     "claim-recorded",
@@ -632,6 +769,10 @@ fn main() {
         .test(
             "a_broken_plugin_is_refused_and_the_others_run",
             a_broken_plugin_is_refused_and_the_others_run,
+        )
+        .test(
+            "a_user_task_waits_for_its_questionnaire_response",
+            a_user_task_waits_for_its_questionnaire_response,
         )
         .test(
             "a_bpe_killed_at_any_step_loses_nothing_and_sends_nothing_twice",
