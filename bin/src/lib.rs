@@ -57,6 +57,50 @@ pub async fn start_fhir_server(
     )))
 }
 
+/// Everything needed to run one organisation's BPE with the plugins this crate links.
+pub struct BpeSettings {
+    pub fhir_base_url: String,
+    /// The BPE's client certificate and the CAs it trusts.
+    pub tls: dsf_core::rustls::ClientConfig,
+    /// `sqlite:<path>` or `sqlite::memory:`.
+    pub db_url: String,
+    pub process_threads: Option<usize>,
+    /// Time-out of one request to the local FHIR server.
+    pub local_timeout: std::time::Duration,
+    pub pong_timeout: std::time::Duration,
+}
+
+/// The plugins the reference BPE runs.
+pub fn plugins(pong_timeout: std::time::Duration) -> Vec<dsf_plugin_api::PluginDefinition> {
+    vec![dsf_plugin_ping_pong::plugin_with(pong_timeout)]
+}
+
+/// Starts a BPE: deploys the plugins, catches up and follows the FHIR server.
+pub async fn start_bpe(
+    settings: BpeSettings,
+) -> Result<dsf_engine::Bpe, Box<dyn std::error::Error + Send + Sync>> {
+    let mut config = dsf_engine::BpeConfig::new(&settings.fhir_base_url, Arc::new(settings.tls));
+    config.state_path = match settings.db_url.as_str() {
+        "sqlite::memory:" => None,
+        url => Some(
+            url.strip_prefix("sqlite:")
+                .ok_or_else(|| {
+                    format!("DEV_DSF_BPE_DB_URL '{url}': use sqlite:<path> or sqlite::memory: (PostgreSQL for the BPE's state is not supported yet)")
+                })?
+                .into(),
+        ),
+    };
+    if let Some(threads) = settings.process_threads {
+        config.max_concurrent = threads.max(1);
+    }
+    config.client.timeout = settings.local_timeout;
+    let bpe = dsf_engine::Bpe::start(config, plugins(settings.pong_timeout)).await?;
+    for (plugin, reason) in &bpe.report().refused {
+        tracing::error!(%plugin, %reason, "plugin not deployed");
+    }
+    Ok(bpe)
+}
+
 /// Completes on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
