@@ -5,7 +5,7 @@
 //! stored JSON is read back with serde_json (which refuses more than 128 levels) and written
 //! as XML by fhirbolt (recursive), so the canonical form stays well below both.
 
-use crate::search::parse_date_range;
+use crate::date::parse_date_range;
 use crate::{Error, Result};
 use serde_json::Value;
 use std::borrow::Cow;

@@ -29,7 +29,11 @@ struct Args {
     #[arg(long, env = "DEV_DSF_BPE_PROCESS_THREADS")]
     process_threads: Option<usize>,
     /// Read time-out of requests to the local FHIR server (ISO 8601, e.g. PT60S)
-    #[arg(long, env = "DEV_DSF_BPE_FHIR_CLIENT_LOCAL_TIMEOUT_READ", default_value = "PT60S")]
+    #[arg(
+        long,
+        env = "DEV_DSF_BPE_FHIR_CLIENT_LOCAL_TIMEOUT_READ",
+        default_value = "PT60S"
+    )]
     local_timeout_read: String,
     /// How long a ping waits for its pong (ISO 8601)
     #[arg(long, env = "DEV_DSF_BPE_PING_PONG_TIMEOUT", default_value = "PT20S")]
@@ -58,7 +62,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .client_config()?,
         db_url: args.db_url,
         process_threads: args.process_threads,
-        local_timeout: duration(&args.local_timeout_read, "DEV_DSF_BPE_FHIR_CLIENT_LOCAL_TIMEOUT_READ")?,
+        local_timeout: duration(
+            &args.local_timeout_read,
+            "DEV_DSF_BPE_FHIR_CLIENT_LOCAL_TIMEOUT_READ",
+        )?,
         pong_timeout: duration(&args.pong_timeout, "DEV_DSF_BPE_PING_PONG_TIMEOUT")?,
     };
     let bpe = start_bpe(settings).await?;

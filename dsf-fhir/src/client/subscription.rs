@@ -7,9 +7,9 @@
 
 use super::pages::matches;
 use super::{backoff, FhirClient};
+use crate::date::format_instant;
+use crate::date::parse_date_range;
 use crate::format::{parse_resource, Format};
-use crate::search::parse_date_range;
-use crate::store::format_instant;
 use crate::{Error, Result};
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};

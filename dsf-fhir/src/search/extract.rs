@@ -1,9 +1,9 @@
 //! Turns a resource's JSON into the index rows its search parameters are answered from.
 
-use super::date::parse_date_range;
 use super::params::{
     public_params, ParamKind, SearchParam, THUMBPRINT_EXTENSION, THUMBPRINT_PARAM,
 };
+use crate::date::parse_date_range;
 use serde_json::Value;
 
 /// One searchable value of one parameter. Which columns are set depends on the kind:
@@ -141,7 +141,7 @@ fn param_rows(param: &SearchParam, resource: &Value, base_url: &str, out: &mut V
                             let end = period.get("end").and_then(Value::as_str);
                             let low = start.and_then(parse_date_range).map_or(i64::MIN, |r| r.low);
                             let high = end.and_then(parse_date_range).map_or(i64::MAX, |r| r.high);
-                            vec![super::date::DateRange { low, high }]
+                            vec![crate::date::DateRange { low, high }]
                         }
                         _ => Vec::new(),
                     };

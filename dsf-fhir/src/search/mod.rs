@@ -1,13 +1,12 @@
 //! Search parameters, their index values and query parsing, shared by the storage backends
 //! and the in-memory matching of websocket subscriptions.
 
-mod date;
 mod extract;
 mod matcher;
 mod params;
 mod query;
 
-pub use date::{parse_date_range, DateRange};
+pub use crate::date::{parse_date_range, DateRange};
 pub use extract::{index_rows, normalise_reference, IndexRow};
 pub use params::{find_param, params_of, public_params, ParamKind, SearchParam, THUMBPRINT_PARAM};
 pub use query::{

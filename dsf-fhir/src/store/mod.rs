@@ -15,6 +15,7 @@ pub use plan::FEW_READABLE;
 pub use postgres::{PostgresBackend, PostgresOptions};
 pub use sql::{AccessPlan, Dialect, HistoryFilter, Sql, SqlValue};
 pub use sqlite::SqliteBackend;
+#[cfg(feature = "server")]
 pub(crate) use write::now_millis;
 pub use write::{format_instant, Change, WriteGuard, WriteOp, WriteOutcome};
 

@@ -4,6 +4,7 @@
 use super::sql::{self, Dialect};
 use super::{Session, StoredResource};
 use crate::access::grants_of;
+pub use crate::date::format_instant;
 use crate::search::{index_rows, SearchQuery};
 use crate::{Error, Result};
 use serde_json::Value;
@@ -108,15 +109,6 @@ pub(crate) fn now_millis() -> i64 {
 }
 
 /// An instant in the form FHIR `meta.lastUpdated` uses, with millisecond precision.
-pub fn format_instant(millis: i64) -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into())
-}
 
 fn resource_type_of(resource: &Value) -> Result<&'static str> {
     let name = resource
