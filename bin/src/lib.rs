@@ -1,6 +1,7 @@
 //! Wiring shared by the reference binaries: logging set-up and starting a FHIR server from
 //! plain settings. Everything of substance lives in the library crates.
 
+pub mod bpe_load;
 pub mod hostile_load;
 pub mod load;
 pub mod websocket_load;

@@ -3,7 +3,8 @@
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
-/// `millis` since the Unix epoch as a FHIR instant in UTC with milliseconds.
+/// `millis` since the Unix epoch as a FHIR instant in UTC with milliseconds, the form
+/// `meta.lastUpdated` takes.
 pub fn format_instant(millis: i64) -> String {
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"

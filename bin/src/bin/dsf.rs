@@ -40,6 +40,10 @@ enum Command {
         /// clients, and the memory of oversized requests
         #[arg(long)]
         hostile_only: bool,
+        /// Run only the BPE scenarios: ping/pong round trips between two organisations, a
+        /// 10-service-task chain, and dsf-bpe's start-up time and idle memory
+        #[arg(long)]
+        bpe_only: bool,
     },
 }
 
@@ -317,6 +321,19 @@ async fn hostile_bench(
     Ok(())
 }
 
+async fn bpe_bench(
+    concurrency: usize,
+    seconds: u64,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let report = dsf_bin::bpe_load::run(dsf_bin::bpe_load::BpeLoadSettings {
+        concurrency,
+        duration: std::time::Duration::from_secs(seconds),
+    })
+    .await?;
+    println!("{}", report.markdown());
+    Ok(())
+}
+
 async fn bench(
     concurrency: usize,
     seconds: u64,
@@ -363,6 +380,7 @@ async fn bench(
         );
     }
     hostile_bench(concurrency, seconds).await?;
+    bpe_bench(concurrency, seconds).await?;
     let server = std::env::current_exe()?.with_file_name("dsf-fhir-server");
     let (startup, rss_kib) = startup_and_memory(&server).await?;
     println!(
@@ -400,9 +418,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             postgres,
             websocket_only,
             hostile_only,
+            bpe_only,
         } => {
             if hostile_only {
                 hostile_bench(concurrency, seconds).await
+            } else if bpe_only {
+                bpe_bench(concurrency, seconds).await
             } else {
                 bench(concurrency, seconds, postgres, websocket_only).await
             }

@@ -108,8 +108,6 @@ pub(crate) fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
-/// An instant in the form FHIR `meta.lastUpdated` uses, with millisecond precision.
-
 fn resource_type_of(resource: &Value) -> Result<&'static str> {
     let name = resource
         .get("resourceType")

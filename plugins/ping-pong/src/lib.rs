@@ -311,7 +311,7 @@ impl ServiceTask for SelectPingTargets {
 
 fn iso_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("PT{}S", millis / 1000)
     } else {
         format!("PT{}.{:03}S", millis / 1000, millis % 1000)

@@ -1,0 +1,620 @@
+//! Load runs of the BPE: request/reply round trips between two organisations (ping and pong)
+//! against a plain client doing the same FHIR writes, a 10-service-task chain against raw
+//! inserts of its state rows, and the BPE's start-up time and idle memory.
+
+use crate::load::{summarise_latencies, Measurement};
+use crate::{start_fhir_server, FhirServerSettings};
+use dsf_bpmn::engine::{Engine, Registry, SystemClock};
+use dsf_core::{DevPki, IssuedCert};
+use dsf_engine::{Bpe, BpeConfig, StateStore};
+use dsf_fhir::server::AllowListEntry;
+use dsf_fhir::{FhirClient, ServerConfig};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub struct BpeLoadSettings {
+    pub concurrency: usize,
+    pub duration: Duration,
+}
+
+pub struct BpeLoadReport {
+    pub round_trips: Measurement,
+    pub plain_writes: Measurement,
+    pub chain: Measurement,
+    pub chain_every_step: Measurement,
+    pub raw_state_inserts: Measurement,
+    pub startup: Option<(Duration, u64)>,
+}
+
+impl BpeLoadReport {
+    pub fn markdown(&self) -> String {
+        let row = |m: &Measurement| {
+            format!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} |\n",
+                m.name, m.ops, m.per_second, m.p50_ms, m.p99_ms
+            )
+        };
+        let mut out = String::from(
+            "| BPE scenario | ops | per second | p50 ms | p99 ms |\n|---|---|---|---|---|\n",
+        );
+        for m in [
+            &self.round_trips,
+            &self.plain_writes,
+            &self.chain,
+            &self.chain_every_step,
+            &self.raw_state_inserts,
+        ] {
+            out.push_str(&row(m));
+        }
+        out.push_str(&format!(
+            "\nround trips / plain-client write sets: {:.2} (aim ≥ 0.5)\n",
+            self.round_trips.per_second / self.plain_writes.per_second.max(f64::EPSILON)
+        ));
+        out.push_str(&format!(
+            "10-task chain instances / raw state-row inserts: {:.2}; saved after every step: {:.2}\n",
+            self.chain.per_second / self.raw_state_inserts.per_second.max(f64::EPSILON),
+            self.chain_every_step.per_second / self.raw_state_inserts.per_second.max(f64::EPSILON)
+        ));
+        match &self.startup {
+            Some((startup, rss)) => out.push_str(&format!(
+                "dsf-bpe: start-up to both subscriptions bound {:.0} ms; resident memory when idle {:.1} MiB\n",
+                startup.as_secs_f64() * 1000.0,
+                *rss as f64 / 1024.0
+            )),
+            None => out.push_str("dsf-bpe start-up and memory: skipped (no dsf-bpe binary next to dsf; build it with `cargo build --release -p dsf-bin`)\n"),
+        }
+        out
+    }
+}
+
+fn measurement(name: &str, mut latencies: Vec<Duration>, elapsed: Duration) -> Measurement {
+    latencies.sort();
+    let (p50_ms, p99_ms) = summarise_latencies(&latencies);
+    Measurement {
+        name: name.to_owned(),
+        ops: latencies.len(),
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms,
+        p99_ms,
+    }
+}
+
+struct Organization {
+    identifier: String,
+    base_url: String,
+    client_cert: IssuedCert,
+    tls: Arc<dsf_core::rustls::ClientConfig>,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Two organisations allowing each other, FHIR servers on SQLite files in `dir`.
+async fn two_organizations(
+    pki: &DevPki,
+    dir: &Path,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<Organization>, BoxError> {
+    let server_cert = pki.issue_server("localhost")?;
+    let mut orgs = Vec::new();
+    for name in ["bench-a.test", "bench-b.test"] {
+        let client_cert = pki.issue_client(name)?;
+        orgs.push(Organization {
+            identifier: name.to_owned(),
+            base_url: format!("https://localhost:{}/fhir", free_port()?),
+            tls: Arc::new(pki.client_config(&client_cert)?),
+            client_cert,
+        });
+    }
+    for (i, org) in orgs.iter().enumerate() {
+        let other = &orgs[1 - i];
+        let mut stop = stop.clone();
+        let port: u16 = org
+            .base_url
+            .trim_end_matches("/fhir")
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or("port")?;
+        start_fhir_server(
+            FhirServerSettings {
+                config: ServerConfig::new(&org.base_url, &org.identifier),
+                db_url: format!(
+                    "sqlite:{}",
+                    dir.join(format!("{}.sqlite", org.identifier)).display()
+                ),
+                bind: ([127, 0, 0, 1], port).into(),
+                tls: pki.server_config(&server_cert)?,
+                local_thumbprints: vec![org.client_cert.thumbprint()],
+                peers: vec![AllowListEntry {
+                    identifier: other.identifier.clone(),
+                    name: other.identifier.clone(),
+                    thumbprints: vec![other.client_cert.thumbprint()],
+                    base_url: other.base_url.clone(),
+                }],
+                organization_name: org.identifier.clone(),
+            },
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        )
+        .await?;
+    }
+    Ok(orgs)
+}
+
+fn organization(identifier: &str) -> Value {
+    json!({"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": identifier}})
+}
+
+fn input(system: &str, code: &str, value: Value) -> Value {
+    let mut p = json!({"type": {"coding": [{"system": system, "code": code}]}});
+    p["valueString"] = value;
+    p
+}
+
+const BPMN_MESSAGE: &str = "http://dsf.dev/fhir/CodeSystem/bpmn-message";
+
+/// A Task as the BPE writes it: `process|1.0`, `profile|1.0`, message, keys.
+fn task(
+    from: &str,
+    to: &str,
+    process: &str,
+    profile: &str,
+    message: &str,
+    keys: &[(&str, &str)],
+) -> Value {
+    let mut inputs = vec![input(BPMN_MESSAGE, "message-name", json!(message))];
+    for (code, value) in keys {
+        inputs.push(input(BPMN_MESSAGE, code, json!(value)));
+    }
+    json!({
+        "resourceType": "Task",
+        "meta": {"profile": [format!("http://dsf.dev/fhir/StructureDefinition/{profile}|1.0")]},
+        "instantiatesCanonical": format!("http://dsf.dev/bpe/Process/{process}|1.0"),
+        "status": "requested",
+        "intent": "order",
+        "authoredOn": "2026-11-28T10:00:00.000Z",
+        "requester": organization(from),
+        "restriction": {"recipient": [organization(to)]},
+        "input": inputs,
+    })
+}
+
+async fn set_status(client: &FhirClient, task: &mut Value, status: &str) -> bool {
+    task["status"] = json!(status);
+    match client.update(&*task).await {
+        Ok(updated) => {
+            *task = updated;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// The clients a round trip uses: each organisation's own, and each one's client of the
+/// other's server.
+struct Clients {
+    a: FhirClient,
+    b: FhirClient,
+    a_at_b: FhirClient,
+    b_at_a: FhirClient,
+}
+
+impl Clients {
+    fn new(orgs: &[Organization]) -> Result<Self, BoxError> {
+        Ok(Clients {
+            a: FhirClient::new(&orgs[0].base_url, orgs[0].tls.clone())?,
+            b: FhirClient::new(&orgs[1].base_url, orgs[1].tls.clone())?,
+            a_at_b: FhirClient::new(&orgs[1].base_url, orgs[0].tls.clone())?,
+            b_at_a: FhirClient::new(&orgs[0].base_url, orgs[1].tls.clone())?,
+        })
+    }
+}
+
+/// The FHIR writes one ping/pong round trip makes, by a plain client: start Task created,
+/// claimed, ping created at B, claimed, pong created at A, ping completed, pong claimed and
+/// completed, start Task completed (9 writes).
+async fn plain_round_trip(clients: &Clients, a: &str, b: &str) -> bool {
+    let key = uuid::Uuid::new_v4().to_string();
+    let correlation = uuid::Uuid::new_v4().to_string();
+    let keys = [
+        ("business-key", key.as_str()),
+        ("correlation-key", correlation.as_str()),
+    ];
+    let Ok(mut start) = clients
+        .a
+        .create(&task(a, a, "ping", "task-start-ping", "startPing", &[]))
+        .await
+    else {
+        return false;
+    };
+    if let Some(inputs) = start["input"].as_array_mut() {
+        inputs.push(input(BPMN_MESSAGE, "business-key", json!(key)));
+    }
+    if !set_status(&clients.a, &mut start, "in-progress").await {
+        return false;
+    }
+    let mut ping = task(a, b, "pong", "task-ping", "ping", &keys);
+    if let Some(inputs) = ping["input"].as_array_mut() {
+        inputs.push(json!({"type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/ping", "code": "endpoint-identifier"}]},
+            "valueReference": {"type": "Endpoint", "identifier": {"system": "http://dsf.dev/sid/endpoint-identifier", "value": "bench"}}}));
+    }
+    let Ok(mut ping) = clients.a_at_b.create(&ping).await else {
+        return false;
+    };
+    if !set_status(&clients.b, &mut ping, "in-progress").await {
+        return false;
+    }
+    let Ok(mut pong) = clients
+        .b_at_a
+        .create(&task(b, a, "ping", "task-pong", "pong", &keys))
+        .await
+    else {
+        return false;
+    };
+    set_status(&clients.b, &mut ping, "completed").await
+        && set_status(&clients.a, &mut pong, "in-progress").await
+        && set_status(&clients.a, &mut pong, "completed").await
+        && set_status(&clients.a, &mut start, "completed").await
+}
+
+/// Completed Tasks of organisation A as they happen, by id, for round-trip timing.
+type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
+
+async fn watch_completions(client: FhirClient) -> Result<Waiters, BoxError> {
+    let subscription = client
+        .create(&json!({
+            "resourceType": "Subscription",
+            "meta": {"tag": [{"system": "http://dsf.dev/fhir/CodeSystem/read-access-tag", "code": "LOCAL"}]},
+            "status": "active",
+            "reason": "bench: completed Tasks",
+            "criteria": "Task?status=completed",
+            "channel": {"type": "websocket", "payload": "application/fhir+json"},
+        }))
+        .await?;
+    let id = subscription["id"].as_str().ok_or("no id")?.to_owned();
+    let mut stream = client
+        .subscribe(
+            &id,
+            Some(now_millis()),
+            dsf_fhir::client::SubscriptionSettings::default(),
+        )
+        .await?;
+    stream.wait_for(|s| s.connected).await;
+    let waiters: Waiters = Arc::default();
+    let shared = waiters.clone();
+    tokio::spawn(async move {
+        while let Some(n) = stream.next().await {
+            let waiter = shared.lock().ok().and_then(|mut w| w.remove(&n.id));
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(());
+            }
+        }
+    });
+    Ok(waiters)
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs `op` from `concurrency` workers for `duration`; latencies of the successes.
+async fn closed_loop<F, Fut>(
+    concurrency: usize,
+    duration: Duration,
+    op: F,
+) -> (Vec<Duration>, Duration)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let op = Arc::new(op);
+    let failures = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (op, failures) = (op.clone(), failures.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while start.elapsed() < duration {
+                    let t = Instant::now();
+                    if op().await {
+                        latencies.push(t.elapsed());
+                    } else {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap_or_default());
+    }
+    let failed = failures.load(Ordering::Relaxed);
+    if failed > 0 {
+        tracing::warn!(failed, "operations failed in the load run");
+    }
+    (all, start.elapsed())
+}
+
+fn bpe_config(org: &Organization, state: &Path) -> BpeConfig {
+    let mut config = BpeConfig::new(&org.base_url, org.tls.clone());
+    config.state_path = Some(state.to_path_buf());
+    config
+}
+
+pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
+    let dir = std::env::temp_dir().join(format!("dsf-bpe-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let pki = DevPki::generate("dsf-rs BPE bench CA")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let orgs = two_organizations(&pki, &dir, &stop_rx).await?;
+    let plugins = || vec![dsf_plugin_ping_pong::plugin()];
+    let bpe_a = Bpe::start(bpe_config(&orgs[0], &dir.join("bpe-a.sqlite")), plugins()).await?;
+    let bpe_b = Bpe::start(bpe_config(&orgs[1], &dir.join("bpe-b.sqlite")), plugins()).await?;
+    bpe_a.wait_connected().await;
+    bpe_b.wait_connected().await;
+
+    // Round trips through both BPEs.
+    let clients = Arc::new(Clients::new(&orgs)?);
+    let waiters = watch_completions(clients.a.clone()).await?;
+    let a = orgs[0].identifier.clone();
+    let (latencies, elapsed) = {
+        let (clients, waiters, a) = (clients.clone(), waiters.clone(), a.clone());
+        closed_loop(settings.concurrency, settings.duration, move || {
+            let (clients, waiters, a) = (clients.clone(), waiters.clone(), a.clone());
+            async move {
+                let (tx, rx) = oneshot::channel();
+                let Ok(created) = clients
+                    .a
+                    .create(&task(&a, &a, "ping", "task-start-ping", "startPing", &[]))
+                    .await
+                else {
+                    return false;
+                };
+                let Some(id) = created["id"].as_str() else {
+                    return false;
+                };
+                if let Ok(mut w) = waiters.lock() {
+                    w.insert(id.to_owned(), tx);
+                }
+                tokio::time::timeout(Duration::from_secs(60), rx)
+                    .await
+                    .is_ok()
+            }
+        })
+        .await
+    };
+    let round_trips = measurement("ping/pong round trip through two BPEs", latencies, elapsed);
+    drop(bpe_a);
+    drop(bpe_b);
+
+    // The same writes by a plain client (no BPE listening).
+    let (latencies, elapsed) = {
+        let (clients, a, b) = (clients.clone(), a.clone(), orgs[1].identifier.clone());
+        closed_loop(settings.concurrency, settings.duration, move || {
+            let (clients, a, b) = (clients.clone(), a.clone(), b.clone());
+            async move { plain_round_trip(&clients, &a, &b).await }
+        })
+        .await
+    };
+    let plain_writes = measurement(
+        "the same 9 FHIR writes by a plain client",
+        latencies,
+        elapsed,
+    );
+    let _ = stop_tx.send(true);
+
+    let (chain, chain_every_step, raw_state_inserts) = chain_runs(&dir, settings.duration).await?;
+    let startup = match std::env::current_exe()?.with_file_name("dsf-bpe") {
+        binary if binary.exists() => Some(bpe_startup_and_memory(&binary, &pki, &dir).await?),
+        _ => None,
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(BpeLoadReport {
+        round_trips,
+        plain_writes,
+        chain,
+        chain_every_step,
+        raw_state_inserts,
+        startup,
+    })
+}
+
+fn chain_bpmn() -> String {
+    let mut body = String::from(
+        r#"<bpmn:startEvent id="s"><bpmn:messageEventDefinition messageRef="m"/></bpmn:startEvent>"#,
+    );
+    let mut previous = "s".to_owned();
+    for i in 0..10 {
+        body.push_str(&format!(r#"<bpmn:sequenceFlow id="f{i}" sourceRef="{previous}" targetRef="t{i}"/><bpmn:serviceTask id="t{i}" camunda:class="bench.Step"/>"#));
+        previous = format!("t{i}");
+    }
+    body.push_str(&format!(r#"<bpmn:sequenceFlow id="fe" sourceRef="{previous}" targetRef="e"/><bpmn:endEvent id="e"/>"#));
+    format!(
+        r#"<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" xmlns:camunda="http://camunda.org/schema/1.0/bpmn"><bpmn:process id="bench_chain" isExecutable="true">{body}</bpmn:process><bpmn:message id="m" name="go"/></bpmn:definitions>"#
+    )
+}
+
+/// Instances of a 10-service-task chain per second (each handler sets a variable), the state
+/// saved at the end, and saved after every step; against raw inserts of the final state rows.
+async fn chain_runs(
+    dir: &Path,
+    duration: Duration,
+) -> Result<(Measurement, Measurement, Measurement), BoxError> {
+    let definitions = dsf_bpmn::parse(chain_bpmn().as_bytes(), "chain.bpmn")?;
+    let mut registry = Registry::new();
+    registry.bind_fn("bench.Step", |ctx| {
+        let n = ctx.variable("n").and_then(Value::as_i64).unwrap_or(0);
+        ctx.set("n", json!(n + 1));
+        Ok(())
+    });
+    let engine = Arc::new(Engine::deploy(
+        definitions,
+        registry,
+        Arc::new(SystemClock),
+    )?);
+    let mut results = Vec::new();
+    let mut sample_row = String::new();
+    for (name, every_step) in [
+        ("10-service-task chain, state saved at the end", false),
+        ("10-service-task chain, state saved after every step", true),
+    ] {
+        let state = StateStore::open(&dir.join(format!("chain-{every_step}.sqlite")))?;
+        let mut latencies = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            let t = Instant::now();
+            let mut instance = engine
+                .correlate(
+                    &mut [],
+                    "go",
+                    Some(&uuid::Uuid::new_v4().to_string()),
+                    None,
+                    Map::new(),
+                )?
+                .ok_or("no instance")?;
+            loop {
+                let step = engine.step(&mut instance).await?;
+                if every_step {
+                    state
+                        .save("bench_chain|1.0", &instance, None, false)
+                        .await?;
+                }
+                if step != dsf_bpmn::engine::Step::Progressed {
+                    break;
+                }
+            }
+            if !every_step {
+                state
+                    .save("bench_chain|1.0", &instance, None, false)
+                    .await?;
+            }
+            latencies.push(t.elapsed());
+            if sample_row.is_empty() {
+                sample_row = serde_json::to_string(&instance)?;
+            }
+        }
+        results.push(measurement(name, latencies, start.elapsed()));
+    }
+    let raw = raw_state_inserts(&dir.join("raw-state.sqlite"), &sample_row, duration).await?;
+    let every = results.pop().ok_or("missing")?;
+    let end = results.pop().ok_or("missing")?;
+    Ok((end, every, raw))
+}
+
+/// One committed insert per row of the instance's JSON, with the state store's pragmas, on
+/// the blocking pool as the state store does: the ceiling for saving instances.
+async fn raw_state_inserts(
+    path: &Path,
+    row: &str,
+    duration: Duration,
+) -> Result<Measurement, BoxError> {
+    let (path, row) = (path.to_path_buf(), row.to_owned());
+    let connection = Arc::new(Mutex::new(rusqlite::Connection::open(&path)?));
+    {
+        let c = connection.lock().map_err(|_| "lock")?;
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;
+             CREATE TABLE raw(id TEXT PRIMARY KEY, data TEXT NOT NULL);",
+        )?;
+    }
+    let mut latencies = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        let (c, row) = (connection.clone(), row.clone());
+        tokio::task::spawn_blocking(move || -> rusqlite::Result<()> {
+            let c = c.lock().map_err(|_| rusqlite::Error::InvalidQuery)?;
+            c.execute(
+                "INSERT INTO raw(id, data) VALUES (?1, ?2)",
+                rusqlite::params![uuid::Uuid::new_v4().to_string(), row],
+            )?;
+            Ok(())
+        })
+        .await??;
+        latencies.push(t.elapsed());
+    }
+    Ok(measurement(
+        "raw insert of the same state row (baseline)",
+        latencies,
+        start.elapsed(),
+    ))
+}
+
+/// Starts the dsf-bpe binary against an in-process FHIR server: time until it logs that it
+/// runs with both subscriptions bound, and its resident memory 2 s later.
+async fn bpe_startup_and_memory(
+    binary: &Path,
+    pki: &DevPki,
+    dir: &Path,
+) -> Result<(Duration, u64), BoxError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let files: PathBuf = dir.join("startup");
+    std::fs::create_dir_all(&files)?;
+    let orgs = two_organizations(pki, &files, &stop_rx).await?;
+    let org = &orgs[0];
+    org.client_cert.write(&files, "client")?;
+    pki.write_ca(&files)?;
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(binary)
+        .env("DEV_DSF_BPE_FHIR_SERVER_BASE_URL", &org.base_url)
+        .env(
+            "DEV_DSF_BPE_FHIR_CLIENT_CERTIFICATE",
+            files.join("client.crt"),
+        )
+        .env(
+            "DEV_DSF_BPE_FHIR_CLIENT_CERTIFICATE_PRIVATE_KEY",
+            files.join("client.key"),
+        )
+        .env(
+            "DEV_DSF_BPE_FHIR_CLIENT_TRUST_SERVER_CERTIFICATE_CAS",
+            files.join("ca.crt"),
+        )
+        .env(
+            "DEV_DSF_BPE_DB_URL",
+            format!("sqlite:{}", files.join("bpe.sqlite").display()),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let startup = loop {
+        match tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
+            Ok(Ok(Some(line))) if line.contains("BPE running") => break started.elapsed(),
+            Ok(Ok(Some(_))) => continue,
+            _ => return Err("dsf-bpe did not report running within 30 s".into()),
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = child.id().ok_or("dsf-bpe exited")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or("no VmRSS")?;
+    child.kill().await.ok();
+    let _ = stop_tx.send(true);
+    Ok((startup, rss_kib))
+}
