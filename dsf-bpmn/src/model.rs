@@ -14,7 +14,8 @@ pub struct Definitions {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
     pub id: String,
-    /// Correlation uses the name, not the id.
+    /// Correlation uses the name, not the id. Empty when the file gives none (allowed for a
+    /// message no event references).
     pub name: String,
 }
 
@@ -185,6 +186,15 @@ pub struct MultiInstance {
     pub element_variable: Option<String>,
     pub loop_cardinality: Option<String>,
     pub completion_condition: Option<String>,
+    /// `camunda:asyncBefore`, `camunda:asyncAfter`, `camunda:exclusive` and
+    /// `camunda:failedJobRetryTimeCycle` of the loop characteristics. Kept as written; the
+    /// engine starts every iteration in the step that reaches the activity (a caller that
+    /// persists per step sees the same states as with Camunda's per-iteration jobs), and
+    /// retries come from the activity's own `failedJobRetryTimeCycle`.
+    pub async_before: bool,
+    pub async_after: bool,
+    pub exclusive: bool,
+    pub retry_cycle: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -17,7 +17,9 @@ pub fn parse(bytes: &[u8], file: &str) -> Result<Definitions> {
             (Some(BPMN), "process") => definitions.processes.push(parser.process(child)?),
             (Some(BPMN), "message") => {
                 let id = parser.required(child, "id")?;
-                let name = parser.required(child, "name")?;
+                // A message without a name is valid BPMN; it is an error only where an event
+                // references it (see validate), since correlation goes by name.
+                let name = child.attr("name").unwrap_or_default().to_owned();
                 definitions
                     .messages
                     .insert(id.clone(), Message { id, name });
@@ -323,6 +325,13 @@ impl Parser<'_> {
                         loop_cardinality: child.child(BPMN, "loopCardinality").map(Element::text),
                         completion_condition: child
                             .child(BPMN, "completionCondition")
+                            .map(Element::text),
+                        async_before: flag(child, "asyncBefore"),
+                        async_after: flag(child, "asyncAfter"),
+                        exclusive: child.attr_ns(CAMUNDA, "exclusive") != Some("false"),
+                        retry_cycle: child
+                            .child(BPMN, "extensionElements")
+                            .and_then(|x| x.child(CAMUNDA, "failedJobRetryTimeCycle"))
                             .map(Element::text),
                     });
                 }

@@ -62,6 +62,11 @@ fn check_process(d: &Definitions, p: &Process, file: &str) -> Result<()> {
                 &n.id,
                 format!("references message '{id}', which is not defined"),
             )),
+            Some(id) if d.messages.get(id).is_some_and(|m| m.name.is_empty()) => Err(fail(
+                n.line,
+                &n.id,
+                format!("references message '{id}', which has no name to correlate by"),
+            )),
             None if catching => Err(fail(n.line, &n.id, "message event without message".into())),
             _ => Ok(()),
         }

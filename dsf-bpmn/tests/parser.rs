@@ -283,3 +283,47 @@ fn malformed_xml_reports_the_line() {
         Err(Error::Invalid { .. })
     ));
 }
+
+#[test]
+fn unnamed_unreferenced_messages_parse_and_referenced_ones_do_not() {
+    let unused = r#"<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL">
+  <bpmn:process id="a_b" isExecutable="true">
+    <bpmn:startEvent id="s"/><bpmn:sequenceFlow id="f" sourceRef="s" targetRef="e"/><bpmn:endEvent id="e"/>
+  </bpmn:process>
+  <bpmn:message id="Unused"/>
+</bpmn:definitions>"#;
+    let definitions = dsf_bpmn::parse(unused.as_bytes(), "unused.bpmn").expect("parses");
+    assert_eq!(definitions.messages["Unused"].name, "");
+    let used = unused.replace(
+        r#"<bpmn:startEvent id="s"/>"#,
+        r#"<bpmn:startEvent id="s"><bpmn:messageEventDefinition messageRef="Unused"/></bpmn:startEvent>"#,
+    );
+    let error = dsf_bpmn::parse(used.as_bytes(), "used.bpmn")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("has no name"), "{error}");
+}
+
+#[test]
+fn multi_instance_job_attributes_are_kept() {
+    let xml = r#"<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL" xmlns:camunda="http://camunda.org/schema/1.0/bpmn">
+  <bpmn:process id="a_b" isExecutable="true">
+    <bpmn:startEvent id="s"/>
+    <bpmn:sequenceFlow id="f1" sourceRef="s" targetRef="t"/>
+    <bpmn:serviceTask id="t" camunda:class="x">
+      <bpmn:multiInstanceLoopCharacteristics camunda:asyncBefore="true" camunda:exclusive="false" camunda:collection="${targets.entries}" camunda:elementVariable="target">
+        <bpmn:extensionElements><camunda:failedJobRetryTimeCycle>R3/PT5S</camunda:failedJobRetryTimeCycle></bpmn:extensionElements>
+      </bpmn:multiInstanceLoopCharacteristics>
+    </bpmn:serviceTask>
+    <bpmn:sequenceFlow id="f2" sourceRef="t" targetRef="e"/>
+    <bpmn:endEvent id="e"/>
+  </bpmn:process>
+</bpmn:definitions>"#;
+    let definitions = dsf_bpmn::parse(xml.as_bytes(), "mi.bpmn").expect("parses");
+    let mi = definitions.processes[0]
+        .node("t")
+        .and_then(|n| n.multi_instance.clone())
+        .expect("multi-instance");
+    assert!(mi.async_before && !mi.async_after && !mi.exclusive);
+    assert_eq!(mi.retry_cycle.as_deref(), Some("R3/PT5S"));
+}

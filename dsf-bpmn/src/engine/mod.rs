@@ -1635,6 +1635,10 @@ impl Engine {
             element_variable: None,
             loop_cardinality: None,
             completion_condition: None,
+            async_before: false,
+            async_after: false,
+            exclusive: true,
+            retry_cycle: None,
         });
         let condition_met = match &mi.completion_condition {
             Some(c) => self.condition(instance, body, &node.id, c)?,
