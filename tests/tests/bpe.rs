@@ -624,6 +624,62 @@ async fn a_user_task_waits_for_its_questionnaire_response() {
     );
 }
 
+/// Sleeps when the start Task carries the input `test|slow`.
+struct MaybeSlow;
+
+#[dsf_plugin_api::async_trait]
+impl dsf_plugin_api::ServiceTask for MaybeSlow {
+    async fn execute(
+        &self,
+        _api: &dsf_plugin_api::ProcessApi,
+        vars: &mut dsf_plugin_api::Variables<'_>,
+    ) -> Result<(), dsf_plugin_api::ProcessError> {
+        let task = vars.start_task().unwrap_or_default();
+        if !dsf_plugin_api::task::inputs(&task, "http://test.org/fhir/CodeSystem/test", "slow").is_empty() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Ok(())
+    }
+}
+
+async fn a_slow_handler_holds_up_no_other_instance() {
+    let bpmn = APPROVE_BPMN
+        .replace(r#"<bpmn:userTask id="Ask" camunda:formKey="http://test.org/fhir/Questionnaire/approve|#{version}"/>"#, r#"<bpmn:serviceTask id="Ask" camunda:class="org.test.MaybeSlow"/>"#)
+        .replace(r#"<bpmn:serviceTask id="Record" camunda:class="org.test.RecordAnswer"/>"#, r#"<bpmn:serviceTask id="Record" camunda:class="org.test.MaybeSlow"/>"#);
+    let mut plugin = PluginDefinition::new("approve", "1.0.0.0", "2026-11-28")
+        .expect("metadata")
+        .bpmn("bpe/approve.bpmn", bpmn)
+        .service_task("org.test.MaybeSlow", MaybeSlow);
+    for (process, path, text) in approve_plugin().fhir_files().iter().map(|(p, f)| (p.clone(), f.path.clone(), f.contents.clone())) {
+        if !path.contains("-q") {
+            plugin = plugin.fhir(&process, &path, text);
+        }
+    }
+    let network = Network::start(1, Topology::Mesh).await;
+    let org = network.organization(0);
+    let bpe = Bpe::start(BpeConfig::new(&org.base_url, org.bpe_tls.clone()), vec![plugin]).await.expect("BPE");
+    assert!(bpe.report().refused.is_empty(), "{:?}", bpe.report().refused);
+    tokio::time::timeout(WAIT, bpe.wait_connected()).await.expect("bound");
+    let approve = |slow: bool| {
+        let mut task = start_task(org, "approve", "task-approve", "approve", vec![]);
+        task["instantiatesCanonical"] = json!("http://test.org/bpe/Process/approve|1.0");
+        task["meta"]["profile"] = json!(["http://test.org/fhir/StructureDefinition/task-approve|1.0"]);
+        if slow {
+            task["input"].as_array_mut().expect("inputs").push(json!({"type": {"coding": [{"system": "http://test.org/fhir/CodeSystem/test", "code": "slow"}]}, "valueString": "yes"}));
+        }
+        task
+    };
+    let slow = post(org, approve(true)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = tokio::time::Instant::now();
+    let fast = post(org, approve(false)).await;
+    assert_eq!(finished(org, &fast).await["status"], "completed");
+    assert!(started.elapsed() < Duration::from_secs(3), "the fast instance waited for the slow one");
+    let still: Value = org.client.read("Task", &slow).await.expect("read");
+    assert_eq!(still["status"], "in-progress");
+    assert_eq!(finished(org, &slow).await["status"], "completed");
+}
+
 /// The steps at which a BPE may be killed, in the order a request/reply process meets them.
 const STEPS: [&str; 7] = [
     "claim-recorded",
@@ -769,6 +825,10 @@ fn main() {
         .test(
             "a_broken_plugin_is_refused_and_the_others_run",
             a_broken_plugin_is_refused_and_the_others_run,
+        )
+        .test(
+            "a_slow_handler_holds_up_no_other_instance",
+            a_slow_handler_holds_up_no_other_instance,
         )
         .test(
             "a_user_task_waits_for_its_questionnaire_response",
