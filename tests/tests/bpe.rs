@@ -624,6 +624,29 @@ async fn a_user_task_waits_for_its_questionnaire_response() {
     );
 }
 
+async fn the_plugin_guide_hello_world_runs() {
+    let network = Network::start(1, Topology::Mesh).await;
+    let org = network.organization(0);
+    let bpe = Bpe::start(
+        BpeConfig::new(&org.base_url, org.bpe_tls.clone()),
+        vec![dsf_plugin_hello_world::plugin()],
+    )
+    .await
+    .expect("BPE");
+    assert_eq!(bpe.report().deployed, ["exampleorg_helloWorld|1.0"]);
+    tokio::time::timeout(WAIT, bpe.wait_connected()).await.expect("bound");
+    let mut task = start_task(org, "helloWorld", "task-hello-world", "helloWorld", vec![]);
+    task["instantiatesCanonical"] = json!(format!("{}|1.0", dsf_plugin_hello_world::PROCESS));
+    task["meta"]["profile"] = json!(["http://example.org/fhir/StructureDefinition/task-hello-world|1.0"]);
+    let id = post(org, task).await;
+    let task = finished(org, &id).await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(
+        output_string(&task, dsf_plugin_hello_world::HELLO_WORLD, "greeting"),
+        Some("Hello, org0.test!")
+    );
+}
+
 /// Sleeps when the start Task carries the input `test|slow`.
 struct MaybeSlow;
 
@@ -825,6 +848,10 @@ fn main() {
         .test(
             "a_broken_plugin_is_refused_and_the_others_run",
             a_broken_plugin_is_refused_and_the_others_run,
+        )
+        .test(
+            "the_plugin_guide_hello_world_runs",
+            the_plugin_guide_hello_world_runs,
         )
         .test(
             "a_slow_handler_holds_up_no_other_instance",
