@@ -133,6 +133,7 @@ async fn two_organizations(
                     "sqlite:{}",
                     dir.join(format!("{}.sqlite", org.identifier)).display()
                 ),
+                postgres_schema: None,
                 bind: ([127, 0, 0, 1], port).into(),
                 tls: pki.server_config(&server_cert)?,
                 local_thumbprints: vec![org.client_cert.thumbprint()],

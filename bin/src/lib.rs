@@ -4,6 +4,7 @@
 pub mod bpe_load;
 pub mod hostile_load;
 pub mod load;
+pub mod ping;
 pub mod websocket_load;
 
 use dsf_core::Thumbprint;
@@ -13,9 +14,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// Logs at `info` unless `RUST_LOG` says otherwise (the servers).
 pub fn init_logging() {
+    init_logging_at("info");
+}
+
+/// Logs at `level` unless `RUST_LOG` says otherwise; the dev CLI uses `warn` so that its own
+/// output (tables, statuses) stays readable.
+pub fn init_logging_at(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
 }
 
@@ -23,6 +31,8 @@ pub fn init_logging() {
 pub struct FhirServerSettings {
     pub config: ServerConfig,
     pub db_url: String,
+    /// With a PostgreSQL `db_url`: the schema of this server's tables (created if missing).
+    pub postgres_schema: Option<String>,
     pub bind: SocketAddr,
     pub tls: dsf_core::rustls::ServerConfig,
     /// The local organisation's certificate thumbprints (its BPE's client certificate).
@@ -38,7 +48,15 @@ pub async fn start_fhir_server(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, Box<dyn std::error::Error + Send + Sync>>
 {
-    let store = ResourceStore::open(&settings.db_url, &settings.config.base_url).await?;
+    let store = match &settings.postgres_schema {
+        Some(schema) => {
+            let backend =
+                dsf_fhir::store::PostgresBackend::connect(&settings.db_url, Some(schema), 16)
+                    .await?;
+            ResourceStore::new(Arc::new(backend), &settings.config.base_url)
+        }
+        None => ResourceStore::open(&settings.db_url, &settings.config.base_url).await?,
+    };
     let local = AllowListEntry {
         identifier: settings.config.organization_identifier.clone(),
         name: settings.organization_name.clone(),

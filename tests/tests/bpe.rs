@@ -634,10 +634,13 @@ async fn the_plugin_guide_hello_world_runs() {
     .await
     .expect("BPE");
     assert_eq!(bpe.report().deployed, ["exampleorg_helloWorld|1.0"]);
-    tokio::time::timeout(WAIT, bpe.wait_connected()).await.expect("bound");
+    tokio::time::timeout(WAIT, bpe.wait_connected())
+        .await
+        .expect("bound");
     let mut task = start_task(org, "helloWorld", "task-hello-world", "helloWorld", vec![]);
     task["instantiatesCanonical"] = json!(format!("{}|1.0", dsf_plugin_hello_world::PROCESS));
-    task["meta"]["profile"] = json!(["http://example.org/fhir/StructureDefinition/task-hello-world|1.0"]);
+    task["meta"]["profile"] =
+        json!(["http://example.org/fhir/StructureDefinition/task-hello-world|1.0"]);
     let id = post(org, task).await;
     let task = finished(org, &id).await;
     assert_eq!(task["status"], "completed", "{task:#}");
@@ -658,7 +661,9 @@ impl dsf_plugin_api::ServiceTask for MaybeSlow {
         vars: &mut dsf_plugin_api::Variables<'_>,
     ) -> Result<(), dsf_plugin_api::ProcessError> {
         let task = vars.start_task().unwrap_or_default();
-        if !dsf_plugin_api::task::inputs(&task, "http://test.org/fhir/CodeSystem/test", "slow").is_empty() {
+        if !dsf_plugin_api::task::inputs(&task, "http://test.org/fhir/CodeSystem/test", "slow")
+            .is_empty()
+        {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
         Ok(())
@@ -673,20 +678,36 @@ async fn a_slow_handler_holds_up_no_other_instance() {
         .expect("metadata")
         .bpmn("bpe/approve.bpmn", bpmn)
         .service_task("org.test.MaybeSlow", MaybeSlow);
-    for (process, path, text) in approve_plugin().fhir_files().iter().map(|(p, f)| (p.clone(), f.path.clone(), f.contents.clone())) {
+    for (process, path, text) in approve_plugin()
+        .fhir_files()
+        .iter()
+        .map(|(p, f)| (p.clone(), f.path.clone(), f.contents.clone()))
+    {
         if !path.contains("-q") {
             plugin = plugin.fhir(&process, &path, text);
         }
     }
     let network = Network::start(1, Topology::Mesh).await;
     let org = network.organization(0);
-    let bpe = Bpe::start(BpeConfig::new(&org.base_url, org.bpe_tls.clone()), vec![plugin]).await.expect("BPE");
-    assert!(bpe.report().refused.is_empty(), "{:?}", bpe.report().refused);
-    tokio::time::timeout(WAIT, bpe.wait_connected()).await.expect("bound");
+    let bpe = Bpe::start(
+        BpeConfig::new(&org.base_url, org.bpe_tls.clone()),
+        vec![plugin],
+    )
+    .await
+    .expect("BPE");
+    assert!(
+        bpe.report().refused.is_empty(),
+        "{:?}",
+        bpe.report().refused
+    );
+    tokio::time::timeout(WAIT, bpe.wait_connected())
+        .await
+        .expect("bound");
     let approve = |slow: bool| {
         let mut task = start_task(org, "approve", "task-approve", "approve", vec![]);
         task["instantiatesCanonical"] = json!("http://test.org/bpe/Process/approve|1.0");
-        task["meta"]["profile"] = json!(["http://test.org/fhir/StructureDefinition/task-approve|1.0"]);
+        task["meta"]["profile"] =
+            json!(["http://test.org/fhir/StructureDefinition/task-approve|1.0"]);
         if slow {
             task["input"].as_array_mut().expect("inputs").push(json!({"type": {"coding": [{"system": "http://test.org/fhir/CodeSystem/test", "code": "slow"}]}, "valueString": "yes"}));
         }
@@ -697,7 +718,10 @@ async fn a_slow_handler_holds_up_no_other_instance() {
     let started = tokio::time::Instant::now();
     let fast = post(org, approve(false)).await;
     assert_eq!(finished(org, &fast).await["status"], "completed");
-    assert!(started.elapsed() < Duration::from_secs(3), "the fast instance waited for the slow one");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the fast instance waited for the slow one"
+    );
     let still: Value = org.client.read("Task", &slow).await.expect("read");
     assert_eq!(still["status"], "in-progress");
     assert_eq!(finished(org, &slow).await["status"], "completed");

@@ -84,6 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         organization_name: args.organization_identifier.clone(),
         bind: format!("{}:{}", args.host, args.port).parse()?,
         db_url: args.db_url.clone(),
+        postgres_schema: None,
         config,
         tls,
         peers: Vec::new(),

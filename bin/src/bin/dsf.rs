@@ -2,9 +2,11 @@
 //! on loopback.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use dsf_bin::{init_logging, shutdown_signal, start_fhir_server, FhirServerSettings};
+use dsf_bin::{
+    init_logging_at, shutdown_signal, start_bpe, start_fhir_server, BpeSettings, FhirServerSettings,
+};
 use dsf_core::{DevPki, IssuedCert};
-use dsf_fhir::server::AllowListEntry;
+use dsf_fhir::server::{AllowListEntry, LocalUser, Role, DSF_ADMIN};
 use dsf_fhir::{FhirClient, ServerConfig};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -68,7 +70,9 @@ enum Dev {
         #[arg(long = "user")]
         users: Vec<String>,
     },
-    /// Run a local network of DSF FHIR servers on loopback with generated certificates
+    /// Run a local network of DSF organisations on loopback (a FHIR server and a BPE with
+    /// the ping-pong plugin each, in this process), with generated certificates; pings from
+    /// the first organisation to all others once it runs
     Up {
         #[arg(long, default_value = "dev-network")]
         dir: PathBuf,
@@ -78,9 +82,29 @@ enum Dev {
         base_port: u16,
         #[arg(long, value_enum, default_value_t = Topology::Mesh)]
         topology: Topology,
-        /// Check every organisation against every server, print the result and exit
+        /// FHIR servers on PostgreSQL at this URL (a schema per organisation) instead of SQLite
+        #[arg(long)]
+        postgres: Option<String>,
+        /// How long a ping waits for a pong (ISO 8601)
+        #[arg(long, default_value = "PT20S")]
+        pong_timeout: String,
+        /// Check connectivity, ping from every organisation to all it may reach, check every
+        /// status, print the result and exit (non-zero if anything is wrong)
         #[arg(long)]
         smoke: bool,
+    },
+    /// Start a ping on a running dev network and print each target's status
+    Ping {
+        #[arg(long, default_value = "dev-network")]
+        dir: PathBuf,
+        /// The pinging organisation (identifier or index in network.json; default the first)
+        #[arg(long)]
+        from: Option<String>,
+        /// Organisations to ping (identifiers); all it may reach when absent
+        #[arg(long = "to")]
+        to: Vec<String>,
+        #[arg(long, default_value_t = 60)]
+        timeout_seconds: u64,
     },
 }
 
@@ -102,20 +126,26 @@ fn write_org(
     Ok((server, client))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize)]
 struct NetworkOrganization {
     identifier: String,
     fhir_base_url: String,
+    websocket_url: String,
+    /// The organisation's own certificate: its BPE's, and what starts processes.
     client_certificate: PathBuf,
     client_key: PathBuf,
     thumbprint: String,
+    /// A local user with every role and the DSF_ADMIN practitioner role.
+    admin_certificate: PathBuf,
+    admin_key: PathBuf,
+    bpe_state: PathBuf,
     allows: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize)]
 struct Network {
     ca_certificate: PathBuf,
-    topology: &'static str,
+    topology: String,
     organizations: Vec<NetworkOrganization>,
 }
 
@@ -124,10 +154,19 @@ struct Org {
     base_url: String,
     server: IssuedCert,
     client: IssuedCert,
+    admin: IssuedCert,
 }
 
 fn allows(topology: Topology, index: usize, other: usize) -> bool {
     index != other && (topology == Topology::Mesh || index == 0 || other == 0)
+}
+
+fn pong_timeout(text: &str) -> Result<std::time::Duration, String> {
+    dsf_bpmn::engine::parse_duration(text)
+        .ok()
+        .and_then(|millis| u64::try_from(millis).ok())
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("--pong-timeout '{text}' is not an ISO 8601 duration such as PT20S"))
 }
 
 async fn up(
@@ -135,11 +174,14 @@ async fn up(
     count: usize,
     base_port: u16,
     topology: Topology,
+    postgres: Option<String>,
+    pong_timeout_text: String,
     smoke: bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     if count == 0 {
         return Err("at least one organisation is needed".into());
     }
+    let pong_timeout = pong_timeout(&pong_timeout_text)?;
     std::fs::create_dir_all(&dir)?;
     let pki = DevPki::generate("dsf-rs dev network CA")?;
     pki.write_ca(&dir)?;
@@ -147,14 +189,18 @@ async fn up(
     for i in 0..count {
         let identifier = format!("org-{}.dsf.test", (b'a' + (i % 26) as u8) as char);
         let (server, client) = write_org(&pki, &dir, &identifier)?;
+        let admin = pki.issue_client(&format!("admin@{identifier}"))?;
+        admin.write(&dir.join(&identifier), "admin")?;
         let base_url = format!("https://localhost:{}/fhir", base_port + i as u16);
         orgs.push(Org {
             identifier,
             base_url,
             server,
             client,
+            admin,
         });
     }
+    let started = std::time::Instant::now();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     for (i, org) in orgs.iter().enumerate() {
@@ -169,11 +215,32 @@ async fn up(
                 base_url: peer.base_url.clone(),
             })
             .collect();
-        let db = dir.join(&org.identifier).join("fhir.sqlite");
         let mut stop = stop_rx.clone();
+        let mut config = ServerConfig::new(&org.base_url, &org.identifier);
+        config.users.push(
+            LocalUser::new("admin", org.admin.thumbprint(), &Role::ALL)
+                .with_practitioner_role(DSF_ADMIN.0, DSF_ADMIN.1),
+        );
+        let (db_url, postgres_schema) = match &postgres {
+            Some(url) => (
+                url.clone(),
+                Some(format!(
+                    "dsf_dev_{}",
+                    org.identifier.replace(['.', '-'], "_")
+                )),
+            ),
+            None => (
+                format!(
+                    "sqlite:{}",
+                    dir.join(&org.identifier).join("fhir.sqlite").display()
+                ),
+                None,
+            ),
+        };
         let settings = FhirServerSettings {
-            config: ServerConfig::new(&org.base_url, &org.identifier),
-            db_url: format!("sqlite:{}", db.display()),
+            config,
+            db_url,
+            postgres_schema,
             bind: ([127, 0, 0, 1], base_port + i as u16).into(),
             tls: pki.server_config(&org.server)?,
             local_thumbprints: vec![org.client.thumbprint()],
@@ -187,28 +254,56 @@ async fn up(
             .await?,
         );
     }
+    let mut bpes = Vec::new();
+    for org in &orgs {
+        bpes.push(
+            start_bpe(BpeSettings {
+                fhir_base_url: org.base_url.clone(),
+                tls: pki.client_config(&org.client)?,
+                db_url: format!(
+                    "sqlite:{}",
+                    dir.join(&org.identifier).join("bpe.sqlite").display()
+                ),
+                process_threads: None,
+                local_timeout: std::time::Duration::from_secs(60),
+                pong_timeout,
+            })
+            .await?,
+        );
+    }
+    for bpe in &bpes {
+        bpe.wait_connected().await;
+    }
     let network = Network {
         ca_certificate: dir.join("ca.crt"),
         topology: if topology == Topology::Mesh {
             "mesh"
         } else {
             "star"
-        },
+        }
+        .to_owned(),
         organizations: orgs
             .iter()
             .enumerate()
-            .map(|(i, o)| NetworkOrganization {
-                identifier: o.identifier.clone(),
-                fhir_base_url: o.base_url.clone(),
-                client_certificate: dir.join(&o.identifier).join("client.crt"),
-                client_key: dir.join(&o.identifier).join("client.key"),
-                thumbprint: o.client.thumbprint().to_string(),
-                allows: orgs
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| allows(topology, i, *j))
-                    .map(|(_, p)| p.identifier.clone())
-                    .collect(),
+            .map(|(i, o)| {
+                let files = dir.join(&o.identifier);
+                NetworkOrganization {
+                    identifier: o.identifier.clone(),
+                    fhir_base_url: o.base_url.clone(),
+                    websocket_url: format!("{}/ws", o.base_url.replacen("https://", "wss://", 1)),
+                    client_certificate: files.join("client.crt"),
+                    client_key: files.join("client.key"),
+                    thumbprint: o.client.thumbprint().to_string(),
+                    admin_certificate: files.join("admin.crt"),
+                    admin_key: files.join("admin.key"),
+                    bpe_state: files.join("bpe.sqlite"),
+                    allows: orgs
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| allows(topology, i, *j))
+                        .map(|(_, p)| p.identifier.clone())
+                        .collect(),
+                }
             })
             .collect(),
     };
@@ -217,35 +312,188 @@ async fn up(
         serde_json::to_string_pretty(&network)?,
     )?;
     println!(
-        "DSF dev network: {} organisations ({}), description in {}",
-        count,
+        "DSF dev network: {count} organisations ({}), each a FHIR server and a BPE with ping-pong, running after {} ms",
         network.topology,
-        dir.join("network.json").display()
+        started.elapsed().as_millis()
     );
     for o in &network.organizations {
         println!("  {}  {}", o.identifier, o.fhir_base_url);
     }
+    println!(
+        "Description (URLs, certificates): {}",
+        dir.join("network.json").display()
+    );
+    println!(
+        "Start a ping:  cargo run --release -p dsf-bin --bin dsf -- dev ping --dir {} [--from <org>] [--to <org> …]",
+        dir.display()
+    );
     if let Some(first) = network.organizations.first() {
         println!(
-            "try: curl --cacert {} --cert {} --key {} -H 'Accept: application/fhir+json' {}/metadata",
+            "See results:   curl --cacert {} --cert {} --key {} -H 'Accept: application/fhir+json' '{}/Task?_sort=-_lastUpdated&_count=5'",
             network.ca_certificate.display(),
             first.client_certificate.display(),
             first.client_key.display(),
             first.fhir_base_url
         );
     }
-    println!("The BPE and the ping-pong plugin are not part of dsf-rs yet; the network runs FHIR servers only.");
     let result = if smoke {
-        check(&pki, &orgs, topology).await
+        match check(&pki, &orgs, topology).await {
+            Ok(()) => smoke_pings(&pki, &orgs, topology, pong_timeout).await,
+            Err(e) => Err(e),
+        }
     } else {
+        if count > 1 {
+            let from = &orgs[0];
+            let client =
+                FhirClient::new(&from.base_url, Arc::new(pki.client_config(&from.client)?))?;
+            match dsf_bin::ping::ping(
+                &client,
+                &from.identifier,
+                &[],
+                pong_timeout * 2 + std::time::Duration::from_secs(30),
+            )
+            .await
+            {
+                Ok(outcome) => print_outcome(&from.identifier, &outcome),
+                Err(e) => eprintln!("first ping failed: {e}"),
+            }
+        }
+        println!("Running; Ctrl-C stops the network.");
         shutdown_signal().await;
         Ok(())
     };
+    drop(bpes);
     let _ = stop_tx.send(true);
     for s in servers {
         let _ = s.await;
     }
     result
+}
+
+fn print_outcome(from: &str, outcome: &dsf_bin::ping::PingOutcome) {
+    println!(
+        "ping from {from} (Task/{}): {} after {} ms",
+        outcome.task_id,
+        outcome.task_status,
+        outcome.elapsed.as_millis()
+    );
+    for s in &outcome.statuses {
+        println!(
+            "  {:<24} {:<14}{}",
+            s.organization,
+            s.status,
+            s.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// A ping from every organisation: every organisation it may reach answers (`pong-received`),
+/// and it pings no one else.
+async fn smoke_pings(
+    pki: &DevPki,
+    orgs: &[Org],
+    topology: Topology,
+    pong_timeout: std::time::Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut failures = 0;
+    for (i, org) in orgs.iter().enumerate() {
+        let client = FhirClient::new(&org.base_url, Arc::new(pki.client_config(&org.client)?))?;
+        let outcome = dsf_bin::ping::ping(
+            &client,
+            &org.identifier,
+            &[],
+            pong_timeout * 2 + std::time::Duration::from_secs(30),
+        )
+        .await?;
+        print_outcome(&org.identifier, &outcome);
+        let mut expected: Vec<&str> = orgs
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| allows(topology, i, *j))
+            .map(|(_, o)| o.identifier.as_str())
+            .collect();
+        expected.sort_unstable();
+        let mut answered: Vec<&str> = outcome
+            .statuses
+            .iter()
+            .filter(|s| s.status == dsf_plugin_ping_pong::STATUS_PONG_RECEIVED)
+            .map(|s| s.organization.as_str())
+            .collect();
+        answered.sort_unstable();
+        let ok = outcome.task_status == "completed"
+            && answered == expected
+            && outcome.statuses.len() == expected.len();
+        if !ok {
+            failures += 1;
+            println!("FAIL {}: expected pongs from {expected:?}", org.identifier);
+        }
+    }
+    if failures > 0 {
+        return Err(format!("{failures} pings had wrong statuses").into());
+    }
+    println!(
+        "all {} pings answered by every organisation allowed",
+        orgs.len()
+    );
+    Ok(())
+}
+
+/// `dsf dev ping`: a ping on a running network described by `<dir>/network.json`.
+async fn ping_command(
+    dir: PathBuf,
+    from: Option<String>,
+    to: Vec<String>,
+    timeout: std::time::Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let network: Network = serde_json::from_slice(&std::fs::read(dir.join("network.json"))?)?;
+    let pick = |wanted: &str| {
+        wanted
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| network.organizations.get(i))
+            .or_else(|| {
+                network
+                    .organizations
+                    .iter()
+                    .find(|o| o.identifier == wanted)
+            })
+    };
+    let origin = match &from {
+        Some(wanted) => {
+            pick(wanted).ok_or_else(|| format!("no organisation '{wanted}' in network.json"))?
+        }
+        None => network
+            .organizations
+            .first()
+            .ok_or("network.json lists no organisation")?,
+    };
+    let mut endpoints = Vec::new();
+    for wanted in &to {
+        let target =
+            pick(wanted).ok_or_else(|| format!("no organisation '{wanted}' in network.json"))?;
+        endpoints.push(dsf_fhir::server::endpoint_identifier(&target.fhir_base_url));
+    }
+    let tls = dsf_core::TlsFiles {
+        certificate: origin.client_certificate.clone(),
+        private_key: origin.client_key.clone(),
+        trusted_cas: network.ca_certificate.clone(),
+    }
+    .client_config()?;
+    let client = FhirClient::new(&origin.fhir_base_url, Arc::new(tls))?;
+    let outcome = dsf_bin::ping::ping(&client, &origin.identifier, &endpoints, timeout).await?;
+    print_outcome(&origin.identifier, &outcome);
+    if outcome
+        .statuses
+        .iter()
+        .all(|s| s.status == dsf_plugin_ping_pong::STATUS_PONG_RECEIVED)
+    {
+        Ok(())
+    } else {
+        Err("not every target answered".into())
+    }
 }
 
 /// Every organisation's client against every server: allowed ones read metadata and create a
@@ -394,7 +642,7 @@ async fn bench(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    init_logging();
+    init_logging_at("warn");
     match Cli::parse().command {
         Command::Dev(Dev::Certs { out, orgs, users }) => {
             std::fs::create_dir_all(&out)?;
@@ -433,7 +681,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             organizations,
             base_port,
             topology,
+            postgres,
+            pong_timeout,
             smoke,
-        }) => up(dir, organizations, base_port, topology, smoke).await,
+        }) => {
+            up(
+                dir,
+                organizations,
+                base_port,
+                topology,
+                postgres,
+                pong_timeout,
+                smoke,
+            )
+            .await
+        }
+        Command::Dev(Dev::Ping {
+            dir,
+            from,
+            to,
+            timeout_seconds,
+        }) => {
+            ping_command(
+                dir,
+                from,
+                to,
+                std::time::Duration::from_secs(timeout_seconds),
+            )
+            .await
+        }
     }
 }

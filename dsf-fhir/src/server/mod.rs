@@ -13,7 +13,9 @@ pub mod websocket;
 
 pub use crate::access::{ORGANIZATION_IDENTIFIER_SYSTEM, READ_ACCESS_TAG_SYSTEM};
 pub use authorization::{DsfRole, Role};
-pub use bootstrap::{AllowListEntry, BUILT_IN_SUBSCRIPTIONS, ENDPOINT_IDENTIFIER_SYSTEM};
+pub use bootstrap::{
+    endpoint_identifier, AllowListEntry, BUILT_IN_SUBSCRIPTIONS, ENDPOINT_IDENTIFIER_SYSTEM,
+};
 pub use connections::ConnectionLimits;
 pub use identity::{Identity, IdentityKind, LocalUser, DSF_ADMIN};
 pub use websocket::WEBSOCKET_PATH;

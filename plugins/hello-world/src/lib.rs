@@ -22,7 +22,10 @@ pub const PROCESS: &str = "http://example.org/bpe/Process/helloWorld";
 pub fn plugin() -> PluginDefinition {
     PluginDefinition::new("hello-world", "1.0.0.0", "2026-11-28")
         .unwrap_or_else(|e| unreachable!("the plugin's own metadata is valid: {e}"))
-        .bpmn("bpe/hello-world.bpmn", include_str!("../bpe/hello-world.bpmn"))
+        .bpmn(
+            "bpe/hello-world.bpmn",
+            include_str!("../bpe/hello-world.bpmn"),
+        )
         .fhir(
             "exampleorg_helloWorld",
             "fhir/ActivityDefinition-hello-world.json",
@@ -36,7 +39,11 @@ struct Greet;
 
 #[async_trait]
 impl ServiceTask for Greet {
-    async fn execute(&self, api: &ProcessApi, vars: &mut Variables<'_>) -> Result<(), ProcessError> {
+    async fn execute(
+        &self,
+        api: &ProcessApi,
+        vars: &mut Variables<'_>,
+    ) -> Result<(), ProcessError> {
         let mut task = vars
             .start_task()
             .ok_or_else(|| ProcessError::failed("no start Task"))?;
@@ -44,7 +51,10 @@ impl ServiceTask for Greet {
             .unwrap_or(api.local_organization())
             .to_owned();
         let greeting = format!("Hello, {requester}!");
-        add_output(&mut task, parameter(HELLO_WORLD, "greeting", "valueString", json!(greeting)));
+        add_output(
+            &mut task,
+            parameter(HELLO_WORLD, "greeting", "valueString", json!(greeting)),
+        );
         // The engine writes the stored copy of the Task when the process ends.
         vars.update_task(task)
     }
