@@ -2,8 +2,10 @@
 //! plain settings. Everything of substance lives in the library crates.
 
 pub mod bpe_load;
+pub mod dev_network;
 pub mod hostile_load;
 pub mod load;
+pub mod network_load;
 pub mod ping;
 pub mod websocket_load;
 

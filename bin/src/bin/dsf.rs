@@ -1,15 +1,12 @@
 //! The dsf-rs developer CLI: development certificates and a local multi-organisation network
 //! on loopback.
 
-use clap::{Parser, Subcommand, ValueEnum};
-use dsf_bin::{
-    init_logging_at, shutdown_signal, start_bpe, start_fhir_server, BpeSettings, FhirServerSettings,
-};
-use dsf_core::{DevPki, IssuedCert};
-use dsf_fhir::server::{AllowListEntry, LocalUser, Role, DSF_ADMIN};
-use dsf_fhir::{FhirClient, ServerConfig};
-use serde::Serialize;
-use std::path::{Path, PathBuf};
+use clap::{Parser, Subcommand};
+use dsf_bin::dev_network::{DevNetwork, DevNetworkSettings, NetworkDescription, Topology};
+use dsf_bin::{init_logging_at, shutdown_signal};
+use dsf_core::DevPki;
+use dsf_fhir::FhirClient;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -46,15 +43,11 @@ enum Command {
         /// 10-service-task chain, and dsf-bpe's start-up time and idle memory
         #[arg(long)]
         bpe_only: bool,
+        /// Run only the network scenario: a ping from one organisation to 10 and to 50
+        /// others (mesh), start-up time and resident memory per organisation
+        #[arg(long)]
+        network_only: bool,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Topology {
-    /// Every organisation allows every other one
-    Mesh,
-    /// The first organisation is the hub; the others allow only the hub
-    Star,
 }
 
 #[derive(Subcommand)]
@@ -108,67 +101,6 @@ enum Dev {
     },
 }
 
-fn write_org(
-    pki: &DevPki,
-    dir: &Path,
-    identifier: &str,
-) -> std::io::Result<(IssuedCert, IssuedCert)> {
-    let org_dir = dir.join(identifier);
-    std::fs::create_dir_all(&org_dir)?;
-    let server = pki
-        .issue_server("localhost")
-        .map_err(std::io::Error::other)?;
-    let client = pki
-        .issue_client(identifier)
-        .map_err(std::io::Error::other)?;
-    server.write(&org_dir, "server")?;
-    client.write(&org_dir, "client")?;
-    Ok((server, client))
-}
-
-#[derive(Serialize, serde::Deserialize)]
-struct NetworkOrganization {
-    identifier: String,
-    fhir_base_url: String,
-    websocket_url: String,
-    /// The organisation's own certificate: its BPE's, and what starts processes.
-    client_certificate: PathBuf,
-    client_key: PathBuf,
-    thumbprint: String,
-    /// A local user with every role and the DSF_ADMIN practitioner role.
-    admin_certificate: PathBuf,
-    admin_key: PathBuf,
-    bpe_state: PathBuf,
-    allows: Vec<String>,
-}
-
-#[derive(Serialize, serde::Deserialize)]
-struct Network {
-    ca_certificate: PathBuf,
-    topology: String,
-    organizations: Vec<NetworkOrganization>,
-}
-
-struct Org {
-    identifier: String,
-    base_url: String,
-    server: IssuedCert,
-    client: IssuedCert,
-    admin: IssuedCert,
-}
-
-fn allows(topology: Topology, index: usize, other: usize) -> bool {
-    index != other && (topology == Topology::Mesh || index == 0 || other == 0)
-}
-
-fn pong_timeout(text: &str) -> Result<std::time::Duration, String> {
-    dsf_bpmn::engine::parse_duration(text)
-        .ok()
-        .and_then(|millis| u64::try_from(millis).ok())
-        .map(std::time::Duration::from_millis)
-        .ok_or_else(|| format!("--pong-timeout '{text}' is not an ISO 8601 duration such as PT20S"))
-}
-
 async fn up(
     dir: PathBuf,
     count: usize,
@@ -178,145 +110,28 @@ async fn up(
     pong_timeout_text: String,
     smoke: bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    if count == 0 {
-        return Err("at least one organisation is needed".into());
-    }
     let pong_timeout = pong_timeout(&pong_timeout_text)?;
-    std::fs::create_dir_all(&dir)?;
-    let pki = DevPki::generate("dsf-rs dev network CA")?;
-    pki.write_ca(&dir)?;
-    let mut orgs = Vec::new();
-    for i in 0..count {
-        let identifier = format!("org-{}.dsf.test", (b'a' + (i % 26) as u8) as char);
-        let (server, client) = write_org(&pki, &dir, &identifier)?;
-        let admin = pki.issue_client(&format!("admin@{identifier}"))?;
-        admin.write(&dir.join(&identifier), "admin")?;
-        let base_url = format!("https://localhost:{}/fhir", base_port + i as u16);
-        orgs.push(Org {
-            identifier,
-            base_url,
-            server,
-            client,
-            admin,
-        });
-    }
     let started = std::time::Instant::now();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut servers = Vec::new();
-    for (i, org) in orgs.iter().enumerate() {
-        let peers = orgs
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| allows(topology, i, *j))
-            .map(|(_, peer)| AllowListEntry {
-                identifier: peer.identifier.clone(),
-                name: peer.identifier.clone(),
-                thumbprints: vec![peer.client.thumbprint()],
-                base_url: peer.base_url.clone(),
-            })
-            .collect();
-        let mut stop = stop_rx.clone();
-        let mut config = ServerConfig::new(&org.base_url, &org.identifier);
-        config.users.push(
-            LocalUser::new("admin", org.admin.thumbprint(), &Role::ALL)
-                .with_practitioner_role(DSF_ADMIN.0, DSF_ADMIN.1),
-        );
-        let (db_url, postgres_schema) = match &postgres {
-            Some(url) => (
-                url.clone(),
-                Some(format!(
-                    "dsf_dev_{}",
-                    org.identifier.replace(['.', '-'], "_")
-                )),
-            ),
-            None => (
-                format!(
-                    "sqlite:{}",
-                    dir.join(&org.identifier).join("fhir.sqlite").display()
-                ),
-                None,
-            ),
-        };
-        let settings = FhirServerSettings {
-            config,
-            db_url,
-            postgres_schema,
-            bind: ([127, 0, 0, 1], base_port + i as u16).into(),
-            tls: pki.server_config(&org.server)?,
-            local_thumbprints: vec![org.client.thumbprint()],
-            peers,
-            organization_name: org.identifier.clone(),
-        };
-        servers.push(
-            start_fhir_server(settings, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await?,
-        );
-    }
-    let mut bpes = Vec::new();
-    for org in &orgs {
-        bpes.push(
-            start_bpe(BpeSettings {
-                fhir_base_url: org.base_url.clone(),
-                tls: pki.client_config(&org.client)?,
-                db_url: format!(
-                    "sqlite:{}",
-                    dir.join(&org.identifier).join("bpe.sqlite").display()
-                ),
-                process_threads: None,
-                local_timeout: std::time::Duration::from_secs(60),
-                pong_timeout,
-            })
-            .await?,
-        );
-    }
-    for bpe in &bpes {
-        bpe.wait_connected().await;
-    }
-    let network = Network {
-        ca_certificate: dir.join("ca.crt"),
-        topology: if topology == Topology::Mesh {
-            "mesh"
-        } else {
-            "star"
-        }
-        .to_owned(),
-        organizations: orgs
-            .iter()
-            .enumerate()
-            .map(|(i, o)| {
-                let files = dir.join(&o.identifier);
-                NetworkOrganization {
-                    identifier: o.identifier.clone(),
-                    fhir_base_url: o.base_url.clone(),
-                    websocket_url: format!("{}/ws", o.base_url.replacen("https://", "wss://", 1)),
-                    client_certificate: files.join("client.crt"),
-                    client_key: files.join("client.key"),
-                    thumbprint: o.client.thumbprint().to_string(),
-                    admin_certificate: files.join("admin.crt"),
-                    admin_key: files.join("admin.key"),
-                    bpe_state: files.join("bpe.sqlite"),
-                    allows: orgs
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| allows(topology, i, *j))
-                        .map(|(_, p)| p.identifier.clone())
-                        .collect(),
-                }
-            })
-            .collect(),
-    };
+    let network = DevNetwork::start(DevNetworkSettings {
+        dir: dir.clone(),
+        organizations: count,
+        base_port,
+        topology,
+        postgres,
+        pong_timeout,
+    })
+    .await?;
+    let description = network.description(&dir);
     std::fs::write(
         dir.join("network.json"),
-        serde_json::to_string_pretty(&network)?,
+        serde_json::to_string_pretty(&description)?,
     )?;
     println!(
         "DSF dev network: {count} organisations ({}), each a FHIR server and a BPE with ping-pong, running after {} ms",
-        network.topology,
+        description.topology,
         started.elapsed().as_millis()
     );
-    for o in &network.organizations {
+    for o in &description.organizations {
         println!("  {}  {}", o.identifier, o.fhir_base_url);
     }
     println!(
@@ -327,33 +142,25 @@ async fn up(
         "Start a ping:  cargo run --release -p dsf-bin --bin dsf -- dev ping --dir {} [--from <org>] [--to <org> …]",
         dir.display()
     );
-    if let Some(first) = network.organizations.first() {
+    if let Some(first) = description.organizations.first() {
         println!(
             "See results:   curl --cacert {} --cert {} --key {} -H 'Accept: application/fhir+json' '{}/Task?_sort=-_lastUpdated&_count=5'",
-            network.ca_certificate.display(),
+            description.ca_certificate.display(),
             first.client_certificate.display(),
             first.client_key.display(),
             first.fhir_base_url
         );
     }
+    let wait = pong_timeout * 2 + std::time::Duration::from_secs(30);
     let result = if smoke {
-        match check(&pki, &orgs, topology).await {
-            Ok(()) => smoke_pings(&pki, &orgs, topology, pong_timeout).await,
+        match check(&network).await {
+            Ok(()) => smoke_pings(&network, wait).await,
             Err(e) => Err(e),
         }
     } else {
         if count > 1 {
-            let from = &orgs[0];
-            let client =
-                FhirClient::new(&from.base_url, Arc::new(pki.client_config(&from.client)?))?;
-            match dsf_bin::ping::ping(
-                &client,
-                &from.identifier,
-                &[],
-                pong_timeout * 2 + std::time::Duration::from_secs(30),
-            )
-            .await
-            {
+            let from = &network.organizations[0];
+            match dsf_bin::ping::ping(&network.client(0)?, &from.identifier, &[], wait).await {
                 Ok(outcome) => print_outcome(&from.identifier, &outcome),
                 Err(e) => eprintln!("first ping failed: {e}"),
             }
@@ -362,12 +169,16 @@ async fn up(
         shutdown_signal().await;
         Ok(())
     };
-    drop(bpes);
-    let _ = stop_tx.send(true);
-    for s in servers {
-        let _ = s.await;
-    }
+    network.stop().await;
     result
+}
+
+fn pong_timeout(text: &str) -> Result<std::time::Duration, String> {
+    dsf_bpmn::engine::parse_duration(text)
+        .ok()
+        .and_then(|millis| u64::try_from(millis).ok())
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("--pong-timeout '{text}' is not an ISO 8601 duration such as PT20S"))
 }
 
 fn print_outcome(from: &str, outcome: &dsf_bin::ping::PingOutcome) {
@@ -393,26 +204,18 @@ fn print_outcome(from: &str, outcome: &dsf_bin::ping::PingOutcome) {
 /// A ping from every organisation: every organisation it may reach answers (`pong-received`),
 /// and it pings no one else.
 async fn smoke_pings(
-    pki: &DevPki,
-    orgs: &[Org],
-    topology: Topology,
-    pong_timeout: std::time::Duration,
+    network: &DevNetwork,
+    wait: std::time::Duration,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (orgs, topology) = (&network.organizations, network.topology);
     let mut failures = 0;
     for (i, org) in orgs.iter().enumerate() {
-        let client = FhirClient::new(&org.base_url, Arc::new(pki.client_config(&org.client)?))?;
-        let outcome = dsf_bin::ping::ping(
-            &client,
-            &org.identifier,
-            &[],
-            pong_timeout * 2 + std::time::Duration::from_secs(30),
-        )
-        .await?;
+        let outcome = dsf_bin::ping::ping(&network.client(i)?, &org.identifier, &[], wait).await?;
         print_outcome(&org.identifier, &outcome);
         let mut expected: Vec<&str> = orgs
             .iter()
             .enumerate()
-            .filter(|(j, _)| allows(topology, i, *j))
+            .filter(|(j, _)| topology.allows(i, *j))
             .map(|(_, o)| o.identifier.as_str())
             .collect();
         expected.sort_unstable();
@@ -448,7 +251,8 @@ async fn ping_command(
     to: Vec<String>,
     timeout: std::time::Duration,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let network: Network = serde_json::from_slice(&std::fs::read(dir.join("network.json"))?)?;
+    let network: NetworkDescription =
+        serde_json::from_slice(&std::fs::read(dir.join("network.json"))?)?;
     let pick = |wanted: &str| {
         wanted
             .parse::<usize>()
@@ -498,17 +302,14 @@ async fn ping_command(
 
 /// Every organisation's client against every server: allowed ones read metadata and create a
 /// Task; others are refused.
-async fn check(
-    pki: &DevPki,
-    orgs: &[Org],
-    topology: Topology,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn check(network: &DevNetwork) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (pki, orgs, topology) = (&network.pki, &network.organizations, network.topology);
     let mut failures = 0;
     for (i, caller) in orgs.iter().enumerate() {
         let tls = Arc::new(pki.client_config(&caller.client)?);
         for (j, server) in orgs.iter().enumerate() {
             let client = FhirClient::new(&server.base_url, tls.clone())?;
-            let expected = if i == j || allows(topology, j, i) {
+            let expected = if i == j || topology.allows(j, i) {
                 200
             } else {
                 401
@@ -582,6 +383,12 @@ async fn bpe_bench(
     Ok(())
 }
 
+async fn network_bench() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let report = dsf_bin::network_load::run(&[10, 50], 19_001).await?;
+    println!("{}", report.markdown());
+    Ok(())
+}
+
 async fn bench(
     concurrency: usize,
     seconds: u64,
@@ -629,6 +436,7 @@ async fn bench(
     }
     hostile_bench(concurrency, seconds).await?;
     bpe_bench(concurrency, seconds).await?;
+    network_bench().await?;
     let server = std::env::current_exe()?.with_file_name("dsf-fhir-server");
     let (startup, rss_kib) = startup_and_memory(&server).await?;
     println!(
@@ -649,8 +457,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let pki = DevPki::generate("dsf-rs dev CA")?;
             pki.write_ca(&out)?;
             for org in &orgs {
-                let (_, client) = write_org(&pki, &out, org)?;
-                println!("{org}: client thumbprint {}", client.thumbprint());
+                let written = dsf_bin::dev_network::write_certificates(&pki, &out, org)?;
+                println!("{org}: client thumbprint {}", written.client.thumbprint());
             }
             for user in &users {
                 let cert = pki.issue_client(user)?;
@@ -667,8 +475,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             websocket_only,
             hostile_only,
             bpe_only,
+            network_only,
         } => {
-            if hostile_only {
+            if network_only {
+                network_bench().await
+            } else if hostile_only {
                 hostile_bench(concurrency, seconds).await
             } else if bpe_only {
                 bpe_bench(concurrency, seconds).await

@@ -1,0 +1,284 @@
+//! A development network of DSF organisations on loopback: generated certificates, allow
+//! lists by topology, and per organisation a FHIR server and a BPE with the ping-pong plugin in
+//! this process. `dsf dev up` runs it; `dsf bench --network-only` measures it.
+
+use crate::{start_bpe, start_fhir_server, BpeSettings, FhirServerSettings};
+use dsf_core::{DevPki, IssuedCert};
+use dsf_fhir::server::{AllowListEntry, LocalUser, Role, DSF_ADMIN};
+use dsf_fhir::{FhirClient, ServerConfig};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Who is on whose allow list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Topology {
+    /// Every organisation allows every other one
+    Mesh,
+    /// The first organisation is the hub; the others allow only the hub
+    Star,
+}
+
+impl Topology {
+    /// Whether organisation `index` has `other` on its allow list (itself aside).
+    pub fn allows(self, index: usize, other: usize) -> bool {
+        index != other && (self == Topology::Mesh || index == 0 || other == 0)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Topology::Mesh => "mesh",
+            Topology::Star => "star",
+        }
+    }
+}
+
+/// One organisation of the network: identifier, base URL and certificates.
+pub struct DevOrganization {
+    pub identifier: String,
+    pub base_url: String,
+    pub server: IssuedCert,
+    /// The organisation's own certificate (its BPE's).
+    pub client: IssuedCert,
+    /// A local user with every role and the DSF_ADMIN practitioner role.
+    pub admin: IssuedCert,
+}
+
+/// `dev-network/network.json`: what scripts and tests need to reach the network.
+#[derive(Serialize, Deserialize)]
+pub struct NetworkDescription {
+    pub ca_certificate: PathBuf,
+    pub topology: String,
+    pub organizations: Vec<NetworkOrganization>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct NetworkOrganization {
+    pub identifier: String,
+    pub fhir_base_url: String,
+    pub websocket_url: String,
+    /// The organisation's own certificate: its BPE's, and what starts processes.
+    pub client_certificate: PathBuf,
+    pub client_key: PathBuf,
+    pub thumbprint: String,
+    pub admin_certificate: PathBuf,
+    pub admin_key: PathBuf,
+    pub bpe_state: PathBuf,
+    pub allows: Vec<String>,
+}
+
+/// How to start a network.
+pub struct DevNetworkSettings {
+    pub dir: PathBuf,
+    pub organizations: usize,
+    pub base_port: u16,
+    pub topology: Topology,
+    /// FHIR servers on PostgreSQL at this URL (a schema each) instead of SQLite files.
+    pub postgres: Option<String>,
+    pub pong_timeout: Duration,
+}
+
+/// A running network; dropping it stops the BPEs, [`DevNetwork::stop`] also the servers.
+pub struct DevNetwork {
+    pub pki: DevPki,
+    pub organizations: Vec<DevOrganization>,
+    pub topology: Topology,
+    pub bpes: Vec<dsf_engine::Bpe>,
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Writes `<dir>/<identifier>/{server,client,admin}.{crt,key}`.
+pub fn write_certificates(
+    pki: &DevPki,
+    dir: &Path,
+    identifier: &str,
+) -> Result<DevOrganization, BoxError> {
+    let files = dir.join(identifier);
+    std::fs::create_dir_all(&files)?;
+    let server = pki.issue_server("localhost")?;
+    let client = pki.issue_client(identifier)?;
+    let admin = pki.issue_client(&format!("admin@{identifier}"))?;
+    server.write(&files, "server")?;
+    client.write(&files, "client")?;
+    admin.write(&files, "admin")?;
+    Ok(DevOrganization {
+        identifier: identifier.to_owned(),
+        base_url: String::new(),
+        server,
+        client,
+        admin,
+    })
+}
+
+/// The identifier of organisation `i`: `org-a.dsf.test`, … `org-z.dsf.test`, then
+/// `org-a1.dsf.test` …
+pub fn organization_identifier(i: usize) -> String {
+    let letter = (b'a' + (i % 26) as u8) as char;
+    match i / 26 {
+        0 => format!("org-{letter}.dsf.test"),
+        round => format!("org-{letter}{round}.dsf.test"),
+    }
+}
+
+impl DevNetwork {
+    pub async fn start(settings: DevNetworkSettings) -> Result<DevNetwork, BoxError> {
+        if settings.organizations == 0 {
+            return Err("at least one organisation is needed".into());
+        }
+        let dir = &settings.dir;
+        std::fs::create_dir_all(dir)?;
+        let pki = DevPki::generate("dsf-rs dev network CA")?;
+        pki.write_ca(dir)?;
+        let mut organizations = Vec::new();
+        for i in 0..settings.organizations {
+            let mut org = write_certificates(&pki, dir, &organization_identifier(i))?;
+            let port = settings
+                .base_port
+                .checked_add(u16::try_from(i)?)
+                .ok_or("ports beyond 65535")?;
+            org.base_url = format!("https://localhost:{port}/fhir");
+            organizations.push(org);
+        }
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mut servers = Vec::new();
+        for (i, org) in organizations.iter().enumerate() {
+            let peers = organizations
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| settings.topology.allows(i, *j))
+                .map(|(_, peer)| AllowListEntry {
+                    identifier: peer.identifier.clone(),
+                    name: peer.identifier.clone(),
+                    thumbprints: vec![peer.client.thumbprint()],
+                    base_url: peer.base_url.clone(),
+                })
+                .collect();
+            let mut config = ServerConfig::new(&org.base_url, &org.identifier);
+            config.users.push(
+                LocalUser::new("admin", org.admin.thumbprint(), &Role::ALL)
+                    .with_practitioner_role(DSF_ADMIN.0, DSF_ADMIN.1),
+            );
+            let (db_url, postgres_schema) = match &settings.postgres {
+                Some(url) => (
+                    url.clone(),
+                    Some(format!(
+                        "dsf_dev_{}",
+                        org.identifier.replace(['.', '-'], "_")
+                    )),
+                ),
+                None => (
+                    format!(
+                        "sqlite:{}",
+                        dir.join(&org.identifier).join("fhir.sqlite").display()
+                    ),
+                    None,
+                ),
+            };
+            let mut stop = stop_rx.clone();
+            servers.push(
+                start_fhir_server(
+                    FhirServerSettings {
+                        config,
+                        db_url,
+                        postgres_schema,
+                        bind: ([127, 0, 0, 1], settings.base_port + i as u16).into(),
+                        tls: pki.server_config(&org.server)?,
+                        local_thumbprints: vec![org.client.thumbprint()],
+                        peers,
+                        organization_name: org.identifier.clone(),
+                    },
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                )
+                .await?,
+            );
+        }
+        let mut bpes = Vec::new();
+        for org in &organizations {
+            bpes.push(
+                start_bpe(BpeSettings {
+                    fhir_base_url: org.base_url.clone(),
+                    tls: pki.client_config(&org.client)?,
+                    db_url: format!(
+                        "sqlite:{}",
+                        dir.join(&org.identifier).join("bpe.sqlite").display()
+                    ),
+                    process_threads: None,
+                    local_timeout: Duration::from_secs(60),
+                    pong_timeout: settings.pong_timeout,
+                })
+                .await?,
+            );
+        }
+        for bpe in &bpes {
+            bpe.wait_connected().await;
+        }
+        Ok(DevNetwork {
+            pki,
+            organizations,
+            topology: settings.topology,
+            bpes,
+            servers,
+            stop,
+        })
+    }
+
+    /// A client of organisation `i`'s server with its own certificate.
+    pub fn client(&self, i: usize) -> Result<FhirClient, BoxError> {
+        let org = &self.organizations[i];
+        Ok(FhirClient::new(
+            &org.base_url,
+            Arc::new(self.pki.client_config(&org.client)?),
+        )?)
+    }
+
+    /// The description `network.json` holds, with file paths under `dir`.
+    pub fn description(&self, dir: &Path) -> NetworkDescription {
+        let orgs = &self.organizations;
+        NetworkDescription {
+            ca_certificate: dir.join("ca.crt"),
+            topology: self.topology.name().to_owned(),
+            organizations: orgs
+                .iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    let files = dir.join(&o.identifier);
+                    NetworkOrganization {
+                        identifier: o.identifier.clone(),
+                        fhir_base_url: o.base_url.clone(),
+                        websocket_url: format!(
+                            "{}/ws",
+                            o.base_url.replacen("https://", "wss://", 1)
+                        ),
+                        client_certificate: files.join("client.crt"),
+                        client_key: files.join("client.key"),
+                        thumbprint: o.client.thumbprint().to_string(),
+                        admin_certificate: files.join("admin.crt"),
+                        admin_key: files.join("admin.key"),
+                        bpe_state: files.join("bpe.sqlite"),
+                        allows: orgs
+                            .iter()
+                            .enumerate()
+                            .filter(|(j, _)| self.topology.allows(i, *j))
+                            .map(|(_, p)| p.identifier.clone())
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Stops the BPEs, then the servers, and waits for them.
+    pub async fn stop(mut self) {
+        self.bpes.clear();
+        let _ = self.stop.send(true);
+        for server in self.servers.drain(..) {
+            let _ = server.await;
+        }
+    }
+}
