@@ -331,7 +331,9 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let open = Arc::new(AtomicUsize::new(0));
     let stranger = tokio_rustls::TlsConnector::from(server.stranger_tls()?);
-    let sources: Vec<IpAddr> = (2..=5).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+    // Forty addresses: within each one's allowance of new connections, so that the flood
+    // reaches its full size (the server refuses faster reconnects from one address).
+    let sources: Vec<IpAddr> = (2..=41).map(|i| IpAddr::from([127, 0, 0, i])).collect();
     let mut flood = Vec::new();
     for i in 0..settings.idle_connections {
         let tls = (i % 2 == 1).then(|| stranger.clone());
@@ -348,7 +350,12 @@ pub async fn run(
         .map(|i| tokio::spawn(hostile_client(peer.clone(), stop.clone(), i)))
         .collect();
     // Let the flood reach its size before measuring.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let filling = std::time::Instant::now();
+    while open.load(Ordering::Relaxed) < settings.idle_connections * 95 / 100
+        && filling.elapsed() < Duration::from_secs(20)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let flooded = reads("read Task, flooded").await;
     let idle_open = open.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);

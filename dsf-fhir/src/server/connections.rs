@@ -26,6 +26,10 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Open connections from one IP address at most.
     pub max_per_address: usize,
+    /// New connections one IP address may open per second (with bursts of twice as many):
+    /// each costs a TLS handshake, so a peer reconnecting in a loop is refused at accept,
+    /// before any TLS work. Callers that keep their connections open never reach it.
+    pub new_connections_per_address_per_second: u32,
     /// How long the TLS handshake may take.
     pub handshake_timeout: Duration,
     /// How long a caller may take to send a request's head, counted from the moment the
@@ -50,6 +54,7 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             max_connections: 1024,
             max_per_address: 256,
+            new_connections_per_address_per_second: 20,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(60),
             unknown_client_header_timeout: Duration::from_secs(5),
@@ -123,6 +128,31 @@ struct State {
     next_id: u64,
     slots: HashMap<u64, std::sync::Weak<Slot>>,
     per_address: HashMap<IpAddr, usize>,
+    /// Token buckets of new connections per address: tokens left and when last refilled.
+    arrivals: HashMap<IpAddr, (f64, u64)>,
+}
+
+/// Addresses whose buckets are kept at most; full buckets are dropped beyond it.
+const MAX_TRACKED_ADDRESSES: usize = 4096;
+
+impl State {
+    /// Takes a token of `address`'s bucket if it has one.
+    fn arrival(&mut self, address: IpAddr, per_second: u32, now: u64) -> bool {
+        let rate = f64::from(per_second.max(1));
+        let burst = rate * 2.0;
+        let refill = |(tokens, at): (f64, u64)| (tokens + (now - at.min(now)) as f64 * rate / 1000.0).min(burst);
+        if self.arrivals.len() >= MAX_TRACKED_ADDRESSES && !self.arrivals.contains_key(&address) {
+            self.arrivals.retain(|_, bucket| refill(*bucket) < burst);
+        }
+        let bucket = self.arrivals.entry(address).or_insert((burst, now));
+        let tokens = refill(*bucket);
+        if tokens < 1.0 {
+            *bucket = (tokens, now);
+            return false;
+        }
+        *bucket = (tokens - 1.0, now);
+        true
+    }
 }
 
 /// The open connections of one server.
@@ -135,6 +165,7 @@ pub(crate) struct Registry {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
     TooManyFromAddress,
+    TooFast,
     Full,
 }
 
@@ -154,6 +185,13 @@ impl Registry {
         limits: &ConnectionLimits,
     ) -> Result<Arc<Slot>, Refused> {
         let mut state = self.lock();
+        if !state.arrival(
+            address,
+            limits.new_connections_per_address_per_second,
+            now_millis(),
+        ) {
+            return Err(Refused::TooFast);
+        }
         if state.per_address.get(&address).copied().unwrap_or(0) >= limits.max_per_address {
             return Err(Refused::TooManyFromAddress);
         }
@@ -330,6 +368,30 @@ mod tests {
         );
         assert!(registry.admit(b, &limits).is_ok());
         drop(first);
+        assert!(registry.admit(a, &limits).is_ok());
+    }
+
+    #[test]
+    fn new_connections_per_address_are_rate_limited() {
+        let registry = Arc::new(Registry::default());
+        let limits = ConnectionLimits {
+            new_connections_per_address_per_second: 10,
+            ..limits(1000, 1000)
+        };
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let mut open = Vec::new();
+        // A burst of twice the rate, then refused before any TLS work.
+        for _ in 0..20 {
+            open.push(registry.admit(a, &limits).expect("within the burst"));
+        }
+        assert_eq!(registry.admit(a, &limits).err(), Some(Refused::TooFast));
+        // Another address has its own allowance.
+        assert!(registry.admit(b, &limits).is_ok());
+        // Closing connections does not give new ones; time does.
+        open.clear();
+        assert_eq!(registry.admit(a, &limits).err(), Some(Refused::TooFast));
+        std::thread::sleep(Duration::from_millis(250));
         assert!(registry.admit(a, &limits).is_ok());
     }
 
