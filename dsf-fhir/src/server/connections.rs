@@ -44,8 +44,9 @@ pub struct ConnectionLimits {
     /// are not limited.
     pub max_requests_per_peer: usize,
     /// How long a remote organisation's turn stays taken after a request of it was refused
-    /// (4xx). The answer is not delayed, but a peer sending request after request that is
-    /// refused gets at most `max_requests_per_peer` of them handled per this time.
+    /// (4xx), doubled for each refusal in a row (up to 16×; a request answered without
+    /// refusal starts over). The answer is not delayed, but a peer sending request after
+    /// request that is refused gets fewer and fewer of them handled.
     pub refusal_penalty: Duration,
 }
 
@@ -140,7 +141,9 @@ impl State {
     fn arrival(&mut self, address: IpAddr, per_second: u32, now: u64) -> bool {
         let rate = f64::from(per_second.max(1));
         let burst = rate * 2.0;
-        let refill = |(tokens, at): (f64, u64)| (tokens + (now - at.min(now)) as f64 * rate / 1000.0).min(burst);
+        let refill = |(tokens, at): (f64, u64)| {
+            (tokens + (now - at.min(now)) as f64 * rate / 1000.0).min(burst)
+        };
         if self.arrivals.len() >= MAX_TRACKED_ADDRESSES && !self.arrivals.contains_key(&address) {
             self.arrivals.retain(|_, bucket| refill(*bucket) < burst);
         }
@@ -232,28 +235,63 @@ impl Registry {
 /// Turns of the remote organisations: one semaphore per organisation identifier.
 #[derive(Default)]
 pub(crate) struct PeerTurns {
-    peers: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    peers: Mutex<HashMap<String, Arc<Peer>>>,
+}
+
+/// One remote organisation's turns, and how many of its requests in a row were refused.
+struct Peer {
+    turns: Arc<tokio::sync::Semaphore>,
+    refused_in_a_row: AtomicU64,
+}
+
+/// A turn of a remote organisation; dropping it gives the turn back.
+pub(crate) struct Turn {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    peer: Arc<Peer>,
+}
+
+/// Refusals in a row beyond which the penalty stops doubling (16× the base penalty).
+const MAX_PENALTY_DOUBLINGS: u64 = 4;
+
+impl Turn {
+    /// The turn stays taken `base` longer after a refused request, doubled for each refusal
+    /// in a row before it (up to 16×): a peer that sends nothing but refused requests gets
+    /// fewer and fewer of them handled, one that is refused now and then barely notices.
+    pub fn penalty(&self, base: Duration) -> Duration {
+        let before = self.peer.refused_in_a_row.fetch_add(1, Ordering::Relaxed);
+        base * (1u32 << before.min(MAX_PENALTY_DOUBLINGS))
+    }
+
+    /// A request of the peer was answered without refusal: the doubling starts over.
+    pub fn succeeded(&self) {
+        self.peer.refused_in_a_row.store(0, Ordering::Relaxed);
+    }
 }
 
 impl PeerTurns {
-    /// Waits for a turn of `peer`; the turn ends when the permit drops.
-    pub async fn take(
-        &self,
-        peer: &str,
-        limit: usize,
-    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let semaphore = {
+    /// Waits for a turn of `peer`; the turn ends when it drops.
+    pub async fn take(&self, peer: &str, limit: usize) -> Option<Turn> {
+        let peer = {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             // Forget organisations with nobody waiting or served, so the map stays small.
             if peers.len() > 1024 {
-                peers.retain(|_, s| s.available_permits() < limit);
+                peers.retain(|_, p| p.turns.available_permits() < limit);
             }
             peers
                 .entry(peer.to_owned())
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit.max(1))))
+                .or_insert_with(|| {
+                    Arc::new(Peer {
+                        turns: Arc::new(tokio::sync::Semaphore::new(limit.max(1))),
+                        refused_in_a_row: AtomicU64::new(0),
+                    })
+                })
                 .clone()
         };
-        semaphore.acquire_owned().await.ok()
+        let permit = peer.turns.clone().acquire_owned().await.ok()?;
+        Some(Turn {
+            _permit: permit,
+            peer,
+        })
     }
 }
 
@@ -369,6 +407,24 @@ mod tests {
         assert!(registry.admit(b, &limits).is_ok());
         drop(first);
         assert!(registry.admit(a, &limits).is_ok());
+    }
+
+    #[tokio::test]
+    async fn refusals_in_a_row_double_the_penalty_until_a_success() {
+        let turns = PeerTurns::default();
+        let base = Duration::from_millis(100);
+        let mut penalties = Vec::new();
+        for _ in 0..7 {
+            let turn = turns.take("peer.test", 4).await.expect("turn");
+            penalties.push(turn.penalty(base).as_millis());
+        }
+        assert_eq!(penalties, [100, 200, 400, 800, 1600, 1600, 1600]);
+        turns.take("peer.test", 4).await.expect("turn").succeeded();
+        let turn = turns.take("peer.test", 4).await.expect("turn");
+        assert_eq!(turn.penalty(base), base);
+        // Another organisation is judged on its own requests.
+        let other = turns.take("other.test", 4).await.expect("turn");
+        assert_eq!(other.penalty(base), base);
     }
 
     #[test]

@@ -463,6 +463,8 @@ impl FhirServer {
         };
         if reply.status.is_client_error() {
             admitted.hold_turn(self.config.connections.refusal_penalty);
+        } else if let Some(turn) = &admitted.turn {
+            turn.succeeded();
         }
         reply.render(format, pretty)
     }
@@ -541,13 +543,15 @@ const MAX_QUERY_PARTS: usize = 64;
 /// A caller allowed to proceed, holding its turn until the request is answered.
 struct Admitted {
     identity: Arc<Identity>,
-    turn: Option<tokio::sync::OwnedSemaphorePermit>,
+    turn: Option<connections::Turn>,
 }
 
 impl Admitted {
-    /// Keeps the caller's turn taken for `penalty` after the answer goes out.
-    fn hold_turn(self, penalty: Duration) {
+    /// Keeps the caller's turn taken after a refused answer goes out: `base`, doubled for
+    /// each refusal in a row before (see [`connections::Turn::penalty`]).
+    fn hold_turn(self, base: Duration) {
         if let Some(turn) = self.turn {
+            let penalty = turn.penalty(base);
             tokio::spawn(async move {
                 tokio::time::sleep(penalty).await;
                 drop(turn);
