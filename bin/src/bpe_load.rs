@@ -608,13 +608,7 @@ async fn bpe_startup_and_memory(
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = child.id().ok_or("dsf-bpe exited")?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or("no VmRSS")?;
+    let rss_kib = crate::proc_status_kib(&pid.to_string(), "VmRSS:").ok_or("no VmRSS")?;
     child.kill().await.ok();
     let _ = stop_tx.send(true);
     Ok((startup, rss_kib))

@@ -143,15 +143,7 @@ fn hostile_requests() -> Vec<HostileRequest> {
 }
 
 fn vm_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::proc_status_kib("self", field).unwrap_or(0)
 }
 
 /// Peak resident memory above the current level while `parallel` copies of one request run.

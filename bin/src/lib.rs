@@ -16,6 +16,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// A `kB` field (`VmRSS:`, `VmHWM:` …) of `/proc/<process>/status`; `process` is a pid or
+/// `self`.
+pub fn proc_status_kib(process: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Logs at `info` unless `RUST_LOG` says otherwise (the servers).
 pub fn init_logging() {
     init_logging_at("info");

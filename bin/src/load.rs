@@ -601,13 +601,7 @@ pub async fn startup_and_memory(
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = child.id().ok_or("server exited")?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or("no VmRSS")?;
+    let rss_kib = crate::proc_status_kib(&pid.to_string(), "VmRSS:").ok_or("no VmRSS")?;
     child.kill().await.ok();
     let _ = std::fs::remove_dir_all(&dir);
     Ok((startup, rss_kib))

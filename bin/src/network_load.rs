@@ -41,15 +41,7 @@ impl NetworkReport {
 }
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::proc_status_kib("self", "VmRSS:").unwrap_or(0)
 }
 
 /// One network per entry of `others` (pinged organisations; the network has one more).

@@ -109,7 +109,7 @@ pub(crate) fn prepare(
     let handlers: HashMap<String, &Handler> = plugin
         .handlers()
         .iter()
-        .map(|(name, h)| (normalize(name).to_owned(), h))
+        .map(|(name, h)| (dsf_bpmn::engine::handler_name(name).to_owned(), h))
         .collect();
     if plugin.bpmn_files().is_empty() {
         return Err("the plugin has no BPMN files".into());
@@ -203,15 +203,6 @@ fn is_send(kind: &NodeKind) -> bool {
     )
 }
 
-fn normalize(name: &str) -> &str {
-    let trimmed = name.trim();
-    trimmed
-        .strip_prefix("${")
-        .or_else(|| trimmed.strip_prefix("#{"))
-        .and_then(|r| r.strip_suffix('}'))
-        .map_or(trimmed, str::trim)
-}
-
 fn valid_process_id(id: &str) -> bool {
     let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     id.split_once('_').is_some_and(|(d, n)| ok(d) && ok(n))
@@ -220,7 +211,7 @@ fn valid_process_id(id: &str) -> bool {
 fn behaviour_name(behaviour: &Behaviour) -> &str {
     match behaviour {
         Behaviour::Class(n) | Behaviour::Expression(n) | Behaviour::DelegateExpression(n) => {
-            normalize(n)
+            dsf_bpmn::engine::handler_name(n)
         }
     }
 }

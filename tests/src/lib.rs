@@ -93,6 +93,20 @@ pub(crate) struct Serving {
     pub(crate) task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// Binds `port` on loopback again once the previous listener has let go of it.
+pub(crate) async fn bind_again(port: u16) -> TcpListener {
+    for _ in 0..50 {
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(listener) => return listener,
+            Err(e) => {
+                eprintln!("port {port} not free yet: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    panic!("cannot bind port {port} again");
+}
+
 pub(crate) fn serve(
     server: Arc<FhirServer>,
     listener: TcpListener,
@@ -267,18 +281,7 @@ impl TestServer {
     /// restarted server process would.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let mut attempts = 0;
-        let listener = loop {
-            match TcpListener::bind(("127.0.0.1", self.port)).await {
-                Ok(listener) => break listener,
-                Err(e) if attempts < 50 => {
-                    attempts += 1;
-                    eprintln!("port {} not free yet: {e}", self.port);
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("cannot bind port {} again: {e}", self.port),
-            }
-        };
+        let listener = bind_again(self.port).await;
         self.server = Arc::new(FhirServer::new(self.store.clone(), self.config.clone()));
         self.serving = Some(serve(self.server.clone(), listener, self.tls.clone()));
     }

@@ -2,7 +2,7 @@
 //! one development PKI, allow lists by topology, and for each organisation the TLS
 //! configuration its BPE uses.
 
-use crate::{serve, Serving};
+use crate::{bind_again, serve, Serving};
 use dsf_core::{DevPki, IssuedCert, Thumbprint};
 use dsf_fhir::server::AllowListEntry;
 use dsf_fhir::store::SqliteBackend;
@@ -60,16 +60,6 @@ impl Drop for Organization {
             let _ = serving.shutdown.send(());
         }
     }
-}
-
-async fn bind_again(port: u16) -> TcpListener {
-    for _ in 0..50 {
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)).await {
-            return listener;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("cannot bind port {port} again");
 }
 
 pub struct Network {

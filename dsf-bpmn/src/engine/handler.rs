@@ -126,6 +126,11 @@ impl Registry {
     }
 }
 
+/// The name a behaviour is bound under: `${pingTask}`, `#{pingTask}` and `pingTask` are one.
+pub fn handler_name(name: &str) -> &str {
+    strip_braces(name)
+}
+
 fn strip_braces(name: &str) -> &str {
     let trimmed = name.trim();
     trimmed

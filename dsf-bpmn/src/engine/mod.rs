@@ -10,7 +10,7 @@ mod instance;
 mod timer;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
-pub use handler::{FnHandler, Handler, HandlerContext, HandlerError, Registry};
+pub use handler::{handler_name, FnHandler, Handler, HandlerContext, HandlerError, Registry};
 pub use instance::{Instance, InstanceState, Waiting, PATH_LIMIT};
 pub use timer::{parse_cycle, parse_date, parse_duration, Schedule};
 
@@ -24,6 +24,16 @@ use std::sync::Arc;
 
 /// The instance variable a message's business key may match instead of the business key.
 pub const ALTERNATIVE_BUSINESS_KEY: &str = "alternativeBusinessKey";
+
+/// The token the next step moves: the first that arrives, leaves or runs a job now.
+fn ready_token(instance: &Instance, now: i64) -> Option<&Token> {
+    instance.tokens.iter().find(|t| match &t.state {
+        TokenState::Arriving => true,
+        TokenState::Leaving { due, .. } => due.is_none_or(|d| d <= now),
+        TokenState::Job { due, .. } => *due <= now,
+        TokenState::Waiting => false,
+    })
+}
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -372,13 +382,7 @@ impl Engine {
         if instance.is_finished() {
             return None;
         }
-        let now = self.clock.now();
-        let ready = instance.tokens.iter().find(|t| match &t.state {
-            TokenState::Arriving => true,
-            TokenState::Leaving { due, .. } => due.is_none_or(|d| d <= now),
-            TokenState::Job { due, .. } => *due <= now,
-            TokenState::Waiting => false,
-        })?;
+        let ready = ready_token(instance, self.clock.now())?;
         match ready.state {
             TokenState::Arriving | TokenState::Job { .. } => Some(ready.node.as_str()),
             _ => None,
@@ -398,13 +402,7 @@ impl Engine {
             });
         }
         let now = self.clock.now();
-        let ready = instance.tokens.iter().find(|t| match &t.state {
-            TokenState::Arriving => true,
-            TokenState::Leaving { due, .. } => due.is_none_or(|d| d <= now),
-            TokenState::Job { due, .. } => *due <= now,
-            TokenState::Waiting => false,
-        });
-        if let Some(token) = ready.cloned() {
+        if let Some(token) = ready_token(instance, now).cloned() {
             let process = self.process(instance.process_of(token.scope))?;
             match token.state.clone() {
                 TokenState::Arriving => self.arrive(process, instance, token).await?,
