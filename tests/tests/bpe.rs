@@ -650,6 +650,102 @@ async fn the_plugin_guide_hello_world_runs() {
     );
 }
 
+/// The hello-world plugin as version `version` (same files, handlers and name).
+fn hello_world_as(version: &str) -> PluginDefinition {
+    let original = dsf_plugin_hello_world::plugin();
+    let mut plugin = PluginDefinition::new("hello-world", version, "2026-11-28").expect("metadata");
+    for file in original.bpmn_files() {
+        plugin = plugin.bpmn(&file.path, file.contents.clone());
+    }
+    for (process, file) in original.fhir_files() {
+        plugin = plugin.fhir(process, &file.path, file.contents.clone());
+    }
+    for (name, handler) in original.handlers() {
+        plugin = plugin.handler(name, handler.clone());
+    }
+    plugin
+}
+
+fn hello_task(org: &Organization, version: &str) -> Value {
+    let mut task = start_task(org, "helloWorld", "task-hello-world", "helloWorld", vec![]);
+    task["instantiatesCanonical"] = json!(format!("{}|{version}", dsf_plugin_hello_world::PROCESS));
+    task["meta"]["profile"] = json!([format!(
+        "http://example.org/fhir/StructureDefinition/task-hello-world|{version}"
+    )]);
+    task
+}
+
+async fn two_versions_of_a_plugin_run_side_by_side_and_old_ones_retire() {
+    let network = Network::start(1, Topology::Mesh).await;
+    let org = network.organization(0);
+    let config = || BpeConfig::new(&org.base_url, org.bpe_tls.clone());
+    let bpe = Bpe::start(
+        config(),
+        vec![hello_world_as("1.0.0.0"), hello_world_as("1.1.0.0")],
+    )
+    .await
+    .expect("BPE");
+    let mut deployed = bpe.report().deployed.clone();
+    deployed.sort();
+    assert_eq!(
+        deployed,
+        ["exampleorg_helloWorld|1.0", "exampleorg_helloWorld|1.1"]
+    );
+    tokio::time::timeout(WAIT, bpe.wait_connected())
+        .await
+        .expect("bound");
+    for version in ["1.0", "1.1"] {
+        let id = post(org, hello_task(org, version)).await;
+        assert_eq!(
+            finished(org, &id).await["status"],
+            "completed",
+            "version {version}"
+        );
+    }
+    drop(bpe);
+    // Only 1.1 installed now: 1.0's ActivityDefinition is retired, so its Tasks are refused.
+    let bpe = Bpe::start(config(), vec![hello_world_as("1.1.0.0")])
+        .await
+        .expect("BPE");
+    assert_eq!(bpe.report().retired, 1, "{:?}", bpe.report());
+    let definitions = org
+        .client
+        .search(
+            "ActivityDefinition",
+            "url=http://example.org/bpe/Process/helloWorld&status=active",
+        )
+        .await
+        .expect("search");
+    assert_eq!(definitions["total"], 1, "{definitions:#}");
+    assert_eq!(definitions["entry"][0]["resource"]["version"], "1.1");
+}
+
+async fn tasks_written_while_the_websocket_was_down_are_caught_up() {
+    let mut network = Network::start(1, Topology::Mesh).await;
+    let bpe = start_bpe(network.organization(0), None).await;
+    // The server goes away (websocket dropped); a Task arrives in its store meanwhile.
+    network.organizations[0].stop().await;
+    let org = network.organization(0);
+    let written = org
+        .store
+        .transaction(vec![dsf_fhir::WriteOp::Create {
+            resource: start_task(org, "ping", "task-start-ping", "startPing", vec![]),
+            if_none_exist: None,
+            full_url: None,
+        }])
+        .await
+        .expect("written to the store");
+    let id = match &written[..] {
+        [dsf_fhir::WriteOutcome::Created(stored)] => stored.id.clone(),
+        other => panic!("unexpected outcome {other:?}"),
+    };
+    network.organizations[0].restart().await;
+    let org = network.organization(0);
+    let task = finished(org, &id).await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert!(bpe.status().connects >= 2, "{:?}", bpe.status());
+}
+
 /// Sleeps when the start Task carries the input `test|slow`.
 struct MaybeSlow;
 
@@ -872,6 +968,14 @@ fn main() {
         .test(
             "a_broken_plugin_is_refused_and_the_others_run",
             a_broken_plugin_is_refused_and_the_others_run,
+        )
+        .test(
+            "two_versions_of_a_plugin_run_side_by_side_and_old_ones_retire",
+            two_versions_of_a_plugin_run_side_by_side_and_old_ones_retire,
+        )
+        .test(
+            "tasks_written_while_the_websocket_was_down_are_caught_up",
+            tasks_written_while_the_websocket_was_down_are_caught_up,
         )
         .test(
             "the_plugin_guide_hello_world_runs",
