@@ -135,6 +135,13 @@ async fn exclusive_gateway_takes_the_first_true_condition_or_the_default() {
         matches!(&error, Error::Runtime { element, .. } if element == "g"),
         "{error}"
     );
+    // The instance is failed, not left running with a token stuck at the gateway.
+    assert!(
+        matches!(&instance.state, InstanceState::Failed { element, .. } if element == "g"),
+        "{:?}",
+        instance.state
+    );
+    assert!(instance.is_finished());
 }
 
 #[tokio::test]

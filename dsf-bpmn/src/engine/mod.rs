@@ -390,7 +390,23 @@ impl Engine {
     }
 
     /// Moves one token one node on, or runs one due job, or fires one due timer.
+    /// A runtime error (an expression failing, no gateway flow matching) also ends the
+    /// instance: its state becomes [`InstanceState::Failed`] with the element and the reason,
+    /// never left `Running` with a token that cannot move.
     pub async fn step(&self, instance: &mut Instance) -> Result<Step> {
+        let result = self.step_once(instance).await;
+        if let Err(error @ Error::Runtime { element, .. }) = &result {
+            if !instance.is_finished() {
+                instance.state = InstanceState::Failed {
+                    element: element.clone(),
+                    reason: error.to_string(),
+                };
+            }
+        }
+        result
+    }
+
+    async fn step_once(&self, instance: &mut Instance) -> Result<Step> {
         if instance.is_finished() {
             return Ok(Step::Finished);
         }
