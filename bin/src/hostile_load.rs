@@ -323,7 +323,7 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let open = Arc::new(AtomicUsize::new(0));
     let stranger = tokio_rustls::TlsConnector::from(server.stranger_tls()?);
-    // Forty addresses: within each one's allowance of new connections, so that the flood
+    // Forty addresses, each within its allowance of new connections, so that the flood
     // reaches its full size (the server refuses faster reconnects from one address).
     let sources: Vec<IpAddr> = (2..=41).map(|i| IpAddr::from([127, 0, 0, i])).collect();
     let mut flood = Vec::new();

@@ -28,7 +28,9 @@ pub struct ConnectionLimits {
     pub max_per_address: usize,
     /// New connections one IP address may open per second (with bursts of twice as many):
     /// each costs a TLS handshake, so a peer reconnecting in a loop is refused at accept,
-    /// before any TLS work. Callers that keep their connections open never reach it.
+    /// before any TLS work. Callers that keep their connections open never reach it; the
+    /// default leaves room for a local BPE or a dev network opening many connections at once
+    /// from one address.
     pub new_connections_per_address_per_second: u32,
     /// How long the TLS handshake may take.
     pub handshake_timeout: Duration,
@@ -55,7 +57,7 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             max_connections: 1024,
             max_per_address: 256,
-            new_connections_per_address_per_second: 20,
+            new_connections_per_address_per_second: 200,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(60),
             unknown_client_header_timeout: Duration::from_secs(5),
