@@ -2,7 +2,7 @@
 //! against a plain client doing the same FHIR writes, a 10-service-task chain against raw
 //! inserts of its state rows, and the BPE's start-up time and idle memory.
 
-use crate::load::{summarise_latencies, Measurement};
+use crate::load::{summarise as measurement, Measurement};
 use crate::{start_fhir_server, FhirServerSettings};
 use dsf_bpmn::engine::{Engine, Registry, SystemClock};
 use dsf_core::{DevPki, IssuedCert};
@@ -71,18 +71,6 @@ impl BpeLoadReport {
             None => out.push_str("dsf-bpe start-up and memory: skipped (no dsf-bpe binary next to dsf; build it with `cargo build --release -p dsf-bin`)\n"),
         }
         out
-    }
-}
-
-fn measurement(name: &str, mut latencies: Vec<Duration>, elapsed: Duration) -> Measurement {
-    latencies.sort();
-    let (p50_ms, p99_ms) = summarise_latencies(&latencies);
-    Measurement {
-        name: name.to_owned(),
-        ops: latencies.len(),
-        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50_ms,
-        p99_ms,
     }
 }
 

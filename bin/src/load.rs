@@ -37,7 +37,8 @@ pub fn summarise_latencies(sorted: &[Duration]) -> (f64, f64) {
     (pick(0.50), pick(0.99))
 }
 
-fn summarise(name: &str, mut latencies: Vec<Duration>, elapsed: Duration) -> Measurement {
+/// A scenario's throughput and p50/p99 from its latencies and how long it ran.
+pub fn summarise(name: &str, mut latencies: Vec<Duration>, elapsed: Duration) -> Measurement {
     latencies.sort();
     let (p50_ms, p99_ms) = summarise_latencies(&latencies);
     Measurement {

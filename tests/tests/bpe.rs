@@ -534,6 +534,18 @@ impl dsf_plugin_api::ServiceTask for RecordAnswer {
     }
 }
 
+/// A start Task of the test process `approve`; `slow` adds the input `test|slow`.
+fn approve_task(org: &Organization, slow: bool) -> Value {
+    let mut extra = Vec::new();
+    if slow {
+        extra.push(json!({"type": {"coding": [{"system": "http://test.org/fhir/CodeSystem/test", "code": "slow"}]}, "valueString": "yes"}));
+    }
+    let mut task = start_task(org, "approve", "task-approve", "approve", extra);
+    task["instantiatesCanonical"] = json!("http://test.org/bpe/Process/approve|1.0");
+    task["meta"]["profile"] = json!(["http://test.org/fhir/StructureDefinition/task-approve|1.0"]);
+    task
+}
+
 fn approve_plugin() -> PluginDefinition {
     let authorization = json!({"url": "http://dsf.dev/fhir/StructureDefinition/extension-process-authorization", "extension": [
         {"url": "message-name", "valueString": "approve"},
@@ -580,10 +592,7 @@ async fn a_user_task_waits_for_its_questionnaire_response() {
     tokio::time::timeout(WAIT, bpe.wait_connected())
         .await
         .expect("bound");
-    let mut task = start_task(org, "approve", "task-approve", "approve", vec![]);
-    task["instantiatesCanonical"] = json!("http://test.org/bpe/Process/approve|1.0");
-    task["meta"]["profile"] = json!(["http://test.org/fhir/StructureDefinition/task-approve|1.0"]);
-    let id = post(org, task).await;
+    let id = post(org, approve_task(org, false)).await;
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut response = loop {
         let found = org
@@ -799,20 +808,10 @@ async fn a_slow_handler_holds_up_no_other_instance() {
     tokio::time::timeout(WAIT, bpe.wait_connected())
         .await
         .expect("bound");
-    let approve = |slow: bool| {
-        let mut task = start_task(org, "approve", "task-approve", "approve", vec![]);
-        task["instantiatesCanonical"] = json!("http://test.org/bpe/Process/approve|1.0");
-        task["meta"]["profile"] =
-            json!(["http://test.org/fhir/StructureDefinition/task-approve|1.0"]);
-        if slow {
-            task["input"].as_array_mut().expect("inputs").push(json!({"type": {"coding": [{"system": "http://test.org/fhir/CodeSystem/test", "code": "slow"}]}, "valueString": "yes"}));
-        }
-        task
-    };
-    let slow = post(org, approve(true)).await;
+    let slow = post(org, approve_task(org, true)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = tokio::time::Instant::now();
-    let fast = post(org, approve(false)).await;
+    let fast = post(org, approve_task(org, false)).await;
     assert_eq!(finished(org, &fast).await["status"], "completed");
     assert!(
         started.elapsed() < Duration::from_secs(3),
