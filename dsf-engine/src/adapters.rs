@@ -90,7 +90,34 @@ pub(crate) fn adapter(handler: Handler, shared: Arc<Shared>) -> impl dsf_bpmn::e
 
 #[async_trait]
 impl dsf_bpmn::engine::Handler for Adapter {
+    /// Plugin code that panics fails the instance like any other failure (its Tasks become
+    /// failed with the reason) instead of leaving them in progress for ever.
     async fn execute(&self, context: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
+        use futures_util::FutureExt;
+        let element = context.element_id.to_owned();
+        match std::panic::AssertUnwindSafe(self.run(context))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".to_owned());
+                tracing::error!(%element, handler = self.handler.kind(), %message, "plugin handler panicked");
+                Err(HandlerError::Failed(format!(
+                    "{} handler of '{element}' panicked: {message}",
+                    self.handler.kind()
+                )))
+            }
+        }
+    }
+}
+
+impl Adapter {
+    async fn run(&self, context: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
         let api = &self.shared.api;
         match &self.handler {
             Handler::ServiceTask(h) => with_vars!(context, vars => h.execute(api, &mut vars).await)

@@ -822,6 +822,55 @@ async fn a_slow_handler_holds_up_no_other_instance() {
     assert_eq!(finished(org, &slow).await["status"], "completed");
 }
 
+struct Panics;
+
+#[dsf_plugin_api::async_trait]
+impl dsf_plugin_api::ServiceTask for Panics {
+    async fn execute(
+        &self,
+        _api: &dsf_plugin_api::ProcessApi,
+        _vars: &mut dsf_plugin_api::Variables<'_>,
+    ) -> Result<(), dsf_plugin_api::ProcessError> {
+        panic!("a bug in plugin code")
+    }
+}
+
+async fn a_panicking_handler_fails_its_task_and_the_bpe_goes_on() {
+    let bpmn = APPROVE_BPMN.replace(
+        r#"<bpmn:userTask id="Ask" camunda:formKey="http://test.org/fhir/Questionnaire/approve|#{version}"/>"#,
+        r#"<bpmn:serviceTask id="Ask" camunda:class="org.test.Panics"/>"#,
+    );
+    let mut plugin = PluginDefinition::new("approve", "1.0.0.0", "2026-11-28")
+        .expect("metadata")
+        .bpmn("bpe/approve.bpmn", bpmn)
+        .service_task("org.test.Panics", Panics)
+        .service_task("org.test.RecordAnswer", RecordAnswer);
+    for (process, file) in approve_plugin().fhir_files() {
+        plugin = plugin.fhir(process, &file.path, file.contents.clone());
+    }
+    let network = Network::start(1, Topology::Mesh).await;
+    let org = network.organization(0);
+    let bpe = Bpe::start(
+        BpeConfig::new(&org.base_url, org.bpe_tls.clone()),
+        vec![plugin, ping_pong::plugin_with(PONG_TIMEOUT)],
+    )
+    .await
+    .expect("BPE");
+    tokio::time::timeout(WAIT, bpe.wait_connected())
+        .await
+        .expect("bound");
+    let id = post(org, approve_task(org, false)).await;
+    let task = finished(org, &id).await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert!(
+        error_of(&task).contains("panicked: a bug in plugin code"),
+        "{}",
+        error_of(&task)
+    );
+    let id = start_ping(org).await;
+    assert_eq!(finished(org, &id).await["status"], "completed");
+}
+
 /// The steps at which a BPE may be killed, in the order a request/reply process meets them.
 const STEPS: [&str; 7] = [
     "claim-recorded",
@@ -983,6 +1032,10 @@ fn main() {
         .test(
             "a_slow_handler_holds_up_no_other_instance",
             a_slow_handler_holds_up_no_other_instance,
+        )
+        .test(
+            "a_panicking_handler_fails_its_task_and_the_bpe_goes_on",
+            a_panicking_handler_fails_its_task_and_the_bpe_goes_on,
         )
         .test(
             "a_user_task_waits_for_its_questionnaire_response",
