@@ -438,6 +438,13 @@ async fn bench(
     bpe_bench(concurrency, seconds).await?;
     network_bench().await?;
     let server = std::env::current_exe()?.with_file_name("dsf-fhir-server");
+    if !server.exists() {
+        println!(
+            "dsf-fhir-server start-up and memory: skipped (no {} yet; build it with `cargo build --release -p dsf-bin`)",
+            server.display()
+        );
+        return Ok(());
+    }
     let (startup, rss_kib) = startup_and_memory(&server).await?;
     println!(
         "dsf-fhir-server ({}): start-up to first served request {:.0} ms; resident memory when idle {:.1} MiB",
