@@ -5,6 +5,7 @@
 
 use crate::bpe::Inner;
 use crate::deploy::{process_key, Deployment};
+use crate::locks::KeyGuard;
 use dsf_bpmn::engine::{Instance, InstanceState, Step};
 use dsf_fhir::client::SubscriptionSettings;
 use dsf_fhir::Error as FhirError;
@@ -123,26 +124,31 @@ impl Inner {
 
     /// Loads, locks and runs one instance (a timer or job of it is due).
     pub(crate) async fn run_instance(self: &Arc<Self>, id: &str) {
-        let Ok(Some(stored)) = self.shared.state.load(id).await else {
+        let Some((_guard, instance, deployment)) = self.lock_instance(id).await else {
             return;
         };
+        if instance.is_finished() {
+            return;
+        }
+        self.drive(&deployment, instance, None).await;
+    }
+
+    /// Instance `id` under the lock of its business key, as stored once the lock is held
+    /// (read once to learn the key, again under the lock), with its deployment.
+    async fn lock_instance(&self, id: &str) -> Option<(KeyGuard<'_>, Instance, Arc<Deployment>)> {
+        let stored = self.shared.state.load(id).await.ok()??;
         let key = stored
             .instance
             .business_key
             .clone()
             .unwrap_or_else(|| id.to_owned());
-        let _guard = self.locks.lock(&key).await;
-        let Ok(Some(stored)) = self.shared.state.load(id).await else {
-            return;
-        };
-        if stored.instance.is_finished() {
-            return;
-        }
+        let guard = self.locks.lock(&key).await;
+        let stored = self.shared.state.load(id).await.ok()??;
         let Some(deployment) = self.deployment(&stored.deployment).cloned() else {
             tracing::warn!(instance = %id, deployment = %stored.deployment, "instance of a process no longer deployed");
-            return;
+            return None;
         };
-        self.drive(&deployment, stored.instance, None).await;
+        Some((guard, stored.instance, deployment))
     }
 
     /// A Task from the subscription or a catch-up search.
@@ -300,22 +306,10 @@ impl Inner {
             tracing::debug!(questionnaire_response = %id, "no open user task waits for it");
             return;
         };
-        let Ok(Some(stored)) = self.shared.state.load(&instance_id).await else {
+        let Some((_guard, mut instance, deployment)) = self.lock_instance(&instance_id).await
+        else {
             return;
         };
-        let key = stored
-            .instance
-            .business_key
-            .clone()
-            .unwrap_or_else(|| instance_id.clone());
-        let _guard = self.locks.lock(&key).await;
-        let Ok(Some(stored)) = self.shared.state.load(&instance_id).await else {
-            return;
-        };
-        let Some(deployment) = self.deployment(&stored.deployment).cloned() else {
-            return;
-        };
-        let mut instance = stored.instance;
         response["status"] = json!("amended");
         match self.local().update(&response).await {
             Ok(updated) => response = updated,
@@ -424,22 +418,9 @@ impl Inner {
             return;
         };
         for id in ids.into_iter().filter(|id| id != from) {
-            let Ok(Some(stored)) = self.shared.state.load(&id).await else {
+            let Some((_guard, mut instance, deployment)) = self.lock_instance(&id).await else {
                 continue;
             };
-            let key = stored
-                .instance
-                .business_key
-                .clone()
-                .unwrap_or_else(|| id.clone());
-            let _guard = self.locks.lock(&key).await;
-            let Ok(Some(stored)) = self.shared.state.load(&id).await else {
-                continue;
-            };
-            let Some(deployment) = self.deployment(&stored.deployment).cloned() else {
-                continue;
-            };
-            let mut instance = stored.instance;
             if let Err(error) = deployment
                 .engine
                 .signal(std::slice::from_mut(&mut instance), name)

@@ -577,6 +577,16 @@ fn approve_plugin() -> PluginDefinition {
         .service_task("org.test.RecordAnswer", RecordAnswer)
 }
 
+/// The approve plugin's FHIR resources with another BPMN file and no handlers yet.
+fn approve_variant(bpmn: String) -> PluginDefinition {
+    approve_plugin().fhir_files().iter().fold(
+        PluginDefinition::new("approve", "1.0.0.0", "2026-11-28")
+            .expect("metadata")
+            .bpmn("bpe/approve.bpmn", bpmn),
+        |plugin, (process, file)| plugin.fhir(process, &file.path, file.contents.clone()),
+    )
+}
+
 async fn a_user_task_waits_for_its_questionnaire_response() {
     let network = Network::start(1, Topology::Mesh).await;
     let org = network.organization(0);
@@ -779,19 +789,7 @@ async fn a_slow_handler_holds_up_no_other_instance() {
     let bpmn = APPROVE_BPMN
         .replace(r#"<bpmn:userTask id="Ask" camunda:formKey="http://test.org/fhir/Questionnaire/approve|#{version}"/>"#, r#"<bpmn:serviceTask id="Ask" camunda:class="org.test.MaybeSlow"/>"#)
         .replace(r#"<bpmn:serviceTask id="Record" camunda:class="org.test.RecordAnswer"/>"#, r#"<bpmn:serviceTask id="Record" camunda:class="org.test.MaybeSlow"/>"#);
-    let mut plugin = PluginDefinition::new("approve", "1.0.0.0", "2026-11-28")
-        .expect("metadata")
-        .bpmn("bpe/approve.bpmn", bpmn)
-        .service_task("org.test.MaybeSlow", MaybeSlow);
-    for (process, path, text) in approve_plugin()
-        .fhir_files()
-        .iter()
-        .map(|(p, f)| (p.clone(), f.path.clone(), f.contents.clone()))
-    {
-        if !path.contains("-q") {
-            plugin = plugin.fhir(&process, &path, text);
-        }
-    }
+    let plugin = approve_variant(bpmn).service_task("org.test.MaybeSlow", MaybeSlow);
     let network = Network::start(1, Topology::Mesh).await;
     let org = network.organization(0);
     let bpe = Bpe::start(
@@ -840,14 +838,9 @@ async fn a_panicking_handler_fails_its_task_and_the_bpe_goes_on() {
         r#"<bpmn:userTask id="Ask" camunda:formKey="http://test.org/fhir/Questionnaire/approve|#{version}"/>"#,
         r#"<bpmn:serviceTask id="Ask" camunda:class="org.test.Panics"/>"#,
     );
-    let mut plugin = PluginDefinition::new("approve", "1.0.0.0", "2026-11-28")
-        .expect("metadata")
-        .bpmn("bpe/approve.bpmn", bpmn)
+    let plugin = approve_variant(bpmn)
         .service_task("org.test.Panics", Panics)
         .service_task("org.test.RecordAnswer", RecordAnswer);
-    for (process, file) in approve_plugin().fhir_files() {
-        plugin = plugin.fhir(process, &file.path, file.contents.clone());
-    }
     let network = Network::start(1, Topology::Mesh).await;
     let org = network.organization(0);
     let bpe = Bpe::start(
