@@ -123,7 +123,7 @@ async fn two_organizations(
                 ),
                 postgres_schema: None,
                 bind: ([127, 0, 0, 1], port).into(),
-                tls: pki.server_config(&server_cert)?,
+                tls: Some(pki.server_config(&server_cert)?),
                 local_thumbprints: vec![org.client_cert.thumbprint()],
                 peers: vec![AllowListEntry {
                     identifier: other.identifier.clone(),

@@ -186,7 +186,7 @@ impl DevNetwork {
                         db_url,
                         postgres_schema,
                         bind: ([127, 0, 0, 1], settings.base_port + i as u16).into(),
-                        tls: pki.server_config(&org.server)?,
+                        tls: Some(pki.server_config(&org.server)?),
                         local_thumbprints: vec![org.client.thumbprint()],
                         peers,
                         organization_name: org.identifier.clone(),

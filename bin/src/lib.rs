@@ -47,7 +47,9 @@ pub struct FhirServerSettings {
     /// With a PostgreSQL `db_url`: the schema of this server's tables (created if missing).
     pub postgres_schema: Option<String>,
     pub bind: SocketAddr,
-    pub tls: dsf_core::rustls::ServerConfig,
+    /// Mutual TLS; `None` serves plain HTTP for a TLS-terminating reverse proxy that
+    /// forwards client certificates (`config.forwarded_certificates`).
+    pub tls: Option<dsf_core::rustls::ServerConfig>,
     /// The local organisation's certificate thumbprints (its BPE's client certificate).
     pub local_thumbprints: Vec<Thumbprint>,
     /// Other organisations to put on the allow list.
@@ -82,11 +84,11 @@ pub async fn start_fhir_server(
     server.load_allow_list(&allow_list).await?;
     let listener = TcpListener::bind(settings.bind).await?;
     tracing::info!(bind = %settings.bind, base_url = %server.config().base_url, "FHIR server listening");
-    Ok(tokio::spawn(Arc::new(server).serve(
-        listener,
-        Arc::new(settings.tls),
-        shutdown,
-    )))
+    let server = Arc::new(server);
+    Ok(match settings.tls {
+        Some(tls) => tokio::spawn(server.serve(listener, Arc::new(tls), shutdown)),
+        None => tokio::spawn(server.serve_behind_proxy(listener, shutdown)),
+    })
 }
 
 /// Everything needed to run one organisation's BPE with the plugins this crate links.

@@ -4,7 +4,9 @@
 use clap::Parser;
 use dsf_bin::{init_logging, shutdown_signal, start_fhir_server, FhirServerSettings};
 use dsf_core::{load_certs, Thumbprint, TlsFiles};
+use dsf_fhir::server::{caller::parse_address_ranges, ForwardedCertificates};
 use dsf_fhir::ServerConfig;
+use http::HeaderName;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -38,15 +40,44 @@ struct Args {
     host: String,
     #[arg(long, env = "DEV_DSF_SERVER_API_PORT", default_value_t = 8443)]
     port: u16,
-    /// Server certificate chain (PEM)
-    #[arg(long, env = "DEV_DSF_SERVER_CERTIFICATE")]
-    server_certificate: PathBuf,
+    /// Server certificate chain (PEM); without it the server speaks plain HTTP for a
+    /// TLS-terminating reverse proxy (then DEV_DSF_SERVER_AUTH_TRUSTED_PROXIES is required)
+    #[arg(long, env = "DEV_DSF_SERVER_CERTIFICATE", requires_all = ["server_certificate_key", "trust_client_certificate_cas"])]
+    server_certificate: Option<PathBuf>,
     /// Server private key (PEM)
     #[arg(long, env = "DEV_DSF_SERVER_CERTIFICATE_KEY")]
-    server_certificate_key: PathBuf,
+    server_certificate_key: Option<PathBuf>,
     /// CA certificates client certificates must chain to (PEM)
     #[arg(long, env = "DEV_DSF_SERVER_AUTH_TRUST_CLIENT_CERTIFICATE_CAS")]
-    trust_client_certificate_cas: PathBuf,
+    trust_client_certificate_cas: Option<PathBuf>,
+    /// Header a reverse proxy forwards the client certificate in (PEM, URL-encoded PEM or
+    /// base64 DER)
+    #[arg(
+        long,
+        env = "DEV_DSF_SERVER_AUTH_CLIENT_CERTIFICATE_HEADER",
+        default_value = "X-ClientCert"
+    )]
+    client_certificate_header: String,
+    /// Comma-separated addresses or CIDR ranges of reverse proxies whose forwarded client
+    /// certificates are believed; from any other address the header is ignored
+    #[arg(long, env = "DEV_DSF_SERVER_AUTH_TRUSTED_PROXIES", default_value = "")]
+    trusted_proxies: String,
+}
+
+fn forwarded_certificates(args: &Args) -> Result<Option<ForwardedCertificates>, String> {
+    let proxies = parse_address_ranges(&args.trusted_proxies).map_err(|e| e.to_string())?;
+    if proxies.is_empty() {
+        return Ok(None);
+    }
+    let header = HeaderName::try_from(args.client_certificate_header.trim()).map_err(|_| {
+        format!(
+            "'{}' is not a valid HTTP header name",
+            args.client_certificate_header
+        )
+    })?;
+    Ok(Some(
+        ForwardedCertificates::from_proxies(proxies).with_header(header),
+    ))
 }
 
 fn local_thumbprints(args: &Args) -> Result<Vec<Thumbprint>, String> {
@@ -70,15 +101,26 @@ fn local_thumbprints(args: &Args) -> Result<Vec<Thumbprint>, String> {
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     init_logging();
     let args = Args::parse();
-    let tls = TlsFiles {
-        certificate: args.server_certificate.clone(),
-        private_key: args.server_certificate_key.clone(),
-        trusted_cas: args.trust_client_certificate_cas.clone(),
-    }
-    .server_config()?;
     let mut config = ServerConfig::new(&args.base_url, &args.organization_identifier);
     config.page_count = args.page_count;
     config.max_body_bytes = args.max_body_bytes;
+    config.forwarded_certificates = forwarded_certificates(&args)?;
+    let tls = match (
+        &args.server_certificate,
+        &args.server_certificate_key,
+        &args.trust_client_certificate_cas,
+    ) {
+        (Some(certificate), Some(private_key), Some(trusted_cas)) => Some(
+            TlsFiles {
+                certificate: certificate.clone(),
+                private_key: private_key.clone(),
+                trusted_cas: trusted_cas.clone(),
+            }
+            .server_config()?,
+        ),
+        _ if config.forwarded_certificates.is_some() => None,
+        _ => return Err("set DEV_DSF_SERVER_CERTIFICATE, DEV_DSF_SERVER_CERTIFICATE_KEY and DEV_DSF_SERVER_AUTH_TRUST_CLIENT_CERTIFICATE_CAS, or DEV_DSF_SERVER_AUTH_TRUSTED_PROXIES to serve plain HTTP behind a reverse proxy".into()),
+    };
     let settings = FhirServerSettings {
         local_thumbprints: local_thumbprints(&args)?,
         organization_name: args.organization_identifier.clone(),

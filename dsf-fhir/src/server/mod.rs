@@ -3,21 +3,25 @@
 pub mod authorization;
 mod bootstrap;
 mod bundles;
+pub mod caller;
 mod capability;
 mod connections;
 pub mod identity;
 mod reply;
 mod rest;
+mod service;
 mod transaction;
 pub mod websocket;
 
 pub use crate::access::{ORGANIZATION_IDENTIFIER_SYSTEM, READ_ACCESS_TAG_SYSTEM};
-pub use authorization::{DsfRole, Role};
+pub use authorization::{AuthorizationPolicy, DsfRole, DsfRules, PolicyContext, Role};
 pub use bootstrap::{
     endpoint_identifier, AllowListEntry, BUILT_IN_SUBSCRIPTIONS, ENDPOINT_IDENTIFIER_SYSTEM,
 };
+pub use caller::{AddressRange, ForwardedCertificates, PeerAddress, PeerCertificate};
 pub use connections::ConnectionLimits;
 pub use identity::{Identity, IdentityKind, LocalUser, DSF_ADMIN};
+pub use service::FhirService;
 pub use websocket::WEBSOCKET_PATH;
 
 use crate::format::Format;
@@ -53,6 +57,9 @@ pub struct ServerConfig {
     pub users: Vec<LocalUser>,
     pub websocket: WebsocketSettings,
     pub connections: ConnectionLimits,
+    /// Client certificates forwarded by TLS-terminating reverse proxies; none believed by
+    /// default (see [`caller`]).
+    pub forwarded_certificates: Option<ForwardedCertificates>,
 }
 
 /// How websocket connections are kept alive and how much they may fall behind.
@@ -87,6 +94,7 @@ impl ServerConfig {
             users: Vec::new(),
             websocket: WebsocketSettings::default(),
             connections: ConnectionLimits::default(),
+            forwarded_certificates: None,
         }
     }
 
@@ -116,6 +124,7 @@ pub struct FhirServer {
     closing: tokio::sync::watch::Sender<bool>,
     /// Turns for parsing large bodies, so that parsing never occupies every core.
     large_parses: tokio::sync::Semaphore,
+    policy: Arc<dyn authorization::AuthorizationPolicy>,
     /// The store's outbox, until `serve` hands it to the dispatcher.
     changes: std::sync::Mutex<Option<crate::store::ChangeReceiver>>,
 }
@@ -175,6 +184,7 @@ impl FhirServer {
             changes: std::sync::Mutex::new(Some(store.changes())),
             store,
             config,
+            policy: Arc::new(authorization::DsfRules),
             identities: identity::IdentityCache::default(),
             hub: websocket::Hub::default(),
             connections: Arc::default(),
@@ -184,6 +194,13 @@ impl FhirServer {
             ),
             closing: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// The same server deciding authorization with `policy` instead of the DSF's rules
+    /// alone (see [`AuthorizationPolicy`]).
+    pub fn with_authorization(mut self, policy: impl AuthorizationPolicy) -> Self {
+        self.policy = Arc::new(policy);
+        self
     }
 
     /// Who holds `thumbprint` (cached per allow-list generation).
@@ -216,40 +233,80 @@ impl FhirServer {
         &self.config
     }
 
-    /// Accepts connections until `shutdown` completes, then closes the open ones (websockets
-    /// with 1001 "server shutting down", HTTP connections after their current request). Each
-    /// connection must present a client certificate the TLS configuration trusts; its
-    /// thumbprint is computed once per connection.
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: TcpListener,
-        tls: Arc<rustls::ServerConfig>,
-        shutdown: impl Future<Output = ()>,
-    ) -> std::io::Result<()> {
+    /// Starts the work that runs beside request handling: the built-in Subscriptions are
+    /// created if missing, the websocket hub loads the stored Subscriptions, and the change
+    /// dispatcher (which tells websocket sessions of new resources) is spawned on the current
+    /// tokio runtime. [`FhirServer::serve`] calls it; an embedder mounting [`FhirService`] in
+    /// its own application calls it once before serving. Calling it again does nothing.
+    pub async fn start_background(self: &Arc<Self>) -> Result<()> {
         let changes = self
             .changes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(changes) = changes {
-            self.ensure_built_in_subscriptions()
-                .await
-                .map_err(std::io::Error::other)?;
-            self.hub
-                .reload(&self.store)
-                .await
-                .map_err(std::io::Error::other)?;
+            self.ensure_built_in_subscriptions().await?;
+            self.hub.reload(&self.store).await?;
             tokio::spawn(
                 self.clone()
                     .dispatch_changes(changes, self.closing.subscribe()),
             );
         }
-        let acceptor = TlsAcceptor::from(tls);
+        Ok(())
+    }
+
+    /// Stops the background work and closes open websocket sessions (1001 "server shutting
+    /// down"). [`FhirServer::serve`] does this when its `shutdown` completes.
+    pub fn shut_down(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// The REST API and the websocket endpoint as a service for an application of the
+    /// embedder's (axum, hyper, tower). Requests must carry a [`PeerCertificate`] (and, for
+    /// forwarded certificates, a [`PeerAddress`]) in their extensions.
+    pub fn service(self: &Arc<Self>) -> FhirService {
+        FhirService::new(self.clone())
+    }
+
+    /// Accepts mutual-TLS connections until `shutdown` completes, then closes the open ones
+    /// (websockets with 1001 "server shutting down", HTTP connections after their current
+    /// request). Each connection must present a client certificate the TLS configuration
+    /// trusts; its thumbprint is computed once per connection.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        self.accept_loop(listener, Some(TlsAcceptor::from(tls)), shutdown)
+            .await
+    }
+
+    /// Accepts plain HTTP connections, for a server behind a TLS-terminating reverse proxy
+    /// that forwards client certificates ([`ServerConfig::forwarded_certificates`]). A request
+    /// from an address that is not a trusted proxy has no certificate and is answered 401.
+    pub async fn serve_behind_proxy(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        self.accept_loop(listener, None, shutdown).await
+    }
+
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        acceptor: Option<TlsAcceptor>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        self.start_background()
+            .await
+            .map_err(std::io::Error::other)?;
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = &mut shutdown => {
-                    self.closing.send_replace(true);
+                    self.shut_down();
                     return Ok(());
                 }
                 accepted = listener.accept() => match accepted {
@@ -270,12 +327,20 @@ impl FhirServer {
             };
             let _ = tcp.set_nodelay(true);
             let server = self.clone();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move { server.connection(acceptor, tcp, peer, slot).await });
+            match acceptor.clone() {
+                Some(acceptor) => {
+                    tokio::spawn(
+                        async move { server.tls_connection(acceptor, tcp, peer, slot).await },
+                    );
+                }
+                None => {
+                    tokio::spawn(async move { server.connection(tcp, peer, None, slot).await });
+                }
+            }
         }
     }
 
-    async fn connection(
+    async fn tls_connection(
         self: Arc<Self>,
         acceptor: TlsAcceptor,
         tcp: tokio::net::TcpStream,
@@ -298,45 +363,65 @@ impl FhirServer {
             },
             _ = slot.evicted() => return,
         };
-        let thumbprint = tls
+        let certificate = tls
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|certs| certs.first())
-            .map(|cert| Thumbprint::of_der(cert));
-        let Some(thumbprint) = thumbprint else {
+            .map(|cert| PeerCertificate::from_der(cert));
+        if certificate.is_none() {
             return;
-        };
-        // A certificate nobody allowed gets its 401 and the connection closes; it may not
-        // hold a connection open meanwhile.
-        let known = !matches!(
-            self.identity_of(&thumbprint).await,
-            Err(Error::Unauthenticated(_))
-        );
+        }
+        self.connection(tls, peer, certificate, slot).await;
+    }
+
+    /// Serves HTTP/1.1 over one accepted connection.
+    async fn connection<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: SocketAddr,
+        certificate: Option<PeerCertificate>,
+        slot: Arc<connections::Slot>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let limits = &self.config.connections;
+        // A caller nobody allowed gets its 401 and the connection closes; it may not hold a
+        // connection open meanwhile. A trusted proxy speaks for many callers.
+        let from_proxy = self
+            .config
+            .forwarded_certificates
+            .as_ref()
+            .is_some_and(|f| f.trusted_proxies.iter().any(|r| r.contains(peer.ip())));
+        let known = from_proxy
+            || match &certificate {
+                Some(PeerCertificate(thumbprint)) => !matches!(
+                    self.identity_of(thumbprint).await,
+                    Err(Error::Unauthenticated(_))
+                ),
+                None => false,
+            };
         slot.set_known(known);
         let header_timeout = match known {
             true => limits.header_timeout,
             false => limits.unknown_client_header_timeout,
         };
-        let thumbprint = Arc::new(thumbprint);
         let mut closing = self.closing.subscribe();
         let server = self.clone();
         let request_slot = slot.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             let server = server.clone();
-            let thumbprint = thumbprint.clone();
             let slot = request_slot.clone();
+            if let Some(certificate) = &certificate {
+                req.extensions_mut().insert(certificate.clone());
+            }
+            req.extensions_mut().insert(PeerAddress(peer));
             async move {
                 let _busy = slot.busy();
-                let response = if server.is_websocket_request(&req) {
-                    server.upgrade(thumbprint, req, slot.clone()).await
-                } else {
-                    server.handle(&thumbprint, req).await
-                };
-                Ok::<_, std::convert::Infallible>(response)
+                Ok::<_, std::convert::Infallible>(server.respond(req, Some(slot)).await)
             }
         });
-        let io = connections::StallLimited::new(tls, limits.header_timeout);
+        let io = connections::StallLimited::new(stream, limits.header_timeout);
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(header_timeout)
@@ -361,6 +446,39 @@ impl FhirServer {
         }
     }
 
+    /// Answers one request whose extensions say who sent it (see [`caller`]): a websocket
+    /// upgrade on the websocket path, the REST API elsewhere.
+    pub(crate) async fn respond<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+        slot: Option<Arc<connections::Slot>>,
+    ) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let thumbprint = match caller::client_thumbprint(
+            self.config.forwarded_certificates.as_ref(),
+            req.headers(),
+            req.extensions(),
+        ) {
+            Ok(thumbprint) => thumbprint,
+            Err(e) => {
+                let accept = req
+                    .headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let format = Format::negotiate(None, accept).unwrap_or(Format::Json);
+                return Reply::error(&e).render(format, false);
+            }
+        };
+        if self.is_websocket_request(req.uri().path()) {
+            self.upgrade(Arc::new(thumbprint), req, slot).await
+        } else {
+            self.handle(&thumbprint, req).await
+        }
+    }
+
     /// Serves a websocket session over `stream` (after its handshake) for the holder of
     /// `thumbprint`: the `/fhir/ws` protocol without HTTP, for the fuzz targets.
     #[doc(hidden)]
@@ -376,21 +494,19 @@ impl FhirServer {
             .await;
     }
 
-    fn is_websocket_request(&self, req: &Request<Incoming>) -> bool {
-        req.uri()
-            .path()
-            .strip_prefix(self.context_path.as_str())
+    fn is_websocket_request(&self, path: &str) -> bool {
+        path.strip_prefix(self.context_path.as_str())
             .and_then(|rest| rest.strip_prefix('/'))
             .is_some_and(|rest| rest.trim_end_matches('/') == websocket::WEBSOCKET_PATH)
     }
 
     /// Answers a request to the websocket path: 101 and a session for a known caller asking
     /// for an upgrade, an OperationOutcome otherwise.
-    async fn upgrade(
+    async fn upgrade<B>(
         self: Arc<Self>,
         thumbprint: Arc<Thumbprint>,
-        mut req: Request<Incoming>,
-        slot: Arc<connections::Slot>,
+        mut req: Request<B>,
+        slot: Option<Arc<connections::Slot>>,
     ) -> Response<Full<Bytes>> {
         let identity = match self.identity_of(&thumbprint).await {
             Ok(identity) => identity,
@@ -411,7 +527,7 @@ impl FhirServer {
         };
         tokio::spawn(async move {
             // A websocket is never idle in the registry's sense: it waits for events.
-            let _busy = slot.busy();
+            let _busy = slot.as_ref().map(|slot| slot.busy());
             match upgraded.await {
                 Ok(ws) => self.websocket_session(ws, identity, thumbprint).await,
                 Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),

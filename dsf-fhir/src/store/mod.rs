@@ -2,6 +2,8 @@
 //! tombstones, conditional interactions, transactions, search, history) once, on top of the
 //! [`Backend`] seam that the SQLite and PostgreSQL backends implement with plain SQL.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod feed;
 mod group;
 mod plan;
@@ -22,7 +24,9 @@ pub use write::{format_instant, Change, WriteGuard, WriteOp, WriteOutcome};
 use crate::access::ReadGrants;
 use crate::search::SearchQuery;
 use crate::{Error, Result};
-use async_trait::async_trait;
+/// The attribute [`Backend`] and [`Session`] implementations are written with, so that a
+/// backend outside this crate needs no dependency of its own for it.
+pub use async_trait::async_trait;
 use std::sync::Arc;
 
 /// One stored version of a resource. `body` is the canonical JSON, absent for a deletion.

@@ -9,9 +9,12 @@
 //! concurrent write cannot slip between the check and the write.
 
 mod meta_tag;
+mod policy;
 pub(crate) mod process;
 mod questionnaire_response;
 mod task;
+
+pub use policy::{refuse, AuthorizationPolicy, DsfRules, PolicyContext};
 
 use super::identity::Identity;
 use super::{Call, FhirServer};
@@ -140,6 +143,7 @@ struct Verdict {
 /// The guard of one request's writes.
 pub(crate) struct WriteRules {
     identity: Arc<Identity>,
+    policy: Arc<dyn AuthorizationPolicy>,
     verdicts: Vec<Verdict>,
 }
 
@@ -155,37 +159,16 @@ impl WriteGuard for WriteRules {
     fn check(&self, change: Change<'_>) -> Result<()> {
         match change {
             Change::Create { index, .. } => self.verdict(index)?.as_create.clone(),
-            Change::Update {
-                index,
-                resource_type,
-                old,
-                new,
-            } => {
+            Change::Update { index, old, .. } => {
                 let verdict = self.verdict(index)?;
                 if old.deleted {
                     // Writing over a tombstone brings the resource back: judged as a create.
                     return verdict.as_create.clone();
                 }
                 verdict.as_update.clone()?;
-                let old = old.json()?;
-                match resource_type {
-                    "Task" => task::check_update(&self.identity, &old, new),
-                    "QuestionnaireResponse" => {
-                        questionnaire_response::check_update(&self.identity, &old, new)
-                    }
-                    t => meta_tag::check_update(t, &old, new),
-                }
+                self.policy.check_change(&self.identity, change)
             }
-            Change::Delete {
-                resource_type, old, ..
-            } => {
-                let old = old.json()?;
-                match resource_type {
-                    "Task" => task::check_delete(&self.identity, &old),
-                    "QuestionnaireResponse" => questionnaire_response::check_delete(&self.identity),
-                    _ => Ok(()),
-                }
-            }
+            Change::Delete { .. } => self.policy.check_change(&self.identity, change),
         }
     }
 }
@@ -193,7 +176,8 @@ impl WriteGuard for WriteRules {
 impl FhirServer {
     /// The role gate for the caller of `call`.
     pub(crate) fn require(&self, call: &Call<'_>, role: Role, resource_type: &str) -> Result<()> {
-        require_role(call.identity, role, resource_type)
+        self.policy
+            .check_interaction(call.identity, role, resource_type)
     }
 
     /// Runs `ops` in one transaction under the caller's write rules.
@@ -213,6 +197,7 @@ impl FhirServer {
         }
         let rules = WriteRules {
             identity: Arc::new(call.identity.clone()),
+            policy: self.policy.clone(),
             verdicts,
         };
         self.store
@@ -224,20 +209,24 @@ impl FhirServer {
     async fn prepare(&self, identity: &Identity, op: &WriteOp) -> Result<Verdict> {
         let t = op.resource_type();
         let not_checked = || Err(Error::Forbidden("not checked".into()));
+        let context = PolicyContext { server: self };
         Ok(match op {
             WriteOp::Create { resource, .. } => Verdict {
-                as_create: self.check_create(identity, t, resource).await,
+                as_create: self.check_create(&context, identity, t, resource).await,
                 as_update: not_checked(),
             },
             WriteOp::Update { resource, .. } | WriteOp::ConditionalUpdate { resource, .. } => {
-                require_role(identity, Role::Update, t)?;
+                self.policy.check_interaction(identity, Role::Update, t)?;
                 Verdict {
-                    as_create: self.check_create(identity, t, resource).await,
-                    as_update: self.check_update_content(identity, t, resource).await,
+                    as_create: self.check_create(&context, identity, t, resource).await,
+                    as_update: self
+                        .policy
+                        .check_update(&context, identity, t, resource)
+                        .await,
                 }
             }
             WriteOp::Delete { .. } | WriteOp::ConditionalDelete { .. } => {
-                require_role(identity, Role::Delete, t)?;
+                self.policy.check_interaction(identity, Role::Delete, t)?;
                 Verdict {
                     as_create: not_checked(),
                     as_update: not_checked(),
@@ -246,42 +235,17 @@ impl FhirServer {
         })
     }
 
-    async fn check_create(&self, identity: &Identity, t: &str, resource: &Value) -> Result<()> {
-        require_role(identity, Role::Create, t)?;
-        match t {
-            "Task" => {
-                let request =
-                    task::check_create(identity, &self.config.organization_identifier, resource)?;
-                if let Some(request) = request {
-                    let recipient = self.local_identity().await?;
-                    process::authorize(&self.store, identity, &recipient, &request).await?;
-                }
-                Ok(())
-            }
-            "QuestionnaireResponse" => questionnaire_response::check_create(identity, resource),
-            _ => meta_tag::check_content(&self.store, identity, t, resource).await,
-        }
-    }
-
-    /// Content rules of an update that need lookups but not the old version.
-    async fn check_update_content(
+    async fn check_create(
         &self,
+        context: &PolicyContext<'_>,
         identity: &Identity,
         t: &str,
         resource: &Value,
     ) -> Result<()> {
-        match t {
-            "Task" => match task::completion_request(resource) {
-                // Completing re-checks that this organisation may receive the message.
-                Some(request) => {
-                    let recipient = self.local_identity().await?;
-                    process::authorize_recipient(&self.store, &recipient, &request).await
-                }
-                None => Ok(()),
-            },
-            "QuestionnaireResponse" => Ok(()),
-            _ => meta_tag::check_content(&self.store, identity, t, resource).await,
-        }
+        self.policy.check_interaction(identity, Role::Create, t)?;
+        self.policy
+            .check_create(context, identity, t, resource)
+            .await
     }
 
     async fn local_identity(&self) -> Result<Arc<Identity>> {
