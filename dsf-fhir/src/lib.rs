@@ -4,12 +4,19 @@
 //!
 //! It knows nothing of BPMN; the BPE (`dsf-engine`) talks to it as a client.
 //!
-//! Cargo features choose the parts: the client, resource parsing and the error types are
-//! always there; `store` adds the versioned store with its SQLite and PostgreSQL backends and
-//! search; `server` (default, implies `store`) adds the REST API, authorization and
-//! websockets. A client-only build (`default-features = false`) links neither database.
+//! Cargo features choose the parts; resource parsing, input bounds and the error type are
+//! always there:
+//! - `client`: [`FhirClient`] (REST and websocket subscriptions over mutual TLS); no database;
+//! - `store`: the versioned [`ResourceStore`] with its SQLite and PostgreSQL backends and
+//!   search; no HTTP;
+//! - `server` (implies `store`): the REST API, authorization and websockets, served by
+//!   [`FhirServer::serve`] or mounted in an application of yours as a [`server::FhirService`];
+//! - `conformance`: the conformance suite for storage backends written elsewhere.
+//!
+//! `client` and `server` are the default.
 
 pub mod bounds;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod date;
 mod error;
@@ -26,6 +33,7 @@ pub mod server;
 #[cfg(feature = "store")]
 pub mod store;
 
+#[cfg(feature = "client")]
 pub use client::FhirClient;
 pub use error::{Error, Result};
 pub use format::Format;

@@ -10,6 +10,6 @@ pub use crate::date::{parse_date_range, DateRange};
 pub use extract::{index_rows, normalise_reference, IndexRow};
 pub use params::{find_param, params_of, public_params, ParamKind, SearchParam, THUMBPRINT_PARAM};
 pub use query::{
-    parse_query_string, Clause, Condition, Include, Prefix, SearchQuery, Sort, SortKey,
-    MAX_ALTERNATIVES, MAX_COUNT, MAX_PAGE, MAX_PARAMETERS,
+    parse_query_string, Clause, Condition, Include, Prefix, SearchBuilder, SearchQuery, Sort,
+    SortKey, MAX_ALTERNATIVES, MAX_COUNT, MAX_PAGE, MAX_PARAMETERS,
 };

@@ -556,3 +556,70 @@ mod tests {
         assert_eq!(split_alternatives(r"a\,b,c"), ["a,b", "c"]);
     }
 }
+
+/// Builds a [`SearchQuery`] in code: the resource type checked against the supported ones,
+/// each parameter parsed as it would be from a URL, and a parameter this server does not
+/// support an error rather than a warning.
+///
+/// ```
+/// use dsf_fhir::search::SearchQuery;
+/// let query = SearchQuery::on("Task")?
+///     .with("status", "requested")
+///     .sort_by("-_lastUpdated")
+///     .count(20)
+///     .build("https://dsf.example.org/fhir")?;
+/// assert_eq!(query.resource_type, "Task");
+/// assert!(SearchQuery::on("Patients").is_err());
+/// # Ok::<(), dsf_fhir::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct SearchBuilder {
+    resource_type: &'static str,
+    pairs: Vec<(String, String)>,
+}
+
+impl SearchQuery {
+    /// Starts a search on `resource_type`; an error if the server has no such type.
+    pub fn on(resource_type: &str) -> Result<SearchBuilder> {
+        let resource_type =
+            crate::resource_type::supported_type(resource_type).ok_or_else(|| {
+                Error::NotSupported(format!("resource type '{resource_type}' is not supported"))
+            })?;
+        Ok(SearchBuilder {
+            resource_type,
+            pairs: Vec::new(),
+        })
+    }
+}
+
+impl SearchBuilder {
+    /// Adds `name=value` as in a URL (`status=requested`, `_lastUpdated=gt2026-01-01`,
+    /// `identifier=system|value`); several values of one call are alternatives (`a,b`).
+    pub fn with(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.pairs.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// `_count`: results per page.
+    pub fn count(self, count: usize) -> Self {
+        self.with("_count", count.to_string())
+    }
+
+    /// `_sort`: `_lastUpdated`, `-_lastUpdated`, `_id` or a search parameter.
+    pub fn sort_by(self, key: &str) -> Self {
+        self.with("_sort", key)
+    }
+
+    /// The query, or the first parameter that does not parse or is not supported.
+    pub fn build(self, base_url: &str) -> Result<SearchQuery> {
+        let query = SearchQuery::parse(self.resource_type, &self.pairs, 20, base_url)?;
+        match query.unsupported.first() {
+            Some(parameter) => Err(Error::NotSupported(format!(
+                "search parameter {parameter} is not supported on {}",
+                self.resource_type
+            ))),
+            None => Ok(query),
+        }
+    }
+}
