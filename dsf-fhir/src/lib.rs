@@ -14,6 +14,86 @@
 //! - `conformance`: the conformance suite for storage backends written elsewhere.
 //!
 //! `client` and `server` are the default.
+//!
+//! # The store
+//!
+//! Versioned writes, optimistic locking and search, without HTTP:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), dsf_fhir::Error> {
+//! use dsf_fhir::search::SearchQuery;
+//! use dsf_fhir::{ResourceStore, WriteOp, WriteOutcome};
+//!
+//! let base_url = "https://dsf.example.org/fhir";
+//! let store = ResourceStore::open("sqlite::memory:", base_url).await?;
+//! let task = serde_json::json!({"resourceType": "Task", "status": "requested", "intent": "order"});
+//! let WriteOutcome::Created(stored) = store
+//!     .write(WriteOp::Create { resource: task, if_none_exist: None, full_url: None })
+//!     .await?
+//! else {
+//!     unreachable!("a plain create creates")
+//! };
+//! assert_eq!(stored.version, 1);
+//!
+//! let requested = SearchQuery::on("Task")?.with("status", "requested").build(base_url)?;
+//! assert_eq!(store.search(&requested).await?.total, 1);
+//! # Ok(()) }
+//! ```
+//!
+//! # The client
+//!
+//! REST over mutual TLS, and the websocket subscriptions the BPE listens on:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let tls = dsf_core::TlsFiles {
+//!     certificate: "client.crt".into(),
+//!     private_key: "client.key".into(),
+//!     trusted_cas: "ca.crt".into(),
+//! }
+//! .client_config()?;
+//! let client = dsf_fhir::FhirClient::new("https://dsf.example.org/fhir", std::sync::Arc::new(tls))?;
+//! let requested = client.search("Task", "status=requested&_count=20").await?;
+//! let subscription = client.find_subscription("Task?status=requested").await?;
+//! let mut events = client.subscribe(&subscription, None, Default::default()).await?;
+//! while let Some(event) = events.next().await {
+//!     println!("{} {}", event.resource_type, event.id);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # The server, mounted in your application
+//!
+//! [`FhirServer::serve`] runs its own mutual-TLS accept loop. To serve the API from an
+//! application of yours instead, start the background work and mount
+//! [`FhirServer::service`]; your transport tells each request who is calling (the full axum
+//! program is `examples/rest_in_axum.rs`):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use dsf_fhir::server::PeerCertificate;
+//! use dsf_fhir::{FhirServer, ResourceStore, ServerConfig};
+//! use std::sync::Arc;
+//!
+//! let base_url = "https://dsf.example.org/fhir";
+//! let store = ResourceStore::open("sqlite::memory:", base_url).await?;
+//! let server = Arc::new(FhirServer::new(store, ServerConfig::new(base_url, "example.org")));
+//! server.start_background().await?;
+//! let service = server.service(); // a tower::Service and a hyper::service::Service
+//!
+//! // What your TLS accept loop does for each request: the client certificate's thumbprint.
+//! let mut request = http::Request::get("/fhir/metadata")
+//!     .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+//! request
+//!     .extensions_mut()
+//!     .insert(PeerCertificate::from_der(b"a certificate nobody allowed"));
+//! let response = service.call(request).await;
+//! assert_eq!(response.status(), 401);
+//! server.shut_down();
+//! # Ok(()) }
+//! ```
 
 pub mod bounds;
 #[cfg(feature = "client")]
