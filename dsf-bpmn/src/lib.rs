@@ -9,6 +9,14 @@
 //! calling Rust handlers bound by the names the file uses (`camunda:class`, expressions);
 //! [`expr`] evaluates the JUEL subset DSF files use. Nothing here knows of FHIR.
 //!
+//! What each element does when a token reaches it lives in one file per element family, next
+//! to the engine's core (`src/engine/mod.rs`: deployment, starting, correlating, stepping and
+//! the token leaving a node): `src/engine/activities.rs` (tasks, handlers, listeners, retries),
+//! `src/engine/events.rs` (start, end, throw, catch and boundary events, waits, signals,
+//! errors), `src/engine/gateways.rs` (exclusive, parallel, inclusive and event-based gateways,
+//! joins) and `src/engine/scopes.rs` (subprocesses, event subprocesses, call activities,
+//! multi-instance bodies, completion and termination).
+//!
 //! ```
 //! let xml = r#"<bpmn:definitions xmlns:bpmn="http://www.omg.org/spec/BPMN/20100524/MODEL"
 //!       xmlns:camunda="http://camunda.org/schema/1.0/bpmn">
