@@ -3,6 +3,11 @@
 //!
 //! A session may run for at most [`SqliteBackend::statement_timeout`]; past it, SQLite's
 //! progress handler interrupts the statement and the request gets [`Error::Unavailable`].
+//!
+//! SQLite calls block their thread, so none runs on the async runtime's workers: read
+//! statements run on the blocking pool, one hop per statement with the connection moved there
+//! and back; write sessions run where they are opened, which is the store's own writer thread
+//! (see `group`).
 
 use super::sql::{schema, Dialect, Sql, SqlValue};
 use super::{Backend, Session, StoredResource};
@@ -148,25 +153,86 @@ impl SqliteBackend {
 }
 
 struct SqliteSession {
-    guarded: OwnedMutexGuard<Guarded>,
+    /// The connection; away on the blocking pool while a read statement runs, and gone if
+    /// that statement's caller stopped waiting (the pool thread then releases it).
+    guarded: Option<OwnedMutexGuard<Guarded>>,
     open_transaction: bool,
+    /// Whether statements run on the blocking pool (reads) or where the session is (writes,
+    /// which only the writer thread opens).
+    off_runtime: bool,
 }
 
 impl SqliteSession {
-    fn conn(&self) -> &Connection {
-        &self.guarded.conn
+    /// Runs `statement` on this session's connection: on the blocking pool for reads.
+    async fn run<T: Send + 'static>(
+        &mut self,
+        sql: &Sql,
+        statement: fn(&Connection, &Sql) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let guarded = self.guarded.take().ok_or_else(|| {
+            Error::Storage("SQLite session used after it lost its connection".into())
+        })?;
+        if !self.off_runtime {
+            let result = statement(&guarded.conn, sql);
+            self.guarded = Some(guarded);
+            return result.map_err(storage_error);
+        }
+        let sql = sql.clone();
+        let (guarded, result) = tokio::task::spawn_blocking(move || {
+            let result = statement(&guarded.conn, &sql);
+            (guarded, result)
+        })
+        .await
+        .map_err(|e| Error::Storage(format!("SQLite read task failed: {e}")))?;
+        self.guarded = Some(guarded);
+        result.map_err(storage_error)
     }
 }
 
 impl Drop for SqliteSession {
     fn drop(&mut self) {
+        let Some(guarded) = &self.guarded else {
+            return;
+        };
         // The rollback must not be interrupted by a deadline that has passed.
-        self.guarded.deadline.store(u64::MAX, Ordering::Relaxed);
+        guarded.deadline.store(u64::MAX, Ordering::Relaxed);
         if self.open_transaction {
             // Not committed: nothing of it may persist.
-            let _ = self.conn().execute_batch("ROLLBACK");
+            let _ = guarded.conn.execute_batch("ROLLBACK");
         }
     }
+}
+
+fn query_resources(conn: &Connection, sql: &Sql) -> rusqlite::Result<Vec<StoredResource>> {
+    let mut stmt = conn.prepare_cached(&sql.text)?;
+    let rows = stmt.query_map(params(sql), |row| {
+        Ok(StoredResource {
+            resource_type: row.get(0)?,
+            id: row.get(1)?,
+            version: row.get(2)?,
+            last_updated: row.get(3)?,
+            deleted: row.get::<_, i64>(4)? != 0,
+            body: row.get::<_, Option<String>>(5)?.map(Arc::from),
+        })
+    })?;
+    rows.collect()
+}
+
+fn query_strings(conn: &Connection, sql: &Sql) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(&sql.text)?;
+    let rows = stmt.query_map(params(sql), |row| row.get(0))?;
+    rows.collect()
+}
+
+fn query_count(conn: &Connection, sql: &Sql) -> rusqlite::Result<i64> {
+    conn.prepare_cached(&sql.text)?
+        .query_row(params(sql), |row| row.get(0))
+}
+
+fn execute_statement(conn: &Connection, sql: &Sql) -> rusqlite::Result<u64> {
+    conn.prepare_cached(&sql.text)?
+        .execute(params(sql))
+        .map(|n| n as u64)
 }
 
 fn to_sqlite(v: &SqlValue) -> rusqlite::types::Value {
@@ -185,55 +251,19 @@ fn params(sql: &Sql) -> impl rusqlite::Params + '_ {
 #[async_trait]
 impl Session for SqliteSession {
     async fn resources(&mut self, sql: &Sql) -> Result<Vec<StoredResource>> {
-        let mut stmt = self
-            .conn()
-            .prepare_cached(&sql.text)
-            .map_err(storage_error)?;
-        let rows = stmt
-            .query_map(params(sql), |row| {
-                Ok(StoredResource {
-                    resource_type: row.get(0)?,
-                    id: row.get(1)?,
-                    version: row.get(2)?,
-                    last_updated: row.get(3)?,
-                    deleted: row.get::<_, i64>(4)? != 0,
-                    body: row.get::<_, Option<String>>(5)?.map(Arc::from),
-                })
-            })
-            .map_err(storage_error)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(storage_error)
+        self.run(sql, query_resources).await
     }
 
     async fn strings(&mut self, sql: &Sql) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn()
-            .prepare_cached(&sql.text)
-            .map_err(storage_error)?;
-        let rows = stmt
-            .query_map(params(sql), |row| row.get(0))
-            .map_err(storage_error)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(storage_error)
+        self.run(sql, query_strings).await
     }
 
     async fn count(&mut self, sql: &Sql) -> Result<i64> {
-        let mut stmt = self
-            .conn()
-            .prepare_cached(&sql.text)
-            .map_err(storage_error)?;
-        stmt.query_row(params(sql), |row| row.get(0))
-            .map_err(storage_error)
+        self.run(sql, query_count).await
     }
 
     async fn execute(&mut self, sql: &Sql) -> Result<u64> {
-        let mut stmt = self
-            .conn()
-            .prepare_cached(&sql.text)
-            .map_err(storage_error)?;
-        stmt.execute(params(sql))
-            .map(|n| n as u64)
-            .map_err(storage_error)
+        self.run(sql, execute_statement).await
     }
 
     async fn lock(&mut self, _key: &str) -> Result<()> {
@@ -243,7 +273,11 @@ impl Session for SqliteSession {
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
         self.open_transaction = false;
-        self.conn().execute_batch("COMMIT").map_err(storage_error)
+        let guarded = self
+            .guarded
+            .as_ref()
+            .ok_or_else(|| Error::Storage("SQLite session lost its connection".into()))?;
+        guarded.conn.execute_batch("COMMIT").map_err(storage_error)
     }
 }
 
@@ -260,8 +294,9 @@ impl Backend for SqliteBackend {
     async fn read(&self) -> Result<Box<dyn Session>> {
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         Ok(Box::new(SqliteSession {
-            guarded: self.session(&self.readers[i]).await,
+            guarded: Some(self.session(&self.readers[i]).await),
             open_transaction: false,
+            off_runtime: true,
         }))
     }
 
@@ -272,8 +307,9 @@ impl Backend for SqliteBackend {
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(storage_error)?;
         Ok(Box::new(SqliteSession {
-            guarded,
+            guarded: Some(guarded),
             open_transaction: true,
+            off_runtime: false,
         }))
     }
 }
