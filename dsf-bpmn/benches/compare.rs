@@ -100,7 +100,7 @@ async fn one(engine: &Engine, persist: bool) {
                     .expect("deliver");
                 assert!(delivered, "waits for the message");
             }
-            Step::Waiting => panic!("instance stuck"),
+            other => panic!("instance stuck: {other:?}"),
         }
     }
     assert!(instance.state == dsf_bpmn::engine::InstanceState::Completed);

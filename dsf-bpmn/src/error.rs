@@ -1,5 +1,6 @@
 /// A BPMN file that cannot be used, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("{file}:{line}: not well-formed XML: {message}")]
     Xml {

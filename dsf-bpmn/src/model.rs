@@ -68,6 +68,7 @@ pub struct SequenceFlow {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Timer {
     Duration(String),
     Date(String),
@@ -76,6 +77,7 @@ pub enum Timer {
 
 /// What an event waits for or throws.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Trigger {
     None,
     /// A message id (see [`Definitions::messages`]); `None` for a throwing message event that
@@ -94,6 +96,7 @@ pub enum Trigger {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum NodeKind {
     StartEvent(Trigger),
     EndEvent(Trigger),
@@ -128,6 +131,7 @@ pub enum NodeKind {
 
 /// How a task, listener or message event calls out to code.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Behaviour {
     /// `camunda:class`
     Class(String),
@@ -137,7 +141,19 @@ pub enum Behaviour {
     DelegateExpression(String),
 }
 
+impl Behaviour {
+    /// The class name or expression, as written in the file.
+    pub fn text(&self) -> &str {
+        match self {
+            Behaviour::Class(text)
+            | Behaviour::Expression(text)
+            | Behaviour::DelegateExpression(text) => text,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum FieldValue {
     String(String),
     Expression(String),
@@ -168,6 +184,7 @@ pub struct Parameter {
 /// `camunda:in` / `camunda:out` of a call activity: which variables cross into the called
 /// process and back.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum VariableMapping {
     /// `variables="all"`.
     All,

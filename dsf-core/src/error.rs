@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 /// Errors of certificate and TLS handling.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("cannot read {path}: {source}")]
     Io {

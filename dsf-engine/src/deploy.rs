@@ -209,11 +209,7 @@ fn valid_process_id(id: &str) -> bool {
 }
 
 fn behaviour_name(behaviour: &Behaviour) -> &str {
-    match behaviour {
-        Behaviour::Class(n) | Behaviour::Expression(n) | Behaviour::DelegateExpression(n) => {
-            dsf_bpmn::engine::handler_name(n)
-        }
-    }
+    dsf_bpmn::engine::handler_name(behaviour.text())
 }
 
 /// Every handler the file names exists and is of the kind its element needs; every message

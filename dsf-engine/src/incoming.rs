@@ -360,7 +360,8 @@ impl Inner {
             }
             match deployment.engine.step(&mut instance).await {
                 Ok(Step::Progressed) => {}
-                Ok(Step::Waiting | Step::Finished) => break,
+                // Waiting or finished.
+                Ok(_) => break,
                 Err(error) => {
                     if !instance.is_finished() {
                         instance.state = InstanceState::Failed {

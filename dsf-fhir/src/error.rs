@@ -1,8 +1,9 @@
-use crate::outcome::{IssueType, OperationOutcome};
-
-/// Everything that can go wrong in dsf-fhir. Each variant knows the HTTP status and the
-/// OperationOutcome issue type it is reported with, so the REST layer maps them in one place.
+/// Everything that can go wrong in dsf-fhir. The server maps each variant to the HTTP status
+/// and OperationOutcome issue type it answers with (`server::reply`, the one place that knows
+/// HTTP statuses of errors); the client maps the statuses of answers it receives back to
+/// variants.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("{0}")]
     Invalid(String),
@@ -50,57 +51,6 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn status(&self) -> u16 {
-        match self {
-            Error::Invalid(_) => 400,
-            Error::NotSupported(_) => 400,
-            Error::NotFound(_) => 404,
-            Error::Gone { .. } => 410,
-            Error::VersionConflict(_) => 412,
-            Error::PreconditionFailed(_) => 412,
-            Error::MethodNotAllowed(_) => 405,
-            Error::UnsupportedMediaType(_) => 415,
-            Error::NotAcceptable(_) => 406,
-            Error::PayloadTooLarge(_) => 413,
-            Error::Unauthenticated(_) => 401,
-            Error::Forbidden(_) => 403,
-            // The Java DSF answers a unique-constraint violation with 403.
-            Error::Duplicate(_) => 403,
-            Error::Storage(_) | Error::Transport(_) => 500,
-            Error::Server { status, .. } => *status,
-            Error::Timeout(_) => 504,
-            Error::Unavailable(_) => 503,
-        }
-    }
-
-    pub fn issue_type(&self) -> IssueType {
-        match self {
-            Error::Invalid(_) => IssueType::Invalid,
-            Error::NotSupported(_) | Error::MethodNotAllowed(_) => IssueType::NotSupported,
-            Error::NotFound(_) => IssueType::NotFound,
-            Error::Gone { .. } => IssueType::Deleted,
-            Error::VersionConflict(_) | Error::PreconditionFailed(_) => IssueType::Conflict,
-            Error::UnsupportedMediaType(_) | Error::NotAcceptable(_) => IssueType::NotSupported,
-            Error::PayloadTooLarge(_) => IssueType::TooCostly,
-            Error::Unauthenticated(_) => IssueType::Login,
-            Error::Forbidden(_) => IssueType::Forbidden,
-            Error::Duplicate(_) => IssueType::Duplicate,
-            Error::Storage(_) | Error::Transport(_) | Error::Server { .. } => IssueType::Exception,
-            Error::Timeout(_) => IssueType::Timeout,
-            Error::Unavailable(_) => IssueType::Transient,
-        }
-    }
-
-    /// The OperationOutcome a client is shown. Storage faults say no more than that they
-    /// happened; their detail goes to the log.
-    pub fn to_outcome(&self) -> OperationOutcome {
-        let text = match self {
-            Error::Storage(_) => "the server could not complete the request; see its log".into(),
-            other => other.to_string(),
-        };
-        OperationOutcome::error(self.issue_type(), text)
-    }
-
     /// The same error with `context` before its message (e.g. which Bundle entry failed).
     pub fn context(self, context: &str) -> Self {
         let with = |m: String| format!("{context}: {m}");

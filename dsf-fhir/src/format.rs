@@ -8,6 +8,7 @@ use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Format {
     Json,
     Xml,

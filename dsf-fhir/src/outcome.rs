@@ -2,6 +2,7 @@ use serde_json::{json, Value};
 
 /// OperationOutcome issue types this server reports (FHIR value set `issue-type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum IssueType {
     Invalid,
     NotSupported,

@@ -228,12 +228,11 @@ async fn misbehaving_server(
             });
         }
     });
-    let settings = ClientSettings {
-        timeout: Duration::from_millis(300),
-        retries: 3,
-        backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(100),
-    };
+    let mut settings = ClientSettings::default();
+    settings.timeout = Duration::from_millis(300);
+    settings.retries = 3;
+    settings.backoff = Duration::from_millis(20);
+    settings.max_backoff = Duration::from_millis(100);
     let client = FhirClient::with_settings(
         &format!("https://localhost:{port}/fhir"),
         Arc::new(pki.client_config(&client_cert).expect("client TLS")),

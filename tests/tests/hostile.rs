@@ -652,11 +652,9 @@ fn postgres_url_at(address: SocketAddr) -> String {
 
 fn client_without_retries(server: &TestServer, timeout: Duration) -> FhirClient {
     let tls = server.pki.client_config(&server.local_cert).expect("TLS");
-    let settings = ClientSettings {
-        retries: 0,
-        timeout,
-        ..ClientSettings::default()
-    };
+    let mut settings = ClientSettings::default();
+    settings.retries = 0;
+    settings.timeout = timeout;
     FhirClient::with_settings(&server.base_url, Arc::new(tls), settings).expect("client")
 }
 

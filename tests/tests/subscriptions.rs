@@ -498,11 +498,9 @@ async fn reconnect_catches_up_without_loss_or_duplicates(mut server: TestServer)
         .expect("built-in");
     let before: Vec<Value> =
         remote_pings(&server, &["2024-06-01T08:00:00Z", "2024-06-01T08:00:01Z"]).await;
-    let settings = SubscriptionSettings {
-        reconnect_backoff: Duration::from_millis(50),
-        max_reconnect_backoff: Duration::from_millis(500),
-        ..SubscriptionSettings::default()
-    };
+    let mut settings = SubscriptionSettings::default();
+    settings.reconnect_backoff = Duration::from_millis(50);
+    settings.max_reconnect_backoff = Duration::from_millis(500);
     let mut stream = server
         .local
         .subscribe(&id, None, settings)

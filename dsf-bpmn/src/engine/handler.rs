@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 /// What a handler may do instead of finishing normally.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandlerError {
     /// A BPMN error: caught by an error boundary event with a matching code (or none), else
     /// the instance fails.

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum InstanceState {
     Running,
     Completed,
@@ -165,6 +166,7 @@ pub const PATH_LIMIT: usize = 1000;
 
 /// What an instance waits for, for the caller to route messages and schedule timers.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Waiting {
     Message {
         name: String,

@@ -41,6 +41,7 @@ fn ready_token(instance: &Instance, now: i64) -> Option<&Token> {
 
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Step {
     /// Something moved; step again.
     Progressed,
@@ -712,11 +713,7 @@ fn runtime(instance: &Instance, element: &str, message: String) -> Error {
 
 /// The name a behaviour is bound by.
 fn behaviour_name(behaviour: &Behaviour) -> &str {
-    match behaviour {
-        Behaviour::Class(name)
-        | Behaviour::Expression(name)
-        | Behaviour::DelegateExpression(name) => name,
-    }
+    behaviour.text()
 }
 
 fn trigger_of(kind: &NodeKind) -> Option<&Trigger> {

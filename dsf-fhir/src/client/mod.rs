@@ -83,6 +83,7 @@ impl RawResponse {
 
 /// How a [`FhirClient`] waits and retries.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientSettings {
     /// Limit of one attempt: connecting, sending and receiving the whole answer.
     pub timeout: Duration,

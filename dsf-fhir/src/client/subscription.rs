@@ -28,6 +28,7 @@ pub type RawWebSocket = WebSocket<TokioIo<Upgraded>>;
 
 /// How a [`SubscriptionStream`] reconnects and catches up.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SubscriptionSettings {
     /// Wait before the first reconnect; doubled after each failed one, with jitter.
     pub reconnect_backoff: Duration,

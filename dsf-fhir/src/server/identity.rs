@@ -60,6 +60,7 @@ impl LocalUser {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum IdentityKind {
     /// The organisation this server belongs to (its BPE and its administrators' tools).
     LocalOrganization,

@@ -44,6 +44,7 @@ use tokio_rustls::TlsAcceptor;
 
 /// Settings of one FHIR server.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// External base URL, e.g. `https://dsf.example.org/fhir`; its path is where the API lives.
     pub base_url: String,
@@ -64,6 +65,7 @@ pub struct ServerConfig {
 
 /// How websocket connections are kept alive and how much they may fall behind.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WebsocketSettings {
     /// Time between pings; a ping still unanswered at the next one closes the connection.
     /// 28 s in the Java DSF.

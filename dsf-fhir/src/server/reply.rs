@@ -3,7 +3,7 @@
 
 use crate::format::{render_stored, render_value, Format};
 use crate::store::StoredResource;
-use crate::{Error, OperationOutcome};
+use crate::{Error, IssueType, OperationOutcome};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -118,5 +118,61 @@ impl Reply {
         );
         h.insert(http::header::VARY, HeaderValue::from_static("Accept"));
         response
+    }
+}
+
+/// How the server answers each error: HTTP status, issue type, the outcome a client sees.
+impl Error {
+    /// The HTTP status the server answers this error with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::Invalid(_) => 400,
+            Error::NotSupported(_) => 400,
+            Error::NotFound(_) => 404,
+            Error::Gone { .. } => 410,
+            Error::VersionConflict(_) => 412,
+            Error::PreconditionFailed(_) => 412,
+            Error::MethodNotAllowed(_) => 405,
+            Error::UnsupportedMediaType(_) => 415,
+            Error::NotAcceptable(_) => 406,
+            Error::PayloadTooLarge(_) => 413,
+            Error::Unauthenticated(_) => 401,
+            Error::Forbidden(_) => 403,
+            // The Java DSF answers a unique-constraint violation with 403.
+            Error::Duplicate(_) => 403,
+            Error::Storage(_) | Error::Transport(_) => 500,
+            Error::Server { status, .. } => *status,
+            Error::Timeout(_) => 504,
+            Error::Unavailable(_) => 503,
+        }
+    }
+
+    /// The OperationOutcome issue type the server reports this error with.
+    pub fn issue_type(&self) -> IssueType {
+        match self {
+            Error::Invalid(_) => IssueType::Invalid,
+            Error::NotSupported(_) | Error::MethodNotAllowed(_) => IssueType::NotSupported,
+            Error::NotFound(_) => IssueType::NotFound,
+            Error::Gone { .. } => IssueType::Deleted,
+            Error::VersionConflict(_) | Error::PreconditionFailed(_) => IssueType::Conflict,
+            Error::UnsupportedMediaType(_) | Error::NotAcceptable(_) => IssueType::NotSupported,
+            Error::PayloadTooLarge(_) => IssueType::TooCostly,
+            Error::Unauthenticated(_) => IssueType::Login,
+            Error::Forbidden(_) => IssueType::Forbidden,
+            Error::Duplicate(_) => IssueType::Duplicate,
+            Error::Storage(_) | Error::Transport(_) | Error::Server { .. } => IssueType::Exception,
+            Error::Timeout(_) => IssueType::Timeout,
+            Error::Unavailable(_) => IssueType::Transient,
+        }
+    }
+
+    /// The OperationOutcome a client is shown. Storage faults say no more than that they
+    /// happened; their detail goes to the log.
+    pub fn to_outcome(&self) -> OperationOutcome {
+        let text = match self {
+            Error::Storage(_) => "the server could not complete the request; see its log".into(),
+            other => other.to_string(),
+        };
+        OperationOutcome::error(self.issue_type(), text)
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 /// One write. `full_url` is the Bundle entry's fullUrl; references to it (`urn:uuid:…`) in
 /// later resources of the same transaction are rewritten to the stored `Type/id`.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum WriteOp {
     Create {
         resource: Value,
@@ -62,6 +63,7 @@ impl WriteOp {
 /// One change about to be written, as a [`WriteGuard`] sees it.
 #[derive(Debug, Clone, Copy)]
 /// `index` is the position of the operation in the transaction.
+#[non_exhaustive]
 pub enum Change<'a> {
     Create {
         index: usize,
@@ -88,6 +90,7 @@ pub trait WriteGuard: Send + Sync {
 }
 
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum WriteOutcome {
     Created(StoredResource),
     /// A conditional create matched this existing resource; nothing was written.

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 /// The DSF roles an identity may hold (the Java DSF's `FhirServerRole`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Role {
     Create,
     Read,
