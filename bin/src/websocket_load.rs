@@ -81,7 +81,7 @@ async fn create_subscription(
 
 async fn bind(client: &FhirClient, id: &str) -> Result<RawWebSocket, dsf_fhir::Error> {
     let mut ws = client.websocket().await?;
-    let failed = |e: fastwebsockets::WebSocketError| dsf_fhir::Error::Transport(e.to_string());
+    let failed = |e: fastwebsockets::WebSocketError| dsf_fhir::Error::transport(e);
     ws.write_frame(Frame::text(Payload::Owned(
         format!("bind {id}").into_bytes(),
     )))
@@ -93,7 +93,7 @@ async fn bind(client: &FhirClient, id: &str) -> Result<RawWebSocket, dsf_fhir::E
             return Ok(ws);
         }
         if frame.opcode == OpCode::Close {
-            return Err(dsf_fhir::Error::Transport("closed while binding".into()));
+            return Err(dsf_fhir::Error::transport_fault("closed while binding"));
         }
     }
 }

@@ -33,14 +33,25 @@ pub enum Error {
     Duplicate(String),
     /// A fault of this server's storage. The text is for the log: clients are told only
     /// that the request failed, never database details.
-    #[error("storage: {0}")]
-    Storage(String),
+    #[error("storage: {message}")]
+    Storage {
+        message: String,
+        /// The database's or serialiser's own error, where there is one.
+        #[source]
+        cause: Option<Cause>,
+    },
     /// The database cannot be reached, or did not answer in time: try again later (503
     /// with `Retry-After`).
     #[error("{0}")]
     Unavailable(String),
-    #[error("{0}")]
-    Transport(String),
+    /// The request did not reach the peer or its answer did not come back (connection,
+    /// TLS, HTTP framing).
+    #[error("{message}")]
+    Transport {
+        message: String,
+        #[source]
+        cause: Option<Cause>,
+    },
     /// A peer answered with a server error (5xx).
     #[error("server error {status}: {message}")]
     Server { status: u16, message: String },
@@ -49,6 +60,10 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The lower-level error an [`Error`] came from, kept for `source()` chains (shared, so that
+/// errors stay cheap to clone).
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
 
 impl Error {
     /// The same error with `context` before its message (e.g. which Bundle entry failed).
@@ -67,7 +82,35 @@ impl Error {
         }
     }
 
-    pub(crate) fn storage(e: impl std::fmt::Display) -> Self {
-        Error::Storage(e.to_string())
+    /// A storage fault caused by `e`, which stays the error's source.
+    pub fn storage(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Storage {
+            message: e.to_string(),
+            cause: Some(std::sync::Arc::new(e)),
+        }
+    }
+
+    /// A storage fault described by `message` alone.
+    pub fn storage_fault(message: impl Into<String>) -> Self {
+        Error::Storage {
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// A transport failure caused by `e`, which stays the error's source.
+    pub fn transport(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Transport {
+            message: e.to_string(),
+            cause: Some(std::sync::Arc::new(e)),
+        }
+    }
+
+    /// A transport failure described by `message` alone.
+    pub fn transport_fault(message: impl Into<String>) -> Self {
+        Error::Transport {
+            message: message.into(),
+            cause: None,
+        }
     }
 }

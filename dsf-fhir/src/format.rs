@@ -215,7 +215,7 @@ pub fn render_value(value: &Value, format: Format, pretty: bool) -> Result<Vec<u
         Format::Json => serde_json::to_vec(value).map_err(Error::storage),
         Format::Xml => {
             let resource: Resource = fhirbolt::json::from_json_value(value.clone(), None)
-                .map_err(|e| Error::Storage(format!("cannot write resource as XML: {e}")))?;
+                .map_err(|e| Error::storage_fault(format!("cannot write resource as XML: {e}")))?;
             fhirbolt::xml::to_vec(&resource, None).map_err(Error::storage)
         }
     }

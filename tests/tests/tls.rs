@@ -37,7 +37,7 @@ async fn handshake_requires_a_client_certificate_from_a_trusted_ca() {
         .request(Method::GET, "metadata", &[], None)
         .await
         .unwrap_err();
-    assert!(matches!(err, dsf_fhir::Error::Transport(_)), "{err}");
+    assert!(matches!(err, dsf_fhir::Error::Transport { .. }), "{err}");
 
     let foreign_ca = DevPki::generate("someone else's CA").unwrap();
     let foreign = foreign_ca.issue_client("intruder").unwrap();
@@ -52,7 +52,7 @@ async fn handshake_requires_a_client_certificate_from_a_trusted_ca() {
         .request(Method::GET, "metadata", &[], None)
         .await
         .unwrap_err();
-    assert!(matches!(err, dsf_fhir::Error::Transport(_)), "{err}");
+    assert!(matches!(err, dsf_fhir::Error::Transport { .. }), "{err}");
 
     assert_still_serving(&server).await;
 }

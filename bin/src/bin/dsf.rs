@@ -35,6 +35,10 @@ enum Command {
         /// Run only the websocket subscription scenarios
         #[arg(long)]
         websocket_only: bool,
+        /// Run only the load run: create, read and search against their same-run baselines
+        /// (on SQLite, and on PostgreSQL with --postgres)
+        #[arg(long)]
+        load_only: bool,
         /// Run only the hostile load: reads with and without a connection flood and hostile
         /// clients, and the memory of oversized requests
         #[arg(long)]
@@ -389,13 +393,32 @@ async fn network_bench() -> Result<(), Box<dyn std::error::Error + Send + Sync>>
     Ok(())
 }
 
+/// The load run on SQLite, then on PostgreSQL when a URL is given.
+async fn load_bench(
+    concurrency: usize,
+    seconds: u64,
+    postgres: Option<String>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use dsf_bin::load::{run, LoadSettings};
+    let duration = std::time::Duration::from_secs(seconds);
+    for postgres in std::iter::once(None).chain(postgres.map(Some)) {
+        let settings = LoadSettings {
+            concurrency,
+            duration,
+            postgres,
+        };
+        println!("{}", run(settings).await?.markdown());
+    }
+    Ok(())
+}
+
 async fn bench(
     concurrency: usize,
     seconds: u64,
     postgres: Option<String>,
     websocket_only: bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    use dsf_bin::load::{run, startup_and_memory, LoadSettings};
+    use dsf_bin::load::startup_and_memory;
     use dsf_bin::websocket_load::WebsocketSettings;
     let duration = std::time::Duration::from_secs(seconds);
     for backend in std::iter::once(None).chain(postgres.clone().map(Some)) {
@@ -412,28 +435,7 @@ async fn bench(
     if websocket_only {
         return Ok(());
     }
-    println!(
-        "{}",
-        run(LoadSettings {
-            concurrency,
-            duration,
-            postgres: None
-        })
-        .await?
-        .markdown()
-    );
-    if let Some(url) = postgres {
-        println!(
-            "{}",
-            run(LoadSettings {
-                concurrency,
-                duration,
-                postgres: Some(url)
-            })
-            .await?
-            .markdown()
-        );
-    }
+    load_bench(concurrency, seconds, postgres).await?;
     hostile_bench(concurrency, seconds).await?;
     bpe_bench(concurrency, seconds).await?;
     network_bench().await?;
@@ -480,11 +482,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             seconds,
             postgres,
             websocket_only,
+            load_only,
             hostile_only,
             bpe_only,
             network_only,
         } => {
-            if network_only {
+            if load_only {
+                load_bench(concurrency, seconds, postgres).await
+            } else if network_only {
                 network_bench().await
             } else if hostile_only {
                 hostile_bench(concurrency, seconds).await

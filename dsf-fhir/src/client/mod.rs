@@ -37,7 +37,7 @@ pub struct RawResponse {
 impl RawResponse {
     pub fn json(&self) -> Result<Value> {
         serde_json::from_slice(&self.body)
-            .map_err(|e| Error::Transport(format!("response is not JSON: {e}")))
+            .map_err(|e| Error::transport_fault(format!("response is not JSON: {e}")))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -76,7 +76,7 @@ impl RawResponse {
             413 => Error::PayloadTooLarge(0),
             415 => Error::UnsupportedMediaType(message),
             500..=599 => Error::Server { status, message },
-            _ => Error::Transport(format!("{}: {message}", self.status)),
+            _ => Error::transport_fault(format!("{}: {message}", self.status)),
         })
     }
 }
@@ -208,13 +208,15 @@ impl FhirClient {
         let inner = &self.inner;
         let tcp = TcpStream::connect(&inner.authority)
             .await
-            .map_err(|e| Error::Transport(format!("connect {}: {e}", inner.authority)))?;
+            .map_err(|e| Error::transport_fault(format!("connect {}: {e}", inner.authority)))?;
         let _ = tcp.set_nodelay(true);
         inner
             .connector
             .connect(inner.server_name.clone(), tcp)
             .await
-            .map_err(|e| Error::Transport(format!("TLS handshake with {}: {e}", inner.authority)))
+            .map_err(|e| {
+                Error::transport_fault(format!("TLS handshake with {}: {e}", inner.authority))
+            })
     }
 
     async fn connection(&self) -> Result<SendRequest<Full<Bytes>>> {
@@ -237,7 +239,7 @@ impl FhirClient {
         let tls = self.connect_tls().await?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| Error::Transport(e.to_string()))?;
+            .map_err(Error::transport)?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -281,7 +283,7 @@ impl FhirClient {
                 .attempt(method.clone(), path, headers, body.clone())
                 .await;
             let retry = match &result {
-                Err(Error::Transport(_) | Error::Timeout(_)) => true,
+                Err(Error::Transport { .. } | Error::Timeout(_)) => true,
                 Ok(response) => matches!(response.status.as_u16(), 429 | 502 | 503 | 504),
                 Err(_) => false,
             };
@@ -319,13 +321,9 @@ impl FhirClient {
             let response = sender
                 .send_request(request)
                 .await
-                .map_err(|e| Error::Transport(e.to_string()))?;
+                .map_err(Error::transport)?;
             let (parts, body) = response.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| Error::Transport(e.to_string()))?
-                .to_bytes();
+            let body = body.collect().await.map_err(Error::transport)?.to_bytes();
             inner
                 .idle
                 .lock()
@@ -569,13 +567,13 @@ fn to_value<T: Serialize>(resource: &T) -> Result<Value> {
 
 fn from_value<T: DeserializeOwned>(value: Value) -> Result<T> {
     serde_json::from_value(value)
-        .map_err(|e| Error::Transport(format!("unexpected resource in response: {e}")))
+        .map_err(|e| Error::transport_fault(format!("unexpected resource in response: {e}")))
 }
 
 fn from_written<T: DeserializeOwned>(written: Written) -> Result<T> {
     let resource = written
         .resource
-        .ok_or_else(|| Error::Transport("the server returned no resource".into()))?;
+        .ok_or_else(|| Error::transport_fault("the server returned no resource"))?;
     from_value(resource)
 }
 

@@ -157,7 +157,7 @@ impl FhirClient {
             Ok(Err(fastwebsockets::WebSocketError::InvalidStatusCode(403))) => {
                 Err(Error::Forbidden("websocket refused".into()))
             }
-            Ok(Err(e)) => Err(Error::Transport(format!("websocket handshake: {e}"))),
+            Ok(Err(e)) => Err(Error::transport_fault(format!("websocket handshake: {e}"))),
             Err(_) => Err(Error::Timeout("websocket handshake timed out".into())),
         }
     }
@@ -208,7 +208,7 @@ impl FhirClient {
                 task.abort();
                 Err(e)
             }
-            Err(_) => Err(Error::Transport("subscription task ended".into())),
+            Err(_) => Err(Error::transport_fault("subscription task ended")),
         }
     }
 }
@@ -219,14 +219,14 @@ async fn bind(ws: &mut RawWebSocket, id: &str, timeout: Duration) -> Result<()> 
         format!("bind {id}").into_bytes(),
     )))
     .await
-    .map_err(|e| Error::Transport(format!("websocket: {e}")))?;
+    .map_err(|e| Error::transport_fault(format!("websocket: {e}")))?;
     let expected = format!("bound {id}");
     let answer = async {
         loop {
             let frame = ws
                 .read_frame()
                 .await
-                .map_err(|e| Error::Transport(format!("websocket: {e}")))?;
+                .map_err(|e| Error::transport_fault(format!("websocket: {e}")))?;
             match frame.opcode {
                 OpCode::Text if frame.payload[..] == *expected.as_bytes() => return Ok(()),
                 OpCode::Close => {
@@ -236,7 +236,7 @@ async fn bind(ws: &mut RawWebSocket, id: &str, timeout: Duration) -> Result<()> 
                     } else if code == 1008 {
                         Error::Forbidden(reason)
                     } else {
-                        Error::Transport(format!("websocket closed ({code}): {reason}"))
+                        Error::transport_fault(format!("websocket closed ({code}): {reason}"))
                     });
                 }
                 _ => {}

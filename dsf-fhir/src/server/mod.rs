@@ -691,15 +691,11 @@ impl FhirServer {
         if call.body.len() <= INLINE_PARSE_BYTES {
             return crate::format::parse_resource(&call.body, format);
         }
-        let _turn = self
-            .large_parses
-            .acquire()
-            .await
-            .map_err(|e| Error::Storage(e.to_string()))?;
+        let _turn = self.large_parses.acquire().await.map_err(Error::storage)?;
         let body = call.body.clone();
         tokio::task::spawn_blocking(move || crate::format::parse_resource(&body, format))
             .await
-            .map_err(|e| Error::Storage(format!("parser task failed: {e}")))?
+            .map_err(|e| Error::storage_fault(format!("parser task failed: {e}")))?
     }
 }
 

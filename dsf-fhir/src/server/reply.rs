@@ -140,7 +140,7 @@ impl Error {
             Error::Forbidden(_) => 403,
             // The Java DSF answers a unique-constraint violation with 403.
             Error::Duplicate(_) => 403,
-            Error::Storage(_) | Error::Transport(_) => 500,
+            Error::Storage { .. } | Error::Transport { .. } => 500,
             Error::Server { status, .. } => *status,
             Error::Timeout(_) => 504,
             Error::Unavailable(_) => 503,
@@ -160,7 +160,9 @@ impl Error {
             Error::Unauthenticated(_) => IssueType::Login,
             Error::Forbidden(_) => IssueType::Forbidden,
             Error::Duplicate(_) => IssueType::Duplicate,
-            Error::Storage(_) | Error::Transport(_) | Error::Server { .. } => IssueType::Exception,
+            Error::Storage { .. } | Error::Transport { .. } | Error::Server { .. } => {
+                IssueType::Exception
+            }
             Error::Timeout(_) => IssueType::Timeout,
             Error::Unavailable(_) => IssueType::Transient,
         }
@@ -170,7 +172,9 @@ impl Error {
     /// happened; their detail goes to the log.
     pub fn to_outcome(&self) -> OperationOutcome {
         let text = match self {
-            Error::Storage(_) => "the server could not complete the request; see its log".into(),
+            Error::Storage { .. } => {
+                "the server could not complete the request; see its log".into()
+            }
             other => other.to_string(),
         };
         OperationOutcome::error(self.issue_type(), text)

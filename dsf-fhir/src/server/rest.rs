@@ -150,8 +150,12 @@ impl FhirServer {
         if !valid_id(id) {
             return Err(not_found());
         }
-        let stored = self.store.read(t, id).await?.ok_or_else(not_found)?;
-        self.require_readable(call, &stored).await?;
+        // A hidden resource is answered exactly as a missing one, in one database trip.
+        let stored = self
+            .store
+            .read_visible(t, id, &call.identity.grants)
+            .await?
+            .ok_or_else(not_found)?;
         if stored.deleted {
             return Err(Error::Gone {
                 resource: stored.reference(),
@@ -202,14 +206,12 @@ impl FhirServer {
         if !valid_id(id) {
             return Err(not_found());
         }
-        let stored = self.store.vread(t, id, v).await?.ok_or_else(not_found)?;
         // A hidden version is answered exactly as a missing one.
-        self.require_readable(call, &stored)
-            .await
-            .map_err(|e| match e {
-                Error::NotFound(_) => not_found(),
-                other => other,
-            })?;
+        let stored = self
+            .store
+            .vread_visible(t, id, v, &call.identity.grants)
+            .await?
+            .ok_or_else(not_found)?;
         if stored.deleted {
             return Err(Error::Gone {
                 resource: stored.reference(),
@@ -246,7 +248,7 @@ impl FhirServer {
         self.write_as(call, vec![op], |_| "request".to_owned())
             .await?
             .pop()
-            .ok_or_else(|| Error::Storage("write produced no outcome".into()))
+            .ok_or_else(|| Error::storage_fault("write produced no outcome"))
     }
 
     /// Parses the body as a resource of type `t`.
@@ -297,7 +299,7 @@ impl FhirServer {
             )
             .version_headers(&stored)
             .header(header::LOCATION, self.location(&stored))),
-            other => Err(Error::Storage(format!(
+            other => Err(Error::storage_fault(format!(
                 "unexpected create outcome {other:?}"
             ))),
         }
@@ -325,7 +327,7 @@ impl FhirServer {
             WriteOutcome::Updated(stored) => {
                 Ok(self.written(call, StatusCode::OK, &stored, "updated"))
             }
-            other => Err(Error::Storage(format!(
+            other => Err(Error::storage_fault(format!(
                 "unexpected update outcome {other:?}"
             ))),
         }
@@ -381,7 +383,7 @@ impl FhirServer {
             WriteOutcome::Updated(stored) => {
                 Ok(self.written(call, StatusCode::OK, &stored, "updated"))
             }
-            other => Err(Error::Storage(format!(
+            other => Err(Error::storage_fault(format!(
                 "unexpected update outcome {other:?}"
             ))),
         }
@@ -395,7 +397,7 @@ impl FhirServer {
             )
             .header(header::ETAG, etag(tomb.version))),
             WriteOutcome::NoMatch => Ok(Reply::new(StatusCode::NO_CONTENT, Body::Empty)),
-            other => Err(Error::Storage(format!(
+            other => Err(Error::storage_fault(format!(
                 "unexpected delete outcome {other:?}"
             ))),
         }

@@ -74,7 +74,7 @@ async fn run(
             Ok(s) => s,
             Err(e) => {
                 for job in batch {
-                    let _ = job.reply.send(Err(Error::Storage(e.to_string())));
+                    let _ = job.reply.send(Err(e.clone()));
                 }
                 continue;
             }
@@ -132,7 +132,7 @@ async fn run(
                 for job in batch {
                     let _ = job
                         .reply
-                        .send(Err(Error::Storage(format!("commit failed: {e}"))));
+                        .send(Err(Error::storage_fault(format!("commit failed: {e}"))));
                 }
             }
         }

@@ -57,7 +57,7 @@ impl StoredResource {
             version: self.version,
         })?;
         if crate::bounds::json_depth(body.as_bytes()) > MAX_STORED_DEPTH {
-            return Err(Error::Storage(format!(
+            return Err(Error::storage_fault(format!(
                 "{} is stored nested deeper than {MAX_STORED_DEPTH} levels",
                 self.reference()
             )));
@@ -196,6 +196,34 @@ impl ResourceStore {
         Ok(session.resources(&sql).await?.into_iter().next())
     }
 
+    /// The current version (which may be a deletion) if it is readable with `grants`: one
+    /// statement, so that a hidden resource and a missing one cost and look the same.
+    pub async fn read_visible(
+        &self,
+        resource_type: &str,
+        id: &str,
+        grants: &ReadGrants,
+    ) -> Result<Option<StoredResource>> {
+        let mut session = self.backend.read().await?;
+        let mut sql = sql::current_row(self.dialect(), resource_type, id);
+        sql::visible(&mut sql, grants, Some(resource_type), AccessPlan::PerRow);
+        Ok(session.resources(&sql).await?.into_iter().next())
+    }
+
+    /// Version `version` if it is readable with `grants` (see [`ResourceStore::read_visible`]).
+    pub async fn vread_visible(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+        grants: &ReadGrants,
+    ) -> Result<Option<StoredResource>> {
+        let mut session = self.backend.read().await?;
+        let mut sql = sql::version_row(self.dialect(), resource_type, id, version);
+        sql::visible(&mut sql, grants, Some(resource_type), AccessPlan::PerRow);
+        Ok(session.resources(&sql).await?.into_iter().next())
+    }
+
     pub async fn vread(
         &self,
         resource_type: &str,
@@ -297,10 +325,10 @@ impl ResourceStore {
                 };
                 writer
                     .send(job)
-                    .map_err(|_| Error::Storage("store writer has stopped".into()))?;
+                    .map_err(|_| Error::storage_fault("store writer has stopped"))?;
                 answer
                     .await
-                    .map_err(|_| Error::Storage("store writer has stopped".into()))??
+                    .map_err(|_| Error::storage_fault("store writer has stopped"))??
             }
             None => {
                 let mut session = self.backend.write().await?;
@@ -333,7 +361,7 @@ impl ResourceStore {
         self.transaction(vec![op])
             .await?
             .pop()
-            .ok_or_else(|| Error::Storage("write produced no outcome".into()))
+            .ok_or_else(|| Error::storage_fault("write produced no outcome"))
     }
 
     /// The active, not deleted Organization whose certificate thumbprint extension holds

@@ -95,7 +95,7 @@ fn storage_error(e: tokio_postgres::Error) -> Error {
         // No answer from the server at all: connection refused, reset or closed.
         return unavailable(e);
     }
-    Error::Storage(e.to_string())
+    Error::storage(e)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
@@ -214,7 +214,7 @@ impl PostgresBackend {
         let permit = tokio::time::timeout(wait, self.pool.permits.clone().acquire_owned())
             .await
             .map_err(|_| timed_out("waiting for a pooled connection", wait))?
-            .map_err(|e| Error::Storage(e.to_string()))?;
+            .map_err(Error::storage)?;
         let conn = match self.pool.checkout() {
             Some(conn) => conn,
             None => self.pool.connect().await?,
@@ -280,7 +280,7 @@ impl PgSession {
     fn conn(&mut self) -> Result<&mut Connection> {
         self.conn
             .as_mut()
-            .ok_or_else(|| Error::Storage("session already finished".into()))
+            .ok_or_else(|| Error::storage_fault("session already finished"))
     }
 
     /// The client, the mid-statement flag and the answer time limit, borrowed apart so that
@@ -290,7 +290,7 @@ impl PgSession {
         let conn = self
             .conn
             .as_ref()
-            .ok_or_else(|| Error::Storage("session already finished".into()))?;
+            .ok_or_else(|| Error::storage_fault("session already finished"))?;
         Ok((&conn.client, &mut self.in_statement, limit))
     }
 
@@ -381,7 +381,7 @@ impl Session for PgSession {
         let rows = self.rows(sql).await?;
         let row = rows
             .first()
-            .ok_or_else(|| Error::Storage("count returned no row".into()))?;
+            .ok_or_else(|| Error::storage_fault("count returned no row"))?;
         row.try_get(0).map_err(storage_error)
     }
 

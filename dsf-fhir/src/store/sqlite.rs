@@ -64,7 +64,7 @@ fn storage_error(e: rusqlite::Error) -> Error {
             _ => {}
         }
     }
-    Error::Storage(e.to_string())
+    Error::storage(e)
 }
 
 /// Installs the progress handler that interrupts statements running past the deadline.
@@ -170,7 +170,7 @@ impl SqliteSession {
         statement: fn(&Connection, &Sql) -> rusqlite::Result<T>,
     ) -> Result<T> {
         let guarded = self.guarded.take().ok_or_else(|| {
-            Error::Storage("SQLite session used after it lost its connection".into())
+            Error::storage_fault("SQLite session used after it lost its connection")
         })?;
         if !self.off_runtime {
             let result = statement(&guarded.conn, sql);
@@ -183,7 +183,7 @@ impl SqliteSession {
             (guarded, result)
         })
         .await
-        .map_err(|e| Error::Storage(format!("SQLite read task failed: {e}")))?;
+        .map_err(|e| Error::storage_fault(format!("SQLite read task failed: {e}")))?;
         self.guarded = Some(guarded);
         result.map_err(storage_error)
     }
@@ -276,7 +276,7 @@ impl Session for SqliteSession {
         let guarded = self
             .guarded
             .as_ref()
-            .ok_or_else(|| Error::Storage("SQLite session lost its connection".into()))?;
+            .ok_or_else(|| Error::storage_fault("SQLite session lost its connection"))?;
         guarded.conn.execute_batch("COMMIT").map_err(storage_error)
     }
 }

@@ -545,7 +545,7 @@ async fn apply(writer: &mut Writer<'_>, op: WriteOp, target: Target) -> Result<W
                 _ => return Err(several(&query)),
             }
         }
-        _ => return Err(Error::Storage("write target resolution out of step".into())),
+        _ => return Err(Error::storage_fault("write target resolution out of step")),
     };
     Ok(outcome)
 }

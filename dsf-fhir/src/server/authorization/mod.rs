@@ -152,7 +152,7 @@ impl WriteRules {
     fn verdict(&self, index: usize) -> Result<&Verdict> {
         self.verdicts
             .get(index)
-            .ok_or_else(|| Error::Storage("write rules out of step with the operations".into()))
+            .ok_or_else(|| Error::storage_fault("write rules out of step with the operations"))
     }
 }
 
