@@ -51,16 +51,40 @@ async fn plain_get(address: SocketAddr, path: &str, certificate_header: Option<&
         .unwrap_or_else(|| panic!("no status line in {answer}"))
 }
 
+/// The test server's API also served over plain HTTP on loopback, as behind a proxy.
+struct PlainHttp {
+    address: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl PlainHttp {
+    async fn start(server: &TestServer) -> PlainHttp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.server.clone().serve_behind_proxy(listener, async {
+            let _ = stopped.await;
+        }));
+        PlainHttp {
+            address,
+            stop,
+            serving,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.serving.await.unwrap().unwrap();
+    }
+}
+
 /// The server behind a TLS-terminating proxy on the same host: plain HTTP on loopback, the
 /// proxy's header names the caller.
 async fn plain_http_behind_a_trusted_proxy() {
     let server = trusting("127.0.0.1").await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.server.clone().serve_behind_proxy(listener, async {
-        let _ = stopped.await;
-    }));
+    let plain = PlainHttp::start(&server).await;
+    let address = plain.address;
 
     let local = apache_header(&server.local_cert);
     assert_eq!(
@@ -98,27 +122,21 @@ async fn plain_http_behind_a_trusted_proxy() {
         401
     );
 
-    let _ = stop.send(());
-    serving.await.unwrap().unwrap();
+    plain.stop().await;
 }
 
 /// Plain HTTP from an address that is not a trusted proxy: the header is ignored, so a
 /// forged one gets nowhere.
 async fn forged_header_from_an_untrusted_address_is_ignored() {
     let server = trusting("10.0.0.0/8, fd00::/8").await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.server.clone().serve_behind_proxy(listener, async {
-        let _ = stopped.await;
-    }));
+    let plain = PlainHttp::start(&server).await;
+    let address = plain.address;
     let local = apache_header(&server.local_cert);
     assert_eq!(
         plain_get(address, "/fhir/Organization", Some(&local)).await,
         401
     );
-    let _ = stop.send(());
-    serving.await.unwrap().unwrap();
+    plain.stop().await;
 }
 
 async fn answer(
