@@ -39,6 +39,9 @@ pub struct Sql {
     dialect: Dialect,
     pub text: String,
     pub params: Vec<SqlValue>,
+    /// A lookup of one row by its unique key: its cost is bounded by the index's depth, not
+    /// by how much is stored (see [`Sql::is_point_lookup`]).
+    point_lookup: bool,
 }
 
 impl Sql {
@@ -47,7 +50,16 @@ impl Sql {
             dialect,
             text: String::with_capacity(256),
             params: Vec::new(),
+            point_lookup: false,
         }
+    }
+
+    /// Whether the statement reads one row by its unique key (with per-row checks at most).
+    /// A backend whose calls block may run such a statement where it is, since it takes
+    /// microseconds whatever the table's size, and move every other one off the async
+    /// runtime's threads.
+    pub fn is_point_lookup(&self) -> bool {
+        self.point_lookup
     }
 
     pub fn push(&mut self, text: &str) -> &mut Self {
@@ -512,6 +524,7 @@ pub fn search_page(
 /// The current row (deleted or not) of one resource.
 pub fn current_row(dialect: Dialect, resource_type: &str, id: &str) -> Sql {
     let mut sql = Sql::new(dialect);
+    sql.point_lookup = true;
     sql.push("SELECT ")
         .push(RESOURCE_COLUMNS)
         .push(" FROM resources r WHERE r.res_type = ")
@@ -524,6 +537,7 @@ pub fn current_row(dialect: Dialect, resource_type: &str, id: &str) -> Sql {
 
 pub fn version_row(dialect: Dialect, resource_type: &str, id: &str, version: i64) -> Sql {
     let mut sql = Sql::new(dialect);
+    sql.point_lookup = true;
     sql.push("SELECT ")
         .push(RESOURCE_COLUMNS)
         .push(" FROM resources r WHERE r.res_type = ")
