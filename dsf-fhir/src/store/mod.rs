@@ -101,6 +101,19 @@ pub trait Backend: Send + Sync {
     }
     async fn read(&self) -> Result<Box<dyn Session>>;
     async fn write(&self) -> Result<Box<dyn Session>>;
+
+    /// Whether the backend's calls block their thread (SQLite). The store then runs
+    /// multi-statement reads such as searches on the blocking pool as a whole, with a
+    /// session from [`Backend::read_in_place`].
+    fn blocks(&self) -> bool {
+        false
+    }
+
+    /// A read session whose statements run on the calling thread; only asked for when
+    /// [`Backend::blocks`], from a thread of the blocking pool.
+    async fn read_in_place(&self) -> Result<Box<dyn Session>> {
+        self.read().await
+    }
 }
 
 /// A page of search results.
@@ -249,9 +262,27 @@ impl ResourceStore {
         Ok(session.count(&sql).await? > 0)
     }
 
+    /// The page the query asks for, with its total and includes. On a backend whose calls
+    /// block ([`Backend::blocks`]), all the search's statements run together on the blocking
+    /// pool, one hop for the whole search rather than one per statement.
     pub async fn search(&self, query: &SearchQuery) -> Result<SearchResult> {
-        let mut session = self.backend.read().await?;
-        search_in(&mut *session, self.dialect(), query, &self.plans).await
+        if !self.backend.blocks() {
+            let mut session = self.backend.read().await?;
+            return search_in(&mut *session, self.dialect(), query, &self.plans).await;
+        }
+        let backend = self.backend.clone();
+        let plans = self.plans.clone();
+        let query = query.clone();
+        let dialect = self.dialect();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            runtime.block_on(async move {
+                let mut session = backend.read_in_place().await?;
+                search_in(&mut *session, dialect, &query, &plans).await
+            })
+        })
+        .await
+        .map_err(|e| Error::storage_fault(format!("search task failed: {e}")))?
     }
 
     pub async fn history(

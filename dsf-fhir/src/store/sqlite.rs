@@ -4,12 +4,14 @@
 //! A session may run for at most [`SqliteBackend::statement_timeout`]; past it, SQLite's
 //! progress handler interrupts the statement and the request gets [`Error::Unavailable`].
 //!
-//! SQLite calls block their thread. Read statements whose cost grows with the data (searches,
-//! counts, history) run on the blocking pool, the connection moved there and back, so that a
-//! long search never holds an async worker; reads of one row by its key
-//! ([`Sql::is_point_lookup`]) run where they are, because the hop would cost more than the
-//! lookup (measured in docs/performance.md: 30% of read throughput on two cores). Write
-//! sessions run where they are opened, which is the store's own writer thread (see `group`).
+//! SQLite calls block their thread, so what may take long leaves the async runtime's workers:
+//! a search runs all its statements on the blocking pool in one hop (the store asks for a
+//! [`Backend::read_in_place`] session there); other read statements whose cost grows with the
+//! data (counts, history) hop to the blocking pool one by one, the connection moved there and
+//! back; reads of one row by its key ([`Sql::is_point_lookup`]) run where they are, because
+//! the hop would cost more than the lookup (measured in docs/performance.md: 30% of read
+//! throughput on two cores). Write sessions run where they are opened, which is the store's
+//! own writer thread (see `group`).
 
 use super::sql::{schema, Dialect, Sql, SqlValue};
 use super::{Backend, Session, StoredResource};
@@ -299,6 +301,19 @@ impl Backend for SqliteBackend {
             guarded: Some(self.session(&self.readers[i]).await),
             open_transaction: false,
             off_runtime: true,
+        }))
+    }
+
+    fn blocks(&self) -> bool {
+        true
+    }
+
+    async fn read_in_place(&self) -> Result<Box<dyn Session>> {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        Ok(Box::new(SqliteSession {
+            guarded: Some(self.session(&self.readers[i]).await),
+            open_transaction: false,
+            off_runtime: false,
         }))
     }
 
