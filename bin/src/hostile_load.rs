@@ -43,6 +43,8 @@ pub struct MemoryProbe {
     pub body_bytes: usize,
     pub status: u16,
     pub peak_kib: u64,
+    /// Resident memory above the idle level once the burst has been quiet for a while.
+    pub after_kib: u64,
 }
 
 impl HostileReport {
@@ -69,15 +71,16 @@ impl HostileReport {
             self.hostile_refused,
             self.idle_open,
         ));
-        out.push_str("\n| memory probe | body | status | peak resident above idle | peak / body |\n|---|---:|---:|---:|---:|\n");
+        out.push_str(&format!("\n| memory probe | body | status | peak resident above idle | peak / body | resident above idle {} s later |\n|---|---:|---:|---:|---:|---:|\n", SETTLE.as_secs()));
         for p in &self.memory {
             out.push_str(&format!(
-                "| {} | {:.1} MiB | {} | {:.1} MiB | {:.1} |\n",
+                "| {} | {:.1} MiB | {} | {:.1} MiB | {:.1} | {:.1} MiB |\n",
                 p.what,
                 p.body_bytes as f64 / 1048576.0,
                 p.status,
                 p.peak_kib as f64 / 1024.0,
-                (p.peak_kib * 1024) as f64 / p.body_bytes.max(1) as f64
+                (p.peak_kib * 1024) as f64 / p.body_bytes.max(1) as f64,
+                p.after_kib as f64 / 1024.0
             ));
         }
         out
@@ -146,7 +149,11 @@ fn vm_kib(field: &str) -> u64 {
     crate::proc_status_kib("self", field).unwrap_or(0)
 }
 
-/// Peak resident memory above the current level while `parallel` copies of one request run.
+/// How long a memory probe waits after its burst before it reads what is still resident.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// Peak resident memory above the current level while `parallel` copies of one request run,
+/// and what is still resident [`SETTLE`] later.
 async fn memory_probe(
     client: &FhirClient,
     what: &str,
@@ -177,11 +184,14 @@ async fn memory_probe(
     });
     let statuses = spawn_all(sends).await;
     let peak = vm_kib("VmHWM:");
+    tokio::time::sleep(SETTLE).await;
+    let after = vm_kib("VmRSS:");
     MemoryProbe {
         what: format!("{what} ×{parallel}"),
         body_bytes,
         status: statuses.first().copied().unwrap_or(0),
         peak_kib: peak.saturating_sub(before),
+        after_kib: after.saturating_sub(before),
     }
 }
 

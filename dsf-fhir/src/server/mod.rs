@@ -7,6 +7,7 @@ pub mod caller;
 mod capability;
 mod connections;
 pub mod identity;
+mod memory;
 mod reply;
 mod rest;
 mod service;
@@ -124,6 +125,8 @@ pub struct FhirServer {
     peer_turns: connections::PeerTurns,
     /// Turns true when [`FhirServer::serve`] stops: open connections then close.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Gives memory back to the system after requests that allocated much.
+    trimmer: memory::Trimmer,
     /// Turns for parsing large bodies, so that parsing never occupies every core.
     large_parses: tokio::sync::Semaphore,
     policy: Arc<dyn authorization::AuthorizationPolicy>,
@@ -190,6 +193,7 @@ impl FhirServer {
             identities: identity::IdentityCache::default(),
             hub: websocket::Hub::default(),
             connections: Arc::default(),
+            trimmer: memory::Trimmer::default(),
             peer_turns: connections::PeerTurns::default(),
             large_parses: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
@@ -253,6 +257,9 @@ impl FhirServer {
                 self.clone()
                     .dispatch_changes(changes, self.closing.subscribe()),
             );
+            let server = self.clone();
+            let closing = self.closing.subscribe();
+            tokio::spawn(async move { server.trimmer.run(closing).await });
         }
         Ok(())
     }
@@ -584,7 +591,14 @@ impl FhirServer {
         } else if let Some(turn) = &admitted.turn {
             turn.succeeded();
         }
-        reply.render(format, pretty)
+        let response = reply.render(format, pretty);
+        if hyper::body::Body::size_hint(response.body())
+            .exact()
+            .is_some_and(|len| len > LARGE_RESPONSE_BYTES)
+        {
+            self.trimmer.note_large_allocation();
+        }
+        response
     }
 
     /// Resolves the caller and waits for its turn; then refuses, before decoding anything, a
@@ -640,7 +654,16 @@ impl FhirServer {
             return Err(Error::NotFound(format!("no FHIR API at {path}")));
         };
         let path = path.trim_matches('/').to_owned();
-        let body = read_body(body, self.config.max_body_bytes).await?;
+        let body = read_body(body, self.config.max_body_bytes)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, Error::PayloadTooLarge(_)) {
+                    self.trimmer.note_large_allocation();
+                }
+            })?;
+        if body.len() > INLINE_PARSE_BYTES {
+            self.trimmer.note_large_allocation();
+        }
         let call = Call {
             identity,
             method: parts.method,
@@ -677,6 +700,10 @@ impl Admitted {
         }
     }
 }
+
+/// Answers larger than this (search pages of big resources) count as large allocations for
+/// the memory trimmer.
+const LARGE_RESPONSE_BYTES: u64 = 1024 * 1024;
 
 /// Bodies up to this size are parsed where the request runs; larger ones on the blocking
 /// pool, a few at a time (see [`FhirServer::parse_body`]).

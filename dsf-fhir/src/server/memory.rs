@@ -1,0 +1,54 @@
+//! Giving memory back after bursts. Large request bodies are parsed into many small
+//! allocations; glibc's allocator keeps the freed pages in its arenas, so a server that once
+//! parsed a few 16 MiB bodies at once would stay hundreds of MiB above its idle size for
+//! months. After work that allocated much, the next quiet moment trims the arenas
+//! (`malloc_trim`), which returns free pages to the system. Elsewhere (other allocators, other
+//! systems) trimming is a no-op.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often the trimmer looks whether there is something to give back.
+const TRIM_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+pub(crate) struct Trimmer {
+    pending: AtomicBool,
+}
+
+impl Trimmer {
+    /// Says that a request allocated much (a large body, a large answer).
+    pub fn note_large_allocation(&self) {
+        self.pending.store(true, Ordering::Relaxed);
+    }
+
+    /// Trims after large allocations, at most once per interval, until the server closes.
+    pub async fn run(&self, mut closing: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TRIM_INTERVAL) => {}
+                _ = closing.changed() => return,
+            }
+            if *closing.borrow() {
+                return;
+            }
+            if self.pending.swap(false, Ordering::Relaxed) {
+                // The walk over the arenas takes milliseconds on a large heap.
+                let _ = tokio::task::spawn_blocking(trim).await;
+            }
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: malloc_trim takes no pointers and is safe to call from any thread at any time;
+    // it only releases free memory of glibc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
