@@ -54,6 +54,15 @@ impl FhirService {
         self.server.clone().respond(req, None).await
     }
 
+    fn boxed_call<B>(&self, req: Request<B>) -> ResponseFuture
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: std::fmt::Display,
+    {
+        let service = self.clone();
+        Box::pin(async move { Ok(FhirService::call(&service, req).await) })
+    }
+
     fn with_context_path<B>(&self, req: Request<B>) -> Request<B> {
         let (mut parts, body) = req.into_parts();
         let path_and_query = parts
@@ -91,8 +100,7 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> ResponseFuture {
-        let service = self.clone();
-        Box::pin(async move { Ok(FhirService::call(&service, req).await) })
+        self.boxed_call(req)
     }
 }
 
@@ -106,7 +114,6 @@ where
     type Future = ResponseFuture;
 
     fn call(&self, req: Request<B>) -> ResponseFuture {
-        let service = self.clone();
-        Box::pin(async move { Ok(FhirService::call(&service, req).await) })
+        self.boxed_call(req)
     }
 }

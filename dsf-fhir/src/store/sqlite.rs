@@ -140,6 +140,16 @@ impl SqliteBackend {
         conn
     }
 
+    /// A session on the next reader connection.
+    async fn reader_session(&self, off_runtime: bool) -> SqliteSession {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        SqliteSession {
+            guarded: Some(self.session(&self.readers[i]).await),
+            open_transaction: false,
+            off_runtime,
+        }
+    }
+
     /// A private in-memory database (one connection serves reads and writes).
     pub fn in_memory() -> Result<Self> {
         let conn = Connection::open_in_memory().map_err(storage_error)?;
@@ -296,12 +306,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn read(&self) -> Result<Box<dyn Session>> {
-        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        Ok(Box::new(SqliteSession {
-            guarded: Some(self.session(&self.readers[i]).await),
-            open_transaction: false,
-            off_runtime: true,
-        }))
+        Ok(Box::new(self.reader_session(true).await))
     }
 
     fn blocks(&self) -> bool {
@@ -309,12 +314,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn read_in_place(&self) -> Result<Box<dyn Session>> {
-        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        Ok(Box::new(SqliteSession {
-            guarded: Some(self.session(&self.readers[i]).await),
-            open_transaction: false,
-            off_runtime: false,
-        }))
+        Ok(Box::new(self.reader_session(false).await))
     }
 
     async fn write(&self) -> Result<Box<dyn Session>> {
