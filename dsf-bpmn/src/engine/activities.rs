@@ -92,7 +92,7 @@ impl Engine {
         fields: &[Field],
         listener_event: Option<&str>,
     ) -> std::result::Result<(), HandlerError> {
-        let name = behaviour_name(behaviour);
+        let name = behaviour.text();
         let handler = self
             .registry
             .get(name)

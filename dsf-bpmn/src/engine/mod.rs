@@ -121,7 +121,7 @@ impl Engine {
                     .chain(node.execution_listeners.iter().map(|l| &l.behaviour))
                     .chain(node.task_listeners.iter().map(|l| &l.behaviour));
                 for behaviour in behaviours {
-                    let name = behaviour_name(behaviour);
+                    let name = behaviour.text();
                     if registry.get(name).is_none() {
                         return Err(fail(&node.id, format!("no handler bound to '{name}'")));
                     }
@@ -709,11 +709,6 @@ fn runtime(instance: &Instance, element: &str, message: String) -> Error {
         element: element.to_owned(),
         message,
     }
-}
-
-/// The name a behaviour is bound by.
-fn behaviour_name(behaviour: &Behaviour) -> &str {
-    behaviour.text()
 }
 
 fn trigger_of(kind: &NodeKind) -> Option<&Trigger> {

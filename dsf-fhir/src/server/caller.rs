@@ -68,7 +68,8 @@ impl ForwardedCertificates {
         self
     }
 
-    fn trusts(&self, address: IpAddr) -> bool {
+    /// Whether requests from `address` are believed to come through a trusted proxy.
+    pub(crate) fn trusts(&self, address: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|r| r.contains(address))
     }
 }

@@ -401,7 +401,7 @@ impl FhirServer {
             .config
             .forwarded_certificates
             .as_ref()
-            .is_some_and(|f| f.trusted_proxies.iter().any(|r| r.contains(peer.ip())));
+            .is_some_and(|f| f.trusts(peer.ip()));
         let known = from_proxy
             || match &certificate {
                 Some(PeerCertificate(thumbprint)) => !matches!(
@@ -472,14 +472,7 @@ impl FhirServer {
             req.extensions(),
         ) {
             Ok(thumbprint) => thumbprint,
-            Err(e) => {
-                let accept = req
-                    .headers()
-                    .get(http::header::ACCEPT)
-                    .and_then(|v| v.to_str().ok());
-                let format = Format::negotiate(None, accept).unwrap_or(Format::Json);
-                return Reply::error(&e).render(format, false);
-            }
+            Err(e) => return refused(req.headers(), &e),
         };
         if self.is_websocket_request(req.uri().path()) {
             self.upgrade(Arc::new(thumbprint), req, slot).await
@@ -562,10 +555,7 @@ impl FhirServer {
         // organisation's requests beyond its share wait here at no cost.
         let admitted = match self.admit(thumbprint, parts.uri.query()).await {
             Ok(admitted) => admitted,
-            Err(e) => {
-                let format = Format::negotiate(None, accept).unwrap_or(Format::Json);
-                return Reply::error(&e).render(format, false);
-            }
+            Err(e) => return refused(&parts.headers, &e),
         };
         let query = parse_query_string(parts.uri.query().unwrap_or(""));
         let format_param = query
@@ -675,6 +665,16 @@ impl FhirServer {
         tracing::debug!(identity = identity.name(), method = %call.method, path = %call.path, "request");
         self.route(&call).await
     }
+}
+
+/// The answer to a request refused before its URL is parsed: in the format `Accept` asks for,
+/// JSON when it asks for none this server writes.
+fn refused(headers: &http::HeaderMap, error: &Error) -> Response<Full<Bytes>> {
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(None, accept).unwrap_or(Format::Json);
+    Reply::error(error).render(format, false)
 }
 
 /// Most `&`-separated parts a query string may have: the search limits
