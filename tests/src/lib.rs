@@ -48,6 +48,33 @@ pub fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
 }
 
+fn postgres_config() -> tokio_postgres::Config {
+    postgres_url().parse().expect("PostgreSQL URL")
+}
+
+/// The TCP address of the test database (for proxies placed in front of it).
+pub fn postgres_address() -> std::net::SocketAddr {
+    let config = postgres_config();
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) if host != "localhost" => host.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+        .parse()
+        .expect("PostgreSQL address")
+}
+
+/// `postgresql://user@address/db` for the configured user and database.
+pub fn postgres_url_at(address: std::net::SocketAddr) -> String {
+    let config = postgres_config();
+    format!(
+        "postgresql://{}@{address}/{}",
+        config.get_user().unwrap_or("postgres"),
+        config.get_dbname().unwrap_or("test")
+    )
+}
+
 /// A fresh, empty backend (on PostgreSQL, in a schema of its own).
 pub async fn backend(kind: BackendKind) -> Arc<dyn Backend> {
     match kind {

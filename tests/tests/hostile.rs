@@ -8,7 +8,9 @@ use dsf_fhir::server::ConnectionLimits;
 use dsf_fhir::store::{Backend, PostgresBackend, PostgresOptions};
 use dsf_fhir::FhirClient;
 use dsf_tests::fixtures::{draft_task, ping_task, remote_ping};
-use dsf_tests::{postgres_url, send_json, BackendKind, TestServer, REMOTE_ORG};
+use dsf_tests::{
+    postgres_address, postgres_url, postgres_url_at, send_json, BackendKind, TestServer, REMOTE_ORG,
+};
 use http::Method;
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
@@ -617,37 +619,6 @@ impl DatabaseLink {
             frozen,
         }
     }
-}
-
-fn postgres_config() -> tokio_postgres::Config {
-    postgres_url().parse().expect("PostgreSQL URL")
-}
-
-fn postgres_address() -> SocketAddr {
-    let config = postgres_config();
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        _ => "127.0.0.1".into(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let host = if host == "localhost" {
-        "127.0.0.1".into()
-    } else {
-        host
-    };
-    format!("{host}:{port}")
-        .parse()
-        .expect("PostgreSQL address")
-}
-
-/// `postgresql://user@address/db` for the configured user and database.
-fn postgres_url_at(address: SocketAddr) -> String {
-    let config = postgres_config();
-    format!(
-        "postgresql://{}@{address}/{}",
-        config.get_user().unwrap_or("postgres"),
-        config.get_dbname().unwrap_or("test")
-    )
 }
 
 fn client_without_retries(server: &TestServer, timeout: Duration) -> FhirClient {

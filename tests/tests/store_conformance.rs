@@ -1,10 +1,16 @@
 //! The storage conformance suite (`dsf_fhir::store::conformance`) on both backends, and on a
 //! backend written outside dsf-fhir against its public traits.
 
-use dsf_fhir::store::{async_trait, conformance, Backend, Dialect, ResourceStore, Session};
-use dsf_tests::backend;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use dsf_fhir::store::{
+    async_trait, conformance, Backend, Dialect, PostgresBackend, ResourceStore, Session, WriteOp,
+};
+use dsf_tests::{backend, postgres_address, postgres_url_at};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 /// A backend of the kind an integrator writes: it wraps another and counts the sessions it
 /// hands out (for a metrics endpoint, say). Only public items of dsf-fhir are used.
@@ -34,6 +40,126 @@ impl Backend for CountingBackend {
     }
 }
 
+/// A proxy in front of PostgreSQL that counts round trips: the times a client spoke again
+/// after the database had answered it.
+struct RoundTripCounter {
+    address: SocketAddr,
+    turns: Arc<AtomicUsize>,
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    answered: Arc<AtomicBool>,
+    turns: Option<Arc<AtomicUsize>>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        match &turns {
+            // From the client: a new round trip if the server has answered since it last spoke.
+            Some(turns) => {
+                if answered.swap(false, Ordering::SeqCst) {
+                    turns.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            None => answered.store(true, Ordering::SeqCst),
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl RoundTripCounter {
+    async fn start(target: SocketAddr) -> RoundTripCounter {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let turns = Arc::new(AtomicUsize::new(0));
+        let counted = turns.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let answered = Arc::new(AtomicBool::new(true));
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pump(
+                    client_read,
+                    server_write,
+                    answered.clone(),
+                    Some(counted.clone()),
+                ));
+                tokio::spawn(pump(server_read, client_write, answered, None));
+            }
+        });
+        RoundTripCounter { address, turns }
+    }
+
+    fn turns(&self) -> usize {
+        self.turns.load(Ordering::SeqCst)
+    }
+}
+
+fn round_trip_task(n: usize) -> Value {
+    json!({
+        "resourceType": "Task",
+        "identifier": [{"system": "http://dsf.dev/sid/task-identifier", "value": format!("trip-{n}")}],
+        "instantiatesCanonical": "http://dsf.dev/bpe/Process/ping|1.0",
+        "status": "requested",
+        "intent": "order",
+        "authoredOn": "2026-11-28T10:00:00+01:00",
+        "requester": {"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": "a.test"}},
+        "restriction": {"recipient": [{"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": "b.test"}}]}
+    })
+}
+
+/// Round trips to PostgreSQL per interaction, once the connection is open and its statements
+/// prepared: a create (BEGIN, version, index and read-access rows, COMMIT) is one, a read
+/// one, an update two (lock and current version, then the writes and COMMIT).
+async fn postgres_round_trips(counter: &RoundTripCounter) {
+    let schema = format!("dsf_test_{}", uuid::Uuid::new_v4().simple());
+    let backend = PostgresBackend::connect(&postgres_url_at(counter.address), Some(&schema), 1)
+        .await
+        .expect("PostgreSQL through the counting proxy");
+    let store = ResourceStore::new(Arc::new(backend), conformance::BASE_URL);
+    let create = |n| WriteOp::Create {
+        resource: round_trip_task(n),
+        if_none_exist: None,
+        full_url: None,
+    };
+    let update = |id: &str, n| WriteOp::Update {
+        resource_type: "Task",
+        id: id.to_owned(),
+        resource: round_trip_task(n),
+        if_match: None,
+        full_url: None,
+    };
+    let id_of = |outcome| match outcome {
+        dsf_fhir::store::WriteOutcome::Created(stored) => stored.id,
+        other => panic!("not created: {other:?}"),
+    };
+    // Warm-up: the pooled connection and every statement below prepared once.
+    let warm = id_of(store.write(create(0)).await.expect("create"));
+    store.read("Task", &warm).await.expect("read");
+    store.write(update(&warm, 1)).await.expect("update");
+
+    for n in 2..6 {
+        let before = counter.turns();
+        let id = id_of(store.write(create(n)).await.expect("create"));
+        assert_eq!(counter.turns() - before, 1, "round trips of create {n}");
+
+        let before = counter.turns();
+        let read = store.read("Task", &id).await.expect("read");
+        assert!(read.is_some_and(|r| r.version == 1));
+        assert_eq!(counter.turns() - before, 1, "round trips of read {n}");
+
+        let before = counter.turns();
+        store.write(update(&id, n)).await.expect("update");
+        assert_eq!(counter.turns() - before, 2, "round trips of update {n}");
+    }
+}
+
 fn main() {
     let mut suite = dsf_tests::Suite::new();
     for case in conformance::cases() {
@@ -58,5 +184,22 @@ fn main() {
             );
         });
     }
-    suite.run()
+    suite
+        .postgres_test("postgres::writes_are_pipelined", || async {
+            // One thread, so that every statement of a pipeline is queued before the
+            // connection task writes: the count does not depend on thread timing.
+            tokio::task::spawn_blocking(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(async {
+                        let counter = RoundTripCounter::start(postgres_address()).await;
+                        postgres_round_trips(&counter).await;
+                    })
+            })
+            .await
+            .expect("round-trip test");
+        })
+        .run()
 }

@@ -82,6 +82,12 @@ pub trait Session: Send {
     async fn strings(&mut self, sql: &Sql) -> Result<Vec<String>>;
     async fn count(&mut self, sql: &Sql) -> Result<i64>;
     async fn execute(&mut self, sql: &Sql) -> Result<u64>;
+    /// A statement whose answer nobody waits for. A backend may hold it back and send it
+    /// with the next statement that is waited for, or with the commit, so that a write costs
+    /// one round trip; its error then surfaces there. By default it runs at once.
+    async fn queue(&mut self, sql: Sql) -> Result<()> {
+        self.execute(&sql).await.map(|_| ())
+    }
     /// Serialises writers on `key` (a resource type for conditional writes, `Type/id` for one
     /// resource) until the transaction ends: a PostgreSQL advisory lock, a no-op where the
     /// backend has a single writer. Row locks are not enough: under READ COMMITTED a waiter

@@ -13,13 +13,15 @@ use super::sql::{schema, Dialect, Sql, SqlValue};
 use super::{Backend, Session, StoredResource};
 use crate::{Error, Result};
 use async_trait::async_trait;
+use futures_util::future::{join_all, try_join_all};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, NoTls, Row, Statement};
 
 const STATEMENT_CACHE: usize = 512;
 
@@ -219,18 +221,15 @@ impl PostgresBackend {
             Some(conn) => conn,
             None => self.pool.connect().await?,
         };
-        let mut session = PgSession {
+        Ok(Box::new(PgSession {
             conn: Some(conn),
             pool: self.pool.clone(),
             _permit: permit,
+            transaction,
             open_transaction: false,
             in_statement: false,
-        };
-        if transaction {
-            session.batch("BEGIN").await?;
-            session.open_transaction = true;
-        }
-        Ok(Box::new(session))
+            queued: Vec::new(),
+        }))
     }
 }
 
@@ -238,9 +237,14 @@ struct PgSession {
     conn: Option<Connection>,
     pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
+    /// A write session: its BEGIN goes out with its first statement.
+    transaction: bool,
+    /// BEGIN was answered and no COMMIT yet: dropping the session must roll back.
     open_transaction: bool,
     /// A statement was sent and its answer not yet read: dropping now must cancel it.
     in_statement: bool,
+    /// Statements held back to go out with the next one whose answer is awaited.
+    queued: Vec<Sql>,
 }
 
 impl Drop for PgSession {
@@ -276,6 +280,10 @@ impl Drop for PgSession {
     }
 }
 
+type Answer<'a> = std::pin::Pin<
+    Box<dyn Future<Output = Result<Option<Vec<Row>>, tokio_postgres::Error>> + Send + 'a>,
+>;
+
 impl PgSession {
     fn conn(&mut self) -> Result<&mut Connection> {
         self.conn
@@ -294,30 +302,110 @@ impl PgSession {
         Ok((&conn.client, &mut self.in_statement, limit))
     }
 
-    async fn batch(&mut self, text: &str) -> Result<()> {
-        let (client, in_statement, limit) = self.parts()?;
-        bounded(in_statement, limit, client.batch_execute(text)).await
-    }
-
-    async fn statement(&mut self, text: &str) -> Result<Statement> {
-        if let Some(stmt) = self.conn()?.statements.get(text) {
-            return Ok(stmt.clone());
-        }
-        let (client, in_statement, limit) = self.parts()?;
-        let stmt = bounded(in_statement, limit, client.prepare(text)).await?;
+    /// Prepares, in one round trip, whichever of `texts` this connection has not prepared.
+    async fn prepare_all(&mut self, texts: &[&str]) -> Result<Vec<Statement>> {
         let conn = self.conn()?;
-        if conn.statements.len() >= STATEMENT_CACHE {
-            conn.statements.clear();
+        let mut missing: Vec<&str> = texts
+            .iter()
+            .copied()
+            .filter(|t| !conn.statements.contains_key(*t))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let (client, in_statement, limit) = self.parts()?;
+            let prepared = bounded(
+                in_statement,
+                limit,
+                try_join_all(missing.iter().map(|text| client.prepare(text))),
+            )
+            .await?;
+            let conn = self.conn()?;
+            if conn.statements.len() + prepared.len() > STATEMENT_CACHE {
+                conn.statements.clear();
+            }
+            for (text, stmt) in missing.iter().zip(prepared) {
+                conn.statements.insert((*text).to_owned(), stmt);
+            }
         }
-        conn.statements.insert(text.to_owned(), stmt.clone());
-        Ok(stmt)
+        let conn = self.conn()?;
+        texts
+            .iter()
+            .map(|t| {
+                conn.statements
+                    .get(*t)
+                    .cloned()
+                    .ok_or_else(|| Error::storage_fault("prepared statement missing"))
+            })
+            .collect()
     }
 
-    async fn rows(&mut self, sql: &Sql) -> Result<Vec<tokio_postgres::Row>> {
-        let stmt = self.statement(&sql.text).await?;
-        let params: Vec<&(dyn ToSql + Sync)> = sql.params.iter().map(as_sql).collect();
+    /// Sends, as one pipeline (one round trip), a pending BEGIN, the held-back statements,
+    /// `last` and, with `commit`, the COMMIT; returns the rows of `last`. The first failure
+    /// in order is the error: PostgreSQL answers every later statement of the aborted
+    /// transaction with an error of its own and turns the COMMIT into a rollback.
+    async fn pipeline(&mut self, last: Option<&Sql>, commit: bool) -> Result<Vec<Row>> {
+        let queued = std::mem::take(&mut self.queued);
+        let begin = self.transaction && !self.open_transaction;
+        let texts: Vec<&str> = queued
+            .iter()
+            .chain(last)
+            .map(|sql| sql.text.as_str())
+            .collect();
+        let statements = self.prepare_all(&texts).await?;
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = queued
+            .iter()
+            .chain(last)
+            .map(|sql| sql.params.iter().map(as_sql).collect())
+            .collect();
         let (client, in_statement, limit) = self.parts()?;
-        bounded(in_statement, limit, client.query(&stmt, &params)).await
+        let mut steps: Vec<Answer<'_>> = Vec::with_capacity(statements.len() + 2);
+        if begin {
+            steps.push(Box::pin(async move {
+                client.batch_execute("BEGIN").await.map(|_| None)
+            }));
+        }
+        let held = queued.len();
+        for (i, (stmt, params)) in statements.iter().zip(&params).enumerate() {
+            if i < held {
+                steps.push(Box::pin(async move {
+                    client.execute(stmt, params).await.map(|_| None)
+                }));
+            } else {
+                steps.push(Box::pin(async move {
+                    client.query(stmt, params).await.map(Some)
+                }));
+            }
+        }
+        if commit {
+            steps.push(Box::pin(async move {
+                client.batch_execute("COMMIT").await.map(|_| None)
+            }));
+        }
+        let answers = bounded(
+            in_statement,
+            limit,
+            async move { Ok(join_all(steps).await) },
+        )
+        .await?;
+        // BEGIN answered opens the transaction; COMMIT answered (even with an error) ends it.
+        if begin && answers.first().is_some_and(|a| a.is_ok()) {
+            self.open_transaction = true;
+        }
+        if commit
+            && answers
+                .last()
+                .is_some_and(|a| a.is_ok() || a.as_ref().is_err_and(|e| e.as_db_error().is_some()))
+        {
+            self.open_transaction = false;
+        }
+        let mut rows = Vec::new();
+        for answer in answers {
+            if let Some(found) = answer.map_err(storage_error)? {
+                rows = found;
+            }
+        }
+        Ok(rows)
     }
 }
 
@@ -350,7 +438,7 @@ fn as_sql(v: &SqlValue) -> &(dyn ToSql + Sync) {
 #[async_trait]
 impl Session for PgSession {
     async fn resources(&mut self, sql: &Sql) -> Result<Vec<StoredResource>> {
-        self.rows(sql)
+        self.pipeline(Some(sql), false)
             .await?
             .iter()
             .map(|row| {
@@ -370,7 +458,7 @@ impl Session for PgSession {
     }
 
     async fn strings(&mut self, sql: &Sql) -> Result<Vec<String>> {
-        self.rows(sql)
+        self.pipeline(Some(sql), false)
             .await?
             .iter()
             .map(|row| row.try_get(0).map_err(storage_error))
@@ -378,7 +466,7 @@ impl Session for PgSession {
     }
 
     async fn count(&mut self, sql: &Sql) -> Result<i64> {
-        let rows = self.rows(sql).await?;
+        let rows = self.pipeline(Some(sql), false).await?;
         let row = rows
             .first()
             .ok_or_else(|| Error::storage_fault("count returned no row"))?;
@@ -386,26 +474,37 @@ impl Session for PgSession {
     }
 
     async fn execute(&mut self, sql: &Sql) -> Result<u64> {
-        let stmt = self.statement(&sql.text).await?;
+        if !self.queued.is_empty() || self.transaction && !self.open_transaction {
+            self.pipeline(None, false).await?;
+        }
+        let stmt = self.prepare_all(&[sql.text.as_str()]).await?.remove(0);
         let params: Vec<&(dyn ToSql + Sync)> = sql.params.iter().map(as_sql).collect();
         let (client, in_statement, limit) = self.parts()?;
         bounded(in_statement, limit, client.execute(&stmt, &params)).await
     }
 
+    async fn queue(&mut self, sql: Sql) -> Result<()> {
+        self.queued.push(sql);
+        Ok(())
+    }
+
+    /// Held back like any statement whose answer is not needed: the lock is taken on the
+    /// server before the statements that follow it in the pipeline run.
     async fn lock(&mut self, key: &str) -> Result<()> {
-        let stmt = self
-            .statement(
-                "SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':' || $1)::bigint)",
-            )
-            .await?;
-        let (client, in_statement, limit) = self.parts()?;
-        bounded(in_statement, limit, client.execute(&stmt, &[&key])).await?;
+        let mut sql = Sql::new(Dialect::Postgres);
+        sql.push("SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':' || ")
+            .bind(key)
+            .push(")::bigint)");
+        self.queued.push(sql);
         Ok(())
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        self.batch("COMMIT").await?;
-        self.open_transaction = false;
+        if self.queued.is_empty() && !self.open_transaction {
+            // Nothing was written: no transaction was ever begun on the server.
+            return Ok(());
+        }
+        self.pipeline(None, true).await?;
         Ok(())
     }
 }

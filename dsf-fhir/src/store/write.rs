@@ -203,12 +203,12 @@ impl Writer<'_> {
             .await?;
         if !rows.is_empty() {
             self.session
-                .execute(&sql::insert_index(d, resource_type, id, &rows))
+                .queue(sql::insert_index(d, resource_type, id, &rows))
                 .await?;
         }
         if !grants.is_empty() {
             self.session
-                .execute(&sql::insert_grants(d, resource_type, id, version, &grants))
+                .queue(sql::insert_grants(d, resource_type, id, version, &grants))
                 .await?;
         }
         Ok(StoredResource {
@@ -234,14 +234,14 @@ impl Writer<'_> {
         let d = self.dialect;
         if version > 1 {
             self.session
-                .execute(&sql::retire_current(d, resource_type, id))
+                .queue(sql::retire_current(d, resource_type, id))
                 .await?;
             self.session
-                .execute(&sql::delete_index(d, resource_type, id))
+                .queue(sql::delete_index(d, resource_type, id))
                 .await?;
         }
         self.session
-            .execute(&sql::insert_version(
+            .queue(sql::insert_version(
                 d,
                 resource_type,
                 id,
@@ -349,7 +349,7 @@ impl Writer<'_> {
         self.append_version(resource_type, id, version, last_updated, None)
             .await?;
         self.session
-            .execute(&sql::copy_grants(
+            .queue(sql::copy_grants(
                 self.dialect,
                 resource_type,
                 id,
