@@ -354,12 +354,6 @@ pub(crate) fn visible(
         sql.push(" AND 1 = 0");
         return;
     }
-    // SQLite would otherwise seek the primary key once per grant; with the unary plus it
-    // seeks by version once and checks the version's two or three rows against the list.
-    let access = match sql.dialect {
-        Dialect::Sqlite => "+a.access",
-        Dialect::Postgres => "a.access",
-    };
     match (resource_type, plan) {
         (Some(t), AccessPlan::FromGrants) => {
             sql.push(" AND (r.seq IN (SELECT a.seq FROM read_access a WHERE a.res_type = ")
@@ -369,11 +363,9 @@ pub(crate) fn visible(
                 .push(")");
         }
         _ => {
-            sql.push(" AND (EXISTS (SELECT 1 FROM read_access a WHERE a.seq = r.seq AND ")
-                .push(access)
-                .push(" IN ")
-                .bind_list(grants)
-                .push(")");
+            sql.push(" AND (EXISTS (SELECT 1 FROM read_access a WHERE a.seq = r.seq AND ");
+            grant_among(sql, "a", grants);
+            sql.push(")");
         }
     }
     if resource_type.is_none() || resource_type == Some("Binary") {
@@ -400,13 +392,34 @@ pub(crate) fn visible(
             .push(&grant::CONTEXT_PREFIX.len().to_string())
             .push(") = ")
             .bind(grant::CONTEXT_PREFIX)
-            .push(" AND EXISTS (SELECT 1 FROM read_access b WHERE b.seq = x.seq AND ")
-            .push(&access.replace("a.", "b."))
-            .push(" IN ")
-            .bind_list(grants)
-            .push("))");
+            .push(" AND EXISTS (SELECT 1 FROM read_access b WHERE b.seq = x.seq AND ");
+        grant_among(sql, "b", grants);
+        sql.push("))");
     }
     sql.push(")");
+}
+
+/// `<alias>.access` is one of `grants`, tested on the few grant rows of one version.
+fn grant_among(sql: &mut Sql, alias: &str, grants: &[String]) {
+    match sql.dialect {
+        // The unary plus keeps SQLite from seeking the primary key once per grant; a chain
+        // of comparisons rather than `IN (…)`, for which SQLite would build (and free) a
+        // temporary b-tree of the list on every execution: with the list, that was most of
+        // the cost of a read by id (docs/performance.md).
+        Dialect::Sqlite => {
+            sql.push("(");
+            for (i, g) in grants.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" OR ");
+                }
+                sql.push(&format!("+{alias}.access = ")).bind(g.as_str());
+            }
+            sql.push(")");
+        }
+        Dialect::Postgres => {
+            sql.push(&format!("{alias}.access IN ")).bind_list(grants);
+        }
+    }
 }
 
 /// Whether one version is readable with `grants`.
