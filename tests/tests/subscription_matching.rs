@@ -3,7 +3,7 @@
 //! criteria string selects the same resources both ways, on both backends.
 
 use dsf_fhir::search::{parse_query_string, SearchQuery};
-use dsf_fhir::store::WriteOp;
+use dsf_fhir::store::{format_instant, WriteOp, WriteOutcome};
 use dsf_fhir::ResourceStore;
 use dsf_tests::{backend, BackendKind};
 use serde_json::{json, Value};
@@ -89,16 +89,41 @@ const CRITERIA: &[&str] = &[
 async fn agree(kind: BackendKind) {
     let backend = backend(kind).await;
     let store = ResourceStore::new(backend, BASE);
-    let ops = resources()
-        .into_iter()
-        .map(|resource| WriteOp::Create {
-            resource,
-            if_none_exist: None,
-            full_url: None,
-        })
-        .collect();
-    store.transaction(ops).await.expect("seed");
-    for criteria in CRITERIA {
+    // Two instants of change, a few milliseconds apart, for `_lastUpdated` at their edges.
+    let mut instants = Vec::new();
+    let all = resources();
+    let (first, second) = all.split_at(all.len() / 2);
+    for part in [first, second] {
+        let ops = part
+            .iter()
+            .map(|resource| WriteOp::Create {
+                resource: resource.clone(),
+                if_none_exist: None,
+                full_url: None,
+            })
+            .collect();
+        let outcomes = store.transaction(ops).await.expect("seed");
+        if let Some(WriteOutcome::Created(stored)) = outcomes.last() {
+            instants.push(stored.last_updated);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut criteria_list: Vec<String> = CRITERIA.iter().map(|c| c.to_string()).collect();
+    for t in instants {
+        for at in [t - 1, t, t + 1] {
+            for prefix in ["eq", "ne", "gt", "lt", "ge", "le"] {
+                // `+` must be percent-encoded in a query string.
+                let instant = format_instant(at).replace('+', "%2B");
+                criteria_list.push(format!("Task?_lastUpdated={prefix}{instant}"));
+            }
+        }
+        let day = &format_instant(t)[..10];
+        criteria_list.push(format!("Task?_lastUpdated=eq{day}"));
+        criteria_list.push(format!("Task?_lastUpdated=gt{day}"));
+        criteria_list.push(format!("Task?_lastUpdated=le{day}&status=requested"));
+    }
+    for criteria in &criteria_list {
+        let criteria = criteria.as_str();
         let (resource_type, query) = criteria.split_once('?').unwrap_or((criteria, ""));
         let resource_type = dsf_fhir::resource_type::supported_type(resource_type).expect("type");
         let mut parsed = SearchQuery::parse(resource_type, &parse_query_string(query), 1000, BASE)

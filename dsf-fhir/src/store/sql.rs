@@ -122,6 +122,9 @@ pub fn schema(dialect: Dialect) -> String {
         -- The unique index also finds the current version of a resource and serves the
         -- search semi-joins; fewer indexes, fewer pages written per commit.
         CREATE INDEX IF NOT EXISTS resources_updated ON resources (last_updated);
+        -- A type's resources in order of change: `_lastUpdated` ranges and sorts (the BPE's
+        -- catch-up) read only the rows they return.
+        CREATE INDEX IF NOT EXISTS resources_type_updated ON resources (res_type, last_updated);
         CREATE TABLE IF NOT EXISTS search_values (
             res_type TEXT NOT NULL,
             res_id TEXT NOT NULL,
@@ -257,6 +260,53 @@ fn condition(sql: &mut Sql, c: &Condition) {
     }
 }
 
+/// `_lastUpdated` on the resource row's own column, which the `(res_type, last_updated)`
+/// index orders: the BPE's catch-up (`_lastUpdated=gt…&_sort=_lastUpdated`) then reads only
+/// the rows after the instant, however many are stored. The column holds the instant `t` in
+/// milliseconds, whose index row is the range `[t, t+1)`; each comparison below is the one
+/// [`condition`] makes on that range, solved for `t`.
+fn last_updated_clause(sql: &mut Sql, clause: &Clause) {
+    sql.push(if clause.negate { " AND NOT (" } else { " AND (" });
+    for (i, c) in clause.any_of.iter().enumerate() {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        let Condition::Date { prefix, range } = c else {
+            continue;
+        };
+        let (low, high) = (range.low, range.high);
+        match prefix {
+            Prefix::Eq => {
+                sql.push("(r.last_updated >= ")
+                    .bind(low)
+                    .push(" AND r.last_updated < ")
+                    .bind(high)
+                    .push(")");
+            }
+            Prefix::Ne => {
+                sql.push("(r.last_updated < ")
+                    .bind(low)
+                    .push(" OR r.last_updated >= ")
+                    .bind(high)
+                    .push(")");
+            }
+            Prefix::Gt => {
+                sql.push("r.last_updated >= ").bind(high);
+            }
+            Prefix::Lt => {
+                sql.push("r.last_updated < ").bind(low);
+            }
+            Prefix::Ge => {
+                sql.push("r.last_updated >= ").bind(low);
+            }
+            Prefix::Le => {
+                sql.push("r.last_updated < ").bind(high);
+            }
+        }
+    }
+    sql.push(")");
+}
+
 fn clause(sql: &mut Sql, resource_type: &str, clause: &Clause) {
     if clause.param == "_id" {
         let ids: Vec<&str> = clause
@@ -268,6 +318,15 @@ fn clause(sql: &mut Sql, resource_type: &str, clause: &Clause) {
             })
             .collect();
         sql.push(" AND r.res_id IN ").bind_list(&ids);
+        return;
+    }
+    if clause.param == "_lastUpdated"
+        && clause
+            .any_of
+            .iter()
+            .all(|c| matches!(c, Condition::Date { .. }))
+    {
+        last_updated_clause(sql, clause);
         return;
     }
     // An uncorrelated semi-join: the planner drives it from the search_values index instead
