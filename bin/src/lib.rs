@@ -7,6 +7,7 @@ pub mod hostile_load;
 pub mod load;
 pub mod network_load;
 pub mod ping;
+pub mod stored_load;
 pub mod websocket_load;
 
 use dsf_core::Thumbprint;

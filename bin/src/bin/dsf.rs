@@ -47,6 +47,11 @@ enum Command {
         /// 10-service-task chain, and dsf-bpe's start-up time and idle memory
         #[arg(long)]
         bpe_only: bool,
+        /// Run only the stored-scale scenario: create, read and the BPE's searches on an empty
+        /// store and again after loading this many Tasks (on SQLite, and on PostgreSQL with
+        /// --postgres)
+        #[arg(long)]
+        stored: Option<usize>,
         /// Run only the network scenario: a ping from one organisation to 10 and to 50
         /// others (mesh), start-up time and resident memory per organisation
         #[arg(long)]
@@ -457,6 +462,25 @@ async fn bench(
     Ok(())
 }
 
+async fn stored_bench(
+    stored: usize,
+    concurrency: usize,
+    seconds: u64,
+    postgres: Option<String>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    for backend in std::iter::once(None).chain(postgres.map(Some)) {
+        let report = dsf_bin::stored_load::run(dsf_bin::stored_load::StoredSettings {
+            stored,
+            concurrency,
+            duration: std::time::Duration::from_secs(seconds),
+            postgres: backend,
+        })
+        .await?;
+        println!("{}", report.markdown());
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     init_logging_at("warn");
@@ -486,8 +510,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             hostile_only,
             bpe_only,
             network_only,
+            stored,
         } => {
-            if load_only {
+            if let Some(stored) = stored {
+                stored_bench(stored, concurrency, seconds, postgres).await
+            } else if load_only {
                 load_bench(concurrency, seconds, postgres).await
             } else if network_only {
                 network_bench().await

@@ -266,7 +266,11 @@ fn condition(sql: &mut Sql, c: &Condition) {
 /// milliseconds, whose index row is the range `[t, t+1)`; each comparison below is the one
 /// [`condition`] makes on that range, solved for `t`.
 fn last_updated_clause(sql: &mut Sql, clause: &Clause) {
-    sql.push(if clause.negate { " AND NOT (" } else { " AND (" });
+    sql.push(if clause.negate {
+        " AND NOT ("
+    } else {
+        " AND ("
+    });
     for (i, c) in clause.any_of.iter().enumerate() {
         if i > 0 {
             sql.push(" OR ");
