@@ -370,7 +370,7 @@ pub async fn run(
     for f in flood {
         let _ = f.await;
     }
-    server.stop();
+    server.stop().await;
     Ok(HostileReport {
         quiet,
         flooded,

@@ -529,6 +529,7 @@ pub struct BenchServer {
     pub schema: String,
     pub db: std::path::PathBuf,
     dir: std::path::PathBuf,
+    postgres: Option<String>,
     certs: Certs,
     tls: Arc<dsf_core::rustls::ServerConfig>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -595,6 +596,7 @@ impl BenchServer {
             schema,
             db,
             dir,
+            postgres: postgres.map(str::to_owned),
             certs,
             tls,
             stop: Some(stop),
@@ -626,12 +628,24 @@ impl BenchServer {
         Ok(Arc::new(self.certs.pki.client_config(&stranger)?))
     }
 
-    /// Stops serving and removes the SQLite directory.
-    pub fn stop(mut self) {
+    /// Stops serving and removes the SQLite directory, or the PostgreSQL schema.
+    pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(url) = &self.postgres {
+            match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+                Ok((client, connection)) => {
+                    tokio::spawn(connection);
+                    let drop = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
+                    if let Err(e) = client.batch_execute(&drop).await {
+                        eprintln!("could not drop bench schema {}: {e}", self.schema);
+                    }
+                }
+                Err(e) => eprintln!("could not drop bench schema {}: {e}", self.schema),
+            }
+        }
     }
 }
 
@@ -728,7 +742,7 @@ pub async fn run(
         })
         .await,
     );
-    server.stop();
+    server.stop().await;
     trivial.abort();
     Ok(LoadReport {
         backend: backend_name,

@@ -271,7 +271,7 @@ pub async fn run(
     )
     .await?;
     let backend = server.backend_name;
-    server.stop();
+    server.stop().await;
     Ok(StoredReport {
         backend,
         stored: settings.stored,

@@ -311,7 +311,7 @@ pub async fn run(
     for c in connections {
         c.abort();
     }
-    server.stop();
+    server.stop().await;
     Ok(WebsocketReport {
         settings_line: format!(
             "{backend}, {} subscribers on one Subscription, {} writes/s for {:.0} s; write rates with {} closed-loop writers for {:.0} s each.",

@@ -345,8 +345,15 @@ impl PgSession {
     /// in order is the error: PostgreSQL answers every later statement of the aborted
     /// transaction with an error of its own and turns the COMMIT into a rollback.
     async fn pipeline(&mut self, last: Option<&Sql>, commit: bool) -> Result<Vec<Row>> {
-        let queued = std::mem::take(&mut self.queued);
         let begin = self.transaction && !self.open_transaction;
+        if let (Some(sql), false, false, true) = (last, begin, commit, self.queued.is_empty()) {
+            // A lone statement (every read): no pipeline to assemble.
+            let stmt = self.prepare_all(&[sql.text.as_str()]).await?.remove(0);
+            let params: Vec<&(dyn ToSql + Sync)> = sql.params.iter().map(as_sql).collect();
+            let (client, in_statement, limit) = self.parts()?;
+            return bounded(in_statement, limit, client.query(&stmt, &params)).await;
+        }
+        let queued = std::mem::take(&mut self.queued);
         let texts: Vec<&str> = queued
             .iter()
             .chain(last)
@@ -449,7 +456,7 @@ impl Session for PgSession {
                     last_updated: row.try_get(3).map_err(storage_error)?,
                     deleted: row.try_get::<_, i64>(4).map_err(storage_error)? != 0,
                     body: row
-                        .try_get::<_, Option<String>>(5)
+                        .try_get::<_, Option<&str>>(5)
                         .map_err(storage_error)?
                         .map(Arc::from),
                 })

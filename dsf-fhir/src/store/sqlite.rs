@@ -226,7 +226,8 @@ fn query_resources(conn: &Connection, sql: &Sql) -> rusqlite::Result<Vec<StoredR
             version: row.get(2)?,
             last_updated: row.get(3)?,
             deleted: row.get::<_, i64>(4)? != 0,
-            body: row.get::<_, Option<String>>(5)?.map(Arc::from),
+            // Straight from SQLite's buffer into the shared body: one copy, not two.
+            body: row.get_ref(5)?.as_str_or_null()?.map(Arc::from),
         })
     })?;
     rows.collect()
@@ -249,17 +250,22 @@ fn execute_statement(conn: &Connection, sql: &Sql) -> rusqlite::Result<u64> {
         .map(|n| n as u64)
 }
 
-fn to_sqlite(v: &SqlValue) -> rusqlite::types::Value {
-    use rusqlite::types::Value as V;
-    match v {
-        SqlValue::Text(Some(s)) => V::Text(s.clone()),
-        SqlValue::Int(Some(i)) => V::Integer(*i),
-        SqlValue::Text(None) | SqlValue::Int(None) => V::Null,
+/// A parameter bound by reference: no copy of its text per execution.
+struct Bound<'a>(&'a SqlValue);
+
+impl rusqlite::ToSql for Bound<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self.0 {
+            SqlValue::Text(Some(s)) => ValueRef::Text(s.as_bytes()),
+            SqlValue::Int(Some(i)) => ValueRef::Integer(*i),
+            SqlValue::Text(None) | SqlValue::Int(None) => ValueRef::Null,
+        }))
     }
 }
 
 fn params(sql: &Sql) -> impl rusqlite::Params + '_ {
-    params_from_iter(sql.params.iter().map(to_sqlite))
+    params_from_iter(sql.params.iter().map(Bound))
 }
 
 #[async_trait]
