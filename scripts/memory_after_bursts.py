@@ -89,17 +89,19 @@ def main():
     network = json.load(open(os.path.join(directory, "network.json")))
     ca = network["ca_certificate"]
     org = network["organizations"][0]
-    print(f"idle: {rss_kib(pid) / 1024:.1f} MiB")
+    def now():
+        return f"{rss_kib(pid) / 1024:.1f} MiB (anonymous {rss_kib(pid, 'RssAnon:') / 1024:.1f} MiB)"
+
+    print(f"idle: {now()}")
     for r in range(1, rounds + 1):
         os.system(f"echo 5 > /proc/{pid}/clear_refs 2>/dev/null")
         statuses = burst(org, ca)
         peak = rss_kib(pid, "VmHWM:")
         time.sleep(5)
-        after5 = rss_kib(pid)
+        after5 = now()
         time.sleep(25)
-        after30 = rss_kib(pid)
         print(f"round {r}: statuses {sorted(set(map(str, statuses)))}; peak {peak / 1024:.1f} MiB; "
-              f"5 s later {after5 / 1024:.1f} MiB; 30 s later {after30 / 1024:.1f} MiB")
+              f"5 s later {after5}; 30 s later {now()}")
 
 
 if __name__ == "__main__":
