@@ -289,21 +289,23 @@ pub async fn read_tasks(
     .await
 }
 
+/// One search index row: `param, system, value, norm, low, high`.
+type IndexRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
 /// The rows the store keeps for one stored Task: its resource row, its search index rows and
 /// its read-access rows, as read back from the database.
 struct StoredRows {
     resource_type: String,
     last_updated: i64,
     body: String,
-    /// `param, system, value, norm, low, high`
-    index: Vec<(
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<i64>,
-        Option<i64>,
-    )>,
+    index: Vec<IndexRow>,
     grants: Vec<String>,
 }
 

@@ -5,7 +5,7 @@
 
 use dsf_fhir::client::ClientSettings;
 use dsf_fhir::server::ConnectionLimits;
-use dsf_fhir::store::{Backend, PostgresBackend, PostgresOptions};
+use dsf_fhir::store::{Backend, Dialect, PostgresBackend, PostgresOptions, Sql};
 use dsf_fhir::FhirClient;
 use dsf_tests::fixtures::{draft_task, ping_task, remote_ping};
 use dsf_tests::{
@@ -726,6 +726,10 @@ async fn abandoned_statements_are_cancelled() {
     // Hold the lock that conditional creates on Task take, so the next one waits for it.
     let mut holder = backend.write().await.expect("session");
     holder.lock("Task").await.expect("lock");
+    // The lock goes out with the session's next statement.
+    let mut flush = Sql::new(Dialect::Postgres);
+    flush.push("SELECT count(*) FROM resources");
+    holder.count(&flush).await.expect("lock taken");
     let client = client_without_retries(&server, Duration::from_millis(800));
     let body = serde_json::to_vec(&draft_task("cancel", "2024-05-01T10:00:00Z")).unwrap();
     let request = tokio::spawn(async move {

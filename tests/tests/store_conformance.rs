@@ -5,7 +5,7 @@ use dsf_fhir::store::{
     async_trait, conformance, Backend, Dialect, PostgresBackend, ResourceStore, Session, WriteOp,
 };
 use dsf_tests::{backend, postgres_address, postgres_url_at};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -102,16 +102,7 @@ impl RoundTripCounter {
 }
 
 fn round_trip_task(n: usize) -> Value {
-    json!({
-        "resourceType": "Task",
-        "identifier": [{"system": "http://dsf.dev/sid/task-identifier", "value": format!("trip-{n}")}],
-        "instantiatesCanonical": "http://dsf.dev/bpe/Process/ping|1.0",
-        "status": "requested",
-        "intent": "order",
-        "authoredOn": "2026-11-28T10:00:00+01:00",
-        "requester": {"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": "a.test"}},
-        "restriction": {"recipient": [{"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": "b.test"}}]}
-    })
+    dsf_tests::fixtures::draft_task(&format!("trip-{n}"), "2026-11-28T10:00:00+01:00")
 }
 
 /// Round trips to PostgreSQL per interaction, once the connection is open and its statements

@@ -91,7 +91,9 @@ pub trait Session: Send {
     /// Serialises writers on `key` (a resource type for conditional writes, `Type/id` for one
     /// resource) until the transaction ends: a PostgreSQL advisory lock, a no-op where the
     /// backend has a single writer. Row locks are not enough: under READ COMMITTED a waiter
-    /// re-checks only the row it waited for, which is no longer the current version.
+    /// re-checks only the row it waited for, which is no longer the current version. The lock
+    /// is held before the session's next statement runs; a backend may send it with that
+    /// statement (see [`Session::queue`]).
     async fn lock(&mut self, key: &str) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;
 }
