@@ -15,7 +15,7 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(2);
 /// Ticks that trim after the last large allocation was noted. Memory is freed when a request
 /// ends, which may be well after it was noted (an oversized body is drained for up to 10 s, a
 /// parse runs on), so one trim right after the note missed it: in a `dsf dev up` after a burst,
-/// 176 MiB stayed resident until the next large request came (docs/performance.md).
+/// 182 MiB of anonymous memory stayed until the next large request came (docs/performance.md).
 const TRAILING_TRIMS: u32 = 7;
 
 #[derive(Default)]

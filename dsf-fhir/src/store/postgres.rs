@@ -340,6 +340,14 @@ impl PgSession {
             .collect()
     }
 
+    /// The prepared statement of one `sql`, from the cache or prepared now.
+    async fn prepared(&mut self, sql: &Sql) -> Result<Statement> {
+        self.prepare_all(&[sql.text.as_str()])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::storage_fault("prepared statement missing"))
+    }
+
     /// Sends, as one pipeline (one round trip), a pending BEGIN, the held-back statements,
     /// `last` and, with `commit`, the COMMIT; returns the rows of `last`. The first failure
     /// in order is the error: PostgreSQL answers every later statement of the aborted
@@ -348,7 +356,7 @@ impl PgSession {
         let begin = self.transaction && !self.open_transaction;
         if let (Some(sql), false, false, true) = (last, begin, commit, self.queued.is_empty()) {
             // A lone statement (every read): no pipeline to assemble.
-            let stmt = self.prepare_all(&[sql.text.as_str()]).await?.remove(0);
+            let stmt = self.prepared(sql).await?;
             let params: Vec<&(dyn ToSql + Sync)> = sql.params.iter().map(as_sql).collect();
             let (client, in_statement, limit) = self.parts()?;
             return bounded(in_statement, limit, client.query(&stmt, &params)).await;
@@ -484,7 +492,7 @@ impl Session for PgSession {
         if !self.queued.is_empty() || self.transaction && !self.open_transaction {
             self.pipeline(None, false).await?;
         }
-        let stmt = self.prepare_all(&[sql.text.as_str()]).await?.remove(0);
+        let stmt = self.prepared(sql).await?;
         let params: Vec<&(dyn ToSql + Sync)> = sql.params.iter().map(as_sql).collect();
         let (client, in_statement, limit) = self.parts()?;
         bounded(in_statement, limit, client.execute(&stmt, &params)).await
