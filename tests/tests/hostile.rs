@@ -649,13 +649,40 @@ async fn timed_search(client: &FhirClient) -> (u16, Option<String>, String, Dura
     )
 }
 
-async fn until_ok(client: &FhirClient) {
+/// Status and Retry-After of one read by id (a point lookup, which goes over a connection
+/// such reads share), and how long it took.
+async fn timed_read(client: &FhirClient, id: &str) -> (u16, Option<String>, String, Duration) {
+    let started = Instant::now();
+    let r = client
+        .request(
+            Method::GET,
+            &format!("Task/{id}"),
+            &[("accept", JSON)],
+            None,
+        )
+        .await
+        .expect("the server answers");
+    (
+        r.status.as_u16(),
+        r.header("retry-after").map(str::to_owned),
+        String::from_utf8_lossy(&r.body).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// Waits until both a search and a read by id of `id` succeed again.
+async fn until_ok(client: &FhirClient, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, _, body, _) = timed_search(client).await;
-        if status == 200 {
+        let (read_status, _, read_body, _) = timed_read(client, id).await;
+        if status == 200 && read_status == 200 {
             return;
         }
+        let (status, body) = match status {
+            200 => (read_status, read_body),
+            _ => (status, body),
+        };
         assert!(Instant::now() < deadline, "no recovery: {status} {body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -676,25 +703,54 @@ async fn database_faults_answer_503_and_recover() {
     let pki = dsf_core::DevPki::generate("fault CA").expect("CA");
     let server = TestServer::start_on(Arc::new(backend), pki, |_| {}).await;
     let client = client_without_retries(&server, Duration::from_secs(20));
-    until_ok(&client).await;
+    let id = loop {
+        let created = client
+            .request(
+                Method::POST,
+                "Task",
+                &[("content-type", JSON)],
+                Some(
+                    serde_json::to_vec(&draft_task("fault", "2024-05-01T10:00:00Z"))
+                        .unwrap()
+                        .into(),
+                ),
+            )
+            .await
+            .expect("the server answers");
+        if created.status == 201 {
+            break created
+                .header("location")
+                .and_then(|l| l.split('/').rev().nth(2))
+                .expect("location")
+                .to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    until_ok(&client, &id).await;
 
     link.up.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, retry_after, body, took) = timed_search(&client).await;
-    assert_eq!(status, 503, "{body}");
-    assert!(retry_after.is_some());
-    assert!(took < Duration::from_secs(4), "{took:?}");
-    assert!(!body.contains("error connecting"), "{body}");
+    for (status, retry_after, body, took) in
+        [timed_search(&client).await, timed_read(&client, &id).await]
+    {
+        assert_eq!(status, 503, "{body}");
+        assert!(retry_after.is_some());
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        assert!(!body.contains("error connecting"), "{body}");
+    }
     link.up.store(true, Ordering::SeqCst);
-    until_ok(&client).await;
+    until_ok(&client, &id).await;
 
     link.frozen.store(true, Ordering::SeqCst);
-    let (status, retry_after, body, took) = timed_search(&client).await;
-    assert_eq!(status, 503, "{body}");
-    assert!(retry_after.is_some());
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    for (status, retry_after, body, took) in
+        [timed_search(&client).await, timed_read(&client, &id).await]
+    {
+        assert_eq!(status, 503, "{body}");
+        assert!(retry_after.is_some());
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
     link.frozen.store(false, Ordering::SeqCst);
-    until_ok(&client).await;
+    until_ok(&client, &id).await;
 }
 
 /// A statement whose HTTP client went away is cancelled on the server, not left running.

@@ -151,6 +151,46 @@ async fn postgres_round_trips(counter: &RoundTripCounter) {
     }
 }
 
+/// Round trips of 32 concurrent reads by id, once the shared connections are open and their
+/// statement prepared: they go out together on the connections point lookups share, not
+/// one per pooled connection.
+async fn concurrent_reads_round_trips(counter: &RoundTripCounter) {
+    let schema = format!("dsf_test_{}", uuid::Uuid::new_v4().simple());
+    let backend = PostgresBackend::connect(&postgres_url_at(counter.address), Some(&schema), 16)
+        .await
+        .expect("PostgreSQL through the counting proxy");
+    let store = ResourceStore::new(Arc::new(backend), conformance::BASE_URL);
+    let mut ids = Vec::new();
+    for n in 0..32 {
+        let created = store
+            .write(WriteOp::Create {
+                resource: round_trip_task(n),
+                if_none_exist: None,
+                full_url: None,
+            })
+            .await
+            .expect("create");
+        match created {
+            dsf_fhir::store::WriteOutcome::Created(stored) => ids.push(stored.id),
+            other => panic!("not created: {other:?}"),
+        }
+    }
+    // Warm-up, one by one: every shared connection opened and its statement prepared.
+    for id in ids.iter().take(8) {
+        store.read("Task", id).await.expect("read");
+    }
+    let before = counter.turns();
+    let reads = futures_util::future::join_all(ids.iter().map(|id| store.read("Task", id))).await;
+    let turns = counter.turns() - before;
+    for (read, id) in reads.into_iter().zip(&ids) {
+        assert!(read.expect("read").is_some_and(|r| &r.id == id));
+    }
+    assert!(
+        turns <= 8,
+        "32 concurrent reads by id took {turns} round trips; one per pooled connection would be 16 or more"
+    );
+}
+
 fn main() {
     let mut suite = dsf_tests::Suite::new();
     for case in conformance::cases() {
@@ -192,5 +232,22 @@ fn main() {
             .await
             .expect("round-trip test");
         })
+        .postgres_test(
+            "postgres::concurrent_reads_by_id_share_round_trips",
+            || async {
+                tokio::task::spawn_blocking(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime")
+                        .block_on(async {
+                            let counter = RoundTripCounter::start(postgres_address()).await;
+                            concurrent_reads_round_trips(&counter).await;
+                        })
+                })
+                .await
+                .expect("round-trip test");
+            },
+        )
         .run()
 }

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use futures_util::future::{join_all, try_join_all};
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -72,6 +73,32 @@ struct Pool {
     options: PostgresOptions,
     idle: std::sync::Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
+    shared: Vec<tokio::sync::Mutex<Option<Arc<SharedConnection>>>>,
+    next_shared: AtomicUsize,
+}
+
+/// A connection that reads of one row by key ([`Sql::is_point_lookup`]) share.
+/// tokio-postgres writes the statements of concurrent callers to the socket together and
+/// reads their answers together, so a burst of reads costs the database and both ends a few
+/// round trips instead of one each (docs/performance.md). Only point lookups go here: their
+/// cost is bounded by an index's depth, so none holds up the others behind it, and one whose
+/// caller went away is left to finish rather than cancelled, since a cancel would hit
+/// whichever statement the connection runs at that moment.
+struct SharedConnection {
+    client: Client,
+    statements: std::sync::Mutex<HashMap<String, Statement>>,
+}
+
+/// How many of `max_connections` point lookups share: one per four cores of this host, at
+/// least one, once the pool is large enough that the rest still serve searches and writes.
+/// Fewer shared connections carry bigger batches: on two cores, one shared connection served
+/// 23,000 reads by id a second and two of them 16,700 (docs/performance.md).
+fn shared_connections(max_connections: usize) -> usize {
+    if max_connections < 4 {
+        return 0;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 4).clamp(1, max_connections / 4)
 }
 
 pub struct PostgresBackend {
@@ -148,6 +175,21 @@ impl Pool {
         })
     }
 
+    /// A shared connection for point lookups, opened on first use and again after it closed.
+    async fn shared(&self) -> Result<Arc<SharedConnection>> {
+        let i = self.next_shared.fetch_add(1, Ordering::Relaxed) % self.shared.len();
+        let mut slot = self.shared[i].lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(conn.clone());
+        }
+        let conn = Arc::new(SharedConnection {
+            client: self.connect().await?.client,
+            statements: std::sync::Mutex::new(HashMap::new()),
+        });
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
     fn checkout(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(conn) = idle.pop() {
@@ -186,11 +228,15 @@ impl PostgresBackend {
         schema_name: Option<&str>,
         options: PostgresOptions,
     ) -> Result<Self> {
+        let max = options.max_connections.max(1);
+        let shared = shared_connections(max);
         let pool = Arc::new(Pool {
             url: url.to_owned(),
             schema: schema_name.map(str::to_owned),
             idle: std::sync::Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(options.max_connections.max(1))),
+            permits: Arc::new(Semaphore::new(max - shared)),
+            shared: (0..shared).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            next_shared: AtomicUsize::new(0),
             options,
         });
         let conn = pool.connect().await?;
@@ -211,32 +257,25 @@ impl PostgresBackend {
         Ok(PostgresBackend { pool })
     }
 
-    async fn session(&self, transaction: bool) -> Result<Box<dyn Session>> {
-        let wait = self.pool.options.statement_timeout;
-        let permit = tokio::time::timeout(wait, self.pool.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| timed_out("waiting for a pooled connection", wait))?
-            .map_err(Error::storage)?;
-        let conn = match self.pool.checkout() {
-            Some(conn) => conn,
-            None => self.pool.connect().await?,
-        };
-        Ok(Box::new(PgSession {
-            conn: Some(conn),
+    fn session(&self, transaction: bool) -> Box<dyn Session> {
+        Box::new(PgSession {
+            conn: None,
             pool: self.pool.clone(),
-            _permit: permit,
+            _permit: None,
             transaction,
             open_transaction: false,
             in_statement: false,
             queued: Vec::new(),
-        }))
+        })
     }
 }
 
 struct PgSession {
+    /// The session's own pooled connection, taken when its first statement that is not a
+    /// lone point lookup goes out.
     conn: Option<Connection>,
     pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
     /// A write session: its BEGIN goes out with its first statement.
     transaction: bool,
     /// BEGIN was answered and no COMMIT yet: dropping the session must roll back.
@@ -285,6 +324,58 @@ type Answer<'a> = std::pin::Pin<
 >;
 
 impl PgSession {
+    /// Takes a pooled connection for this session unless it has one.
+    async fn check_out(&mut self) -> Result<()> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let wait = self.pool.options.statement_timeout;
+        let permit = tokio::time::timeout(wait, self.pool.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| timed_out("waiting for a pooled connection", wait))?
+            .map_err(Error::storage)?;
+        let conn = match self.pool.checkout() {
+            Some(conn) => conn,
+            None => self.pool.connect().await?,
+        };
+        self._permit = Some(permit);
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// One point lookup on a shared connection (see [`SharedConnection`]).
+    async fn shared_lookup(&self, sql: &Sql) -> Result<Vec<Row>> {
+        let shared = self.pool.shared().await?;
+        let cached = shared
+            .statements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&sql.text)
+            .cloned();
+        let limit = self.pool.options.answer_timeout();
+        let mut in_statement = false;
+        let stmt = match cached {
+            Some(stmt) => stmt,
+            None => {
+                let stmt =
+                    bounded(&mut in_statement, limit, shared.client.prepare(&sql.text)).await?;
+                let mut statements = shared.statements.lock().unwrap_or_else(|p| p.into_inner());
+                if statements.len() >= STATEMENT_CACHE {
+                    statements.clear();
+                }
+                statements.insert(sql.text.clone(), stmt.clone());
+                stmt
+            }
+        };
+        let params: Vec<&(dyn ToSql + Sync)> = sql.params.iter().map(as_sql).collect();
+        bounded(
+            &mut in_statement,
+            limit,
+            shared.client.query(&stmt, &params),
+        )
+        .await
+    }
+
     fn conn(&mut self) -> Result<&mut Connection> {
         self.conn
             .as_mut()
@@ -355,12 +446,17 @@ impl PgSession {
     async fn pipeline(&mut self, last: Option<&Sql>, commit: bool) -> Result<Vec<Row>> {
         let begin = self.transaction && !self.open_transaction;
         if let (Some(sql), false, false, true) = (last, begin, commit, self.queued.is_empty()) {
+            if sql.is_point_lookup() && self.conn.is_none() && !self.pool.shared.is_empty() {
+                return self.shared_lookup(sql).await;
+            }
+            self.check_out().await?;
             // A lone statement (every read): no pipeline to assemble.
             let stmt = self.prepared(sql).await?;
             let params: Vec<&(dyn ToSql + Sync)> = sql.params.iter().map(as_sql).collect();
             let (client, in_statement, limit) = self.parts()?;
             return bounded(in_statement, limit, client.query(&stmt, &params)).await;
         }
+        self.check_out().await?;
         let queued = std::mem::take(&mut self.queued);
         let texts: Vec<&str> = queued
             .iter()
@@ -492,6 +588,7 @@ impl Session for PgSession {
         if !self.queued.is_empty() || self.transaction && !self.open_transaction {
             self.pipeline(None, false).await?;
         }
+        self.check_out().await?;
         let stmt = self.prepared(sql).await?;
         let params: Vec<&(dyn ToSql + Sync)> = sql.params.iter().map(as_sql).collect();
         let (client, in_statement, limit) = self.parts()?;
@@ -531,10 +628,10 @@ impl Backend for PostgresBackend {
     }
 
     async fn read(&self) -> Result<Box<dyn Session>> {
-        self.session(false).await
+        Ok(self.session(false))
     }
 
     async fn write(&self) -> Result<Box<dyn Session>> {
-        self.session(true).await
+        Ok(self.session(true))
     }
 }
