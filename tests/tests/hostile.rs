@@ -629,16 +629,11 @@ fn client_without_retries(server: &TestServer, timeout: Duration) -> FhirClient 
     FhirClient::with_settings(&server.base_url, Arc::new(tls), settings).expect("client")
 }
 
-/// Status and Retry-After of one search, and how long it took.
-async fn timed_search(client: &FhirClient) -> (u16, Option<String>, String, Duration) {
+/// Status, Retry-After and body of one GET of `path`, and how long it took.
+async fn timed_get(client: &FhirClient, path: &str) -> (u16, Option<String>, String, Duration) {
     let started = Instant::now();
     let r = client
-        .request(
-            Method::GET,
-            "Task?status=requested",
-            &[("accept", JSON)],
-            None,
-        )
+        .request(Method::GET, path, &[("accept", JSON)], None)
         .await
         .expect("the server answers");
     (
@@ -649,25 +644,14 @@ async fn timed_search(client: &FhirClient) -> (u16, Option<String>, String, Dura
     )
 }
 
-/// Status and Retry-After of one read by id (a point lookup, which goes over a connection
-/// such reads share), and how long it took.
+/// One search (on a pooled connection of its own).
+async fn timed_search(client: &FhirClient) -> (u16, Option<String>, String, Duration) {
+    timed_get(client, "Task?status=requested").await
+}
+
+/// One read by id (a point lookup, which goes over a connection such reads share).
 async fn timed_read(client: &FhirClient, id: &str) -> (u16, Option<String>, String, Duration) {
-    let started = Instant::now();
-    let r = client
-        .request(
-            Method::GET,
-            &format!("Task/{id}"),
-            &[("accept", JSON)],
-            None,
-        )
-        .await
-        .expect("the server answers");
-    (
-        r.status.as_u16(),
-        r.header("retry-after").map(str::to_owned),
-        String::from_utf8_lossy(&r.body).into_owned(),
-        started.elapsed(),
-    )
+    timed_get(client, &format!("Task/{id}")).await
 }
 
 /// Waits until both a search and a read by id of `id` succeed again.

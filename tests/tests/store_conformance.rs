@@ -191,6 +191,27 @@ async fn concurrent_reads_round_trips(counter: &RoundTripCounter) {
     );
 }
 
+/// Runs `test` with a round-trip counter in front of PostgreSQL on a runtime of one thread,
+/// so that every statement sent together is queued before the connection task writes: the
+/// count does not depend on thread timing.
+async fn on_one_thread<F, Fut>(test: F)
+where
+    F: FnOnce(RoundTripCounter) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    tokio::task::spawn_blocking(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                test(RoundTripCounter::start(postgres_address()).await).await;
+            })
+    })
+    .await
+    .expect("round-trip test");
+}
+
 fn main() {
     let mut suite = dsf_tests::Suite::new();
     for case in conformance::cases() {
@@ -216,38 +237,11 @@ fn main() {
         });
     }
     suite
-        .postgres_test("postgres::writes_are_pipelined", || async {
-            // One thread, so that every statement of a pipeline is queued before the
-            // connection task writes: the count does not depend on thread timing.
-            tokio::task::spawn_blocking(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime")
-                    .block_on(async {
-                        let counter = RoundTripCounter::start(postgres_address()).await;
-                        postgres_round_trips(&counter).await;
-                    })
-            })
-            .await
-            .expect("round-trip test");
+        .postgres_test("postgres::writes_are_pipelined", || {
+            on_one_thread(|counter| async move { postgres_round_trips(&counter).await })
         })
-        .postgres_test(
-            "postgres::concurrent_reads_by_id_share_round_trips",
-            || async {
-                tokio::task::spawn_blocking(|| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("runtime")
-                        .block_on(async {
-                            let counter = RoundTripCounter::start(postgres_address()).await;
-                            concurrent_reads_round_trips(&counter).await;
-                        })
-                })
-                .await
-                .expect("round-trip test");
-            },
-        )
+        .postgres_test("postgres::concurrent_reads_by_id_share_round_trips", || {
+            on_one_thread(|counter| async move { concurrent_reads_round_trips(&counter).await })
+        })
         .run()
 }
