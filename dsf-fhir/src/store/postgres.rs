@@ -73,8 +73,27 @@ struct Pool {
     options: PostgresOptions,
     idle: std::sync::Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
-    shared: Vec<tokio::sync::Mutex<Option<Arc<SharedConnection>>>>,
+    shared: Vec<SharedSlot>,
     next_shared: AtomicUsize,
+}
+
+/// One shared connection's place in the pool: the open connection, taken without waiting,
+/// and a lock that lets one caller at a time (re)connect it.
+#[derive(Default)]
+struct SharedSlot {
+    open: std::sync::Mutex<Option<Arc<SharedConnection>>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl SharedSlot {
+    fn open(&self) -> Option<Arc<SharedConnection>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|c| !c.client.is_closed())
+            .cloned()
+    }
 }
 
 /// A connection that reads of one row by key ([`Sql::is_point_lookup`]) share.
@@ -177,16 +196,21 @@ impl Pool {
 
     /// A shared connection for point lookups, opened on first use and again after it closed.
     async fn shared(&self) -> Result<Arc<SharedConnection>> {
-        let i = self.next_shared.fetch_add(1, Ordering::Relaxed) % self.shared.len();
-        let mut slot = self.shared[i].lock().await;
-        if let Some(conn) = slot.as_ref().filter(|c| !c.client.is_closed()) {
-            return Ok(conn.clone());
+        let slot =
+            &self.shared[self.next_shared.fetch_add(1, Ordering::Relaxed) % self.shared.len()];
+        if let Some(conn) = slot.open() {
+            return Ok(conn);
+        }
+        let _connecting = slot.connecting.lock().await;
+        // Someone else may have connected it while this caller waited.
+        if let Some(conn) = slot.open() {
+            return Ok(conn);
         }
         let conn = Arc::new(SharedConnection {
             client: self.connect().await?.client,
             statements: std::sync::Mutex::new(HashMap::new()),
         });
-        *slot = Some(conn.clone());
+        *slot.open.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
         Ok(conn)
     }
 
@@ -235,7 +259,7 @@ impl PostgresBackend {
             schema: schema_name.map(str::to_owned),
             idle: std::sync::Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(max - shared)),
-            shared: (0..shared).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            shared: (0..shared).map(|_| SharedSlot::default()).collect(),
             next_shared: AtomicUsize::new(0),
             options,
         });
