@@ -558,19 +558,24 @@ async fn connection_floods_are_refused() {
     assert!(server.server.open_connections() <= 2);
 }
 
-/// A proxy between the server and PostgreSQL that the test can cut and freeze.
+/// A proxy between the server and PostgreSQL that the test can cut and freeze, or stall the
+/// connections open at one moment for good while new ones pass.
 struct DatabaseLink {
     address: SocketAddr,
     up: Arc<AtomicBool>,
     frozen: Arc<AtomicBool>,
+    /// One flag per connection ever opened: set, that connection holds its bytes forever.
+    stalls: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>,
 }
 
-/// Copies `from` to `to` while the link is up; holds the bytes while it is frozen.
+/// Copies `from` to `to` while the link is up; holds the bytes while it is frozen or this
+/// connection is stalled.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     up: Arc<AtomicBool>,
     frozen: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -580,7 +585,7 @@ async fn pump(
             Err(_) if !up.load(Ordering::SeqCst) => return,
             Err(_) => continue,
         };
-        while frozen.load(Ordering::SeqCst) {
+        while frozen.load(Ordering::SeqCst) || stalled.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if !up.load(Ordering::SeqCst) || to.write_all(&buf[..n]).await.is_err() {
@@ -595,21 +600,30 @@ impl DatabaseLink {
         let address = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let frozen = Arc::new(AtomicBool::new(false));
-        let (up_flag, frozen_flag) = (up.clone(), frozen.clone());
+        let stalls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up_flag, frozen_flag, all_stalls) = (up.clone(), frozen.clone(), stalls.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if !up_flag.load(Ordering::SeqCst) {
                     continue;
                 }
                 let (up, frozen) = (up_flag.clone(), frozen_flag.clone());
+                let stalled = Arc::new(AtomicBool::new(false));
+                all_stalls.lock().unwrap().push(stalled.clone());
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
                     let (client_read, client_write) = client.into_split();
                     let (server_read, server_write) = server.into_split();
-                    tokio::spawn(pump(client_read, server_write, up.clone(), frozen.clone()));
-                    tokio::spawn(pump(server_read, client_write, up, frozen));
+                    tokio::spawn(pump(
+                        client_read,
+                        server_write,
+                        up.clone(),
+                        frozen.clone(),
+                        stalled.clone(),
+                    ));
+                    tokio::spawn(pump(server_read, client_write, up, frozen, stalled));
                 });
             }
         });
@@ -617,6 +631,14 @@ impl DatabaseLink {
             address,
             up,
             frozen,
+            stalls,
+        }
+    }
+
+    /// Every connection open now stops answering, without closing; later ones pass.
+    fn stall_open_connections(&self) {
+        for stalled in self.stalls.lock().unwrap().iter() {
+            stalled.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -735,6 +757,16 @@ async fn database_faults_answer_503_and_recover() {
     }
     link.frozen.store(false, Ordering::SeqCst);
     until_ok(&client, &id).await;
+
+    // A connection that stops answering without closing (a lost network path) is given up
+    // after one timed-out read: reads by id, which share a connection, come back at once
+    // on a new one rather than failing until TCP notices.
+    link.stall_open_connections();
+    let (status, _, body, _) = timed_read(&client, &id).await;
+    assert_eq!(status, 503, "{body}");
+    let (status, _, body, took) = timed_read(&client, &id).await;
+    assert_eq!(status, 200, "the next read uses a new connection: {body}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
 }
 
 /// A statement whose HTTP client went away is cancelled on the server, not left running.

@@ -94,6 +94,17 @@ impl SharedSlot {
             .filter(|c| !c.client.is_closed())
             .cloned()
     }
+
+    /// Takes `conn` out of use if it is still this slot's: a statement on it went unanswered,
+    /// and a connection that stopped answering without closing (a lost network path) would
+    /// otherwise keep failing every read until TCP gave up on it. Statements already on it
+    /// finish or time out on their own; the next read connects afresh.
+    fn retire(&self, conn: &Arc<SharedConnection>) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.as_ref().is_some_and(|o| Arc::ptr_eq(o, conn)) {
+            *open = None;
+        }
+    }
 }
 
 /// A connection that reads of one row by key ([`Sql::is_point_lookup`]) share.
@@ -194,24 +205,25 @@ impl Pool {
         })
     }
 
-    /// A shared connection for point lookups, opened on first use and again after it closed.
-    async fn shared(&self) -> Result<Arc<SharedConnection>> {
+    /// A shared connection for point lookups and its slot, opened on first use and again
+    /// after it closed or was retired.
+    async fn shared(&self) -> Result<(&SharedSlot, Arc<SharedConnection>)> {
         let slot =
             &self.shared[self.next_shared.fetch_add(1, Ordering::Relaxed) % self.shared.len()];
         if let Some(conn) = slot.open() {
-            return Ok(conn);
+            return Ok((slot, conn));
         }
         let _connecting = slot.connecting.lock().await;
         // Someone else may have connected it while this caller waited.
         if let Some(conn) = slot.open() {
-            return Ok(conn);
+            return Ok((slot, conn));
         }
         let conn = Arc::new(SharedConnection {
             client: self.connect().await?.client,
             statements: std::sync::Mutex::new(HashMap::new()),
         });
         *slot.open.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-        Ok(conn)
+        Ok((slot, conn))
     }
 
     fn checkout(&self) -> Option<Connection> {
@@ -369,20 +381,33 @@ impl PgSession {
 
     /// One point lookup on a shared connection (see [`SharedConnection`]).
     async fn shared_lookup(&self, sql: &Sql) -> Result<Vec<Row>> {
-        let shared = self.pool.shared().await?;
+        let (slot, shared) = self.pool.shared().await?;
+        // Set while a round trip is unanswered; left set when one timed out.
+        let mut unanswered = false;
+        let rows = self.lookup_on(&shared, sql, &mut unanswered).await;
+        if unanswered {
+            slot.retire(&shared);
+        }
+        rows
+    }
+
+    async fn lookup_on(
+        &self,
+        shared: &SharedConnection,
+        sql: &Sql,
+        unanswered: &mut bool,
+    ) -> Result<Vec<Row>> {
+        let limit = self.pool.options.answer_timeout();
         let cached = shared
             .statements
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&sql.text)
             .cloned();
-        let limit = self.pool.options.answer_timeout();
-        let mut in_statement = false;
         let stmt = match cached {
             Some(stmt) => stmt,
             None => {
-                let stmt =
-                    bounded(&mut in_statement, limit, shared.client.prepare(&sql.text)).await?;
+                let stmt = bounded(unanswered, limit, shared.client.prepare(&sql.text)).await?;
                 let mut statements = shared.statements.lock().unwrap_or_else(|p| p.into_inner());
                 if statements.len() >= STATEMENT_CACHE {
                     statements.clear();
@@ -392,12 +417,7 @@ impl PgSession {
             }
         };
         let params: Vec<&(dyn ToSql + Sync)> = sql.params.iter().map(as_sql).collect();
-        bounded(
-            &mut in_statement,
-            limit,
-            shared.client.query(&stmt, &params),
-        )
-        .await
+        bounded(unanswered, limit, shared.client.query(&stmt, &params)).await
     }
 
     fn conn(&mut self) -> Result<&mut Connection> {
