@@ -2,13 +2,15 @@
 //! backend written outside dsf-fhir against its public traits.
 
 use dsf_fhir::store::{
-    async_trait, conformance, Backend, Dialect, PostgresBackend, ResourceStore, Session, WriteOp,
+    async_trait, conformance, Backend, Dialect, PostgresBackend, ResourceStore, Session,
+    SqliteBackend, WriteOp,
 };
 use dsf_tests::{backend, postgres_address, postgres_url_at};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -212,6 +214,106 @@ where
     .expect("round-trip test");
 }
 
+/// A store on a fresh SQLite file, with the reader connections the embedded default has.
+fn sqlite_file_store(dir: &tempfile::TempDir, max_snapshot_age: Duration) -> ResourceStore {
+    let backend = SqliteBackend::open(&dir.path().join("fhir.sqlite"))
+        .expect("SQLite file")
+        .max_snapshot_age(max_snapshot_age);
+    ResourceStore::new(Arc::new(backend), conformance::BASE_URL)
+}
+
+/// Another process's store on the same file.
+fn second_process(dir: &tempfile::TempDir) -> ResourceStore {
+    sqlite_file_store(dir, Duration::from_secs(3600))
+}
+
+async fn create_task(store: &ResourceStore, n: usize) -> String {
+    match store
+        .write(WriteOp::Create {
+            resource: round_trip_task(n),
+            if_none_exist: None,
+            full_url: None,
+        })
+        .await
+        .expect("create")
+    {
+        dsf_fhir::store::WriteOutcome::Created(stored) => stored.id,
+        other => panic!("not created: {other:?}"),
+    }
+}
+
+/// Reads `id` on every reader connection (they are taken in turn) and says on how many it
+/// was found.
+async fn found_on_readers(store: &ResourceStore, id: &str) -> usize {
+    let mut found = 0;
+    for _ in 0..8 {
+        if store.read("Task", id).await.expect("read").is_some() {
+            found += 1;
+        }
+    }
+    found
+}
+
+/// Readers keep their snapshot between reads: what another process commits is not seen
+/// until this process commits (or the snapshot's age runs out), and what this process
+/// commits is seen by the very next read on every reader.
+async fn readers_keep_a_snapshot_until_this_process_commits() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = sqlite_file_store(&dir, Duration::from_secs(3600));
+    let first = create_task(&store, 0).await;
+    assert_eq!(found_on_readers(&store, &first).await, 8);
+
+    let outside = create_task(&second_process(&dir), 1).await;
+    assert_eq!(
+        found_on_readers(&store, &outside).await,
+        0,
+        "the readers started a read transaction per read instead of keeping their snapshot"
+    );
+
+    let own = create_task(&store, 2).await;
+    assert_eq!(
+        found_on_readers(&store, &own).await,
+        8,
+        "own commit not seen"
+    );
+    assert_eq!(found_on_readers(&store, &outside).await, 8);
+}
+
+/// What another process commits is seen once a snapshot is older than its maximum age.
+async fn snapshots_age_out() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = sqlite_file_store(&dir, Duration::from_millis(50));
+    let first = create_task(&store, 0).await;
+    assert_eq!(found_on_readers(&store, &first).await, 8);
+    let outside = create_task(&second_process(&dir), 1).await;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(found_on_readers(&store, &outside).await, 8);
+}
+
+/// Readers that are idle when this process commits give up their snapshot, so a checkpoint
+/// can copy every committed page into the database file and the WAL does not grow while
+/// the server only writes.
+async fn idle_readers_do_not_pin_the_wal() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = sqlite_file_store(&dir, Duration::from_secs(3600));
+    let first = create_task(&store, 0).await;
+    assert_eq!(found_on_readers(&store, &first).await, 8);
+    for n in 1..20 {
+        create_task(&store, n).await;
+    }
+    let outside = rusqlite::Connection::open(dir.path().join("fhir.sqlite")).expect("open");
+    let (busy, wal_frames, checkpointed): (i64, i64, i64) = outside
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .expect("checkpoint");
+    assert_eq!(busy, 0);
+    assert_eq!(
+        checkpointed, wal_frames,
+        "an idle reader's snapshot held back the checkpoint"
+    );
+}
+
 fn main() {
     let mut suite = dsf_tests::Suite::new();
     for case in conformance::cases() {
@@ -236,7 +338,23 @@ fn main() {
             );
         });
     }
+    for case in conformance::cases() {
+        // The embedded default: a file with reader connections of their own.
+        suite = suite.test(&format!("sqlite_file::{}", case.name), move || async move {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            (case.run)(sqlite_file_store(&dir, Duration::from_millis(100))).await;
+        });
+    }
     suite
+        .test(
+            "sqlite_file::readers_keep_a_snapshot_until_this_process_commits",
+            readers_keep_a_snapshot_until_this_process_commits,
+        )
+        .test("sqlite_file::snapshots_age_out", snapshots_age_out)
+        .test(
+            "sqlite_file::idle_readers_do_not_pin_the_wal",
+            idle_readers_do_not_pin_the_wal,
+        )
         .postgres_test("postgres::writes_are_pipelined", || {
             on_one_thread(|counter| async move { postgres_round_trips(&counter).await })
         })

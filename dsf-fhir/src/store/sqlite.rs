@@ -12,6 +12,15 @@
 //! the hop would cost more than the lookup (measured in docs/performance.md: 30% of read
 //! throughput on two cores). Write sessions run where they are opened, which is the store's
 //! own writer thread (see `group`).
+//!
+//! Reader connections keep their read transaction (their snapshot) from one read to the next
+//! while nothing was committed: starting and ending a transaction per statement takes the WAL's
+//! and the file's locks with system calls each time (measured in docs/performance.md). The
+//! writer connection counts its commits and, after each, ends the snapshot of every reader that
+//! is idle, so a write acknowledged to a client is seen by every read that starts after it and no
+//! idle reader pins the WAL against checkpoints. A snapshot is also given up after
+//! [`SqliteBackend::max_snapshot_age`] (100 ms unless set), so what another process commits to
+//! the file is seen within that time.
 
 use super::sql::{schema, Dialect, Sql, SqlValue};
 use super::{Backend, Session, StoredResource};
@@ -26,19 +35,93 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 
 const READERS: usize = 4;
 const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_MAX_SNAPSHOT_AGE: Duration = Duration::from_millis(100);
 
 /// A connection and the time its current session must end by.
 struct Guarded {
     conn: Connection,
     /// Milliseconds since [`epoch`] after which statements are interrupted.
     deadline: Arc<AtomicU64>,
+    /// The open read transaction a reader keeps between sessions.
+    snapshot: Option<Snapshot>,
+}
+
+/// A reader's open read transaction.
+struct Snapshot {
+    /// The writer's commit count when the transaction began; the snapshot itself is taken
+    /// by the first statement after that, so it holds at least those commits.
+    commits: u64,
+    began: Instant,
+}
+
+/// What the writer needs to keep readers' snapshots current.
+struct Snapshots {
+    /// Commits of the writer connection so far.
+    commits: AtomicU64,
+    readers: Vec<Arc<Mutex<Guarded>>>,
+}
+
+impl Snapshots {
+    /// Counts a commit, then ends the snapshot of every reader not in use; a reader in use
+    /// ends its own when its next session starts.
+    fn committed(&self) {
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        for reader in &self.readers {
+            if let Ok(mut guarded) = reader.try_lock() {
+                guarded.end_snapshot();
+            }
+        }
+    }
+}
+
+impl Guarded {
+    /// Makes sure this reader reads in a snapshot that holds every commit counted in
+    /// `commits`, reusing the open one if it does.
+    fn current_snapshot(&mut self, commits: u64, max_age: Duration) -> Result<()> {
+        if let Some(snapshot) = &self.snapshot {
+            if snapshot.commits == commits
+                && snapshot.began.elapsed() < max_age
+                && !self.conn.is_autocommit()
+            {
+                return Ok(());
+            }
+            self.end_snapshot();
+        }
+        if !self.conn.is_autocommit() {
+            // A transaction this reader does not know of; never read in it.
+            self.end_snapshot();
+        }
+        self.conn
+            .prepare_cached("BEGIN")
+            .and_then(|mut begin| begin.execute([]))
+            .map_err(storage_error)?;
+        self.snapshot = Some(Snapshot {
+            commits,
+            began: Instant::now(),
+        });
+        Ok(())
+    }
+
+    fn end_snapshot(&mut self) {
+        self.snapshot = None;
+        if !self.conn.is_autocommit() {
+            // A read transaction: ending it cannot fail in a way that leaves data behind.
+            let _ = self
+                .conn
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut end| end.execute([]));
+        }
+    }
 }
 
 pub struct SqliteBackend {
     writer: Arc<Mutex<Guarded>>,
     readers: Vec<Arc<Mutex<Guarded>>>,
+    /// Set when readers are connections of their own (not the in-memory database's one).
+    snapshots: Option<Arc<Snapshots>>,
     next_reader: AtomicUsize,
     statement_timeout: Duration,
+    max_snapshot_age: Duration,
 }
 
 /// A monotonic origin for deadlines stored in atomics.
@@ -79,7 +162,11 @@ fn guard(conn: Connection) -> Guarded {
         10_000,
         Some(move || millis_since_epoch() > seen.load(Ordering::Relaxed)),
     );
-    Guarded { conn, deadline }
+    Guarded {
+        conn,
+        deadline,
+        snapshot: None,
+    }
 }
 
 fn configure(conn: &Connection) -> Result<()> {
@@ -122,9 +209,14 @@ impl SqliteBackend {
         }
         Ok(SqliteBackend {
             writer: Arc::new(Mutex::new(guard(writer))),
+            snapshots: Some(Arc::new(Snapshots {
+                commits: AtomicU64::new(0),
+                readers: readers.clone(),
+            })),
             readers,
             next_reader: AtomicUsize::new(0),
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            max_snapshot_age: DEFAULT_MAX_SNAPSHOT_AGE,
         })
     }
 
@@ -132,6 +224,14 @@ impl SqliteBackend {
     /// is interrupted; 10 s unless set.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.statement_timeout = timeout;
+        self
+    }
+
+    /// How long a reader may keep reading in one snapshot while this process commits nothing,
+    /// that is, how late it may see what another process commits to the same file; 100 ms
+    /// unless set. Commits of this backend are seen by every read that starts after them.
+    pub fn max_snapshot_age(mut self, age: Duration) -> Self {
+        self.max_snapshot_age = age;
         self
     }
 
@@ -143,13 +243,24 @@ impl SqliteBackend {
     }
 
     /// A session on the next reader connection.
-    async fn reader_session(&self, off_runtime: bool) -> SqliteSession {
+    async fn reader_session(&self, off_runtime: bool) -> Result<SqliteSession> {
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        SqliteSession {
-            guarded: Some(self.session(&self.readers[i]).await),
+        // Counted before the reader is taken: a commit acknowledged before this read arrived
+        // is in the count, so the snapshot read in holds it.
+        let commits = self
+            .snapshots
+            .as_ref()
+            .map(|s| s.commits.load(Ordering::SeqCst));
+        let mut guarded = self.session(&self.readers[i]).await;
+        if let Some(commits) = commits {
+            guarded.current_snapshot(commits, self.max_snapshot_age)?;
+        }
+        Ok(SqliteSession {
+            guarded: Some(guarded),
             open_transaction: false,
             off_runtime,
-        }
+            snapshots: None,
+        })
     }
 
     /// A private in-memory database (one connection serves reads and writes).
@@ -162,8 +273,10 @@ impl SqliteBackend {
         Ok(SqliteBackend {
             readers: vec![writer.clone()],
             writer,
+            snapshots: None,
             next_reader: AtomicUsize::new(0),
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            max_snapshot_age: DEFAULT_MAX_SNAPSHOT_AGE,
         })
     }
 }
@@ -176,6 +289,8 @@ struct SqliteSession {
     /// Whether statements that are not point lookups run on the blocking pool (reads) or
     /// where the session is (writes, which the writer thread opens).
     off_runtime: bool,
+    /// For the writer's session: whom to tell of its commit.
+    snapshots: Option<Arc<Snapshots>>,
 }
 
 impl SqliteSession {
@@ -299,7 +414,14 @@ impl Session for SqliteSession {
             .guarded
             .as_ref()
             .ok_or_else(|| Error::storage_fault("SQLite session lost its connection"))?;
-        guarded.conn.execute_batch("COMMIT").map_err(storage_error)
+        guarded
+            .conn
+            .execute_batch("COMMIT")
+            .map_err(storage_error)?;
+        if let Some(snapshots) = &self.snapshots {
+            snapshots.committed();
+        }
+        Ok(())
     }
 }
 
@@ -314,7 +436,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn read(&self) -> Result<Box<dyn Session>> {
-        Ok(Box::new(self.reader_session(true).await))
+        Ok(Box::new(self.reader_session(true).await?))
     }
 
     fn blocks(&self) -> bool {
@@ -322,7 +444,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn read_in_place(&self) -> Result<Box<dyn Session>> {
-        Ok(Box::new(self.reader_session(false).await))
+        Ok(Box::new(self.reader_session(false).await?))
     }
 
     async fn write(&self) -> Result<Box<dyn Session>> {
@@ -335,6 +457,7 @@ impl Backend for SqliteBackend {
             guarded: Some(guarded),
             open_transaction: true,
             off_runtime: false,
+            snapshots: self.snapshots.clone(),
         }))
     }
 }
