@@ -213,7 +213,7 @@ impl ResourceStore {
     /// The current version, which may be a deletion.
     pub async fn read(&self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
         let mut session = self.backend.read().await?;
-        let sql = sql::current_row(self.dialect(), resource_type, id);
+        let sql = sql::current_row(self.dialect(), resource_type, id, None);
         Ok(session.resources(&sql).await?.into_iter().next())
     }
 
@@ -226,8 +226,7 @@ impl ResourceStore {
         grants: &ReadGrants,
     ) -> Result<Option<StoredResource>> {
         let mut session = self.backend.read().await?;
-        let mut sql = sql::current_row(self.dialect(), resource_type, id);
-        sql::visible(&mut sql, grants, Some(resource_type), AccessPlan::PerRow);
+        let sql = sql::current_row(self.dialect(), resource_type, id, Some(grants));
         Ok(session.resources(&sql).await?.into_iter().next())
     }
 

@@ -605,7 +605,14 @@ pub fn search_page(
 }
 
 /// The current row (deleted or not) of one resource.
-pub fn current_row(dialect: Dialect, resource_type: &str, id: &str) -> Sql {
+/// The current version of `Type/id` (which may be a deletion), if `visible_to` is given only
+/// when readable with those grants.
+pub fn current_row(
+    dialect: Dialect,
+    resource_type: &str,
+    id: &str,
+    visible_to: Option<&ReadGrants>,
+) -> Sql {
     let mut sql = Sql::new(dialect);
     sql.point_lookup = true;
     sql.push("SELECT ")
@@ -615,6 +622,12 @@ pub fn current_row(dialect: Dialect, resource_type: &str, id: &str) -> Sql {
         .push(" AND r.res_id = ")
         .bind(id)
         .push(" AND r.current = 1");
+    if let Some(grants) = visible_to {
+        visible(&mut sql, grants, Some(resource_type), AccessPlan::PerRow);
+    }
+    // The current version is the newest: walking the unique index from the newest version
+    // stops at the first row, where `current` alone would fetch the row of every version.
+    sql.push(" ORDER BY r.version DESC LIMIT 1");
     sql
 }
 
@@ -689,13 +702,16 @@ pub fn referencing(
     sql
 }
 
-pub fn retire_current(dialect: Dialect, resource_type: &str, id: &str) -> Sql {
+/// Clears `current` on `version`, the version a new one replaces: found by its key, not by
+/// reading every version's row.
+pub fn retire_version(dialect: Dialect, resource_type: &str, id: &str, version: i64) -> Sql {
     let mut sql = Sql::new(dialect);
     sql.push("UPDATE resources SET current = 0 WHERE res_type = ")
         .bind(resource_type)
         .push(" AND res_id = ")
         .bind(id)
-        .push(" AND current = 1");
+        .push(" AND version = ")
+        .bind(version);
     sql
 }
 

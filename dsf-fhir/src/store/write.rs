@@ -234,7 +234,7 @@ impl Writer<'_> {
         let d = self.dialect;
         if version > 1 {
             self.session
-                .queue(sql::retire_current(d, resource_type, id))
+                .queue(sql::retire_version(d, resource_type, id, version - 1))
                 .await?;
             self.session
                 .queue(sql::delete_index(d, resource_type, id))
@@ -255,7 +255,7 @@ impl Writer<'_> {
 
     async fn current(&mut self, resource_type: &str, id: &str) -> Result<Option<StoredResource>> {
         self.session.lock(&format!("{resource_type}/{id}")).await?;
-        let sql = sql::current_row(self.dialect, resource_type, id);
+        let sql = sql::current_row(self.dialect, resource_type, id, None);
         Ok(self.session.resources(&sql).await?.into_iter().next())
     }
 
