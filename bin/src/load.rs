@@ -399,35 +399,6 @@ fn read_task(
     }
 }
 
-const READ_TASK_VERSIONS: &str = "read Task by id, 3 versions (GET)";
-
-/// How many of the created Tasks get two more versions for the second read scenario.
-const VERSIONED_TASKS: usize = 2000;
-
-/// Gives up to [`VERSIONED_TASKS`] of `ids` two more versions, as the BPE's in-progress and
-/// completed updates give every Task a site holds, and returns their ids: what reads by id on
-/// a running site mostly find.
-async fn add_two_versions(
-    client: &FhirClient,
-    ids: &[String],
-) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
-    let chosen: Vec<&String> = ids.iter().take(VERSIONED_TASKS).collect();
-    for chunk in chosen.chunks(16) {
-        let updates = chunk.iter().map(|id| async move {
-            let mut task: Value = client.read("Task", id).await?;
-            for authored in ["2026-11-25T10:00:01+01:00", "2026-11-25T10:00:02+01:00"] {
-                task["authoredOn"] = json!(authored);
-                task = client.update(&task).await?;
-            }
-            Ok::<_, dsf_fhir::Error>(())
-        });
-        for result in futures_util::future::join_all(updates).await {
-            result?;
-        }
-    }
-    Ok(chosen.into_iter().cloned().collect())
-}
-
 /// One search index row: `param, system, value, norm, low, high`.
 type IndexRow = (
     String,
@@ -638,13 +609,6 @@ impl LoadReport {
             self.rate("read") / trivial,
             self.rate("search") / trivial,
         ));
-        let versioned = self.rate(READ_TASK_VERSIONS);
-        if versioned > 0.0 {
-            out.push_str(&format!(
-                "| read Task with 3 versions / with 1 version | {:.2} | – |\n",
-                versioned / self.rate(READ_TASK)
-            ));
-        }
         let point = self.rate("point select");
         if point > 0.0 {
             // A read can cost no less than the transport plus the database's own lookup.
@@ -865,7 +829,7 @@ pub async fn run(
     // Reads and the trivial handler take turns: their ratio is a target of its own.
     let tc = trivial_client.clone();
     let (read, trivial) = alternating(
-        (READ_TASK, read_task(client.clone(), known.clone())),
+        (READ_TASK, read_task(client.clone(), known)),
         ("trivial hyper+rustls handler (baseline)", move |_| {
             let tc = tc.clone();
             async move { matches!(tc.request(Method::GET, "Task/x", &[], None).await, Ok(r) if r.status == 200) }
@@ -876,16 +840,6 @@ pub async fn run(
     )
     .await;
     measurements.push(read);
-    let versioned = Arc::new(add_two_versions(&client, &known).await?);
-    measurements.push(
-        closed_loop(
-            READ_TASK_VERSIONS,
-            c,
-            d,
-            read_task(client.clone(), versioned),
-        )
-        .await,
-    );
     let (cl, known) = (client.clone(), ids.clone());
     measurements.push(
         closed_loop(
