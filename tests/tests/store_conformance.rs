@@ -254,14 +254,20 @@ async fn found_on_readers(store: &ResourceStore, id: &str) -> usize {
     found
 }
 
+/// A store on a fresh file with one Task, read on every reader, so that each holds a snapshot.
+async fn store_with_open_snapshots(max_age: Duration) -> (tempfile::TempDir, ResourceStore) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = sqlite_file_store(&dir, max_age);
+    let first = create_task(&store, 0).await;
+    assert_eq!(found_on_readers(&store, &first).await, 8);
+    (dir, store)
+}
+
 /// Readers keep their snapshot between reads: what another process commits is not seen
 /// until this process commits (or the snapshot's age runs out), and what this process
 /// commits is seen by the very next read on every reader.
 async fn readers_keep_a_snapshot_until_this_process_commits() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let store = sqlite_file_store(&dir, Duration::from_secs(3600));
-    let first = create_task(&store, 0).await;
-    assert_eq!(found_on_readers(&store, &first).await, 8);
+    let (dir, store) = store_with_open_snapshots(Duration::from_secs(3600)).await;
 
     let outside = create_task(&second_process(&dir), 1).await;
     assert_eq!(
@@ -281,10 +287,7 @@ async fn readers_keep_a_snapshot_until_this_process_commits() {
 
 /// What another process commits is seen once a snapshot is older than its maximum age.
 async fn snapshots_age_out() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let store = sqlite_file_store(&dir, Duration::from_millis(50));
-    let first = create_task(&store, 0).await;
-    assert_eq!(found_on_readers(&store, &first).await, 8);
+    let (dir, store) = store_with_open_snapshots(Duration::from_millis(50)).await;
     let outside = create_task(&second_process(&dir), 1).await;
     tokio::time::sleep(Duration::from_millis(120)).await;
     assert_eq!(found_on_readers(&store, &outside).await, 8);
@@ -294,10 +297,7 @@ async fn snapshots_age_out() {
 /// can copy every committed page into the database file and the WAL does not grow while
 /// the server only writes.
 async fn idle_readers_do_not_pin_the_wal() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let store = sqlite_file_store(&dir, Duration::from_secs(3600));
-    let first = create_task(&store, 0).await;
-    assert_eq!(found_on_readers(&store, &first).await, 8);
+    let (dir, store) = store_with_open_snapshots(Duration::from_secs(3600)).await;
     for n in 1..20 {
         create_task(&store, n).await;
     }
