@@ -604,7 +604,6 @@ pub fn search_page(
     sql
 }
 
-/// The current row (deleted or not) of one resource.
 /// The current version of `Type/id` (which may be a deletion), if `visible_to` is given only
 /// when readable with those grants.
 pub fn current_row(

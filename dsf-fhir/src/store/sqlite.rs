@@ -78,19 +78,15 @@ impl Guarded {
     /// Makes sure this reader reads in a snapshot that holds every commit counted in
     /// `commits`, reusing the open one if it does.
     fn current_snapshot(&mut self, commits: u64, max_age: Duration) -> Result<()> {
-        if let Some(snapshot) = &self.snapshot {
-            if snapshot.commits == commits
-                && snapshot.began.elapsed() < max_age
-                && !self.conn.is_autocommit()
-            {
-                return Ok(());
-            }
-            self.end_snapshot();
+        let reusable = self
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.commits == commits && s.began.elapsed() < max_age);
+        if reusable && !self.conn.is_autocommit() {
+            return Ok(());
         }
-        if !self.conn.is_autocommit() {
-            // A transaction this reader does not know of; never read in it.
-            self.end_snapshot();
-        }
+        // Ends the stale snapshot, or a transaction this reader does not know of.
+        self.end_snapshot();
         self.conn
             .prepare_cached("BEGIN")
             .and_then(|mut begin| begin.execute([]))
