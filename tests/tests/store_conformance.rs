@@ -107,20 +107,25 @@ fn round_trip_task(n: usize) -> Value {
     dsf_tests::fixtures::draft_task(&format!("trip-{n}"), "2026-11-28T10:00:00+01:00")
 }
 
+/// A store on a fresh PostgreSQL schema, reached through the round-trip counter with at most
+/// `connections` connections.
+async fn store_through(counter: &RoundTripCounter, connections: usize) -> ResourceStore {
+    let schema = format!("dsf_test_{}", uuid::Uuid::new_v4().simple());
+    let backend = PostgresBackend::connect(
+        &postgres_url_at(counter.address),
+        Some(&schema),
+        connections,
+    )
+    .await
+    .expect("PostgreSQL through the counting proxy");
+    ResourceStore::new(Arc::new(backend), conformance::BASE_URL)
+}
+
 /// Round trips to PostgreSQL per interaction, once the connection is open and its statements
 /// prepared: a create (BEGIN, version, index and read-access rows, COMMIT) is one, a read
 /// one, an update two (lock and current version, then the writes and COMMIT).
 async fn postgres_round_trips(counter: &RoundTripCounter) {
-    let schema = format!("dsf_test_{}", uuid::Uuid::new_v4().simple());
-    let backend = PostgresBackend::connect(&postgres_url_at(counter.address), Some(&schema), 1)
-        .await
-        .expect("PostgreSQL through the counting proxy");
-    let store = ResourceStore::new(Arc::new(backend), conformance::BASE_URL);
-    let create = |n| WriteOp::Create {
-        resource: round_trip_task(n),
-        if_none_exist: None,
-        full_url: None,
-    };
+    let store = store_through(counter, 1).await;
     let update = |id: &str, n| WriteOp::Update {
         resource_type: "Task",
         id: id.to_owned(),
@@ -128,18 +133,14 @@ async fn postgres_round_trips(counter: &RoundTripCounter) {
         if_match: None,
         full_url: None,
     };
-    let id_of = |outcome| match outcome {
-        dsf_fhir::store::WriteOutcome::Created(stored) => stored.id,
-        other => panic!("not created: {other:?}"),
-    };
     // Warm-up: the pooled connection and every statement below prepared once.
-    let warm = id_of(store.write(create(0)).await.expect("create"));
+    let warm = create_task(&store, 0).await;
     store.read("Task", &warm).await.expect("read");
     store.write(update(&warm, 1)).await.expect("update");
 
     for n in 2..6 {
         let before = counter.turns();
-        let id = id_of(store.write(create(n)).await.expect("create"));
+        let id = create_task(&store, n).await;
         assert_eq!(counter.turns() - before, 1, "round trips of create {n}");
 
         let before = counter.turns();
@@ -157,25 +158,10 @@ async fn postgres_round_trips(counter: &RoundTripCounter) {
 /// statement prepared: they go out together on the connections point lookups share, not
 /// one per pooled connection.
 async fn concurrent_reads_round_trips(counter: &RoundTripCounter) {
-    let schema = format!("dsf_test_{}", uuid::Uuid::new_v4().simple());
-    let backend = PostgresBackend::connect(&postgres_url_at(counter.address), Some(&schema), 16)
-        .await
-        .expect("PostgreSQL through the counting proxy");
-    let store = ResourceStore::new(Arc::new(backend), conformance::BASE_URL);
+    let store = store_through(counter, 16).await;
     let mut ids = Vec::new();
     for n in 0..32 {
-        let created = store
-            .write(WriteOp::Create {
-                resource: round_trip_task(n),
-                if_none_exist: None,
-                full_url: None,
-            })
-            .await
-            .expect("create");
-        match created {
-            dsf_fhir::store::WriteOutcome::Created(stored) => ids.push(stored.id),
-            other => panic!("not created: {other:?}"),
-        }
+        ids.push(create_task(&store, n).await);
     }
     // Warm-up, one by one: every shared connection opened and its statement prepared.
     for id in ids.iter().take(8) {
