@@ -22,6 +22,14 @@ impl Format {
         }
     }
 
+    /// The `Content-Type` of a body in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/fhir+json;charset=UTF-8",
+            Format::Xml => "application/fhir+xml;charset=UTF-8",
+        }
+    }
+
     /// Recognises the MIME types and short forms the Java DSF accepts for `_format`,
     /// `Accept` and `Content-Type` (parameters such as `charset` are ignored).
     pub fn from_mime(value: &str) -> Option<Format> {

@@ -23,6 +23,15 @@ pub struct Reply {
     pub body: Body,
 }
 
+/// Stored JSON as a response body's bytes.
+struct SharedJson(Arc<str>);
+
+impl AsRef<[u8]> for SharedJson {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// What a 503 asks the client to wait before it tries again.
 pub const RETRY_AFTER_SECONDS: u64 = 5;
 
@@ -75,10 +84,16 @@ impl Reply {
     }
 
     pub fn render(self, format: Format, pretty: bool) -> Response<Full<Bytes>> {
-        let rendered = match &self.body {
+        let rendered: crate::Result<Option<Bytes>> = match &self.body {
             Body::Empty => Ok(None),
-            Body::Stored(json) => render_stored(json.as_bytes(), format, pretty).map(Some),
-            Body::Value(value) => render_value(value, format, pretty).map(Some),
+            // Stored JSON goes out as it is kept, shared with the store's copy.
+            Body::Stored(json) if format == Format::Json && !pretty => {
+                Ok(Some(Bytes::from_owner(SharedJson(json.clone()))))
+            }
+            Body::Stored(json) => {
+                render_stored(json.as_bytes(), format, pretty).map(|b| Some(b.into()))
+            }
+            Body::Value(value) => render_value(value, format, pretty).map(|b| Some(b.into())),
         };
         let (status, headers, bytes, format) = match rendered {
             Ok(bytes) => (self.status, self.headers, bytes, format),
@@ -92,25 +107,26 @@ impl Reply {
                 (
                     StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                     Vec::new(),
-                    Some(fallback),
+                    Some(Bytes::from(fallback)),
                     Format::Json,
                 )
             }
         };
         let has_body = bytes.is_some();
-        let mut response = Response::new(Full::new(Bytes::from(bytes.unwrap_or_default())));
+        let mut response = Response::new(Full::new(bytes.unwrap_or_default()));
         *response.status_mut() = status;
         let h = response.headers_mut();
         for (name, value) in headers {
-            if let Ok(v) = HeaderValue::from_str(&value) {
+            // Taken over, not copied.
+            if let Ok(v) = HeaderValue::try_from(value) {
                 h.append(name, v);
             }
         }
         if has_body {
-            let content_type = format!("{};charset=UTF-8", format.mime());
-            if let Ok(v) = HeaderValue::from_str(&content_type) {
-                h.insert(http::header::CONTENT_TYPE, v);
-            }
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(format.content_type()),
+            );
         }
         h.insert(
             http::header::CACHE_CONTROL,
@@ -178,5 +194,60 @@ impl Error {
             other => other.to_string(),
         };
         OperationOutcome::error(self.issue_type(), text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn body_of(response: Response<Full<Bytes>>) -> Bytes {
+        let collected = block_on(response.into_body().collect());
+        collected.map(|c| c.to_bytes()).unwrap_or_default()
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(future)
+    }
+
+    #[test]
+    fn stored_json_is_sent_without_a_copy() {
+        let stored: Arc<str> = Arc::from(r#"{"resourceType":"Task","id":"a"}"#);
+        let response =
+            Reply::new(StatusCode::OK, Body::Stored(stored.clone())).render(Format::Json, false);
+        assert_eq!(
+            response
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+            Some(&b"application/fhir+json;charset=UTF-8"[..])
+        );
+        let body = body_of(response);
+        assert_eq!(&body[..], stored.as_bytes());
+        assert_eq!(body.as_ptr(), stored.as_ptr(), "the body was copied");
+    }
+
+    #[test]
+    fn stored_json_asked_for_pretty_or_as_xml_is_rendered() {
+        let stored: Arc<str> =
+            Arc::from(r#"{"resourceType":"Task","id":"a","status":"draft","intent":"order"}"#);
+        let pretty = body_of(
+            Reply::new(StatusCode::OK, Body::Stored(stored.clone())).render(Format::Json, true),
+        );
+        assert!(pretty.contains(&b'\n'));
+        let response = Reply::new(StatusCode::OK, Body::Stored(stored)).render(Format::Xml, false);
+        assert_eq!(
+            response
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+            Some(&b"application/fhir+xml;charset=UTF-8"[..])
+        );
+        let xml = body_of(response);
+        assert!(xml.windows(5).any(|w| w == b"<Task"), "{xml:?}");
     }
 }
