@@ -49,8 +49,10 @@ impl Sql {
     pub fn new(dialect: Dialect) -> Self {
         Sql {
             dialect,
-            text: String::with_capacity(256),
-            params: Vec::new(),
+            // Enough for a read by id with its read-access check, so that building one
+            // does not grow (and copy) either.
+            text: String::with_capacity(512),
+            params: Vec::with_capacity(8),
             point_lookup: false,
         }
     }
