@@ -32,6 +32,15 @@ impl AsRef<[u8]> for SharedJson {
     }
 }
 
+/// Stored JSON as a body in `format`: JSON without `_pretty` goes out as it is kept, shared
+/// with the store's copy; anything else is rendered.
+pub(crate) fn stored_body(json: &Arc<str>, format: Format, pretty: bool) -> crate::Result<Bytes> {
+    if format == Format::Json && !pretty {
+        return Ok(Bytes::from_owner(SharedJson(json.clone())));
+    }
+    render_stored(json.as_bytes(), format, pretty).map(Bytes::from)
+}
+
 /// What a 503 asks the client to wait before it tries again.
 pub const RETRY_AFTER_SECONDS: u64 = 5;
 
@@ -86,13 +95,7 @@ impl Reply {
     pub fn render(self, format: Format, pretty: bool) -> Response<Full<Bytes>> {
         let rendered: crate::Result<Option<Bytes>> = match &self.body {
             Body::Empty => Ok(None),
-            // Stored JSON goes out as it is kept, shared with the store's copy.
-            Body::Stored(json) if format == Format::Json && !pretty => {
-                Ok(Some(Bytes::from_owner(SharedJson(json.clone()))))
-            }
-            Body::Stored(json) => {
-                render_stored(json.as_bytes(), format, pretty).map(|b| Some(b.into()))
-            }
+            Body::Stored(json) => stored_body(json, format, pretty).map(Some),
             Body::Value(value) => render_value(value, format, pretty).map(|b| Some(b.into())),
         };
         let (status, headers, bytes, format) = match rendered {

@@ -5,9 +5,10 @@
 use super::hub::{ActiveSubscription, Message, Payload, Session};
 use super::{close_code, Closing};
 use crate::access::grants_of;
-use crate::format::{render_stored, Format};
+use crate::format::Format;
 use crate::search::index_rows;
 use crate::server::authorization::Role;
+use crate::server::reply::stored_body;
 use crate::server::FhirServer;
 use crate::store::{ChangeReceiver, StoredResource, ALLOW_LIST_TYPES};
 use bytes::Bytes;
@@ -147,9 +148,9 @@ pub(crate) fn may_connect(identity: &crate::server::Identity) -> bool {
 }
 
 fn render(stored: &StoredResource, format: Format) -> Option<Message> {
-    let body = stored.body.as_deref()?;
-    match render_stored(body.as_bytes(), format, false) {
-        Ok(bytes) => Some(Bytes::from(bytes)),
+    let body = stored.body.as_ref()?;
+    match stored_body(body, format, false) {
+        Ok(bytes) => Some(bytes),
         Err(e) => {
             tracing::error!(error = %e, resource = %stored.reference(), "cannot render event payload");
             None
