@@ -1,6 +1,7 @@
 //! Wiring shared by the reference binaries: logging set-up and starting a FHIR server from
 //! plain settings. Everything of substance lives in the library crates.
 
+pub mod allocator;
 pub mod bpe_load;
 pub mod dev_network;
 pub mod hostile_load;

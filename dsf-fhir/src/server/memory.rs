@@ -2,8 +2,10 @@
 //! allocations; glibc's allocator keeps the freed pages in its arenas, so a server that once
 //! parsed a few 16 MiB bodies at once would stay hundreds of MiB above its idle size for
 //! months. After work that allocated much, the next quiet moment trims the arenas
-//! (`malloc_trim`), which returns free pages to the system. Elsewhere (other allocators, other
-//! systems) trimming is a no-op.
+//! (`malloc_trim`), which returns free pages to the system. Elsewhere (other systems) trimming
+//! is a no-op. The reference binaries allocate with mimalloc, which gives freed pages back on
+//! its own; there the trim still matters for what C code allocates with `malloc`, such as
+//! SQLite's page cache.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -1,0 +1,67 @@
+//! The binaries' allocator: mimalloc, set up to give memory back soon after a burst.
+//!
+//! Measured against glibc's allocator in docs/performance.md ("mimalloc in the binaries"):
+//! reads by id are faster, and a burst of large request bodies peaks lower and ends closer to
+//! the idle size. Embedders of the library crates choose their own allocator; this one is
+//! only the reference binaries'.
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Options set before `main`: mimalloc reserves its first arena before `main` starts, and
+/// an option set in `main` would only reach arenas reserved later.
+#[cfg(target_os = "linux")]
+mod options {
+    use libmimalloc_sys::{mi_option_set, mi_option_t};
+
+    /// mimalloc 3's option numbers (`mi_option_e` in its header); the sys crate names only some.
+    pub(super) const ARENA_EAGER_COMMIT: mi_option_t = 4;
+    pub(super) const PURGE_DELAY: mi_option_t = 15;
+
+    #[used]
+    #[link_section = ".init_array"]
+    static CONFIGURE_BEFORE_MAIN: extern "C" fn() = configure;
+
+    /// Commits memory when it is first used rather than a whole arena up front, and gives freed
+    /// pages back at once rather than after a second. With mimalloc's defaults a `dsf dev up`
+    /// idled at 39 MiB of anonymous memory instead of 13, and after a burst stayed 40 MiB
+    /// higher than with these two. An operator's `MIMALLOC_ARENA_EAGER_COMMIT` or
+    /// `MIMALLOC_PURGE_DELAY` still wins.
+    extern "C" fn configure() {
+        for (option, variable) in [
+            (ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT"),
+            (PURGE_DELAY, c"MIMALLOC_PURGE_DELAY"),
+        ] {
+            // SAFETY: getenv reads the environment the process started with (nothing else runs
+            // this early), and mi_option_set only stores a number in mimalloc's option table.
+            // Neither allocates: the allocator is not set up yet.
+            unsafe {
+                if libc::getenv(variable.as_ptr()).is_null() {
+                    mi_option_set(option, 0);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use libmimalloc_sys::mi_option_get;
+
+    /// The options hold from the start of the process, as the first arena needs them.
+    #[test]
+    fn options_are_set_before_main() {
+        for (option, variable) in [
+            (
+                super::options::ARENA_EAGER_COMMIT,
+                "MIMALLOC_ARENA_EAGER_COMMIT",
+            ),
+            (super::options::PURGE_DELAY, "MIMALLOC_PURGE_DELAY"),
+        ] {
+            if std::env::var_os(variable).is_none() {
+                // SAFETY: reads a number from mimalloc's option table.
+                assert_eq!(unsafe { mi_option_get(option) }, 0, "{variable}");
+            }
+        }
+    }
+}
