@@ -51,6 +51,9 @@ mod tests {
     /// The options hold from the start of the process, as the first arena needs them.
     #[test]
     fn options_are_set_before_main() {
+        // SAFETY: returns a number compiled into mimalloc.
+        let version = unsafe { libmimalloc_sys::mi_version() };
+        assert_eq!(version / 10000, 3, "the option numbers are mimalloc 3's");
         for (option, variable) in [
             (
                 super::options::ARENA_EAGER_COMMIT,

@@ -14,11 +14,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Inputs per Task: a body of about 8 MiB, under the 16 MiB limit, that the server parses.
-const INPUTS: usize = 200_000;
+/// Inputs per Task: a body of about 15 MiB, under the 16 MiB limit, that the server parses.
+const INPUTS: usize = 380_000;
 const CONCURRENT_BODIES: usize = 4;
+/// How far above idle the burst must take the server for the test to mean something (the
+/// server parses one large body at a time on two cores, about 80 MiB above idle).
+const BURST_ABOVE_IDLE_KIB: u64 = 48 * 1024;
 /// What may stay above idle once the burst is over (connection buffers, caches, SQLite).
-const ALLOWED_ABOVE_IDLE_KIB: u64 = 32 * 1024;
+const ALLOWED_ABOVE_IDLE_KIB: u64 = 16 * 1024;
 
 /// Kills the network when the test ends, passed or not.
 struct Running(Child);
@@ -126,11 +129,12 @@ async fn resident_memory_returns_near_idle_after_a_burst_of_large_bodies() {
     sampler.join().unwrap();
     let peak = peak.load(Ordering::Relaxed);
     assert!(
-        peak > idle + 4 * ALLOWED_ABOVE_IDLE_KIB,
+        peak > idle + BURST_ABOVE_IDLE_KIB,
         "the burst should have allocated much: idle {idle} KiB, peak {peak} KiB"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let quiet_since = Instant::now();
+    let deadline = quiet_since + Duration::from_secs(30);
     let mut now = anonymous_kib(pid);
     while now > idle + ALLOWED_ABOVE_IDLE_KIB && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -139,5 +143,9 @@ async fn resident_memory_returns_near_idle_after_a_burst_of_large_bodies() {
     assert!(
         now <= idle + ALLOWED_ABOVE_IDLE_KIB,
         "30 s after the burst: {now} KiB anonymous, idle {idle} KiB, peak {peak} KiB"
+    );
+    eprintln!(
+        "anonymous memory: idle {idle} KiB, peak {peak} KiB, {now} KiB {:.1} s after the burst",
+        quiet_since.elapsed().as_secs_f64()
     );
 }
