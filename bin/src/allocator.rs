@@ -13,10 +13,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[cfg(target_os = "linux")]
 mod options {
     use libmimalloc_sys::{mi_option_set, mi_option_t};
+    use std::ffi::CStr;
 
-    /// mimalloc 3's option numbers (`mi_option_e` in its header); the sys crate names only some.
-    pub(super) const ARENA_EAGER_COMMIT: mi_option_t = 4;
-    pub(super) const PURGE_DELAY: mi_option_t = 15;
+    /// The options set to 0, by mimalloc 3's number (`mi_option_e` in its header; the sys
+    /// crate names only some) and the variable that overrides each.
+    pub(super) const ZEROED: [(mi_option_t, &CStr); 2] = [
+        (4, c"MIMALLOC_ARENA_EAGER_COMMIT"),
+        (15, c"MIMALLOC_PURGE_DELAY"),
+    ];
 
     #[used]
     #[link_section = ".init_array"]
@@ -24,14 +28,11 @@ mod options {
 
     /// Commits memory when it is first used rather than a whole arena up front, and gives freed
     /// pages back at once rather than after a second. With mimalloc's defaults a `dsf dev up`
-    /// idled at 39 MiB of anonymous memory instead of 13, and after a burst stayed 40 MiB
-    /// higher than with these two. An operator's `MIMALLOC_ARENA_EAGER_COMMIT` or
+    /// idled at 39 MiB of anonymous memory instead of 12, and 30 s after a burst it was
+    /// 30–45 MiB higher than with these two. An operator's `MIMALLOC_ARENA_EAGER_COMMIT` or
     /// `MIMALLOC_PURGE_DELAY` still wins.
     extern "C" fn configure() {
-        for (option, variable) in [
-            (ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT"),
-            (PURGE_DELAY, c"MIMALLOC_PURGE_DELAY"),
-        ] {
+        for (option, variable) in ZEROED {
             // SAFETY: getenv reads the environment the process started with (nothing else runs
             // this early), and mi_option_set only stores a number in mimalloc's option table.
             // Neither allocates: the allocator is not set up yet.
@@ -54,13 +55,8 @@ mod tests {
         // SAFETY: returns a number compiled into mimalloc.
         let version = unsafe { libmimalloc_sys::mi_version() };
         assert_eq!(version / 10000, 3, "the option numbers are mimalloc 3's");
-        for (option, variable) in [
-            (
-                super::options::ARENA_EAGER_COMMIT,
-                "MIMALLOC_ARENA_EAGER_COMMIT",
-            ),
-            (super::options::PURGE_DELAY, "MIMALLOC_PURGE_DELAY"),
-        ] {
+        for (option, variable) in super::options::ZEROED {
+            let variable = variable.to_str().unwrap_or_default();
             if std::env::var_os(variable).is_none() {
                 // SAFETY: reads a number from mimalloc's option table.
                 assert_eq!(unsafe { mi_option_get(option) }, 0, "{variable}");

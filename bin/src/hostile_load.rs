@@ -88,7 +88,7 @@ impl HostileReport {
 }
 
 /// A Task with `inputs` inputs: a large body of many small values.
-fn task_with_inputs(inputs: usize) -> Vec<u8> {
+pub fn task_with_inputs(inputs: usize) -> Vec<u8> {
     let mut body =
         String::from(r#"{"resourceType":"Task","status":"requested","intent":"order","input":["#);
     for i in 0..inputs {

@@ -4,6 +4,7 @@
 //! regress to holding the burst's memory for the life of the process.
 
 use dsf_bin::dev_network::NetworkDescription;
+use dsf_bin::hostile_load::task_with_inputs;
 use dsf_bin::proc_status_kib;
 use dsf_core::TlsFiles;
 use dsf_fhir::{FhirClient, Format};
@@ -35,20 +36,6 @@ impl Drop for Running {
 
 fn anonymous_kib(pid: u32) -> u64 {
     proc_status_kib(&pid.to_string(), "RssAnon:").unwrap_or(0)
-}
-
-fn task_with_inputs(n: usize) -> Vec<u8> {
-    let input = r#"{"type":{"text":"x"},"valueString":"y"}"#;
-    let mut body =
-        br#"{"resourceType":"Task","status":"requested","intent":"order","input":["#.to_vec();
-    for i in 0..n {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(input.as_bytes());
-    }
-    body.extend_from_slice(b"]}");
-    body
 }
 
 /// Starts a one-organisation network and waits until it says it runs.
