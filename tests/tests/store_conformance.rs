@@ -6,7 +6,7 @@ use dsf_fhir::store::{
     SqliteBackend, WriteOp,
 };
 use dsf_tests::{backend, postgres_address, postgres_url_at};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -179,6 +179,51 @@ async fn concurrent_reads_round_trips(counter: &RoundTripCounter) {
     );
 }
 
+/// A write once the connection's statement cache is full (a long-running server meets a
+/// statement it has not prepared among some it has): it must still find every statement.
+async fn writes_with_a_full_statement_cache() {
+    let schema = format!("dsf_test_{}", uuid::Uuid::new_v4().simple());
+    let backend = PostgresBackend::connect(&postgres_url_at(postgres_address()), Some(&schema), 1)
+        .await
+        .expect("PostgreSQL");
+    let store = ResourceStore::new(Arc::new(backend), conformance::BASE_URL);
+    // Searches with lists of every length fill the one connection's cache with texts of
+    // their own, and updates with ever more identifiers (index rows inserted by a text for
+    // each count) meet it full while holding some of their statements.
+    let id = create_task(&store, 0).await;
+    let list = |prefix: &str, n| {
+        (0..n)
+            .map(|i| format!("{prefix}{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for n in 0..400 {
+        let criteria = format!(
+            "Task?identifier={}&status={}",
+            list("i", n % 23 + 1),
+            list("s", n / 23 + 1)
+        );
+        let query =
+            dsf_fhir::search::SearchQuery::parse_criteria("Task", &criteria, conformance::BASE_URL)
+                .expect("criteria");
+        store.search(&query).await.expect("search");
+        let mut task = round_trip_task(n);
+        task["identifier"] = (0..=n)
+            .map(|i| json!({"system": "urn:test", "value": format!("{n}-{i}")}))
+            .collect();
+        store
+            .write(WriteOp::Update {
+                resource_type: "Task",
+                id: id.clone(),
+                resource: task,
+                if_match: None,
+                full_url: None,
+            })
+            .await
+            .expect("update");
+    }
+}
+
 /// Runs `test` with a round-trip counter in front of PostgreSQL on a runtime of one thread,
 /// so that every statement sent together is queued before the connection task writes: the
 /// count does not depend on thread timing.
@@ -344,6 +389,10 @@ fn main() {
         .postgres_test("postgres::writes_are_pipelined", || {
             on_one_thread(|counter| async move { postgres_round_trips(&counter).await })
         })
+        .postgres_test(
+            "postgres::writes_with_a_full_statement_cache",
+            writes_with_a_full_statement_cache,
+        )
         .postgres_test("postgres::concurrent_reads_by_id_share_round_trips", || {
             on_one_thread(|counter| async move { concurrent_reads_round_trips(&counter).await })
         })

@@ -447,29 +447,46 @@ impl PgSession {
             .collect();
         missing.sort_unstable();
         missing.dedup();
-        if !missing.is_empty() {
-            let (client, in_statement, limit) = self.parts()?;
-            let prepared = bounded(
-                in_statement,
-                limit,
-                try_join_all(missing.iter().map(|text| client.prepare(text))),
-            )
-            .await?;
-            let conn = self.conn()?;
-            if conn.statements.len() + prepared.len() > STATEMENT_CACHE {
-                conn.statements.clear();
-            }
-            for (text, stmt) in missing.iter().zip(prepared) {
-                conn.statements.insert((*text).to_owned(), stmt);
-            }
+        if missing.is_empty() {
+            return texts
+                .iter()
+                .map(|t| {
+                    conn.statements
+                        .get(*t)
+                        .cloned()
+                        .ok_or_else(|| Error::storage_fault("prepared statement missing"))
+                })
+                .collect();
         }
+        let (client, in_statement, limit) = self.parts()?;
+        let prepared = bounded(
+            in_statement,
+            limit,
+            try_join_all(missing.iter().map(|text| client.prepare(text))),
+        )
+        .await?;
         let conn = self.conn()?;
+        // Taken before a full cache is cleared below, which would drop those this call
+        // found cached.
+        let statements: Vec<Option<Statement>> = texts
+            .iter()
+            .map(|t| conn.statements.get(*t).cloned())
+            .collect();
+        if conn.statements.len() + prepared.len() > STATEMENT_CACHE {
+            conn.statements.clear();
+        }
+        for (text, stmt) in missing.iter().zip(&prepared) {
+            conn.statements.insert((*text).to_owned(), stmt.clone());
+        }
         texts
             .iter()
-            .map(|t| {
-                conn.statements
-                    .get(*t)
-                    .cloned()
+            .zip(statements)
+            .map(|(t, cached)| {
+                cached
+                    .or_else(|| {
+                        let at = missing.iter().position(|m| m == t)?;
+                        prepared.get(at).cloned()
+                    })
                     .ok_or_else(|| Error::storage_fault("prepared statement missing"))
             })
             .collect()
