@@ -42,27 +42,68 @@ impl Backend for CountingBackend {
     }
 }
 
-/// A proxy in front of PostgreSQL that counts round trips: the times a client spoke again
-/// after the database had answered it.
+/// A proxy in front of PostgreSQL that counts round trips (the times a client spoke again
+/// after the database had answered it) and statements run (Execute messages).
 struct RoundTripCounter {
     address: SocketAddr,
     turns: Arc<AtomicUsize>,
+    executes: Arc<AtomicUsize>,
+}
+
+/// What the proxy counts of one client's messages.
+struct ClientCounts {
+    turns: Arc<AtomicUsize>,
+    executes: Arc<AtomicUsize>,
+    /// Bytes of a message not yet complete.
+    pending: Vec<u8>,
+    /// Past the start-up message, after which every message begins with its type byte.
+    started: bool,
+}
+
+impl ClientCounts {
+    fn count_messages(&mut self, bytes: &[u8]) {
+        const SSL_REQUEST: u32 = 80_877_103;
+        self.pending.extend_from_slice(bytes);
+        loop {
+            let length_at = usize::from(self.started);
+            let Some(length) = self.pending.get(length_at..length_at + 4) else {
+                return;
+            };
+            let end = length_at + u32::from_be_bytes(length.try_into().expect("4 bytes")) as usize;
+            if self.pending.len() < end {
+                return;
+            }
+            if self.started {
+                if self.pending[0] == b'E' {
+                    self.executes.fetch_add(1, Ordering::SeqCst);
+                }
+            } else {
+                let code = self
+                    .pending
+                    .get(4..8)
+                    .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")));
+                self.started = code != Some(SSL_REQUEST);
+            }
+            self.pending.drain(..end);
+        }
+    }
 }
 
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     answered: Arc<AtomicBool>,
-    turns: Option<Arc<AtomicUsize>>,
+    mut client: Option<ClientCounts>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     while let Ok(n @ 1..) = from.read(&mut buf).await {
-        match &turns {
+        match &mut client {
             // From the client: a new round trip if the server has answered since it last spoke.
-            Some(turns) => {
+            Some(client) => {
                 if answered.swap(false, Ordering::SeqCst) {
-                    turns.fetch_add(1, Ordering::SeqCst);
+                    client.turns.fetch_add(1, Ordering::SeqCst);
                 }
+                client.count_messages(&buf[..n]);
             }
             None => answered.store(true, Ordering::SeqCst),
         }
@@ -77,7 +118,8 @@ impl RoundTripCounter {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let turns = Arc::new(AtomicUsize::new(0));
-        let counted = turns.clone();
+        let executes = Arc::new(AtomicUsize::new(0));
+        let (counted, executed) = (turns.clone(), executes.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(target).await else {
@@ -86,20 +128,34 @@ impl RoundTripCounter {
                 let answered = Arc::new(AtomicBool::new(true));
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
+                let counts = ClientCounts {
+                    turns: counted.clone(),
+                    executes: executed.clone(),
+                    pending: Vec::new(),
+                    started: false,
+                };
                 tokio::spawn(pump(
                     client_read,
                     server_write,
                     answered.clone(),
-                    Some(counted.clone()),
+                    Some(counts),
                 ));
                 tokio::spawn(pump(server_read, client_write, answered, None));
             }
         });
-        RoundTripCounter { address, turns }
+        RoundTripCounter {
+            address,
+            turns,
+            executes,
+        }
     }
 
     fn turns(&self) -> usize {
         self.turns.load(Ordering::SeqCst)
+    }
+
+    fn executes(&self) -> usize {
+        self.executes.load(Ordering::SeqCst)
     }
 }
 
@@ -167,15 +223,119 @@ async fn concurrent_reads_round_trips(counter: &RoundTripCounter) {
     for id in ids.iter().take(8) {
         store.read("Task", id).await.expect("read");
     }
-    let before = counter.turns();
+    let (before, executed) = (counter.turns(), counter.executes());
     let reads = futures_util::future::join_all(ids.iter().map(|id| store.read("Task", id))).await;
     let turns = counter.turns() - before;
+    let statements = counter.executes() - executed;
     for (read, id) in reads.into_iter().zip(&ids) {
         assert!(read.expect("read").is_some_and(|r| &r.id == id));
     }
     assert!(
         turns <= 8,
         "32 concurrent reads by id took {turns} round trips; one per pooled connection would be 16 or more"
+    );
+    assert!(
+        statements <= 2,
+        "32 concurrent reads by id ran {statements} statements; batched, they are one"
+    );
+}
+
+/// Point lookups of every kind, each answered alone (one at a time) and then all at once,
+/// when they go out in batches: the answers must be the same.
+async fn batched_lookups_answer_as_alone(counter: &RoundTripCounter) {
+    use dsf_fhir::access::ReadGrants;
+    let store = store_through(counter, 16).await;
+    let local = ReadGrants::new(vec!["LOCAL".into()]);
+    let stranger = ReadGrants::new(vec!["ORGANIZATION|stranger.org".into()]);
+    let tasks = [create_task(&store, 0).await, create_task(&store, 1).await];
+    let document = create(
+        &store,
+        json!({"resourceType": "DocumentReference", "status": "current",
+        "meta": {"tag": [{"system": dsf_fhir::access::READ_ACCESS_TAG_SYSTEM, "code": "LOCAL"}]},
+        "content": [{"attachment": {"url": "urn:x"}}]}),
+    )
+    .await;
+    let binary = |context: &str| {
+        json!({"resourceType": "Binary", "contentType": "text/plain",
+        "data": "aGk=", "securityContext": {"reference": context}})
+    };
+    let readable = create(&store, binary(&format!("DocumentReference/{document}"))).await;
+    let hidden = create(&store, binary("DocumentReference/missing")).await;
+    store
+        .write(WriteOp::Update {
+            resource_type: "Task",
+            id: tasks[1].clone(),
+            resource: round_trip_task(1),
+            if_match: None,
+            full_url: None,
+        })
+        .await
+        .expect("update");
+
+    type Found = Option<(String, i64)>;
+    let lookups = |store: &ResourceStore| {
+        let store = store.clone();
+        let (local, stranger) = (local.clone(), stranger.clone());
+        let (tasks, readable, hidden) = (tasks.clone(), readable.clone(), hidden.clone());
+        let document = document.clone();
+        let mut all: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Found>>>> = Vec::new();
+        let found = |r: dsf_fhir::Result<Option<dsf_fhir::store::StoredResource>>| {
+            r.expect("lookup")
+                .map(|r| (format!("{}/{}", r.resource_type, r.id), r.version))
+        };
+        for round in 0..3 {
+            for id in tasks.iter().cloned().chain([format!("missing-{round}")]) {
+                let s = store.clone();
+                let i = id.clone();
+                all.push(Box::pin(async move { found(s.read("Task", &i).await) }));
+                let (s, i) = (store.clone(), id.clone());
+                all.push(Box::pin(async move { found(s.vread("Task", &i, 1).await) }));
+                let (s, i) = (store.clone(), id.clone());
+                all.push(Box::pin(async move { found(s.vread("Task", &i, 2).await) }));
+                for grants in [&local, &stranger] {
+                    let (s, i, g) = (store.clone(), id.clone(), grants.clone());
+                    all.push(Box::pin(async move {
+                        found(s.read_visible("Task", &i, &g).await)
+                    }));
+                    let (s, i, g) = (store.clone(), id.clone(), grants.clone());
+                    all.push(Box::pin(async move {
+                        found(s.vread_visible("Task", &i, 1, &g).await)
+                    }));
+                }
+            }
+            for (kind, id) in [
+                ("Binary", &readable),
+                ("Binary", &hidden),
+                ("DocumentReference", &document),
+            ] {
+                for grants in [&local, &stranger] {
+                    let (s, i, g) = (store.clone(), id.clone(), grants.clone());
+                    all.push(Box::pin(async move {
+                        found(s.read_visible(kind, &i, &g).await)
+                    }));
+                }
+            }
+        }
+        all
+    };
+    let mut alone = Vec::new();
+    for lookup in lookups(&store) {
+        alone.push(lookup.await);
+    }
+    assert!(alone.iter().any(Option::is_some) && alone.iter().any(Option::is_none));
+    assert!(
+        alone.contains(&Some((format!("Binary/{readable}"), 1))),
+        "the Binary is readable through its security context"
+    );
+    let lookups = lookups(&store);
+    let count = lookups.len();
+    let executed = counter.executes();
+    let together = futures_util::future::join_all(lookups).await;
+    let statements = counter.executes() - executed;
+    assert_eq!(together, alone, "batched lookups answered differently");
+    assert!(
+        statements < count / 4,
+        "{count} concurrent point lookups ran {statements} statements"
     );
 }
 
@@ -221,6 +381,21 @@ async fn writes_with_a_full_statement_cache() {
             })
             .await
             .expect("update");
+    }
+}
+
+async fn create(store: &ResourceStore, resource: Value) -> String {
+    match store
+        .write(WriteOp::Create {
+            resource,
+            if_none_exist: None,
+            full_url: None,
+        })
+        .await
+        .expect("create")
+    {
+        dsf_fhir::store::WriteOutcome::Created(stored) => stored.id,
+        other => panic!("not created: {other:?}"),
     }
 }
 
@@ -389,12 +564,15 @@ fn main() {
         .postgres_test("postgres::writes_are_pipelined", || {
             on_one_thread(|counter| async move { postgres_round_trips(&counter).await })
         })
+        .postgres_test("postgres::concurrent_reads_by_id_share_round_trips", || {
+            on_one_thread(|counter| async move { concurrent_reads_round_trips(&counter).await })
+        })
         .postgres_test(
             "postgres::writes_with_a_full_statement_cache",
             writes_with_a_full_statement_cache,
         )
-        .postgres_test("postgres::concurrent_reads_by_id_share_round_trips", || {
-            on_one_thread(|counter| async move { concurrent_reads_round_trips(&counter).await })
+        .postgres_test("postgres::batched_lookups_answer_as_alone", || {
+            on_one_thread(|counter| async move { batched_lookups_answer_as_alone(&counter).await })
         })
         .run()
 }

@@ -16,13 +16,15 @@ use async_trait::async_trait;
 use futures_util::future::{join_all, try_join_all};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
+
+mod batch;
 
 const STATEMENT_CACHE: usize = 512;
 
@@ -78,11 +80,13 @@ struct Pool {
 }
 
 /// One shared connection's place in the pool: the open connection, taken without waiting,
-/// and a lock that lets one caller at a time (re)connect it.
+/// a lock that lets one caller at a time (re)connect it, and the lookups waiting for it.
 #[derive(Default)]
 struct SharedSlot {
     open: std::sync::Mutex<Option<Arc<SharedConnection>>>,
     connecting: tokio::sync::Mutex<()>,
+    queue: std::sync::Mutex<batch::Queue>,
+    batched: std::sync::Mutex<batch::KnownTexts>,
 }
 
 impl SharedSlot {
@@ -107,13 +111,12 @@ impl SharedSlot {
     }
 }
 
-/// A connection that reads of one row by key ([`Sql::is_point_lookup`]) share.
-/// tokio-postgres writes the statements of concurrent callers to the socket together and
-/// reads their answers together, so a burst of reads costs the database and both ends a few
-/// round trips instead of one each (docs/performance.md). Only point lookups go here: their
-/// cost is bounded by an index's depth, so none holds up the others behind it, and one whose
-/// caller went away is left to finish rather than cancelled, since a cancel would hit
-/// whichever statement the connection runs at that moment.
+/// A connection that reads of one row by key ([`Sql::is_point_lookup`]) share, sent in
+/// batches (see the `batch` module): a burst of reads costs the database and both ends a few
+/// statements and round trips instead of one each (docs/performance.md). Only point lookups
+/// go here: their cost is bounded by an index's depth, so none holds up the others behind
+/// it, and one whose caller went away is left to finish rather than cancelled, since a
+/// cancel would hit whichever statement the connection runs at that moment.
 struct SharedConnection {
     client: Client,
     statements: std::sync::Mutex<HashMap<String, Statement>>,
@@ -205,25 +208,34 @@ impl Pool {
         })
     }
 
-    /// A shared connection for point lookups and its slot, opened on first use and again
-    /// after it closed or was retired.
-    async fn shared(&self) -> Result<(&SharedSlot, Arc<SharedConnection>)> {
-        let slot =
-            &self.shared[self.next_shared.fetch_add(1, Ordering::Relaxed) % self.shared.len()];
+    /// `slot`'s shared connection, opened on first use and again after it closed or was
+    /// retired.
+    async fn shared_connection(&self, slot: &SharedSlot) -> Result<Arc<SharedConnection>> {
         if let Some(conn) = slot.open() {
-            return Ok((slot, conn));
+            return Ok(conn);
         }
         let _connecting = slot.connecting.lock().await;
         // Someone else may have connected it while this caller waited.
         if let Some(conn) = slot.open() {
-            return Ok((slot, conn));
+            return Ok(conn);
         }
+        let client = self.connect().await?.client;
+        // Batched lookups vary in size; a custom plan for each would cost more than the
+        // lookups themselves, and every statement here is a walk down a unique index.
+        let limit = self.options.answer_timeout();
+        tokio::time::timeout(
+            limit,
+            client.batch_execute("SET plan_cache_mode = force_generic_plan"),
+        )
+        .await
+        .map_err(|_| timed_out("connecting", limit))?
+        .map_err(storage_error)?;
         let conn = Arc::new(SharedConnection {
-            client: self.connect().await?.client,
+            client,
             statements: std::sync::Mutex::new(HashMap::new()),
         });
         *slot.open.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-        Ok((slot, conn))
+        Ok(conn)
     }
 
     fn checkout(&self) -> Option<Connection> {
@@ -379,47 +391,6 @@ impl PgSession {
         Ok(())
     }
 
-    /// One point lookup on a shared connection (see [`SharedConnection`]).
-    async fn shared_lookup(&self, sql: &Sql) -> Result<Vec<Row>> {
-        let (slot, shared) = self.pool.shared().await?;
-        // Set while a round trip is unanswered; left set when one timed out.
-        let mut unanswered = false;
-        let rows = self.lookup_on(&shared, sql, &mut unanswered).await;
-        if unanswered {
-            slot.retire(&shared);
-        }
-        rows
-    }
-
-    async fn lookup_on(
-        &self,
-        shared: &SharedConnection,
-        sql: &Sql,
-        unanswered: &mut bool,
-    ) -> Result<Vec<Row>> {
-        let limit = self.pool.options.answer_timeout();
-        let cached = shared
-            .statements
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&sql.text)
-            .cloned();
-        let stmt = match cached {
-            Some(stmt) => stmt,
-            None => {
-                let stmt = bounded(unanswered, limit, shared.client.prepare(&sql.text)).await?;
-                let mut statements = shared.statements.lock().unwrap_or_else(|p| p.into_inner());
-                if statements.len() >= STATEMENT_CACHE {
-                    statements.clear();
-                }
-                statements.insert(sql.text.clone(), stmt.clone());
-                stmt
-            }
-        };
-        let params: Vec<&(dyn ToSql + Sync)> = sql.params.iter().map(as_sql).collect();
-        bounded(unanswered, limit, shared.client.query(&stmt, &params)).await
-    }
-
     fn conn(&mut self) -> Result<&mut Connection> {
         self.conn
             .as_mut()
@@ -508,7 +479,7 @@ impl PgSession {
         let begin = self.transaction && !self.open_transaction;
         if let (Some(sql), false, false, true) = (last, begin, commit, self.queued.is_empty()) {
             if sql.is_point_lookup() && self.conn.is_none() && !self.pool.shared.is_empty() {
-                return self.shared_lookup(sql).await;
+                return batch::lookup(&self.pool, sql.clone()).await;
             }
             self.check_out().await?;
             // A lone statement (every read): no pipeline to assemble.
