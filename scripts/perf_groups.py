@@ -15,6 +15,7 @@ SERVER_TRANSPORT = ["role::Server", "tokio_rustls::server", "rustls::server",
                     "trivial_server", "hyper::server", "dsf_fhir::server::connections"]
 GROUPS = [
     ("SQLite statement", ["sqlite3", "rusqlite"]),
+    ("PostgreSQL client", ["tokio_postgres", "postgres_protocol", "postgres_types"]),
     ("store", ["dsf_fhir::store"]),
     ("load generator", LOAD_GENERATOR),
     ("request handling in the server", ["FhirServer::respond", "FhirServer::handle"]),
@@ -23,7 +24,10 @@ GROUPS = [
 ]
 
 
-def group(frames):
+def group(sample):
+    command, frames = sample
+    if command == "postgres":
+        return "PostgreSQL server"
     for name, keys in GROUPS:
         if any(key in frame for frame in frames for key in keys):
             return name
@@ -31,25 +35,26 @@ def group(frames):
 
 
 def samples(lines):
-    frames = []
+    """(command, frames) of each sample."""
+    command, frames = "", []
     for line in lines:
         if not line.strip():
             if frames:
-                yield frames
+                yield command, frames
             frames = []
         elif line[0] in " \t":
             parts = line.strip().split(None, 1)
             if len(parts) == 2:
                 frames.append(parts[1])
         else:
-            frames = []
+            command, frames = line.split(None, 1)[0], []
     if frames:
-        yield frames
+        yield command, frames
 
 
 def main():
     requests = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-    counts = collections.Counter(group(frames) for frames in samples(sys.stdin))
+    counts = collections.Counter(group(sample) for sample in samples(sys.stdin))
     total = sum(counts.values())
     for name, n in counts.most_common():
         per_request = f"  {1000 * n / requests:7.2f} per 1,000 requests" if requests else ""
