@@ -434,18 +434,7 @@ fn second_process(dir: &tempfile::TempDir) -> ResourceStore {
 }
 
 async fn create_task(store: &ResourceStore, n: usize) -> String {
-    match store
-        .write(WriteOp::Create {
-            resource: round_trip_task(n),
-            if_none_exist: None,
-            full_url: None,
-        })
-        .await
-        .expect("create")
-    {
-        dsf_fhir::store::WriteOutcome::Created(stored) => stored.id,
-        other => panic!("not created: {other:?}"),
-    }
+    create(store, round_trip_task(n)).await
 }
 
 /// Reads `id` on every reader connection (they are taken in turn) and says on how many it
