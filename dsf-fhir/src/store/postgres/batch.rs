@@ -151,13 +151,13 @@ async fn send(pool: &Pool, slot: &SharedSlot, batch: Vec<Lookup>) {
         match statement {
             Ok(statement) => ready.push((group, statement)),
             // The batched form of a text the database takes alone: send its lookups again,
-            // one by one.
-            Err(e) if group.batched => {
-                tracing::warn!(error = %e, "PostgreSQL refused a batched point lookup; sending them one by one");
+            // one by one. (A connection that failed says nothing about the text.)
+            Err(e) if group.batched && e.refused => {
+                tracing::warn!(error = %e.error, "PostgreSQL refused a batched point lookup; sending them one by one");
                 slot.never_batch(&group.lookups[0].sql);
                 again.extend(group.lookups);
             }
-            Err(e) => fail(group.lookups, &e),
+            Err(e) => fail(group.lookups, &e.error),
         }
     }
     if !again.is_empty() {
@@ -265,13 +265,21 @@ fn same_kinds(lookups: &[Lookup]) -> bool {
     })
 }
 
+/// Why a statement was not prepared: the error, and whether the database refused the text
+/// itself (SQLSTATE class 42: syntax, types, names), as against failing to answer.
+#[derive(Clone)]
+struct NotPrepared {
+    error: Error,
+    refused: bool,
+}
+
 /// Each group's prepared statement, from the connection's cache or prepared now in one round
-/// trip, or the database's refusal to prepare it. Only running out of time fails them all.
+/// trip, or why not. Only running out of time fails them all.
 async fn prepare(
     conn: &SharedConnection,
     groups: &[Group],
     pool: &Pool,
-) -> Result<Vec<Result<Statement>>> {
+) -> Result<Vec<Result<Statement, NotPrepared>>> {
     let cached: Vec<Option<Statement>> = {
         let statements = conn.statements.lock().unwrap_or_else(|p| p.into_inner());
         groups
@@ -287,7 +295,7 @@ async fn prepare(
         .collect();
     missing.sort_unstable();
     missing.dedup();
-    let mut fresh: HashMap<&str, Result<Statement>> = HashMap::new();
+    let mut fresh: HashMap<&str, Result<Statement, NotPrepared>> = HashMap::new();
     if !missing.is_empty() {
         let limit = pool.options.answer_timeout();
         let prepared = tokio::time::timeout(
@@ -304,7 +312,13 @@ async fn prepare(
             if let Ok(statement) = &statement {
                 statements.insert(text.to_owned(), statement.clone());
             }
-            fresh.insert(text, statement.map_err(storage_error));
+            fresh.insert(
+                text,
+                statement.map_err(|e| NotPrepared {
+                    refused: e.code().is_some_and(|c| c.code().starts_with("42")),
+                    error: storage_error(e),
+                }),
+            );
         }
     }
     Ok(groups
@@ -312,10 +326,12 @@ async fn prepare(
         .zip(cached)
         .map(|(g, cached)| match cached {
             Some(statement) => Ok(statement),
-            None => fresh
-                .get(&*g.text)
-                .cloned()
-                .unwrap_or_else(|| Err(Error::storage_fault("prepared statement missing"))),
+            None => fresh.get(&*g.text).cloned().unwrap_or_else(|| {
+                Err(NotPrepared {
+                    error: Error::storage_fault("prepared statement missing"),
+                    refused: false,
+                })
+            }),
         })
         .collect())
 }
