@@ -41,13 +41,24 @@ pub(super) struct Queue {
     out: usize,
 }
 
-/// How a statement text is sent when several lookups of it share a batch.
-#[derive(Clone)]
-pub(super) enum Batched {
-    /// As one statement over arrays of the parameters: this text.
-    As(Arc<str>),
-    /// One statement per lookup: the text has no parameters, or its batched form failed.
-    Never,
+/// The batched form of a statement text, for parameters of these kinds (its arrays are cast
+/// to them).
+pub(super) struct BatchedText {
+    text: Arc<str>,
+    kinds: Box<[Kind]>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Text,
+    Int,
+}
+
+fn kind(value: &SqlValue) -> Kind {
+    match value {
+        SqlValue::Text(_) => Kind::Text,
+        SqlValue::Int(_) => Kind::Int,
+    }
 }
 
 /// Runs `sql`, a point lookup, on one of the pool's shared connections.
@@ -124,10 +135,20 @@ impl Drop for Out<'_> {
 
 /// The lookups of one statement text in a batch.
 struct Group {
-    text: Arc<str>,
     lookups: Vec<Lookup>,
-    /// Sent as one statement over arrays (the lookups' parameters all of the same kinds).
-    batched: bool,
+    /// The text they go out as, one statement over arrays of their parameters; `None` for
+    /// a lookup that goes alone.
+    batched: Option<Arc<str>>,
+}
+
+impl Group {
+    /// The statement this group sends.
+    fn text(&self) -> &str {
+        match &self.batched {
+            Some(text) => text,
+            None => &self.lookups[0].sql.text,
+        }
+    }
 }
 
 /// One batch: every group's statement pipelined on the shared connection, under one time
@@ -152,7 +173,7 @@ async fn send(pool: &Pool, slot: &SharedSlot, batch: Vec<Lookup>) {
             Ok(statement) => ready.push((group, statement)),
             // The batched form of a text the database takes alone: send its lookups again,
             // one by one. (A connection that failed says nothing about the text.)
-            Err(e) if group.batched && e.refused => {
+            Err(e) if group.batched.is_some() && e.refused => {
                 tracing::warn!(error = %e.error, "PostgreSQL refused a batched point lookup; sending them one by one");
                 slot.never_batch(&group.lookups[0].sql);
                 again.extend(group.lookups);
@@ -170,7 +191,7 @@ async fn send(pool: &Pool, slot: &SharedSlot, batch: Vec<Lookup>) {
         .iter()
         .zip(&columns)
         .map(|((group, _), columns)| {
-            if group.batched {
+            if group.batched.is_some() {
                 columns.iter().map(Column::as_sql).collect()
             } else {
                 group.lookups[0]
@@ -206,7 +227,7 @@ async fn send(pool: &Pool, slot: &SharedSlot, batch: Vec<Lookup>) {
     for ((group, _), answer) in ready.into_iter().zip(answers) {
         match answer {
             Err(e) => fail(group.lookups, &storage_error(e)),
-            Ok(rows) if group.batched => hand_out(group.lookups, rows),
+            Ok(rows) if group.batched.is_some() => hand_out(group.lookups, rows),
             Ok(rows) => {
                 if let Some(lookup) = group.lookups.into_iter().next() {
                     let _ = lookup.reply.send(Ok(rows));
@@ -232,20 +253,18 @@ fn group(slot: &SharedSlot, batch: Vec<Lookup>) -> Vec<Group> {
     let mut groups = Vec::with_capacity(by_text.len());
     for lookups in by_text {
         let batched = match lookups.len() {
-            1 => Batched::Never,
+            1 => None,
             _ if same_kinds(&lookups) => slot.batched_text(&lookups[0].sql),
-            _ => Batched::Never,
+            _ => None,
         };
         match batched {
-            Batched::As(text) => groups.push(Group {
-                text,
+            Some(text) => groups.push(Group {
                 lookups,
-                batched: true,
+                batched: Some(text),
             }),
-            Batched::Never => groups.extend(lookups.into_iter().map(|lookup| Group {
-                text: Arc::from(lookup.sql.text.as_str()),
+            None => groups.extend(lookups.into_iter().map(|lookup| Group {
                 lookups: vec![lookup],
-                batched: false,
+                batched: None,
             })),
         }
     }
@@ -256,12 +275,11 @@ fn same_kinds(lookups: &[Lookup]) -> bool {
     let first = &lookups[0].sql.params;
     lookups.iter().all(|l| {
         l.sql.params.len() == first.len()
-            && l.sql.params.iter().zip(first).all(|pair| {
-                matches!(
-                    pair,
-                    (SqlValue::Text(_), SqlValue::Text(_)) | (SqlValue::Int(_), SqlValue::Int(_))
-                )
-            })
+            && l.sql
+                .params
+                .iter()
+                .zip(first)
+                .all(|(a, b)| kind(a) == kind(b))
     })
 }
 
@@ -284,14 +302,14 @@ async fn prepare(
         let statements = conn.statements.lock().unwrap_or_else(|p| p.into_inner());
         groups
             .iter()
-            .map(|g| statements.get(&*g.text).cloned())
+            .map(|g| statements.get(g.text()).cloned())
             .collect()
     };
     let mut missing: Vec<&str> = groups
         .iter()
         .zip(&cached)
         .filter(|(_, statement)| statement.is_none())
-        .map(|(g, _)| &*g.text)
+        .map(|(g, _)| g.text())
         .collect();
     missing.sort_unstable();
     missing.dedup();
@@ -326,7 +344,7 @@ async fn prepare(
         .zip(cached)
         .map(|(g, cached)| match cached {
             Some(statement) => Ok(statement),
-            None => fresh.get(&*g.text).cloned().unwrap_or_else(|| {
+            None => fresh.get(g.text()).cloned().unwrap_or_else(|| {
                 Err(NotPrepared {
                     error: Error::storage_fault("prepared statement missing"),
                     refused: false,
@@ -386,7 +404,7 @@ impl Column<'_> {
 
 /// A batched group's parameters as arrays, one per position (none for a lone lookup).
 fn columns(group: &Group) -> Vec<Column<'_>> {
-    if !group.batched {
+    if group.batched.is_none() {
         return Vec::new();
     }
     let count = group.lookups[0].sql.params.len();
@@ -452,11 +470,11 @@ pub(super) fn batched_text(text: &str, params: &[SqlValue]) -> Option<String> {
         if i > 0 {
             batched.push_str(", ");
         }
-        let kind = match param {
-            SqlValue::Text(_) => "text",
-            SqlValue::Int(_) => "int8",
+        let array = match kind(param) {
+            Kind::Text => "text",
+            Kind::Int => "int8",
         };
-        batched.push_str(&format!("${}::{kind}[]", i + 1));
+        batched.push_str(&format!("${}::{array}[]", i + 1));
     }
     batched.push_str(") WITH ORDINALITY AS dsf_batch(");
     for i in 1..=params.len() {
@@ -469,46 +487,34 @@ pub(super) fn batched_text(text: &str, params: &[SqlValue]) -> Option<String> {
 }
 
 impl SharedSlot {
-    /// How lookups of `sql`'s text (with parameters of its kinds) go out together, worked
-    /// out once per text.
-    fn batched_text(&self, sql: &Sql) -> Batched {
-        let key = known_key(sql);
+    /// The batched form of `sql`'s text, worked out once per text; `None` when lookups of
+    /// it go one by one.
+    fn batched_text(&self, sql: &Sql) -> Option<Arc<str>> {
+        let fits = |b: &BatchedText| b.kinds.iter().copied().eq(sql.params.iter().map(kind));
         let mut known = self.batched.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(batched) = known.get(&key) {
-            return batched.clone();
+        if let Some(entry) = known.get(sql.text.as_str()) {
+            return entry.as_ref().filter(|b| fits(b)).map(|b| b.text.clone());
         }
-        let batched = match batched_text(&sql.text, &sql.params) {
-            Some(text) => Batched::As(Arc::from(text)),
-            None => Batched::Never,
-        };
+        let entry = batched_text(&sql.text, &sql.params).map(|text| BatchedText {
+            text: Arc::from(text),
+            kinds: sql.params.iter().map(kind).collect(),
+        });
+        let text = entry.as_ref().map(|b| b.text.clone());
         if known.len() >= STATEMENT_CACHE {
             known.clear();
         }
-        known.insert(key, batched.clone());
-        batched
+        known.insert(sql.text.clone(), entry);
+        text
     }
 
     fn never_batch(&self, sql: &Sql) {
-        let key = known_key(sql);
         let mut known = self.batched.lock().unwrap_or_else(|p| p.into_inner());
-        known.insert(key, Batched::Never);
+        known.insert(sql.text.clone(), None);
     }
 }
 
-/// A text and the kinds of its parameters, which its batched form casts the arrays to.
-fn known_key(sql: &Sql) -> String {
-    let mut key = String::with_capacity(sql.text.len() + 1 + sql.params.len());
-    key.push_str(&sql.text);
-    key.push('\0');
-    key.extend(sql.params.iter().map(|p| match p {
-        SqlValue::Text(_) => 't',
-        SqlValue::Int(_) => 'i',
-    }));
-    key
-}
-
-/// The texts a slot has worked out how to batch.
-pub(super) type KnownTexts = HashMap<String, Batched>;
+/// The texts a slot has worked out how to batch (`None`: one by one).
+pub(super) type KnownTexts = HashMap<String, Option<BatchedText>>;
 
 #[cfg(test)]
 mod tests {
