@@ -1,6 +1,7 @@
 //! A development network of DSF organisations on loopback: generated certificates, allow
-//! lists by topology, and per organisation a FHIR server and a BPE with the ping-pong plugin in
-//! this process. `dsf dev up` runs it; `dsf bench --network-only` measures it.
+//! lists by topology, and per organisation a FHIR server and a BPE in this process, each BPE
+//! running the plugin files of one plugin directory (ping-pong and hello-world by default).
+//! `dsf dev up` runs it; `dsf bench --network-only` measures it.
 
 use crate::{start_bpe, start_fhir_server, BpeSettings, FhirServerSettings};
 use dsf_core::{DevPki, IssuedCert};
@@ -78,7 +79,10 @@ pub struct DevNetworkSettings {
     pub topology: Topology,
     /// FHIR servers on PostgreSQL at this URL (a schema each) instead of SQLite files.
     pub postgres: Option<String>,
-    pub pong_timeout: Duration,
+    /// The plugin files every BPE runs.
+    pub plugin_directory: PathBuf,
+    /// Plugin configuration (e.g. `DEV_DSF_BPE_PING_PONG_TIMEOUT`), for every BPE's plugins.
+    pub plugin_config: Vec<(String, String)>,
 }
 
 /// A running network; dropping it stops the BPEs, [`DevNetwork::stop`] also the servers.
@@ -210,13 +214,36 @@ impl DevNetwork {
                     ),
                     process_threads: None,
                     local_timeout: Duration::from_secs(60),
-                    pong_timeout: settings.pong_timeout,
+                    plugin_directory: settings.plugin_directory.clone(),
+                    excluded: String::new(),
+                    retired: String::new(),
+                    plugin_files: dsf_engine::PluginFileSettings::default(),
+                    plugin_config: settings.plugin_config.clone(),
                 })
                 .await?,
             );
         }
-        for bpe in &bpes {
+        for (bpe, org) in bpes.iter().zip(&organizations) {
             bpe.wait_connected().await;
+            let refused: Vec<String> = bpe
+                .report()
+                .plugin_files
+                .iter()
+                .filter_map(|f| {
+                    f.outcome
+                        .as_ref()
+                        .err()
+                        .map(|reason| format!("{}: {reason}", f.file.display()))
+                })
+                .collect();
+            if !refused.is_empty() {
+                return Err(format!(
+                    "{}'s BPE refused plugin files: {}",
+                    org.identifier,
+                    refused.join("; ")
+                )
+                .into());
+            }
         }
         Ok(DevNetwork {
             pki,

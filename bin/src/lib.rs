@@ -93,7 +93,7 @@ pub async fn start_fhir_server(
     })
 }
 
-/// Everything needed to run one organisation's BPE with the plugins this crate links.
+/// Everything needed to run one organisation's BPE with the plugin files of a directory.
 pub struct BpeSettings {
     pub fhir_base_url: String,
     /// The BPE's client certificate and the CAs it trusts.
@@ -103,15 +103,18 @@ pub struct BpeSettings {
     pub process_threads: Option<usize>,
     /// Time-out of one request to the local FHIR server.
     pub local_timeout: std::time::Duration,
-    pub pong_timeout: std::time::Duration,
+    /// The plugin directory: every executable in it is a plugin file.
+    pub plugin_directory: std::path::PathBuf,
+    /// `<process id>|<version>` entries (comma or white space separated).
+    pub excluded: String,
+    pub retired: String,
+    pub plugin_files: dsf_engine::PluginFileSettings,
+    /// Plugin configuration set in plugin processes' environment (several BPEs in one
+    /// process, as `dsf dev up` runs them, cannot share one environment).
+    pub plugin_config: Vec<(String, String)>,
 }
 
-/// The plugins the reference BPE runs.
-pub fn plugins(pong_timeout: std::time::Duration) -> Vec<dsf_plugin_api::PluginDefinition> {
-    vec![dsf_plugin_ping_pong::plugin_with(pong_timeout)]
-}
-
-/// Starts a BPE: deploys the plugins, catches up and follows the FHIR server.
+/// Starts a BPE: starts and deploys the plugin files, catches up and follows the FHIR server.
 pub async fn start_bpe(
     settings: BpeSettings,
 ) -> Result<dsf_engine::Bpe, Box<dyn std::error::Error + Send + Sync>> {
@@ -130,11 +133,91 @@ pub async fn start_bpe(
         config.max_concurrent = threads.max(1);
     }
     config.client.timeout = settings.local_timeout;
-    let bpe = dsf_engine::Bpe::start(config, plugins(settings.pong_timeout)).await?;
-    for (plugin, reason) in &bpe.report().refused {
-        tracing::error!(%plugin, %reason, "plugin not deployed");
+    config.plugin_directory = Some(settings.plugin_directory);
+    config.plugin_files = settings.plugin_files;
+    config.plugin_config = settings.plugin_config;
+    config.excluded = dsf_engine::parse_process_list(&settings.excluded)?;
+    config.retired = dsf_engine::parse_process_list(&settings.retired)?;
+    let bpe = dsf_engine::Bpe::start(config, Vec::new()).await?;
+    for file in &bpe.report().plugin_files {
+        match &file.outcome {
+            Ok(processes) => {
+                tracing::info!(file = %file.file.display(), plugin = file.plugin.as_deref().unwrap_or_default(), ?processes, "plugin file deployed")
+            }
+            Err(reason) => {
+                tracing::error!(file = %file.file.display(), plugin = file.plugin.as_deref().unwrap_or_default(), %reason, "plugin file refused")
+            }
+        }
     }
     Ok(bpe)
+}
+
+/// Where `dsf dev up` and the benchmarks find the reference plugin files when no directory
+/// is named: next to the running executable (`target/release/` after `cargo build
+/// --release`), as `cargo build` leaves them.
+pub fn reference_plugin_files() -> Result<Vec<std::path::PathBuf>, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let dir = exe
+        .parent()
+        .ok_or("the executable has no directory")?
+        .to_owned();
+    // Test executables live one level deeper, in deps/.
+    let dirs = [
+        dir.clone(),
+        dir.parent().map(|p| p.to_owned()).unwrap_or(dir),
+    ];
+    REFERENCE_PLUGINS
+        .iter()
+        .map(|name| {
+            dirs.iter()
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    format!(
+                        "the plugin file {name} is not next to {} (build it with `cargo build --release --bins`, or pass --plugins DIR)",
+                        exe.display()
+                    )
+                })
+        })
+        .collect()
+}
+
+/// The plugin files this workspace builds (their crates' binaries).
+pub const REFERENCE_PLUGINS: [&str; 2] = ["dsf-process-ping-pong", "dsf-process-hello-world"];
+
+/// A plugin directory at `dir` holding links to `files` (the directory is emptied first).
+pub fn plugin_directory(
+    dir: &std::path::Path,
+    files: &[std::path::PathBuf],
+) -> std::io::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    for file in files {
+        let Some(name) = file.file_name() else {
+            continue;
+        };
+        let target = std::fs::canonicalize(file)?;
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&target, dir.join(name))?;
+        #[cfg(not(unix))]
+        std::fs::copy(&target, dir.join(name))?;
+    }
+    Ok(())
+}
+
+/// The environment variables of the BPE's own secrets, which its plugin processes do not
+/// inherit: its key and certificate files and every password.
+pub fn bpe_secret_variables() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| {
+            name.starts_with("DEV_DSF_BPE_FHIR_CLIENT_CERTIFICATE")
+                || name.contains("PASSWORD")
+                || name.starts_with("DEV_DSF_BPE_DB_")
+        })
+        .collect()
 }
 
 /// Completes on Ctrl-C or SIGTERM.

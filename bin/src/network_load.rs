@@ -52,6 +52,8 @@ pub async fn run(others: &[usize], base_port: u16) -> Result<NetworkReport, BoxE
             "dsf-network-bench-{}",
             uuid::Uuid::new_v4().simple()
         ));
+        let plugins = dir.join("process");
+        crate::plugin_directory(&plugins, &crate::reference_plugin_files()?)?;
         let before = rss_kib();
         let started = Instant::now();
         let network = DevNetwork::start(DevNetworkSettings {
@@ -60,7 +62,8 @@ pub async fn run(others: &[usize], base_port: u16) -> Result<NetworkReport, BoxE
             base_port: base_port + (round as u16) * 200,
             topology: Topology::Mesh,
             postgres: None,
-            pong_timeout: Duration::from_secs(20),
+            plugin_directory: plugins,
+            plugin_config: Vec::new(),
         })
         .await?;
         let startup = started.elapsed();

@@ -24,6 +24,10 @@ impl VariableScope for ContextScope<'_, '_> {
         self.0.variable(name).cloned()
     }
 
+    fn variables(&self) -> Map<String, Value> {
+        self.0.variables()
+    }
+
     fn set(&mut self, name: &str, value: Value) {
         self.0.set(name, value);
     }

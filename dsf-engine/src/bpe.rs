@@ -1,8 +1,10 @@
 //! The running BPE: configuration, start-up (identity, deployment, recovery) and the loops
 //! that feed it (the Task and QuestionnaireResponse subscriptions, the timer clock).
 
-use crate::deploy::{self, Deployment, DeploymentReport};
+use crate::deploy::{self, Deployment, DeploymentReport, ProcessState};
 use crate::locks::KeyLocks;
+use crate::plugin_files::{self, PluginFileReport};
+use crate::plugin_process::{PluginFileSettings, PluginProcess};
 use crate::state::StateStore;
 use crate::{Error, Result};
 use dsf_fhir::client::{ClientSettings, SubscriptionSettings};
@@ -32,6 +34,21 @@ pub struct BpeConfig {
     pub subscription: SubscriptionSettings,
     /// How long start-up waits for the FHIR server to answer with the local organisation.
     pub startup_timeout: Duration,
+    /// The plugin directory (`DEV_DSF_BPE_PROCESS_PLUGIN_DIRECTORY`): every executable in it
+    /// is started as a plugin file and deployed beside the plugins given to [`Bpe::start`].
+    pub plugin_directory: Option<PathBuf>,
+    /// How plugin file processes are run and restarted.
+    pub plugin_files: PluginFileSettings,
+    /// Plugin configuration (`dev.dsf.…` property or environment variable names): seen by
+    /// handlers through `ProcessApi::config` before the process environment, set in the
+    /// environment of plugin file processes, and used for `#{…}` placeholders.
+    pub plugin_config: Vec<(String, String)>,
+    /// Processes (`<process id>|<version>`) that start no new instances and whose FHIR
+    /// resources are removed (`DEV_DSF_BPE_PROCESS_EXCLUDED`).
+    pub excluded: Vec<String>,
+    /// Processes (`<process id>|<version>`) that start no new instances and whose FHIR
+    /// resources stay, retired (`DEV_DSF_BPE_PROCESS_RETIRED`).
+    pub retired: Vec<String>,
     /// For crash tests: called at each step boundary with its name (`claimed`, `sent` …);
     /// when it answers true, the work in progress stops there for good, as if the process
     /// had been killed. Not for production use.
@@ -55,9 +72,47 @@ impl BpeConfig {
             client: ClientSettings::default(),
             subscription: SubscriptionSettings::default(),
             startup_timeout: Duration::from_secs(60),
+            plugin_directory: None,
+            plugin_files: PluginFileSettings::default(),
+            plugin_config: Vec::new(),
+            excluded: Vec::new(),
+            retired: Vec::new(),
             crash_at: None,
         }
     }
+}
+
+/// A `DEV_DSF_BPE_PROCESS_EXCLUDED` / `_RETIRED` value as the Java BPE reads it: entries
+/// `<process id>|<major.minor>` separated by commas or white space (YAML block scalars work).
+pub fn parse_process_list(text: &str) -> Result<Vec<String>> {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let valid = entry.split_once('|').is_some_and(|(id, version)| {
+                deploy::valid_process_id(id)
+                    && version.split_once('.').is_some_and(|(major, minor)| {
+                        [major, minor]
+                            .iter()
+                            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                    })
+            });
+            if valid {
+                Ok(entry.to_owned())
+            } else {
+                Err(Error::Config(format!(
+                    "'{entry}' is not <process id>|<major.minor>, e.g. dsfdev_updateAllowList|1.0"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// A plugin file's process as it is now, for operators and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginFileStatus {
+    pub file: PathBuf,
+    /// The running process, if one runs (none while it is being restarted).
+    pub pid: Option<u32>,
 }
 
 /// What the BPE is doing, for operators and tests.
@@ -120,18 +175,22 @@ impl Inner {
     }
 }
 
-/// A running BPE. Dropping it stops its loops.
+/// A running BPE. Dropping it stops its loops and its plugin processes.
 pub struct Bpe {
     inner: Arc<Inner>,
     report: DeploymentReport,
     loops: Vec<JoinHandle<()>>,
     status: watch::Receiver<BpeStatus>,
+    plugin_processes: Vec<(PathBuf, Arc<PluginProcess>)>,
 }
 
 impl Drop for Bpe {
     fn drop(&mut self) {
         for task in &self.loops {
             task.abort();
+        }
+        for (_, process) in &self.plugin_processes {
+            process.stop();
         }
         self.inner
             .running
@@ -148,6 +207,8 @@ impl Bpe {
     /// then follows the Task and QuestionnaireResponse subscriptions (each connect catches up
     /// over REST first) and the timers.
     pub async fn start(config: BpeConfig, plugins: Vec<PluginDefinition>) -> Result<Bpe> {
+        let excluded = parse_process_list(&config.excluded.join(","))?;
+        let retired = parse_process_list(&config.retired.join(","))?;
         let local = FhirClient::with_settings(
             &config.fhir_base_url,
             config.tls.clone(),
@@ -164,38 +225,116 @@ impl Bpe {
             Some(path) => StateStore::open(path)?,
             None => StateStore::in_memory()?,
         };
+        let hello = dsf_plugin_api::protocol::Hello {
+            protocol: dsf_plugin_api::protocol::PROTOCOL_VERSION,
+            organization: organization.clone(),
+            endpoint: endpoint.clone(),
+            fhir_base_url: config.fhir_base_url.clone(),
+        };
         let shared = Arc::new(Shared {
-            api: ProcessApi::new(local.clone(), config.tls.clone(), &organization, endpoint),
+            api: ProcessApi::new(local.clone(), config.tls.clone(), &organization, endpoint)
+                .with_config(config.plugin_config.iter().cloned()),
             state,
             crash_at: config.crash_at.clone(),
         });
 
         let mut report = DeploymentReport::default();
+        // Plugins linked in, then plugin files (each with its file and process).
+        let mut sources: Vec<(PluginDefinition, Option<(PathBuf, Arc<PluginProcess>)>)> =
+            plugins.into_iter().map(|p| (p, None)).collect();
+        if let Some(directory) = &config.plugin_directory {
+            let mut settings = config.plugin_files.clone();
+            settings
+                .environment
+                .extend(config.plugin_config.iter().cloned());
+            let (loaded, refused) = plugin_files::load(directory, &hello, &settings).await;
+            for file in &refused {
+                if let Err(reason) = &file.outcome {
+                    tracing::error!(file = %file.file.display(), %reason, "plugin file refused");
+                }
+            }
+            report.plugin_files = refused;
+            sources.extend(
+                loaded
+                    .into_iter()
+                    .map(|l| (l.definition, Some((l.file, l.process)))),
+            );
+        }
         let mut prepared = Vec::new();
-        for plugin in &plugins {
+        let mut plugin_processes = Vec::new();
+        for (plugin, file) in &sources {
             match deploy::prepare(plugin, &organization, &shared) {
-                Ok(p) => prepared.push(p),
+                Ok(mut p) => {
+                    for deployment in &mut p.deployments {
+                        let key = deployment.key();
+                        if excluded.contains(&key) {
+                            deployment.state = ProcessState::Excluded;
+                        } else if retired.contains(&key) {
+                            deployment.state = ProcessState::Retired;
+                        }
+                    }
+                    p.file = file.as_ref().map(|(path, _)| path.clone());
+                    prepared.push(p);
+                    if let Some(file) = file {
+                        plugin_processes.push(file.clone());
+                    }
+                }
                 Err(message) => {
                     tracing::error!(plugin = plugin.name(), version = %plugin.version(), %message, "plugin refused");
-                    report.refused.push((plugin.name().to_owned(), message));
+                    report
+                        .refused
+                        .push((plugin.name().to_owned(), message.clone()));
+                    if let Some((path, process)) = file {
+                        process.stop();
+                        report.plugin_files.push(PluginFileReport {
+                            file: path.clone(),
+                            plugin: Some(format!("{} {}", plugin.name(), plugin.version_text())),
+                            outcome: Err(message),
+                        });
+                    }
                 }
             }
         }
         refuse_duplicates(&mut prepared, &mut report);
-        let (written, retired) = deploy::upload(&local, &prepared).await?;
+        plugin_processes.retain(|(path, process)| {
+            let kept = prepared.iter().any(|p| p.file.as_ref() == Some(path));
+            if !kept {
+                process.stop();
+            }
+            kept
+        });
+        let (written, retired_definitions) = deploy::upload(&local, &prepared).await?;
         report.resources = written;
-        report.retired = retired;
+        report.retired = retired_definitions;
         let mut deployments = HashMap::new();
         for plugin in prepared {
+            let processes: Vec<String> = plugin.deployments.iter().map(Deployment::key).collect();
+            if let Some(file) = &plugin.file {
+                tracing::info!(file = %file.display(), plugin = %plugin.name, processes = ?processes, "plugin file deployed");
+                report.plugin_files.push(PluginFileReport {
+                    file: file.clone(),
+                    plugin: Some(plugin.label.clone()),
+                    outcome: Ok(processes),
+                });
+            }
             for deployment in plugin.deployments {
-                tracing::info!(plugin = %deployment.plugin, process = %deployment.key(), "process deployed");
-                report.deployed.push(deployment.key());
+                match deployment.state {
+                    ProcessState::Active => {
+                        tracing::info!(plugin = %deployment.plugin, process = %deployment.key(), "process deployed");
+                        report.deployed.push(deployment.key());
+                    }
+                    state => {
+                        tracing::info!(plugin = %deployment.plugin, process = %deployment.key(), state = state.name(), "process deployed; it starts no new instances");
+                        report.suspended.push((deployment.key(), state));
+                    }
+                }
                 deployments.insert(
                     (deployment.process_id.clone(), deployment.version.clone()),
                     Arc::new(deployment),
                 );
             }
         }
+        report.plugin_files.sort_by(|a, b| a.file.cmp(&b.file));
 
         let (status_tx, status) = watch::channel(BpeStatus::default());
         let inner = Arc::new(Inner {
@@ -227,7 +366,19 @@ impl Bpe {
             report,
             loops,
             status,
+            plugin_processes,
         })
+    }
+
+    /// The plugin files deployed, each with its running process.
+    pub fn plugin_files(&self) -> Vec<PluginFileStatus> {
+        self.plugin_processes
+            .iter()
+            .map(|(file, process)| PluginFileStatus {
+                file: file.clone(),
+                pid: process.pid(),
+            })
+            .collect()
     }
 
     pub fn report(&self) -> &DeploymentReport {

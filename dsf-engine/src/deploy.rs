@@ -7,10 +7,32 @@ use crate::bpe::Shared;
 use dsf_bpmn::engine::{Engine, Registry, SystemClock};
 use dsf_bpmn::{Behaviour, Definitions, Field, FieldValue, Listener, NodeKind, Trigger};
 use dsf_fhir::{FhirClient, Format};
-use dsf_plugin_api::{fill_placeholders, Handler, PluginDefinition};
+use dsf_plugin_api::{fill_placeholders, fill_resource_placeholders, Handler, PluginDefinition};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+
+/// Whether a deployed process starts new instances, as the Java BPE's process states say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProcessState {
+    /// Not run (`DEV_DSF_BPE_PROCESS_EXCLUDED`): no new instances, its FHIR resources are
+    /// removed from the local server; instances already running go on.
+    Excluded,
+    /// Retired (`DEV_DSF_BPE_PROCESS_RETIRED`): no new instances, its FHIR resources stay
+    /// with status `retired`; instances already running go on.
+    Retired,
+    Active,
+}
+
+impl ProcessState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProcessState::Excluded => "excluded",
+            ProcessState::Retired => "retired",
+            ProcessState::Active => "active",
+        }
+    }
+}
 
 /// One deployed process: `<process id>|<version>` of one plugin.
 pub struct Deployment {
@@ -24,6 +46,7 @@ pub struct Deployment {
     pub start_messages: Vec<String>,
     /// Ids of the elements that send messages: the instance is saved before each runs.
     pub(crate) send_nodes: std::collections::HashSet<String>,
+    pub state: ProcessState,
 }
 
 impl Deployment {
@@ -36,11 +59,15 @@ impl Deployment {
 /// What deploying the plugins did, for logs and tests.
 #[derive(Debug, Default, Clone)]
 pub struct DeploymentReport {
-    /// `<process id>|<version>` of each deployed process.
+    /// `<process id>|<version>` of each deployed process that starts new instances.
     pub deployed: Vec<String>,
+    /// Deployed processes that start no new instances (excluded or retired by configuration).
+    pub suspended: Vec<(String, ProcessState)>,
     /// Plugins refused, each with the reason (file and element named).
     pub refused: Vec<(String, String)>,
-    /// FHIR resources written to the local server.
+    /// Each file of the plugin directory: what was deployed from it, or why it was refused.
+    pub plugin_files: Vec<crate::PluginFileReport>,
+    /// FHIR resources written to (or, for excluded processes, removed from) the local server.
     pub resources: usize,
     /// ActivityDefinitions set to `retired` because their version is no longer installed.
     pub retired: usize,
@@ -86,9 +113,20 @@ pub fn process_key(instantiates_canonical: &str) -> Option<(String, String)> {
 /// A plugin with its files read and checked, ready to deploy.
 pub(crate) struct PreparedPlugin {
     pub name: String,
+    /// `<name> <version>`, for reports.
+    pub label: String,
+    /// The plugin file it came from, if it is one.
+    pub file: Option<std::path::PathBuf>,
     pub deployments: Vec<Deployment>,
-    /// FHIR resources (placeholders filled) with the file each came from.
-    pub resources: Vec<(String, Value)>,
+    /// FHIR resources (placeholders filled) with the process that needs each and the file it
+    /// came from.
+    pub resources: Vec<PluginResource>,
+}
+
+pub(crate) struct PluginResource {
+    pub process: String,
+    pub file: String,
+    pub resource: Value,
 }
 
 /// Checks a plugin and builds its engines; the error names the file and element at fault,
@@ -100,11 +138,14 @@ pub(crate) fn prepare(
 ) -> Result<PreparedPlugin, String> {
     let version = plugin.version().resource_version();
     let date = plugin.release_date_text();
+    let config = |v: &str| shared.api.config(v);
     let fill = |path: &str, text: &str| {
-        fill_placeholders(path, text, &version, &date, organization, |v| {
-            std::env::var(v).ok()
-        })
-        .map_err(|e| e.to_string())
+        fill_placeholders(path, text, &version, &date, organization, config)
+            .map_err(|e| e.to_string())
+    };
+    let fill_resource = |path: &str, text: &str| {
+        fill_resource_placeholders(path, text, &version, &date, organization, config)
+            .map_err(|e| e.to_string())
     };
     let handlers: HashMap<String, &Handler> = plugin
         .handlers()
@@ -166,6 +207,7 @@ pub(crate) fn prepare(
             engine,
             start_messages,
             send_nodes,
+            state: ProcessState::Active,
         });
     }
     let mut resources = Vec::new();
@@ -176,7 +218,7 @@ pub(crate) fn prepare(
                 file.path
             ));
         }
-        let text = fill(&file.path, &file.contents)?;
+        let text = fill_resource(&file.path, &file.contents)?;
         let format = if file.path.ends_with(".json") {
             Format::Json
         } else {
@@ -185,10 +227,16 @@ pub(crate) fn prepare(
         let resource = dsf_fhir::format::parse_resource(text.as_bytes(), format)
             .map_err(|e| format!("{}: {e}", file.path))?;
         check_resource(&file.path, &resource, &version)?;
-        resources.push((file.path.clone(), resource));
+        resources.push(PluginResource {
+            process: process.clone(),
+            file: file.path.clone(),
+            resource,
+        });
     }
     Ok(PreparedPlugin {
         name: plugin.name().to_owned(),
+        label: format!("{} {}", plugin.name(), plugin.version_text()),
+        file: None,
         deployments,
         resources,
     })
@@ -203,7 +251,7 @@ fn is_send(kind: &NodeKind) -> bool {
     )
 }
 
-fn valid_process_id(id: &str) -> bool {
+pub(crate) fn valid_process_id(id: &str) -> bool {
     let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     id.split_once('_').is_some_and(|(d, n)| ok(d) && ok(n))
 }
@@ -425,63 +473,99 @@ fn criteria(resource: &Value) -> Option<String> {
     }
 }
 
-/// Writes the resources of the deployed plugins to the local FHIR server in one batch
-/// (metadata `status` `unknown` becomes `active`), then retires ActivityDefinitions of the
-/// deployed processes whose versions are no longer installed. Returns (written, retired).
+/// Writes the resources of the deployed plugins to the local FHIR server in one batch:
+/// those of an active process as they are (metadata `status` `unknown` becomes `active`), those
+/// only retired processes need with status `retired`, and those only excluded processes need
+/// are deleted. Then retires ActivityDefinitions of the deployed processes whose versions are
+/// no longer installed. Returns (written, retired).
 pub(crate) async fn upload(
     client: &FhirClient,
     plugins: &[PreparedPlugin],
 ) -> crate::Result<(usize, usize)> {
-    let mut entries: Vec<(usize, Value)> = Vec::new();
+    let state_of = |plugin: &PreparedPlugin, process: &str| {
+        plugin
+            .deployments
+            .iter()
+            .find(|d| d.process_id == process)
+            .map_or(ProcessState::Active, |d| d.state)
+    };
+    // One entry per resource (by its conditional criteria), in the state of the most active
+    // process that needs it.
+    let mut wanted: HashMap<String, (ProcessState, usize, Value)> = HashMap::new();
     for plugin in plugins {
-        for (file, resource) in &plugin.resources {
-            let mut resource = resource.clone();
-            if resource["status"].as_str() == Some("unknown") {
-                resource["status"] = json!("active");
-            }
-            let resource_type = resource["resourceType"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let Some(criteria) = criteria(&resource) else {
+        for PluginResource {
+            process,
+            file,
+            resource,
+        } in &plugin.resources
+        {
+            let resource_type = resource["resourceType"].as_str().unwrap_or_default();
+            let Some(criteria) = criteria(resource) else {
                 return Err(crate::Error::Plugin {
                     plugin: plugin.name.clone(),
                     message: format!("{file}: no url/version, name or identifier to write it by"),
                 });
             };
+            let url = format!("{resource_type}?{criteria}");
             let order = METADATA_TYPES
                 .iter()
                 .position(|t| *t == resource_type)
                 .unwrap_or(METADATA_TYPES.len());
-            entries.push((
-                order,
-                json!({
-                    "resource": resource,
-                    "request": {"method": "PUT", "url": format!("{resource_type}?{criteria}")},
-                }),
-            ));
+            let state = state_of(plugin, process);
+            match wanted.get(&url) {
+                Some((existing, _, _)) if *existing >= state => {}
+                _ => {
+                    wanted.insert(url, (state, order, resource.clone()));
+                }
+            }
         }
     }
-    entries.sort_by_key(|(order, _)| *order);
+    let mut entries: Vec<(usize, String, Value)> = wanted
+        .into_iter()
+        .map(|(url, (state, order, mut resource))| {
+            let entry = match state {
+                ProcessState::Excluded => json!({"request": {"method": "DELETE", "url": url}}),
+                ProcessState::Retired | ProcessState::Active => {
+                    let status = resource["status"].as_str();
+                    if resource["resourceType"] != "Task"
+                        && (status == Some("unknown") || state == ProcessState::Retired)
+                    {
+                        resource["status"] = json!(if state == ProcessState::Retired {
+                            "retired"
+                        } else {
+                            "active"
+                        });
+                    }
+                    json!({"resource": resource, "request": {"method": "PUT", "url": url}})
+                }
+            };
+            (order, url, entry)
+        })
+        .collect();
+    // Deletes after writes, each group in dependency order, the same order every start.
+    entries.sort_by(|a, b| {
+        let deletes = |e: &Value| e["request"]["method"] == "DELETE";
+        (deletes(&a.2), a.0, &a.1).cmp(&(deletes(&b.2), b.0, &b.1))
+    });
     let count = entries.len();
     if count > 0 {
         let bundle = json!({
             "resourceType": "Bundle",
             "type": "batch",
-            "entry": entries.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+            "entry": entries.iter().map(|(_, _, e)| e).collect::<Vec<_>>(),
         });
         let response = client.transaction(&bundle).await?;
         let failed: Vec<String> = response["entry"]
             .as_array()
             .into_iter()
             .flatten()
-            .enumerate()
-            .filter(|(_, e)| {
-                !e["response"]["status"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with('2'))
+            .zip(&entries)
+            .filter(|(answer, (_, _, entry))| {
+                let status = answer["response"]["status"].as_str().unwrap_or_default();
+                let gone = entry["request"]["method"] == "DELETE" && status.starts_with("404");
+                !(status.starts_with('2') || gone)
             })
-            .map(|(i, e)| format!("entry {i}: {}", e["response"]))
+            .map(|(answer, (_, url, _))| format!("{url}: {}", answer["response"]))
             .collect();
         if !failed.is_empty() {
             return Err(crate::Error::Config(format!(
@@ -500,7 +584,7 @@ async fn retire_old_versions(
 ) -> crate::Result<usize> {
     let mut installed: HashMap<String, BTreeSet<String>> = HashMap::new();
     for plugin in plugins {
-        for (_, resource) in &plugin.resources {
+        for PluginResource { resource, .. } in &plugin.resources {
             if resource["resourceType"] == "ActivityDefinition" {
                 if let (Some(url), Some(version)) =
                     (resource["url"].as_str(), resource["version"].as_str())

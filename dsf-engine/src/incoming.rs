@@ -4,7 +4,7 @@
 //! ends, its state is saved, and the Tasks it is done with are completed or failed.
 
 use crate::bpe::Inner;
-use crate::deploy::{process_key, Deployment};
+use crate::deploy::{process_key, Deployment, ProcessState};
 use crate::locks::KeyGuard;
 use dsf_bpmn::engine::{Instance, InstanceState, Step};
 use dsf_fhir::client::SubscriptionSettings;
@@ -261,6 +261,15 @@ impl Inner {
                     return;
                 }
             }
+        }
+        if deployment.state != ProcessState::Active {
+            let reason = format!(
+                "Process {} is {}: it starts no new instances",
+                deployment.key(),
+                deployment.state.name()
+            );
+            self.fail_claimed(task, &reason).await;
+            return;
         }
         if !deployment.start_messages.contains(&message) {
             let reason = format!(

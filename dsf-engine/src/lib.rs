@@ -23,9 +23,13 @@ mod error;
 mod incoming;
 mod locks;
 mod outgoing;
+mod plugin_files;
+mod plugin_process;
 mod state;
 
-pub use bpe::{Bpe, BpeConfig, BpeStatus};
-pub use deploy::{process_key, Deployment, DeploymentReport};
+pub use bpe::{parse_process_list, Bpe, BpeConfig, BpeStatus, PluginFileStatus};
+pub use deploy::{process_key, Deployment, DeploymentReport, ProcessState};
 pub use error::{Error, Result};
+pub use plugin_files::PluginFileReport;
+pub use plugin_process::PluginFileSettings;
 pub use state::{StateStore, INSTANCE_FORMAT};

@@ -1,13 +1,16 @@
 use crate::constants::{ENDPOINT_IDENTIFIER, ORGANIZATION_IDENTIFIER};
+use crate::placeholders::environment_variable;
 use crate::{ProcessError, Target};
+use dsf_fhir::client::{ClientSettings, Transport};
 use dsf_fhir::FhirClient;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// An Endpoint of the allow list: its DSF identifier, its FHIR base URL and the identifier of
 /// the organisation that manages it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EndpointInfo {
     pub identifier: String,
     pub address: String,
@@ -22,14 +25,25 @@ impl EndpointInfo {
     }
 }
 
+/// How the clients of a [`ProcessApi`] reach FHIR servers.
+enum Connections {
+    /// With the organisation's client certificate (a plugin in the BPE's process).
+    Tls(Arc<rustls::ClientConfig>),
+    /// Through the BPE, which holds the certificate (a plugin file's process).
+    Transport(Arc<dyn Transport>),
+}
+
 /// What a handler can reach: the local FHIR server, the other organisations' FHIR servers (with
-/// the BPE's client certificate), the local organisation's identity and the allow list.
+/// the BPE's client certificate), the local organisation's identity, the allow list and the
+/// plugin's configuration. A handler sees the same API whether its plugin runs in the BPE's
+/// process or as a plugin file.
 pub struct ProcessApi {
     local: FhirClient,
-    tls: Arc<rustls::ClientConfig>,
+    connections: Connections,
     organization: String,
     endpoint: EndpointInfo,
     remote: Mutex<HashMap<String, FhirClient>>,
+    config: HashMap<String, String>,
 }
 
 impl ProcessApi {
@@ -42,11 +56,60 @@ impl ProcessApi {
     ) -> Self {
         ProcessApi {
             local,
-            tls,
+            connections: Connections::Tls(tls),
             organization: organization.to_owned(),
             endpoint,
             remote: Mutex::new(HashMap::new()),
+            config: HashMap::new(),
         }
+    }
+
+    /// The API of a handler in a plugin file's process: every FHIR request, to the local
+    /// server at `local_base_url` or to another organisation's, is handed to `transport` (the
+    /// BPE sends it with the organisation's certificate; the plugin never holds the key).
+    pub fn with_transport(
+        local_base_url: &str,
+        transport: Arc<dyn Transport>,
+        organization: &str,
+        endpoint: EndpointInfo,
+    ) -> Result<Self, ProcessError> {
+        let local = FhirClient::with_transport(
+            local_base_url,
+            transport.clone(),
+            transported_client_settings(),
+        )?;
+        Ok(ProcessApi {
+            local,
+            connections: Connections::Transport(transport),
+            organization: organization.to_owned(),
+            endpoint,
+            remote: Mutex::new(HashMap::new()),
+            config: HashMap::new(),
+        })
+    }
+
+    /// Configuration values that take precedence over the environment in [`ProcessApi::config`]
+    /// (a BPE embedded in a service, or several BPEs in one process, configure their plugins
+    /// here rather than through the process environment).
+    pub fn with_config(mut self, values: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.config.extend(
+            values
+                .into_iter()
+                .map(|(name, value)| (environment_variable(&name), value)),
+        );
+        self
+    }
+
+    /// A configuration value of the plugin, by property name (`dev.dsf.bpe.ping.pong.timeout`)
+    /// or environment variable name (`DEV_DSF_BPE_PING_PONG_TIMEOUT`), as the Java BPE reads
+    /// plugin properties from its environment: the values given to
+    /// [`ProcessApi::with_config`] first, then the process environment.
+    pub fn config(&self, name: &str) -> Option<String> {
+        let variable = environment_variable(name);
+        self.config
+            .get(&variable)
+            .cloned()
+            .or_else(|| std::env::var(&variable).ok())
     }
 
     /// A client of the local organisation's FHIR server.
@@ -64,8 +127,14 @@ impl ProcessApi {
         if let Some(client) = remote.get(url) {
             return Ok(client.clone());
         }
-        let client =
-            FhirClient::with_settings(url, self.tls.clone(), self.local.settings().clone())?;
+        let client = match &self.connections {
+            Connections::Tls(tls) => {
+                FhirClient::with_settings(url, tls.clone(), self.local.settings().clone())?
+            }
+            Connections::Transport(transport) => {
+                FhirClient::with_transport(url, transport.clone(), transported_client_settings())?
+            }
+        };
         remote.insert(url.to_owned(), client.clone());
         Ok(client)
     }
@@ -203,6 +272,15 @@ impl ProcessApi {
         }
         Ok(targets)
     }
+}
+
+/// Clients whose requests the BPE carries: the BPE's own client retries and times out, and the
+/// BPE bounds the whole handler call, so the plugin's side neither retries nor cuts off early.
+fn transported_client_settings() -> ClientSettings {
+    let mut settings = ClientSettings::default();
+    settings.retries = 0;
+    settings.timeout = Duration::from_secs(24 * 60 * 60);
+    settings
 }
 
 /// The value of a resource's first identifier of `system`.

@@ -68,6 +68,8 @@ pub struct ResourceFile {
 pub struct PluginDefinition {
     name: String,
     version: PluginVersion,
+    /// As the plugin wrote it, with its draft suffix.
+    version_text: String,
     draft: bool,
     release_date: time::Date,
     bpmn: Vec<ResourceFile>,
@@ -105,6 +107,7 @@ impl PluginDefinition {
         Ok(PluginDefinition {
             name: name.to_owned(),
             version: PluginVersion::parse(version)?,
+            version_text: version.to_owned(),
             draft: version.contains('-'),
             release_date,
             bpmn: Vec::new(),
@@ -173,6 +176,11 @@ impl PluginDefinition {
 
     pub fn version(&self) -> PluginVersion {
         self.version
+    }
+
+    /// The version as the plugin wrote it (`1.0.1.0`, `1.1.0.0-SNAPSHOT`).
+    pub fn version_text(&self) -> &str {
+        &self.version_text
     }
 
     /// A draft (`-SNAPSHOT`, `-RC1` …) plugin's resources are written again on every start.

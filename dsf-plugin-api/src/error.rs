@@ -1,9 +1,19 @@
 use thiserror::Error;
 
-/// A plugin definition that cannot be deployed.
+/// A plugin definition that cannot be deployed, or a plugin file that stopped serving its BPE.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
+    #[error("reading from the BPE: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("writing to the BPE: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("the BPE sent something that is not a protocol message: {0}")]
+    Garbage(#[source] serde_json::Error),
+    #[error("the BPE spoke before its hello, or closed without one")]
+    NoHello,
+    #[error("the BPE speaks plugin protocol version {0}; this plugin speaks {1}")]
+    ProtocolVersion(u32, u32),
     #[error("plugin version '{0}' is not major.minor.patch.build (e.g. 1.0.1.0)")]
     Version(String),
     #[error("plugin release date '{0}' is not yyyy-mm-dd")]
@@ -58,7 +68,7 @@ impl From<serde_json::Error> for ProcessError {
 }
 
 /// Why a Task could not be delivered to its target.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Error, serde::Serialize, serde::Deserialize)]
 #[error("{message}")]
 pub struct SendError {
     /// The HTTP status the target answered with, if it answered.

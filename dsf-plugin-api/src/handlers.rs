@@ -11,7 +11,8 @@ pub trait ServiceTask: Send + Sync {
 }
 
 /// Which business key a sent Task carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub enum BusinessKeyStrategy {
     /// The instance's own business key: replies continue this instance (the default).
@@ -25,7 +26,8 @@ pub enum BusinessKeyStrategy {
 }
 
 /// What one message send is about, from the element's three fields and its target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SendContext {
     /// `instantiatesCanonical` of the Task, e.g. `http://dsf.dev/bpe/Process/pong|1.0`.
     pub instantiates_canonical: String,

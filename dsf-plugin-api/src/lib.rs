@@ -6,6 +6,13 @@
 //! files use (`camunda:class` values or delegate expressions). The BPE (`dsf-engine`) deploys
 //! the definition; the plugin never sees engine internals.
 //!
+//! A plugin reaches a BPE in one of two ways. An embedder links the crate and hands its
+//! definition to the engine in-process. A site running the reference `dsf-bpe` gets a *plugin
+//! file*: the crate's `main` calls [`serve`], and the BPE starts the executable from its plugin
+//! directory and talks to it over the [`protocol`] (its handlers' FHIR requests go through the
+//! BPE, so the plugin never holds the organisation's key). Handlers are written once for both.
+//! Configuration reaches handlers through [`ProcessApi::config`].
+//!
 //! Handlers are plain traits made async with the re-exported [`async_trait`] attribute, so a
 //! plugin crate depends on this crate alone:
 //!
@@ -36,6 +43,8 @@ mod definition;
 mod error;
 mod handlers;
 mod placeholders;
+pub mod protocol;
+mod serve;
 pub mod task;
 mod variables;
 
@@ -47,7 +56,10 @@ pub use handlers::{
     BusinessKeyStrategy, DefaultMessageSend, ExecutionListener, Handler, MessageSend, SendContext,
     ServiceTask, UserTaskListener,
 };
-pub use placeholders::fill_placeholders;
+pub use placeholders::{environment_variable, fill_placeholders, fill_resource_placeholders};
+#[cfg(feature = "serve")]
+pub use serve::serve;
+pub use serve::serve_on;
 pub use variables::{Target, Targets, VariableScope, Variables};
 
 /// The FHIR client type handlers use (re-exported so plugins need no direct dependency).

@@ -1,9 +1,10 @@
 use crate::Error;
 
-/// Fills the DSF placeholders of a plugin file as the Java BPE does before parsing it:
-/// `#{version}`, `#{date}` and `#{organization}` from the arguments, any other `#{a.b-c}`
-/// from the environment variable `A_B_C` (looked up with `env`); an unresolvable one is an
-/// error naming the file. `${…}` (BPMN expressions) is left alone.
+/// Fills the DSF placeholders of a plugin's BPMN file as the Java BPE does before parsing it:
+/// `#{version}`, `#{date}` and `#{organization}` from the arguments, any other `#{a.b-c}` from
+/// the environment variable `A_B_C` (looked up with `env`), or `#{a.b-c:default}` with a
+/// default; an unresolvable one is an error naming the file. `${…}` (BPMN expressions) is left
+/// alone.
 pub fn fill_placeholders(
     file: &str,
     text: &str,
@@ -12,33 +13,59 @@ pub fn fill_placeholders(
     organization: &str,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<String, Error> {
+    fill(file, text, &["#{"], version, date, organization, &env)
+}
+
+/// Fills the placeholders of a plugin's FHIR resource file: as [`fill_placeholders`], and
+/// `${a.b-c}` / `${a.b-c:default}` from the environment as well (a FHIR resource holds no
+/// BPMN expressions; the Java BPE resolves both forms in them).
+pub fn fill_resource_placeholders(
+    file: &str,
+    text: &str,
+    version: &str,
+    date: &str,
+    organization: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, Error> {
+    fill(file, text, &["#{", "${"], version, date, organization, &env)
+}
+
+fn fill(
+    file: &str,
+    text: &str,
+    openers: &[&str],
+    version: &str,
+    date: &str,
+    organization: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, Error> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(start) = rest.find("#{") {
+    while let Some(start) = openers.iter().filter_map(|o| rest.find(o)).min() {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
             out.push_str(&rest[start..]);
             return Ok(out);
         };
-        let name = &after[..end];
-        match name {
+        let placeholder = &after[..end];
+        match placeholder {
             "version" => out.push_str(version),
             "date" => out.push_str(date),
             "organization" => out.push_str(organization),
             _ => {
-                let variable: String = name
-                    .chars()
-                    .map(|c| match c {
-                        '.' | '-' => '_',
-                        c => c.to_ascii_uppercase(),
-                    })
-                    .collect();
-                let value = env(&variable).ok_or_else(|| Error::Placeholder {
-                    file: file.to_owned(),
-                    name: name.to_owned(),
-                    variable,
-                })?;
+                let (name, default) = match placeholder.split_once(':') {
+                    Some((name, default)) => (name, Some(default)),
+                    None => (placeholder, None),
+                };
+                let variable = environment_variable(name.trim());
+                let value = env(&variable)
+                    .or_else(|| default.map(str::to_owned))
+                    .ok_or_else(|| Error::Placeholder {
+                        file: file.to_owned(),
+                        name: name.to_owned(),
+                        variable,
+                    })?;
                 out.push_str(&value);
             }
         }
@@ -46,6 +73,18 @@ pub fn fill_placeholders(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The environment variable of a property name, as Spring reads properties from the
+/// environment: `dev.dsf.bpe.ping-pong.timeout` is `DEV_DSF_BPE_PING_PONG_TIMEOUT`; a name
+/// already in that form stays as it is.
+pub fn environment_variable(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '.' | '-' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -71,6 +110,28 @@ mod tests {
             error.contains("bpe/x.bpmn") && error.contains("NO_SUCH"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn defaults_and_resource_expressions() {
+        let env = |v: &str| (v == "DEV_DSF_SET").then(|| "set".to_owned());
+        let bpmn = "#{dev.dsf.unset:fallback} #{dev.dsf.set:x} ${keep}";
+        assert_eq!(
+            fill_placeholders("f", bpmn, "1.0", "d", "o", env).unwrap(),
+            "fallback set ${keep}"
+        );
+        let resource =
+            "${dev.dsf.bpe.allow.list.organization:hs-heilbronn.de} ${dev.dsf.set} #{version}";
+        assert_eq!(
+            fill_resource_placeholders("f", resource, "1.0", "d", "o", env).unwrap(),
+            "hs-heilbronn.de set 1.0"
+        );
+        assert!(fill_resource_placeholders("f", "${no.such}", "1.0", "d", "o", env).is_err());
+        assert_eq!(
+            environment_variable("dev.dsf.bpe.ping-pong.timeout"),
+            "DEV_DSF_BPE_PING_PONG_TIMEOUT"
+        );
+        assert_eq!(environment_variable("DEV_DSF_X"), "DEV_DSF_X");
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Targets {
 /// instance), `set_local` on the element's own scope.
 pub trait VariableScope: Send + Sync {
     fn get(&self, name: &str) -> Option<Value>;
+    /// Every variable visible here (what a handler in another process is handed).
+    fn variables(&self) -> Map<String, Value>;
     fn set(&mut self, name: &str, value: Value);
     fn set_local(&mut self, name: &str, value: Value);
 }
@@ -99,6 +101,16 @@ impl<'a> Variables<'a> {
 
     pub fn field_str(&self, name: &str) -> Option<&str> {
         self.fields.get(name).and_then(Value::as_str)
+    }
+
+    /// Every `camunda:field` value of the element.
+    pub fn fields(&self) -> &Map<String, Value> {
+        self.fields
+    }
+
+    /// Every variable visible to the handler, by name.
+    pub fn all(&self) -> Map<String, Value> {
+        self.scope.variables()
     }
 
     pub fn get(&self, name: &str) -> Option<Value> {
@@ -267,6 +279,10 @@ impl<'a> Variables<'a> {
 impl VariableScope for Map<String, Value> {
     fn get(&self, name: &str) -> Option<Value> {
         Map::get(self, name).cloned()
+    }
+
+    fn variables(&self) -> Map<String, Value> {
+        self.clone()
     }
 
     fn set(&mut self, name: &str, value: Value) {

@@ -14,14 +14,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
-const PONG_TIMEOUT: Duration = Duration::from_secs(3);
-
 fn plugins() -> Vec<PluginDefinition> {
-    vec![ping_pong::plugin_with(PONG_TIMEOUT)]
+    vec![ping_pong::plugin()]
+}
+
+/// A BPE configuration for `org` whose pings wait 3 s for their pongs.
+fn bpe_config(org: &Organization) -> BpeConfig {
+    let mut config = BpeConfig::new(&org.base_url, org.bpe_tls.clone());
+    config
+        .plugin_config
+        .push((ping_pong::PONG_TIMEOUT_PROPERTY.into(), "PT3S".into()));
+    config
 }
 
 async fn start_bpe(org: &Organization, state: Option<&Path>) -> Bpe {
-    let mut config = BpeConfig::new(&org.base_url, org.bpe_tls.clone());
+    let mut config = bpe_config(org);
     config.state_path = state.map(Path::to_path_buf);
     let bpe = Bpe::start(config, plugins()).await.expect("BPE starts");
     assert!(
@@ -464,7 +471,7 @@ async fn a_broken_plugin_is_refused_and_the_others_run() {
   <bpmn:message id="m" name="go"/>
 </bpmn:definitions>"#,
         );
-    let mut config = BpeConfig::new(&org.base_url, org.bpe_tls.clone());
+    let mut config = bpe_config(org);
     config.state_path = None;
     let mut all = plugins();
     all.push(broken);
@@ -590,7 +597,7 @@ fn approve_variant(bpmn: String) -> PluginDefinition {
 async fn a_user_task_waits_for_its_questionnaire_response() {
     let network = Network::start(1, Topology::Mesh).await;
     let org = network.organization(0);
-    let config = BpeConfig::new(&org.base_url, org.bpe_tls.clone());
+    let config = bpe_config(org);
     let bpe = Bpe::start(config, vec![approve_plugin()])
         .await
         .expect("BPE");
@@ -646,12 +653,9 @@ async fn a_user_task_waits_for_its_questionnaire_response() {
 async fn the_plugin_guide_hello_world_runs() {
     let network = Network::start(1, Topology::Mesh).await;
     let org = network.organization(0);
-    let bpe = Bpe::start(
-        BpeConfig::new(&org.base_url, org.bpe_tls.clone()),
-        vec![dsf_plugin_hello_world::plugin()],
-    )
-    .await
-    .expect("BPE");
+    let bpe = Bpe::start(bpe_config(org), vec![dsf_plugin_hello_world::plugin()])
+        .await
+        .expect("BPE");
     assert_eq!(bpe.report().deployed, ["exampleorg_helloWorld|1.0"]);
     tokio::time::timeout(WAIT, bpe.wait_connected())
         .await
@@ -697,7 +701,7 @@ fn hello_task(org: &Organization, version: &str) -> Value {
 async fn two_versions_of_a_plugin_run_side_by_side_and_old_ones_retire() {
     let network = Network::start(1, Topology::Mesh).await;
     let org = network.organization(0);
-    let config = || BpeConfig::new(&org.base_url, org.bpe_tls.clone());
+    let config = || bpe_config(org);
     let bpe = Bpe::start(
         config(),
         vec![hello_world_as("1.0.0.0"), hello_world_as("1.1.0.0")],
@@ -792,12 +796,9 @@ async fn a_slow_handler_holds_up_no_other_instance() {
     let plugin = approve_variant(bpmn).service_task("org.test.MaybeSlow", MaybeSlow);
     let network = Network::start(1, Topology::Mesh).await;
     let org = network.organization(0);
-    let bpe = Bpe::start(
-        BpeConfig::new(&org.base_url, org.bpe_tls.clone()),
-        vec![plugin],
-    )
-    .await
-    .expect("BPE");
+    let bpe = Bpe::start(bpe_config(org), vec![plugin])
+        .await
+        .expect("BPE");
     assert!(
         bpe.report().refused.is_empty(),
         "{:?}",
@@ -843,12 +844,9 @@ async fn a_panicking_handler_fails_its_task_and_the_bpe_goes_on() {
         .service_task("org.test.RecordAnswer", RecordAnswer);
     let network = Network::start(1, Topology::Mesh).await;
     let org = network.organization(0);
-    let bpe = Bpe::start(
-        BpeConfig::new(&org.base_url, org.bpe_tls.clone()),
-        vec![plugin, ping_pong::plugin_with(PONG_TIMEOUT)],
-    )
-    .await
-    .expect("BPE");
+    let bpe = Bpe::start(bpe_config(org), vec![plugin, ping_pong::plugin()])
+        .await
+        .expect("BPE");
     tokio::time::timeout(WAIT, bpe.wait_connected())
         .await
         .expect("bound");
@@ -897,7 +895,7 @@ async fn killed_at(side: usize, step: &'static str, occurrence: usize) -> bool {
     };
     let start = |i: usize, crash: bool| {
         let org = network.organization(i);
-        let mut config = BpeConfig::new(&org.base_url, org.bpe_tls.clone());
+        let mut config = bpe_config(org);
         config.state_path = Some(states[i].clone());
         if crash {
             config.crash_at = Some(hook.clone());

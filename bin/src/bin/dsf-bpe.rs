@@ -1,6 +1,7 @@
-//! One organisation's DSF BPE (business process engine) with the plugins this binary links
-//! (ping-pong). Configured by environment variables with the Java DSF's names (or the
-//! equivalent flags).
+//! One organisation's DSF BPE (business process engine). It runs the plugin files of its
+//! plugin directory, each an executable it starts and talks to; adding a process is adding a
+//! file and configuring it. Configured by environment variables with the Java DSF's names (or
+//! the equivalent flags).
 
 use clap::Parser;
 use dsf_bin::{init_logging, shutdown_signal, start_bpe, BpeSettings};
@@ -8,7 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(version, about = "DSF BPE (dsf-rs) with the ping-pong plugin")]
+#[command(
+    version,
+    about = "DSF BPE (dsf-rs): runs the process plugin files of its plugin directory"
+)]
 struct Args {
     /// Base URL of the local organisation's DSF FHIR server, e.g. https://dsf.example.org/fhir
     #[arg(long, env = "DEV_DSF_BPE_FHIR_SERVER_BASE_URL")]
@@ -35,9 +39,29 @@ struct Args {
         default_value = "PT60S"
     )]
     local_timeout_read: String,
-    /// How long a ping waits for its pong (ISO 8601)
-    #[arg(long, env = "DEV_DSF_BPE_PING_PONG_TIMEOUT", default_value = "PT20S")]
-    pong_timeout: String,
+    /// Directory of the process plugin files: every executable in it is started and deployed
+    #[arg(
+        long,
+        env = "DEV_DSF_BPE_PROCESS_PLUGIN_DIRECTORY",
+        default_value = "process"
+    )]
+    process_plugin_directory: PathBuf,
+    /// Processes not to run, `<process id>|<major.minor>` separated by commas or white space
+    /// (their FHIR resources are removed; running instances go on)
+    #[arg(long, env = "DEV_DSF_BPE_PROCESS_EXCLUDED", default_value = "")]
+    process_excluded: String,
+    /// Processes that start no new instances, `<process id>|<major.minor>` (their FHIR
+    /// resources stay, retired; running instances go on)
+    #[arg(long, env = "DEV_DSF_BPE_PROCESS_RETIRED", default_value = "")]
+    process_retired: String,
+    /// Longest one handler call of a plugin file may take (ISO 8601); a plugin process that
+    /// exceeds it is restarted
+    #[arg(
+        long,
+        env = "DEV_DSF_BPE_PROCESS_PLUGIN_CALL_TIMEOUT",
+        default_value = "PT2M"
+    )]
+    process_plugin_call_timeout: String,
 }
 
 fn duration(text: &str, what: &str) -> Result<Duration, String> {
@@ -46,6 +70,13 @@ fn duration(text: &str, what: &str) -> Result<Duration, String> {
         .and_then(|millis| u64::try_from(millis).ok())
         .map(Duration::from_millis)
         .ok_or_else(|| format!("{what}: '{text}' is not an ISO 8601 duration such as PT60S"))
+}
+
+fn plugin_file_settings(call_timeout: &str) -> Result<dsf_engine::PluginFileSettings, String> {
+    let mut settings = dsf_engine::PluginFileSettings::default();
+    settings.call_timeout = duration(call_timeout, "DEV_DSF_BPE_PROCESS_PLUGIN_CALL_TIMEOUT")?;
+    settings.environment_removed = dsf_bin::bpe_secret_variables();
+    Ok(settings)
 }
 
 #[tokio::main]
@@ -66,7 +97,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             &args.local_timeout_read,
             "DEV_DSF_BPE_FHIR_CLIENT_LOCAL_TIMEOUT_READ",
         )?,
-        pong_timeout: duration(&args.pong_timeout, "DEV_DSF_BPE_PING_PONG_TIMEOUT")?,
+        plugin_directory: args.process_plugin_directory,
+        excluded: args.process_excluded,
+        retired: args.process_retired,
+        plugin_files: plugin_file_settings(&args.process_plugin_call_timeout)?,
+        plugin_config: Vec::new(),
     };
     let bpe = start_bpe(settings).await?;
     tracing::info!(organization = bpe.organization(), processes = ?bpe.report().deployed, "BPE running");

@@ -72,9 +72,9 @@ enum Dev {
         #[arg(long = "user")]
         users: Vec<String>,
     },
-    /// Run a local network of DSF organisations on loopback (a FHIR server and a BPE with
-    /// the ping-pong plugin each, in this process), with generated certificates; pings from
-    /// the first organisation to all others once it runs
+    /// Run a local network of DSF organisations on loopback (a FHIR server and a BPE each, in
+    /// this process; the BPEs run the plugin files ping-pong and hello-world), with generated
+    /// certificates; pings from the first organisation to all others once it runs
     Up {
         #[arg(long, default_value = "dev-network")]
         dir: PathBuf,
@@ -87,9 +87,15 @@ enum Dev {
         /// FHIR servers on PostgreSQL at this URL (a schema per organisation) instead of SQLite
         #[arg(long)]
         postgres: Option<String>,
-        /// How long a ping waits for a pong (ISO 8601)
+        /// How long a ping waits for a pong (ISO 8601; the ping-pong plugin's
+        /// DEV_DSF_BPE_PING_PONG_TIMEOUT)
         #[arg(long, default_value = "PT20S")]
         pong_timeout: String,
+        /// The plugin directory every BPE runs (default: <dir>/process, linking the plugin
+        /// files dsf-process-ping-pong and dsf-process-hello-world found next to this
+        /// executable)
+        #[arg(long)]
+        plugins: Option<PathBuf>,
         /// Check connectivity, ping from every organisation to all it may reach, check every
         /// status, print the result and exit (non-zero if anything is wrong)
         #[arg(long)]
@@ -110,16 +116,38 @@ enum Dev {
     },
 }
 
-async fn up(
+/// What `dsf dev up` was asked for.
+struct UpOptions {
     dir: PathBuf,
     count: usize,
     base_port: u16,
     topology: Topology,
     postgres: Option<String>,
-    pong_timeout_text: String,
+    pong_timeout: String,
+    plugins: Option<PathBuf>,
     smoke: bool,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+}
+
+async fn up(options: UpOptions) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let UpOptions {
+        dir,
+        count,
+        base_port,
+        topology,
+        postgres,
+        pong_timeout: pong_timeout_text,
+        plugins,
+        smoke,
+    } = options;
     let pong_timeout = pong_timeout(&pong_timeout_text)?;
+    let plugin_directory = match plugins {
+        Some(plugins) => plugins,
+        None => {
+            let plugins = dir.join("process");
+            dsf_bin::plugin_directory(&plugins, &dsf_bin::reference_plugin_files()?)?;
+            plugins
+        }
+    };
     let started = std::time::Instant::now();
     let network = DevNetwork::start(DevNetworkSettings {
         dir: dir.clone(),
@@ -127,7 +155,11 @@ async fn up(
         base_port,
         topology,
         postgres,
-        pong_timeout,
+        plugin_directory: plugin_directory.clone(),
+        plugin_config: vec![(
+            dsf_plugin_ping_pong::PONG_TIMEOUT_PROPERTY.to_owned(),
+            pong_timeout_text.clone(),
+        )],
     })
     .await?;
     let description = network.description(&dir);
@@ -136,10 +168,26 @@ async fn up(
         serde_json::to_string_pretty(&description)?,
     )?;
     println!(
-        "DSF dev network: {count} organisations ({}), each a FHIR server and a BPE with ping-pong, running after {} ms",
+        "DSF dev network: {count} organisations ({}), each a FHIR server and a BPE, running after {} ms",
         description.topology,
         started.elapsed().as_millis()
     );
+    if let Some(bpe) = network.bpes.first() {
+        println!("Plugin files ({}):", plugin_directory.display());
+        for file in &bpe.report().plugin_files {
+            if let Ok(processes) = &file.outcome {
+                println!(
+                    "  {}  {}: {}",
+                    file.file
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    file.plugin.as_deref().unwrap_or_default(),
+                    processes.join(", ")
+                );
+            }
+        }
+    }
     for o in &description.organizations {
         println!("  {}  {}", o.identifier, o.fhir_base_url);
     }
@@ -533,17 +581,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             topology,
             postgres,
             pong_timeout,
+            plugins,
             smoke,
         }) => {
-            up(
+            up(UpOptions {
                 dir,
-                organizations,
+                count: organizations,
                 base_port,
                 topology,
                 postgres,
                 pong_timeout,
+                plugins,
                 smoke,
-            )
+            })
             .await
         }
         Command::Dev(Dev::Ping {

@@ -51,6 +51,16 @@ impl HandlerContext<'_> {
             .or_else(|| self.visible.get(name))
     }
 
+    /// Every variable visible here, with the handler's own writes applied: what a handler
+    /// that runs elsewhere (another process) is handed.
+    pub fn variables(&self) -> Map<String, Value> {
+        let mut all = self.visible.clone();
+        for (name, value, _) in &self.writes {
+            all.insert(name.clone(), value.clone());
+        }
+        all
+    }
+
     pub fn variable_str(&self, name: &str) -> Option<&str> {
         self.variable(name).and_then(Value::as_str)
     }

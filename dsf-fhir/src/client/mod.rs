@@ -114,13 +114,42 @@ pub(crate) fn backoff(first: Duration, max: Duration, attempt: u32) -> Duration 
     full.mul_f64(1.0 - jitter)
 }
 
+/// One request as a [`Transport`] carries it: the method, the path below the client's base
+/// URL (`Task?status=requested`), the headers and the body.
+#[derive(Debug, Clone)]
+pub struct TransportRequest {
+    pub method: Method,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Bytes>,
+}
+
+/// Carries a client's requests when the client does not hold the TLS identity itself: a
+/// process plugin's client hands each request to the BPE, which sends it with the
+/// organisation's certificate. Websocket subscriptions are not available through one.
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync {
+    /// Sends `request` to the FHIR server at `base_url` and returns its whole answer.
+    async fn send(&self, base_url: &str, request: TransportRequest) -> Result<RawResponse>;
+}
+
+/// How a client reaches its server.
+enum Route {
+    /// Its own connections over mutual TLS.
+    Tls {
+        authority: String,
+        server_name: ServerName<'static>,
+        connector: TlsConnector,
+        idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    },
+    /// Another component's ([`Transport`]).
+    Transport(Arc<dyn Transport>),
+}
+
 struct Inner {
     base_url: String,
-    authority: String,
     path_prefix: String,
-    server_name: ServerName<'static>,
-    connector: TlsConnector,
-    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+    route: Route,
     settings: ClientSettings,
 }
 
@@ -166,30 +195,45 @@ impl FhirClient {
         tls: Arc<rustls::ClientConfig>,
         settings: ClientSettings,
     ) -> Result<Self> {
-        let base_url = base_url.trim_end_matches('/').to_owned();
-        let rest = base_url
-            .strip_prefix("https://")
-            .ok_or_else(|| Error::Invalid(format!("base URL {base_url} is not https")))?;
-        let (authority, path) = match rest.find('/') {
-            Some(pos) => (&rest[..pos], &rest[pos..]),
-            None => (rest, ""),
-        };
+        let (base_url, authority, path) = split_base_url(base_url)?;
         let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        let server_name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+            .map_err(|e| Error::Invalid(format!("invalid host {host}: {e}")))?;
         let authority = if authority.contains(':') {
             authority.to_owned()
         } else {
             format!("{authority}:443")
         };
-        let server_name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-            .map_err(|e| Error::Invalid(format!("invalid host {host}: {e}")))?;
+        let path_prefix = path.to_owned();
         Ok(FhirClient {
             inner: Arc::new(Inner {
-                path_prefix: path.to_owned(),
                 base_url,
-                authority,
-                server_name,
-                connector: TlsConnector::from(tls),
-                idle: Mutex::new(Vec::new()),
+                path_prefix,
+                route: Route::Tls {
+                    authority,
+                    server_name,
+                    connector: TlsConnector::from(tls),
+                    idle: Mutex::new(Vec::new()),
+                },
+                settings,
+            }),
+        })
+    }
+
+    /// A client whose requests `transport` carries (see [`Transport`]); the same API as a
+    /// client with its own connections, but for websocket subscriptions.
+    pub fn with_transport(
+        base_url: &str,
+        transport: Arc<dyn Transport>,
+        settings: ClientSettings,
+    ) -> Result<Self> {
+        let (base_url, _, path) = split_base_url(base_url)?;
+        let path_prefix = path.to_owned();
+        Ok(FhirClient {
+            inner: Arc::new(Inner {
+                base_url,
+                path_prefix,
+                route: Route::Transport(transport),
                 settings,
             }),
         })
@@ -205,28 +249,49 @@ impl FhirClient {
 
     /// A TLS connection to the server, for HTTP or a websocket.
     pub(crate) async fn connect_tls(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let inner = &self.inner;
-        let tcp = TcpStream::connect(&inner.authority)
+        let Route::Tls {
+            authority,
+            server_name,
+            connector,
+            ..
+        } = &self.inner.route
+        else {
+            return Err(Error::transport_fault(format!(
+                "the client of {} has no connections of its own (its requests go through a transport)",
+                self.inner.base_url
+            )));
+        };
+        let tcp = TcpStream::connect(authority)
             .await
-            .map_err(|e| Error::transport_fault(format!("connect {}: {e}", inner.authority)))?;
+            .map_err(|e| Error::transport_fault(format!("connect {authority}: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        inner
-            .connector
-            .connect(inner.server_name.clone(), tcp)
+        connector
+            .connect(server_name.clone(), tcp)
             .await
-            .map_err(|e| {
-                Error::transport_fault(format!("TLS handshake with {}: {e}", inner.authority))
-            })
+            .map_err(|e| Error::transport_fault(format!("TLS handshake with {authority}: {e}")))
+    }
+
+    /// `host:port` of a client with its own connections (the base URL otherwise).
+    pub(crate) fn authority(&self) -> &str {
+        match &self.inner.route {
+            Route::Tls { authority, .. } => authority,
+            Route::Transport(_) => &self.inner.base_url,
+        }
+    }
+
+    /// Idle HTTP connections of a client with its own connections.
+    fn idle(&self) -> Option<&Mutex<Vec<SendRequest<Full<Bytes>>>>> {
+        match &self.inner.route {
+            Route::Tls { idle, .. } => Some(idle),
+            Route::Transport(_) => None,
+        }
     }
 
     async fn connection(&self) -> Result<SendRequest<Full<Bytes>>> {
         loop {
             let candidate = self
-                .inner
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop();
+                .idle()
+                .and_then(|idle| idle.lock().unwrap_or_else(|p| p.into_inner()).pop());
             match candidate {
                 Some(mut sender) => {
                     if sender.ready().await.is_ok() {
@@ -305,11 +370,31 @@ impl FhirClient {
         body: Option<Bytes>,
     ) -> Result<RawResponse> {
         let inner = &self.inner;
+        let authority = match &inner.route {
+            Route::Tls { authority, .. } => authority,
+            Route::Transport(transport) => {
+                let request = TransportRequest {
+                    method,
+                    path: path.trim_start_matches('/').to_owned(),
+                    headers: headers
+                        .iter()
+                        .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    body,
+                };
+                return tokio::time::timeout(
+                    inner.settings.timeout,
+                    transport.send(&inner.base_url, request),
+                )
+                .await
+                .map_err(|_| self.timed_out())?;
+            }
+        };
         let uri = format!("{}/{}", inner.path_prefix, path.trim_start_matches('/'));
         let mut builder = Request::builder()
             .method(method)
             .uri(uri)
-            .header(http::header::HOST, &inner.authority);
+            .header(http::header::HOST, authority);
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
@@ -324,11 +409,9 @@ impl FhirClient {
                 .map_err(Error::transport)?;
             let (parts, body) = response.into_parts();
             let body = body.collect().await.map_err(Error::transport)?.to_bytes();
-            inner
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(sender);
+            if let Some(idle) = self.idle() {
+                idle.lock().unwrap_or_else(|p| p.into_inner()).push(sender);
+            }
             Ok(RawResponse {
                 status: parts.status,
                 headers: parts.headers,
@@ -337,12 +420,14 @@ impl FhirClient {
         };
         tokio::time::timeout(inner.settings.timeout, exchange)
             .await
-            .map_err(|_| {
-                Error::Timeout(format!(
-                    "request to {} timed out after {:?}",
-                    inner.base_url, inner.settings.timeout
-                ))
-            })?
+            .map_err(|_| self.timed_out())?
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::Timeout(format!(
+            "request to {} timed out after {:?}",
+            self.inner.base_url, self.inner.settings.timeout
+        ))
     }
 
     /// A request with a FHIR body in `format` and an answer asked for in the same format.
@@ -559,6 +644,19 @@ impl FhirClient {
             .map(str::to_owned)
             .ok_or_else(|| Error::NotFound(format!("no active Subscription for {criteria}")))
     }
+}
+
+/// `https://host:port/path` as (the URL without a trailing slash, `host:port`, `/path`).
+fn split_base_url(base_url: &str) -> Result<(String, &str, &str)> {
+    let trimmed = base_url.trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .ok_or_else(|| Error::Invalid(format!("base URL {trimmed} is not https")))?;
+    let (authority, path) = match rest.find('/') {
+        Some(pos) => (&rest[..pos], &rest[pos..]),
+        None => (rest, ""),
+    };
+    Ok((trimmed.to_owned(), authority, path))
 }
 
 fn to_value<T: Serialize>(resource: &T) -> Result<Value> {

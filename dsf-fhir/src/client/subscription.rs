@@ -136,7 +136,7 @@ impl FhirClient {
         let request = Request::builder()
             .method(Method::GET)
             .uri(format!("{}/ws", self.inner.path_prefix))
-            .header(http::header::HOST, &self.inner.authority)
+            .header(http::header::HOST, self.authority())
             .header(http::header::UPGRADE, "websocket")
             .header(http::header::CONNECTION, "upgrade")
             .header(

@@ -7,6 +7,10 @@
 //! pings and ours answer theirs. Handlers are registered under our names (`pingpong.*`) and
 //! under the Java class names the DSF's own BPMN files use, so those files run unchanged.
 //!
+//! The crate builds as a library (linked into a BPE in-process) and as the plugin file
+//! `dsf-process-ping-pong` (an executable for a BPE's plugin directory). How long a ping waits
+//! for each pong is configured with `DEV_DSF_BPE_PING_PONG_TIMEOUT` (ISO 8601, default `PT20S`).
+//!
 //! ```
 //! let plugin = dsf_plugin_ping_pong::plugin();
 //! assert_eq!(plugin.name(), "dsf-process-ping-pong");
@@ -43,16 +47,15 @@ pub const PING_PROCESS: &str = "http://dsf.dev/bpe/Process/ping";
 pub const PONG_PROCESS: &str = "http://dsf.dev/bpe/Process/pong";
 pub const PING_AUTOSTART_PROCESS: &str = "http://dsf.dev/bpe/Process/pingAutostart";
 
+/// The configuration property of how long a ping waits for each pong (ISO 8601 duration,
+/// environment variable `DEV_DSF_BPE_PING_PONG_TIMEOUT`).
+pub const PONG_TIMEOUT_PROPERTY: &str = "dev.dsf.bpe.ping.pong.timeout";
+
 /// How long a ping waits for its pong by default (the DSF's value).
 pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The plugin with the DSF's defaults.
+/// The plugin.
 pub fn plugin() -> PluginDefinition {
-    plugin_with(DEFAULT_PONG_TIMEOUT)
-}
-
-/// The plugin waiting `pong_timeout` for each pong.
-pub fn plugin_with(pong_timeout: Duration) -> PluginDefinition {
     let definition = PluginDefinition::new("dsf-process-ping-pong", "1.0.1.0", "2023-09-12")
         .unwrap_or_else(|e| unreachable!("the plugin's own metadata is valid: {e}"))
         .bpmn("bpe/ping.bpmn", include_str!("../bpe/ping.bpmn"))
@@ -177,7 +180,7 @@ pub fn plugin_with(pong_timeout: Duration) -> PluginDefinition {
         (
             "SelectPingTargets",
             "dev.dsf.bpe.service.SelectPingTargets",
-            Handler::ServiceTask(Arc::new(SelectPingTargets { pong_timeout })),
+            Handler::ServiceTask(Arc::new(SelectPingTargets)),
         ),
         (
             "SendPing",
@@ -260,9 +263,7 @@ fn target(vars: &Variables<'_>) -> Result<Target, ProcessError> {
 /// The endpoints to ping: those the start Task's `target-endpoints` search selects (else every
 /// active endpoint), without the local one and without endpoints of no known organisation,
 /// each with a fresh correlation key.
-struct SelectPingTargets {
-    pong_timeout: Duration,
-}
+struct SelectPingTargets;
 
 #[async_trait]
 impl ServiceTask for SelectPingTargets {
@@ -304,8 +305,29 @@ impl ServiceTask for SelectPingTargets {
         });
         tracing::info!(targets = targets.len(), "pinging");
         vars.set_targets(&Targets { entries: targets })?;
-        vars.set_string("pongTimeout", &iso_duration(self.pong_timeout));
+        vars.set_string("pongTimeout", &pong_timeout(api)?);
         Ok(())
+    }
+}
+
+/// The configured pong timeout, checked to be an ISO 8601 duration so that a mistake shows
+/// here, with the property's name, rather than at the timer.
+fn pong_timeout(api: &ProcessApi) -> Result<String, ProcessError> {
+    let Some(configured) = api.config(PONG_TIMEOUT_PROPERTY) else {
+        return Ok(iso_duration(DEFAULT_PONG_TIMEOUT));
+    };
+    let configured = configured.trim().to_owned();
+    let looks_iso = configured.starts_with('P')
+        && configured.len() > 1
+        && configured[1..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b"YMWDTHS.".contains(&b));
+    if looks_iso {
+        Ok(configured)
+    } else {
+        Err(ProcessError::failed(format!(
+            "{PONG_TIMEOUT_PROPERTY} (DEV_DSF_BPE_PING_PONG_TIMEOUT) is '{configured}', not an ISO 8601 duration such as PT20S"
+        )))
     }
 }
 

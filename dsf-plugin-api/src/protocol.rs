@@ -1,0 +1,311 @@
+//! The messages a BPE and a plugin file exchange over the plugin's standard input and output
+//! (`docs/plugin-protocol.md` is the specification, for plugins written in any language).
+//!
+//! Each message is one JSON object in a frame: a 4-byte big-endian length, then that many
+//! bytes of UTF-8 JSON ([`codec`]). The BPE speaks first ([`Hello`]), the plugin answers with
+//! its [`Definition`]; then the BPE sends [`Call`]s, the plugin answers each with a
+//! [`CallResult`], and while it works on a call it may ask the BPE to carry FHIR requests
+//! ([`FhirRequest`] / [`FhirResponse`]). Calls and requests carry ids, so several run at once.
+
+use crate::{BusinessKeyStrategy, EndpointInfo, SendContext, SendError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio_util::codec::LengthDelimitedCodec;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame either side accepts (64 MiB): a frame announcing more is a protocol
+/// error, not an allocation.
+pub const MAX_FRAME_LENGTH: usize = 64 * 1024 * 1024;
+
+/// Length-prefixed frames as the protocol defines them.
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .big_endian()
+        .max_frame_length(MAX_FRAME_LENGTH)
+        .new_codec()
+}
+
+/// What the BPE sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ToPlugin {
+    Hello(Hello),
+    Call(Call),
+    FhirResponse(FhirResponse),
+}
+
+/// What the plugin sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum FromPlugin {
+    Definition(Definition),
+    Result(CallResult),
+    Fhir(FhirRequest),
+}
+
+/// The BPE's first message: the protocol version and who the plugin works for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hello {
+    pub protocol: u32,
+    /// The local organisation's identifier value.
+    pub organization: String,
+    /// The local organisation's Endpoint.
+    pub endpoint: EndpointInfo,
+    /// The local FHIR server's base URL.
+    pub fhir_base_url: String,
+}
+
+/// The plugin's answer to [`Hello`]: everything the BPE deploys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Definition {
+    pub protocol: u32,
+    pub name: String,
+    /// `major.minor.patch.build`, optionally with a draft suffix (`-SNAPSHOT`).
+    pub version: String,
+    /// `yyyy-mm-dd`.
+    pub release_date: String,
+    pub bpmn: Vec<File>,
+    pub fhir: Vec<FhirFile>,
+    pub handlers: Vec<HandlerDeclaration>,
+    /// How many calls the plugin takes at once (absent: no limit); a plugin that handles
+    /// one message at a time says 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_calls: Option<u32>,
+}
+
+/// A BPMN file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct File {
+    pub path: String,
+    pub contents: String,
+}
+
+/// A FHIR resource file (XML or JSON, by the path's ending) and the process that needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FhirFile {
+    pub process: String,
+    pub path: String,
+    pub contents: String,
+}
+
+/// One name a BPMN file uses for a handler, and what kind of handler it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandlerDeclaration {
+    pub name: String,
+    pub kind: HandlerKind,
+    /// For message sends: which business key the sent Task carries (default `same`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_key_strategy: Option<BusinessKeyStrategy>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HandlerKind {
+    ServiceTask,
+    MessageSend,
+    ExecutionListener,
+    UserTaskListener,
+}
+
+/// Which method of a handler a call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Hook {
+    /// A service task.
+    Execute,
+    /// An execution listener.
+    Notify,
+    /// A message send: inputs to add to the Task (answered in [`CallResult::inputs`]).
+    AdditionalInputs,
+    /// A message send: the target stored the Task.
+    AfterSend,
+    /// A message send: the target refused the Task or was not reached ([`Call::send_error`]).
+    OnSendError,
+    /// A user task listener: the QuestionnaireResponse before it is created (answered,
+    /// possibly changed, in [`CallResult::questionnaire_response`]).
+    BeforeCreate,
+    /// A user task listener: the QuestionnaireResponse as created.
+    AfterCreate,
+}
+
+/// The BPE asks the plugin to run a handler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Call {
+    pub id: u64,
+    /// The name the BPMN file uses (one of the declared names).
+    pub handler: String,
+    pub hook: Hook,
+    pub context: CallContext,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<SendContext>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_error: Option<SendError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub questionnaire_response: Option<Value>,
+}
+
+/// Where a call runs: the instance, the element, its fields and every variable visible there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallContext {
+    pub instance_id: String,
+    pub element_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_key: Option<String>,
+    #[serde(default)]
+    pub fields: Map<String, Value>,
+    #[serde(default)]
+    pub variables: Map<String, Value>,
+}
+
+/// The plugin's answer to a [`Call`].
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallResult {
+    pub id: u64,
+    /// The variables the handler set, in order.
+    #[serde(default)]
+    pub changes: Vec<VariableChange>,
+    /// How the handler ended other than normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<CallError>,
+    /// [`Hook::AdditionalInputs`]: the Task inputs to add.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<Value>>,
+    /// [`Hook::BeforeCreate`]: the QuestionnaireResponse to create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub questionnaire_response: Option<Value>,
+}
+
+/// One variable a handler set: on the element's own scope (`local`) or where the name
+/// already lives, else on the instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariableChange {
+    pub name: String,
+    pub value: Value,
+    #[serde(default)]
+    pub local: bool,
+}
+
+/// A handler's error: a BPMN error (caught by an error boundary event) or a failure (the
+/// instance ends and its Tasks in progress fail with the message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum CallError {
+    Bpmn { code: String, message: String },
+    Failed { message: String },
+}
+
+/// The plugin asks the BPE to send a FHIR request with the organisation's certificate, on
+/// behalf of the running call `call`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FhirRequest {
+    pub id: u64,
+    pub call: u64,
+    /// The FHIR server: the local one or another organisation's (`https://…/fhir`).
+    pub base_url: String,
+    pub method: String,
+    /// Below the base URL, with the query: `Task?status=requested`.
+    pub path: String,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// The body, base64 (standard alphabet, padded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// The answer to a [`FhirRequest`]: the server's answer, or why there is none.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FhirResponse {
+    pub id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// The body, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Set when the server was not reached or the request was refused by the BPE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<crate::ProcessError> for CallError {
+    fn from(error: crate::ProcessError) -> Self {
+        match error {
+            crate::ProcessError::Bpmn { code, message } => CallError::Bpmn { code, message },
+            other => CallError::Failed {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<CallError> for crate::ProcessError {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::Bpmn { code, message } => crate::ProcessError::Bpmn { code, message },
+            CallError::Failed { message } => crate::ProcessError::Failed(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The wire form is what docs/plugin-protocol.md shows; a change here is a protocol change.
+    #[test]
+    fn messages_have_the_documented_shape() {
+        let call = ToPlugin::Call(Call {
+            id: 7,
+            handler: "org.example.Greet".into(),
+            hook: Hook::Execute,
+            context: CallContext {
+                instance_id: "task-1".into(),
+                element_id: "Greet".into(),
+                business_key: Some("bk".into()),
+                fields: Map::new(),
+                variables: json!({"n": 1}).as_object().cloned().unwrap_or_default(),
+            },
+            send: None,
+            send_error: None,
+            questionnaire_response: None,
+        });
+        assert_eq!(
+            serde_json::to_value(&call).unwrap(),
+            json!({"type": "call", "id": 7, "handler": "org.example.Greet", "hook": "execute",
+                   "context": {"instanceId": "task-1", "elementId": "Greet", "businessKey": "bk",
+                               "fields": {}, "variables": {"n": 1}}})
+        );
+        let result: FromPlugin = serde_json::from_value(json!({
+            "type": "result", "id": 7,
+            "changes": [{"name": "greeting", "value": "hi"}],
+            "error": {"kind": "bpmn", "code": "c", "message": "m"}}))
+        .unwrap();
+        let FromPlugin::Result(result) = result else {
+            panic!("a result");
+        };
+        assert_eq!(result.changes[0].name, "greeting");
+        assert!(!result.changes[0].local);
+        assert_eq!(
+            crate::ProcessError::from(result.error.unwrap()),
+            crate::ProcessError::bpmn("c", "m")
+        );
+        let request: FromPlugin = serde_json::from_value(json!({
+            "type": "fhir", "id": 1, "call": 7, "baseUrl": "https://a/fhir", "method": "GET",
+            "path": "Task?status=requested", "headers": [["accept", "application/fhir+json"]]}))
+        .unwrap();
+        assert!(matches!(request, FromPlugin::Fhir(r) if r.headers.len() == 1 && r.body.is_none()));
+    }
+}
