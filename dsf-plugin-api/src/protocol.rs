@@ -259,6 +259,68 @@ impl From<CallError> for crate::ProcessError {
     }
 }
 
+/// Starts the plugin file `file`, greets it as a BPE would (for the organisation `test.org`)
+/// and returns the definition it answers with; the process is then told to stop. For plugin
+/// authors' tests of their plugin file, and for tools that inspect plugin files.
+pub fn definition_of_file(file: &std::path::Path) -> Result<Definition, String> {
+    use std::io::{Read, Write};
+    let mut child = std::process::Command::new(file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", file.display()))?;
+    let hello = ToPlugin::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        organization: "test.org".into(),
+        endpoint: EndpointInfo {
+            identifier: "test.org".into(),
+            address: "https://test.org/fhir".into(),
+            organization: Some("test.org".into()),
+        },
+        fhir_base_url: "https://test.org/fhir".into(),
+    });
+    let answer = (|| {
+        let hello = serde_json::to_vec(&hello).map_err(|e| e.to_string())?;
+        let mut stdin = child.stdin.take().ok_or("no standard input")?;
+        let mut stdout = child.stdout.take().ok_or("no standard output")?;
+        stdin
+            .write_all(&(hello.len() as u32).to_be_bytes())
+            .and_then(|()| stdin.write_all(&hello))
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("cannot greet the plugin: {e}"))?;
+        let mut length = [0u8; 4];
+        stdout
+            .read_exact(&mut length)
+            .map_err(|e| format!("no answer from the plugin: {e}"))?;
+        let length = u32::from_be_bytes(length) as usize;
+        if length > MAX_FRAME_LENGTH {
+            return Err(format!("the plugin announced a frame of {length} bytes"));
+        }
+        let mut frame = vec![0u8; length];
+        stdout
+            .read_exact(&mut frame)
+            .map_err(|e| format!("the plugin's answer ended early: {e}"))?;
+        drop(stdin);
+        match serde_json::from_slice::<FromPlugin>(&frame) {
+            Ok(FromPlugin::Definition(definition)) => Ok(definition),
+            Ok(_) => Err("the plugin's first message is not its definition".to_owned()),
+            Err(e) => Err(format!("the plugin's answer is not the protocol: {e}")),
+        }
+    })();
+    match &answer {
+        Ok(_) => {
+            // Standard input is closed: a plugin stops on its own.
+            let _ = child.wait();
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    answer
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,8 @@
 
 pub mod harness;
 pub mod network;
+pub mod plugin_files;
+pub mod tasks;
 pub use harness::Suite;
 
 use dsf_core::{DevPki, IssuedCert};

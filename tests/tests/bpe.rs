@@ -7,13 +7,16 @@ use dsf_plugin_api::task::{output_string, outputs};
 use dsf_plugin_api::PluginDefinition;
 use dsf_plugin_ping_pong as ping_pong;
 use dsf_tests::network::{unreachable_entry, Network, Organization, Topology};
+use dsf_tests::tasks::{
+    error_of, finished, organization_reference, ping_statuses, post, start_ping, start_task,
+    tasks_of, WAIT,
+};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(30);
 fn plugins() -> Vec<PluginDefinition> {
     vec![ping_pong::plugin()]
 }
@@ -40,114 +43,6 @@ async fn start_bpe(org: &Organization, state: Option<&Path>) -> Bpe {
         .await
         .expect("BPE subscriptions bound");
     bpe
-}
-
-fn organization_reference(identifier: &str) -> Value {
-    json!({"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": identifier}})
-}
-
-fn message_input(name: &str) -> Value {
-    json!({"type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "message-name"}]}, "valueString": name})
-}
-
-/// A Task from the organisation to itself starting `process` (`ping`, `pingAutostart` …).
-fn start_task(
-    org: &Organization,
-    process: &str,
-    profile: &str,
-    message: &str,
-    extra: Vec<Value>,
-) -> Value {
-    let mut inputs = vec![message_input(message)];
-    inputs.extend(extra);
-    json!({
-        "resourceType": "Task",
-        "meta": {"profile": [format!("http://dsf.dev/fhir/StructureDefinition/{profile}|1.0")]},
-        "instantiatesCanonical": format!("http://dsf.dev/bpe/Process/{process}|1.0"),
-        "status": "requested",
-        "intent": "order",
-        "authoredOn": "2026-11-28T10:00:00+00:00",
-        "requester": organization_reference(&org.identifier),
-        "restriction": {"recipient": [organization_reference(&org.identifier)]},
-        "input": inputs,
-    })
-}
-
-async fn post(org: &Organization, task: Value) -> String {
-    let created: Value = org.client.create(&task).await.expect("Task created");
-    created["id"].as_str().expect("id").to_owned()
-}
-
-async fn start_ping(org: &Organization) -> String {
-    post(
-        org,
-        start_task(org, "ping", "task-start-ping", "startPing", vec![]),
-    )
-    .await
-}
-
-/// Waits until `Task/id` on `org` is completed or failed, and returns it.
-async fn finished(org: &Organization, id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let task: Value = org.client.read("Task", id).await.expect("read Task");
-        if matches!(task["status"].as_str(), Some("completed" | "failed")) {
-            return task;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Task/{id} still {}",
-            task["status"]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `organization identifier -> ping status code` of a finished start-ping Task.
-fn ping_statuses(task: &Value) -> Vec<(String, String)> {
-    let mut statuses: Vec<(String, String)> = outputs(task, ping_pong::PING, "ping-status")
-        .into_iter()
-        .map(|o| {
-            let organization = o["extension"][0]["extension"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|e| e["url"] == "organization-identifier")
-                .and_then(|e| e["valueIdentifier"]["value"].as_str())
-                .unwrap_or_default()
-                .to_owned();
-            (
-                organization,
-                o["valueCoding"]["code"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            )
-        })
-        .collect();
-    statuses.sort();
-    statuses
-}
-
-fn error_of(task: &Value) -> String {
-    output_string(task, "http://dsf.dev/fhir/CodeSystem/bpmn-message", "error")
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// Tasks on `org` whose `instantiatesCanonical` is `process|1.0`, without the plugin's drafts.
-async fn tasks_of(org: &Organization, process: &str) -> Vec<Value> {
-    org.client
-        .search_pages("Task", "_count=200")
-        .collect()
-        .await
-        .expect("search Tasks")
-        .into_iter()
-        .filter(|t| {
-            t["instantiatesCanonical"] == format!("http://dsf.dev/bpe/Process/{process}|1.0")
-        })
-        .filter(|t| t["status"] != "draft")
-        .collect()
 }
 
 async fn ping_from_one_to_all_others_in_a_mesh() {
