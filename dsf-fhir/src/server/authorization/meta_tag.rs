@@ -108,22 +108,30 @@ fn activity_definition(ad: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// `https://host[:port][/path]`, as the DSF's Endpoint rule demands.
+/// `https://host[:port][/path]` as the DSF's Endpoint rule matches it: the whole address
+/// against `https://[0-9a-zA-Z.-]+(?::\d{1,4})?[-\w/]*`. Digits past the fourth of a port
+/// fall to the path part, so a five-digit port passes there too.
 fn valid_endpoint_address(address: &str) -> bool {
     let Some(rest) = address.strip_prefix("https://") else {
         return false;
     };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let (host, port) = authority.split_once(':').unwrap_or((authority, ""));
-    !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-        && (authority.find(':').is_none()
-            || (1..=4).contains(&port.len()) && port.bytes().all(|b| b.is_ascii_digit()))
-        && path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/'))
+    let host = rest
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        .count();
+    if host == 0 {
+        return false;
+    }
+    let mut rest = &rest[host..];
+    if let Some(port) = rest.strip_prefix(':') {
+        let digits = port.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &port[digits.min(4)..];
+    }
+    rest.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/'))
 }
 
 fn identifiers_with<'a>(resource: &'a Value, system: &str) -> Vec<&'a str> {
@@ -237,11 +245,13 @@ mod tests {
     fn endpoint_addresses() {
         assert!(valid_endpoint_address("https://dsf.example.org/fhir"));
         assert!(valid_endpoint_address("https://localhost:8443/fhir"));
+        assert!(valid_endpoint_address("https://localhost:45213/fhir"));
+        assert!(!valid_endpoint_address("https://localhost:/fhir"));
+        assert!(!valid_endpoint_address("https://localhost:x/fhir"));
         assert!(valid_endpoint_address("https://a-b.c"));
         assert!(!valid_endpoint_address("http://dsf.example.org/fhir"));
-        assert!(!valid_endpoint_address(
-            "https://dsf.example.org:84430/fhir"
-        ));
+        // Java's Pattern.matches takes ":8443" as the port and "0/fhir" as the path.
+        assert!(valid_endpoint_address("https://dsf.example.org:84430/fhir"));
         assert!(!valid_endpoint_address("https://dsf.example.org/fhir?x=1"));
         assert!(!valid_endpoint_address("https://:8443/fhir"));
     }
