@@ -121,10 +121,20 @@ fn resource_type_of(resource: &Value) -> Result<&'static str> {
 }
 
 /// Rewrites `urn:uuid:` / `urn:oid:` references to the resources they name in this
-/// transaction. An unresolved one is an error: it could never be read back.
+/// transaction. An unresolved one is an error: it could never be read back. The entries of a
+/// Bundle stored as a resource (an allow list, a document) are left alone: their references
+/// name the Bundle's own entries, not this transaction's.
 fn resolve_references(value: &mut Value, ids: &HashMap<String, String>) -> Result<()> {
     match value {
         Value::Object(map) => {
+            if map.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
+                for (key, v) in map.iter_mut() {
+                    if key != "entry" {
+                        resolve_references(v, ids)?;
+                    }
+                }
+                return Ok(());
+            }
             if let Some(Value::String(reference)) = map.get_mut("reference") {
                 if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
                     let target = ids.get(reference.as_str()).ok_or_else(|| {
@@ -555,4 +565,30 @@ async fn apply(writer: &mut Writer<'_>, op: WriteOp, target: Target) -> Result<W
         _ => return Err(Error::storage_fault("write target resolution out of step")),
     };
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_bundle_keeps_the_references_between_its_entries() {
+        let ids = HashMap::from([("urn:uuid:known".to_owned(), "Organization/1".to_owned())]);
+        let mut bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction",
+            "entry": [{"fullUrl": "urn:uuid:inner", "resource": {"resourceType": "Endpoint",
+                "managingOrganization": {"reference": "urn:uuid:inner-org"}}}]});
+        let unchanged = bundle.clone();
+        resolve_references(&mut bundle, &ids).expect("a Bundle's own references");
+        assert_eq!(bundle, unchanged);
+        let mut endpoint = serde_json::json!({"resourceType": "Endpoint",
+            "managingOrganization": {"reference": "urn:uuid:known"}});
+        resolve_references(&mut endpoint, &ids).expect("resolved");
+        assert_eq!(
+            endpoint["managingOrganization"]["reference"],
+            "Organization/1"
+        );
+        let mut dangling = serde_json::json!({"resourceType": "Endpoint",
+            "managingOrganization": {"reference": "urn:uuid:nowhere"}});
+        assert!(resolve_references(&mut dangling, &ids).is_err());
+    }
 }
