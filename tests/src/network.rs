@@ -86,6 +86,16 @@ pub fn unreachable_entry(identifier: &str, port: u16) -> AllowListEntry {
 impl Network {
     /// `count` organisations on SQLite (in memory), allowing each other as `topology` says.
     pub async fn start(count: usize, topology: Topology) -> Network {
+        Self::start_allowing(count, |i, j| match topology {
+            Topology::Mesh => true,
+            Topology::Star => i == 0 || j == 0,
+        })
+        .await
+    }
+
+    /// `count` organisations on SQLite (in memory); organisation `i` has `j` on its allow
+    /// list when `allows(i, j)` (and itself always).
+    pub async fn start_allowing(count: usize, allows: impl Fn(usize, usize) -> bool) -> Network {
         let pki = DevPki::generate("dsf-rs network test CA").expect("CA");
         let server_cert = pki.issue_server("localhost").expect("server certificate");
         let tls = Arc::new(pki.server_config(&server_cert).expect("server TLS"));
@@ -107,13 +117,7 @@ impl Network {
             thumbprints: vec![certificates[i].thumbprint()],
             base_url: format!("https://localhost:{}/fhir", ports[i]),
         };
-        let allows = |i: usize, j: usize| {
-            i == j
-                || match topology {
-                    Topology::Mesh => true,
-                    Topology::Star => i == 0 || j == 0,
-                }
-        };
+        let allows = |i: usize, j: usize| i == j || allows(i, j);
         let mut organizations = Vec::new();
         for (i, (listener, port)) in listeners.into_iter().enumerate() {
             let identifier = organization_identifier(i);

@@ -724,11 +724,186 @@ async fn a_plugin_process_killed_at_any_step_leaves_no_task_in_progress() {
     }
 }
 
+/// A start Task of the allow-list plugin's `process` at `org` (to itself).
+fn allow_list_task(org: &Organization, process: &str, profile: &str, message: &str) -> Value {
+    let mut task = start_task(org, process, profile, message, vec![]);
+    task["meta"]["profile"] = json!([format!(
+        "http://dsf.dev/fhir/StructureDefinition/{profile}|1.0"
+    )]);
+    task
+}
+
+fn download_task(org: &Organization, bundle: &str) -> Value {
+    let mut task = allow_list_task(
+        org,
+        "downloadAllowList",
+        "task-download-allow-list",
+        "downloadAllowListMessage",
+    );
+    task["input"]
+        .as_array_mut()
+        .expect("inputs")
+        .push(parameter(
+            dsf_plugin_allow_list::ALLOW_LIST,
+            dsf_plugin_allow_list::ALLOW_LIST_CODE,
+            "valueReference",
+            json!({"reference": bundle}),
+        ));
+    task
+}
+
+async fn pongs(org: &Organization) -> Vec<(String, String)> {
+    let id = start_ping(org).await;
+    let task = finished(org, &id).await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    ping_statuses(&task)
+}
+
+async fn an_organisation_added_to_the_central_allow_list_reaches_the_others_once_they_download_it()
+{
+    // org0 is the central organisation (the allow-list management site) and knows everyone;
+    // org1 and org2 know org0 and each other; org3 is new: it knows everyone, but of the
+    // others only org0 knows it.
+    let network = Network::start_allowing(4, |i, j| i == 0 || i == 3 || j != 3).await;
+    let plugins = plugin_files::directory(&[
+        ("dsf-process-allow-list", &plugin_files::allow_list()),
+        ("dsf-process-ping-pong", &plugin_files::ping_pong()),
+    ]);
+    let mut bpes = Vec::new();
+    for (i, org) in network.organizations.iter().enumerate() {
+        let mut c = config(org, plugins.path());
+        c.plugin_config.push((
+            "dev.dsf.bpe.allow.list.organization".into(),
+            "org0.test".into(),
+        ));
+        if i != 0 {
+            c.excluded = vec!["dsfdev_updateAllowList|1.0".into()];
+        }
+        bpes.push(start_clean(c).await);
+    }
+    let (central, newcomer) = (network.organization(0), network.organization(3));
+    let reached = |statuses: Vec<(String, String)>| -> Vec<String> {
+        statuses
+            .into_iter()
+            .filter(|(_, status)| status == "pong-received")
+            .map(|(org, _)| org)
+            .collect()
+    };
+    assert_eq!(reached(pongs(newcomer).await), vec!["org0.test"]);
+
+    // The central organisation publishes its list.
+    let id = post(
+        central,
+        allow_list_task(
+            central,
+            "updateAllowList",
+            "task-update-allow-list",
+            "updateAllowList",
+        ),
+    )
+    .await;
+    let task = finished(central, &id).await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let bundle = dsf_plugin_api::task::outputs(
+        &task,
+        dsf_plugin_allow_list::ALLOW_LIST,
+        dsf_plugin_allow_list::ALLOW_LIST_CODE,
+    )[0]["valueReference"]["reference"]
+        .as_str()
+        .expect("Bundle reference")
+        .to_owned();
+    assert!(
+        bundle.starts_with(&format!("{}/Bundle/", central.base_url)),
+        "{bundle}"
+    );
+    // Only the central organisation may start the update (its ActivityDefinition says so).
+    let refused = network
+        .organization(1)
+        .client
+        .create(&allow_list_task(
+            network.organization(1),
+            "updateAllowList",
+            "task-update-allow-list",
+            "updateAllowList",
+        ))
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // The others download and apply it, with no restart.
+    for i in [1, 2] {
+        let org = network.organization(i);
+        let id = post(org, download_task(org, &bundle)).await;
+        let task = finished(org, &id).await;
+        assert_eq!(task["status"], "completed", "org{i}: {task:#}");
+    }
+    assert_eq!(
+        reached(pongs(newcomer).await),
+        vec!["org0.test", "org1.test", "org2.test"]
+    );
+    assert_eq!(
+        reached(pongs(network.organization(1)).await),
+        vec!["org0.test", "org2.test", "org3.test"]
+    );
+
+    // A Bundle that would write anything else is refused, entry by entry, and changes nothing.
+    let hostile = central
+        .client
+        .create(&json!({
+            "resourceType": "Bundle",
+            "meta": {"tag": [dsf_plugin_api::task::tag_all()]},
+            "type": "transaction",
+            "entry": [
+                {"resource": start_task(central, "ping", "task-start-ping", "startPing", vec![]),
+                 "request": {"method": "POST", "url": "Task"}},
+                {"request": {"method": "DELETE", "url": "Organization?identifier=http://dsf.dev/sid/organization-identifier|org1.test"}},
+            ],
+        }))
+        .await
+        .expect("Bundle stored");
+    let hostile = format!(
+        "{}/Bundle/{}",
+        central.base_url,
+        hostile["id"].as_str().expect("id")
+    );
+    let org = network.organization(2);
+    let before = count(org, "Organization", "").await;
+    let id = post(org, download_task(org, &hostile)).await;
+    let task = finished(org, &id).await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    let errors: Vec<&str> = dsf_plugin_api::task::outputs(
+        &task,
+        "http://dsf.dev/fhir/CodeSystem/bpmn-message",
+        "error",
+    )
+    .into_iter()
+    .filter_map(|o| o["valueString"].as_str())
+    .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("Resource of type 'Task' not allowed")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("Request with Method 'POST' not allowed")),
+        "{errors:?}"
+    );
+    assert_eq!(count(org, "Organization", "").await, before);
+    assert_eq!(
+        tasks_of(org, "ping").await.len(),
+        0,
+        "the Bundle's Task was not written"
+    );
+}
+
 fn main() {
     // Plugin files run as processes of their own; the lookup builds them if needed, once,
     // before any test starts a BPE.
     plugin_files::ping_pong();
     plugin_files::hello_world();
+    plugin_files::allow_list();
     dsf_tests::Suite::new()
         .test(
             "reference_plugin_files_run_across_three_organisations",
@@ -757,6 +932,10 @@ fn main() {
         .test(
             "a_plugin_that_keeps_crashing_is_restarted_with_back_off",
             a_plugin_that_keeps_crashing_is_restarted_with_back_off,
+        )
+        .test(
+            "an_organisation_added_to_the_central_allow_list_reaches_the_others_once_they_download_it",
+            an_organisation_added_to_the_central_allow_list_reaches_the_others_once_they_download_it,
         )
         .test(
             "a_plugin_process_killed_at_any_step_leaves_no_task_in_progress",
