@@ -1,6 +1,7 @@
 //! A development network of DSF organisations on loopback: generated certificates, allow
 //! lists by topology, and per organisation a FHIR server and a BPE in this process, each BPE
-//! running the plugin files of one plugin directory (ping-pong and hello-world by default).
+//! running the plugin files of one plugin directory (ping-pong, hello-world and allow-list by
+//! default; the first organisation is the allow-list management site).
 //! `dsf dev up` runs it; `dsf bench --network-only` measures it.
 
 use crate::{start_bpe, start_fhir_server, BpeSettings, FhirServerSettings};
@@ -202,8 +203,15 @@ impl DevNetwork {
                 .await?,
             );
         }
+        // The first organisation is the allow-list management site: it alone publishes the
+        // allow list, which the others may download (the allow-list plugin's configuration).
+        let mut plugin_config = settings.plugin_config.clone();
+        plugin_config.push((
+            "dev.dsf.bpe.allow.list.organization".to_owned(),
+            organizations[0].identifier.clone(),
+        ));
         let mut bpes = Vec::new();
-        for org in &organizations {
+        for (i, org) in organizations.iter().enumerate() {
             bpes.push(
                 start_bpe(BpeSettings {
                     fhir_base_url: org.base_url.clone(),
@@ -215,10 +223,14 @@ impl DevNetwork {
                     process_threads: None,
                     local_timeout: Duration::from_secs(60),
                     plugin_directory: settings.plugin_directory.clone(),
-                    excluded: String::new(),
+                    excluded: if i == 0 {
+                        String::new()
+                    } else {
+                        "dsfdev_updateAllowList|1.0".to_owned()
+                    },
                     retired: String::new(),
                     plugin_files: dsf_engine::PluginFileSettings::default(),
-                    plugin_config: settings.plugin_config.clone(),
+                    plugin_config: plugin_config.clone(),
                 })
                 .await?,
             );

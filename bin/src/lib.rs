@@ -152,38 +152,74 @@ pub async fn start_bpe(
     Ok(bpe)
 }
 
-/// Where `dsf dev up` and the benchmarks find the reference plugin files when no directory
-/// is named: next to the running executable (`target/release/` after `cargo build
-/// --release`), as `cargo build` leaves them.
+/// The reference plugin files, next to the running executable (`target/release/` after
+/// `cargo build --release`), for `dsf dev up` and the benchmarks when no directory is named.
+/// Run by cargo (`cargo run`), they are built first from the workspace's sources with the
+/// executable's profile, so that they match the code that runs.
 pub fn reference_plugin_files() -> Result<Vec<std::path::PathBuf>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = exe
         .parent()
         .ok_or("the executable has no directory")?
         .to_owned();
-    // Test executables live one level deeper, in deps/.
-    let dirs = [
-        dir.clone(),
-        dir.parent().map(|p| p.to_owned()).unwrap_or(dir),
-    ];
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf);
+    if let (Ok(cargo), Some(workspace)) = (std::env::var("CARGO"), workspace) {
+        if workspace.join("Cargo.toml").is_file() {
+            build_reference_plugins(&cargo, &workspace, dir.ends_with("release"))?;
+        }
+    }
     REFERENCE_PLUGINS
         .iter()
-        .map(|name| {
-            dirs.iter()
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-                .ok_or_else(|| {
-                    format!(
-                        "the plugin file {name} is not next to {} (build it with `cargo build --release --bins`, or pass --plugins DIR)",
-                        exe.display()
-                    )
-                })
+        .map(|(_, name)| {
+            let file = dir.join(name);
+            if file.is_file() {
+                Ok(file)
+            } else {
+                Err(format!(
+                    "the plugin file {name} is not next to {} (build it with `cargo build --release --bins`, or pass --plugins DIR)",
+                    exe.display()
+                ))
+            }
         })
         .collect()
 }
 
-/// The plugin files this workspace builds (their crates' binaries).
-pub const REFERENCE_PLUGINS: [&str; 2] = ["dsf-process-ping-pong", "dsf-process-hello-world"];
+/// `cargo build` of the reference plugins' executables beside `dsf-bin`: the same features
+/// for the dependencies they share, so nothing but the plugins themselves is compiled.
+fn build_reference_plugins(
+    cargo: &str,
+    workspace: &std::path::Path,
+    release: bool,
+) -> Result<(), String> {
+    let mut command = std::process::Command::new(cargo);
+    command
+        .current_dir(workspace)
+        .args(["build", "--quiet", "-p", "dsf-bin"]);
+    for (package, name) in REFERENCE_PLUGINS {
+        command.args(["-p", package, "--bin", name]);
+    }
+    if release {
+        command.arg("--release");
+    }
+    eprintln!("building the reference plugin files (cargo build -p dsf-plugin-… --bins)");
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("building the reference plugin files failed".into())
+    }
+}
+
+/// The plugin files this workspace builds: (package, executable).
+pub const REFERENCE_PLUGINS: [(&str, &str); 3] = [
+    ("dsf-plugin-ping-pong", "dsf-process-ping-pong"),
+    ("dsf-plugin-hello-world", "dsf-process-hello-world"),
+    ("dsf-plugin-allow-list", "dsf-process-allow-list"),
+];
 
 /// A plugin directory at `dir` holding links to `files` (the directory is emptied first).
 pub fn plugin_directory(

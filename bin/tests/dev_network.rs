@@ -1,5 +1,6 @@
 //! The main job: `dsf dev up` starts a network of organisations whose allow lists follow the
-//! topology, and `--smoke` checks every organisation against every server.
+//! topology and whose BPEs run plugin files, and `--smoke` checks every organisation against
+//! every server and pings from each.
 
 use std::process::Command;
 
@@ -15,12 +16,15 @@ fn free_port_range(len: u16) -> u16 {
 
 fn run(topology: &str, organizations: u16) -> String {
     let dir = tempfile::tempdir().unwrap();
+    let plugins = dsf_tests::plugin_files::reference_directory();
     let output = Command::new(env!("CARGO_BIN_EXE_dsf"))
         .args(["dev", "up", "--smoke", "--topology", topology])
         .args(["--organizations", &organizations.to_string()])
         .args(["--base-port", &free_port_range(organizations).to_string()])
         .arg("--dir")
         .arg(dir.path())
+        .arg("--plugins")
+        .arg(plugins.path())
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -66,6 +70,15 @@ fn mesh_network_allows_everyone() {
     assert!(!out.contains(": metadata 401"), "{out}");
     assert!(
         out.contains("org-c.dsf.test: websocket bound to Task?status=requested"),
+        "{out}"
+    );
+    // The BPEs run the processes from plugin files, each its own process.
+    assert!(
+        out.contains("dsf-process-ping-pong  dsf-process-ping-pong 1.0.1.0: dsfdev_ping|1.0, dsfdev_pong|1.0, dsfdev_pingAutostart|1.0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("dsf-process-allow-list  dsf-process-allow-list 1.0.0.1: dsfdev_updateAllowList|1.0, dsfdev_downloadAllowList|1.0"),
         "{out}"
     );
 }

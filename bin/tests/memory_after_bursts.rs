@@ -39,7 +39,7 @@ fn anonymous_kib(pid: u32) -> u64 {
 }
 
 /// Starts a one-organisation network and waits until it says it runs.
-fn start_network(dir: &std::path::Path) -> Running {
+fn start_network(dir: &std::path::Path, plugins: &std::path::Path) -> Running {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -50,6 +50,8 @@ fn start_network(dir: &std::path::Path) -> Running {
         .arg(port.to_string())
         .arg("--dir")
         .arg(dir)
+        .arg("--plugins")
+        .arg(plugins)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -68,7 +70,8 @@ fn start_network(dir: &std::path::Path) -> Running {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resident_memory_returns_near_idle_after_a_burst_of_large_bodies() {
     let dir = tempfile::tempdir().unwrap();
-    let network = start_network(dir.path());
+    let plugins = dsf_tests::plugin_files::reference_directory();
+    let network = start_network(dir.path(), plugins.path());
     let pid = network.0.id();
     let description: NetworkDescription =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("network.json")).unwrap())

@@ -108,6 +108,15 @@ pub fn python_ask_answer() -> PathBuf {
         .join("ask_answer.py")
 }
 
+/// A plugin directory with the reference plugin files: ping-pong, hello-world and allow-list.
+pub fn reference_directory() -> tempfile::TempDir {
+    directory(&[
+        ("dsf-process-ping-pong", &ping_pong()),
+        ("dsf-process-hello-world", &hello_world()),
+        ("dsf-process-allow-list", &allow_list()),
+    ])
+}
+
 /// A plugin directory holding a link to each of `files`, under the name given with it.
 pub fn directory(files: &[(&str, &Path)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temporary directory");

@@ -52,10 +52,7 @@ async fn start_clean(config: BpeConfig) -> Bpe {
 }
 
 fn reference_plugins() -> tempfile::TempDir {
-    plugin_files::directory(&[
-        ("dsf-process-ping-pong", &plugin_files::ping_pong()),
-        ("dsf-process-hello-world", &plugin_files::hello_world()),
-    ])
+    plugin_files::reference_directory()
 }
 
 async fn reference_plugin_files_run_across_three_organisations() {
@@ -66,7 +63,7 @@ async fn reference_plugin_files_run_across_three_organisations() {
         bpes.push(start_clean(config(org, plugins.path())).await);
     }
     let report = bpes[0].report();
-    assert_eq!(report.plugin_files.len(), 2, "{report:?}");
+    assert_eq!(report.plugin_files.len(), 3, "{report:?}");
     let ping_pong_file = report
         .plugin_files
         .iter()
@@ -319,14 +316,16 @@ plugin.run()
         .plugin_files
         .iter()
         .any(|f| f.file.ends_with(".hidden")));
-    assert_eq!(bpe.plugin_files().len(), 2, "the good files run");
+    assert_eq!(bpe.plugin_files().len(), 3, "the good files run");
     assert!(bpe
         .report()
         .plugin_files
         .iter()
         .filter(|f| f.outcome.is_ok())
-        .all(|f| f.file.ends_with("dsf-process-ping-pong")
-            || f.file.ends_with("dsf-process-hello-world")));
+        .all(|f| f
+            .file
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("dsf-process-"))));
     let peer_plugins = reference_plugins();
     let _peer = start_clean(config(network.organization(1), peer_plugins.path())).await;
     let id = start_ping(org).await;

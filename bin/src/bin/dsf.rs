@@ -73,8 +73,9 @@ enum Dev {
         users: Vec<String>,
     },
     /// Run a local network of DSF organisations on loopback (a FHIR server and a BPE each, in
-    /// this process; the BPEs run the plugin files ping-pong and hello-world), with generated
-    /// certificates; pings from the first organisation to all others once it runs
+    /// this process; the BPEs run the plugin files ping-pong, hello-world and allow-list),
+    /// with generated certificates; pings from the first organisation to all others once it
+    /// runs
     Up {
         #[arg(long, default_value = "dev-network")]
         dir: PathBuf,
@@ -91,9 +92,9 @@ enum Dev {
         /// DEV_DSF_BPE_PING_PONG_TIMEOUT)
         #[arg(long, default_value = "PT20S")]
         pong_timeout: String,
-        /// The plugin directory every BPE runs (default: <dir>/process, linking the plugin
-        /// files dsf-process-ping-pong and dsf-process-hello-world found next to this
-        /// executable)
+        /// The plugin directory every BPE runs (default: <dir>/process, linking the reference
+        /// plugin files dsf-process-ping-pong, -hello-world and -allow-list found next to
+        /// this executable; run by `cargo run`, they are built first)
         #[arg(long)]
         plugins: Option<PathBuf>,
         /// Check connectivity, ping from every organisation to all it may reach, check every
