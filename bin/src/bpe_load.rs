@@ -1,6 +1,8 @@
-//! Load runs of the BPE: request/reply round trips between two organisations (ping and pong)
-//! against a plain client doing the same FHIR writes, a 10-service-task chain against raw
-//! inserts of its state rows, and the BPE's start-up time and idle memory.
+//! Load runs of the BPE: request/reply round trips between two organisations (ping and pong),
+//! with the ping-pong plugin linked in and as a plugin file in turns, against a plain client
+//! doing the same FHIR writes; the added cost of one handler call into a plugin file, a plugin
+//! file's start and memory; a 10-service-task chain against raw inserts of its state rows; and
+//! the BPE's start-up time and idle memory.
 
 use crate::load::{summarise as measurement, Measurement};
 use crate::{start_fhir_server, FhirServerSettings};
@@ -25,8 +27,21 @@ pub struct BpeLoadSettings {
 }
 
 pub struct BpeLoadReport {
+    /// Round trips with ping-pong linked into both BPEs.
     pub round_trips: Measurement,
+    /// The same, with ping-pong a plugin file of both BPEs (measured in turns with the above).
+    pub round_trips_files: Measurement,
     pub plain_writes: Measurement,
+    /// One service-task call of hello-world linked in, and into its plugin file.
+    pub call_linked: Measurement,
+    pub call_file: Measurement,
+    /// `Bpe::start` (median of the slices) with ping-pong linked in and as a file.
+    pub start_linked: Duration,
+    pub start_file: Duration,
+    /// From starting a plugin file to its definition read (median of 5).
+    pub spawn_to_definition: Duration,
+    /// Resident memory of plugin processes: (file, KiB).
+    pub plugin_rss_kib: Vec<(String, u64)>,
     pub chain: Measurement,
     pub chain_every_step: Measurement,
     pub raw_state_inserts: Measurement,
@@ -46,7 +61,10 @@ impl BpeLoadReport {
         );
         for m in [
             &self.round_trips,
+            &self.round_trips_files,
             &self.plain_writes,
+            &self.call_linked,
+            &self.call_file,
             &self.chain,
             &self.chain_every_step,
             &self.raw_state_inserts,
@@ -57,6 +75,26 @@ impl BpeLoadReport {
             "\nround trips / plain-client write sets: {:.2} (aim ≥ 0.5)\n",
             self.round_trips.per_second / self.plain_writes.per_second.max(f64::EPSILON)
         ));
+        out.push_str(&format!(
+            "round trips with ping-pong as plugin files / linked in: {:.2} (aim ≥ 0.8)\n",
+            self.round_trips_files.per_second / self.round_trips.per_second.max(f64::EPSILON)
+        ));
+        out.push_str(&format!(
+            "one handler call's added cost as a plugin file (p50 file − p50 linked): {:.0} µs (aim < 100 µs)\n",
+            (self.call_file.p50_ms - self.call_linked.p50_ms) * 1000.0
+        ));
+        out.push_str(&format!(
+            "plugin file start to definition: {:.0} ms; BPE start with ping-pong as a file {:.0} ms, linked in {:.0} ms (aim: start to deployed < 200 ms)\n",
+            self.spawn_to_definition.as_secs_f64() * 1000.0,
+            self.start_file.as_secs_f64() * 1000.0,
+            self.start_linked.as_secs_f64() * 1000.0
+        ));
+        for (file, rss) in &self.plugin_rss_kib {
+            out.push_str(&format!(
+                "resident memory of the plugin process {file}: {:.1} MiB\n",
+                *rss as f64 / 1024.0
+            ));
+        }
         out.push_str(&format!(
             "10-task chain instances / raw state-row inserts: {:.2}; saved after every step: {:.2}\n",
             self.chain.per_second / self.raw_state_inserts.per_second.max(f64::EPSILON),
@@ -341,31 +379,58 @@ where
     (all, start.elapsed())
 }
 
-fn bpe_config(org: &Organization, state: &Path) -> BpeConfig {
+/// Where a BPE of the bench gets ping-pong from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PingPong {
+    Linked,
+    File,
+}
+
+fn bpe_config(org: &Organization, plugins: PingPong, directory: &Path) -> BpeConfig {
     let mut config = BpeConfig::new(&org.base_url, org.tls.clone());
-    config.state_path = Some(state.to_path_buf());
+    if plugins == PingPong::File {
+        config.plugin_directory = Some(directory.to_path_buf());
+    }
     config
 }
 
-pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
-    let dir = std::env::temp_dir().join(format!("dsf-bpe-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    let pki = DevPki::generate("dsf-rs BPE bench CA")?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let orgs = two_organizations(&pki, &dir, &stop_rx).await?;
-    let plugins = || vec![dsf_plugin_ping_pong::plugin()];
-    let bpe_a = Bpe::start(bpe_config(&orgs[0], &dir.join("bpe-a.sqlite")), plugins()).await?;
-    let bpe_b = Bpe::start(bpe_config(&orgs[1], &dir.join("bpe-b.sqlite")), plugins()).await?;
-    bpe_a.wait_connected().await;
-    bpe_b.wait_connected().await;
+/// One slice of round trips: both BPEs started (timed) with ping-pong from `plugins`, pings
+/// from A in a closed loop for `duration`, then the BPEs stopped.
+struct Slice {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    starts: Vec<Duration>,
+    plugin_rss_kib: Vec<(String, u64)>,
+}
 
-    // Round trips through both BPEs.
-    let clients = Arc::new(Clients::new(&orgs)?);
-    let waiters = watch_completions(clients.a.clone()).await?;
+async fn round_trip_slice(
+    orgs: &[Organization],
+    plugins: PingPong,
+    directory: &Path,
+    waiters: &Waiters,
+    clients: &Arc<Clients>,
+    settings: &BpeLoadSettings,
+    duration: Duration,
+) -> Result<Slice, BoxError> {
+    let linked = || match plugins {
+        PingPong::Linked => vec![dsf_plugin_ping_pong::plugin()],
+        PingPong::File => Vec::new(),
+    };
+    let mut starts = Vec::new();
+    let mut bpes = Vec::new();
+    for org in &orgs[..2] {
+        let started = Instant::now();
+        let bpe = Bpe::start(bpe_config(org, plugins, directory), linked()).await?;
+        starts.push(started.elapsed());
+        bpes.push(bpe);
+    }
+    for bpe in &bpes {
+        bpe.wait_connected().await;
+    }
     let a = orgs[0].identifier.clone();
     let (latencies, elapsed) = {
         let (clients, waiters, a) = (clients.clone(), waiters.clone(), a.clone());
-        closed_loop(settings.concurrency, settings.duration, move || {
+        closed_loop(settings.concurrency, duration, move || {
             let (clients, waiters, a) = (clients.clone(), waiters.clone(), a.clone());
             async move {
                 let (tx, rx) = oneshot::channel();
@@ -389,11 +454,191 @@ pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
         })
         .await
     };
-    let round_trips = measurement("ping/pong round trip through two BPEs", latencies, elapsed);
-    drop(bpe_a);
-    drop(bpe_b);
+    let plugin_rss_kib = bpes
+        .iter()
+        .zip(orgs)
+        .flat_map(|(bpe, org)| bpe.plugin_files().into_iter().map(move |f| (org, f)))
+        .filter_map(|(org, f)| {
+            let name = f.file.file_name()?.to_string_lossy().into_owned();
+            let rss = crate::proc_status_kib(&f.pid?.to_string(), "VmRSS:")?;
+            Some((
+                format!("{name} of {} (after its round trips)", org.identifier),
+                rss,
+            ))
+        })
+        .collect();
+    Ok(Slice {
+        latencies,
+        elapsed,
+        starts,
+        plugin_rss_kib,
+    })
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
+/// `calls` sequential calls of hello-world's service task, linked in and in its plugin file,
+/// with the same start Task and the same (unused) FHIR client; and the file's start time.
+async fn handler_calls(
+    pki: &DevPki,
+    file: &Path,
+    calls: usize,
+) -> Result<(Measurement, Measurement, Duration, u64), BoxError> {
+    use dsf_plugin_api::{EndpointInfo, Handler, ProcessApi, Variables};
+    let tls = Arc::new(pki.client_config(&pki.issue_client("bench.test")?)?);
+    let endpoint = EndpointInfo {
+        identifier: "bench.test".into(),
+        address: "https://localhost:1/fhir".into(),
+        organization: Some("bench.test".into()),
+    };
+    let api = ProcessApi::new(
+        FhirClient::new(&endpoint.address, tls)?,
+        Arc::new(pki.client_config(&pki.issue_client("bench-api.test")?)?),
+        "bench.test",
+        endpoint.clone(),
+    );
+    let hello = dsf_plugin_api::protocol::Hello {
+        protocol: dsf_plugin_api::protocol::PROTOCOL_VERSION,
+        organization: "bench.test".into(),
+        endpoint: endpoint.clone(),
+        fhir_base_url: endpoint.address.clone(),
+    };
+    let mut spawns = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (running, _) = dsf_engine::PluginFile::start(
+            file,
+            hello.clone(),
+            dsf_engine::PluginFileSettings::default(),
+        )
+        .await?;
+        spawns.push(started.elapsed());
+        drop(running);
+    }
+    let (running, from_file) =
+        dsf_engine::PluginFile::start(file, hello, dsf_engine::PluginFileSettings::default())
+            .await?;
+    let linked = dsf_plugin_hello_world::plugin();
+    let service_task = |plugin: &dsf_plugin_api::PluginDefinition| {
+        plugin.handlers().iter().find_map(|(name, h)| match h {
+            Handler::ServiceTask(h) if name == "org.example.Greet" => Some(h.clone()),
+            _ => None,
+        })
+    };
+    let start_task = task(
+        "bench.test",
+        "bench.test",
+        "helloWorld",
+        "task-hello-world",
+        "helloWorld",
+        &[("business-key", "bk")],
+    );
+    let mut results = Vec::new();
+    for (name, plugin) in [
+        ("hello-world service task call, linked in", &linked),
+        ("the same call into its plugin file", &from_file),
+    ] {
+        let handler = service_task(plugin).ok_or("no Greet handler")?;
+        let mut latencies = Vec::with_capacity(calls);
+        let started = Instant::now();
+        for _ in 0..calls {
+            let mut scope = serde_json::Map::new();
+            let mut start = start_task.clone();
+            start["id"] = json!("bench");
+            scope.insert(dsf_plugin_api::constants::START_TASK.into(), start);
+            let fields = serde_json::Map::new();
+            let t = Instant::now();
+            let mut vars = Variables::new(&mut scope, Some("bk"), "instance", "Greet", &fields);
+            handler.execute(&api, &mut vars).await?;
+            latencies.push(t.elapsed());
+        }
+        results.push(measurement(name, latencies, started.elapsed()));
+    }
+    let rss = running
+        .pid()
+        .and_then(|pid| crate::proc_status_kib(&pid.to_string(), "VmRSS:"))
+        .unwrap_or(0);
+    let file_call = results.pop().ok_or("missing")?;
+    let linked_call = results.pop().ok_or("missing")?;
+    Ok((linked_call, file_call, median(spawns), rss))
+}
+
+pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
+    let dir = std::env::temp_dir().join(format!("dsf-bpe-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let pki = DevPki::generate("dsf-rs BPE bench CA")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let orgs = two_organizations(&pki, &dir, &stop_rx).await?;
+    let reference = crate::reference_plugin_files()?;
+    let plugin_dir = dir.join("process");
+    let ping_pong_file: Vec<PathBuf> = reference
+        .iter()
+        .filter(|f| f.ends_with("dsf-process-ping-pong"))
+        .cloned()
+        .collect();
+    crate::plugin_directory(&plugin_dir, &ping_pong_file)?;
+
+    // Round trips through both BPEs, ping-pong linked in and as a file in turns, so that the
+    // machine's drift falls on both.
+    let clients = Arc::new(Clients::new(&orgs)?);
+    let waiters = watch_completions(clients.a.clone()).await?;
+    let slice = settings.duration / 2;
+    let mut linked = (Vec::new(), Duration::ZERO, Vec::new());
+    let mut files = (Vec::new(), Duration::ZERO, Vec::new());
+    let mut plugin_rss_kib = Vec::new();
+    for plugins in [
+        PingPong::Linked,
+        PingPong::File,
+        PingPong::Linked,
+        PingPong::File,
+    ] {
+        eprintln!(
+            "BPE round trips, ping-pong {}",
+            if plugins == PingPong::File {
+                "as plugin files"
+            } else {
+                "linked in"
+            }
+        );
+        let run = round_trip_slice(
+            &orgs,
+            plugins,
+            &plugin_dir,
+            &waiters,
+            &clients,
+            &settings,
+            slice,
+        )
+        .await?;
+        let totals = if plugins == PingPong::File {
+            &mut files
+        } else {
+            &mut linked
+        };
+        totals.0.extend(run.latencies);
+        totals.1 += run.elapsed;
+        totals.2.extend(run.starts);
+        if !run.plugin_rss_kib.is_empty() {
+            plugin_rss_kib = run.plugin_rss_kib;
+        }
+    }
+    let round_trips = measurement(
+        "ping/pong round trip through two BPEs, ping-pong linked in",
+        linked.0,
+        linked.1,
+    );
+    let round_trips_files = measurement(
+        "the same, ping-pong a plugin file of both BPEs",
+        files.0,
+        files.1,
+    );
+    let (start_linked, start_file) = (median(linked.2), median(files.2));
 
     // The same writes by a plain client (no BPE listening).
+    let a = orgs[0].identifier.clone();
     let (latencies, elapsed) = {
         let (clients, a, b) = (clients.clone(), a.clone(), orgs[1].identifier.clone());
         closed_loop(settings.concurrency, settings.duration, move || {
@@ -409,15 +654,33 @@ pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
     );
     let _ = stop_tx.send(true);
 
+    eprintln!("handler calls linked in and into a plugin file");
+    let hello_world = reference
+        .iter()
+        .find(|f| f.ends_with("dsf-process-hello-world"))
+        .ok_or("no hello-world plugin file")?;
+    let (call_linked, call_file, spawn_to_definition, hello_rss) =
+        handler_calls(&pki, hello_world, 5_000).await?;
+    plugin_rss_kib.push(("dsf-process-hello-world (idle)".into(), hello_rss));
+
     let (chain, chain_every_step, raw_state_inserts) = chain_runs(&dir, settings.duration).await?;
     let startup = match std::env::current_exe()?.with_file_name("dsf-bpe") {
-        binary if binary.exists() => Some(bpe_startup_and_memory(&binary, &pki, &dir).await?),
+        binary if binary.exists() => {
+            Some(bpe_startup_and_memory(&binary, &pki, &dir, &plugin_dir).await?)
+        }
         _ => None,
     };
     let _ = std::fs::remove_dir_all(&dir);
     Ok(BpeLoadReport {
         round_trips,
+        round_trips_files,
         plain_writes,
+        call_linked,
+        call_file,
+        start_linked,
+        start_file,
+        spawn_to_definition,
+        plugin_rss_kib,
         chain,
         chain_every_step,
         raw_state_inserts,
@@ -546,12 +809,14 @@ async fn raw_state_inserts(
     ))
 }
 
-/// Starts the dsf-bpe binary against an in-process FHIR server: time until it logs that it
-/// runs with both subscriptions bound, and its resident memory 2 s later.
+/// Starts the dsf-bpe binary with the ping-pong plugin file against an in-process FHIR
+/// server: time until it logs that it runs with both subscriptions bound, and its resident
+/// memory 2 s later (the plugin's process not counted).
 async fn bpe_startup_and_memory(
     binary: &Path,
     pki: &DevPki,
     dir: &Path,
+    plugins: &Path,
 ) -> Result<(Duration, u64), BoxError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let files: PathBuf = dir.join("startup");
@@ -579,6 +844,7 @@ async fn bpe_startup_and_memory(
             "DEV_DSF_BPE_DB_URL",
             format!("sqlite:{}", files.join("bpe.sqlite").display()),
         )
+        .env("DEV_DSF_BPE_PROCESS_PLUGIN_DIRECTORY", plugins)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

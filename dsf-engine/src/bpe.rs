@@ -3,8 +3,8 @@
 
 use crate::deploy::{self, Deployment, DeploymentReport, ProcessState};
 use crate::locks::KeyLocks;
-use crate::plugin_files::{self, PluginFileReport};
-use crate::plugin_process::{PluginFileSettings, PluginProcess};
+use crate::plugin_files::{self, PluginFile, PluginFileReport};
+use crate::plugin_process::PluginFileSettings;
 use crate::state::StateStore;
 use crate::{Error, Result};
 use dsf_fhir::client::{ClientSettings, SubscriptionSettings};
@@ -181,16 +181,14 @@ pub struct Bpe {
     report: DeploymentReport,
     loops: Vec<JoinHandle<()>>,
     status: watch::Receiver<BpeStatus>,
-    plugin_processes: Vec<(PathBuf, Arc<PluginProcess>)>,
+    /// Stopped when the BPE is dropped.
+    plugin_files: Vec<PluginFile>,
 }
 
 impl Drop for Bpe {
     fn drop(&mut self) {
         for task in &self.loops {
             task.abort();
-        }
-        for (_, process) in &self.plugin_processes {
-            process.stop();
         }
         self.inner
             .running
@@ -240,7 +238,7 @@ impl Bpe {
 
         let mut report = DeploymentReport::default();
         // Plugins linked in, then plugin files (each with its file and process).
-        let mut sources: Vec<(PluginDefinition, Option<(PathBuf, Arc<PluginProcess>)>)> =
+        let mut sources: Vec<(PluginDefinition, Option<PluginFile>)> =
             plugins.into_iter().map(|p| (p, None)).collect();
         if let Some(directory) = &config.plugin_directory {
             let mut settings = config.plugin_files.clone();
@@ -257,13 +255,13 @@ impl Bpe {
             sources.extend(
                 loaded
                     .into_iter()
-                    .map(|l| (l.definition, Some((l.file, l.process)))),
+                    .map(|(file, definition)| (definition, Some(file))),
             );
         }
         let mut prepared = Vec::new();
-        let mut plugin_processes = Vec::new();
-        for (plugin, file) in &sources {
-            match deploy::prepare(plugin, &organization, &shared) {
+        let mut plugin_files = Vec::new();
+        for (plugin, file) in sources {
+            match deploy::prepare(&plugin, &organization, &shared) {
                 Ok(mut p) => {
                     for deployment in &mut p.deployments {
                         let key = deployment.key();
@@ -273,21 +271,18 @@ impl Bpe {
                             deployment.state = ProcessState::Retired;
                         }
                     }
-                    p.file = file.as_ref().map(|(path, _)| path.clone());
+                    p.file = file.as_ref().map(|f| f.file().to_path_buf());
                     prepared.push(p);
-                    if let Some(file) = file {
-                        plugin_processes.push(file.clone());
-                    }
+                    plugin_files.extend(file);
                 }
                 Err(message) => {
                     tracing::error!(plugin = plugin.name(), version = %plugin.version(), %message, "plugin refused");
                     report
                         .refused
                         .push((plugin.name().to_owned(), message.clone()));
-                    if let Some((path, process)) = file {
-                        process.stop();
+                    if let Some(file) = file {
                         report.plugin_files.push(PluginFileReport {
-                            file: path.clone(),
+                            file: file.file().to_path_buf(),
                             plugin: Some(format!("{} {}", plugin.name(), plugin.version_text())),
                             outcome: Err(message),
                         });
@@ -296,13 +291,7 @@ impl Bpe {
             }
         }
         refuse_duplicates(&mut prepared, &mut report);
-        plugin_processes.retain(|(path, process)| {
-            let kept = prepared.iter().any(|p| p.file.as_ref() == Some(path));
-            if !kept {
-                process.stop();
-            }
-            kept
-        });
+        plugin_files.retain(|f| prepared.iter().any(|p| p.file.as_deref() == Some(f.file())));
         let (written, retired_definitions) = deploy::upload(&local, &prepared).await?;
         report.resources = written;
         report.retired = retired_definitions;
@@ -366,17 +355,17 @@ impl Bpe {
             report,
             loops,
             status,
-            plugin_processes,
+            plugin_files,
         })
     }
 
     /// The plugin files deployed, each with its running process.
     pub fn plugin_files(&self) -> Vec<PluginFileStatus> {
-        self.plugin_processes
+        self.plugin_files
             .iter()
-            .map(|(file, process)| PluginFileStatus {
-                file: file.clone(),
-                pid: process.pid(),
+            .map(|f| PluginFileStatus {
+                file: f.file().to_path_buf(),
+                pid: f.pid(),
             })
             .collect()
     }

@@ -30,6 +30,6 @@ mod state;
 pub use bpe::{parse_process_list, Bpe, BpeConfig, BpeStatus, PluginFileStatus};
 pub use deploy::{process_key, Deployment, DeploymentReport, ProcessState};
 pub use error::{Error, Result};
-pub use plugin_files::PluginFileReport;
+pub use plugin_files::{PluginFile, PluginFileReport};
 pub use plugin_process::PluginFileSettings;
 pub use state::{StateStore, INSTANCE_FORMAT};

@@ -1,5 +1,5 @@
 //! Plugin files: the executables in the BPE's plugin directory. Each is started as a process
-//! ([`PluginProcess`]); the definition it sends becomes a [`PluginDefinition`] whose handlers
+//! ([`PluginFile`]); the definition it sends becomes a [`PluginDefinition`] whose handlers
 //! call into that process, so the engine deploys and runs it exactly as a plugin linked into
 //! the BPE.
 
@@ -23,11 +23,65 @@ pub struct PluginFileReport {
     pub outcome: Result<Vec<String>, String>,
 }
 
-/// A plugin file that started and sent a definition the BPE could read.
-pub(crate) struct LoadedFile {
-    pub file: PathBuf,
-    pub process: Arc<PluginProcess>,
-    pub definition: PluginDefinition,
+/// A running plugin file: its process, started, watched and restarted until this is dropped.
+/// [`PluginFile::start`] also gives the plugin's definition, whose handlers call into the
+/// process: hand it to [`Bpe::start`](crate::Bpe::start) like a plugin linked in. (A BPE with
+/// a plugin directory does this for every file in it.)
+pub struct PluginFile {
+    file: PathBuf,
+    process: Arc<PluginProcess>,
+}
+
+impl Drop for PluginFile {
+    fn drop(&mut self) {
+        self.process.stop();
+    }
+}
+
+impl PluginFile {
+    /// Starts `file`, greets it with `hello` (who it works for) and reads its definition.
+    pub async fn start(
+        file: &Path,
+        hello: Hello,
+        settings: PluginFileSettings,
+    ) -> crate::Result<(PluginFile, PluginDefinition)> {
+        start_file(file, &hello, &settings)
+            .await
+            .map_err(|(announced, message)| crate::Error::Plugin {
+                plugin: announced.unwrap_or_else(|| file.display().to_string()),
+                message,
+            })
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// The running process, if one runs (none while it is being restarted).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+}
+
+/// A file's process and definition, or what the file announced (if it got that far) and why
+/// it cannot run.
+async fn start_file(
+    file: &Path,
+    hello: &Hello,
+    settings: &PluginFileSettings,
+) -> Result<(PluginFile, PluginDefinition), (Option<String>, String)> {
+    let (process, definition) = PluginProcess::start(file, hello.clone(), settings.clone())
+        .await
+        .map_err(|reason| (None, reason))?;
+    let announced = format!("{} {}", definition.name, definition.version);
+    let running = PluginFile {
+        file: file.to_path_buf(),
+        process,
+    };
+    match definition_of(definition, &running.process) {
+        Ok(definition) => Ok((running, definition)),
+        Err(reason) => Err((Some(announced), reason)),
+    }
 }
 
 /// Starts every plugin file in `directory` at once. Files that cannot be started or send no
@@ -36,7 +90,7 @@ pub(crate) async fn load(
     directory: &Path,
     hello: &Hello,
     settings: &PluginFileSettings,
-) -> (Vec<LoadedFile>, Vec<PluginFileReport>) {
+) -> (Vec<(PluginFile, PluginDefinition)>, Vec<PluginFileReport>) {
     let mut refused = Vec::new();
     let entries = match std::fs::read_dir(directory) {
         Ok(entries) => entries,
@@ -57,7 +111,7 @@ pub(crate) async fn load(
     for file in files {
         match candidate(&file) {
             Ok(()) => starting.push(async {
-                let started = PluginProcess::start(&file, hello.clone(), settings.clone()).await;
+                let started = start_file(&file, hello, settings).await;
                 (file, started)
             }),
             Err(reason) => refused.push(PluginFileReport {
@@ -69,32 +123,13 @@ pub(crate) async fn load(
     }
     let mut loaded = Vec::new();
     for (file, started) in futures_util::future::join_all(starting).await {
-        let (process, definition) = match started {
-            Ok(started) => started,
-            Err(reason) => {
-                refused.push(PluginFileReport {
-                    file,
-                    plugin: None,
-                    outcome: Err(reason),
-                });
-                continue;
-            }
-        };
-        let announced = format!("{} {}", definition.name, definition.version);
-        match definition_of(definition, &process) {
-            Ok(definition) => loaded.push(LoadedFile {
+        match started {
+            Ok(started) => loaded.push(started),
+            Err((plugin, reason)) => refused.push(PluginFileReport {
                 file,
-                process,
-                definition,
+                plugin,
+                outcome: Err(reason),
             }),
-            Err(reason) => {
-                process.stop();
-                refused.push(PluginFileReport {
-                    file,
-                    plugin: Some(announced),
-                    outcome: Err(reason),
-                });
-            }
         }
     }
     (loaded, refused)
