@@ -35,6 +35,9 @@ pub struct BpeLoadReport {
     /// One service-task call of hello-world linked in, and into its plugin file.
     pub call_linked: Measurement,
     pub call_file: Measurement,
+    /// One byte to `cat` and back over its pipes, with the same async I/O: the floor of any
+    /// call into another process on this machine.
+    pub pipe_round_trip: Measurement,
     /// `Bpe::start` (median of the slices) with ping-pong linked in and as a file.
     pub start_linked: Duration,
     pub start_file: Duration,
@@ -65,6 +68,7 @@ impl BpeLoadReport {
             &self.plain_writes,
             &self.call_linked,
             &self.call_file,
+            &self.pipe_round_trip,
             &self.chain,
             &self.chain_every_step,
             &self.raw_state_inserts,
@@ -80,8 +84,9 @@ impl BpeLoadReport {
             self.round_trips_files.per_second / self.round_trips.per_second.max(f64::EPSILON)
         ));
         out.push_str(&format!(
-            "one handler call's added cost as a plugin file (p50 file − p50 linked): {:.0} µs (aim < 100 µs)\n",
-            (self.call_file.p50_ms - self.call_linked.p50_ms) * 1000.0
+            "one handler call's added cost as a plugin file (p50 file − p50 linked): {:.0} µs (aim < 100 µs); a bare pipe round trip to another process: {:.0} µs\n",
+            (self.call_file.p50_ms - self.call_linked.p50_ms) * 1000.0,
+            self.pipe_round_trip.p50_ms * 1000.0
         ));
         out.push_str(&format!(
             "plugin file start to definition: {:.0} ms; BPE start with ping-pong as a file {:.0} ms, linked in {:.0} ms (aim: start to deployed < 200 ms)\n",
@@ -566,6 +571,34 @@ async fn handler_calls(
     Ok((linked_call, file_call, median(spawns), rss))
 }
 
+/// `count` one-byte round trips through `cat`'s standard input and output.
+async fn pipe_round_trips(count: usize) -> Result<Measurement, BoxError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cat = tokio::process::Command::new("cat")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let (mut input, mut output) = (
+        cat.stdin.take().ok_or("no stdin")?,
+        cat.stdout.take().ok_or("no stdout")?,
+    );
+    let mut latencies = Vec::with_capacity(count);
+    let mut byte = [0u8; 1];
+    let started = Instant::now();
+    for _ in 0..count {
+        let t = Instant::now();
+        input.write_all(b"x").await?;
+        output.read_exact(&mut byte).await?;
+        latencies.push(t.elapsed());
+    }
+    Ok(measurement(
+        "one byte to cat and back (baseline)",
+        latencies,
+        started.elapsed(),
+    ))
+}
+
 pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
     let dir = std::env::temp_dir().join(format!("dsf-bpe-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
@@ -659,8 +692,20 @@ pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
         .iter()
         .find(|f| f.ends_with("dsf-process-hello-world"))
         .ok_or("no hello-world plugin file")?;
-    let (call_linked, call_file, spawn_to_definition, hello_rss) =
-        handler_calls(&pki, hello_world, 5_000).await?;
+    // On a task of the runtime, as the BPE calls handlers (the bench's own main task runs on
+    // a thread of its own, and every wake-up of it would cross threads).
+    let hello_world = hello_world.clone();
+    let (call_linked, call_file, spawn_to_definition, hello_rss, pipe_round_trip) =
+        tokio::spawn(async move {
+            let pki =
+                DevPki::generate("dsf-rs handler call bench CA").map_err(|e| e.to_string())?;
+            let (linked, file, spawn, rss) = handler_calls(&pki, &hello_world, 5_000)
+                .await
+                .map_err(|e| e.to_string())?;
+            let pipe = pipe_round_trips(5_000).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((linked, file, spawn, rss, pipe))
+        })
+        .await??;
     plugin_rss_kib.push(("dsf-process-hello-world (idle)".into(), hello_rss));
 
     let (chain, chain_every_step, raw_state_inserts) = chain_runs(&dir, settings.duration).await?;
@@ -677,6 +722,7 @@ pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
         plain_writes,
         call_linked,
         call_file,
+        pipe_round_trip,
         start_linked,
         start_file,
         spawn_to_definition,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 /// How plugin file processes are run.
 #[derive(Debug, Clone)]
@@ -90,7 +90,9 @@ struct CallSlot {
 struct Connection {
     pid: Option<u32>,
     started: Instant,
-    outgoing: mpsc::UnboundedSender<ToPlugin>,
+    /// The plugin's standard input; each message is written by the task that has it to say
+    /// (a writer task between them would cost every call a task switch).
+    sink: tokio::sync::Mutex<FramedWrite<tokio::process::ChildStdin, LengthDelimitedCodec>>,
     calls: Mutex<HashMap<u64, CallSlot>>,
     permits: Option<Arc<Semaphore>>,
     child: Mutex<Option<Child>>,
@@ -99,6 +101,21 @@ struct Connection {
 }
 
 impl Connection {
+    /// Writes `message` to the plugin; a failed write ends the connection.
+    async fn send(&self, message: &ToPlugin) -> bool {
+        let Ok(bytes) = serde_json::to_vec(message) else {
+            return false;
+        };
+        let written = self.sink.lock().await.send(bytes::Bytes::from(bytes)).await;
+        match written {
+            Ok(()) => true,
+            Err(error) => {
+                self.close(&format!("writing to the plugin failed: {error}"));
+                false
+            }
+        }
+    }
+
     /// Ends the connection: the process is killed and every call in flight learns `reason`.
     fn close(&self, reason: &str) {
         let first = self.closed.send_if_modified(|closed| {
@@ -250,7 +267,7 @@ impl PluginProcess {
                 .await
                 .map_err(|e| format!("cannot write to the plugin: {e}"))?;
             match frames.next().await {
-                Some(Ok(frame)) => match serde_json::from_slice::<FromPlugin>(&frame) {
+                Some(Ok(frame)) => match FromPlugin::decode(&frame) {
                     Ok(FromPlugin::Definition(definition)) => Ok(definition),
                     Ok(other) => Err(format!(
                         "the plugin's first message is not its definition but {}",
@@ -286,30 +303,17 @@ impl PluginProcess {
                 protocol::PROTOCOL_VERSION
             ));
         }
-        let (outgoing, mut queue) = mpsc::unbounded_channel::<ToPlugin>();
         let (closed, _) = watch::channel(None);
         let connection = Arc::new(Connection {
             pid,
             started: Instant::now(),
-            outgoing,
+            sink: tokio::sync::Mutex::new(sink),
             calls: Mutex::new(HashMap::new()),
             permits: definition
                 .max_concurrent_calls
                 .map(|n| Arc::new(Semaphore::new(n.max(1) as usize))),
             child: Mutex::new(Some(child)),
             closed,
-        });
-        let writer = connection.clone();
-        tokio::spawn(async move {
-            while let Some(message) = queue.recv().await {
-                let Ok(bytes) = serde_json::to_vec(&message) else {
-                    continue;
-                };
-                if let Err(error) = sink.send(bytes::Bytes::from(bytes)).await {
-                    writer.close(&format!("writing to the plugin failed: {error}"));
-                    break;
-                }
-            }
         });
         tokio::spawn(read_messages(
             connection.clone(),
@@ -440,7 +444,7 @@ impl PluginProcess {
                 },
             );
         }
-        let message = ToPlugin::Call(Call {
+        let message = ToPlugin::Call(Box::new(Call {
             id,
             handler: request.handler,
             hook: request.hook,
@@ -448,9 +452,20 @@ impl PluginProcess {
             send: request.send,
             send_error: request.send_error,
             questionnaire_response: request.questionnaire_response,
-        });
-        if connection.outgoing.send(message).is_err() {
-            return Err(fail("the plugin process stopped".into()));
+        }));
+        // A plugin that stopped reading fills its input; the time limit bounds the wait.
+        if !matches!(
+            tokio::time::timeout_at(deadline, connection.send(&message)).await,
+            Ok(true)
+        ) {
+            connection
+                .calls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Err(fail(
+                "the plugin process stopped or does not read its input".into(),
+            ));
         }
         let mut requests = FuturesUnordered::new();
         let outcome = loop {
@@ -464,9 +479,11 @@ impl PluginProcess {
                 },
                 Some(request) = fhir_rx.recv() => requests.push(carry(api, request)),
                 Some(response) = requests.next(), if !requests.is_empty() => {
-                    let _ = connection.outgoing.send(ToPlugin::FhirResponse(response));
+                    let response = ToPlugin::FhirResponse(response);
+                    let _ = tokio::time::timeout_at(deadline, connection.send(&response)).await;
                 }
-                _ = closed.wait_for(Option::is_some) => break Err(fail(format!(
+                // The connection ends once; a closed one was refused above.
+                _ = closed.changed() => break Err(fail(format!(
                     "the plugin process stopped during the call: {}",
                     connection.close_reason().unwrap_or_default()
                 ))),
@@ -538,7 +555,7 @@ async fn carry(api: &ProcessApi, request: FhirRequest) -> FhirResponse {
 /// an unreadable frame or a message that is not the protocol ends the connection.
 async fn read_messages(
     connection: Arc<Connection>,
-    mut frames: FramedRead<tokio::process::ChildStdout, tokio_util::codec::LengthDelimitedCodec>,
+    mut frames: FramedRead<tokio::process::ChildStdout, LengthDelimitedCodec>,
     label: String,
 ) {
     let reason = loop {
@@ -547,7 +564,7 @@ async fn read_messages(
             Some(Err(e)) => break format!("it wrote something that is not a frame: {e}"),
             None => break "it closed its output".to_owned(),
         };
-        match serde_json::from_slice::<FromPlugin>(&frame) {
+        match FromPlugin::decode(&frame) {
             Ok(FromPlugin::Result(result)) => {
                 let slot = connection
                     .calls
@@ -575,14 +592,17 @@ async fn read_messages(
                     None => Some(request),
                 };
                 if let Some(request) = refused {
-                    let _ = connection.outgoing.send(ToPlugin::FhirResponse(FhirResponse {
+                    let answer = ToPlugin::FhirResponse(FhirResponse {
                         id: request.id,
                         error: Some(format!(
                             "call {} is not running: FHIR requests are carried only during a handler call",
                             request.call
                         )),
                         ..FhirResponse::default()
-                    }));
+                    });
+                    // Not written here: the reader must never wait for the plugin's input.
+                    let connection = connection.clone();
+                    tokio::spawn(async move { connection.send(&answer).await });
                 }
             }
             Ok(FromPlugin::Definition(_)) => {

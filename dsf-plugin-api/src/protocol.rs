@@ -28,22 +28,64 @@ pub fn codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// What the BPE sends.
+/// What the BPE sends. Read one with [`ToPlugin::decode`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum ToPlugin {
     Hello(Hello),
-    Call(Call),
+    Call(Box<Call>),
     FhirResponse(FhirResponse),
 }
 
-/// What the plugin sends.
+/// What the plugin sends. Read one with [`FromPlugin::decode`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum FromPlugin {
     Definition(Definition),
     Result(CallResult),
     Fhir(FhirRequest),
+}
+
+/// The `type` of a message, read without the rest (other fields are skipped, not stored).
+#[derive(Deserialize)]
+struct Tag<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+}
+
+fn tag(frame: &[u8]) -> serde_json::Result<std::borrow::Cow<'_, str>> {
+    serde_json::from_slice::<Tag<'_>>(frame).map(|t| t.kind)
+}
+
+fn unknown_type(kind: &str) -> serde_json::Error {
+    serde::de::Error::custom(format_args!("unknown message type '{kind}'"))
+}
+
+// Decoding by the tag first, then the message's own type from the same bytes: serde's
+// internally tagged enums buffer the whole message in an intermediate tree before they know
+// the type, which doubled the cost of every call.
+impl ToPlugin {
+    /// One message from its frame's JSON.
+    pub fn decode(frame: &[u8]) -> serde_json::Result<ToPlugin> {
+        Ok(match &*tag(frame)? {
+            "hello" => ToPlugin::Hello(serde_json::from_slice(frame)?),
+            "call" => ToPlugin::Call(Box::new(serde_json::from_slice(frame)?)),
+            "fhirResponse" => ToPlugin::FhirResponse(serde_json::from_slice(frame)?),
+            other => return Err(unknown_type(other)),
+        })
+    }
+}
+
+impl FromPlugin {
+    /// One message from its frame's JSON.
+    pub fn decode(frame: &[u8]) -> serde_json::Result<FromPlugin> {
+        Ok(match &*tag(frame)? {
+            "definition" => FromPlugin::Definition(serde_json::from_slice(frame)?),
+            "result" => FromPlugin::Result(serde_json::from_slice(frame)?),
+            "fhir" => FromPlugin::Fhir(serde_json::from_slice(frame)?),
+            other => return Err(unknown_type(other)),
+        })
+    }
 }
 
 /// The BPE's first message: the protocol version and who the plugin works for.
@@ -302,7 +344,7 @@ pub fn definition_of_file(file: &std::path::Path) -> Result<Definition, String> 
             .read_exact(&mut frame)
             .map_err(|e| format!("the plugin's answer ended early: {e}"))?;
         drop(stdin);
-        match serde_json::from_slice::<FromPlugin>(&frame) {
+        match FromPlugin::decode(&frame) {
             Ok(FromPlugin::Definition(definition)) => Ok(definition),
             Ok(_) => Err("the plugin's first message is not its definition".to_owned()),
             Err(e) => Err(format!("the plugin's answer is not the protocol: {e}")),
@@ -329,7 +371,7 @@ mod tests {
     /// The wire form is what docs/plugin-protocol.md shows; a change here is a protocol change.
     #[test]
     fn messages_have_the_documented_shape() {
-        let call = ToPlugin::Call(Call {
+        let call = ToPlugin::Call(Box::new(Call {
             id: 7,
             handler: "org.example.Greet".into(),
             hook: Hook::Execute,
@@ -343,17 +385,21 @@ mod tests {
             send: None,
             send_error: None,
             questionnaire_response: None,
-        });
+        }));
         assert_eq!(
             serde_json::to_value(&call).unwrap(),
             json!({"type": "call", "id": 7, "handler": "org.example.Greet", "hook": "execute",
                    "context": {"instanceId": "task-1", "elementId": "Greet", "businessKey": "bk",
                                "fields": {}, "variables": {"n": 1}}})
         );
-        let result: FromPlugin = serde_json::from_value(json!({
-            "type": "result", "id": 7,
-            "changes": [{"name": "greeting", "value": "hi"}],
-            "error": {"kind": "bpmn", "code": "c", "message": "m"}}))
+        let result = FromPlugin::decode(
+            json!({
+                "type": "result", "id": 7,
+                "changes": [{"name": "greeting", "value": "hi"}],
+                "error": {"kind": "bpmn", "code": "c", "message": "m"}})
+            .to_string()
+            .as_bytes(),
+        )
         .unwrap();
         let FromPlugin::Result(result) = result else {
             panic!("a result");
@@ -364,10 +410,20 @@ mod tests {
             crate::ProcessError::from(result.error.unwrap()),
             crate::ProcessError::bpmn("c", "m")
         );
-        let request: FromPlugin = serde_json::from_value(json!({
-            "type": "fhir", "id": 1, "call": 7, "baseUrl": "https://a/fhir", "method": "GET",
-            "path": "Task?status=requested", "headers": [["accept", "application/fhir+json"]]}))
+        let request = FromPlugin::decode(
+            json!({
+                "type": "fhir", "id": 1, "call": 7, "baseUrl": "https://a/fhir", "method": "GET",
+                "path": "Task?status=requested", "headers": [["accept", "application/fhir+json"]]})
+            .to_string()
+            .as_bytes(),
+        )
         .unwrap();
         assert!(matches!(request, FromPlugin::Fhir(r) if r.headers.len() == 1 && r.body.is_none()));
+        // Decoding by the tag reads what serde's own reading of the enum reads.
+        let bytes = serde_json::to_vec(&call).unwrap();
+        assert_eq!(ToPlugin::decode(&bytes).unwrap(), call);
+        assert!(ToPlugin::decode(br#"{"type": "nonsense"}"#).is_err());
+        assert!(ToPlugin::decode(br#"{"id": 1}"#).is_err());
+        assert!(FromPlugin::decode(b"[1, 2]").is_err());
     }
 }

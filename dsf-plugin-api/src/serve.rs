@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 /// Runs `plugin` as a plugin file: `fn main() -> ExitCode { dsf_plugin_api::serve(plugin()) }`.
@@ -71,8 +71,7 @@ pub fn serve(plugin: PluginDefinition) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -82,13 +81,42 @@ pub fn serve(plugin: PluginDefinition) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve_on(plugin, tokio::io::stdin(), tokio::io::stdout())) {
+    match runtime.block_on(serve_stdio(plugin)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "plugin stopped");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Serves `plugin` on standard input and output. Started by a BPE they are pipes, read and
+/// written without blocking threads (tokio's own stdin and stdout hand every read and write to
+/// a thread of the blocking pool, which would cost each call several thread switches).
+#[cfg(feature = "serve")]
+async fn serve_stdio(plugin: PluginDefinition) -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::FileTypeExt;
+        use tokio::net::unix::pipe;
+        let stdin = std::io::stdin().as_fd().try_clone_to_owned();
+        let stdout = std::io::stdout().as_fd().try_clone_to_owned();
+        if let (Ok(stdin), Ok(stdout)) = (stdin, stdout) {
+            let (stdin, stdout) = (std::fs::File::from(stdin), std::fs::File::from(stdout));
+            let fifo = |f: &std::fs::File| f.metadata().is_ok_and(|m| m.file_type().is_fifo());
+            // Both or neither: making one of them non-blocking would break the fallback.
+            if fifo(&stdin) && fifo(&stdout) {
+                let pipes = pipe::Receiver::from_file(stdin)
+                    .and_then(|input| Ok((input, pipe::Sender::from_file(stdout)?)));
+                match pipes {
+                    Ok((input, output)) => return serve_on(plugin, input, output).await,
+                    Err(error) => return Err(Error::Read(error)),
+                }
+            }
+        }
+    }
+    serve_on(plugin, tokio::io::stdin(), tokio::io::stdout()).await
 }
 
 /// Serves `plugin` over `reader` (from the BPE) and `writer` (to the BPE) until the BPE
@@ -99,9 +127,10 @@ pub async fn serve_on(
     reader: impl AsyncRead + Unpin + Send + 'static,
     writer: impl AsyncWrite + Unpin + Send + 'static,
 ) -> Result<(), Error> {
+    let definition = plugin.to_protocol();
     let mut frames = FramedRead::new(reader, protocol::codec());
     let hello = match frames.next().await {
-        Some(Ok(frame)) => match serde_json::from_slice::<ToPlugin>(&frame) {
+        Some(Ok(frame)) => match ToPlugin::decode(&frame) {
             Ok(ToPlugin::Hello(hello)) => hello,
             Ok(_) => return Err(Error::NoHello),
             Err(error) => return Err(Error::Garbage(error)),
@@ -115,35 +144,32 @@ pub async fn serve_on(
             protocol::PROTOCOL_VERSION,
         ));
     }
-    let (outgoing, mut queue) = mpsc::unbounded_channel::<FromPlugin>();
-    let writing = tokio::spawn(async move {
-        let mut sink = FramedWrite::new(writer, protocol::codec());
-        while let Some(message) = queue.recv().await {
-            let bytes = serde_json::to_vec(&message).unwrap_or_default();
-            sink.send(bytes::Bytes::from(bytes)).await?;
-        }
-        Ok::<(), std::io::Error>(())
-    });
-    let _ = outgoing.send(FromPlugin::Definition(plugin.to_protocol()));
+    let sink: Sink = tokio::sync::Mutex::new(FramedWrite::new(Box::pin(writer), protocol::codec()));
     let plugin = Arc::new(Served {
         handlers: plugin.handlers().iter().cloned().collect(),
         hello,
-        outgoing: outgoing.clone(),
+        sink,
         pending: Mutex::new(HashMap::new()),
         next_request: AtomicU64::new(1),
     });
+    plugin
+        .send(&FromPlugin::Definition(definition))
+        .await
+        .map_err(Error::Write)?;
     let result = loop {
         let frame = match frames.next().await {
             Some(Ok(frame)) => frame,
             Some(Err(error)) => break Err(Error::Read(error)),
             None => break Ok(()),
         };
-        match serde_json::from_slice::<ToPlugin>(&frame) {
+        match ToPlugin::decode(&frame) {
             Ok(ToPlugin::Call(call)) => {
                 let plugin = plugin.clone();
                 tokio::spawn(async move {
-                    let result = plugin.clone().run(call).await;
-                    let _ = plugin.outgoing.send(FromPlugin::Result(result));
+                    let result = plugin.clone().run(*call).await;
+                    if let Err(error) = plugin.send(&FromPlugin::Result(result)).await {
+                        tracing::error!(%error, "cannot answer the BPE");
+                    }
                 });
             }
             Ok(ToPlugin::FhirResponse(response)) => {
@@ -160,13 +186,13 @@ pub async fn serve_on(
             Err(error) => break Err(Error::Garbage(error)),
         }
     };
-    drop(plugin);
-    drop(outgoing);
-    match writing.await {
-        Ok(Err(error)) if result.is_ok() => Err(Error::Write(error)),
-        _ => result,
-    }
+    result
 }
+
+/// The BPE's end of the protocol: each message is written by the task that has it to say.
+type Sink = tokio::sync::Mutex<
+    FramedWrite<std::pin::Pin<Box<dyn AsyncWrite + Send>>, tokio_util::codec::LengthDelimitedCodec>,
+>;
 
 impl PluginDefinition {
     /// The definition as a plugin file sends it.
@@ -225,13 +251,14 @@ impl Handler {
 struct Served {
     handlers: HashMap<String, Handler>,
     hello: Hello,
-    outgoing: mpsc::UnboundedSender<FromPlugin>,
+    sink: Sink,
     /// FHIR requests sent to the BPE and not yet answered.
     pending: Mutex<HashMap<u64, oneshot::Sender<FhirResponse>>>,
     next_request: AtomicU64,
 }
 
-/// A call's variables: read from what the BPE sent, each write recorded for the answer.
+/// A call's variables: read from what the BPE sent, each write recorded for the answer (the
+/// latest write of a name is its value).
 struct RecordingScope {
     values: Map<String, Value>,
     changes: Vec<VariableChange>,
@@ -239,11 +266,21 @@ struct RecordingScope {
 
 impl VariableScope for RecordingScope {
     fn get(&self, name: &str) -> Option<Value> {
-        self.values.get(name).cloned()
+        self.changes
+            .iter()
+            .rev()
+            .find(|c| c.name == name)
+            .map(|c| &c.value)
+            .or_else(|| self.values.get(name))
+            .cloned()
     }
 
     fn variables(&self) -> Map<String, Value> {
-        self.values.clone()
+        let mut all = self.values.clone();
+        for change in &self.changes {
+            all.insert(change.name.clone(), change.value.clone());
+        }
+        all
     }
 
     fn set(&mut self, name: &str, value: Value) {
@@ -257,7 +294,6 @@ impl VariableScope for RecordingScope {
 
 impl RecordingScope {
     fn record(&mut self, name: &str, value: Value, local: bool) {
-        self.values.insert(name.to_owned(), value.clone());
         self.changes.push(VariableChange {
             name: name.to_owned(),
             value,
@@ -267,6 +303,11 @@ impl RecordingScope {
 }
 
 impl Served {
+    async fn send(&self, message: &FromPlugin) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+        self.sink.lock().await.send(bytes::Bytes::from(bytes)).await
+    }
+
     async fn run(self: Arc<Self>, call: Call) -> CallResult {
         use futures_util::FutureExt;
         let id = call.id;
@@ -418,10 +459,15 @@ impl Transport for CallTransport {
                 .body
                 .map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
         });
-        if self.plugin.outgoing.send(message).is_err() {
-            return Err(dsf_fhir::Error::transport_fault(
-                "the connection to the BPE is closed",
-            ));
+        if let Err(error) = self.plugin.send(&message).await {
+            self.plugin
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Err(dsf_fhir::Error::transport_fault(format!(
+                "cannot write to the BPE: {error}"
+            )));
         }
         let response = answered.await.map_err(|_| {
             dsf_fhir::Error::transport_fault("the BPE closed before answering a FHIR request")
@@ -459,4 +505,198 @@ pub(crate) fn response_from_protocol(response: FhirResponse) -> dsf_fhir::Result
         headers,
         body: body.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::CallContext;
+    use crate::{EndpointInfo, ServiceTask};
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// Reads the Task named by the start Task's id from the local server and records its
+    /// status; panics when the instance is `"panic"`.
+    struct ReadsATask;
+
+    #[async_trait]
+    impl ServiceTask for ReadsATask {
+        async fn execute(
+            &self,
+            api: &ProcessApi,
+            vars: &mut Variables<'_>,
+        ) -> Result<(), ProcessError> {
+            if vars.instance_id() == "panic" {
+                panic!("a bug in the handler");
+            }
+            let task: Value = api.local_client().read("Task", "t1").await?;
+            vars.set_local("status", task["status"].clone());
+            Err(ProcessError::bpmn("read", "it was read"))
+        }
+    }
+
+    fn plugin() -> PluginDefinition {
+        PluginDefinition::new("test", "1.0.0.0", "2026-12-04")
+            .unwrap()
+            .bpmn("bpe/t.bpmn", "<definitions/>")
+            .service_task("test.Read", ReadsATask)
+    }
+
+    async fn send(to: &mut DuplexStream, message: &ToPlugin) {
+        let bytes = serde_json::to_vec(message).unwrap();
+        to.write_all(&(bytes.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        to.write_all(&bytes).await.unwrap();
+    }
+
+    async fn receive(from: &mut DuplexStream) -> FromPlugin {
+        let mut length = [0u8; 4];
+        from.read_exact(&mut length).await.unwrap();
+        let mut frame = vec![0u8; u32::from_be_bytes(length) as usize];
+        from.read_exact(&mut frame).await.unwrap();
+        FromPlugin::decode(&frame).unwrap()
+    }
+
+    fn hello(protocol: u32) -> ToPlugin {
+        ToPlugin::Hello(Hello {
+            protocol,
+            organization: "org.test".into(),
+            endpoint: EndpointInfo {
+                identifier: "ep".into(),
+                address: "https://org.test/fhir".into(),
+                organization: Some("org.test".into()),
+            },
+            fhir_base_url: "https://org.test/fhir".into(),
+        })
+    }
+
+    fn call(id: u64, instance: &str, handler: &str, hook: Hook) -> ToPlugin {
+        ToPlugin::Call(Box::new(Call {
+            id,
+            handler: handler.into(),
+            hook,
+            context: CallContext {
+                instance_id: instance.into(),
+                element_id: "e".into(),
+                business_key: None,
+                fields: Map::new(),
+                variables: Map::new(),
+            },
+            send: None,
+            send_error: None,
+            questionnaire_response: None,
+        }))
+    }
+
+    /// A plugin served over in-memory pipes: (to the plugin, from the plugin, its task).
+    fn served() -> (
+        DuplexStream,
+        DuplexStream,
+        tokio::task::JoinHandle<Result<(), Error>>,
+    ) {
+        let (bpe_out, plugin_in) = tokio::io::duplex(1 << 16);
+        let (plugin_out, bpe_in) = tokio::io::duplex(1 << 16);
+        let task = tokio::spawn(serve_on(plugin(), plugin_in, plugin_out));
+        (bpe_out, bpe_in, task)
+    }
+
+    #[tokio::test]
+    async fn a_call_runs_its_handler_and_its_fhir_requests_go_through_the_bpe() {
+        let (mut to, mut from, task) = served();
+        send(&mut to, &hello(protocol::PROTOCOL_VERSION)).await;
+        let FromPlugin::Definition(definition) = receive(&mut from).await else {
+            panic!("the definition first");
+        };
+        assert_eq!(definition, plugin().to_protocol());
+
+        send(&mut to, &call(7, "i", "test.Read", Hook::Execute)).await;
+        let FromPlugin::Fhir(request) = receive(&mut from).await else {
+            panic!("a FHIR request");
+        };
+        assert_eq!(
+            (request.call, request.method.as_str(), request.path.as_str()),
+            (7, "GET", "Task/t1")
+        );
+        assert_eq!(request.base_url, "https://org.test/fhir");
+        let body = base64::engine::general_purpose::STANDARD
+            .encode(json!({"resourceType": "Task", "id": "t1", "status": "requested"}).to_string());
+        send(
+            &mut to,
+            &ToPlugin::FhirResponse(FhirResponse {
+                id: request.id,
+                status: Some(200),
+                headers: vec![("content-type".into(), "application/fhir+json".into())],
+                body: Some(body),
+                error: None,
+            }),
+        )
+        .await;
+        let FromPlugin::Result(result) = receive(&mut from).await else {
+            panic!("the result");
+        };
+        assert_eq!(result.id, 7);
+        assert_eq!(
+            result.changes,
+            vec![VariableChange {
+                name: "status".into(),
+                value: json!("requested"),
+                local: true
+            }]
+        );
+        assert_eq!(
+            result.error,
+            Some(CallError::Bpmn {
+                code: "read".into(),
+                message: "it was read".into()
+            })
+        );
+
+        // Unknown handlers, wrong hooks and panics are failures of the call, not the plugin.
+        send(&mut to, &call(8, "i", "test.Nothing", Hook::Execute)).await;
+        send(&mut to, &call(9, "i", "test.Read", Hook::AfterSend)).await;
+        send(&mut to, &call(10, "panic", "test.Read", Hook::Execute)).await;
+        let mut errors = Vec::new();
+        for _ in 0..3 {
+            let FromPlugin::Result(result) = receive(&mut from).await else {
+                panic!("a result");
+            };
+            let Some(CallError::Failed { message }) = result.error else {
+                panic!("a failure");
+            };
+            errors.push((result.id, message));
+        }
+        errors.sort();
+        assert!(
+            errors[0].1.contains("no handler 'test.Nothing'"),
+            "{errors:?}"
+        );
+        assert!(errors[1].1.contains("has no hook AfterSend"), "{errors:?}");
+        assert!(
+            errors[2].1.contains("panicked: a bug in the handler"),
+            "{errors:?}"
+        );
+
+        drop(to);
+        assert!(
+            task.await.unwrap().is_ok(),
+            "the plugin ends with its input"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plugin_refuses_a_bpe_that_does_not_say_hello_in_its_version() {
+        let (mut to, _from, task) = served();
+        send(&mut to, &hello(2)).await;
+        assert!(matches!(
+            task.await.unwrap(),
+            Err(Error::ProtocolVersion(2, 1))
+        ));
+        let (mut to, _from, task) = served();
+        send(&mut to, &call(1, "i", "test.Read", Hook::Execute)).await;
+        assert!(matches!(task.await.unwrap(), Err(Error::NoHello)));
+        let (mut to, _from, task) = served();
+        to.write_all(b"\x00\x00\x00\x03abc").await.unwrap();
+        assert!(matches!(task.await.unwrap(), Err(Error::Garbage(_))));
+    }
 }
