@@ -153,23 +153,14 @@ pub async fn start_bpe(
 }
 
 /// The reference plugin files, next to the running executable (`target/release/` after
-/// `cargo build --release`), for `dsf dev up` and the benchmarks when no directory is named.
-/// Run by cargo (`cargo run`), they are built first from the workspace's sources with the
-/// executable's profile, so that they match the code that runs.
+/// `cargo build --release --bins`), for `dsf dev up` and the benchmarks when no directory is
+/// named.
 pub fn reference_plugin_files() -> Result<Vec<std::path::PathBuf>, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = exe
         .parent()
         .ok_or("the executable has no directory")?
         .to_owned();
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(std::path::Path::to_path_buf);
-    if let (Ok(cargo), Some(workspace)) = (std::env::var("CARGO"), workspace) {
-        if workspace.join("Cargo.toml").is_file() {
-            build_reference_plugins(&cargo, &workspace, dir.ends_with("release"))?;
-        }
-    }
     REFERENCE_PLUGINS
         .iter()
         .map(|(_, name)| {
@@ -178,40 +169,12 @@ pub fn reference_plugin_files() -> Result<Vec<std::path::PathBuf>, String> {
                 Ok(file)
             } else {
                 Err(format!(
-                    "the plugin file {name} is not next to {} (build it with `cargo build --release --bins`, or pass --plugins DIR)",
+                    "the plugin file {name} is not next to {}: build the workspace's executables with `cargo build --release --bins` (or pass --plugins DIR)",
                     exe.display()
                 ))
             }
         })
         .collect()
-}
-
-/// `cargo build` of the reference plugins' executables beside `dsf-bin`: the same features
-/// for the dependencies they share, so nothing but the plugins themselves is compiled.
-fn build_reference_plugins(
-    cargo: &str,
-    workspace: &std::path::Path,
-    release: bool,
-) -> Result<(), String> {
-    let mut command = std::process::Command::new(cargo);
-    command
-        .current_dir(workspace)
-        .args(["build", "--quiet", "-p", "dsf-bin"]);
-    for (package, name) in REFERENCE_PLUGINS {
-        command.args(["-p", package, "--bin", name]);
-    }
-    if release {
-        command.arg("--release");
-    }
-    eprintln!("building the reference plugin files (cargo build -p dsf-plugin-… --bins)");
-    let status = command
-        .status()
-        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err("building the reference plugin files failed".into())
-    }
 }
 
 /// The plugin files this workspace builds: (package, executable).

@@ -242,6 +242,10 @@ impl PluginProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // A process group of its own: Ctrl-C at the BPE's terminal stops the BPE, which then
+        // stops its plugins, rather than killing the plugins under the BPE's running work.
+        #[cfg(unix)]
+        command.process_group(0);
         for name in &self.settings.environment_removed {
             command.env_remove(name);
         }

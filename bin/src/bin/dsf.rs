@@ -94,7 +94,7 @@ enum Dev {
         pong_timeout: String,
         /// The plugin directory every BPE runs (default: <dir>/process, linking the reference
         /// plugin files dsf-process-ping-pong, -hello-world and -allow-list found next to
-        /// this executable; run by `cargo run`, they are built first)
+        /// this executable, as `cargo build --release --bins` leaves them)
         #[arg(long)]
         plugins: Option<PathBuf>,
         /// Check connectivity, ping from every organisation to all it may reach, check every
@@ -197,7 +197,10 @@ async fn up(options: UpOptions) -> Result<(), Box<dyn std::error::Error + Send +
         dir.join("network.json").display()
     );
     println!(
-        "Start a ping:  cargo run --release -p dsf-bin --bin dsf -- dev ping --dir {} [--from <org>] [--to <org> …]",
+        "Start a ping:  {} dev ping --dir {} [--from <org>] [--to <org> …]",
+        std::env::current_exe()
+            .map(|e| e.display().to_string())
+            .unwrap_or_else(|_| "dsf".into()),
         dir.display()
     );
     if let Some(first) = description.organizations.first() {
