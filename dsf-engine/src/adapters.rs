@@ -105,11 +105,7 @@ impl dsf_bpmn::engine::Handler for Adapter {
         {
             Ok(result) => result,
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "no message".to_owned());
+                let message = dsf_plugin_api::panic_message(panic.as_ref());
                 tracing::error!(%element, handler = self.handler.kind(), %message, "plugin handler panicked");
                 Err(HandlerError::Failed(format!(
                     "{} handler of '{element}' panicked: {message}",

@@ -463,3 +463,35 @@ async fn local_identity(local: &FhirClient, config: &BpeConfig) -> Result<Endpoi
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_lists_read_as_the_java_bpe_reads_them() {
+        assert_eq!(
+            parse_process_list(
+                "dsfdev_updateAllowList|1.0, another_process|2.13\n  third-one_x|0.1\n"
+            )
+            .unwrap(),
+            vec![
+                "dsfdev_updateAllowList|1.0",
+                "another_process|2.13",
+                "third-one_x|0.1"
+            ]
+        );
+        assert!(parse_process_list("").unwrap().is_empty());
+        assert!(parse_process_list("  \n ").unwrap().is_empty());
+        for bad in [
+            "dsfdev_ping",
+            "dsfdev_ping|1",
+            "dsfdev_ping|1.0.0",
+            "ping|1.0",
+            "dsfdev_ping|a.b",
+        ] {
+            let error = parse_process_list(bad).unwrap_err().to_string();
+            assert!(error.contains(bad), "{error}");
+        }
+    }
+}

@@ -163,11 +163,18 @@ impl PluginDefinition {
         self.handler(name, Handler::UserTaskListener(Arc::new(handler)))
     }
 
-    /// Binds one handler under several names, e.g. a Rust name and the Java class name a
-    /// DSF BPMN file uses.
+    /// Binds a handler of any kind to `name`.
     pub fn handler(mut self, name: &str, handler: Handler) -> Self {
         self.handlers.push((name.to_owned(), handler));
         self
+    }
+
+    /// Binds one handler under several names, e.g. a Rust name and the Java class name a
+    /// DSF BPMN file uses, so that the Java plugin's BPMN files run unchanged.
+    pub fn handler_named(self, names: &[&str], handler: Handler) -> Self {
+        names
+            .iter()
+            .fold(self, |d, name| d.handler(name, handler.clone()))
     }
 
     pub fn name(&self) -> &str {

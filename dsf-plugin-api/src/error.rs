@@ -87,3 +87,13 @@ impl SendError {
         !self.is_not_allowed()
     }
 }
+
+/// The message of a panic caught in handler code (`&str` and `String` payloads), for the
+/// failure it becomes.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned())
+}

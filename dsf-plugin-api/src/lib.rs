@@ -51,7 +51,7 @@ mod variables;
 pub use api::{EndpointInfo, ProcessApi};
 pub use async_trait::async_trait;
 pub use definition::{PluginDefinition, PluginVersion, ResourceFile};
-pub use error::{Error, ProcessError, SendError};
+pub use error::{panic_message, Error, ProcessError, SendError};
 pub use handlers::{
     BusinessKeyStrategy, DefaultMessageSend, ExecutionListener, Handler, MessageSend, SendContext,
     ServiceTask, UserTaskListener,

@@ -318,11 +318,7 @@ impl Served {
         {
             Ok(result) => result,
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "no message".to_owned());
+                let message = crate::panic_message(panic.as_ref());
                 tracing::error!(%handler, %message, "handler panicked");
                 CallResult {
                     id,

@@ -226,6 +226,12 @@ impl<'a> Variables<'a> {
         self.get_resource(START_TASK)
     }
 
+    /// The start Task, or the failure a handler that needs one ends with.
+    pub fn start_task_or_fail(&self) -> Result<Value, ProcessError> {
+        self.start_task()
+            .ok_or_else(|| ProcessError::failed("the instance has no start Task"))
+    }
+
     /// Tasks received by message catch events and receive tasks, oldest first.
     pub fn received_tasks(&self) -> Vec<Value> {
         match self.scope.get(RECEIVED_TASKS) {

@@ -105,17 +105,32 @@ pub fn error_of(task: &Value) -> String {
         .to_owned()
 }
 
-/// Tasks on `org` whose `instantiatesCanonical` is `process|1.0`, without the plugin's drafts.
+/// Tasks on `org` of the DSF process `process` (`http://dsf.dev/bpe/Process/<process>|1.0`),
+/// without the plugin's drafts.
 pub async fn tasks_of(org: &Organization, process: &str) -> Vec<Value> {
+    tasks_instantiating(org, &format!("http://dsf.dev/bpe/Process/{process}|1.0")).await
+}
+
+/// Tasks on `org` whose `instantiatesCanonical` is `canonical`, without drafts.
+pub async fn tasks_instantiating(org: &Organization, canonical: &str) -> Vec<Value> {
     org.client
         .search_pages("Task", "_count=200")
         .collect()
         .await
         .expect("search Tasks")
         .into_iter()
-        .filter(|t| {
-            t["instantiatesCanonical"] == format!("http://dsf.dev/bpe/Process/{process}|1.0")
-        })
-        .filter(|t| t["status"] != "draft")
+        .filter(|t| t["instantiatesCanonical"] == canonical && t["status"] != "draft")
         .collect()
 }
+
+/// The step boundaries of the BPE's crash hook (`BpeConfig::crash_at`), in the order a
+/// request/reply process meets them.
+pub const BPE_STEPS: [&str; 7] = [
+    "claim-recorded",
+    "claimed",
+    "send-recorded",
+    "sent",
+    "ran",
+    "tasks-finished",
+    "saved",
+];

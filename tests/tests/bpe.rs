@@ -9,7 +9,7 @@ use dsf_plugin_ping_pong as ping_pong;
 use dsf_tests::network::{unreachable_entry, Network, Organization, Topology};
 use dsf_tests::tasks::{
     error_of, finished, organization_reference, ping_statuses, post, start_ping, start_task,
-    tasks_of, WAIT,
+    tasks_of, BPE_STEPS, WAIT,
 };
 use serde_json::{json, Value};
 use std::path::Path;
@@ -757,17 +757,6 @@ async fn a_panicking_handler_fails_its_task_and_the_bpe_goes_on() {
     assert_eq!(finished(org, &id).await["status"], "completed");
 }
 
-/// The steps at which a BPE may be killed, in the order a request/reply process meets them.
-const STEPS: [&str; 7] = [
-    "claim-recorded",
-    "claimed",
-    "send-recorded",
-    "sent",
-    "ran",
-    "tasks-finished",
-    "saved",
-];
-
 /// Kills the BPE of organisation `side` (0 pings, 1 answers) at the `occurrence`-th time it
 /// reaches `step`, restarts it on its state, and checks that the ping still completes with
 /// one ping and one pong sent, and that no Task is left in progress.
@@ -852,7 +841,7 @@ async fn killed_at(side: usize, step: &'static str, occurrence: usize) -> bool {
 async fn a_bpe_killed_at_any_step_loses_nothing_and_sends_nothing_twice() {
     let mut kills = Vec::new();
     for side in [0, 1] {
-        for step in STEPS {
+        for step in BPE_STEPS {
             for occurrence in [1, 2] {
                 if killed_at(side, step, occurrence).await {
                     kills.push(format!("org{side}:{step}#{occurrence}"));

@@ -10,7 +10,8 @@ use dsf_plugin_ping_pong as ping_pong;
 use dsf_tests::network::{Network, Organization, Topology};
 use dsf_tests::plugin_files;
 use dsf_tests::tasks::{
-    error_of, finished, ping_statuses, post, start_ping, start_task, tasks_of, WAIT,
+    error_of, finished, ping_statuses, post, start_ping, start_task, tasks_instantiating, tasks_of,
+    BPE_STEPS, WAIT,
 };
 use serde_json::{json, Value};
 use std::path::Path;
@@ -194,23 +195,13 @@ async fn a_python_plugin_asks_and_a_person_answers_across_two_organisations() {
     let task = finished(asker, &id).await;
     assert_eq!(task["status"], "completed", "{task:#}");
     assert_eq!(output_string(&task, ASK, "answer"), Some("42"));
-    let questions = tasks_of_process(answerer, "http://example.org/bpe/Process/answer|1.0").await;
+    let questions =
+        tasks_instantiating(answerer, "http://example.org/bpe/Process/answer|1.0").await;
     assert_eq!(questions.len(), 1, "one question reached the answerer");
     assert_eq!(
         finished(answerer, questions[0]["id"].as_str().unwrap_or_default()).await["status"],
         "completed"
     );
-}
-
-async fn tasks_of_process(org: &Organization, canonical: &str) -> Vec<Value> {
-    org.client
-        .search_pages("Task", "_count=200")
-        .collect()
-        .await
-        .expect("search Tasks")
-        .into_iter()
-        .filter(|t| t["instantiatesCanonical"] == canonical && t["status"] != "draft")
-        .collect()
 }
 
 async fn plugin_files_that_cannot_run_are_refused_and_the_others_run() {
@@ -627,17 +618,6 @@ async fn a_plugin_that_keeps_crashing_is_restarted_with_back_off() {
     assert_eq!(finished(org, &id).await["status"], "completed");
 }
 
-/// The BPE steps at which a plugin process is killed.
-const STEPS: [&str; 7] = [
-    "claim-recorded",
-    "claimed",
-    "send-recorded",
-    "sent",
-    "ran",
-    "tasks-finished",
-    "saved",
-];
-
 /// Kills the ping-pong process of organisation `side` when its BPE first reaches `step`,
 /// then checks that no Task is left in progress, that no ping or pong went out twice, and
 /// that the next ping completes.
@@ -717,7 +697,7 @@ async fn plugin_killed_at(side: usize, step: &'static str) {
 
 async fn a_plugin_process_killed_at_any_step_leaves_no_task_in_progress() {
     for side in [0, 1] {
-        for step in STEPS {
+        for step in BPE_STEPS {
             plugin_killed_at(side, step).await;
         }
     }

@@ -132,14 +132,8 @@ pub fn plugin() -> PluginDefinition {
     handlers
         .into_iter()
         .fold(definition, |d, (name, java, handler)| {
-            d.handler(&format!("allowlist.{name}"), handler.clone())
-                .handler(java, handler)
+            d.handler_named(&[&format!("allowlist.{name}"), java], handler)
         })
-}
-
-fn start_task(vars: &Variables<'_>) -> Result<Value, ProcessError> {
-    vars.start_task()
-        .ok_or_else(|| ProcessError::failed("the instance has no start Task"))
 }
 
 /// The value of a resource's first identifier of `system`.
@@ -213,7 +207,7 @@ impl ServiceTask for UpdateAllowList {
             api.local_endpoint().address.trim_end_matches('/')
         );
         tracing::info!(bundle = %url, entries = allow_list.len(), "allow list published");
-        let mut task = start_task(vars)?;
+        let mut task = vars.start_task_or_fail()?;
         add_output(
             &mut task,
             parameter(
@@ -346,7 +340,7 @@ impl ServiceTask for DownloadAllowList {
         api: &ProcessApi,
         vars: &mut Variables<'_>,
     ) -> Result<(), ProcessError> {
-        let task = start_task(vars)?;
+        let task = vars.start_task_or_fail()?;
         let references: Vec<&str> = inputs(&task, ALLOW_LIST, ALLOW_LIST_CODE)
             .into_iter()
             .filter_map(|p| p["valueReference"]["reference"].as_str())
@@ -388,6 +382,14 @@ impl ServiceTask for DownloadAllowList {
     }
 }
 
+/// The Bundle [`DownloadAllowList`] read, and its URL.
+fn downloaded(vars: &Variables<'_>) -> Result<(Value, String), ProcessError> {
+    let bundle = vars
+        .get_resource(BUNDLE)
+        .ok_or_else(|| ProcessError::failed("no downloaded Bundle"))?;
+    Ok((bundle, vars.get_string(BUNDLE_URL).unwrap_or_default()))
+}
+
 /// Refuses a Bundle that is not a transaction or batch of PUTs and DELETEs of allow-list
 /// resources; each offending entry is named in an error output of the start Task.
 struct CheckAllowList;
@@ -399,10 +401,7 @@ impl ServiceTask for CheckAllowList {
         _api: &ProcessApi,
         vars: &mut Variables<'_>,
     ) -> Result<(), ProcessError> {
-        let bundle = vars
-            .get_resource(BUNDLE)
-            .ok_or_else(|| ProcessError::failed("no downloaded Bundle"))?;
-        let url = vars.get_string(BUNDLE_URL).unwrap_or_default();
+        let (bundle, url) = downloaded(vars)?;
         let kind = bundle["type"].as_str().unwrap_or_default();
         if kind != "transaction" && kind != "batch" {
             return Err(ProcessError::failed(format!(
@@ -418,7 +417,7 @@ impl ServiceTask for CheckAllowList {
         if problems.is_empty() {
             return Ok(());
         }
-        let mut task = start_task(vars)?;
+        let mut task = vars.start_task_or_fail()?;
         for problem in &problems {
             tracing::warn!(bundle = %url, %problem, "allow list refused");
             add_output(
@@ -474,11 +473,8 @@ impl ServiceTask for InsertAllowList {
         api: &ProcessApi,
         vars: &mut Variables<'_>,
     ) -> Result<(), ProcessError> {
-        let bundle = vars
-            .get_resource(BUNDLE)
-            .ok_or_else(|| ProcessError::failed("no downloaded Bundle"))?;
-        let url = vars.get_string(BUNDLE_URL).unwrap_or_default();
-        let task = start_task(vars)?;
+        let (bundle, url) = downloaded(vars)?;
+        let task = vars.start_task_or_fail()?;
         let requester = requester(&task).unwrap_or_default();
         api.local_client()
             .transaction(&bundle)

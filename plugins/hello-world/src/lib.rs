@@ -44,9 +44,7 @@ impl ServiceTask for Greet {
         api: &ProcessApi,
         vars: &mut Variables<'_>,
     ) -> Result<(), ProcessError> {
-        let mut task = vars
-            .start_task()
-            .ok_or_else(|| ProcessError::failed("no start Task"))?;
+        let mut task = vars.start_task_or_fail()?;
         let requester = dsf_plugin_api::task::requester(&task)
             .unwrap_or(api.local_organization())
             .to_owned();

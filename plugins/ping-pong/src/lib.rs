@@ -245,14 +245,8 @@ pub fn plugin() -> PluginDefinition {
     handlers
         .into_iter()
         .fold(definition, |d, (name, java, handler)| {
-            d.handler(&format!("pingpong.{name}"), handler.clone())
-                .handler(java, handler)
+            d.handler_named(&[&format!("pingpong.{name}"), java], handler)
         })
-}
-
-fn start_task(vars: &Variables<'_>) -> Result<Value, ProcessError> {
-    vars.start_task()
-        .ok_or_else(|| ProcessError::failed("the instance has no start Task"))
 }
 
 fn target(vars: &Variables<'_>) -> Result<Target, ProcessError> {
@@ -272,7 +266,7 @@ impl ServiceTask for SelectPingTargets {
         api: &ProcessApi,
         vars: &mut Variables<'_>,
     ) -> Result<(), ProcessError> {
-        let task = start_task(vars)?;
+        let task = vars.start_task_or_fail()?;
         let query = match input_string(&task, PING, "target-endpoints") {
             Some(search) => {
                 let (resource_type, query) = search.split_once('?').unwrap_or((search, ""));
@@ -461,7 +455,7 @@ impl ServiceTask for SaveResults {
         _api: &ProcessApi,
         vars: &mut Variables<'_>,
     ) -> Result<(), ProcessError> {
-        let mut task = start_task(vars)?;
+        let mut task = vars.start_task_or_fail()?;
         let mut targets = vars.targets()?.entries;
         targets.sort_by(|a, b| {
             a.endpoint_identifier_value
@@ -493,7 +487,7 @@ impl ServiceTask for LogPing {
         _api: &ProcessApi,
         vars: &mut Variables<'_>,
     ) -> Result<(), ProcessError> {
-        let task = start_task(vars)?;
+        let task = vars.start_task_or_fail()?;
         tracing::info!(from = requester(&task).unwrap_or("?"), "ping received");
         Ok(())
     }
@@ -510,7 +504,7 @@ impl ServiceTask for SelectPongTarget {
         api: &ProcessApi,
         vars: &mut Variables<'_>,
     ) -> Result<(), ProcessError> {
-        let task = start_task(vars)?;
+        let task = vars.start_task_or_fail()?;
         let correlation_key = input_string(&task, BPMN_MESSAGE, CORRELATION_KEY).map(str::to_owned);
         let organization = requester(&task)
             .ok_or_else(|| ProcessError::failed("the ping names no requester"))?
@@ -545,7 +539,7 @@ impl MessageSend for SendPong {
         vars: &mut Variables<'_>,
         send: &SendContext,
     ) -> Result<(), ProcessError> {
-        let mut task = start_task(vars)?;
+        let mut task = vars.start_task_or_fail()?;
         add_output(
             &mut task,
             status_output("pong-status", &send.target, STATUS_PONG_SEND, None),
@@ -565,7 +559,7 @@ impl MessageSend for SendPong {
         } else {
             STATUS_NOT_REACHABLE
         };
-        let mut task = start_task(vars)?;
+        let mut task = vars.start_task_or_fail()?;
         add_output(
             &mut task,
             status_output("pong-status", &send.target, status, Some(&error.message)),
@@ -586,7 +580,7 @@ impl ServiceTask for SetTargetAndConfigureTimer {
         api: &ProcessApi,
         vars: &mut Variables<'_>,
     ) -> Result<(), ProcessError> {
-        let task = start_task(vars)?;
+        let task = vars.start_task_or_fail()?;
         let interval = input_string(&task, PING, "timer-interval")
             .unwrap_or("PT24H")
             .to_owned();
@@ -611,7 +605,7 @@ impl MessageSend for SendStartPing {
         vars: &Variables<'_>,
         _send: &SendContext,
     ) -> Result<Vec<Value>, ProcessError> {
-        let task = start_task(vars)?;
+        let task = vars.start_task_or_fail()?;
         Ok(inputs(&task, PING, "target-endpoints")
             .into_iter()
             .cloned()
