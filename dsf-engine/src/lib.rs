@@ -4,6 +4,14 @@
 //! its state (instances, timers, claimed and sent Tasks) in SQLite so that it resumes after a
 //! crash without losing a step or sending a Task twice.
 //!
+//! Plugins come linked in (a [`PluginDefinition`](dsf_plugin_api::PluginDefinition) handed to
+//! [`Bpe::start`]) or as *plugin files* ([`BpeConfig::plugin_directory`]): executables the BPE
+//! starts, each a process of its own ([`PluginFile`]), speaking the protocol of
+//! `dsf_plugin_api::protocol`; their handlers' FHIR requests are sent by the BPE, a process
+//! that crashes, hangs or answers garbage fails what it was doing and is restarted
+//! ([`PluginFileSettings`]). Both kinds deploy alike; [`DeploymentReport`] says what came of
+//! each plugin file, and processes can be excluded or retired ([`ProcessState`]).
+//!
 //! It is a client of its FHIR server only (`dsf-fhir`'s client), over HTTPS and a websocket
 //! subscription, so the server may run in another process (the DSF's DMZ/intranet split) or
 //! in the same one.
