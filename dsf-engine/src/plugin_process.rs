@@ -18,7 +18,6 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -661,18 +660,97 @@ fn message_kind(message: &FromPlugin) -> &'static str {
     }
 }
 
+/// The longest line of a plugin's log the BPE keeps; the rest of a longer one is dropped (a
+/// plugin that never ends a line must not grow the BPE's memory, nor stop being read).
+const MAX_LOG_LINE: usize = 16 * 1024;
+
 /// Writes the plugin's standard error to the BPE's log, a line at a time, at the level the
 /// line starts with (`ERROR`, `WARN`, `DEBUG`, else info).
-async fn forward_log(label: String, pid: Option<u32>, stderr: tokio::process::ChildStderr) {
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let trimmed = line.trim_start();
-        let level = trimmed.split_whitespace().next().unwrap_or_default();
-        match level {
-            "ERROR" => tracing::error!(plugin = %label, pid = ?pid, "{trimmed}"),
-            "WARN" => tracing::warn!(plugin = %label, pid = ?pid, "{trimmed}"),
-            "DEBUG" | "TRACE" => tracing::debug!(plugin = %label, pid = ?pid, "{trimmed}"),
-            _ => tracing::info!(plugin = %label, pid = ?pid, "{trimmed}"),
+async fn forward_log(label: String, pid: Option<u32>, mut stderr: tokio::process::ChildStderr) {
+    use tokio::io::AsyncReadExt;
+    let mut lines = LogLines::default();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = match stderr.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        lines.push(&chunk[..read], |line| log_line(&label, pid, line));
+    }
+    lines.finish(|line| log_line(&label, pid, line));
+}
+
+/// Splits a byte stream into lines of at most [`MAX_LOG_LINE`] bytes.
+#[derive(Default)]
+struct LogLines {
+    line: Vec<u8>,
+    /// The line being read was cut; its rest is dropped.
+    dropping: bool,
+}
+
+impl LogLines {
+    fn push(&mut self, bytes: &[u8], mut emit: impl FnMut(&[u8])) {
+        for &byte in bytes {
+            if byte == b'\n' {
+                if !self.dropping {
+                    emit(&self.line);
+                }
+                self.line.clear();
+                self.dropping = false;
+            } else if self.line.len() < MAX_LOG_LINE {
+                self.line.push(byte);
+            } else if !self.dropping {
+                emit(&self.line);
+                self.dropping = true;
+            }
         }
+    }
+
+    fn finish(self, mut emit: impl FnMut(&[u8])) {
+        if !self.line.is_empty() && !self.dropping {
+            emit(&self.line);
+        }
+    }
+}
+
+fn log_line(label: &str, pid: Option<u32>, line: &[u8]) {
+    let line = String::from_utf8_lossy(line);
+    let trimmed = line.trim_start();
+    let level = trimmed.split_whitespace().next().unwrap_or_default();
+    match level {
+        "ERROR" => tracing::error!(plugin = %label, pid = ?pid, "{trimmed}"),
+        "WARN" => tracing::warn!(plugin = %label, pid = ?pid, "{trimmed}"),
+        "DEBUG" | "TRACE" => tracing::debug!(plugin = %label, pid = ?pid, "{trimmed}"),
+        _ => tracing::info!(plugin = %label, pid = ?pid, "{trimmed}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_split_and_cut() {
+        let mut lines = LogLines::default();
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        lines.push(b"INFO one\nWARN tw", |l| seen.push(l.to_vec()));
+        lines.push(b"o\n", |l| seen.push(l.to_vec()));
+        let long = vec![b'x'; MAX_LOG_LINE * 3];
+        lines.push(&long, |l| seen.push(l.to_vec()));
+        lines.push(b"yyy\nlast", |l| seen.push(l.to_vec()));
+        lines.finish(|l| seen.push(l.to_vec()));
+        assert_eq!(seen.len(), 4);
+        assert_eq!(seen[0], b"INFO one");
+        assert_eq!(seen[1], b"WARN two");
+        assert_eq!(seen[2].len(), MAX_LOG_LINE, "a long line is cut, once");
+        assert_eq!(seen[3], b"last");
+        assert!(lines_capacity_is_bounded());
+    }
+
+    /// The buffer never holds more than one cut line.
+    fn lines_capacity_is_bounded() -> bool {
+        let mut lines = LogLines::default();
+        lines.push(&vec![b'z'; MAX_LOG_LINE * 10], |_| {});
+        lines.line.len() <= MAX_LOG_LINE
     }
 }
