@@ -423,8 +423,39 @@ fn expected(caller: Caller, interaction: Interaction, subject: Subject) -> Outco
     }
 }
 
-/// A resource of `t` that passes the DSF's content rules for that type.
+/// A number never handed out before, so that resources seeded many times stay unique under
+/// the DSF's uniqueness rules.
+fn unique() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A resource of `t` that passes the DSF's content rules for that type, and whose unique
+/// keys (identifier, url and version, address, …) no other resource holds.
 fn content_of(t: &str) -> Value {
+    let mut resource = content_without_key(t);
+    let n = unique();
+    match t {
+        "ActivityDefinition" => resource["version"] = json!(format!("{n}.0")),
+        "Endpoint" => {
+            resource["identifier"][0]["value"] = json!(format!("matrix-{n}.test"));
+            resource["address"] = json!(format!("https://matrix-{n}.test/fhir"));
+        }
+        "NamingSystem" => resource["name"] = json!(format!("Matrix{n}")),
+        "Organization" => resource["identifier"][0]["value"] = json!(format!("matrix-{n}.test")),
+        "OrganizationAffiliation" => {
+            resource["endpoint"][0]["reference"] = json!(format!("Endpoint/x{n}"));
+            resource["code"][0]["coding"][0]["code"] = json!(format!("ROLE{n}"));
+        }
+        "Subscription" => {
+            resource["criteria"] = json!(format!("Task?identifier=http://matrix.test|{n}"))
+        }
+        _ => {}
+    }
+    resource
+}
+
+fn content_without_key(t: &str) -> Value {
     let parent =
         json!({"type": "Organization", "identifier": {"system": ORG_SYSTEM, "value": PARENT_ORG}});
     match t {
@@ -537,7 +568,7 @@ fn subject_resource(subject: Subject, context: &str) -> Value {
             task_of(
                 case,
                 json!({"type": "Organization", "identifier": {"system": ORG_SYSTEM, "value": requester}}),
-                "seeded",
+                &format!("seeded-{}", unique()),
             )
         }
         Subject::Response(case) => response_of(case),

@@ -40,7 +40,7 @@ impl IndexRow {
 }
 
 /// Walks a dotted path through objects and arrays, yielding every value at its end.
-fn values_at<'a>(root: &'a Value, path: &str) -> Vec<&'a Value> {
+pub(crate) fn values_at<'a>(root: &'a Value, path: &str) -> Vec<&'a Value> {
     let mut current = vec![root];
     for step in path.split('.') {
         let mut next = Vec::new();

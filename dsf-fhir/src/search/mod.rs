@@ -7,8 +7,12 @@ mod params;
 mod query;
 
 pub use crate::date::{parse_date_range, DateRange};
+pub(crate) use extract::values_at;
 pub use extract::{index_rows, normalise_reference, IndexRow};
-pub use params::{find_param, params_of, public_params, ParamKind, SearchParam, THUMBPRINT_PARAM};
+pub use params::{
+    find_param, params_of, public_params, ParamKind, SearchParam, THUMBPRINT_EXTENSION,
+    THUMBPRINT_PARAM,
+};
 pub use query::{
     parse_query_string, Clause, Condition, Include, Prefix, SearchBuilder, SearchQuery, Sort,
     SortKey, MAX_ALTERNATIVES, MAX_COUNT, MAX_PAGE, MAX_PARAMETERS,

@@ -10,6 +10,7 @@ mod plan;
 mod postgres;
 mod sql;
 mod sqlite;
+mod unique;
 mod write;
 
 pub use feed::{ChangeReceiver, CommittedBatch};

@@ -2,7 +2,7 @@
 //! in one session so that a transaction Bundle is all or nothing.
 
 use super::sql::{self, Dialect};
-use super::{Session, StoredResource};
+use super::{unique, Session, StoredResource};
 use crate::access::grants_of;
 pub use crate::date::format_instant;
 use crate::search::{index_rows, SearchQuery};
@@ -40,6 +40,12 @@ pub enum WriteOp {
     ConditionalDelete {
         query: SearchQuery,
     },
+    /// Removes every version of a deleted resource (`$permanent-delete`): afterwards no
+    /// version can be read, and its history is gone.
+    PermanentDelete {
+        resource_type: &'static str,
+        id: String,
+    },
 }
 
 impl WriteOp {
@@ -50,9 +56,9 @@ impl WriteOp {
                 .get("resourceType")
                 .and_then(Value::as_str)
                 .unwrap_or(""),
-            WriteOp::Update { resource_type, .. } | WriteOp::Delete { resource_type, .. } => {
-                resource_type
-            }
+            WriteOp::Update { resource_type, .. }
+            | WriteOp::Delete { resource_type, .. }
+            | WriteOp::PermanentDelete { resource_type, .. } => resource_type,
             WriteOp::ConditionalUpdate { query, .. } | WriteOp::ConditionalDelete { query } => {
                 query.resource_type
             }
@@ -102,6 +108,8 @@ pub enum WriteOutcome {
     AlreadyDeleted(StoredResource),
     /// A conditional delete matched nothing.
     NoMatch,
+    /// Every version of the resource was removed; this was its tombstone.
+    PermanentlyDeleted(StoredResource),
 }
 
 pub(crate) fn now_millis() -> i64 {
@@ -159,6 +167,10 @@ fn resolve_references(value: &mut Value, ids: &HashMap<String, String>) -> Resul
     Ok(())
 }
 
+/// Most resources one uniqueness lookup compares; the lookups select by the key's values, so
+/// only NamingSystems and Subscriptions, which are few, come near it.
+const MAX_UNIQUE_CANDIDATES: usize = 10_000;
+
 struct Writer<'a> {
     session: &'a mut dyn Session,
     dialect: Dialect,
@@ -178,6 +190,7 @@ impl Writer<'_> {
         mut resource: Value,
     ) -> Result<StoredResource> {
         resolve_references(&mut resource, &self.ids)?;
+        self.check_unique(resource_type, id, &resource).await?;
         let last_updated = now_millis();
         let Value::Object(fields) = resource else {
             return Err(Error::Invalid("resource is not a JSON object".into()));
@@ -283,6 +296,48 @@ impl Writer<'_> {
             .await
     }
 
+    /// Refuses a version that clashes with another current resource under the DSF's
+    /// uniqueness rules (see [`unique`]).
+    async fn check_unique(
+        &mut self,
+        resource_type: &'static str,
+        id: &str,
+        resource: &Value,
+    ) -> Result<()> {
+        let Some(key) = unique::key_of(resource_type, resource, self.base_url) else {
+            return Ok(());
+        };
+        for lock in key.locks(resource_type) {
+            self.session.lock(&lock).await?;
+        }
+        for search in unique::candidate_searches(resource_type, &key) {
+            let candidates = self
+                .session
+                .resources(&sql::search_page(
+                    self.dialect,
+                    &search,
+                    sql::AccessPlan::PerRow,
+                    MAX_UNIQUE_CANDIDATES,
+                    0,
+                ))
+                .await?;
+            for other in candidates {
+                if other.id == id || other.deleted {
+                    continue;
+                }
+                let clashes = unique::key_of(resource_type, &other.json()?, self.base_url)
+                    .is_some_and(|theirs| key.clashes_with(&theirs));
+                if clashes {
+                    return Err(Error::Duplicate(format!(
+                        "a {resource_type} with {} exists already",
+                        key.describe()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check(&self, change: Change<'_>) -> Result<()> {
         match self.guard {
             Some(guard) => guard.check(change),
@@ -378,6 +433,34 @@ impl Writer<'_> {
     }
 }
 
+impl Writer<'_> {
+    async fn delete_permanently(
+        &mut self,
+        resource_type: &'static str,
+        id: &str,
+    ) -> Result<WriteOutcome> {
+        let current = self
+            .current(resource_type, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("{resource_type}/{id} not found")))?;
+        if !current.deleted {
+            return Err(Error::Invalid(format!(
+                "{resource_type}/{id} is not deleted; delete it before deleting it permanently"
+            )));
+        }
+        self.session
+            .queue(sql::purge_grants(self.dialect, resource_type, id))
+            .await?;
+        self.session
+            .queue(sql::delete_index(self.dialect, resource_type, id))
+            .await?;
+        self.session
+            .execute(&sql::purge_versions(self.dialect, resource_type, id))
+            .await?;
+        Ok(WriteOutcome::PermanentlyDeleted(current))
+    }
+}
+
 /// A server-assigned id: a time-ordered UUID (version 7), so that new rows land at the end of
 /// every index keyed by id instead of on a random page of it. With random ids, each create
 /// into a store of a million Tasks dirtied pages all over those indexes (docs/performance.md).
@@ -396,8 +479,50 @@ fn several(query: &SearchQuery) -> Error {
 enum Target {
     New(String),
     Existing(StoredResource),
+    /// A conditional create matched what an earlier operation of this transaction writes.
+    SameAs {
+        index: usize,
+        id: String,
+    },
     Update(String),
     None,
+}
+
+impl Target {
+    /// The id this operation writes, if it writes one.
+    fn written_id(&self) -> Option<&str> {
+        match self {
+            Target::New(id) | Target::Update(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// The earlier operation of this transaction whose resource `query` matches, with the id it
+/// writes: a conditional create or update must see the transaction's own writes, and those
+/// are only applied after every target is resolved.
+fn earlier_match(
+    query: &SearchQuery,
+    earlier: &[WriteOp],
+    targets: &[Target],
+    base_url: &str,
+) -> Option<(usize, String)> {
+    earlier
+        .iter()
+        .zip(targets)
+        .enumerate()
+        .find_map(|(index, (op, target))| {
+            let resource = match op {
+                WriteOp::Create { resource, .. }
+                | WriteOp::Update { resource, .. }
+                | WriteOp::ConditionalUpdate { resource, .. } => resource,
+                _ => return None,
+            };
+            let id = target.written_id()?;
+            query
+                .matches(id, resource, base_url)
+                .then(|| (index, id.to_owned()))
+        })
 }
 
 pub(super) async fn execute(
@@ -421,7 +546,7 @@ pub(super) async fn execute(
     let mut targets = Vec::with_capacity(ops.len());
     for (index, op) in ops.iter().enumerate() {
         writer.index = index;
-        let resolved = resolve_target(&mut writer, op)
+        let resolved = resolve_target(&mut writer, op, &ops[..index], &targets)
             .await
             .map_err(|e| (index, e))?;
         targets.push(resolved);
@@ -429,7 +554,7 @@ pub(super) async fn execute(
     let mut outcomes = Vec::with_capacity(ops.len());
     for (index, (op, target)) in ops.into_iter().zip(targets).enumerate() {
         writer.index = index;
-        let outcome = apply(&mut writer, op, target)
+        let outcome = apply(&mut writer, op, target, &outcomes)
             .await
             .map_err(|e| (index, e))?;
         outcomes.push(outcome);
@@ -437,7 +562,13 @@ pub(super) async fn execute(
     Ok(outcomes)
 }
 
-async fn resolve_target(writer: &mut Writer<'_>, op: &WriteOp) -> Result<Target> {
+async fn resolve_target(
+    writer: &mut Writer<'_>,
+    op: &WriteOp,
+    earlier: &[WriteOp],
+    earlier_targets: &[Target],
+) -> Result<Target> {
+    let base_url = writer.base_url;
     let (target, resource_type, full_url) = match op {
         WriteOp::Create {
             resource,
@@ -457,7 +588,10 @@ async fn resolve_target(writer: &mut Writer<'_>, op: &WriteOp) -> Result<Target>
                 Some(query) => {
                     let mut found = writer.matches(query).await?;
                     match found.len() {
-                        0 => Target::New(new_id()),
+                        0 => match earlier_match(query, earlier, earlier_targets, base_url) {
+                            Some((index, id)) => Target::SameAs { index, id },
+                            None => Target::New(new_id()),
+                        },
                         1 => Target::Existing(found.remove(0)),
                         _ => return Err(several(query)),
                     }
@@ -472,24 +606,25 @@ async fn resolve_target(writer: &mut Writer<'_>, op: &WriteOp) -> Result<Target>
         } => {
             let found = writer.matches(query).await?;
             let body_id = resource.get("id").and_then(Value::as_str);
-            let target = match (found.as_slice(), body_id) {
-                ([], None) => Target::New(new_id()),
-                ([], Some(id)) => {
-                    return Err(Error::MethodNotAllowed(format!(
-                    "no {} matches the criteria and update as create of id {id} is not supported",
-                    query.resource_type
-                )))
-                }
-                ([one], body_id) => {
-                    if body_id.is_some_and(|b| b != one.id) {
-                        return Err(Error::Invalid(format!(
-                                "resource id does not match the id {} of the resource the criteria select",
-                                one.id
-                            )));
-                    }
-                    Target::Update(one.id.clone())
-                }
+            let selected = match found.as_slice() {
+                [] => earlier_match(query, earlier, earlier_targets, base_url).map(|(_, id)| id),
+                [one] => Some(one.id.clone()),
                 _ => return Err(several(query)),
+            };
+            let target = match (selected, body_id) {
+                (None, None) => Target::New(new_id()),
+                (None, Some(id)) => {
+                    return Err(Error::MethodNotAllowed(format!(
+                        "no {} matches the criteria and update as create of id {id} is not supported",
+                        query.resource_type
+                    )))
+                }
+                (Some(selected), Some(body_id)) if body_id != selected => {
+                    return Err(Error::Invalid(format!(
+                        "resource id does not match the id {selected} of the resource the criteria select"
+                    )))
+                }
+                (Some(selected), _) => Target::Update(selected),
             };
             (target, query.resource_type, full_url)
         }
@@ -503,7 +638,7 @@ async fn resolve_target(writer: &mut Writer<'_>, op: &WriteOp) -> Result<Target>
     };
     if let Some(url) = full_url {
         match &target {
-            Target::New(id) | Target::Update(id) => {
+            Target::New(id) | Target::Update(id) | Target::SameAs { id, .. } => {
                 writer
                     .ids
                     .insert(url.clone(), format!("{resource_type}/{id}"));
@@ -517,8 +652,19 @@ async fn resolve_target(writer: &mut Writer<'_>, op: &WriteOp) -> Result<Target>
     Ok(target)
 }
 
-async fn apply(writer: &mut Writer<'_>, op: WriteOp, target: Target) -> Result<WriteOutcome> {
+async fn apply(
+    writer: &mut Writer<'_>,
+    op: WriteOp,
+    target: Target,
+    earlier: &[WriteOutcome],
+) -> Result<WriteOutcome> {
     let outcome = match (op, target) {
+        (WriteOp::Create { .. }, Target::SameAs { index, .. }) => match earlier.get(index) {
+            Some(WriteOutcome::Created(stored) | WriteOutcome::Updated(stored)) => {
+                WriteOutcome::Existing(stored.clone())
+            }
+            _ => return Err(Error::storage_fault("write target resolution out of step")),
+        },
         (WriteOp::Create { resource, .. }, Target::New(id)) => {
             writer.create(resource, id, true).await?
         }
@@ -551,6 +697,9 @@ async fn apply(writer: &mut Writer<'_>, op: WriteOp, target: Target) -> Result<W
                 .await?
         }
         (WriteOp::Delete { resource_type, id }, _) => writer.delete(resource_type, &id).await?,
+        (WriteOp::PermanentDelete { resource_type, id }, _) => {
+            writer.delete_permanently(resource_type, &id).await?
+        }
         (WriteOp::ConditionalDelete { query }, _) => {
             let found = writer.matches(&query).await?;
             match found.as_slice() {
