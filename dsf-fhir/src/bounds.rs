@@ -326,9 +326,11 @@ const DATE_KEYS: &[&str] = &[
 ];
 
 /// Keys that are dates in some elements and codes in others (`Period.start` and
-/// `GraphDefinition.link.target.compartment`'s `start`; `Signature.when` and
-/// `Timing.repeat.when`): checked only where the value looks like a date.
-const SOMETIMES_DATE_KEYS: &[&str] = &["start", "value", "when"];
+/// `GraphDefinition.start`; `Signature.when` and `Timing.repeat.when`): checked only where
+/// the value looks like a date. `value` is not one of them: `Identifier.value` and
+/// `ContactPoint.value` are strings, and `20240115` or a UUID starting with digits is a
+/// fine identifier.
+const SOMETIMES_DATE_KEYS: &[&str] = &["start", "when"];
 
 fn looks_like_date(s: &str) -> bool {
     s.len() >= 4 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit)
@@ -472,6 +474,12 @@ mod tests {
         }
         // `start` that is a code, not a date.
         assert!(check_canonical(&serde_json::json!({"start":"Patient"})).is_ok());
+        // Identifier and ContactPoint values that only look like dates.
+        let identifiers = serde_json::json!({"resourceType":"Organization",
+            "identifier":[{"system":"http://x","value":"20240115"},
+                {"value":"2024abcd-0000-4000-8000-000000000000"}],
+            "telecom":[{"system":"phone","value":"2024-99-99"}]});
+        assert!(check_canonical(&identifiers).is_ok());
     }
 
     #[test]

@@ -210,6 +210,16 @@ fn parse_clause(
         Some((n, m)) => (n, Some(m)),
         None => (name, None),
     };
+    if let Some(c) = value
+        .chars()
+        .find(|c| (*c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(invalid(
+            name,
+            &value.escape_debug().to_string(),
+            &format!("control character U+{:04X} is not allowed", c as u32),
+        ));
+    }
     let alternatives = split_alternatives(value);
     if alternatives.len() > MAX_ALTERNATIVES {
         return Err(invalid(

@@ -65,9 +65,10 @@ pub(super) fn written(outcomes: &[super::WriteOutcome]) -> Vec<StoredResource> {
             WriteOutcome::Created(s) | WriteOutcome::Updated(s) | WriteOutcome::Deleted(s) => {
                 Some(s.clone())
             }
-            WriteOutcome::Existing(_) | WriteOutcome::AlreadyDeleted(_) | WriteOutcome::NoMatch => {
-                None
-            }
+            WriteOutcome::Existing(_)
+            | WriteOutcome::AlreadyDeleted(_)
+            | WriteOutcome::NoMatch
+            | WriteOutcome::PermanentlyDeleted(_) => None,
         })
         .collect()
 }

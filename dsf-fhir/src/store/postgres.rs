@@ -143,6 +143,10 @@ fn storage_error(e: tokio_postgres::Error) -> Error {
         Some(&SqlState::UNIQUE_VIOLATION) => {
             return Error::VersionConflict(format!("concurrent modification: {e}"))
         }
+        Some(&SqlState::CHARACTER_NOT_IN_REPERTOIRE | &SqlState::UNTRANSLATABLE_CHARACTER) => {
+            // A NUL character, which PostgreSQL text cannot hold: the input's fault.
+            return Error::Invalid(format!("a value cannot be stored or searched: {e}"));
+        }
         Some(&SqlState::QUERY_CANCELED) => {
             return Error::Unavailable(
                 "the database did not finish the request in time; try again later".into(),

@@ -741,6 +741,28 @@ pub fn insert_version(
     sql
 }
 
+/// Removes every version of a resource (permanent delete).
+pub fn purge_versions(dialect: Dialect, resource_type: &str, id: &str) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("DELETE FROM resources WHERE res_type = ")
+        .bind(resource_type)
+        .push(" AND res_id = ")
+        .bind(id);
+    sql
+}
+
+/// Removes what every version of a resource granted; before [`purge_versions`], which
+/// removes the rows these are found by.
+pub fn purge_grants(dialect: Dialect, resource_type: &str, id: &str) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push("DELETE FROM read_access WHERE seq IN (SELECT seq FROM resources WHERE res_type = ")
+        .bind(resource_type)
+        .push(" AND res_id = ")
+        .bind(id)
+        .push(")");
+    sql
+}
+
 pub fn delete_index(dialect: Dialect, resource_type: &str, id: &str) -> Sql {
     let mut sql = Sql::new(dialect);
     sql.push("DELETE FROM search_values WHERE res_type = ")

@@ -225,10 +225,17 @@ pub(super) fn check_update(resource_type: &str, old: &Value, new: &Value) -> Res
         "ActivityDefinition" => &["url", "version"],
         "Endpoint" => &["identifier", "address"],
         "Organization" => &["identifier"],
+        "Subscription" => &["criteria", "channel.type", "channel.payload"],
         _ => &[],
     };
+    let at = |resource: &Value, field: &str| {
+        field
+            .split('.')
+            .try_fold(resource, |v, step| v.get(step))
+            .cloned()
+    };
     for field in fixed {
-        if old.get(field) != new.get(field) {
+        if at(old, field) != at(new, field) {
             return Err(Error::Forbidden(format!(
                 "{resource_type}.{field} cannot be changed"
             )));

@@ -226,6 +226,24 @@ impl FhirServer {
                         .await,
                 }
             }
+            WriteOp::PermanentDelete { .. } => {
+                // As in the Java DSF: the local organisation or a local user, holding both
+                // the PERMANENT_DELETE and the DELETE role.
+                if !identity.is_local() {
+                    return Err(forbidden(
+                        &format!("permanent delete of {t}"),
+                        identity,
+                        "not a local identity",
+                    ));
+                }
+                self.policy
+                    .check_interaction(identity, Role::PermanentDelete, t)?;
+                self.policy.check_interaction(identity, Role::Delete, t)?;
+                Verdict {
+                    as_create: not_checked(),
+                    as_update: not_checked(),
+                }
+            }
             WriteOp::Delete { .. } | WriteOp::ConditionalDelete { .. } => {
                 self.policy.check_interaction(identity, Role::Delete, t)?;
                 Verdict {
