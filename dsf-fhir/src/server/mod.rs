@@ -1,6 +1,7 @@
 //! The REST API at `/fhir` over mutual TLS (hyper 1 + tokio-rustls).
 
 pub mod authorization;
+mod binary;
 mod bootstrap;
 mod bundles;
 pub mod caller;
@@ -496,6 +497,12 @@ impl FhirServer {
             .await;
     }
 
+    fn is_binary_path(&self, path: &str) -> bool {
+        path.strip_prefix(self.context_path.as_str())
+            .and_then(|rest| rest.strip_prefix("/Binary/"))
+            .is_some()
+    }
+
     fn is_websocket_request(&self, path: &str) -> bool {
         path.strip_prefix(self.context_path.as_str())
             .and_then(|rest| rest.strip_prefix('/'))
@@ -565,6 +572,11 @@ impl FhirServer {
         let pretty = query.iter().any(|(k, v)| k == "_pretty" && v == "true");
         let format = match Format::negotiate(format_param.as_deref(), accept) {
             Ok(f) => f,
+            // A Binary is also read as its raw content, in whatever type it has: the read
+            // decides (see `binary`), and errors go out as JSON.
+            Err(_) if format_param.is_none() && self.is_binary_path(parts.uri.path()) => {
+                Format::Json
+            }
             Err(e) => return Reply::error(&e).render(Format::Json, pretty),
         };
         let reply = match self.dispatch(&admitted.identity, parts, body, query).await {
@@ -654,9 +666,16 @@ impl FhirServer {
         if body.len() > INLINE_PARSE_BYTES {
             self.trimmer.note_large_allocation();
         }
+        // HEAD is answered as GET; hyper sends the headers (Content-Length included) and
+        // leaves the body out.
+        let method = if parts.method == Method::HEAD {
+            Method::GET
+        } else {
+            parts.method
+        };
         let call = Call {
             identity,
-            method: parts.method,
+            method,
             path,
             query,
             headers: parts.headers,

@@ -15,6 +15,11 @@ pub enum Body {
     Empty,
     Stored(Arc<str>),
     Value(Value),
+    /// Content that is not FHIR (a Binary's data), sent as it is whatever was negotiated.
+    Raw {
+        content_type: String,
+        data: Bytes,
+    },
 }
 
 pub struct Reply {
@@ -93,8 +98,13 @@ impl Reply {
     }
 
     pub fn render(self, format: Format, pretty: bool) -> Response<Full<Bytes>> {
+        let mut raw_type = None;
         let rendered: crate::Result<Option<Bytes>> = match &self.body {
             Body::Empty => Ok(None),
+            Body::Raw { content_type, data } => {
+                raw_type = Some(content_type.clone());
+                Ok(Some(data.clone()))
+            }
             Body::Stored(json) => stored_body(json, format, pretty).map(Some),
             Body::Value(value) => render_value(value, format, pretty).map(|b| Some(b.into())),
         };
@@ -125,11 +135,17 @@ impl Reply {
                 h.append(name, v);
             }
         }
-        if has_body {
-            h.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static(format.content_type()),
-            );
+        match raw_type.and_then(|t| HeaderValue::try_from(t).ok()) {
+            Some(content_type) => {
+                h.insert(http::header::CONTENT_TYPE, content_type);
+            }
+            None if has_body => {
+                h.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static(format.content_type()),
+                );
+            }
+            None => {}
         }
         h.insert(
             http::header::CACHE_CONTROL,

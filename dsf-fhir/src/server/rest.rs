@@ -97,6 +97,10 @@ impl FhirServer {
                     _ => Ok(method_not_allowed("GET, PUT, DELETE")),
                 }
             }
+            [t, id, "$permanent-delete"] if m == Method::POST => {
+                let t = resource_type(t)?;
+                self.delete_permanently(call, t, id).await
+            }
             [t, id, "_history"] if m == Method::GET => {
                 let t = resource_type(t)?;
                 self.history(call, Some(t), Some(id)).await
@@ -186,6 +190,11 @@ impl FhirServer {
         if unchanged {
             return Ok(Reply::new(StatusCode::NOT_MODIFIED, Body::Empty).version_headers(&stored));
         }
+        if t == "Binary" {
+            if let Some(raw) = super::binary::read_reply(call, &stored)? {
+                return Ok(raw);
+            }
+        }
         Ok(Reply::new(
             StatusCode::OK,
             stored.body.clone().map_or(Body::Empty, Body::Stored),
@@ -217,6 +226,11 @@ impl FhirServer {
                 resource: stored.reference(),
                 version: stored.version,
             });
+        }
+        if t == "Binary" {
+            if let Some(raw) = super::binary::read_reply(call, &stored)? {
+                return Ok(raw);
+            }
         }
         Ok(Reply::new(
             StatusCode::OK,
@@ -268,7 +282,11 @@ impl FhirServer {
 
     async fn create(&self, call: &Call<'_>, t: &'static str) -> Result<Reply> {
         self.require(call, Role::Create, t)?;
-        let mut resource = self.body_resource(call, t).await?;
+        let mut resource = if t == "Binary" && super::binary::is_raw_create(call) {
+            super::binary::resource_from_raw(call)?
+        } else {
+            self.body_resource(call, t).await?
+        };
         if let Some(obj) = resource.as_object_mut() {
             obj.remove("id");
         }
@@ -416,6 +434,30 @@ impl FhirServer {
             )
             .await?,
         )
+    }
+
+    /// `$permanent-delete`: removes every version of a deleted resource.
+    async fn delete_permanently(
+        &self,
+        call: &Call<'_>,
+        t: &'static str,
+        id: &str,
+    ) -> Result<Reply> {
+        self.require(call, Role::PermanentDelete, t)?;
+        require_valid_id(id)?;
+        let op = WriteOp::PermanentDelete {
+            resource_type: t,
+            id: id.to_owned(),
+        };
+        match self.write_one(call, op).await? {
+            WriteOutcome::PermanentlyDeleted(tomb) => Ok(Reply::outcome(
+                StatusCode::OK,
+                OperationOutcome::information(format!("{} permanently deleted", tomb.reference())),
+            )),
+            other => Err(Error::storage_fault(format!(
+                "unexpected permanent delete outcome {other:?}"
+            ))),
+        }
     }
 
     async fn conditional_delete(&self, call: &Call<'_>, t: &'static str) -> Result<Reply> {

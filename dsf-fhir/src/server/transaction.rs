@@ -114,6 +114,12 @@ impl FhirServer {
                 headers.insert(name, v.clone());
             }
         }
+        // An entry's answer is a resource: a Binary read in a Bundle is the Binary resource,
+        // never its raw content.
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/fhir+json"),
+        );
         let body = match &request.resource {
             Some(resource) => {
                 headers.insert(
@@ -155,7 +161,25 @@ impl FhirServer {
         self.response_bundle("batch-response", replies)
     }
 
+    /// A failed transaction answers 403 when a rule refused it, and otherwise 400 with the
+    /// failing entry's reason, as the Java DSF does; faults of the server stay 5xx.
     async fn transaction(&self, call: &Call<'_>, entries: &[Value]) -> Result<Reply> {
+        self.run_transaction(call, entries)
+            .await
+            .map_err(|e| match e {
+                Error::Forbidden(_)
+                | Error::Duplicate(_)
+                | Error::Invalid(_)
+                | Error::Storage { .. }
+                | Error::Unavailable(_)
+                | Error::Timeout(_)
+                | Error::PayloadTooLarge(_)
+                | Error::Unauthenticated(_) => e,
+                other => Error::Invalid(other.to_string()),
+            })
+    }
+
+    async fn run_transaction(&self, call: &Call<'_>, entries: &[Value]) -> Result<Reply> {
         let requests: Vec<Request> = entries
             .iter()
             .enumerate()
@@ -191,12 +215,14 @@ impl FhirServer {
         for (i, outcome) in op_entries.into_iter().zip(outcomes) {
             replies[i] = Some(self.outcome_reply(call, outcome));
         }
+        // The writes are committed: a read that fails (a GET that finds nothing) answers
+        // its own entry and leaves the others be.
         for (i, request) in requests.into_iter().enumerate() {
             if replies[i].is_none() {
                 let reply = self
                     .sub_request(call, request)
                     .await
-                    .map_err(|e| entry_error(i, e))?;
+                    .unwrap_or_else(|e| Reply::error(&entry_error(i, e)));
                 replies[i] = Some(reply);
             }
         }
@@ -308,10 +334,10 @@ impl FhirServer {
             WriteOutcome::Existing(s) | WriteOutcome::Updated(s) => {
                 stored_reply(StatusCode::OK, &s)
             }
-            WriteOutcome::Deleted(s) | WriteOutcome::AlreadyDeleted(s) => {
-                Reply::new(StatusCode::OK, Body::Empty)
-                    .header(header::ETAG, super::reply::etag(s.version))
-            }
+            WriteOutcome::Deleted(s)
+            | WriteOutcome::AlreadyDeleted(s)
+            | WriteOutcome::PermanentlyDeleted(s) => Reply::new(StatusCode::OK, Body::Empty)
+                .header(header::ETAG, super::reply::etag(s.version)),
             WriteOutcome::NoMatch => Reply::new(StatusCode::NO_CONTENT, Body::Empty),
         }
     }
@@ -328,7 +354,9 @@ impl FhirServer {
             };
             let is_error = reply.status.is_client_error() || reply.status.is_server_error();
             let (resource, outcome) = match (&reply.body, is_error) {
-                (Body::Empty, _) => (None, None),
+                // Entries always read resources (see `sub_request`); raw content has no
+                // place in a Bundle.
+                (Body::Empty | Body::Raw { .. }, _) => (None, None),
                 (Body::Value(v), true) => (None, Some(v.clone())),
                 (Body::Stored(json), true) => (
                     None,

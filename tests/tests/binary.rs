@@ -1,0 +1,254 @@
+//! Binary resources as the Java DSF serves them (its BinaryIntegrationTest): raw create with
+//! `X-Security-Context`, raw read when `Accept` admits the content type, 406 when it admits
+//! neither it nor FHIR, `Range`, `HEAD`, and read access through the security context.
+
+use bytes::Bytes;
+use dsf_fhir::client::{FhirClient, RawResponse};
+use dsf_tests::fixtures::{tag_all, tag_local, with_tags};
+use dsf_tests::TestServer;
+use http::Method;
+use serde_json::{json, Value};
+
+const CONTENT: &[u8] = b"%PDF-1.7 not really a PDF, but ten and more bytes";
+
+async fn send(
+    client: &FhirClient,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> RawResponse {
+    client
+        .request(method, path, headers, body.map(Bytes::copy_from_slice))
+        .await
+        .expect("request")
+}
+
+/// A DocumentReference with `tags`, as the security context of Binaries.
+async fn context(server: &TestServer, tags: Value) -> String {
+    let doc = json!({"resourceType": "DocumentReference", "status": "current",
+        "content": [{"attachment": {"url": "Binary/x"}}]});
+    let stored = server
+        .local
+        .create(&with_tags(doc, tags))
+        .await
+        .expect("DocumentReference");
+    format!("DocumentReference/{}", stored["id"].as_str().expect("id"))
+}
+
+async fn raw_create(server: &TestServer, security_context: &str) -> String {
+    let created = send(
+        &server.local,
+        Method::POST,
+        "Binary",
+        &[
+            ("content-type", "application/pdf"),
+            ("x-security-context", security_context),
+            ("accept", "application/fhir+json"),
+        ],
+        Some(CONTENT),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let binary = created.json().expect("JSON");
+    assert_eq!(binary["contentType"], "application/pdf");
+    assert_eq!(binary["securityContext"]["reference"], security_context);
+    binary["id"].as_str().expect("id").to_owned()
+}
+
+async fn raw_create_and_read(server: TestServer) {
+    let context = context(&server, tag_all()).await;
+    let id = raw_create(&server, &context).await;
+    let path = format!("Binary/{id}");
+
+    // Without the security context header: 400, nothing stored.
+    let refused = send(
+        &server.local,
+        Method::POST,
+        "Binary",
+        &[("content-type", "application/pdf")],
+        Some(CONTENT),
+    )
+    .await;
+    assert_eq!(refused.status, 400);
+
+    for accept in [
+        "application/pdf",
+        "*/*",
+        "application/*",
+        "text/plain, application/pdf;q=0.5",
+    ] {
+        let raw = send(
+            &server.local,
+            Method::GET,
+            &path,
+            &[("accept", accept)],
+            None,
+        )
+        .await;
+        assert_eq!(raw.status, 200, "{accept}");
+        assert_eq!(raw.body.as_ref(), CONTENT, "{accept}");
+        assert_eq!(raw.header("content-type"), Some("application/pdf"));
+        assert_eq!(raw.header("etag"), Some("W/\"1\""));
+        assert_eq!(raw.header("accept-ranges"), Some("bytes"));
+        assert_eq!(raw.header("x-security-context"), Some(context.as_str()));
+    }
+    let versioned = send(
+        &server.local,
+        Method::GET,
+        &format!("{path}/_history/1"),
+        &[("accept", "application/pdf")],
+        None,
+    )
+    .await;
+    assert_eq!(versioned.body.as_ref(), CONTENT);
+
+    // FHIR asked for: the resource, its data base64.
+    let resource = send(
+        &server.local,
+        Method::GET,
+        &path,
+        &[("accept", "application/fhir+json")],
+        None,
+    )
+    .await;
+    assert_eq!(resource.status, 200);
+    let resource = resource.json().expect("JSON");
+    assert_eq!(resource["resourceType"], "Binary");
+    assert!(resource["data"].is_string());
+    let xml = send(
+        &server.local,
+        Method::GET,
+        &format!("{path}?_format=xml"),
+        &[],
+        None,
+    )
+    .await;
+    assert!(xml
+        .header("content-type")
+        .is_some_and(|t| t.contains("xml")));
+
+    // Neither FHIR nor the content type: 406.
+    let refused = send(
+        &server.local,
+        Method::GET,
+        &path,
+        &[("accept", "text/plain")],
+        None,
+    )
+    .await;
+    assert_eq!(refused.status, 406);
+
+    // In a Bundle, a read is the resource.
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": path}}]});
+    let answer = server.local.transaction(&bundle).await.expect("batch");
+    assert_eq!(
+        answer["entry"][0]["resource"]["resourceType"], "Binary",
+        "{answer}"
+    );
+}
+
+async fn ranges_and_head(server: TestServer) {
+    let context = context(&server, tag_all()).await;
+    let id = raw_create(&server, &context).await;
+    let path = format!("Binary/{id}");
+    let size = CONTENT.len();
+    let get = |range: String| {
+        let client = server.local.clone();
+        let path = path.clone();
+        async move {
+            send(
+                &client,
+                Method::GET,
+                &path,
+                &[("accept", "application/pdf"), ("range", &range)],
+                None,
+            )
+            .await
+        }
+    };
+    let first = get("bytes=0-3".into()).await;
+    assert_eq!(first.status, 206);
+    assert_eq!(first.body.as_ref(), &CONTENT[..4]);
+    assert_eq!(
+        first.header("content-range"),
+        Some(format!("bytes 0-3/{size}").as_str())
+    );
+    let suffix = get("bytes=-5".into()).await;
+    assert_eq!(suffix.status, 206);
+    assert_eq!(suffix.body.as_ref(), &CONTENT[size - 5..]);
+    let open = get(format!("bytes={}-", size - 2)).await;
+    assert_eq!(open.body.as_ref(), &CONTENT[size - 2..]);
+    let beyond = get(format!("bytes={size}-")).await;
+    assert_eq!(beyond.status, 416);
+    assert_eq!(
+        beyond.header("content-range"),
+        Some(format!("bytes */{size}").as_str())
+    );
+    let several = get("bytes=0-1,3-4".into()).await;
+    assert_eq!(several.status, 200);
+    assert_eq!(several.body.as_ref(), CONTENT);
+
+    let head = send(
+        &server.local,
+        Method::HEAD,
+        &path,
+        &[("accept", "application/pdf")],
+        None,
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(size.to_string().as_str())
+    );
+    assert_eq!(head.header("etag"), Some("W/\"1\""));
+}
+
+async fn read_access_follows_the_security_context(server: TestServer) {
+    let shared = context(&server, tag_all()).await;
+    let local_only = context(&server, tag_local()).await;
+    let shared_binary = raw_create(&server, &shared).await;
+    let local_binary = raw_create(&server, &local_only).await;
+    let read = |id: String| {
+        let client = server.remote.clone();
+        async move {
+            send(
+                &client,
+                Method::GET,
+                &format!("Binary/{id}"),
+                &[("accept", "application/pdf")],
+                None,
+            )
+            .await
+        }
+    };
+    let allowed = read(shared_binary).await;
+    assert_eq!(allowed.status, 200);
+    assert_eq!(allowed.body.as_ref(), CONTENT);
+    let hidden = read(local_binary.clone()).await;
+    assert_eq!(hidden.status, 404);
+    // HEAD tells no more than GET.
+    let head = send(
+        &server.remote,
+        Method::HEAD,
+        &format!("Binary/{local_binary}"),
+        &[("accept", "application/pdf")],
+        None,
+    )
+    .await;
+    assert_eq!(head.status, 404);
+}
+
+fn main() {
+    let suite = dsf_tests::Suite::new();
+    let suite = dsf_tests::server_tests!(
+        suite,
+        raw_create_and_read,
+        ranges_and_head,
+        read_access_follows_the_security_context
+    );
+    suite.run()
+}
