@@ -175,6 +175,7 @@ async fn two_organizations(
                     base_url: other.base_url.clone(),
                 }],
                 organization_name: org.identifier.clone(),
+                init_bundle: None,
             },
             async move {
                 let _ = stop.wait_for(|s| *s).await;

@@ -195,6 +195,7 @@ impl DevNetwork {
                         local_thumbprints: vec![org.client.thumbprint()],
                         peers,
                         organization_name: org.identifier.clone(),
+                        init_bundle: None,
                     },
                     async move {
                         let _ = stop.wait_for(|s| *s).await;

@@ -57,6 +57,33 @@ pub struct FhirServerSettings {
     /// Other organisations to put on the allow list.
     pub peers: Vec<AllowListEntry>,
     pub organization_name: String,
+    /// The init bundle's text, its placeholders filled ([`fill_init_bundle`]), run as the
+    /// local organisation after the allow list is loaded.
+    pub init_bundle: Option<String>,
+}
+
+/// Fills the placeholders of an init bundle as the Java DSF does: the local organisation's
+/// identifier and thumbprint and its endpoint's address and identifier from the settings,
+/// every other `${name}` from its environment variable, else its default.
+pub fn fill_init_bundle(
+    text: &str,
+    config: &ServerConfig,
+    local_thumbprints: &[Thumbprint],
+) -> Result<String, dsf_core::Error> {
+    let value = |name: &str| match name {
+        "dev.dsf.fhir.server.organization.identifier.value" => {
+            Some(config.organization_identifier.clone())
+        }
+        "dev.dsf.fhir.server.organization.thumbprint" => {
+            local_thumbprints.first().map(|t| t.as_str().to_owned())
+        }
+        "dev.dsf.fhir.server.endpoint.address" => Some(config.base_url.clone()),
+        "dev.dsf.fhir.server.endpoint.identifier.value" => {
+            Some(dsf_fhir::server::endpoint_identifier(&config.base_url))
+        }
+        name => std::env::var(dsf_core::environment_variable(name)).ok(),
+    };
+    dsf_core::fill_placeholders(text, &["${"], &value)
 }
 
 /// Opens the store, loads the allow list, binds, and returns the serving future.
@@ -84,6 +111,10 @@ pub async fn start_fhir_server(
     let mut allow_list = vec![local];
     allow_list.extend(settings.peers);
     server.load_allow_list(&allow_list).await?;
+    if let Some(bundle) = &settings.init_bundle {
+        server.load_init_bundle(bundle).await?;
+        tracing::info!("init bundle loaded");
+    }
     let listener = TcpListener::bind(settings.bind).await?;
     tracing::info!(bind = %settings.bind, base_url = %server.config().base_url, "FHIR server listening");
     let server = Arc::new(server);
@@ -240,5 +271,37 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_bundle_placeholders_come_from_the_settings_then_the_environment() {
+        let config = ServerConfig::new("https://dsf.test:8443/fhir", "org.test");
+        let thumbprint = Thumbprint::parse(&"ab".repeat(64)).expect("thumbprint");
+        let text = r#"{"a": "${dev.dsf.fhir.server.organization.identifier.value}",
+            "b": "${dev.dsf.fhir.server.organization.thumbprint}",
+            "c": "${dev.dsf.fhir.server.endpoint.address}",
+            "d": "${dev.dsf.fhir.server.endpoint.identifier.value}",
+            "e": "${dev.dsf.test.unset.placeholder:fallback}"}"#;
+        let filled: serde_json::Value = serde_json::from_str(
+            &fill_init_bundle(text, &config, std::slice::from_ref(&thumbprint)).expect("filled"),
+        )
+        .expect("JSON");
+        assert_eq!(filled["a"], "org.test");
+        assert_eq!(filled["b"], thumbprint.as_str());
+        assert_eq!(filled["c"], "https://dsf.test:8443/fhir");
+        assert_eq!(filled["d"], "dsf.test_8443");
+        assert_eq!(filled["e"], "fallback");
+        let missing = fill_init_bundle("${dev.dsf.test.unset.placeholder}", &config, &[])
+            .expect_err("no value")
+            .to_string();
+        assert!(
+            missing.contains("DEV_DSF_TEST_UNSET_PLACEHOLDER"),
+            "{missing}"
+        );
     }
 }

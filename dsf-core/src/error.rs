@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-/// Errors of certificate and TLS handling.
+/// Errors of certificate and TLS handling, and of filling placeholders.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -21,6 +21,9 @@ pub enum Error {
     Verifier(String),
     #[error("certificate generation: {0}")]
     Generation(#[from] rcgen::Error),
+    /// A placeholder with no value and no default.
+    #[error("placeholder {name} has no value (set the environment variable {variable})")]
+    Placeholder { name: String, variable: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,5 +1,6 @@
 //! Shared foundations of dsf-rs: certificate thumbprints (the DSF's identity key), loading PEM
-//! material, rustls configurations for mutual TLS, and generation of development certificates.
+//! material, rustls configurations for mutual TLS, generation of development certificates, and
+//! the `${…}` placeholders of configuration files ([`placeholders`]).
 //!
 //! Every other dsf-rs crate builds on this one; it knows nothing of FHIR or BPMN.
 //!
@@ -15,12 +16,14 @@
 mod devcerts;
 mod error;
 mod pem;
+pub mod placeholders;
 mod thumbprint;
 mod tls;
 
 pub use devcerts::{DevPki, IssuedCert};
 pub use error::{Error, Result};
 pub use pem::{load_certs, load_private_key, parse_certs, parse_private_key};
+pub use placeholders::{environment_variable, fill_from_environment, fill_placeholders};
 pub use thumbprint::Thumbprint;
 pub use tls::{client_config, crypto_provider, server_config, TlsFiles};
 

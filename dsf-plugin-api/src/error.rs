@@ -20,9 +20,7 @@ pub enum Error {
     ReleaseDate(String),
     #[error("plugin name must not be empty")]
     Name,
-    #[error(
-        "{file}: placeholder '#{{{name}}}' has no value (set the environment variable {variable})"
-    )]
+    #[error("{file}: placeholder {name} has no value (set the environment variable {variable})")]
     Placeholder {
         file: String,
         name: String,

@@ -39,53 +39,27 @@ fn fill(
     organization: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, Error> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = openers.iter().filter_map(|o| rest.find(o)).min() {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            out.push_str(&rest[start..]);
-            return Ok(out);
-        };
-        let placeholder = &after[..end];
-        match placeholder {
-            "version" => out.push_str(version),
-            "date" => out.push_str(date),
-            "organization" => out.push_str(organization),
-            _ => {
-                let (name, default) = match placeholder.split_once(':') {
-                    Some((name, default)) => (name, Some(default)),
-                    None => (placeholder, None),
-                };
-                let variable = environment_variable(name.trim());
-                let value = env(&variable)
-                    .or_else(|| default.map(str::to_owned))
-                    .ok_or_else(|| Error::Placeholder {
-                        file: file.to_owned(),
-                        name: name.to_owned(),
-                        variable,
-                    })?;
-                out.push_str(&value);
-            }
-        }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    let value = |name: &str| match name {
+        "version" => Some(version.to_owned()),
+        "date" => Some(date.to_owned()),
+        "organization" => Some(organization.to_owned()),
+        name => env(&environment_variable(name)),
+    };
+    dsf_core::fill_placeholders(text, openers, &value).map_err(|e| match e {
+        dsf_core::Error::Placeholder { name, variable } => Error::Placeholder {
+            file: file.to_owned(),
+            name,
+            variable,
+        },
+        other => Error::Placeholder {
+            file: file.to_owned(),
+            name: other.to_string(),
+            variable: String::new(),
+        },
+    })
 }
 
-/// The environment variable of a property name, as Spring reads properties from the
-/// environment: `dev.dsf.bpe.ping-pong.timeout` is `DEV_DSF_BPE_PING_PONG_TIMEOUT`; a name
-/// already in that form stays as it is.
-pub fn environment_variable(name: &str) -> String {
-    name.chars()
-        .map(|c| match c {
-            '.' | '-' => '_',
-            c => c.to_ascii_uppercase(),
-        })
-        .collect()
-}
+pub use dsf_core::environment_variable;
 
 #[cfg(test)]
 mod tests {

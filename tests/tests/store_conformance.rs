@@ -159,8 +159,16 @@ impl RoundTripCounter {
     }
 }
 
+/// A Task without a uniqueness key: a draft's task identifier is checked against the stored
+/// ones first, which costs its create one more round trip (lock and lookup).
 fn round_trip_task(n: usize) -> Value {
-    dsf_tests::fixtures::draft_task(&format!("trip-{n}"), "2026-11-28T10:00:00+01:00")
+    let mut task = dsf_tests::fixtures::ping_task(
+        "requested",
+        "2026-11-28T10:00:00+01:00",
+        dsf_tests::REMOTE_ORG,
+    );
+    task["description"] = json!(format!("trip-{n}"));
+    task
 }
 
 /// A store on a fresh PostgreSQL schema, reached through the round-trip counter with at most

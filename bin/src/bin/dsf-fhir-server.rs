@@ -2,9 +2,11 @@
 //! DSF's names (or the equivalent flags).
 
 use clap::Parser;
-use dsf_bin::{init_logging, shutdown_signal, start_fhir_server, FhirServerSettings};
+use dsf_bin::{
+    fill_init_bundle, init_logging, shutdown_signal, start_fhir_server, FhirServerSettings,
+};
 use dsf_core::{load_certs, Thumbprint, TlsFiles};
-use dsf_fhir::server::{caller::parse_address_ranges, ForwardedCertificates};
+use dsf_fhir::server::{caller::parse_address_ranges, ForwardedCertificates, RoleConfig};
 use dsf_fhir::ServerConfig;
 use http::HeaderName;
 use std::path::PathBuf;
@@ -36,6 +38,14 @@ struct Args {
     page_count: usize,
     #[arg(long, env = "DEV_DSF_FHIR_SERVER_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Local users, as the Java DSF's YAML role configuration (a list of rules with
+    /// thumbprint, dsf-role and practitioner-role)
+    #[arg(long, env = "DEV_DSF_FHIR_SERVER_ROLECONFIG", default_value = "")]
+    role_config: String,
+    /// A transaction Bundle (JSON or XML) run at start as the local organisation, its ${…}
+    /// placeholders filled
+    #[arg(long, env = "DEV_DSF_FHIR_SERVER_INIT_BUNDLE")]
+    init_bundle: Option<PathBuf>,
     #[arg(long, env = "DEV_DSF_SERVER_API_HOST", default_value = "127.0.0.1")]
     host: String,
     #[arg(long, env = "DEV_DSF_SERVER_API_PORT", default_value_t = 8443)]
@@ -105,6 +115,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     config.page_count = args.page_count;
     config.max_body_bytes = args.max_body_bytes;
     config.forwarded_certificates = forwarded_certificates(&args)?;
+    let roles = RoleConfig::parse(&args.role_config)
+        .map_err(|e| format!("DEV_DSF_FHIR_SERVER_ROLECONFIG: {e}"))?;
+    if roles.has_rules_without_thumbprints() {
+        tracing::warn!("role configuration rules without a thumbprint (email, token-role, token-group) recognise nobody yet");
+    }
+    config.users.extend(roles.users());
+    let local_thumbprints = local_thumbprints(&args)?;
+    let init_bundle = match &args.init_bundle {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("init bundle {}: {e}", path.display()))?;
+            Some(
+                fill_init_bundle(&text, &config, &local_thumbprints)
+                    .map_err(|e| format!("init bundle {}: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     let tls = match (
         &args.server_certificate,
         &args.server_certificate_key,
@@ -122,7 +150,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         _ => return Err("set DEV_DSF_SERVER_CERTIFICATE, DEV_DSF_SERVER_CERTIFICATE_KEY and DEV_DSF_SERVER_AUTH_TRUST_CLIENT_CERTIFICATE_CAS, or DEV_DSF_SERVER_AUTH_TRUSTED_PROXIES to serve plain HTTP behind a reverse proxy".into()),
     };
     let settings = FhirServerSettings {
-        local_thumbprints: local_thumbprints(&args)?,
+        local_thumbprints,
         organization_name: args.organization_identifier.clone(),
         bind: format!("{}:{}", args.host, args.port).parse()?,
         db_url: args.db_url.clone(),
@@ -130,6 +158,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         config,
         tls,
         peers: Vec::new(),
+        init_bundle,
     };
     start_fhir_server(settings, shutdown_signal())
         .await?

@@ -8,9 +8,11 @@ pub mod caller;
 mod capability;
 mod connections;
 pub mod identity;
+mod init_bundle;
 mod memory;
 mod reply;
 mod rest;
+pub mod role_config;
 mod service;
 mod transaction;
 pub mod websocket;
@@ -23,6 +25,7 @@ pub use bootstrap::{
 pub use caller::{AddressRange, ForwardedCertificates, PeerAddress, PeerCertificate};
 pub use connections::ConnectionLimits;
 pub use identity::{Identity, IdentityKind, LocalUser, DSF_ADMIN};
+pub use role_config::{RoleConfig, RoleRule};
 pub use service::FhirService;
 pub use websocket::WEBSOCKET_PATH;
 

@@ -267,7 +267,7 @@ impl FhirServer {
             .await
     }
 
-    async fn local_identity(&self) -> Result<Arc<Identity>> {
+    pub(crate) async fn local_identity(&self) -> Result<Arc<Identity>> {
         self.identities
             .local(&self.store, &self.config.organization_identifier)
             .await?
