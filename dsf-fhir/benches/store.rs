@@ -1,5 +1,6 @@
 //! `cargo bench -p dsf-fhir`: the store's create and read against raw SQLite statements on the
-//! same database file in the same run, and the edge costs (fhirbolt parse, index extraction).
+//! same database file in the same run, the cost of a uniqueness check (a draft Task against a
+//! requested one), and the edge costs (fhirbolt parse, index extraction).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use dsf_fhir::format::{parse_resource, Format};
@@ -63,6 +64,21 @@ fn benches(c: &mut Criterion) {
             if let WriteOutcome::Created(stored) = rt.block_on(store.write(op)).unwrap() {
                 last_id = stored.id;
             }
+        })
+    });
+    // A draft's task identifier is unique among the stored Tasks: its create takes a lock
+    // and looks the identifier up first.
+    create.bench_function("store create draft Task (uniqueness checked)", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut draft = task(n);
+            draft["status"] = json!("draft");
+            let op = WriteOp::Create {
+                resource: draft,
+                if_none_exist: None,
+                full_url: None,
+            };
+            rt.block_on(store.write(op)).unwrap()
         })
     });
     let raw = rusqlite::Connection::open(&db).unwrap();

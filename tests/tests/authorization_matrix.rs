@@ -477,7 +477,11 @@ fn content_without_key(t: &str) -> Value {
         "DocumentReference" => {
             json!({"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"url": "Binary/x"}}]})
         }
-        "Endpoint" => endpoint("matrix.test", "https://matrix.test/fhir", "Organization/x"),
+        "Endpoint" => endpoint(
+            "matrix.test",
+            "https://matrix.test/fhir",
+            "https://other.test/fhir/Organization/x",
+        ),
         "Group" => json!({"resourceType": "Group", "type": "person", "actual": false}),
         "Library" => {
             json!({"resourceType": "Library", "status": "active", "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/library-type", "code": "logic-library"}]}})

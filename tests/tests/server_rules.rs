@@ -254,6 +254,86 @@ async fn values_that_look_like_dates_and_nul_in_search(server: TestServer) {
     }
 }
 
+async fn endpoints_and_responses_reference_only_what_exists(server: TestServer) {
+    let org = server
+        .local
+        .create(&organization("referenced.test", "Referenced"))
+        .await
+        .expect("organization");
+    let missing = "Organization/6a1f0000-0000-4000-8000-000000000000".to_owned();
+    let cases = [
+        (missing.clone(), 403),
+        (format!("{}/{missing}", server.base_url), 403),
+        ("Nonsense/1".to_owned(), 403),
+        ("https://elsewhere.test/fhir/Organization/1".to_owned(), 201),
+        (format!("Organization/{}", id(&org)), 201),
+    ];
+    for (n, (reference, expected)) in cases.into_iter().enumerate() {
+        let endpoint = dsf_tests::fixtures::endpoint(
+            &format!("ref{n}.test"),
+            &format!("https://ref{n}.test/fhir"),
+            &reference,
+        );
+        let (status, body) =
+            send_json(&server.local, Method::POST, "Endpoint", Some(&endpoint)).await;
+        assert_eq!(status, expected, "{reference}: {body}");
+    }
+
+    // A deleted target counts as missing.
+    let gone = server
+        .local
+        .create(&organization("gone.test", "Gone"))
+        .await
+        .expect("organization");
+    server
+        .local
+        .delete("Organization", &id(&gone))
+        .await
+        .expect("delete");
+    let endpoint = dsf_tests::fixtures::endpoint(
+        "gone.test",
+        "https://gone.test/fhir",
+        &format!("Organization/{}", id(&gone)),
+    );
+    let (status, body) = send_json(&server.local, Method::POST, "Endpoint", Some(&endpoint)).await;
+    assert_eq!(status, 403, "{body}");
+
+    let response = |subject: &str| {
+        json!({"resourceType": "QuestionnaireResponse",
+        "questionnaire": "http://dsf.dev/fhir/Questionnaire/rules|1.0",
+        "status": "in-progress",
+        "subject": {"reference": subject},
+        "item": [
+            {"linkId": "business-key", "answer": [{"valueString": "bk"}]},
+            {"linkId": "user-task-id", "answer": [{"valueString": "ut"}]}
+        ]})
+    };
+    let (status, body) = send_json(
+        &server.local,
+        Method::POST,
+        "QuestionnaireResponse",
+        Some(&response("Task/6a1f0000-0000-4000-8000-000000000000")),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let task = server
+        .local
+        .create(&draft_task(
+            "http://rules.test/draft",
+            "2026-12-04T10:00:00Z",
+        ))
+        .await
+        .expect("task");
+    let (status, body) = send_json(
+        &server.local,
+        Method::POST,
+        "QuestionnaireResponse",
+        Some(&response(&format!("Task/{}", id(&task)))),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+}
+
 fn main() {
     let suite = dsf_tests::Suite::new();
     let suite = dsf_tests::server_tests!(
@@ -261,7 +341,8 @@ fn main() {
         permanent_delete_removes_every_version,
         transactions_fail_whole_with_400_and_reads_answer_per_entry,
         subscription_criteria_and_channel_cannot_change,
-        values_that_look_like_dates_and_nul_in_search
+        values_that_look_like_dates_and_nul_in_search,
+        endpoints_and_responses_reference_only_what_exists
     );
     suite.run()
 }

@@ -112,15 +112,39 @@ fn cases() -> Vec<Case> {
     });
     cases.push(Case {
         name: "Endpoint by identifier",
-        first: endpoint("e1.test", "https://e1.test/fhir", "Organization/x"),
-        duplicate: endpoint("e1.test", "https://other.test/fhir", "Organization/x"),
-        different: endpoint("e2.test", "https://e2.test/fhir", "Organization/x"),
+        first: endpoint(
+            "e1.test",
+            "https://e1.test/fhir",
+            "https://other.test/fhir/Organization/x",
+        ),
+        duplicate: endpoint(
+            "e1.test",
+            "https://other.test/fhir",
+            "https://other.test/fhir/Organization/x",
+        ),
+        different: endpoint(
+            "e2.test",
+            "https://e2.test/fhir",
+            "https://other.test/fhir/Organization/x",
+        ),
     });
     cases.push(Case {
         name: "Endpoint by address",
-        first: endpoint("a1.test", "https://a.test/fhir", "Organization/x"),
-        duplicate: endpoint("a2.test", "https://a.test/fhir", "Organization/x"),
-        different: endpoint("a3.test", "https://a3.test/fhir", "Organization/x"),
+        first: endpoint(
+            "a1.test",
+            "https://a.test/fhir",
+            "https://other.test/fhir/Organization/x",
+        ),
+        duplicate: endpoint(
+            "a2.test",
+            "https://a.test/fhir",
+            "https://other.test/fhir/Organization/x",
+        ),
+        different: endpoint(
+            "a3.test",
+            "https://a3.test/fhir",
+            "https://other.test/fhir/Organization/x",
+        ),
     });
     cases.push(Case {
         name: "Organization by identifier",

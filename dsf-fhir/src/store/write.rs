@@ -559,7 +559,85 @@ pub(super) async fn execute(
             .map_err(|e| (index, e))?;
         outcomes.push(outcome);
     }
+    // References are checked once every entry is written, so that entries may reference
+    // each other in any order.
+    for (index, outcome) in outcomes.iter().enumerate() {
+        if let WriteOutcome::Created(stored) | WriteOutcome::Updated(stored) = outcome {
+            writer
+                .check_references(stored)
+                .await
+                .map_err(|e| (index, e))?;
+        }
+    }
     Ok(outcomes)
+}
+
+/// The types whose literal references to this server must name a current resource when they
+/// are written, as the Java DSF checks them. (The Java DSF checks every type; the others
+/// follow once their fixtures and the BPE's writes are known to hold only resolvable ones.)
+const REFERENCE_CHECKED_TYPES: [&str; 2] = ["Endpoint", "QuestionnaireResponse"];
+
+/// The literal references of `value` to this server (`Type/id`, made relative), skipping
+/// contained resources, the entries of a Bundle held as a resource and references elsewhere.
+fn internal_references(value: &Value, base_url: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get("reference") {
+                let relative = crate::search::normalise_reference(reference, base_url);
+                let elsewhere = relative.contains("://")
+                    || relative.starts_with('#')
+                    || relative.starts_with("urn:");
+                if !elsewhere {
+                    out.push(relative);
+                }
+            }
+            for (key, v) in map {
+                if key != "contained" && key != "entry" {
+                    internal_references(v, base_url, out);
+                }
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                internal_references(v, base_url, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Writer<'_> {
+    /// Refuses a version of a [`REFERENCE_CHECKED_TYPES`] type that references a resource
+    /// of this server that does not exist (or is deleted).
+    async fn check_references(&mut self, stored: &StoredResource) -> Result<()> {
+        if !REFERENCE_CHECKED_TYPES.contains(&stored.resource_type.as_str()) {
+            return Ok(());
+        }
+        let mut references = Vec::new();
+        internal_references(&stored.json()?, self.base_url, &mut references);
+        references.sort();
+        references.dedup();
+        for reference in references {
+            let target = reference.split_once('/').and_then(|(t, id)| {
+                let t = crate::resource_type::supported_type(t)?;
+                (!id.is_empty() && !id.contains('/')).then_some((t, id))
+            });
+            let found = match target {
+                Some((t, id)) => self
+                    .current(t, id)
+                    .await?
+                    .is_some_and(|current| !current.deleted),
+                None => false,
+            };
+            if !found {
+                return Err(Error::Forbidden(format!(
+                    "{} references {reference}, which is not a resource of this server",
+                    stored.resource_type
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 async fn resolve_target(
