@@ -542,6 +542,15 @@ pub mod fixtures {
     }
 }
 
+/// The diagnostics of an answer's first issue; the answer must be an OperationOutcome.
+pub fn diagnostics(outcome: &Value) -> String {
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
+    outcome["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Sends one JSON request and returns the status and the JSON body (`Null` when there is
 /// none).
 pub async fn send_json(

@@ -5,19 +5,11 @@ use dsf_tests::fixtures::{
     activity_definition, endpoint, organization, party, party_organization, party_role, ping_task,
     remote_ping, tag_all, tag_local, tag_organization, with_tags, ORG_SYSTEM, PING_TASK_PROFILE,
 };
-use dsf_tests::{send_json, TestServer, LOCAL_ORG, REMOTE_ORG};
+use dsf_tests::{diagnostics, send_json, TestServer, LOCAL_ORG, REMOTE_ORG};
 use http::Method;
 use serde_json::{json, Value};
 
 const ROLE_SYSTEM: &str = "http://dsf.dev/fhir/CodeSystem/organization-role";
-
-fn diagnostics(outcome: &Value) -> String {
-    assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
-    outcome["issue"][0]["diagnostics"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
 
 fn ids(bundle: &Value) -> Vec<String> {
     let mut out: Vec<String> = bundle["entry"]

@@ -3,20 +3,12 @@
 //! wrong (identifier values like dates) or is wrong (NUL in a search value).
 
 use dsf_tests::fixtures::{draft_task, organization, tag_all, ORG_SYSTEM};
-use dsf_tests::{send_json, TestServer};
+use dsf_tests::{diagnostics, send_json, TestServer};
 use http::Method;
 use serde_json::{json, Value};
 
 fn id(resource: &Value) -> String {
     resource["id"].as_str().expect("id").to_owned()
-}
-
-fn diagnostics(outcome: &Value) -> String {
-    assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
-    outcome["issue"][0]["diagnostics"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 async fn permanent_delete_removes_every_version(server: TestServer) {

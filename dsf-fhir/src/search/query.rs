@@ -352,6 +352,23 @@ fn parse_page(value: &str) -> Result<usize> {
 }
 
 impl SearchQuery {
+    /// The first page of `count` resources of `resource_type` matching all `clauses`: no
+    /// sort, no includes, no read-access filter (the server's own lookups).
+    pub fn of_clauses(resource_type: &'static str, clauses: Vec<Clause>, count: usize) -> Self {
+        SearchQuery {
+            resource_type,
+            clauses,
+            sort: Vec::new(),
+            count,
+            page: 1,
+            includes: Vec::new(),
+            revincludes: Vec::new(),
+            summary_count: false,
+            unsupported: Vec::new(),
+            visible_to: None,
+        }
+    }
+
     /// Parses decoded `name=value` pairs for a search on `resource_type`. `_format` and
     /// `_pretty` are left to the caller.
     pub fn parse(
@@ -360,18 +377,8 @@ impl SearchQuery {
         default_count: usize,
         base_url: &str,
     ) -> Result<SearchQuery> {
-        let mut query = SearchQuery {
-            resource_type,
-            clauses: Vec::new(),
-            sort: Vec::new(),
-            count: default_count.min(MAX_COUNT),
-            page: 1,
-            includes: Vec::new(),
-            revincludes: Vec::new(),
-            summary_count: false,
-            unsupported: Vec::new(),
-            visible_to: None,
-        };
+        let mut query =
+            SearchQuery::of_clauses(resource_type, Vec::new(), default_count.min(MAX_COUNT));
         let mut parameters = pairs
             .iter()
             .filter(|(name, _)| name != "_format" && name != "_pretty");

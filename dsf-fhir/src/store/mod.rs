@@ -409,9 +409,9 @@ impl ResourceStore {
         &self,
         thumbprint: &str,
     ) -> Result<Option<StoredResource>> {
-        let query = SearchQuery {
-            resource_type: "Organization",
-            clauses: vec![
+        let query = SearchQuery::of_clauses(
+            "Organization",
+            vec![
                 crate::search::Clause {
                     param: crate::search::THUMBPRINT_PARAM.into(),
                     negate: false,
@@ -429,15 +429,8 @@ impl ResourceStore {
                     }],
                 },
             ],
-            sort: Vec::new(),
-            count: 2,
-            page: 1,
-            includes: Vec::new(),
-            revincludes: Vec::new(),
-            summary_count: false,
-            unsupported: Vec::new(),
-            visible_to: None,
-        };
+            2,
+        );
         let result = self.search(&query).await?;
         match result.matches.len() {
             0 | 1 => Ok(result.matches.into_iter().next()),

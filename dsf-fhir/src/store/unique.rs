@@ -346,18 +346,7 @@ pub(super) fn candidate_searches(resource_type: &'static str, key: &UniqueKey) -
 }
 
 fn lookup(resource_type: &'static str, clauses: Vec<Clause>) -> SearchQuery {
-    SearchQuery {
-        resource_type,
-        clauses,
-        sort: Vec::new(),
-        count: 0,
-        page: 1,
-        includes: Vec::new(),
-        revincludes: Vec::new(),
-        summary_count: false,
-        unsupported: Vec::new(),
-        visible_to: None,
-    }
+    SearchQuery::of_clauses(resource_type, clauses, 0)
 }
 
 #[cfg(test)]
