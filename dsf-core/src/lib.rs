@@ -23,7 +23,7 @@ mod tls;
 pub use devcerts::{DevPki, IssuedCert};
 pub use error::{Error, Result};
 pub use pem::{load_certs, load_private_key, parse_certs, parse_private_key};
-pub use placeholders::{environment_variable, fill_from_environment, fill_placeholders};
+pub use placeholders::{environment_variable, fill_placeholders};
 pub use thumbprint::Thumbprint;
 pub use tls::{client_config, crypto_provider, server_config, TlsFiles};
 

@@ -57,13 +57,6 @@ pub fn fill_placeholders(
     Ok(out)
 }
 
-/// [`fill_placeholders`] with values from the process environment.
-pub fn fill_from_environment(text: &str, openers: &[&str]) -> Result<String> {
-    fill_placeholders(text, openers, &|name| {
-        std::env::var(environment_variable(name)).ok()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

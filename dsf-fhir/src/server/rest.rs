@@ -190,16 +190,7 @@ impl FhirServer {
         if unchanged {
             return Ok(Reply::new(StatusCode::NOT_MODIFIED, Body::Empty).version_headers(&stored));
         }
-        if t == "Binary" {
-            if let Some(raw) = super::binary::read_reply(call, &stored)? {
-                return Ok(raw);
-            }
-        }
-        Ok(Reply::new(
-            StatusCode::OK,
-            stored.body.clone().map_or(Body::Empty, Body::Stored),
-        )
-        .version_headers(&stored))
+        Self::read_reply(call, t, &stored)
     }
 
     async fn vread(
@@ -227,8 +218,14 @@ impl FhirServer {
                 version: stored.version,
             });
         }
+        Self::read_reply(call, t, &stored)
+    }
+
+    /// The answer to a read of `stored`: the resource, or a Binary's raw content when the
+    /// request asks for that (see `binary`).
+    fn read_reply(call: &Call<'_>, t: &str, stored: &StoredResource) -> Result<Reply> {
         if t == "Binary" {
-            if let Some(raw) = super::binary::read_reply(call, &stored)? {
+            if let Some(raw) = super::binary::read_reply(call, stored)? {
                 return Ok(raw);
             }
         }
@@ -236,7 +233,7 @@ impl FhirServer {
             StatusCode::OK,
             stored.body.clone().map_or(Body::Empty, Body::Stored),
         )
-        .version_headers(&stored))
+        .version_headers(stored))
     }
 
     /// A resource the caller may not read is answered as if it did not exist, so that

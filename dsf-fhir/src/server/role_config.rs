@@ -138,11 +138,8 @@ impl RoleConfig {
                     match text(key).as_deref() {
                         Some("thumbprint") => {
                             for t in texts(value) {
-                                match Thumbprint::parse(&t).filter(|_| {
-                                    t.len() == 128
-                                        && t.chars()
-                                            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
-                                }) {
+                                // Lower-case only, as the Java DSF's pattern.
+                                match Thumbprint::parse(&t).filter(|p| p.as_str() == t) {
                                     Some(thumbprint) => rule.thumbprints.push(thumbprint),
                                     None => {
                                         tracing::warn!(rule = %name, thumbprint = %t, "malformed thumbprint (128 lower-case hex digits) left out")

@@ -26,6 +26,10 @@ pub(super) struct UniqueKey {
     scope: Option<String>,
     scalars: Vec<(&'static str, String)>,
     sets: Vec<(&'static str, Vec<String>)>,
+    /// The clauses of searches that together find every current resource that could clash
+    /// (a superset: each candidate is then compared with [`UniqueKey::clashes_with`]). An
+    /// empty clause list finds every resource of the type.
+    lookups: Vec<Vec<Clause>>,
 }
 
 impl UniqueKey {
@@ -69,6 +73,14 @@ impl UniqueKey {
         locks.sort();
         locks.dedup();
         locks
+    }
+
+    /// The searches of [`UniqueKey::lookups`] for resources of `resource_type`.
+    pub(super) fn candidate_searches(&self, resource_type: &'static str) -> Vec<SearchQuery> {
+        self.lookups
+            .iter()
+            .map(|clauses| SearchQuery::of_clauses(resource_type, clauses.clone(), 0))
+            .collect()
     }
 
     /// Describes the key for an error message.
@@ -151,6 +163,13 @@ pub(super) fn key_of(resource_type: &str, resource: &Value, base_url: &str) -> O
             let version = text(resource, "version")?;
             key.scalars
                 .push(("url|version", format!("{url}|{version}")));
+            key.lookups.push(vec![clause(
+                "url",
+                vec![Condition::Canonical {
+                    url: url.to_owned(),
+                    version: Some(version.to_owned()),
+                }],
+            )]);
         }
         "NamingSystem" => {
             if let Some(name) = text(resource, "name") {
@@ -163,32 +182,61 @@ pub(super) fn key_of(resource_type: &str, resource: &Value, base_url: &str) -> O
                 .map(str::to_owned)
                 .collect();
             key.sets.push(("uniqueId", unique_ids));
+            // uniqueIds have no search parameter, and NamingSystems are few: all compared.
+            key.lookups.push(Vec::new());
         }
         "Endpoint" => {
             if let Some(address) = text(resource, "address") {
                 key.scalars.push(("address", address.to_owned()));
+                key.lookups.push(vec![clause(
+                    "address",
+                    vec![Condition::Equals(address.to_owned())],
+                )]);
             }
-            key.sets.push((
+            key.add_set(
                 "identifier",
                 identifier_values(resource, ENDPOINT_IDENTIFIER),
-            ));
+                "identifier",
+                Some(ENDPOINT_IDENTIFIER),
+            );
         }
         "Organization" => {
-            key.sets.push((
+            key.add_set(
                 "identifier",
                 identifier_values(resource, ORGANIZATION_IDENTIFIER),
-            ));
+                "identifier",
+                Some(ORGANIZATION_IDENTIFIER),
+            );
             let parent = values_at(resource, "meta.profile")
                 .into_iter()
                 .filter_map(Value::as_str)
                 .any(|p| p.split('|').next() == Some(PARENT_ORGANIZATION_PROFILE));
             if !parent {
-                key.sets.push(("thumbprint", thumbprints(resource)));
+                key.add_set(
+                    "thumbprint",
+                    thumbprints(resource),
+                    crate::search::THUMBPRINT_PARAM,
+                    None,
+                );
             }
         }
         "OrganizationAffiliation" => {
             let parent = references(resource, "organization", base_url);
             let member = references(resource, "participatingOrganization", base_url);
+            // Found by their literal parent and member references where they have one each;
+            // otherwise every affiliation is compared.
+            let mut lookup = Vec::new();
+            for (param, references) in [
+                ("primary-organization", &parent),
+                ("participating-organization", &member),
+            ] {
+                if let [literal] = references.as_slice() {
+                    if !literal.starts_with("identifier:") {
+                        lookup.push(clause(param, vec![Condition::Equals(literal.clone())]));
+                    }
+                }
+            }
+            key.lookups.push(lookup);
             key.scope = Some(format!("{}|{}", parent.join(","), member.join(",")));
             key.sets
                 .push(("endpoint", references(resource, "endpoint", base_url)));
@@ -208,13 +256,20 @@ pub(super) fn key_of(resource_type: &str, resource: &Value, base_url: &str) -> O
                 "criteria|type|payload",
                 format!("{criteria}|{channel_type}|{payload}"),
             ));
+            // Criteria hold commas, which a search value would split, and Subscriptions are
+            // few: all compared.
+            key.lookups.push(Vec::new());
         }
         "Task" => {
             if text(resource, "status") != Some("draft") {
                 return None;
             }
-            key.sets
-                .push(("identifier", identifier_values(resource, TASK_IDENTIFIER)));
+            key.add_set(
+                "identifier",
+                identifier_values(resource, TASK_IDENTIFIER),
+                "identifier",
+                Some(TASK_IDENTIFIER),
+            );
         }
         _ => return None,
     }
@@ -229,124 +284,27 @@ fn clause(param: &str, any_of: Vec<Condition>) -> Clause {
     }
 }
 
-fn tokens(system: &str, codes: &[String]) -> Vec<Condition> {
-    codes
-        .iter()
-        .map(|code| Condition::Token {
-            system: Some(Some(system.to_owned())),
-            code: Some(code.clone()),
-        })
-        .collect()
-}
-
-/// Searches that together find every current resource that could clash with `key`
-/// (a superset: each candidate is then compared with [`UniqueKey::clashes_with`]).
-pub(super) fn candidate_searches(resource_type: &'static str, key: &UniqueKey) -> Vec<SearchQuery> {
-    let set = |name: &str| {
-        key.sets
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .flat_map(|(_, values)| values.iter().cloned())
-            .collect::<Vec<String>>()
-    };
-    let scalar = |name: &str| {
-        key.scalars
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
-    };
-    let mut clauses: Vec<Clause> = Vec::new();
-    match resource_type {
-        "ActivityDefinition" | "CodeSystem" | "StructureDefinition" | "ValueSet" => {
-            if let Some(url_version) = scalar("url|version") {
-                let (url, version) = url_version
-                    .rsplit_once('|')
-                    .unwrap_or((url_version.as_str(), ""));
-                clauses.push(clause(
-                    "url",
-                    vec![Condition::Canonical {
-                        url: url.to_owned(),
-                        version: Some(version.to_owned()),
-                    }],
-                ));
-            }
+impl UniqueKey {
+    /// Adds the set `name` of `values`, found by the token parameter `param` (with `system`).
+    fn add_set(
+        &mut self,
+        name: &'static str,
+        values: Vec<String>,
+        param: &str,
+        system: Option<&str>,
+    ) {
+        if !values.is_empty() {
+            let any_of = values
+                .iter()
+                .map(|code| Condition::Token {
+                    system: system.map(|s| Some(s.to_owned())),
+                    code: Some(code.clone()),
+                })
+                .collect();
+            self.lookups.push(vec![clause(param, any_of)]);
         }
-        "Endpoint" => {
-            let mut searches = Vec::new();
-            if let Some(address) = scalar("address") {
-                searches.push(lookup(
-                    resource_type,
-                    vec![clause("address", vec![Condition::Equals(address)])],
-                ));
-            }
-            let identifiers = set("identifier");
-            if !identifiers.is_empty() {
-                searches.push(lookup(
-                    resource_type,
-                    vec![clause(
-                        "identifier",
-                        tokens(ENDPOINT_IDENTIFIER, &identifiers),
-                    )],
-                ));
-            }
-            return searches;
-        }
-        "Organization" => {
-            let mut searches = Vec::new();
-            let identifiers = set("identifier");
-            if !identifiers.is_empty() {
-                searches.push(lookup(
-                    resource_type,
-                    vec![clause(
-                        "identifier",
-                        tokens(ORGANIZATION_IDENTIFIER, &identifiers),
-                    )],
-                ));
-            }
-            let thumbprints = set("thumbprint");
-            if !thumbprints.is_empty() {
-                let any_of = thumbprints
-                    .into_iter()
-                    .map(|t| Condition::Token {
-                        system: None,
-                        code: Some(t),
-                    })
-                    .collect();
-                searches.push(lookup(
-                    resource_type,
-                    vec![clause(crate::search::THUMBPRINT_PARAM, any_of)],
-                ));
-            }
-            return searches;
-        }
-        "Task" => clauses.push(clause(
-            "identifier",
-            tokens(TASK_IDENTIFIER, &set("identifier")),
-        )),
-        "OrganizationAffiliation" => {
-            if let Some((parent, member)) = key.scope.as_deref().and_then(|s| s.split_once('|')) {
-                for (param, reference) in [
-                    ("primary-organization", parent),
-                    ("participating-organization", member),
-                ] {
-                    let literal = !reference.is_empty()
-                        && !reference.contains(',')
-                        && !reference.starts_with("identifier:");
-                    if literal {
-                        clauses.push(clause(param, vec![Condition::Equals(reference.to_owned())]));
-                    }
-                }
-            }
-        }
-        // NamingSystems (their uniqueIds have no search parameter) and Subscriptions (their
-        // criteria hold commas) are few: all are compared.
-        _ => {}
+        self.sets.push((name, values));
     }
-    vec![lookup(resource_type, clauses)]
-}
-
-fn lookup(resource_type: &'static str, clauses: Vec<Clause>) -> SearchQuery {
-    SearchQuery::of_clauses(resource_type, clauses, 0)
 }
 
 #[cfg(test)]

@@ -131,14 +131,19 @@ fn resource_type_of(resource: &Value) -> Result<&'static str> {
 /// Rewrites `urn:uuid:` / `urn:oid:` references to the resources they name in this
 /// transaction. An unresolved one is an error: it could never be read back. The entries of a
 /// Bundle stored as a resource (an allow list, a document) are left alone: their references
-/// name the Bundle's own entries, not this transaction's.
-fn resolve_references(value: &mut Value, ids: &HashMap<String, String>) -> Result<()> {
+/// name the Bundle's own entries, not this transaction's. With `found`, every reference
+/// outside contained resources is also collected, as it reads once resolved.
+fn resolve_references(
+    value: &mut Value,
+    ids: &HashMap<String, String>,
+    mut found: Option<&mut Vec<String>>,
+) -> Result<()> {
     match value {
         Value::Object(map) => {
             if map.get("resourceType").and_then(Value::as_str) == Some("Bundle") {
                 for (key, v) in map.iter_mut() {
                     if key != "entry" {
-                        resolve_references(v, ids)?;
+                        resolve_references(v, ids, found.as_deref_mut())?;
                     }
                 }
                 return Ok(());
@@ -152,14 +157,22 @@ fn resolve_references(value: &mut Value, ids: &HashMap<String, String>) -> Resul
                     })?;
                     *reference = target.clone();
                 }
+                if let Some(found) = found.as_deref_mut() {
+                    found.push(reference.clone());
+                }
             }
-            for v in map.values_mut() {
-                resolve_references(v, ids)?;
+            for (key, v) in map.iter_mut() {
+                let found = if key == "contained" {
+                    None
+                } else {
+                    found.as_deref_mut()
+                };
+                resolve_references(v, ids, found)?;
             }
         }
         Value::Array(items) => {
             for v in items {
-                resolve_references(v, ids)?;
+                resolve_references(v, ids, found.as_deref_mut())?;
             }
         }
         _ => {}
@@ -176,6 +189,9 @@ struct Writer<'a> {
     dialect: Dialect,
     base_url: &'a str,
     ids: HashMap<String, String>,
+    /// The references of each version written of a [`REFERENCE_CHECKED_TYPES`] type, by
+    /// operation: checked once the whole transaction is written.
+    references_to_check: Vec<(usize, &'static str, Vec<String>)>,
     guard: Option<&'a dyn WriteGuard>,
     /// The operation being applied, for the guard.
     index: usize,
@@ -189,7 +205,14 @@ impl Writer<'_> {
         version: i64,
         mut resource: Value,
     ) -> Result<StoredResource> {
-        resolve_references(&mut resource, &self.ids)?;
+        if REFERENCE_CHECKED_TYPES.contains(&resource_type) {
+            let mut found = Vec::new();
+            resolve_references(&mut resource, &self.ids, Some(&mut found))?;
+            self.references_to_check
+                .push((self.index, resource_type, found));
+        } else {
+            resolve_references(&mut resource, &self.ids, None)?;
+        }
         self.check_unique(resource_type, id, &resource).await?;
         let last_updated = now_millis();
         let Value::Object(fields) = resource else {
@@ -310,7 +333,7 @@ impl Writer<'_> {
         for lock in key.locks(resource_type) {
             self.session.lock(&lock).await?;
         }
-        for search in unique::candidate_searches(resource_type, &key) {
+        for search in key.candidate_searches(resource_type) {
             let candidates = self
                 .session
                 .resources(&sql::search_page(
@@ -537,6 +560,7 @@ pub(super) async fn execute(
         dialect,
         base_url,
         ids: HashMap::new(),
+        references_to_check: Vec::new(),
         guard,
         index: 0,
     };
@@ -561,13 +585,11 @@ pub(super) async fn execute(
     }
     // References are checked once every entry is written, so that entries may reference
     // each other in any order.
-    for (index, outcome) in outcomes.iter().enumerate() {
-        if let WriteOutcome::Created(stored) | WriteOutcome::Updated(stored) = outcome {
-            writer
-                .check_references(stored)
-                .await
-                .map_err(|e| (index, e))?;
-        }
+    for (index, resource_type, references) in std::mem::take(&mut writer.references_to_check) {
+        writer
+            .check_references(resource_type, references)
+            .await
+            .map_err(|e| (index, e))?;
     }
     Ok(outcomes)
 }
@@ -577,44 +599,19 @@ pub(super) async fn execute(
 /// follow once their fixtures and the BPE's writes are known to hold only resolvable ones.)
 const REFERENCE_CHECKED_TYPES: [&str; 2] = ["Endpoint", "QuestionnaireResponse"];
 
-/// The literal references of `value` to this server (`Type/id`, made relative), skipping
-/// contained resources, the entries of a Bundle held as a resource and references elsewhere.
-fn internal_references(value: &Value, base_url: &str, out: &mut Vec<String>) {
-    match value {
-        Value::Object(map) => {
-            if let Some(Value::String(reference)) = map.get("reference") {
-                let relative = crate::search::normalise_reference(reference, base_url);
-                let elsewhere = relative.contains("://")
-                    || relative.starts_with('#')
-                    || relative.starts_with("urn:");
-                if !elsewhere {
-                    out.push(relative);
-                }
-            }
-            for (key, v) in map {
-                if key != "contained" && key != "entry" {
-                    internal_references(v, base_url, out);
-                }
-            }
-        }
-        Value::Array(items) => {
-            for v in items {
-                internal_references(v, base_url, out);
-            }
-        }
-        _ => {}
-    }
-}
-
 impl Writer<'_> {
     /// Refuses a version of a [`REFERENCE_CHECKED_TYPES`] type that references a resource
     /// of this server that does not exist (or is deleted).
-    async fn check_references(&mut self, stored: &StoredResource) -> Result<()> {
-        if !REFERENCE_CHECKED_TYPES.contains(&stored.resource_type.as_str()) {
-            return Ok(());
-        }
-        let mut references = Vec::new();
-        internal_references(&stored.json()?, self.base_url, &mut references);
+    async fn check_references(
+        &mut self,
+        resource_type: &str,
+        references: Vec<String>,
+    ) -> Result<()> {
+        let mut references: Vec<String> = references
+            .iter()
+            .map(|r| crate::search::normalise_reference(r, self.base_url))
+            .filter(|r| !(r.contains("://") || r.starts_with('#') || r.starts_with("urn:")))
+            .collect();
         references.sort();
         references.dedup();
         for reference in references {
@@ -631,8 +628,7 @@ impl Writer<'_> {
             };
             if !found {
                 return Err(Error::Forbidden(format!(
-                    "{} references {reference}, which is not a resource of this server",
-                    stored.resource_type
+                    "{resource_type} references {reference}, which is not a resource of this server"
                 )));
             }
         }
@@ -805,17 +801,17 @@ mod tests {
             "entry": [{"fullUrl": "urn:uuid:inner", "resource": {"resourceType": "Endpoint",
                 "managingOrganization": {"reference": "urn:uuid:inner-org"}}}]});
         let unchanged = bundle.clone();
-        resolve_references(&mut bundle, &ids).expect("a Bundle's own references");
+        resolve_references(&mut bundle, &ids, None).expect("a Bundle's own references");
         assert_eq!(bundle, unchanged);
         let mut endpoint = serde_json::json!({"resourceType": "Endpoint",
             "managingOrganization": {"reference": "urn:uuid:known"}});
-        resolve_references(&mut endpoint, &ids).expect("resolved");
+        resolve_references(&mut endpoint, &ids, None).expect("resolved");
         assert_eq!(
             endpoint["managingOrganization"]["reference"],
             "Organization/1"
         );
         let mut dangling = serde_json::json!({"resourceType": "Endpoint",
             "managingOrganization": {"reference": "urn:uuid:nowhere"}});
-        assert!(resolve_references(&mut dangling, &ids).is_err());
+        assert!(resolve_references(&mut dangling, &ids, None).is_err());
     }
 }
