@@ -11,6 +11,7 @@
 //!   search; no HTTP;
 //! - `server` (implies `store`): the REST API, authorization and websockets, served by
 //!   [`FhirServer::serve`] or mounted in an application of yours as a [`server::FhirService`];
+//! - `validation` (implied by `server`): profile validation against StructureDefinitions;
 //! - `conformance`: the conformance suite for storage backends written elsewhere.
 //!
 //! `client` and `server` are the default.
@@ -112,6 +113,8 @@ pub mod search;
 pub mod server;
 #[cfg(feature = "store")]
 pub mod store;
+#[cfg(feature = "validation")]
+pub mod validation;
 
 #[cfg(feature = "client")]
 pub use client::FhirClient;

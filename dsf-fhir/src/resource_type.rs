@@ -33,3 +33,7 @@ pub const SUPPORTED_TYPES: [&str; 26] = [
 pub fn supported_type(name: &str) -> Option<&'static str> {
     SUPPORTED_TYPES.iter().copied().find(|t| *t == name)
 }
+
+/// The types profile validation reads (StructureDefinitions, and the value sets and code
+/// systems their bindings name): a write to one of them changes what is valid.
+pub const CONFORMANCE_TYPES: [&str; 3] = ["StructureDefinition", "ValueSet", "CodeSystem"];
