@@ -31,6 +31,9 @@ pub enum Error {
     Forbidden(String),
     #[error("duplicate resource exists: {0}")]
     Duplicate(String),
+    /// The resource breaks its type's or its profiles' rules (each named with its location).
+    #[error("resource not valid: {0}")]
+    ProfileViolation(String),
     /// A fault of this server's storage. The text is for the log: clients are told only
     /// that the request failed, never database details.
     #[error("storage: {message}")]
@@ -78,6 +81,7 @@ impl Error {
             Error::MethodNotAllowed(m) => Error::MethodNotAllowed(with(m)),
             Error::Forbidden(m) => Error::Forbidden(with(m)),
             Error::Duplicate(m) => Error::Duplicate(with(m)),
+            Error::ProfileViolation(m) => Error::ProfileViolation(with(m)),
             other => other,
         }
     }

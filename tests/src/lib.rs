@@ -282,6 +282,23 @@ impl TestServer {
         self.client_with(self.pki.client_config(cert).expect("client TLS"))
     }
 
+    /// The literal reference (`Organization/<id>`) of the stored organisation with
+    /// `identifier`, as the DSF profiles want OrganizationAffiliations to name theirs.
+    pub async fn organization_reference(&self, identifier: &str) -> String {
+        let found = self
+            .local
+            .search(
+                "Organization",
+                &format!("identifier={}|{identifier}", fixtures::ORG_SYSTEM),
+            )
+            .await
+            .expect("organization search");
+        let id = found["entry"][0]["resource"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no organization {identifier}: {found}"));
+        format!("Organization/{id}")
+    }
+
     /// A client with an arbitrary TLS configuration, for transport-level tests.
     pub fn client_with(&self, tls: rustls_config::ClientConfig) -> FhirClient {
         FhirClient::new(&self.base_url, Arc::new(tls)).expect("client")
@@ -406,10 +423,12 @@ pub mod fixtures {
         resource
     }
 
+    /// An organisation without certificate or endpoint of its own: as the DSF profiles go,
+    /// a parent organisation (`organization-parent`).
     pub fn organization(identifier: &str, name: &str) -> Value {
         json!({
             "resourceType": "Organization",
-            "meta": {"tag": tag_all()},
+            "meta": {"tag": tag_all(), "profile": ["http://dsf.dev/fhir/StructureDefinition/organization-parent"]},
             "identifier": [{"system": ORG_SYSTEM, "value": identifier}],
             "active": true,
             "name": name,
@@ -424,6 +443,7 @@ pub mod fixtures {
             "status": "active",
             "connectionType": {"system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type", "code": "hl7-fhir-rest"},
             "payloadType": [{"coding": [{"system": "http://hl7.org/fhir/resource-types", "code": "Task"}]}],
+            "payloadMimeType": ["application/fhir+json", "application/fhir+xml"],
             "address": address,
             "managingOrganization": {"reference": organization},
         })
@@ -515,6 +535,7 @@ pub mod fixtures {
             "url": PING_PROCESS,
             "version": "1.0",
             "name": "Ping",
+            "date": "2026-01-01",
             "status": "active",
             "kind": "Task",
         })

@@ -3,7 +3,7 @@
 
 use dsf_tests::fixtures::{
     activity_definition, endpoint, organization, party, party_organization, party_role, ping_task,
-    remote_ping, tag_all, tag_local, tag_organization, with_tags, ORG_SYSTEM, PING_TASK_PROFILE,
+    remote_ping, tag_all, tag_local, tag_organization, with_tags, PING_TASK_PROFILE,
 };
 use dsf_tests::{diagnostics, send_json, TestServer, LOCAL_ORG, REMOTE_ORG};
 use http::Method;
@@ -215,22 +215,22 @@ async fn process_authorization_variants(server: TestServer) {
         ),
     ];
     // The remote organisation is a DIC and this one an HRP in parent.test.
-    let affiliation = |member: &str, role: &str| {
-        json!({
+    server
+        .local
+        .create(&organization("parent.test", "Parent"))
+        .await
+        .expect("setup");
+    let parent = server.organization_reference("parent.test").await;
+    for (member, role) in [(REMOTE_ORG, "DIC"), (LOCAL_ORG, "HRP")] {
+        let affiliation = json!({
             "resourceType": "OrganizationAffiliation", "active": true,
             "meta": {"tag": tag_all()},
-            "organization": {"type": "Organization", "identifier": {"system": ORG_SYSTEM, "value": "parent.test"}},
-            "participatingOrganization": {"type": "Organization", "identifier": {"system": ORG_SYSTEM, "value": member}},
+            "organization": {"reference": parent},
+            "participatingOrganization": {"reference": server.organization_reference(member).await},
             "endpoint": [{"reference": "Endpoint/x"}],
             "code": [{"coding": [{"system": ROLE_SYSTEM, "code": role}]}]
-        })
-    };
-    for resource in [
-        organization("parent.test", "Parent"),
-        affiliation(REMOTE_ORG, "DIC"),
-        affiliation(LOCAL_ORG, "HRP"),
-    ] {
-        server.local.create(&resource).await.expect("setup");
+        });
+        server.local.create(&affiliation).await.expect("setup");
     }
     for (what, definition, expected) in cases {
         let status = remote_sends(&server, &mut ad, definition, &ping).await;
@@ -364,7 +364,7 @@ async fn task_rules_and_transitions(server: TestServer) {
     );
     let mut done = with_status(&taken, "completed");
     done["output"] = json!([{
-        "type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "pong"}]},
+        "type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/ping", "code": "pong-status"}]},
         "valueString": "ok"
     }]);
     let (status, done) = send_json(local, Method::PUT, &path, Some(&done)).await;

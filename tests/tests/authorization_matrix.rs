@@ -436,7 +436,11 @@ fn content_of(t: &str) -> Value {
     let mut resource = content_without_key(t);
     let n = unique();
     match t {
-        "ActivityDefinition" => resource["version"] = json!(format!("{n}.0")),
+        "ActivityDefinition"
+        | "CodeSystem"
+        | "Questionnaire"
+        | "StructureDefinition"
+        | "ValueSet" => resource["version"] = json!(format!("{n}.0")),
         "Endpoint" => {
             resource["identifier"][0]["value"] = json!(format!("matrix-{n}.test"));
             resource["address"] = json!(format!("https://matrix-{n}.test/fhir"));
@@ -444,8 +448,8 @@ fn content_of(t: &str) -> Value {
         "NamingSystem" => resource["name"] = json!(format!("Matrix{n}")),
         "Organization" => resource["identifier"][0]["value"] = json!(format!("matrix-{n}.test")),
         "OrganizationAffiliation" => {
-            resource["endpoint"][0]["reference"] = json!(format!("Endpoint/x{n}"));
-            resource["code"][0]["coding"][0]["code"] = json!(format!("ROLE{n}"));
+            resource["participatingOrganization"]["reference"] =
+                json!(format!("Organization/matrix-member-{n}"));
         }
         "Subscription" => {
             resource["criteria"] = json!(format!("Task?identifier=http://matrix.test|{n}"))
@@ -456,8 +460,6 @@ fn content_of(t: &str) -> Value {
 }
 
 fn content_without_key(t: &str) -> Value {
-    let parent =
-        json!({"type": "Organization", "identifier": {"system": ORG_SYSTEM, "value": PARENT_ORG}});
     match t {
         "ActivityDefinition" => {
             let mut ad = activity_definition(
@@ -472,7 +474,7 @@ fn content_without_key(t: &str) -> Value {
         }
         "Bundle" => json!({"resourceType": "Bundle", "type": "collection"}),
         "CodeSystem" => {
-            json!({"resourceType": "CodeSystem", "url": "http://dsf.dev/fhir/CodeSystem/matrix", "status": "active", "content": "complete"})
+            json!({"resourceType": "CodeSystem", "url": "http://dsf.dev/fhir/CodeSystem/matrix", "version": "1.0", "date": "2026-11-25", "status": "active", "content": "complete"})
         }
         "DocumentReference" => {
             json!({"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"url": "Binary/x"}}]})
@@ -496,19 +498,29 @@ fn content_without_key(t: &str) -> Value {
         "Organization" => organization("matrix.test", "Matrix"),
         "OrganizationAffiliation" => json!({
             "resourceType": "OrganizationAffiliation", "active": true,
-            "organization": parent,
-            "participatingOrganization": {"type": "Organization", "identifier": {"system": ORG_SYSTEM, "value": "member.test"}},
+            "organization": {"reference": "Organization/matrix-parent"},
+            "participatingOrganization": {"reference": "Organization/matrix-member"},
             "endpoint": [{"reference": "Endpoint/x"}],
             "code": [{"coding": [{"system": ROLE_SYSTEM, "code": "HRP"}]}]
         }),
         "Provenance" => {
             json!({"resourceType": "Provenance", "target": [{"reference": "Task/x"}], "recorded": "2026-11-25T10:00:00Z", "agent": [{"who": {"reference": "Organization/x"}}]})
         }
-        "Questionnaire" | "ResearchStudy" | "ValueSet" => {
-            json!({"resourceType": t, "status": "active"})
-        }
+        "Questionnaire" => json!({"resourceType": t,
+        "url": "http://dsf.dev/fhir/Questionnaire/matrix", "version": "1.0",
+        "date": "2026-11-25", "status": "active",
+        "item": [
+            {"linkId": "business-key", "type": "string", "required": true,
+                "text": "The business-key of the process execution"},
+            {"linkId": "user-task-id", "type": "string", "required": true,
+                "text": "The user-task-id of the process execution"}
+        ]}),
+        "ValueSet" => json!({"resourceType": t,
+            "url": "http://dsf.dev/fhir/ValueSet/matrix", "version": "1.0",
+            "date": "2026-11-25", "status": "active"}),
+        "ResearchStudy" => json!({"resourceType": t, "status": "active"}),
         "StructureDefinition" => {
-            json!({"resourceType": "StructureDefinition", "url": "http://dsf.dev/fhir/StructureDefinition/matrix", "name": "Matrix", "status": "active", "kind": "resource", "abstract": false, "type": "Task"})
+            json!({"resourceType": "StructureDefinition", "url": "http://dsf.dev/fhir/StructureDefinition/matrix", "version": "1.0", "date": "2026-11-25", "name": "Matrix", "status": "active", "kind": "resource", "abstract": false, "type": "Task"})
         }
         "Subscription" => {
             json!({"resourceType": "Subscription", "status": "active", "reason": "matrix", "criteria": "Task?status=requested", "channel": {"type": "websocket", "payload": "application/fhir+json"}})
@@ -541,15 +553,17 @@ fn response_of(case: ResponseCase) -> Value {
         "questionnaire": "http://dsf.dev/fhir/Questionnaire/matrix|1.0",
         "status": "in-progress",
         "item": [
-            {"linkId": "business-key", "answer": [{"valueString": "bk-1"}]},
-            {"linkId": "user-task-id", "answer": [{"valueString": "ut-1"}]},
+            {"linkId": "business-key", "text": "The business-key of the process execution",
+                "answer": [{"valueString": "bk-1"}]},
+            {"linkId": "user-task-id", "text": "The user-task-id of the process execution",
+                "answer": [{"valueString": "ut-1"}]},
             {"linkId": "approve", "text": "Approve?"}
         ]
     });
     if case == ResponseCase::Restricted {
         response["extension"] = json!([{
             "url": QUESTIONNAIRE_AUTHORIZATION,
-            "extension": [{"url": "practitioner-role", "valueCoding": {"system": "http://dsf.dev/fhir/CodeSystem/practitioner-role", "code": "NOBODY"}}]
+            "extension": [{"url": "practitioner-role", "valueCoding": {"system": "http://matrix.test/fhir/CodeSystem/practitioner-role", "code": "NOBODY"}}]
         }]);
     }
     response

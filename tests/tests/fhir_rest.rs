@@ -1020,7 +1020,7 @@ async fn xml_on_the_wire(server: TestServer) {
     let xml = r#"<?xml version="1.0" encoding="utf-8"?>
 <!-- licence header -->
 <Organization xmlns="http://hl7.org/fhir" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
-  <meta><tag><system value="http://dsf.dev/fhir/CodeSystem/read-access-tag"/><code value="ALL"/></tag></meta>
+  <meta><profile value="http://dsf.dev/fhir/StructureDefinition/organization-parent"/><tag><system value="http://dsf.dev/fhir/CodeSystem/read-access-tag"/><code value="ALL"/></tag></meta>
   <identifier><system value="http://dsf.dev/sid/organization-identifier"/><value value="xml.test"/></identifier>
   <active value="true"/>
   <name value="XML Org"/>

@@ -296,8 +296,8 @@ async fn endpoints_and_responses_reference_only_what_exists(server: TestServer) 
         "status": "in-progress",
         "subject": {"reference": subject},
         "item": [
-            {"linkId": "business-key", "answer": [{"valueString": "bk"}]},
-            {"linkId": "user-task-id", "answer": [{"valueString": "ut"}]}
+            {"linkId": "business-key", "text": "The business-key of the process execution", "answer": [{"valueString": "bk"}]},
+            {"linkId": "user-task-id", "text": "The user-task-id of the process execution", "answer": [{"valueString": "ut"}]}
         ]})
     };
     let (status, body) = send_json(

@@ -50,6 +50,7 @@ async fn role_configuration_makes_local_users(kind: BackendKind) {
 }
 
 async fn init_bundle_runs_as_the_local_organisation(server: TestServer) {
+    let local = server.organization_reference(LOCAL_ORG).await;
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": "urn:uuid:6f0c1a52-1111-4111-8111-111111111111",
             "resource": organization("parent.test", "Parent"),
@@ -58,8 +59,7 @@ async fn init_bundle_runs_as_the_local_organisation(server: TestServer) {
             "resource": {"resourceType": "OrganizationAffiliation", "meta": {"tag": tag_all()},
                 "active": true,
                 "organization": {"reference": "urn:uuid:6f0c1a52-1111-4111-8111-111111111111"},
-                "participatingOrganization": {"type": "Organization",
-                    "identifier": {"system": ORG_SYSTEM, "value": LOCAL_ORG}},
+                "participatingOrganization": {"reference": local},
                 "endpoint": [{"reference": "Endpoint/x"}],
                 "code": [{"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/organization-role", "code": "DIC"}]}]},
             "request": {"method": "POST", "url": "OrganizationAffiliation",

@@ -18,14 +18,15 @@ fn thumbprint(digit: char) -> String {
 
 fn member(identifier: &str, thumbprint: &str) -> Value {
     let mut org = organization(identifier, identifier);
+    org["meta"]["profile"] = json!(["http://dsf.dev/fhir/StructureDefinition/organization"]);
     org["extension"] = json!([{"url": THUMBPRINT, "valueString": thumbprint}]);
+    org["endpoint"] = json!([{"reference": "Endpoint/x"}]);
     org
 }
 
 fn parent(identifier: &str) -> Value {
-    let mut org = organization(identifier, identifier);
-    org["meta"]["profile"] = json!(["http://dsf.dev/fhir/StructureDefinition/organization-parent"]);
-    org
+    // The fixture's organisation is a parent organisation already.
+    organization(identifier, identifier)
 }
 
 fn definition(resource_type: &str, url: &str, version: &str) -> Value {
@@ -45,6 +46,7 @@ fn definition(resource_type: &str, url: &str, version: &str) -> Value {
     }
     resource["url"] = json!(url);
     resource["version"] = json!(version);
+    resource["date"] = json!("2026-12-04");
     resource
 }
 

@@ -6,6 +6,7 @@ mod bootstrap;
 mod bundles;
 pub mod caller;
 mod capability;
+mod conformance;
 mod connections;
 pub mod identity;
 mod init_bundle;
@@ -136,6 +137,8 @@ pub struct FhirServer {
     policy: Arc<dyn authorization::AuthorizationPolicy>,
     /// The store's outbox, until `serve` hands it to the dispatcher.
     changes: std::sync::Mutex<Option<crate::store::ChangeReceiver>>,
+    /// The conformance resources profile validation reads.
+    conformance: conformance::ConformanceCache,
 }
 
 /// What one request carries after transport: who sent it and the parsed URL.
@@ -203,6 +206,7 @@ impl FhirServer {
                 std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
             ),
             closing: tokio::sync::watch::Sender::new(false),
+            conformance: conformance::ConformanceCache::default(),
         }
     }
 
@@ -243,8 +247,9 @@ impl FhirServer {
         &self.config
     }
 
-    /// Starts the work that runs beside request handling: the built-in Subscriptions are
-    /// created if missing, the websocket hub loads the stored Subscriptions, and the change
+    /// Starts the work that runs beside request handling: the DSF base conformance
+    /// resources (profiles, code systems, value sets, naming systems) and the built-in
+    /// Subscriptions are created if missing, the websocket hub loads the stored Subscriptions, and the change
     /// dispatcher (which tells websocket sessions of new resources) is spawned on the current
     /// tokio runtime. [`FhirServer::serve`] calls it; an embedder mounting [`FhirService`] in
     /// its own application calls it once before serving. Calling it again does nothing.
@@ -255,6 +260,7 @@ impl FhirServer {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(changes) = changes {
+            self.ensure_base_definitions().await?;
             self.ensure_built_in_subscriptions().await?;
             self.hub.reload(&self.store).await?;
             tokio::spawn(

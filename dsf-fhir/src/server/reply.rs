@@ -174,7 +174,7 @@ impl Error {
             Error::Unauthenticated(_) => 401,
             Error::Forbidden(_) => 403,
             // The Java DSF answers a unique-constraint violation with 403.
-            Error::Duplicate(_) => 403,
+            Error::Duplicate(_) | Error::ProfileViolation(_) => 403,
             Error::Storage { .. } | Error::Transport { .. } => 500,
             Error::Server { status, .. } => *status,
             Error::Timeout(_) => 504,
@@ -195,6 +195,7 @@ impl Error {
             Error::Unauthenticated(_) => IssueType::Login,
             Error::Forbidden(_) => IssueType::Forbidden,
             Error::Duplicate(_) => IssueType::Duplicate,
+            Error::ProfileViolation(_) => IssueType::Processing,
             Error::Storage { .. } | Error::Transport { .. } | Error::Server { .. } => {
                 IssueType::Exception
             }

@@ -76,6 +76,12 @@ impl FhirServer {
                     _ => Ok(method_not_allowed("GET, POST, PUT, DELETE")),
                 }
             }
+            ["StructureDefinition", "$snapshot"] if m == Method::GET || m == Method::POST => {
+                self.snapshot(call, None).await
+            }
+            ["StructureDefinition", id, "$snapshot"] if m == Method::GET || m == Method::POST => {
+                self.snapshot(call, Some(id)).await
+            }
             [t, "_search"] if m == Method::POST => {
                 let t = resource_type(t)?;
                 let mut pairs = call.query.clone();

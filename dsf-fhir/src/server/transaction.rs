@@ -169,6 +169,7 @@ impl FhirServer {
             .map_err(|e| match e {
                 Error::Forbidden(_)
                 | Error::Duplicate(_)
+                | Error::ProfileViolation(_)
                 | Error::Invalid(_)
                 | Error::Storage { .. }
                 | Error::Unavailable(_)

@@ -21,6 +21,8 @@ pub(super) struct ChangeFeed {
     listeners: Mutex<Vec<mpsc::UnboundedSender<CommittedBatch>>>,
     /// See [`super::ResourceStore::allow_list_generation`].
     allow_list_generation: AtomicU64,
+    /// See [`super::ResourceStore::conformance_generation`].
+    conformance_generation: AtomicU64,
 }
 
 impl ChangeFeed {
@@ -37,6 +39,10 @@ impl ChangeFeed {
         self.allow_list_generation.load(Ordering::SeqCst)
     }
 
+    pub(super) fn conformance_generation(&self) -> u64 {
+        self.conformance_generation.load(Ordering::SeqCst)
+    }
+
     /// Announces `changes` to every listener still listening. A change to the allow list
     /// moves its generation on first, so a listener that re-checks identities on hearing of
     /// it does not get a stale cached one.
@@ -49,6 +55,12 @@ impl ChangeFeed {
             .any(|c| super::ALLOW_LIST_TYPES.contains(&c.resource_type.as_str()))
         {
             self.allow_list_generation.fetch_add(1, Ordering::SeqCst);
+        }
+        if changes
+            .iter()
+            .any(|c| crate::resource_type::CONFORMANCE_TYPES.contains(&c.resource_type.as_str()))
+        {
+            self.conformance_generation.fetch_add(1, Ordering::SeqCst);
         }
         let batch: CommittedBatch = changes.into();
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());

@@ -395,6 +395,13 @@ impl ResourceStore {
         self.feed.allow_list_generation()
     }
 
+    /// Changes after every committed write through this store to a StructureDefinition,
+    /// ValueSet or CodeSystem ([`crate::resource_type::CONFORMANCE_TYPES`]), so that what
+    /// is derived from them (compiled profiles) can be cached until it moves.
+    pub fn conformance_generation(&self) -> u64 {
+        self.feed.conformance_generation()
+    }
+
     /// One write in its own transaction.
     pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
         self.transaction(vec![op])

@@ -185,9 +185,10 @@ impl FhirServer {
     pub(crate) async fn write_as(
         &self,
         call: &Call<'_>,
-        ops: Vec<WriteOp>,
+        mut ops: Vec<WriteOp>,
         label: impl Fn(usize) -> String + Send + 'static,
     ) -> Result<Vec<WriteOutcome>> {
+        Self::set_default_profiles(&mut ops);
         let mut verdicts = Vec::with_capacity(ops.len());
         for (index, op) in ops.iter().enumerate() {
             verdicts.push(
@@ -212,18 +213,29 @@ impl FhirServer {
         let not_checked = || Err(Error::Forbidden("not checked".into()));
         let context = PolicyContext { server: self };
         Ok(match op {
-            WriteOp::Create { resource, .. } => Verdict {
-                as_create: self.check_create(&context, identity, t, resource).await,
-                as_update: not_checked(),
-            },
+            WriteOp::Create { resource, .. } => {
+                let as_create = self.check_create(&context, identity, t, resource).await;
+                Verdict {
+                    as_create: match as_create {
+                        Ok(()) => self.validate_resource(resource, false).await,
+                        refused => refused,
+                    },
+                    as_update: not_checked(),
+                }
+            }
             WriteOp::Update { resource, .. } | WriteOp::ConditionalUpdate { resource, .. } => {
                 self.policy.check_interaction(identity, Role::Update, t)?;
+                // Validated once: the outcome is the same whether the write turns out to
+                // update or (over a tombstone, or conditionally) to create.
+                let valid = self.validate_resource(resource, true).await;
+                let as_create = self.check_create(&context, identity, t, resource).await;
+                let as_update = self
+                    .policy
+                    .check_update(&context, identity, t, resource)
+                    .await;
                 Verdict {
-                    as_create: self.check_create(&context, identity, t, resource).await,
-                    as_update: self
-                        .policy
-                        .check_update(&context, identity, t, resource)
-                        .await,
+                    as_create: as_create.and(valid.clone()),
+                    as_update: as_update.and(valid),
                 }
             }
             WriteOp::PermanentDelete { .. } => {
