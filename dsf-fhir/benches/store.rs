@@ -1,11 +1,14 @@
 //! `cargo bench -p dsf-fhir`: the store's create and read against raw SQLite statements on the
 //! same database file in the same run, the cost of a uniqueness check (a draft Task against a
-//! requested one), and the edge costs (fhirbolt parse, index extraction).
+//! requested one), the cost of profile validation (a Task create with and without validating
+//! it against the ping plugin's profile and the DSF base profiles), and the edge costs
+//! (fhirbolt parse, index extraction).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use dsf_fhir::format::{parse_resource, Format};
 use dsf_fhir::search::{index_rows, SearchQuery};
 use dsf_fhir::store::SqliteBackend;
+use dsf_fhir::validation::{base_definitions, validate, Definitions};
 use dsf_fhir::{ResourceStore, WriteOp, WriteOutcome};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -22,7 +25,7 @@ fn task(n: usize) -> Value {
         "authoredOn": "2026-11-25T10:00:00+01:00",
         "requester": {"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": "a.test"}},
         "restriction": {"recipient": [{"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": "b.test"}}]},
-        "input": [{"type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "message-name"}]}, "valueString": "startPingProcess"}]
+        "input": [{"type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "message-name"}]}, "valueString": "startPing"}]
     })
 }
 
@@ -48,6 +51,29 @@ fn benches(c: &mut Criterion) {
     edge.bench_function("extract Task index rows", |b| {
         b.iter(|| index_rows("Task", &parsed, "https://bench.test/fhir"))
     });
+
+    // What the server holds once the ping plugin is deployed: the DSF base profiles and
+    // the plugin's Task profile (its placeholders filled as the BPE fills them).
+    let ping_profile =
+        include_str!("../../plugins/ping-pong/fhir/StructureDefinition-task-start-ping.json")
+            .replace("#{version}", "1.0")
+            .replace("#{date}", "2026-01-01");
+    let definitions = Definitions::new(
+        base_definitions()
+            .into_iter()
+            .map(|(_, resource)| resource)
+            .chain([serde_json::from_str(&ping_profile).unwrap()]),
+    );
+    let report = validate(&definitions, &task(0));
+    assert!(
+        report.is_valid(),
+        "the bench Task must be valid: {:?}",
+        report.issues
+    );
+    edge.bench_function(
+        "validate Task against task-start-ping (profiles compiled)",
+        |b| b.iter(|| validate(&definitions, &task(0))),
+    );
     edge.finish();
 
     let mut create = c.benchmark_group("create (one committed transaction each)");
@@ -64,6 +90,20 @@ fn benches(c: &mut Criterion) {
             if let WriteOutcome::Created(stored) = rt.block_on(store.write(op)).unwrap() {
                 last_id = stored.id;
             }
+        })
+    });
+    // What the server does for a Task create since profile validation: validate, then write.
+    create.bench_function("store create Task, validated first", |b| {
+        b.iter(|| {
+            n += 1;
+            let resource = task(n);
+            assert!(validate(&definitions, &resource).is_valid());
+            let op = WriteOp::Create {
+                resource,
+                if_none_exist: None,
+                full_url: None,
+            };
+            rt.block_on(store.write(op)).unwrap()
         })
     });
     // A draft's task identifier is unique among the stored Tasks: its create takes a lock
