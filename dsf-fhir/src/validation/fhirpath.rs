@@ -404,6 +404,16 @@ fn children(item: &Value, name: &str, out: &mut Vec<Value>) {
         }
         return;
     };
+    object_children(object, name, out);
+}
+
+/// The children named `name` of a JSON object, arrays flattened, a choice element found by
+/// its stem.
+pub(super) fn object_children(
+    object: &serde_json::Map<String, Value>,
+    name: &str,
+    out: &mut Vec<Value>,
+) {
     let found = object.get(name).or_else(|| {
         object.iter().find_map(|(key, value)| {
             let rest = key.strip_prefix(name)?;

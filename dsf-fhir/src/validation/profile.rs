@@ -99,26 +99,13 @@ fn type_refs(codes: &[String], targets: &[String]) -> Vec<TypeRef> {
 
 impl Element {
     fn from_base(parent_path: &str, parent_id: &str, base: &BaseElement) -> Self {
-        Element {
-            id: format!("{parent_id}.{}", base.name),
-            path: format!("{parent_path}.{}", base.name),
-            name: base.name.clone(),
-            slice_name: None,
-            min: base.min,
-            max: parse_max(&base.max),
-            types: type_refs(&base.types, &base.target),
-            fixed: None,
-            pattern: None,
-            binding: None,
-            constraints: Vec::new(),
-            slicing: None,
-            slices: Vec::new(),
-            children: None,
-            notes: Vec::new(),
-            base: base.clone(),
-            base_min: base.min,
-            base_max: base.max.clone(),
-        }
+        let mut element = Self::unconstrained(
+            format!("{parent_id}.{}", base.name),
+            format!("{parent_path}.{}", base.name),
+            base.clone(),
+        );
+        element.types = type_refs(&base.types, &base.target);
+        element
     }
 
     /// The root element of a type (`Task`, `Extension`).
@@ -133,13 +120,22 @@ impl Element {
             children: None,
             content_reference: None,
         };
-        Some(Element {
-            id: type_name.to_owned(),
-            path: type_name.to_owned(),
-            name: type_name.to_owned(),
+        Some(Self::unconstrained(
+            type_name.to_owned(),
+            type_name.to_owned(),
+            base,
+        ))
+    }
+
+    /// An element as its base defines it, with no type and no profile's rule applied yet.
+    fn unconstrained(id: String, path: String, base: BaseElement) -> Self {
+        Element {
+            id,
+            path,
+            name: base.name.clone(),
             slice_name: None,
-            min: 0,
-            max: None,
+            min: base.min,
+            max: parse_max(&base.max),
             types: Vec::new(),
             fixed: None,
             pattern: None,
@@ -149,10 +145,10 @@ impl Element {
             slices: Vec::new(),
             children: None,
             notes: Vec::new(),
+            base_min: base.min,
+            base_max: base.max.clone(),
             base,
-            base_min: 0,
-            base_max: "*".to_owned(),
-        })
+        }
     }
 
     pub fn is_choice(&self) -> bool {

@@ -53,6 +53,24 @@ fn canonical_parts(canonical: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// The value `cache` holds for `key`, computed and kept when missing. The lock is not held
+/// while computing: a computation may look up other entries of the same cache.
+fn cached<T: Clone>(
+    cache: &Mutex<HashMap<String, T>>,
+    key: &str,
+    compute: impl FnOnce() -> T,
+) -> T {
+    if let Some(done) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+        return done.clone();
+    }
+    let value = compute();
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key.to_owned(), value.clone());
+    value
+}
+
 /// Orders versions numerically where they are numbers (`1.10` after `1.9`).
 fn version_key(version: &str) -> Vec<(u64, String)> {
     version
@@ -129,20 +147,9 @@ impl Definitions {
     }
 
     fn compile_cached(&self, canonical: &str, depth: usize) -> Result<Arc<Element>, String> {
-        if let Some(done) = self
-            .compiled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(canonical)
-        {
-            return done.clone();
-        }
-        let result = self.compile(canonical, depth).map(Arc::new);
-        self.compiled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(canonical.to_owned(), result.clone());
-        result
+        cached(&self.compiled, canonical, || {
+            self.compile(canonical, depth).map(Arc::new)
+        })
     }
 
     /// The element tree of a StructureDefinition given whole (for `$snapshot` of one not
@@ -193,50 +200,27 @@ impl Definitions {
 
     /// The codes of a complete code system stored here (`system` may carry `|version`).
     pub fn code_system_codes(&self, system: &str) -> Option<Arc<HashSet<String>>> {
-        if let Some(done) = self
-            .code_systems
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(system)
-        {
-            return done.clone();
-        }
-        let result = self
-            .find_lenient("CodeSystem", system)
-            .filter(|cs| {
-                cs.get("content")
-                    .and_then(Value::as_str)
-                    .is_none_or(|content| content == "complete")
-            })
-            .map(|cs| {
-                let mut codes = HashSet::new();
-                collect_concepts(cs.get("concept").and_then(Value::as_array), &mut codes, 0);
-                Arc::new(codes)
-            });
-        self.code_systems
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(system.to_owned(), result.clone());
-        result
+        cached(&self.code_systems, system, || {
+            self.find_lenient("CodeSystem", system)
+                .filter(|cs| {
+                    cs.get("content")
+                        .and_then(Value::as_str)
+                        .is_none_or(|content| content == "complete")
+                })
+                .map(|cs| {
+                    let mut codes = HashSet::new();
+                    collect_concepts(cs.get("concept").and_then(Value::as_array), &mut codes, 0);
+                    Arc::new(codes)
+                })
+        })
     }
 
     /// The codes of a value set; `None` when it, or a code system it includes whole, is
     /// not stored here (its codes cannot be checked).
     pub fn expansion(&self, canonical: &str) -> Option<Arc<Expansion>> {
-        if let Some(done) = self
-            .expansions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(canonical)
-        {
-            return done.clone();
-        }
-        let result = self.expand(canonical, 0).map(Arc::new);
-        self.expansions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(canonical.to_owned(), result.clone());
-        result
+        cached(&self.expansions, canonical, || {
+            self.expand(canonical, 0).map(Arc::new)
+        })
     }
 
     fn expand(&self, canonical: &str, depth: usize) -> Option<Expansion> {

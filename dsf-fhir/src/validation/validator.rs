@@ -715,20 +715,8 @@ fn navigate(value: &Value, path: &str) -> Vec<Value> {
     for part in path.split('.') {
         let mut next = Vec::new();
         for item in &current {
-            let Some(object) = item.as_object() else {
-                continue;
-            };
-            let found = object.get(part).or_else(|| {
-                object.iter().find_map(|(key, v)| {
-                    let rest = key.strip_prefix(part)?;
-                    rest.starts_with(|c: char| c.is_ascii_uppercase())
-                        .then_some(v)
-                })
-            });
-            match found {
-                Some(Value::Array(values)) => next.extend(values.iter().cloned()),
-                Some(v) => next.push(v.clone()),
-                None => {}
+            if let Some(object) = item.as_object() {
+                super::fhirpath::object_children(object, part, &mut next);
             }
         }
         current = next;
