@@ -6,6 +6,7 @@
 //! as such (the validator then warns instead of failing the resource).
 
 use serde_json::Value;
+use std::borrow::Cow;
 use std::fmt;
 
 /// A parse or evaluation failure: the expression uses something outside this subset, or
@@ -170,6 +171,8 @@ enum Ast {
     /// Navigation to a child; `None` input means the focus.
     Member(Option<Box<Ast>>, String),
     Call(Option<Box<Ast>>, String, Vec<Ast>),
+    /// `matches()` with a literal pattern, compiled once when the expression is parsed.
+    Matches(Option<Box<Ast>>, regex::Regex),
     Index(Box<Ast>, Box<Ast>),
     Binary(&'static str, Box<Ast>, Box<Ast>),
     Negate(Box<Ast>),
@@ -312,6 +315,11 @@ impl Parser {
             }
         }
         self.expect(")")?;
+        if let ("matches", [Ast::Literal(Value::String(pattern))]) =
+            (name.as_str(), arguments.as_slice())
+        {
+            return Ok(Ast::Matches(input, whole_match(pattern)?));
+        }
         Ok(Ast::Call(input, name, arguments))
     }
 
@@ -370,49 +378,81 @@ impl Expression {
     /// boolean: `None` for an empty result.
     pub fn is_true(&self, focus: &Value, resource: &Value) -> Result<Option<bool>> {
         let context = Context { resource, depth: 0 };
-        let result = context.eval(&self.ast, std::slice::from_ref(focus), focus)?;
+        let focus = Item::Borrowed(focus);
+        let result = context.eval(&self.ast, std::slice::from_ref(&focus), &focus)?;
         as_boolean(&result)
     }
 
     /// Evaluates on `focus` inside `resource`, giving the resulting collection.
     pub fn evaluate(&self, focus: &Value, resource: &Value) -> Result<Vec<Value>> {
         let context = Context { resource, depth: 0 };
-        context.eval(&self.ast, std::slice::from_ref(focus), focus)
+        let focus = Item::Borrowed(focus);
+        let result = context.eval(&self.ast, std::slice::from_ref(&focus), &focus)?;
+        Ok(result.into_iter().map(Cow::into_owned).collect())
     }
 }
 
-fn as_boolean(collection: &[Value]) -> Result<Option<bool>> {
+/// One item of a collection: a part of the resource or of the expression, borrowed, or a
+/// value computed on the way (a comparison's result, a concatenation).
+type Item<'a> = Cow<'a, Value>;
+
+/// A FHIRPath `matches()` pattern: it must match the whole string.
+fn whole_match(pattern: &str) -> Result<regex::Regex> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| PathError(format!("bad regular expression: {e}")))
+}
+
+fn as_boolean(collection: &[Item<'_>]) -> Result<Option<bool>> {
     match collection {
         [] => Ok(None),
-        [Value::Bool(b)] => Ok(Some(*b)),
-        [_] => Ok(Some(true)),
+        [item] => Ok(Some(item.as_bool().unwrap_or(true))),
         _ => fail("a boolean was expected, but the collection has several items"),
     }
 }
 
-fn boolean(value: Option<bool>) -> Vec<Value> {
-    value.map(Value::Bool).into_iter().collect()
+fn computed<'a>(value: Value) -> Vec<Item<'a>> {
+    vec![Cow::Owned(value)]
+}
+
+fn boolean<'a>(value: Option<bool>) -> Vec<Item<'a>> {
+    value
+        .map(|b| Cow::Owned(Value::Bool(b)))
+        .into_iter()
+        .collect()
 }
 
 /// The children named `name` of one item: arrays are flattened, and a choice element is
 /// found by its stem (`value` finds `valueString`).
-fn children(item: &Value, name: &str, out: &mut Vec<Value>) {
-    let Some(object) = item.as_object() else {
-        // A primitive's `value` is the primitive itself (as in the FHIR object model).
-        if name == "value" && !item.is_array() {
-            out.push(item.clone());
+fn children<'a>(item: &Item<'a>, name: &str, out: &mut Vec<Item<'a>>) {
+    match item {
+        Cow::Borrowed(value) => {
+            if let Some(object) = value.as_object() {
+                let mut found = Vec::new();
+                object_children(object, name, &mut found);
+                out.extend(found.into_iter().map(Cow::Borrowed));
+            } else if name == "value" && !value.is_array() {
+                // A primitive's `value` is the primitive itself (as in the FHIR object model).
+                out.push(Cow::Borrowed(*value));
+            }
         }
-        return;
-    };
-    object_children(object, name, out);
+        Cow::Owned(value) => {
+            if let Some(object) = value.as_object() {
+                let mut found = Vec::new();
+                object_children(object, name, &mut found);
+                out.extend(found.into_iter().map(|v| Cow::Owned(v.clone())));
+            } else if name == "value" && !value.is_array() {
+                out.push(Cow::Owned(value.clone()));
+            }
+        }
+    }
 }
 
 /// The children named `name` of a JSON object, arrays flattened, a choice element found by
 /// its stem.
-pub(super) fn object_children(
-    object: &serde_json::Map<String, Value>,
+pub(super) fn object_children<'v>(
+    object: &'v serde_json::Map<String, Value>,
     name: &str,
-    out: &mut Vec<Value>,
+    out: &mut Vec<&'v Value>,
 ) {
     let found = object.get(name).or_else(|| {
         object.iter().find_map(|(key, value)| {
@@ -422,8 +462,8 @@ pub(super) fn object_children(
         })
     });
     match found {
-        Some(Value::Array(items)) => out.extend(items.iter().cloned()),
-        Some(value) => out.push(value.clone()),
+        Some(Value::Array(items)) => out.extend(items.iter()),
+        Some(value) => out.push(value),
         None => {}
     }
 }
@@ -435,7 +475,7 @@ fn equal(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn text(value: &Value) -> Option<&str> {
+fn text<'v>(value: &'v Item<'_>) -> Option<&'v str> {
     value.as_str()
 }
 
@@ -444,17 +484,17 @@ struct Context<'a> {
     depth: usize,
 }
 
-impl Context<'_> {
-    fn eval(&self, ast: &Ast, focus: &[Value], this: &Value) -> Result<Vec<Value>> {
+impl<'a> Context<'a> {
+    fn eval(&self, ast: &'a Ast, focus: &[Item<'a>], this: &Item<'a>) -> Result<Vec<Item<'a>>> {
         if self.depth > MAX_DEPTH {
             return fail("evaluation nested too deeply");
         }
         match ast {
-            Ast::Literal(value) => Ok(vec![value.clone()]),
+            Ast::Literal(value) => Ok(vec![Cow::Borrowed(value)]),
             Ast::Empty => Ok(Vec::new()),
             Ast::This => Ok(vec![this.clone()]),
             Ast::Variable(name) => match name.as_str() {
-                "resource" | "rootResource" => Ok(vec![self.resource.clone()]),
+                "resource" | "rootResource" => Ok(vec![Cow::Borrowed(self.resource)]),
                 "context" => Ok(focus.to_vec()),
                 _ => fail(format!("%{name} is not supported")),
             },
@@ -463,9 +503,10 @@ impl Context<'_> {
                     Some(input) => self.eval(input, focus, this)?,
                     None => {
                         // A path may start with the type name of its focus (`Task.status`).
-                        let starts_with_type = focus.iter().all(|item| {
-                            item.get("resourceType").and_then(Value::as_str) == Some(name)
-                        }) && !focus.is_empty();
+                        let starts_with_type = !focus.is_empty()
+                            && focus.iter().all(|item| {
+                                item.get("resourceType").and_then(Value::as_str) == Some(name)
+                            });
                         if starts_with_type {
                             return Ok(focus.to_vec());
                         }
@@ -481,7 +522,7 @@ impl Context<'_> {
             Ast::Index(input, index) => {
                 let items = self.eval(input, focus, this)?;
                 let index = self.eval(index, focus, this)?;
-                let position = index.first().and_then(Value::as_f64).unwrap_or(-1.0);
+                let position = index.first().and_then(|i| i.as_f64()).unwrap_or(-1.0);
                 Ok(if position >= 0.0 {
                     items
                         .into_iter()
@@ -496,11 +537,22 @@ impl Context<'_> {
                 let items = self.eval(inner, focus, this)?;
                 Ok(items
                     .iter()
-                    .filter_map(Value::as_f64)
-                    .filter_map(|n| serde_json::Number::from_f64(-n).map(Value::Number))
+                    .filter_map(|i| i.as_f64())
+                    .filter_map(|n| serde_json::Number::from_f64(-n))
+                    .map(|n| Cow::Owned(Value::Number(n)))
                     .collect())
             }
             Ast::Binary(op, left, right) => self.binary(op, left, right, focus, this),
+            Ast::Matches(input, regex) => {
+                let items = match input {
+                    Some(input) => self.eval(input, focus, this)?,
+                    None => focus.to_vec(),
+                };
+                Ok(match single(&items).and_then(text) {
+                    Some(value) => computed(Value::Bool(regex.is_match(value))),
+                    None => Vec::new(),
+                })
+            }
             Ast::Call(input, name, arguments) => {
                 let items = match input {
                     Some(input) => self.eval(input, focus, this)?,
@@ -518,11 +570,11 @@ impl Context<'_> {
     fn binary(
         &self,
         op: &str,
-        left: &Ast,
-        right: &Ast,
-        focus: &[Value],
-        this: &Value,
-    ) -> Result<Vec<Value>> {
+        left: &'a Ast,
+        right: &'a Ast,
+        focus: &[Item<'a>],
+        this: &Item<'a>,
+    ) -> Result<Vec<Item<'a>>> {
         let a = self.eval(left, focus, this)?;
         let b = self.eval(right, focus, this)?;
         match op {
@@ -567,13 +619,13 @@ impl Context<'_> {
                             equal(x, y)
                         }
                     });
-                Ok(vec![Value::Bool(same != op.starts_with('!'))])
+                Ok(boolean(Some(same != op.starts_with('!'))))
             }
             "<" | ">" | "<=" | ">=" => {
                 let (Some(x), Some(y)) = (single(&a), single(&b)) else {
                     return Ok(Vec::new());
                 };
-                let ordering = match (x, y) {
+                let ordering = match (&**x, &**y) {
                     (Value::Number(p), Value::Number(q)) => p.as_f64().partial_cmp(&q.as_f64()),
                     (Value::String(p), Value::String(q)) => Some(p.cmp(q)),
                     _ => return fail("comparison of values of different kinds"),
@@ -581,15 +633,15 @@ impl Context<'_> {
                 let Some(ordering) = ordering else {
                     return Ok(Vec::new());
                 };
-                Ok(vec![Value::Bool(match op {
+                Ok(boolean(Some(match op {
                     "<" => ordering.is_lt(),
                     ">" => ordering.is_gt(),
                     "<=" => ordering.is_le(),
                     _ => ordering.is_ge(),
-                })])
+                })))
             }
             "|" => {
-                let mut out: Vec<Value> = Vec::new();
+                let mut out: Vec<Item<'a>> = Vec::new();
                 for item in a.into_iter().chain(b) {
                     if !out.iter().any(|o| equal(o, &item)) {
                         out.push(item);
@@ -601,19 +653,21 @@ impl Context<'_> {
                 let (element, collection) = if op == "in" { (a, b) } else { (b, a) };
                 match single(&element) {
                     None => Ok(Vec::new()),
-                    Some(x) => Ok(vec![Value::Bool(collection.iter().any(|y| equal(x, y)))]),
+                    Some(x) => Ok(boolean(Some(collection.iter().any(|y| equal(x, y))))),
                 }
             }
             "&" => {
                 let p = single(&a).and_then(text).unwrap_or("");
                 let q = single(&b).and_then(text).unwrap_or("");
-                Ok(vec![Value::String(format!("{p}{q}"))])
+                Ok(computed(Value::String(format!("{p}{q}"))))
             }
             "+" => match (single(&a), single(&b)) {
-                (Some(Value::String(p)), Some(Value::String(q))) => {
-                    Ok(vec![Value::String(format!("{p}{q}"))])
-                }
-                (Some(x), Some(y)) => arithmetic(x, y, |p, q| p + q),
+                (Some(x), Some(y)) => match (&**x, &**y) {
+                    (Value::String(p), Value::String(q)) => {
+                        Ok(computed(Value::String(format!("{p}{q}"))))
+                    }
+                    (x, y) => arithmetic(x, y, |p, q| p + q),
+                },
                 _ => Ok(Vec::new()),
             },
             "-" | "*" | "/" | "div" | "mod" => match (single(&a), single(&b)) {
@@ -633,13 +687,13 @@ impl Context<'_> {
     fn call(
         &self,
         name: &str,
-        items: &[Value],
-        arguments: &[Ast],
-        focus: &[Value],
-        this: &Value,
-    ) -> Result<Vec<Value>> {
+        items: &[Item<'a>],
+        arguments: &'a [Ast],
+        focus: &[Item<'a>],
+        this: &Item<'a>,
+    ) -> Result<Vec<Item<'a>>> {
         // Arguments evaluated once, on the expression's focus (not per item).
-        let argument = |index: usize| -> Result<Vec<Value>> {
+        let argument = |index: usize| -> Result<Vec<Item<'a>>> {
             match arguments.get(index) {
                 Some(ast) => self.eval(ast, focus, this),
                 None => fail(format!("{name}() needs an argument")),
@@ -647,12 +701,15 @@ impl Context<'_> {
         };
         let string_argument = |index: usize| -> Result<String> {
             match argument(index)?.as_slice() {
-                [Value::String(s)] => Ok(s.clone()),
+                [item] => match item.as_str() {
+                    Some(s) => Ok(s.to_owned()),
+                    None => fail(format!("{name}() needs a string argument")),
+                },
                 _ => fail(format!("{name}() needs a string argument")),
             }
         };
         // Criteria are evaluated per item, with the item as focus and `$this`.
-        let per_item = |item: &Value| -> Result<Option<bool>> {
+        let per_item = |item: &Item<'a>| -> Result<Option<bool>> {
             match arguments.first() {
                 Some(ast) => as_boolean(&self.eval(ast, std::slice::from_ref(item), item)?),
                 None => Ok(Some(true)),
@@ -668,9 +725,9 @@ impl Context<'_> {
                         break;
                     }
                 }
-                Ok(vec![Value::Bool(any)])
+                Ok(boolean(Some(any)))
             }
-            "empty" => Ok(vec![Value::Bool(items.is_empty())]),
+            "empty" => Ok(boolean(Some(items.is_empty()))),
             "not" => Ok(boolean(as_boolean(items)?.map(|b| !b))),
             "where" => {
                 let mut out = Vec::new();
@@ -694,16 +751,16 @@ impl Context<'_> {
             "all" => {
                 for item in items {
                     if per_item(item)? != Some(true) {
-                        return Ok(vec![Value::Bool(false)]);
+                        return Ok(boolean(Some(false)));
                     }
                 }
-                Ok(vec![Value::Bool(true)])
+                Ok(boolean(Some(true)))
             }
-            "count" => Ok(vec![Value::from(items.len())]),
+            "count" => Ok(computed(Value::from(items.len()))),
             "first" => Ok(items.first().cloned().into_iter().collect()),
             "last" => Ok(items.last().cloned().into_iter().collect()),
             "distinct" => {
-                let mut out: Vec<Value> = Vec::new();
+                let mut out: Vec<Item<'a>> = Vec::new();
                 for item in items {
                     if !out.iter().any(|o| equal(o, item)) {
                         out.push(item.clone());
@@ -716,49 +773,47 @@ impl Context<'_> {
                     .iter()
                     .enumerate()
                     .all(|(i, a)| items[i + 1..].iter().all(|b| !equal(a, b)));
-                Ok(vec![Value::Bool(distinct)])
+                Ok(boolean(Some(distinct)))
             }
-            "hasValue" => Ok(vec![Value::Bool(
+            "hasValue" => Ok(boolean(Some(
                 single(items).is_some_and(|v| !v.is_object() && !v.is_array()),
-            )]),
+            ))),
             "matches" => {
                 let Some(value) = single_text() else {
                     return Ok(Vec::new());
                 };
-                let pattern = string_argument(0)?;
-                let regex = regex::Regex::new(&format!("^(?:{pattern})$"))
-                    .map_err(|e| PathError(format!("bad regular expression: {e}")))?;
-                Ok(vec![Value::Bool(regex.is_match(value))])
+                let regex = whole_match(&string_argument(0)?)?;
+                Ok(boolean(Some(regex.is_match(value))))
             }
             "startsWith" | "endsWith" | "contains" => {
                 let Some(value) = single_text() else {
                     return Ok(Vec::new());
                 };
                 let part = string_argument(0)?;
-                Ok(vec![Value::Bool(match name {
+                Ok(boolean(Some(match name {
                     "startsWith" => value.starts_with(&part),
                     "endsWith" => value.ends_with(&part),
                     _ => value.contains(&part),
-                })])
+                })))
             }
             "length" => Ok(single_text()
-                .map(|s| Value::from(s.chars().count()))
+                .map(|s| Cow::Owned(Value::from(s.chars().count())))
                 .into_iter()
                 .collect()),
             "upper" | "lower" => Ok(single_text()
                 .map(|s| {
-                    Value::String(if name == "upper" {
+                    Cow::Owned(Value::String(if name == "upper" {
                         s.to_uppercase()
                     } else {
                         s.to_lowercase()
-                    })
+                    }))
                 })
                 .into_iter()
                 .collect()),
             "toString" => Ok(single(items)
-                .map(|v| match v {
-                    Value::String(s) => Value::String(s.clone()),
-                    other => Value::String(other.to_string()),
+                .map(|v| match &**v {
+                    Value::String(s) => Cow::Owned(Value::String(s.clone())),
+                    other => Cow::Owned(Value::String(other.to_string())),
                 })
                 .into_iter()
                 .collect()),
@@ -773,17 +828,17 @@ impl Context<'_> {
     }
 }
 
-fn single(items: &[Value]) -> Option<&Value> {
+fn single<'i, 'a>(items: &'i [Item<'a>]) -> Option<&'i Item<'a>> {
     match items {
         [one] => Some(one),
         _ => None,
     }
 }
 
-fn arithmetic(x: &Value, y: &Value, f: impl Fn(f64, f64) -> f64) -> Result<Vec<Value>> {
+fn arithmetic<'a>(x: &Value, y: &Value, f: impl Fn(f64, f64) -> f64) -> Result<Vec<Item<'a>>> {
     match (x.as_f64(), y.as_f64()) {
         (Some(p), Some(q)) => Ok(serde_json::Number::from_f64(f(p, q))
-            .map(Value::Number)
+            .map(|n| Cow::Owned(Value::Number(n)))
             .into_iter()
             .collect()),
         _ => fail("arithmetic on values that are not numbers"),

@@ -707,14 +707,14 @@ impl Walker<'_, '_> {
 }
 
 /// The values at a dotted path of plain names below `value` (choice stems included).
-fn navigate(value: &Value, path: &str) -> Vec<Value> {
-    let mut current = vec![value.clone()];
+fn navigate<'v>(value: &'v Value, path: &str) -> Vec<&'v Value> {
+    let mut current = vec![value];
     if path == "$this" || path.is_empty() {
         return current;
     }
     for part in path.split('.') {
         let mut next = Vec::new();
-        for item in &current {
+        for item in current {
             if let Some(object) = item.as_object() {
                 super::fhirpath::object_children(object, part, &mut next);
             }
