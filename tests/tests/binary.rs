@@ -1,10 +1,14 @@
 //! Binary resources as the Java DSF serves them (its BinaryIntegrationTest): raw create with
 //! `X-Security-Context`, raw read when `Accept` admits the content type, 406 when it admits
-//! neither it nor FHIR, `Range`, `HEAD`, and read access through the security context.
+//! neither it nor FHIR, `Range`, `HEAD`, and read access through the security context; and
+//! Binaries larger than one stored part, streamed in and out a part at a time.
 
+use base64::Engine;
 use bytes::Bytes;
 use dsf_fhir::client::{FhirClient, RawResponse};
+use dsf_fhir::store::PART_BYTES;
 use dsf_tests::fixtures::{tag_all, tag_local, with_tags};
+use dsf_tests::BackendKind;
 use dsf_tests::TestServer;
 use http::Method;
 use serde_json::{json, Value};
@@ -242,8 +246,189 @@ async fn read_access_follows_the_security_context(server: TestServer) {
     assert_eq!(head.status, 404);
 }
 
+/// Content over several stored parts, of a length that fills neither a part nor a base64
+/// quantum, with a different byte at every position of a part.
+fn large_content() -> Vec<u8> {
+    let size = 3 * PART_BYTES + PART_BYTES / 2 + 7;
+    (0..size)
+        .map(|i| (i % 251) as u8 ^ (i / PART_BYTES) as u8)
+        .collect()
+}
+
+const LIMIT: u64 = 4 * PART_BYTES as u64;
+
+async fn large_binaries_stream_in_parts(kind: BackendKind) {
+    let server = TestServer::start_with(kind, |config| {
+        config.max_binary_bytes = LIMIT;
+        // Bundles embed Binaries up to the body limit.
+        config.max_body_bytes = 8 * PART_BYTES;
+    })
+    .await;
+    let context = context(&server, tag_all()).await;
+    let content = large_content();
+    let created = send(
+        &server.local,
+        Method::POST,
+        "Binary",
+        &[
+            ("content-type", "application/octet-stream"),
+            ("x-security-context", &context),
+            ("accept", "application/fhir+json"),
+        ],
+        Some(&content),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    let binary = created
+        .json()
+        .unwrap_or_else(|e| panic!("{e}: {:?}", created.body));
+    let id = binary["id"].as_str().expect("id").to_owned();
+    let path = format!("Binary/{id}");
+    let stored = server.store.binary_content(&id, 1).await.expect("content");
+    assert_eq!(
+        stored.map(|c| c.size),
+        Some(content.len() as u64),
+        "kept apart from the resource"
+    );
+
+    // Raw: whole, ranges across part boundaries, the suffix, HEAD.
+    let raw = |range: Option<String>| {
+        let client = server.remote.clone();
+        let path = path.clone();
+        async move {
+            let mut headers = vec![("accept", "*/*".to_owned())];
+            headers.extend(range.map(|r| ("range", r)));
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            send(&client, Method::GET, &path, &headers, None).await
+        }
+    };
+    let whole = raw(None).await;
+    assert_eq!(whole.status, 200);
+    assert_eq!(
+        whole.header("content-type"),
+        Some("application/octet-stream")
+    );
+    assert!(whole.body.as_ref() == content.as_slice(), "whole content");
+    let (first, last) = (PART_BYTES - 5, 2 * PART_BYTES + 3);
+    let part = raw(Some(format!("bytes={first}-{last}"))).await;
+    assert_eq!(part.status, 206);
+    assert!(
+        part.body.as_ref() == &content[first..=last],
+        "range over parts"
+    );
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes {first}-{last}/{}", content.len()).as_str())
+    );
+    let suffix = raw(Some("bytes=-10".into())).await;
+    assert!(suffix.body.as_ref() == &content[content.len() - 10..]);
+    let head = send(
+        &server.local,
+        Method::HEAD,
+        &path,
+        &[("accept", "*/*")],
+        None,
+    )
+    .await;
+    assert_eq!(
+        head.header("content-length"),
+        Some(content.len().to_string().as_str())
+    );
+
+    // As a FHIR resource, in JSON and XML, and in a search Bundle: the data in base64.
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&content);
+    let json = send(
+        &server.local,
+        Method::GET,
+        &path,
+        &[("accept", "application/fhir+json")],
+        None,
+    )
+    .await;
+    assert_eq!(json.status, 200);
+    let resource = json.json().expect("Binary as JSON");
+    assert_eq!(resource["id"], id.as_str());
+    assert_eq!(resource["securityContext"]["reference"], context.as_str());
+    assert!(resource["data"].as_str() == Some(encoded.as_str()), "data");
+    let xml = send(
+        &server.local,
+        Method::GET,
+        &path,
+        &[("accept", "application/fhir+xml")],
+        None,
+    )
+    .await;
+    assert_eq!(xml.status, 200);
+    let parsed =
+        dsf_fhir::format::parse_resource(&xml.body, dsf_fhir::Format::Xml).expect("Binary as XML");
+    assert!(
+        parsed["data"].as_str() == Some(encoded.as_str()),
+        "XML data"
+    );
+    let search = server
+        .local
+        .search("Binary", &format!("_id={id}"))
+        .await
+        .expect("search");
+    assert!(
+        search["entry"][0]["resource"]["data"].as_str() == Some(encoded.as_str()),
+        "data in a search Bundle"
+    );
+
+    // Larger than the limit: 413, and the next upload still works.
+    let too_large = vec![1u8; LIMIT as usize + 1];
+    let refused = send(
+        &server.local,
+        Method::POST,
+        "Binary",
+        &[
+            ("content-type", "application/octet-stream"),
+            ("x-security-context", &context),
+        ],
+        Some(&too_large),
+    )
+    .await;
+    assert_eq!(refused.status, 413, "{:?}", refused.body);
+
+    // Refused before the body is stored: a remote organisation may not create Binaries.
+    let forbidden = send(
+        &server.remote,
+        Method::POST,
+        "Binary",
+        &[
+            ("content-type", "application/octet-stream"),
+            ("x-security-context", &context),
+        ],
+        Some(&content),
+    )
+    .await;
+    assert_eq!(forbidden.status, 403, "{:?}", forbidden.body);
+
+    // Deleted permanently: the content goes with the resource.
+    let deleted = send(&server.local, Method::DELETE, &path, &[], None).await;
+    assert_eq!(deleted.status, 200);
+    let purged = send(
+        &server.local,
+        Method::POST,
+        &format!("{path}/$permanent-delete"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(purged.status, 200, "{:?}", purged.body);
+    assert_eq!(
+        server.store.binary_content(&id, 1).await.expect("content"),
+        None
+    );
+}
+
 fn main() {
     let suite = dsf_tests::Suite::new();
+    let suite = suite.on_both_backends(
+        "large_binaries_stream_in_parts",
+        large_binaries_stream_in_parts,
+    );
     let suite = dsf_tests::server_tests!(
         suite,
         raw_create_and_read,

@@ -121,6 +121,7 @@ impl FhirServer {
     pub(crate) fn set_default_profiles(ops: &mut [WriteOp]) {
         for op in ops {
             if let WriteOp::Create { resource, .. }
+            | WriteOp::CreateWithContent { resource, .. }
             | WriteOp::Update { resource, .. }
             | WriteOp::ConditionalUpdate { resource, .. } = op
             {

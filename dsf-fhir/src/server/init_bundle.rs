@@ -55,7 +55,7 @@ impl FhirServer {
         let answer = match reply.body {
             Body::Value(value) => value,
             Body::Stored(json) => serde_json::from_str(&json).map_err(Error::storage)?,
-            Body::Empty | Body::Raw { .. } => Value::Null,
+            Body::Empty | Body::Raw { .. } | Body::Streamed { .. } => Value::Null,
         };
         let failed: Vec<String> = answer
             .get("entry")

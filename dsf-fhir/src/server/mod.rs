@@ -2,6 +2,7 @@
 
 pub mod authorization;
 mod binary;
+mod body;
 mod bootstrap;
 mod bundles;
 pub mod caller;
@@ -20,6 +21,7 @@ pub mod websocket;
 
 pub use crate::access::{ORGANIZATION_IDENTIFIER_SYSTEM, READ_ACCESS_TAG_SYSTEM};
 pub use authorization::{AuthorizationPolicy, DsfRole, DsfRules, PolicyContext, Role};
+pub use body::ResponseBody;
 pub use bootstrap::{
     endpoint_identifier, AllowListEntry, BUILT_IN_SUBSCRIPTIONS, ENDPOINT_IDENTIFIER_SYSTEM,
 };
@@ -37,7 +39,7 @@ use crate::{Error, Result};
 use bytes::Bytes;
 use dsf_core::Thumbprint;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use reply::Reply;
@@ -58,8 +60,10 @@ pub struct ServerConfig {
     pub organization_identifier: String,
     /// Default `_count` of searches (the Java DSF's `DEV_DSF_FHIR_SERVER_PAGE_COUNT`).
     pub page_count: usize,
-    /// Largest request body accepted.
+    /// Largest request body accepted, but for a raw Binary upload.
     pub max_body_bytes: usize,
+    /// Largest Binary a raw `POST` may upload; stored a part at a time, never held whole.
+    pub max_binary_bytes: u64,
     /// Local users, by certificate thumbprint.
     pub users: Vec<LocalUser>,
     pub websocket: WebsocketSettings,
@@ -99,6 +103,7 @@ impl ServerConfig {
             organization_identifier: organization_identifier.to_owned(),
             page_count: 20,
             max_body_bytes: 16 * 1024 * 1024,
+            max_binary_bytes: 8 * 1024 * 1024 * 1024,
             users: Vec::new(),
             websocket: WebsocketSettings::default(),
             connections: ConnectionLimits::default(),
@@ -249,7 +254,8 @@ impl FhirServer {
 
     /// Starts the work that runs beside request handling: the DSF base conformance
     /// resources (profiles, code systems, value sets, naming systems) and the built-in
-    /// Subscriptions are created if missing, the websocket hub loads the stored Subscriptions, and the change
+    /// Subscriptions are created if missing, the websocket hub loads the stored Subscriptions,
+    /// Binary content left by uploads a stop broke off is removed, and the change
     /// dispatcher (which tells websocket sessions of new resources) is spawned on the current
     /// tokio runtime. [`FhirServer::serve`] calls it; an embedder mounting [`FhirService`] in
     /// its own application calls it once before serving. Calling it again does nothing.
@@ -263,6 +269,11 @@ impl FhirServer {
             self.ensure_base_definitions().await?;
             self.ensure_built_in_subscriptions().await?;
             self.hub.reload(&self.store).await?;
+            match self.store.remove_unclaimed_content().await {
+                Ok(0) => {}
+                Ok(parts) => tracing::info!(parts, "removed Binary content no upload finished"),
+                Err(e) => tracing::warn!(error = %e, "cannot remove unclaimed Binary content"),
+            }
             tokio::spawn(
                 self.clone()
                     .dispatch_changes(changes, self.closing.subscribe()),
@@ -471,7 +482,7 @@ impl FhirServer {
         self: Arc<Self>,
         req: Request<B>,
         slot: Option<Arc<connections::Slot>>,
-    ) -> Response<Full<Bytes>>
+    ) -> Response<ResponseBody>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
@@ -525,7 +536,7 @@ impl FhirServer {
         thumbprint: Arc<Thumbprint>,
         mut req: Request<B>,
         slot: Option<Arc<connections::Slot>>,
-    ) -> Response<Full<Bytes>> {
+    ) -> Response<ResponseBody> {
         let identity = match self.identity_of(&thumbprint).await {
             Ok(identity) => identity,
             Err(e) => return Reply::error(&e).render(Format::Json, false),
@@ -552,12 +563,16 @@ impl FhirServer {
             }
         });
         let (parts, _) = response.into_parts();
-        Response::from_parts(parts, Full::new(Bytes::new()))
+        Response::from_parts(parts, ResponseBody::empty())
     }
 
     /// Handles one request from the holder of `thumbprint`. The body may be hyper's
     /// incoming body or any other (e.g. `Full<Bytes>` when there is no transport).
-    pub async fn handle<B>(&self, thumbprint: &Thumbprint, req: Request<B>) -> Response<Full<Bytes>>
+    pub async fn handle<B>(
+        &self,
+        thumbprint: &Thumbprint,
+        req: Request<B>,
+    ) -> Response<ResponseBody>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
@@ -650,7 +665,7 @@ impl FhirServer {
         &self,
         identity: &Identity,
         parts: http::request::Parts,
-        body: B,
+        mut body: B,
         query: Vec<(String, String)>,
     ) -> Result<Reply>
     where
@@ -665,6 +680,14 @@ impl FhirServer {
             return Err(Error::NotFound(format!("no FHIR API at {path}")));
         };
         let path = path.trim_matches('/').to_owned();
+        match self
+            .raw_upload(identity, &parts, &path, &query, &mut body)
+            .await?
+        {
+            Some(binary::UploadStart::Done(reply)) => return Ok(reply),
+            Some(binary::UploadStart::Small(call)) => return self.route(&call).await,
+            None => {}
+        }
         let body = read_body(body, self.config.max_body_bytes)
             .await
             .inspect_err(|e| {
@@ -697,7 +720,7 @@ impl FhirServer {
 
 /// The answer to a request refused before its URL is parsed: in the format `Accept` asks for,
 /// JSON when it asks for none this server writes.
-fn refused(headers: &http::HeaderMap, error: &Error) -> Response<Full<Bytes>> {
+fn refused(headers: &http::HeaderMap, error: &Error) -> Response<ResponseBody> {
     let accept = headers
         .get(http::header::ACCEPT)
         .and_then(|v| v.to_str().ok());
@@ -791,6 +814,23 @@ where
         return Err(Error::PayloadTooLarge(max));
     }
     Ok(collected.freeze())
+}
+
+/// Reads and throws away what is left of a refused request's body (at most [`DRAIN_LIMIT`]
+/// within [`DRAIN_TIME`]), so that the client, still sending, receives the answer instead
+/// of a connection reset.
+pub(crate) async fn drain<B>(body: &mut B)
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut drained = 0;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
+        drained += frame.data_ref().map_or(0, Bytes::len);
+        if drained > DRAIN_LIMIT {
+            break;
+        }
+    }
 }
 
 pub(crate) fn method_not_allowed(allow: &str) -> Reply {

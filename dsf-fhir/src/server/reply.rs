@@ -1,13 +1,13 @@
 //! Responses before rendering: a status, headers and a body that is stored JSON, a built
 //! JSON value, or nothing; rendered in the negotiated format in one place.
 
+use super::body::ResponseBody;
 use crate::format::{render_stored, render_value, Format};
 use crate::store::StoredResource;
 use crate::{Error, IssueType, OperationOutcome};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::Full;
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -19,6 +19,13 @@ pub enum Body {
     Raw {
         content_type: String,
         data: Bytes,
+    },
+    /// `length` bytes sent as they come from the store (a large Binary's content): of
+    /// `content_type`, or of the negotiated FHIR format when `None`.
+    Streamed {
+        content_type: Option<String>,
+        parts: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+        length: u64,
     },
 }
 
@@ -97,16 +104,28 @@ impl Reply {
             .header(http::header::LAST_MODIFIED, http_date(stored.last_updated))
     }
 
-    pub fn render(self, format: Format, pretty: bool) -> Response<Full<Bytes>> {
+    pub fn render(self, format: Format, pretty: bool) -> Response<ResponseBody> {
         let mut raw_type = None;
-        let rendered: crate::Result<Option<Bytes>> = match &self.body {
+        let rendered: crate::Result<Option<ResponseBody>> = match self.body {
             Body::Empty => Ok(None),
             Body::Raw { content_type, data } => {
-                raw_type = Some(content_type.clone());
-                Ok(Some(data.clone()))
+                raw_type = Some(content_type);
+                Ok(Some(ResponseBody::whole(data)))
             }
-            Body::Stored(json) => stored_body(json, format, pretty).map(Some),
-            Body::Value(value) => render_value(value, format, pretty).map(|b| Some(b.into())),
+            Body::Streamed {
+                content_type,
+                parts,
+                length,
+            } => {
+                raw_type = content_type;
+                Ok(Some(ResponseBody::streamed(parts, length)))
+            }
+            Body::Stored(json) => stored_body(&json, format, pretty)
+                .map(ResponseBody::whole)
+                .map(Some),
+            Body::Value(value) => {
+                render_value(&value, format, pretty).map(|b| Some(ResponseBody::whole(b.into())))
+            }
         };
         let (status, headers, bytes, format) = match rendered {
             Ok(bytes) => (self.status, self.headers, bytes, format),
@@ -120,13 +139,13 @@ impl Reply {
                 (
                     StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                     Vec::new(),
-                    Some(Bytes::from(fallback)),
+                    Some(ResponseBody::whole(Bytes::from(fallback))),
                     Format::Json,
                 )
             }
         };
         let has_body = bytes.is_some();
-        let mut response = Response::new(Full::new(bytes.unwrap_or_default()));
+        let mut response = Response::new(bytes.unwrap_or_default());
         *response.status_mut() = status;
         let h = response.headers_mut();
         for (name, value) in headers {
@@ -222,12 +241,12 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    fn body_of(response: Response<Full<Bytes>>) -> Bytes {
+    fn body_of(response: Response<ResponseBody>) -> Bytes {
         let collected = block_on(response.into_body().collect());
         collected.map(|c| c.to_bytes()).unwrap_or_default()
     }
 
-    fn content_type(response: &Response<Full<Bytes>>) -> &str {
+    fn content_type(response: &Response<ResponseBody>) -> &str {
         response
             .headers()
             .get(http::header::CONTENT_TYPE)

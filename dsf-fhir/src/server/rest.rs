@@ -130,7 +130,7 @@ impl FhirServer {
     }
 
     /// The reply to a successful create or update, shaped by `Prefer: return`.
-    fn written(
+    pub(crate) fn written(
         &self,
         call: &Call<'_>,
         status: StatusCode,
@@ -196,7 +196,7 @@ impl FhirServer {
         if unchanged {
             return Ok(Reply::new(StatusCode::NOT_MODIFIED, Body::Empty).version_headers(&stored));
         }
-        Self::read_reply(call, t, &stored)
+        self.read_reply(call, t, &stored).await
     }
 
     async fn vread(
@@ -224,14 +224,14 @@ impl FhirServer {
                 version: stored.version,
             });
         }
-        Self::read_reply(call, t, &stored)
+        self.read_reply(call, t, &stored).await
     }
 
     /// The answer to a read of `stored`: the resource, or a Binary's raw content when the
     /// request asks for that (see `binary`).
-    fn read_reply(call: &Call<'_>, t: &str, stored: &StoredResource) -> Result<Reply> {
+    async fn read_reply(&self, call: &Call<'_>, t: &str, stored: &StoredResource) -> Result<Reply> {
         if t == "Binary" {
-            if let Some(raw) = super::binary::read_reply(call, stored)? {
+            if let Some(raw) = self.binary_read_reply(call, stored).await? {
                 return Ok(raw);
             }
         }
@@ -489,7 +489,9 @@ impl FhirServer {
                 query.unsupported.join(", ")
             )));
         }
-        let result = self.store.search(&query).await?;
+        let mut result = self.store.search(&query).await?;
+        self.embed_content(&mut result.matches).await?;
+        self.embed_content(&mut result.included).await?;
         let base = &self.config.base_url;
         let mut bundle = Bundle::new("searchset").total(result.total);
         let kept: Vec<String> = pairs
@@ -615,7 +617,8 @@ impl FhirServer {
             let current = current.ok_or_else(|| Error::NotFound(format!("{t}/{id} not found")))?;
             self.require_readable(call, &current).await?;
         }
-        let result = self.store.history(&filter, count, page).await?;
+        let mut result = self.store.history(&filter, count, page).await?;
+        self.embed_content(&mut result.entries).await?;
         let base = &self.config.base_url;
         let mut bundle = Bundle::new("history").total(result.total);
         let path = match (t, id) {

@@ -8,9 +8,9 @@
 //! embedder's business then; the per-organisation fair share of requests still applies.
 
 use super::FhirServer;
+use super::ResponseBody;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
-use http_body_util::Full;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -42,7 +42,7 @@ impl FhirService {
     }
 
     /// Answers one request.
-    pub async fn call<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    pub async fn call<B>(&self, req: Request<B>) -> Response<ResponseBody>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
@@ -84,14 +84,14 @@ impl FhirService {
 }
 
 type ResponseFuture =
-    Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
 
 impl<B> tower_service::Service<Request<B>> for FhirService
 where
     B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: std::fmt::Display,
 {
-    type Response = Response<Full<Bytes>>;
+    type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future = ResponseFuture;
 
@@ -109,7 +109,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: std::fmt::Display,
 {
-    type Response = Response<Full<Bytes>>;
+    type Response = Response<ResponseBody>;
     type Error = Infallible;
     type Future = ResponseFuture;
 

@@ -143,7 +143,8 @@ impl FhirServer {
             headers,
             body,
         };
-        Box::pin(self.route(&sub)).await
+        let reply = Box::pin(self.route(&sub)).await?;
+        self.collected(reply).await
     }
 
     async fn batch(&self, call: &Call<'_>, entries: &[Value]) -> Result<Reply> {
@@ -357,7 +358,7 @@ impl FhirServer {
             let (resource, outcome) = match (&reply.body, is_error) {
                 // Entries always read resources (see `sub_request`); raw content has no
                 // place in a Bundle.
-                (Body::Empty | Body::Raw { .. }, _) => (None, None),
+                (Body::Empty | Body::Raw { .. } | Body::Streamed { .. }, _) => (None, None),
                 (Body::Value(v), true) => (None, Some(v.clone())),
                 (Body::Stored(json), true) => (
                     None,

@@ -4,6 +4,7 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod content;
 mod feed;
 mod group;
 mod plan;
@@ -13,6 +14,7 @@ mod sqlite;
 mod unique;
 mod write;
 
+pub use content::{ContentWriter, StagedContent, StoredContent, PART_BYTES};
 pub use feed::{ChangeReceiver, CommittedBatch};
 pub use plan::FEW_READABLE;
 pub use postgres::{PostgresBackend, PostgresOptions};
@@ -83,6 +85,13 @@ pub trait Session: Send {
     async fn strings(&mut self, sql: &Sql) -> Result<Vec<String>>;
     async fn count(&mut self, sql: &Sql) -> Result<i64>;
     async fn execute(&mut self, sql: &Sql) -> Result<u64>;
+    /// The first column of each row, as bytes (the parts of a Binary's content).
+    async fn blobs(&mut self, sql: &Sql) -> Result<Vec<bytes::Bytes>> {
+        let _ = sql;
+        Err(Error::NotSupported(
+            "this storage backend keeps no Binary content apart".into(),
+        ))
+    }
     /// A statement whose answer nobody waits for. A backend may hold it back and send it
     /// with the next statement that is waited for, or with the commit, so that a write costs
     /// one round trip; its error then surfaces there. By default it runs at once.
@@ -121,6 +130,12 @@ pub trait Backend: Send + Sync {
     /// A read session whose statements run on the calling thread; only asked for when
     /// [`Backend::blocks`], from a thread of the blocking pool.
     async fn read_in_place(&self) -> Result<Box<dyn Session>> {
+        self.read().await
+    }
+
+    /// A read session for the parts of Binary content ([`ResourceStore::content_part`]),
+    /// which a backend may keep from caching or mapping what it streams out.
+    async fn content_read(&self) -> Result<Box<dyn Session>> {
         self.read().await
     }
 }

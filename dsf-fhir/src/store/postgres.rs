@@ -579,6 +579,7 @@ fn as_sql(v: &SqlValue) -> &(dyn ToSql + Sync) {
     match v {
         SqlValue::Text(s) => s,
         SqlValue::Int(i) => i,
+        SqlValue::Bytes(b) => b,
     }
 }
 
@@ -609,6 +610,18 @@ impl Session for PgSession {
             .await?
             .iter()
             .map(|row| row.try_get(0).map_err(storage_error))
+            .collect()
+    }
+
+    async fn blobs(&mut self, sql: &Sql) -> Result<Vec<bytes::Bytes>> {
+        self.pipeline(Some(sql), false)
+            .await?
+            .iter()
+            .map(|row| {
+                row.try_get::<_, &[u8]>(0)
+                    .map(bytes::Bytes::copy_from_slice)
+                    .map_err(storage_error)
+            })
             .collect()
     }
 

@@ -16,6 +16,8 @@ pub enum Dialect {
 pub enum SqlValue {
     Text(Option<String>),
     Int(Option<i64>),
+    /// A part of a Binary's content.
+    Bytes(Vec<u8>),
 }
 
 impl From<&str> for SqlValue {
@@ -113,6 +115,10 @@ pub fn schema(dialect: Dialect) -> String {
         Dialect::Sqlite => "TEXT",
         Dialect::Postgres => "TEXT COLLATE \"C\"",
     };
+    let bytes = match dialect {
+        Dialect::Sqlite => "BLOB",
+        Dialect::Postgres => "BYTEA",
+    };
     format!(
         "CREATE TABLE IF NOT EXISTS resources (
             {seq},
@@ -155,7 +161,23 @@ pub fn schema(dialect: Dialect) -> String {
             access {text} NOT NULL,
             PRIMARY KEY (seq, access)
         );
-        CREATE INDEX IF NOT EXISTS read_access_type ON read_access (res_type, access, seq);"
+        CREATE INDEX IF NOT EXISTS read_access_type ON read_access (res_type, access, seq);
+        -- Binary content uploaded raw, in parts (see store::content): the parts under the
+        -- content's own id, and which Binary version owns which content.
+        CREATE TABLE IF NOT EXISTS binary_parts (
+            content_id TEXT NOT NULL,
+            part BIGINT NOT NULL,
+            written BIGINT NOT NULL,
+            bytes {bytes} NOT NULL,
+            PRIMARY KEY (content_id, part)
+        );
+        CREATE TABLE IF NOT EXISTS binary_contents (
+            res_id TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            content_id TEXT NOT NULL UNIQUE,
+            size BIGINT NOT NULL,
+            PRIMARY KEY (res_id, version)
+        );"
     )
 }
 

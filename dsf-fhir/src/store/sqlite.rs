@@ -113,6 +113,9 @@ impl Guarded {
 pub struct SqliteBackend {
     writer: Arc<Mutex<Guarded>>,
     readers: Vec<Arc<Mutex<Guarded>>>,
+    /// Reads Binary content without the memory map, so that content streamed out does not
+    /// stay mapped into the process (a database file only).
+    content_reader: Option<Arc<Mutex<Guarded>>>,
     /// Set when readers are connections of their own (not the in-memory database's one).
     snapshots: Option<Arc<Snapshots>>,
     next_reader: AtomicUsize,
@@ -203,8 +206,18 @@ impl SqliteBackend {
             configure(&reader)?;
             readers.push(Arc::new(Mutex::new(guard(reader))));
         }
+        let content_reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(storage_error)?;
+        configure(&content_reader)?;
+        content_reader
+            .execute_batch("PRAGMA mmap_size = 0; PRAGMA cache_size = -1024")
+            .map_err(storage_error)?;
         Ok(SqliteBackend {
             writer: Arc::new(Mutex::new(guard(writer))),
+            content_reader: Some(Arc::new(Mutex::new(guard(content_reader)))),
             snapshots: Some(Arc::new(Snapshots {
                 commits: AtomicU64::new(0),
                 readers: readers.clone(),
@@ -268,6 +281,7 @@ impl SqliteBackend {
         let writer = Arc::new(Mutex::new(guard(conn)));
         Ok(SqliteBackend {
             readers: vec![writer.clone()],
+            content_reader: None,
             writer,
             snapshots: None,
             next_reader: AtomicUsize::new(0),
@@ -352,6 +366,14 @@ fn query_strings(conn: &Connection, sql: &Sql) -> rusqlite::Result<Vec<String>> 
     rows.collect()
 }
 
+fn query_blobs(conn: &Connection, sql: &Sql) -> rusqlite::Result<Vec<bytes::Bytes>> {
+    let mut stmt = conn.prepare_cached(&sql.text)?;
+    let rows = stmt.query_map(params(sql), |row| {
+        Ok(bytes::Bytes::copy_from_slice(row.get_ref(0)?.as_blob()?))
+    })?;
+    rows.collect()
+}
+
 fn query_count(conn: &Connection, sql: &Sql) -> rusqlite::Result<i64> {
     conn.prepare_cached(&sql.text)?
         .query_row(params(sql), |row| row.get(0))
@@ -372,6 +394,7 @@ impl rusqlite::ToSql for Bound<'_> {
         Ok(ToSqlOutput::Borrowed(match self.0 {
             SqlValue::Text(Some(s)) => ValueRef::Text(s.as_bytes()),
             SqlValue::Int(Some(i)) => ValueRef::Integer(*i),
+            SqlValue::Bytes(b) => ValueRef::Blob(b),
             SqlValue::Text(None) | SqlValue::Int(None) => ValueRef::Null,
         }))
     }
@@ -393,6 +416,10 @@ impl Session for SqliteSession {
 
     async fn count(&mut self, sql: &Sql) -> Result<i64> {
         self.run(sql, query_count).await
+    }
+
+    async fn blobs(&mut self, sql: &Sql) -> Result<Vec<bytes::Bytes>> {
+        self.run(sql, query_blobs).await
     }
 
     async fn execute(&mut self, sql: &Sql) -> Result<u64> {
@@ -441,6 +468,20 @@ impl Backend for SqliteBackend {
 
     async fn read_in_place(&self) -> Result<Box<dyn Session>> {
         Ok(Box::new(self.reader_session(false).await?))
+    }
+
+    async fn content_read(&self) -> Result<Box<dyn Session>> {
+        let Some(conn) = &self.content_reader else {
+            return self.read().await;
+        };
+        // No snapshot: content parts never change once written, and each statement on
+        // its own sees every commit before it.
+        Ok(Box::new(SqliteSession {
+            guarded: Some(self.session(conn).await),
+            open_transaction: false,
+            off_runtime: true,
+            snapshots: None,
+        }))
     }
 
     async fn write(&self) -> Result<Box<dyn Session>> {

@@ -33,6 +33,12 @@ pub enum WriteOp {
         resource: Value,
         full_url: Option<String>,
     },
+    /// Creates a Binary whose data is content written ahead ([`super::ContentWriter`]),
+    /// not part of `resource`.
+    CreateWithContent {
+        resource: Value,
+        content: super::StagedContent,
+    },
     Delete {
         resource_type: &'static str,
         id: String,
@@ -52,10 +58,12 @@ impl WriteOp {
     /// The type this operation writes (empty if the resource has no valid type).
     pub fn resource_type(&self) -> &str {
         match self {
-            WriteOp::Create { resource, .. } => resource
-                .get("resourceType")
-                .and_then(Value::as_str)
-                .unwrap_or(""),
+            WriteOp::Create { resource, .. } | WriteOp::CreateWithContent { resource, .. } => {
+                resource
+                    .get("resourceType")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+            }
             WriteOp::Update { resource_type, .. }
             | WriteOp::Delete { resource_type, .. }
             | WriteOp::PermanentDelete { resource_type, .. } => resource_type,
@@ -477,6 +485,9 @@ impl Writer<'_> {
         self.session
             .queue(sql::delete_index(self.dialect, resource_type, id))
             .await?;
+        if resource_type == "Binary" {
+            super::content::purge(&mut *self.session, self.dialect, id).await?;
+        }
         self.session
             .execute(&sql::purge_versions(self.dialect, resource_type, id))
             .await?;
@@ -537,6 +548,7 @@ fn earlier_match(
         .find_map(|(index, (op, target))| {
             let resource = match op {
                 WriteOp::Create { resource, .. }
+                | WriteOp::CreateWithContent { resource, .. }
                 | WriteOp::Update { resource, .. }
                 | WriteOp::ConditionalUpdate { resource, .. } => resource,
                 _ => return None,
@@ -708,6 +720,20 @@ async fn resolve_target(
             full_url,
             ..
         } => (Target::Update(id.clone()), *resource_type, full_url),
+        WriteOp::CreateWithContent { resource, .. } => {
+            let t = resource_type_of(resource)?;
+            if t != "Binary" {
+                return Err(Error::Invalid(format!(
+                    "only a Binary has content apart, not a {t}"
+                )));
+            }
+            writer.check(Change::Create {
+                index: writer.index,
+                resource_type: t,
+                new: resource,
+            })?;
+            (Target::New(new_id()), t, &None)
+        }
         _ => (Target::None, "", &None),
     };
     if let Some(url) = full_url {
@@ -741,6 +767,11 @@ async fn apply(
         },
         (WriteOp::Create { resource, .. }, Target::New(id)) => {
             writer.create(resource, id, true).await?
+        }
+        (WriteOp::CreateWithContent { resource, content }, Target::New(id)) => {
+            let created = writer.create(resource, id.clone(), true).await?;
+            super::content::attach(&mut *writer.session, writer.dialect, &id, 1, &content).await?;
+            created
         }
         (WriteOp::ConditionalUpdate { resource, .. }, Target::New(id)) => {
             writer.create(resource, id, false).await?

@@ -207,13 +207,29 @@ impl FhirServer {
             .await
     }
 
+    /// Refuses, before any content is read, a create the caller may not make or whose
+    /// resource breaks its profile; the create's transaction judges it again.
+    pub(crate) async fn check_create_allowed(
+        &self,
+        call: &Call<'_>,
+        resource: Value,
+    ) -> Result<()> {
+        let mut ops = vec![WriteOp::Create {
+            resource,
+            if_none_exist: None,
+            full_url: None,
+        }];
+        Self::set_default_profiles(&mut ops);
+        self.prepare(call.identity, &ops[0]).await?.as_create
+    }
+
     /// The role gate of an operation, and what can be decided before its transaction.
     async fn prepare(&self, identity: &Identity, op: &WriteOp) -> Result<Verdict> {
         let t = op.resource_type();
         let not_checked = || Err(Error::Forbidden("not checked".into()));
         let context = PolicyContext { server: self };
         Ok(match op {
-            WriteOp::Create { resource, .. } => {
+            WriteOp::Create { resource, .. } | WriteOp::CreateWithContent { resource, .. } => {
                 let as_create = self.check_create(&context, identity, t, resource).await;
                 Verdict {
                     as_create: match as_create {

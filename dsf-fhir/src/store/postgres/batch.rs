@@ -52,12 +52,14 @@ pub(super) struct BatchedText {
 enum Kind {
     Text,
     Int,
+    Bytes,
 }
 
 fn kind(value: &SqlValue) -> Kind {
     match value {
         SqlValue::Text(_) => Kind::Text,
         SqlValue::Int(_) => Kind::Int,
+        SqlValue::Bytes(_) => Kind::Bytes,
     }
 }
 
@@ -416,17 +418,18 @@ fn columns(group: &Group) -> Vec<Column<'_>> {
                     .iter()
                     .map(|l| match &l.sql.params[i] {
                         SqlValue::Text(v) => v.as_deref(),
-                        SqlValue::Int(_) => None,
+                        _ => None,
                     })
                     .collect(),
             ),
-            SqlValue::Int(_) => Column::Int(
+            // Never Bytes: a group with content parts is not batched (see batched_text).
+            SqlValue::Int(_) | SqlValue::Bytes(_) => Column::Int(
                 group
                     .lookups
                     .iter()
                     .map(|l| match l.sql.params[i] {
                         SqlValue::Int(v) => v,
-                        SqlValue::Text(_) => None,
+                        _ => None,
                     })
                     .collect(),
             ),
@@ -438,7 +441,8 @@ fn columns(group: &Group) -> Vec<Column<'_>> {
 /// of the unnested arrays, and the row's number is appended as the last column. `None` for a
 /// text without parameters.
 pub(super) fn batched_text(text: &str, params: &[SqlValue]) -> Option<String> {
-    if params.is_empty() {
+    // Content parts are written one at a time, never looked up in batches.
+    if params.is_empty() || params.iter().any(|p| kind(p) == Kind::Bytes) {
         return None;
     }
     let mut body = String::with_capacity(text.len() + 8 * params.len());
@@ -473,6 +477,7 @@ pub(super) fn batched_text(text: &str, params: &[SqlValue]) -> Option<String> {
         let array = match kind(param) {
             Kind::Text => "text",
             Kind::Int => "int8",
+            Kind::Bytes => return None,
         };
         batched.push_str(&format!("${}::{array}[]", i + 1));
     }
