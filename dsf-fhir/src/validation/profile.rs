@@ -70,6 +70,11 @@ pub struct Element {
     pub slices: Vec<Element>,
     /// `None` until something below this element is profiled; then the base children.
     pub children: Option<Vec<Element>>,
+    /// The base children while `children` is `None`, made on first use: a compiled profile
+    /// is validated against many times, and its unprofiled parts are the most of it.
+    expanded: Memo<Vec<Element>>,
+    /// A choice element narrowed to each of its types, made on first use.
+    narrowed: Memo<NarrowedChoices>,
     base: BaseElement,
     /// On the root: differential elements that could not be placed.
     pub notes: Vec<String>,
@@ -77,6 +82,20 @@ pub struct Element {
     base_min: u32,
     base_max: String,
 }
+
+/// A value derived from an element on first use. A copy starts empty, since a copy is made
+/// to be changed (a slice, a derived profile), and what was derived may not hold for it.
+#[derive(Debug, Default)]
+struct Memo<T>(std::sync::OnceLock<T>);
+
+impl<T> Clone for Memo<T> {
+    fn clone(&self) -> Self {
+        Memo(std::sync::OnceLock::new())
+    }
+}
+
+/// A choice element narrowed to one type, by type code.
+type NarrowedChoices = std::sync::Mutex<Vec<(String, Arc<Element>)>>;
 
 fn parse_max(max: &str) -> Option<u32> {
     max.parse().ok()
@@ -144,6 +163,8 @@ impl Element {
             slicing: None,
             slices: Vec::new(),
             children: None,
+            expanded: Memo::default(),
+            narrowed: Memo::default(),
             notes: Vec::new(),
             base_min: base.min,
             base_max: base.max.clone(),
@@ -191,6 +212,8 @@ impl Element {
 
     /// The children, expanding from the base first where none are profiled.
     pub fn children_mut(&mut self) -> &mut Vec<Element> {
+        self.expanded = Memo::default();
+        self.narrowed = Memo::default();
         if self.children.is_none() {
             self.children = Some(self.base_children());
         }
@@ -198,11 +221,26 @@ impl Element {
     }
 
     /// The children as profiled, or the base's.
-    pub fn children(&self) -> std::borrow::Cow<'_, [Element]> {
+    pub fn children(&self) -> &[Element] {
         match &self.children {
-            Some(children) => std::borrow::Cow::Borrowed(children),
-            None => std::borrow::Cow::Owned(self.base_children()),
+            Some(children) => children,
+            None => self.expanded.0.get_or_init(|| self.base_children()),
         }
+    }
+
+    /// A choice element as if `code` were its only type (its children are that type's).
+    pub fn narrowed_to(&self, code: &str) -> Arc<Element> {
+        let cache = self.narrowed.0.get_or_init(Default::default);
+        let mut narrowed = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, element)) = narrowed.iter().find(|(c, _)| c == code) {
+            return element.clone();
+        }
+        let mut single = self.clone();
+        single.types.retain(|t| t.code == code);
+        single.children = None;
+        let single = Arc::new(single);
+        narrowed.push((code.to_owned(), single.clone()));
+        single
     }
 
     fn new_slice(&self, slice_name: &str) -> Element {
@@ -443,15 +481,15 @@ impl Element {
     }
 
     /// The descendant at a dotted path of plain names (`type.coding.system`).
-    pub fn descendant(&self, path: &str) -> Option<Element> {
+    pub fn descendant(&self, path: &str) -> Option<&Element> {
+        let mut current = self;
         if path == "$this" || path.is_empty() {
-            return Some(self.clone());
+            return Some(current);
         }
-        let mut current = self.clone();
         for part in path.split('.') {
-            let children = current.children().into_owned();
-            current = children
-                .into_iter()
+            current = current
+                .children()
+                .iter()
                 .find(|c| c.name == part || (c.is_choice() && c.stem() == part))?;
         }
         Some(current)
@@ -653,7 +691,9 @@ mod tests {
         let slice = &input.slices[0];
         assert_eq!((slice.min, slice.max), (1, Some(1)));
         assert_eq!(
-            slice.descendant("type.coding.code").and_then(|e| e.fixed),
+            slice
+                .descendant("type.coding.code")
+                .and_then(|e| e.fixed.clone()),
             Some(("Code".into(), json!("a")))
         );
         let value = slice.descendant("value").expect("value[x]");

@@ -372,9 +372,13 @@ impl Walker<'_, '_> {
     }
 
     fn children(&mut self, element: &Element, value: &Value, location: &str, depth: usize) {
-        let children = element.children();
-        for child in children.iter() {
+        for child in element.children() {
             let items = self.items(child, value, location);
+            // Absent and not required, by the element or by one of its slices: nothing to
+            // check (and most elements of a resource are absent).
+            if items.is_empty() && child.min == 0 && child.slices.iter().all(|s| s.min == 0) {
+                continue;
+            }
             let here = format!("{location}.{}", child.stem());
             let slicing = child.slicing.is_some() || !child.slices.is_empty();
             let count = items.len() as u64;
@@ -422,18 +426,13 @@ impl Walker<'_, '_> {
             depth,
         );
         if item.value.is_object() {
-            let narrowed;
-            let element = match (&item.type_code, element.is_choice()) {
+            match (&item.type_code, element.is_choice()) {
                 (Some(code), true) if element.types.len() > 1 => {
-                    let mut single = element.clone();
-                    single.types.retain(|t| &t.code == code);
-                    single.children = None;
-                    narrowed = single;
-                    &narrowed
+                    let narrowed = element.narrowed_to(code);
+                    self.children(&narrowed, item.value, location, depth + 1);
                 }
-                _ => element,
-            };
-            self.children(element, item.value, location, depth + 1);
+                _ => self.children(element, item.value, location, depth + 1),
+            }
         }
     }
 
@@ -691,8 +690,8 @@ impl Walker<'_, '_> {
     /// plugins' profiles leave the part's `url` unfixed).
     fn expected_value(&self, slice: &Element, path: &str) -> Option<Value> {
         let target = slice.descendant(path)?;
-        if let Some((_, fixed)) = target.fixed.or(target.pattern) {
-            return Some(fixed);
+        if let Some((_, fixed)) = target.fixed.as_ref().or(target.pattern.as_ref()) {
+            return Some(fixed.clone());
         }
         if path == "url" {
             let extension = slice.types.iter().find(|t| t.code == "Extension")?;
