@@ -1,6 +1,7 @@
 //! Server rules the Java DSF's integration tests pin down: `$permanent-delete`, transactions
 //! that fail or read nothing, immutable Subscription criteria, and input that only looks
-//! wrong (identifier values like dates) or is wrong (NUL in a search value).
+//! wrong (identifier values like dates) or is wrong (NUL in a search value), and conditional
+//! references (`Organization?identifier=…`) resolved to the one resource they name.
 
 use dsf_tests::fixtures::{draft_task, organization, tag_all, ORG_SYSTEM};
 use dsf_tests::{diagnostics, send_json, TestServer};
@@ -326,6 +327,83 @@ async fn endpoints_and_responses_reference_only_what_exists(server: TestServer) 
     assert_eq!(status, 201, "{body}");
 }
 
+async fn conditional_references_name_exactly_one_resource(server: TestServer) {
+    let by_identifier = |value: &str| format!("Organization?identifier={ORG_SYSTEM}|{value}");
+    // An existing resource, named by a single create.
+    let org = server
+        .local
+        .create(&organization("cond.test", "Conditional"))
+        .await
+        .expect("organization");
+    let endpoint = dsf_tests::fixtures::endpoint(
+        "cond.test",
+        "https://cond.test/fhir",
+        &by_identifier("cond.test"),
+    );
+    let (status, body) = send_json(&server.local, Method::POST, "Endpoint", Some(&endpoint)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        body["managingOrganization"]["reference"],
+        format!("Organization/{}", id(&org)).as_str()
+    );
+
+    // A resource written by the same transaction, after the entry that names it (as in an
+    // init bundle): conditional updates of both, the Endpoint first.
+    let later = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": dsf_tests::fixtures::endpoint("later.test", "https://later.test/fhir", &by_identifier("later.test")),
+            "request": {"method": "PUT", "url": "Endpoint?identifier=http://dsf.dev/sid/endpoint-identifier|later.test"}},
+        {"resource": organization("later.test", "Later"),
+            "request": {"method": "PUT", "url": by_identifier("later.test")}},
+    ]});
+    let (status, body) = send_json(&server.local, Method::POST, "", Some(&later)).await;
+    assert_eq!(status, 200, "{body}");
+    let written = server
+        .local
+        .search(
+            "Endpoint",
+            "identifier=http://dsf.dev/sid/endpoint-identifier|later.test",
+        )
+        .await
+        .expect("search");
+    let organization_id = server
+        .local
+        .search(
+            "Organization",
+            &format!("identifier={ORG_SYSTEM}|later.test"),
+        )
+        .await
+        .expect("search")["entry"][0]["resource"]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .expect("organization");
+    assert_eq!(
+        written["entry"][0]["resource"]["managingOrganization"]["reference"],
+        format!("Organization/{organization_id}").as_str()
+    );
+
+    // None, or several: 403, nothing stored.
+    let nowhere = dsf_tests::fixtures::endpoint(
+        "nowhere.test",
+        "https://nowhere.test/fhir",
+        &by_identifier("nowhere.test"),
+    );
+    let (status, body) = send_json(&server.local, Method::POST, "Endpoint", Some(&nowhere)).await;
+    assert_eq!(status, 403, "{body}");
+    let several = dsf_tests::fixtures::endpoint(
+        "several.test",
+        "https://several.test/fhir",
+        "Organization?active=true",
+    );
+    let (status, body) = send_json(&server.local, Method::POST, "Endpoint", Some(&several)).await;
+    assert_eq!(status, 403, "{body}");
+    let stored = server
+        .local
+        .search("Endpoint", "address=https://nowhere.test/fhir")
+        .await
+        .expect("search");
+    assert_eq!(stored["total"], 0, "{stored}");
+}
+
 fn main() {
     let suite = dsf_tests::Suite::new();
     let suite = dsf_tests::server_tests!(
@@ -334,7 +412,8 @@ fn main() {
         transactions_fail_whole_with_400_and_reads_answer_per_entry,
         subscription_criteria_and_channel_cannot_change,
         values_that_look_like_dates_and_nul_in_search,
-        endpoints_and_responses_reference_only_what_exists
+        endpoints_and_responses_reference_only_what_exists,
+        conditional_references_name_exactly_one_resource
     );
     suite.run()
 }

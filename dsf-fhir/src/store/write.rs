@@ -101,6 +101,12 @@ pub enum Change<'a> {
 /// is when the write happens. An error aborts the transaction.
 pub trait WriteGuard: Send + Sync {
     fn check(&self, change: Change<'_>) -> Result<()>;
+
+    /// What the writer may read: a conditional reference (`Organization?identifier=…`) in
+    /// its resources finds only these. `None`: everything.
+    fn read_grants(&self) -> Option<crate::access::ReadGrants> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -157,7 +163,15 @@ fn resolve_references(
                 return Ok(());
             }
             if let Some(Value::String(reference)) = map.get_mut("reference") {
-                if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
+                if conditional_target(reference).is_some() {
+                    // Resolved before any entry is written (see resolve_conditional).
+                    let target = ids.get(reference.as_str()).ok_or_else(|| {
+                        Error::storage_fault(format!(
+                            "conditional reference {reference} unresolved"
+                        ))
+                    })?;
+                    *reference = target.clone();
+                } else if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
                     let target = ids.get(reference.as_str()).ok_or_else(|| {
                         Error::Invalid(format!(
                             "reference {reference} names no entry of this bundle"
@@ -186,6 +200,35 @@ fn resolve_references(
         _ => {}
     }
     Ok(())
+}
+
+/// The type and criteria of a conditional reference (`Organization?identifier=s|v`): a
+/// reference that names a search of this server instead of a resource.
+fn conditional_target(reference: &str) -> Option<(&'static str, &str)> {
+    let (type_name, criteria) = reference.split_once('?')?;
+    let resource_type = crate::resource_type::supported_type(type_name)?;
+    (!criteria.is_empty()).then_some((resource_type, criteria))
+}
+
+/// Every conditional reference in `value`, outside the entries of a stored Bundle.
+fn conditional_references(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            let is_bundle = map.get("resourceType").and_then(Value::as_str) == Some("Bundle");
+            if let Some(Value::String(reference)) = map.get("reference") {
+                if conditional_target(reference).is_some() && !out.contains(reference) {
+                    out.push(reference.clone());
+                }
+            }
+            for (key, v) in map {
+                if !(is_bundle && key == "entry") {
+                    conditional_references(v, out);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| conditional_references(v, out)),
+        _ => {}
+    }
 }
 
 /// Most resources one uniqueness lookup compares; the lookups select by the key's values, so
@@ -587,6 +630,12 @@ pub(super) async fn execute(
             .map_err(|e| (index, e))?;
         targets.push(resolved);
     }
+    for (index, op) in ops.iter().enumerate() {
+        writer.index = index;
+        resolve_conditional(&mut writer, op, &ops, &targets)
+            .await
+            .map_err(|e| (index, e))?;
+    }
     let mut outcomes = Vec::with_capacity(ops.len());
     for (index, (op, target)) in ops.into_iter().zip(targets).enumerate() {
         writer.index = index;
@@ -646,6 +695,76 @@ impl Writer<'_> {
         }
         Ok(())
     }
+}
+
+/// Finds the one resource each conditional reference of `op` names, among the stored ones
+/// the writer may read and this transaction's own writes, as the Java DSF resolves them:
+/// none or several is a 403.
+async fn resolve_conditional(
+    writer: &mut Writer<'_>,
+    op: &WriteOp,
+    ops: &[WriteOp],
+    targets: &[Target],
+) -> Result<()> {
+    let resource = match op {
+        WriteOp::Create { resource, .. }
+        | WriteOp::CreateWithContent { resource, .. }
+        | WriteOp::Update { resource, .. }
+        | WriteOp::ConditionalUpdate { resource, .. } => resource,
+        _ => return Ok(()),
+    };
+    let mut references = Vec::new();
+    conditional_references(resource, &mut references);
+    for reference in references {
+        if writer.ids.contains_key(&reference) {
+            continue;
+        }
+        let Some((resource_type, criteria)) = conditional_target(&reference) else {
+            continue;
+        };
+        let pairs = crate::search::parse_query_string(criteria);
+        let mut query = SearchQuery::criteria_from_pairs(resource_type, &pairs, writer.base_url)
+            .map_err(|e| Error::Forbidden(format!("conditional reference {reference}: {e}")))?;
+        query.visible_to = writer.guard.and_then(|g| g.read_grants());
+        let mut found: Vec<String> = writer
+            .matches(&query)
+            .await?
+            .into_iter()
+            .map(|stored| stored.id)
+            .collect();
+        for (op, target) in ops.iter().zip(targets) {
+            let written = match op {
+                WriteOp::Create { resource, .. }
+                | WriteOp::CreateWithContent { resource, .. }
+                | WriteOp::Update { resource, .. }
+                | WriteOp::ConditionalUpdate { resource, .. } => resource,
+                _ => continue,
+            };
+            if let Some(id) = target.written_id() {
+                if query.matches(id, written, writer.base_url) && !found.iter().any(|f| f == id) {
+                    found.push(id.to_owned());
+                }
+            }
+        }
+        match found.as_slice() {
+            [id] => {
+                writer
+                    .ids
+                    .insert(reference.clone(), format!("{resource_type}/{id}"));
+            }
+            [] => {
+                return Err(Error::Forbidden(format!(
+                    "conditional reference {reference} matches no resource"
+                )))
+            }
+            _ => {
+                return Err(Error::Forbidden(format!(
+                    "conditional reference {reference} matches more than one resource"
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn resolve_target(

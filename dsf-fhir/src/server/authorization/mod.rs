@@ -157,6 +157,10 @@ impl WriteRules {
 }
 
 impl WriteGuard for WriteRules {
+    fn read_grants(&self) -> Option<crate::access::ReadGrants> {
+        Some(self.identity.grants.clone())
+    }
+
     fn check(&self, change: Change<'_>) -> Result<()> {
         match change {
             Change::Create { index, .. } => self.verdict(index)?.as_create.clone(),
