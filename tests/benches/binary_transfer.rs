@@ -1,6 +1,7 @@
 //! A large Binary uploaded raw to the FHIR server and downloaded raw, against a plain TLS copy
-//! of the same bytes over loopback in the same run, with the process's resident memory
-//! sampled throughout. The server runs on SQLite in a file; the clients stream (the upload
+//! of the same bytes over loopback and a plain write of them to a file on the same disk (what
+//! an upload must at least do) in the same run, with the process's resident memory sampled
+//! throughout. The server runs on SQLite in a file; the clients stream (the upload
 //! is generated as it is sent, the download counted and dropped), so that what the process
 //! grows by is the server's doing.
 //!
@@ -163,6 +164,26 @@ async fn tls_copy(acceptor: TlsAcceptor, connector: TlsConnector, size: u64) -> 
     (up, down)
 }
 
+/// `size` bytes written to a file in `dir` and synced: the disk's part of an upload.
+fn file_write(dir: &std::path::Path, size: u64) -> f64 {
+    use std::io::Write;
+    let path = dir.join("plain-write");
+    let chunk = vec![7u8; CHUNK];
+    let start = Instant::now();
+    let mut file = std::fs::File::create(&path).expect("file");
+    let mut written = 0u64;
+    while written < size {
+        let n = (size - written).min(CHUNK as u64) as usize;
+        file.write_all(&chunk[..n]).expect("write");
+        written += n as u64;
+    }
+    file.sync_all().expect("sync");
+    let seconds = start.elapsed().as_secs_f64();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    seconds
+}
+
 type Sender = hyper::client::conn::http1::SendRequest<Generated>;
 
 async fn http_connection(connector: &TlsConnector, port: u16) -> Sender {
@@ -216,6 +237,7 @@ async fn run(size: u64) {
     let sampler = Sampler::start();
 
     let (copy_up, copy_down) = tls_copy(acceptor, copy_connector, size).await;
+    let disk = file_write(dir.path(), size);
 
     let before_upload = sampler.reset();
     let mut sender = http_connection(&connector, server.port).await;
@@ -270,6 +292,7 @@ async fn run(size: u64) {
         rate(copy_up),
         rate(copy_down)
     );
+    println!("  plain file write    {:7.1} MiB/s (synced)", rate(disk));
     println!(
         "  FHIR server Binary  up {:7.1} MiB/s   down {:7.1} MiB/s",
         rate(upload),
@@ -280,6 +303,7 @@ async fn run(size: u64) {
         copy_up / upload,
         copy_down / download
     );
+    println!("  upload to file write {:6.2}x", disk / upload);
     println!(
         "  resident memory growth: upload {:.1} MiB, download {:.1} MiB",
         upload_growth as f64 / (1024.0 * 1024.0),

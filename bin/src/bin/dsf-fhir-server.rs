@@ -38,6 +38,9 @@ struct Args {
     page_count: usize,
     #[arg(long, env = "DEV_DSF_FHIR_SERVER_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Largest Binary a raw POST may upload (stored a part at a time, never held whole)
+    #[arg(long, env = "DEV_DSF_FHIR_SERVER_MAX_BINARY_BYTES", default_value_t = 8 * 1024 * 1024 * 1024)]
+    max_binary_bytes: u64,
     /// Local users, as the Java DSF's YAML role configuration (a list of rules with
     /// thumbprint, dsf-role and practitioner-role)
     #[arg(long, env = "DEV_DSF_FHIR_SERVER_ROLECONFIG", default_value = "")]
@@ -114,6 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut config = ServerConfig::new(&args.base_url, &args.organization_identifier);
     config.page_count = args.page_count;
     config.max_body_bytes = args.max_body_bytes;
+    config.max_binary_bytes = args.max_binary_bytes;
     config.forwarded_certificates = forwarded_certificates(&args)?;
     let roles = RoleConfig::parse(&args.role_config)
         .map_err(|e| format!("DEV_DSF_FHIR_SERVER_ROLECONFIG: {e}"))?;
