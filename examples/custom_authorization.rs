@@ -135,7 +135,7 @@ async fn run() -> Result<(), BoxError> {
         }])
         .await?;
     let server = Arc::new(server);
-    let caller = PeerCertificate(bpe.thumbprint());
+    let caller = PeerCertificate::new(bpe.thumbprint());
 
     let csv = create(&server, &caller, &binary("text/csv", Some("LOCAL"))).await?;
     let executable = create(

@@ -84,6 +84,15 @@ impl DevPki {
     }
 
     fn issue(&self, common_name: &str, usage: ExtendedKeyUsagePurpose) -> Result<IssuedCert> {
+        self.issue_with(common_name, usage, None)
+    }
+
+    fn issue_with(
+        &self,
+        common_name: &str,
+        usage: ExtendedKeyUsagePurpose,
+        email: Option<&str>,
+    ) -> Result<IssuedCert> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
@@ -91,6 +100,11 @@ impl DevPki {
         dn.push(DnType::CountryName, "DE");
         params.distinguished_name = dn;
         params.subject_alt_names = vec![SanType::DnsName(common_name.try_into()?)];
+        if let Some(email) = email {
+            params
+                .subject_alt_names
+                .push(SanType::Rfc822Name(email.try_into()?));
+        }
         if usage == ExtendedKeyUsagePurpose::ServerAuth {
             params
                 .subject_alt_names
@@ -119,6 +133,16 @@ impl DevPki {
     /// A client certificate, as an organisation's BPE or a local user presents it.
     pub fn issue_client(&self, common_name: &str) -> Result<IssuedCert> {
         self.issue(common_name, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// A client certificate naming `email` (a subject alternative name), as a person's
+    /// certificate does; the role configuration may match it by that address.
+    pub fn issue_personal_client(&self, common_name: &str, email: &str) -> Result<IssuedCert> {
+        self.issue_with(
+            common_name,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            Some(email),
+        )
     }
 
     pub fn server_config(&self, cert: &IssuedCert) -> Result<rustls::ServerConfig> {

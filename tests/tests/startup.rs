@@ -12,9 +12,20 @@ async fn role_configuration_makes_local_users(kind: BackendKind) {
     let pki = DevPki::generate("role config CA").expect("CA");
     let admin = pki.issue_client("yaml-admin").expect("cert");
     let reader = pki.issue_client("yaml-reader").expect("cert");
+    // Matched by the e-mail address their certificates name, whatever their thumbprints.
+    let researcher = pki
+        .issue_personal_client("yaml-researcher", "Researcher@DSF.test")
+        .expect("cert");
+    let colleague = pki
+        .issue_personal_client("yaml-colleague", "researcher@dsf.test")
+        .expect("cert");
+    let stranger = pki
+        .issue_personal_client("yaml-stranger", "someone@dsf.test")
+        .expect("cert");
     let yaml = format!(
         "- admin:\n    thumbprint: {}\n    email: admin@dsf.test\n    dsf-role: [CREATE, READ, UPDATE, DELETE, SEARCH, HISTORY]\n    practitioner-role: http://dsf.dev/fhir/CodeSystem/practitioner-role|DSF_ADMIN\n\
-         - reader:\n    thumbprint: {}\n    dsf-role:\n      - READ: [Organization]\n      - SEARCH\n",
+         - reader:\n    thumbprint: {}\n    dsf-role:\n      - READ: [Organization]\n      - SEARCH\n\
+         - researcher:\n    email: [researcher@dsf.test, other@dsf.test]\n    dsf-role: [READ, SEARCH]\n",
         admin.thumbprint().as_str(),
         reader.thumbprint().as_str()
     );
@@ -25,6 +36,27 @@ async fn role_configuration_makes_local_users(kind: BackendKind) {
     .await;
     let admin = server.client_for(&admin);
     let reader = server.client_for(&reader);
+    for certificate in [&researcher, &colleague] {
+        let client = server.client_for(certificate);
+        let (status, found) = send_json(&client, Method::GET, "Organization", None).await;
+        assert_eq!(status, 200, "{found}");
+        let (status, _) = send_json(
+            &client,
+            Method::POST,
+            "Organization",
+            Some(&organization("research.test", "Research")),
+        )
+        .await;
+        assert_eq!(status, 403, "reads and searches only");
+    }
+    let (status, _) = send_json(
+        &server.client_for(&stranger),
+        Method::GET,
+        "Organization",
+        None,
+    )
+    .await;
+    assert_eq!(status, 401, "an address no rule names");
 
     // The administrator may create drafts, as DSF_ADMIN.
     let draft = dsf_tests::fixtures::draft_task("http://yaml.test/draft", "2026-12-04T10:00:00Z");

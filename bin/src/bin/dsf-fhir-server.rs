@@ -121,8 +121,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     config.forwarded_certificates = forwarded_certificates(&args)?;
     let roles = RoleConfig::parse(&args.role_config)
         .map_err(|e| format!("DEV_DSF_FHIR_SERVER_ROLECONFIG: {e}"))?;
-    if roles.has_rules_without_thumbprints() {
-        tracing::warn!("role configuration rules without a thumbprint (email, token-role, token-group) recognise nobody yet");
+    if roles.has_token_only_rules() {
+        tracing::warn!("role configuration rules matching only by token-role or token-group recognise nobody yet (no OpenID Connect)");
     }
     config.users.extend(roles.users());
     let local_thumbprints = local_thumbprints(&args)?;

@@ -1,5 +1,6 @@
-//! Where the caller's client certificate comes from. The thumbprint of that certificate is the
-//! caller's identity (see [`super::identity`]); this module only finds the certificate.
+//! Where the caller's client certificate comes from. Its thumbprint, and the e-mail addresses
+//! it names, make the caller's identity (see [`super::identity`]); this module only finds the
+//! certificate.
 //!
 //! Two sources, in this order:
 //! - a certificate forwarded by a TLS-terminating reverse proxy in a request header
@@ -20,17 +21,63 @@ use http::HeaderName;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
-/// The thumbprint of the certificate the client presented in the TLS handshake of the
-/// connection a request came on. A request extension.
+/// The certificate the client presented in the TLS handshake of the connection a request
+/// came on, as far as it identifies the caller: its thumbprint, and the e-mail addresses it
+/// names (which the role configuration may match). A request extension.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerCertificate(pub Thumbprint);
+#[non_exhaustive]
+pub struct PeerCertificate {
+    pub thumbprint: Thumbprint,
+    /// From the subject's `emailAddress` and the `rfc822Name` alternative names, lower-cased.
+    pub emails: Vec<String>,
+}
 
 impl PeerCertificate {
-    /// The thumbprint of a DER-encoded certificate (the first of
-    /// `rustls::ServerConnection::peer_certificates`).
-    pub fn from_der(der: &[u8]) -> Self {
-        PeerCertificate(Thumbprint::of_der(der))
+    /// A certificate known by its thumbprint alone.
+    pub fn new(thumbprint: Thumbprint) -> Self {
+        PeerCertificate {
+            thumbprint,
+            emails: Vec::new(),
+        }
     }
+
+    /// A DER-encoded certificate (the first of `rustls::ServerConnection::peer_certificates`).
+    pub fn from_der(der: &[u8]) -> Self {
+        PeerCertificate {
+            thumbprint: Thumbprint::of_der(der),
+            emails: emails_of(der),
+        }
+    }
+}
+
+/// The e-mail addresses a certificate names; none if it cannot be read (the handshake
+/// accepted it, so only this reading failed, and the thumbprint still identifies it).
+fn emails_of(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut emails: Vec<String> = cert
+        .subject()
+        .iter_email()
+        .filter_map(|attribute| attribute.as_str().ok())
+        .map(str::to_owned)
+        .collect();
+    if let Ok(Some(names)) = cert.subject_alternative_name() {
+        for name in &names.value.general_names {
+            if let GeneralName::RFC822Name(email) = name {
+                emails.push((*email).to_owned());
+            }
+        }
+    }
+    let mut emails: Vec<String> = emails
+        .into_iter()
+        .map(|e| e.trim().to_ascii_lowercase())
+        .filter(|e| !e.is_empty())
+        .collect();
+    emails.sort();
+    emails.dedup();
+    emails
 }
 
 /// The address the connection a request came on was accepted from. A request extension;
@@ -152,13 +199,13 @@ pub fn parse_address_ranges(list: &str) -> Result<Vec<AddressRange>> {
         .collect()
 }
 
-/// The thumbprint of the client certificate behind a request: forwarded by a trusted proxy,
-/// else from this connection's handshake, else none (401).
-pub(crate) fn client_thumbprint(
+/// The client certificate behind a request: forwarded by a trusted proxy, else from this
+/// connection's handshake, else none (401).
+pub(crate) fn client_certificate(
     forwarded: Option<&ForwardedCertificates>,
     headers: &http::HeaderMap,
     extensions: &http::Extensions,
-) -> Result<Thumbprint> {
+) -> Result<PeerCertificate> {
     if let Some(forwarded) = forwarded {
         let from_proxy = extensions
             .get::<PeerAddress>()
@@ -166,13 +213,13 @@ pub(crate) fn client_thumbprint(
         if from_proxy {
             if let Some(value) = headers.get(&forwarded.header) {
                 let text = value.to_str().map_err(|_| unreadable())?;
-                return forwarded_thumbprint(text);
+                return forwarded_certificate(text);
             }
         }
     }
     extensions
         .get::<PeerCertificate>()
-        .map(|PeerCertificate(thumbprint)| thumbprint.clone())
+        .cloned()
         .ok_or_else(|| Error::Unauthenticated("no client certificate".into()))
 }
 
@@ -183,8 +230,8 @@ fn unreadable() -> Error {
 /// Largest header value taken as a certificate; chains of real certificates stay far below.
 const MAX_FORWARDED_CERTIFICATE: usize = 64 * 1024;
 
-/// The thumbprint of the first certificate in a header value.
-fn forwarded_thumbprint(value: &str) -> Result<Thumbprint> {
+/// The first certificate in a header value.
+fn forwarded_certificate(value: &str) -> Result<PeerCertificate> {
     if value.len() > MAX_FORWARDED_CERTIFICATE {
         return Err(unreadable());
     }
@@ -214,12 +261,30 @@ fn forwarded_thumbprint(value: &str) -> Result<Thumbprint> {
     if der.first() != Some(&0x30) {
         return Err(unreadable());
     }
-    Ok(Thumbprint::of_der(&der))
+    Ok(PeerCertificate::from_der(&der))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_name_their_email_addresses() {
+        let pki = dsf_core::DevPki::generate("caller test CA").unwrap();
+        let personal = pki
+            .issue_personal_client("someone", " Someone@Example.ORG")
+            .unwrap();
+        let certificate = PeerCertificate::from_der(personal.cert_der());
+        assert_eq!(certificate.thumbprint, personal.thumbprint());
+        assert_eq!(certificate.emails, vec!["someone@example.org".to_owned()]);
+        let plain = pki.issue_client("bpe").unwrap();
+        assert!(PeerCertificate::from_der(plain.cert_der())
+            .emails
+            .is_empty());
+        assert!(PeerCertificate::from_der(b"not a certificate")
+            .emails
+            .is_empty());
+    }
 
     #[test]
     fn ranges_match_their_addresses_only() {
@@ -254,7 +319,11 @@ mod tests {
             percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC)
                 .to_string();
         for value in [pem.as_str(), apache.as_str(), nginx.as_str(), b64.as_str()] {
-            assert_eq!(forwarded_thumbprint(value).unwrap(), expected, "{value}");
+            assert_eq!(
+                forwarded_certificate(value).unwrap().thumbprint,
+                expected,
+                "{value}"
+            );
         }
         for bad in [
             "",
@@ -263,7 +332,7 @@ mod tests {
             "AAAA",
         ] {
             assert!(matches!(
-                forwarded_thumbprint(bad),
+                forwarded_certificate(bad),
                 Err(Error::Unauthenticated(_))
             ));
         }

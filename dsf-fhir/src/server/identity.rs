@@ -1,10 +1,12 @@
-//! Who is calling: resolved from the client certificate's thumbprint, as the Java DSF does:
-//! an active Organization of the allow list carrying the thumbprint (the local organisation
-//! or a remote one), else a configured local user (a practitioner of the local organisation),
-//! else nobody. Resolutions are cached until the allow list changes, so every change to it
+//! Who is calling: resolved from the client certificate, as the Java DSF does: an active
+//! Organization of the allow list carrying its thumbprint (the local organisation or a remote
+//! one), else the configured local users matching its thumbprint or one of its e-mail
+//! addresses (a practitioner of the local organisation, with the roles of every matching
+//! rule), else nobody. Resolutions are cached until the allow list changes, so every change to it
 //! is seen by the next request.
 
 use super::authorization::{DsfRole, Role};
+use super::caller::PeerCertificate;
 use crate::access::{
     array_at, coding_of, grant, identifier_of, str_at, ReadGrants, ORGANIZATION_IDENTIFIER_SYSTEM,
 };
@@ -21,12 +23,16 @@ pub const DSF_ADMIN: (&str, &str) = (
     "DSF_ADMIN",
 );
 
-/// A local user configured by certificate thumbprint (an entry of the Java DSF's
-/// `DEV_DSF_FHIR_SERVER_ROLECONFIG`), e.g. an administrator with a personal certificate.
+/// A local user configured by certificate thumbprint or by an e-mail address the certificate
+/// names (an entry of the Java DSF's `DEV_DSF_FHIR_SERVER_ROLECONFIG`), e.g. an administrator
+/// with a personal certificate.
 #[derive(Debug, Clone)]
 pub struct LocalUser {
     pub name: String,
-    pub thumbprint: Thumbprint,
+    /// The certificate this user is matched by, if by thumbprint.
+    pub thumbprint: Option<Thumbprint>,
+    /// Lower-cased e-mail addresses this user is matched by, if a certificate names one.
+    pub emails: Vec<String>,
     /// The DSF roles (`CREATE`, `READ`, …), each for all or some resource types.
     pub roles: Vec<DsfRole>,
     /// Practitioner roles as `(system, code)`, e.g. [`DSF_ADMIN`].
@@ -40,11 +46,34 @@ impl LocalUser {
     pub fn new(name: &str, thumbprint: Thumbprint, roles: &[Role]) -> Self {
         LocalUser {
             name: name.to_owned(),
-            thumbprint,
+            thumbprint: Some(thumbprint),
+            emails: Vec::new(),
             roles: roles.iter().map(|r| DsfRole::all(*r)).collect(),
             practitioner_roles: Vec::new(),
             practitioner_identifier: None,
         }
+    }
+
+    /// A user matched by the e-mail address a client certificate names, with the given roles
+    /// on all resource types.
+    pub fn by_email(name: &str, email: &str, roles: &[Role]) -> Self {
+        LocalUser {
+            name: name.to_owned(),
+            thumbprint: None,
+            emails: vec![email.trim().to_ascii_lowercase()],
+            roles: roles.iter().map(|r| DsfRole::all(*r)).collect(),
+            practitioner_roles: Vec::new(),
+            practitioner_identifier: None,
+        }
+    }
+
+    /// Whether this user is the holder of `certificate`.
+    pub fn matches(&self, certificate: &PeerCertificate) -> bool {
+        self.thumbprint.as_ref() == Some(&certificate.thumbprint)
+            || self
+                .emails
+                .iter()
+                .any(|email| certificate.emails.contains(email))
     }
 
     pub fn with_practitioner_role(mut self, system: &str, code: &str) -> Self {
@@ -298,10 +327,10 @@ pub async fn resolve(
     store: &ResourceStore,
     local_identifier: &str,
     users: &[LocalUser],
-    thumbprint: &Thumbprint,
+    certificate: &PeerCertificate,
 ) -> Result<Option<Identity>> {
     if let Some(org) = store
-        .organization_by_thumbprint(thumbprint.as_str())
+        .organization_by_thumbprint(certificate.thumbprint.as_str())
         .await?
     {
         let identifier = organization_identifier(&org.json()?).unwrap_or_default();
@@ -313,7 +342,7 @@ pub async fn resolve(
         };
         return Ok(Some(Identity::organization(kind, identifier, affiliations)));
     }
-    if let Some(user) = users.iter().find(|u| &u.thumbprint == thumbprint) {
+    if let Some(user) = matching_user(users, certificate) {
         let local = store
             .search(&unfiltered(
                 "Organization",
@@ -328,12 +357,39 @@ pub async fn resolve(
             None => Vec::new(),
         };
         return Ok(Some(Identity::practitioner(
-            user,
+            &user,
             local_identifier,
             affiliations,
         )));
     }
     Ok(None)
+}
+
+/// The local user `certificate` makes its holder: every configured user it matches (by
+/// thumbprint or e-mail) in one, with all their roles. Without a configured practitioner
+/// identifier, the certificate's e-mail address is it, as in the Java DSF.
+fn matching_user(users: &[LocalUser], certificate: &PeerCertificate) -> Option<LocalUser> {
+    let mut matching = users.iter().filter(|u| u.matches(certificate));
+    let mut user = matching.next()?.clone();
+    for other in matching {
+        for role in &other.roles {
+            if !user.roles.contains(role) {
+                user.roles.push(role.clone());
+            }
+        }
+        for role in &other.practitioner_roles {
+            if !user.practitioner_roles.contains(role) {
+                user.practitioner_roles.push(role.clone());
+            }
+        }
+        if user.practitioner_identifier.is_none() {
+            user.practitioner_identifier = other.practitioner_identifier.clone();
+        }
+    }
+    if user.practitioner_identifier.is_none() {
+        user.practitioner_identifier = certificate.emails.first().cloned();
+    }
+    Some(user)
 }
 
 /// The local organisation as a process-authorization recipient: its identity as if it
@@ -413,8 +469,9 @@ impl IdentityCache {
         store: &ResourceStore,
         local_identifier: &str,
         users: &[LocalUser],
-        thumbprint: &Thumbprint,
+        certificate: &PeerCertificate,
     ) -> Result<Arc<Identity>> {
+        let thumbprint = &certificate.thumbprint;
         let refused =
             || Error::Unauthenticated("client certificate is not part of the allow list".into());
         // Read before the lookup: a change committed meanwhile moves the generation on and
@@ -423,7 +480,7 @@ impl IdentityCache {
         if let Some(hit) = self.lookup(generation, |s| s.entries.get(thumbprint).cloned()) {
             return hit.ok_or_else(refused);
         }
-        let resolved = resolve(store, local_identifier, users, thumbprint)
+        let resolved = resolve(store, local_identifier, users, certificate)
             .await?
             .map(Arc::new);
         self.remember(generation, |s| {

@@ -222,14 +222,14 @@ impl FhirServer {
         self
     }
 
-    /// Who holds `thumbprint` (cached per allow-list generation).
-    async fn identity_of(&self, thumbprint: &Thumbprint) -> Result<Arc<Identity>> {
+    /// Who holds `certificate` (cached per allow-list generation).
+    async fn identity_of(&self, certificate: &PeerCertificate) -> Result<Arc<Identity>> {
         self.identities
             .resolve(
                 &self.store,
                 &self.config.organization_identifier,
                 &self.config.users,
-                thumbprint,
+                certificate,
             )
             .await
     }
@@ -425,8 +425,8 @@ impl FhirServer {
             .is_some_and(|f| f.trusts(peer.ip()));
         let known = from_proxy
             || match &certificate {
-                Some(PeerCertificate(thumbprint)) => !matches!(
-                    self.identity_of(thumbprint).await,
+                Some(certificate) => !matches!(
+                    self.identity_of(certificate).await,
                     Err(Error::Unauthenticated(_))
                 ),
                 None => false,
@@ -487,18 +487,18 @@ impl FhirServer {
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let thumbprint = match caller::client_thumbprint(
+        let certificate = match caller::client_certificate(
             self.config.forwarded_certificates.as_ref(),
             req.headers(),
             req.extensions(),
         ) {
-            Ok(thumbprint) => thumbprint,
+            Ok(certificate) => certificate,
             Err(e) => return refused(req.headers(), &e),
         };
         if self.is_websocket_request(req.uri().path()) {
-            self.upgrade(Arc::new(thumbprint), req, slot).await
+            self.upgrade(certificate, req, slot).await
         } else {
-            self.handle(&thumbprint, req).await
+            self.handle_from(&certificate, req).await
         }
     }
 
@@ -509,11 +509,14 @@ impl FhirServer {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Ok(identity) = self.identity_of(&thumbprint).await else {
+        let Ok(identity) = self
+            .identity_of(&PeerCertificate::new(thumbprint.clone()))
+            .await
+        else {
             return;
         };
         let ws = fastwebsockets::WebSocket::after_handshake(stream, fastwebsockets::Role::Server);
-        self.websocket_session(ws, identity, Arc::new(thumbprint))
+        self.websocket_session(ws, identity, Arc::new(PeerCertificate::new(thumbprint)))
             .await;
     }
 
@@ -533,11 +536,11 @@ impl FhirServer {
     /// for an upgrade, an OperationOutcome otherwise.
     async fn upgrade<B>(
         self: Arc<Self>,
-        thumbprint: Arc<Thumbprint>,
+        certificate: PeerCertificate,
         mut req: Request<B>,
         slot: Option<Arc<connections::Slot>>,
     ) -> Response<ResponseBody> {
-        let identity = match self.identity_of(&thumbprint).await {
+        let identity = match self.identity_of(&certificate).await {
             Ok(identity) => identity,
             Err(e) => return Reply::error(&e).render(Format::Json, false),
         };
@@ -558,7 +561,10 @@ impl FhirServer {
             // A websocket is never idle in the registry's sense: it waits for events.
             let _busy = slot.as_ref().map(|slot| slot.busy());
             match upgraded.await {
-                Ok(ws) => self.websocket_session(ws, identity, thumbprint).await,
+                Ok(ws) => {
+                    self.websocket_session(ws, identity, Arc::new(certificate))
+                        .await
+                }
                 Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
             }
         });
@@ -567,10 +573,26 @@ impl FhirServer {
     }
 
     /// Handles one request from the holder of `thumbprint`. The body may be hyper's
-    /// incoming body or any other (e.g. `Full<Bytes>` when there is no transport).
+    /// incoming body or any other (e.g. `Full<Bytes>` when there is no transport). Role
+    /// configuration rules matching by e-mail need the certificate: see
+    /// [`FhirServer::handle_from`].
     pub async fn handle<B>(
         &self,
         thumbprint: &Thumbprint,
+        req: Request<B>,
+    ) -> Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        self.handle_from(&PeerCertificate::new(thumbprint.clone()), req)
+            .await
+    }
+
+    /// Handles one request from the holder of `certificate`.
+    pub async fn handle_from<B>(
+        &self,
+        certificate: &PeerCertificate,
         req: Request<B>,
     ) -> Response<ResponseBody>
     where
@@ -584,7 +606,7 @@ impl FhirServer {
             .and_then(|v| v.to_str().ok());
         // Who asks, and their turn, come before any work on the request: a remote
         // organisation's requests beyond its share wait here at no cost.
-        let admitted = match self.admit(thumbprint, parts.uri.query()).await {
+        let admitted = match self.admit(certificate, parts.uri.query()).await {
             Ok(admitted) => admitted,
             Err(e) => return refused(&parts.headers, &e),
         };
@@ -629,8 +651,8 @@ impl FhirServer {
 
     /// Resolves the caller and waits for its turn; then refuses, before decoding anything, a
     /// query string with more parts than any search may use.
-    async fn admit(&self, thumbprint: &Thumbprint, query: Option<&str>) -> Result<Admitted> {
-        let identity = self.identity_of(thumbprint).await?;
+    async fn admit(&self, certificate: &PeerCertificate, query: Option<&str>) -> Result<Admitted> {
+        let identity = self.identity_of(certificate).await?;
         let turn = match identity.kind {
             IdentityKind::RemoteOrganization => {
                 self.peer_turns

@@ -187,14 +187,18 @@ impl RoleConfig {
         Ok(RoleConfig { rules })
     }
 
-    /// The local users of the thumbprint rules: one per thumbprint, with the roles of every
-    /// rule naming it. Their practitioner identifier is the first e-mail of a rule naming
-    /// the thumbprint, if any.
+    /// The local users of the rules: one per thumbprint, with the roles of every rule naming
+    /// it (its practitioner identifier the first e-mail of such a rule, if any), and one per
+    /// rule that names e-mail addresses, matched by any of them. A certificate matching
+    /// several gets the roles of all (see `identity`).
     pub fn users(&self) -> Vec<LocalUser> {
         let mut users: Vec<LocalUser> = Vec::new();
         for rule in &self.rules {
             for thumbprint in &rule.thumbprints {
-                let index = match users.iter().position(|u| &u.thumbprint == thumbprint) {
+                let index = match users
+                    .iter()
+                    .position(|u| u.thumbprint.as_ref() == Some(thumbprint))
+                {
                     Some(index) => index,
                     None => {
                         users.push(LocalUser::new(&rule.name, thumbprint.clone(), &[]));
@@ -216,17 +220,25 @@ impl RoleConfig {
                     user.practitioner_identifier = rule.emails.first().cloned();
                 }
             }
+            if let Some((first, others)) = rule.emails.split_first() {
+                let mut user = LocalUser::by_email(&rule.name, first, &[]);
+                user.emails
+                    .extend(others.iter().map(|e| e.to_ascii_lowercase()));
+                user.roles = rule.dsf_roles.clone();
+                user.practitioner_roles = rule.practitioner_roles.clone();
+                users.push(user);
+            }
         }
         users
     }
 
-    /// Whether any rule matches by something other than a thumbprint (e-mail, token role or
-    /// group): those callers are recognised only once OpenID Connect and e-mail matching
-    /// exist here.
-    pub fn has_rules_without_thumbprints(&self) -> bool {
+    /// Whether any rule matches only by OpenID Connect token role or group: those callers are
+    /// recognised only once OpenID Connect exists here.
+    pub fn has_token_only_rules(&self) -> bool {
         self.rules.iter().any(|r| {
             r.thumbprints.is_empty()
-                && (!r.emails.is_empty() || !r.token_roles.is_empty() || !r.token_groups.is_empty())
+                && r.emails.is_empty()
+                && (!r.token_roles.is_empty() || !r.token_groups.is_empty())
         })
     }
 }
@@ -260,7 +272,13 @@ mod tests {
             ]
         );
         let users = config.users();
-        assert_eq!(users.len(), 2);
+        // The admin by thumbprint, the admin by e-mail, the reader.
+        assert_eq!(users.len(), 3);
+        assert_eq!(users[1].emails, vec!["admin@dsf.test".to_owned()]);
+        assert_eq!(users[1].thumbprint, None);
+        assert!(users[1]
+            .roles
+            .contains(&DsfRole::all(Role::PermanentDelete)));
         let admin = &users[0];
         assert_eq!(admin.name, "admin");
         assert!(admin.roles.contains(&DsfRole::all(Role::PermanentDelete)));
@@ -276,7 +294,7 @@ mod tests {
             admin.practitioner_identifier.as_deref(),
             Some("admin@dsf.test")
         );
-        assert!(config.has_rules_without_thumbprints());
+        assert!(config.has_token_only_rules());
     }
 
     #[test]

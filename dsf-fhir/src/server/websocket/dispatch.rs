@@ -66,7 +66,7 @@ impl FhirServer {
                     &self.store,
                     &self.config.organization_identifier,
                     &self.config.users,
-                    &session.thumbprint,
+                    &session.certificate,
                 )
                 .await;
             match resolved {

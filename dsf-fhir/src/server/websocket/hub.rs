@@ -5,10 +5,10 @@ use super::Closing;
 use crate::format::Format;
 use crate::search::{parse_query_string, SearchQuery};
 use crate::server::Identity;
+use crate::server::PeerCertificate;
 use crate::store::{ResourceStore, StoredResource};
 use crate::{Error, Result};
 use bytes::Bytes;
-use dsf_core::Thumbprint;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,7 +78,7 @@ pub(crate) type Message = Bytes;
 /// An open websocket connection as the dispatcher sees it.
 pub(crate) struct Session {
     pub id: u64,
-    pub thumbprint: Arc<Thumbprint>,
+    pub certificate: Arc<PeerCertificate>,
     identity: RwLock<Arc<Identity>>,
     bound: RwLock<Option<Arc<ActiveSubscription>>>,
     queue: mpsc::Sender<Message>,
@@ -241,14 +241,14 @@ impl Hub {
     pub fn open(
         &self,
         identity: Arc<Identity>,
-        thumbprint: Arc<Thumbprint>,
+        certificate: Arc<PeerCertificate>,
         queue_capacity: usize,
     ) -> SessionEnds {
         let (queue_tx, queue) = mpsc::channel(queue_capacity.max(1));
         let (cut_tx, cut) = watch::channel(None);
         let session = Arc::new(Session {
             id: self.next_session.fetch_add(1, Ordering::Relaxed),
-            thumbprint,
+            certificate,
             identity: RwLock::new(identity),
             bound: RwLock::new(None),
             queue: queue_tx,

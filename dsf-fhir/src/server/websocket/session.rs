@@ -4,8 +4,8 @@
 use super::dispatch::may_connect;
 use super::hub::{Message, SessionEnds};
 use super::{close_code, Closing};
+use crate::server::PeerCertificate;
 use crate::server::{FhirServer, Identity};
-use dsf_core::Thumbprint;
 use fastwebsockets::{
     Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
 };
@@ -39,7 +39,7 @@ impl FhirServer {
         self: Arc<Self>,
         ws: WebSocket<S>,
         identity: Arc<Identity>,
-        thumbprint: Arc<Thumbprint>,
+        certificate: Arc<PeerCertificate>,
     ) {
         let (mut reader, mut writer) = ws.split(tokio::io::split);
         reader.set_auto_close(false);
@@ -64,7 +64,7 @@ impl FhirServer {
             mut cut,
         } = self.hub.open(
             identity.clone(),
-            thumbprint,
+            certificate,
             self.config.websocket.queue_capacity,
         );
         tracing::debug!(
