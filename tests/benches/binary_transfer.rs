@@ -113,6 +113,29 @@ async fn tls_connect(
     connector.connect(name, tcp).await.expect("TLS")
 }
 
+/// Writes `size` bytes of the pattern.
+async fn send(stream: &mut (impl tokio::io::AsyncWrite + Unpin), size: u64) {
+    let chunk = vec![7u8; CHUNK];
+    let mut sent = 0u64;
+    while sent < size {
+        let n = (size - sent).min(CHUNK as u64) as usize;
+        stream.write_all(&chunk[..n]).await.expect("write");
+        sent += n as u64;
+    }
+    stream.flush().await.expect("flush");
+}
+
+/// Reads `size` bytes and drops them.
+async fn receive(stream: &mut (impl tokio::io::AsyncRead + Unpin), size: u64) {
+    let mut buffer = vec![0u8; CHUNK];
+    let mut received = 0u64;
+    while received < size {
+        let n = stream.read(&mut buffer).await.expect("read");
+        assert!(n > 0, "the other side stopped early");
+        received += n as u64;
+    }
+}
+
 /// Plain TLS over loopback, no HTTP: `size` bytes one way, then the other.
 async fn tls_copy(acceptor: TlsAcceptor, connector: TlsConnector, size: u64) -> (f64, f64) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -120,45 +143,19 @@ async fn tls_copy(acceptor: TlsAcceptor, connector: TlsConnector, size: u64) -> 
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.expect("accept");
         let mut tls = acceptor.accept(tcp).await.expect("TLS");
-        let mut buffer = vec![0u8; CHUNK];
-        let mut received = 0u64;
-        while received < size {
-            let n = tls.read(&mut buffer).await.expect("read");
-            assert!(n > 0, "client stopped early");
-            received += n as u64;
-        }
+        receive(&mut tls, size).await;
         tls.write_all(b"k").await.expect("ack");
         tls.flush().await.expect("flush");
-        let chunk = vec![7u8; CHUNK];
-        let mut sent = 0u64;
-        while sent < size {
-            let n = (size - sent).min(CHUNK as u64) as usize;
-            tls.write_all(&chunk[..n]).await.expect("write");
-            sent += n as u64;
-        }
-        tls.flush().await.expect("flush");
+        send(&mut tls, size).await;
     });
     let mut tls = tls_connect(&connector, port).await;
-    let chunk = vec![7u8; CHUNK];
     let start = Instant::now();
-    let mut sent = 0u64;
-    while sent < size {
-        let n = (size - sent).min(CHUNK as u64) as usize;
-        tls.write_all(&chunk[..n]).await.expect("write");
-        sent += n as u64;
-    }
-    tls.flush().await.expect("flush");
+    send(&mut tls, size).await;
     let mut ack = [0u8; 1];
     tls.read_exact(&mut ack).await.expect("ack");
     let up = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    let mut buffer = vec![0u8; CHUNK];
-    let mut received = 0u64;
-    while received < size {
-        let n = tls.read(&mut buffer).await.expect("read");
-        assert!(n > 0, "server stopped early");
-        received += n as u64;
-    }
+    receive(&mut tls, size).await;
     let down = start.elapsed().as_secs_f64();
     server.await.expect("copy server");
     (up, down)

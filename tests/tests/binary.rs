@@ -246,6 +246,27 @@ async fn read_access_follows_the_security_context(server: TestServer) {
     assert_eq!(head.status, 404);
 }
 
+/// A GET of `path` with `accept`.
+async fn get(client: &FhirClient, path: &str, accept: &str) -> RawResponse {
+    send(client, Method::GET, path, &[("accept", accept)], None).await
+}
+
+/// A raw upload of `content` with the security context `context`, answered in JSON.
+async fn upload(client: &FhirClient, context: &str, content: &[u8]) -> RawResponse {
+    send(
+        client,
+        Method::POST,
+        "Binary",
+        &[
+            ("content-type", "application/octet-stream"),
+            ("x-security-context", context),
+            ("accept", "application/fhir+json"),
+        ],
+        Some(content),
+    )
+    .await
+}
+
 /// Content over several stored parts, of a length that fills neither a part nor a base64
 /// quantum, with a different byte at every position of a part.
 fn large_content() -> Vec<u8> {
@@ -266,18 +287,7 @@ async fn large_binaries_stream_in_parts(kind: BackendKind) {
     .await;
     let context = context(&server, tag_all()).await;
     let content = large_content();
-    let created = send(
-        &server.local,
-        Method::POST,
-        "Binary",
-        &[
-            ("content-type", "application/octet-stream"),
-            ("x-security-context", &context),
-            ("accept", "application/fhir+json"),
-        ],
-        Some(&content),
-    )
-    .await;
+    let created = upload(&server.local, &context, &content).await;
     assert_eq!(created.status, 201, "{:?}", created.body);
     let binary = created
         .json()
@@ -338,27 +348,13 @@ async fn large_binaries_stream_in_parts(kind: BackendKind) {
 
     // As a FHIR resource, in JSON and XML, and in a search Bundle: the data in base64.
     let encoded = base64::engine::general_purpose::STANDARD.encode(&content);
-    let json = send(
-        &server.local,
-        Method::GET,
-        &path,
-        &[("accept", "application/fhir+json")],
-        None,
-    )
-    .await;
+    let json = get(&server.local, &path, "application/fhir+json").await;
     assert_eq!(json.status, 200);
     let resource = json.json().expect("Binary as JSON");
     assert_eq!(resource["id"], id.as_str());
     assert_eq!(resource["securityContext"]["reference"], context.as_str());
     assert!(resource["data"].as_str() == Some(encoded.as_str()), "data");
-    let xml = send(
-        &server.local,
-        Method::GET,
-        &path,
-        &[("accept", "application/fhir+xml")],
-        None,
-    )
-    .await;
+    let xml = get(&server.local, &path, "application/fhir+xml").await;
     assert_eq!(xml.status, 200);
     let parsed =
         dsf_fhir::format::parse_resource(&xml.body, dsf_fhir::Format::Xml).expect("Binary as XML");
@@ -378,31 +374,11 @@ async fn large_binaries_stream_in_parts(kind: BackendKind) {
 
     // Larger than the limit: 413, and the next upload still works.
     let too_large = vec![1u8; LIMIT as usize + 1];
-    let refused = send(
-        &server.local,
-        Method::POST,
-        "Binary",
-        &[
-            ("content-type", "application/octet-stream"),
-            ("x-security-context", &context),
-        ],
-        Some(&too_large),
-    )
-    .await;
+    let refused = upload(&server.local, &context, &too_large).await;
     assert_eq!(refused.status, 413, "{:?}", refused.body);
 
     // Refused before the body is stored: a remote organisation may not create Binaries.
-    let forbidden = send(
-        &server.remote,
-        Method::POST,
-        "Binary",
-        &[
-            ("content-type", "application/octet-stream"),
-            ("x-security-context", &context),
-        ],
-        Some(&content),
-    )
-    .await;
+    let forbidden = upload(&server.remote, &context, &content).await;
     assert_eq!(forbidden.status, 403, "{:?}", forbidden.body);
 
     // Deleted permanently: the content goes with the resource.

@@ -67,6 +67,20 @@ impl LocalUser {
         }
     }
 
+    /// Adds the roles this user does not hold yet.
+    pub fn add_roles(&mut self, roles: &[DsfRole], practitioner_roles: &[(String, String)]) {
+        for role in roles {
+            if !self.roles.contains(role) {
+                self.roles.push(role.clone());
+            }
+        }
+        for role in practitioner_roles {
+            if !self.practitioner_roles.contains(role) {
+                self.practitioner_roles.push(role.clone());
+            }
+        }
+    }
+
     /// Whether this user is the holder of `certificate`.
     pub fn matches(&self, certificate: &PeerCertificate) -> bool {
         self.thumbprint.as_ref() == Some(&certificate.thumbprint)
@@ -372,16 +386,7 @@ fn matching_user(users: &[LocalUser], certificate: &PeerCertificate) -> Option<L
     let mut matching = users.iter().filter(|u| u.matches(certificate));
     let mut user = matching.next()?.clone();
     for other in matching {
-        for role in &other.roles {
-            if !user.roles.contains(role) {
-                user.roles.push(role.clone());
-            }
-        }
-        for role in &other.practitioner_roles {
-            if !user.practitioner_roles.contains(role) {
-                user.practitioner_roles.push(role.clone());
-            }
-        }
+        user.add_roles(&other.roles, &other.practitioner_roles);
         if user.practitioner_identifier.is_none() {
             user.practitioner_identifier = other.practitioner_identifier.clone();
         }

@@ -206,16 +206,7 @@ impl RoleConfig {
                     }
                 };
                 let user = &mut users[index];
-                for role in &rule.dsf_roles {
-                    if !user.roles.contains(role) {
-                        user.roles.push(role.clone());
-                    }
-                }
-                for role in &rule.practitioner_roles {
-                    if !user.practitioner_roles.contains(role) {
-                        user.practitioner_roles.push(role.clone());
-                    }
-                }
+                user.add_roles(&rule.dsf_roles, &rule.practitioner_roles);
                 if user.practitioner_identifier.is_none() {
                     user.practitioner_identifier = rule.emails.first().cloned();
                 }
