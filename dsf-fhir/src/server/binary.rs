@@ -445,14 +445,8 @@ impl FhirServer {
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let is_raw = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| Format::from_mime(t).is_none());
         if parts.method != http::Method::POST
             || path != "Binary"
-            || !is_raw
             || parts.headers.contains_key("if-none-exist")
         {
             return Ok(None);
@@ -465,6 +459,9 @@ impl FhirServer {
             headers: parts.headers.clone(),
             body: Bytes::new(),
         };
+        if !is_raw_create(&call) {
+            return Ok(None);
+        }
         let result = self.upload(call, body).await;
         if result.is_err() {
             super::drain(body).await;
@@ -581,9 +578,7 @@ impl FhirServer {
         };
         let limit = self.config.max_body_bytes as u64;
         if *length > limit {
-            return Err(Error::NotAcceptable(format!(
-                "a Binary of {length} bytes as a resource is more than the {limit} a Bundle embeds; read the Binary itself"
-            )));
+            return Err(crate::store::too_large_to_embed(*length, limit));
         }
         let mut json = Vec::with_capacity(*length as usize);
         while let Some(part) = parts.recv().await {

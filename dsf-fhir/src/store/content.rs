@@ -17,6 +17,18 @@ use tokio::sync::mpsc;
 /// enough that a reader holds little at a time.
 pub const PART_BYTES: usize = 1 << 20;
 
+/// How many parts hold `size` bytes.
+fn parts_of(size: u64) -> u64 {
+    size.div_ceil(PART_BYTES as u64)
+}
+
+/// The refusal of a Binary too large to embed in a Bundle (as base64 in its `data`).
+pub(crate) fn too_large_to_embed(size: u64, limit: u64) -> Error {
+    Error::NotAcceptable(format!(
+        "a Binary of {size} bytes is more than the {limit} a Bundle embeds; read the Binary itself"
+    ))
+}
+
 /// Content is unclaimed once this old without a Binary that owns it.
 const UNCLAIMED_AFTER_MILLIS: i64 = 60 * 60 * 1000;
 
@@ -38,7 +50,7 @@ pub struct StoredContent {
 impl StoredContent {
     /// How many parts hold the content.
     pub fn parts(&self) -> u64 {
-        self.size.div_ceil(PART_BYTES as u64)
+        parts_of(self.size)
     }
 }
 
@@ -218,7 +230,7 @@ pub(super) async fn attach(
     claimed
         .push("SELECT COUNT(*) FROM binary_contents WHERE content_id = ")
         .bind(content.id.as_str());
-    let expected = content.size.div_ceil(PART_BYTES as u64) as i64;
+    let expected = parts_of(content.size) as i64;
     if session.count(&present).await? != expected || session.count(&claimed).await? != 0 {
         return Err(Error::storage_fault(format!(
             "staged content {} is incomplete or already claimed",
@@ -290,24 +302,24 @@ impl ResourceStore {
     /// Where the content of Binary `id` in `version` is kept, if it is kept apart from the
     /// resource (it was uploaded raw, larger than one part).
     pub async fn binary_content(&self, id: &str, version: i64) -> Result<Option<StoredContent>> {
+        // One round trip for both columns: `size content_id` as one text.
         let mut sql = Sql::new(self.dialect());
-        sql.push("SELECT content_id FROM binary_contents WHERE res_id = ")
-            .bind(id)
-            .push(" AND version = ")
-            .bind(version);
+        sql.push(
+            "SELECT CAST(size AS TEXT) || ' ' || content_id FROM binary_contents WHERE res_id = ",
+        )
+        .bind(id)
+        .push(" AND version = ")
+        .bind(version);
         let mut session = self.backend.read().await?;
-        let Some(content_id) = session.strings(&sql).await?.into_iter().next() else {
+        let Some(found) = session.strings(&sql).await?.into_iter().next() else {
             return Ok(None);
         };
-        let mut size = Sql::new(self.dialect());
-        size.push("SELECT size FROM binary_contents WHERE res_id = ")
-            .bind(id)
-            .push(" AND version = ")
-            .bind(version);
-        let size = session.count(&size).await?;
+        let (size, content_id) = found
+            .split_once(' ')
+            .ok_or_else(|| Error::storage_fault(format!("Binary/{id} content row: {found}")))?;
         Ok(Some(StoredContent {
-            id: content_id,
-            size: u64::try_from(size).map_err(Error::storage)?,
+            id: content_id.to_owned(),
+            size: size.parse().map_err(Error::storage)?,
         }))
     }
 
@@ -333,10 +345,7 @@ impl ResourceStore {
     /// above `limit` bytes.
     pub async fn content_bytes(&self, content: &StoredContent, limit: u64) -> Result<Vec<u8>> {
         if content.size > limit {
-            return Err(Error::NotAcceptable(format!(
-                "a Binary of {} bytes is more than the {limit} a Bundle embeds; read the Binary itself",
-                content.size
-            )));
+            return Err(too_large_to_embed(content.size, limit));
         }
         let mut data = Vec::with_capacity(content.size as usize);
         for part in 0..content.parts() {

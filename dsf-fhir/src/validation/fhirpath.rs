@@ -425,25 +425,22 @@ fn boolean<'a>(value: Option<bool>) -> Vec<Item<'a>> {
 /// found by its stem (`value` finds `valueString`).
 fn children<'a>(item: &Item<'a>, name: &str, out: &mut Vec<Item<'a>>) {
     match item {
-        Cow::Borrowed(value) => {
-            if let Some(object) = value.as_object() {
-                let mut found = Vec::new();
-                object_children(object, name, &mut found);
-                out.extend(found.into_iter().map(Cow::Borrowed));
-            } else if name == "value" && !value.is_array() {
-                // A primitive's `value` is the primitive itself (as in the FHIR object model).
-                out.push(Cow::Borrowed(*value));
-            }
-        }
+        Cow::Borrowed(value) => value_children(value, name, |child| out.push(Cow::Borrowed(child))),
         Cow::Owned(value) => {
-            if let Some(object) = value.as_object() {
-                let mut found = Vec::new();
-                object_children(object, name, &mut found);
-                out.extend(found.into_iter().map(|v| Cow::Owned(v.clone())));
-            } else if name == "value" && !value.is_array() {
-                out.push(Cow::Owned(value.clone()));
-            }
+            value_children(value, name, |child| out.push(Cow::Owned(child.clone())))
         }
+    }
+}
+
+/// [`children`] of one JSON value, each handed to `push`.
+fn value_children<'v>(value: &'v Value, name: &str, mut push: impl FnMut(&'v Value)) {
+    if let Some(object) = value.as_object() {
+        let mut found = Vec::new();
+        object_children(object, name, &mut found);
+        found.into_iter().for_each(push);
+    } else if name == "value" && !value.is_array() {
+        // A primitive's `value` is the primitive itself (as in the FHIR object model).
+        push(value);
     }
 }
 
