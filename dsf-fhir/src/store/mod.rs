@@ -14,6 +14,7 @@ mod sqlite;
 mod unique;
 mod write;
 
+#[cfg(feature = "server")]
 pub(crate) use content::too_large_to_embed;
 pub use content::{ContentWriter, StagedContent, StoredContent, PART_BYTES};
 pub use feed::{ChangeReceiver, CommittedBatch};
