@@ -5,13 +5,15 @@
 
 use base64::Engine;
 use bytes::Bytes;
+use dsf_core::DevPki;
 use dsf_fhir::client::{FhirClient, RawResponse};
-use dsf_fhir::store::PART_BYTES;
+use dsf_fhir::store::{Backend, SqliteBackend, PART_BYTES};
 use dsf_tests::fixtures::{tag_all, tag_local, with_tags};
 use dsf_tests::BackendKind;
 use dsf_tests::TestServer;
 use http::Method;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 const CONTENT: &[u8] = b"%PDF-1.7 not really a PDF, but ten and more bytes";
 
@@ -279,7 +281,47 @@ fn large_content() -> Vec<u8> {
 const LIMIT: u64 = 4 * PART_BYTES as u64;
 
 async fn large_binaries_stream_in_parts(kind: BackendKind) {
-    let server = TestServer::start_with(kind, |config| {
+    large_binaries_stream(dsf_tests::backend(kind).await).await;
+}
+
+/// On a SQLite database file, content is kept in files beside it: one per upload, gone with
+/// a refused upload and with the Binary's permanent delete.
+async fn large_binaries_stream_from_files() {
+    let directory = tempfile::tempdir().expect("directory");
+    let backend =
+        Arc::new(SqliteBackend::open(&directory.path().join("fhir.sqlite")).expect("SQLite file"));
+    let files = backend
+        .content_directory()
+        .expect("a content directory")
+        .to_owned();
+    let count = move || {
+        std::fs::read_dir(&files)
+            .expect("content directory")
+            .count()
+    };
+    large_binaries_stream_checking(backend, &count).await;
+    assert_eq!(count(), 0, "no content left");
+}
+
+async fn large_binaries_stream(backend: Arc<dyn Backend>) {
+    large_binaries_stream_checking(backend, &|| 0).await
+}
+
+/// Waits until `count` gives `expected`, failing after ten seconds.
+async fn settles(count: &dyn Fn() -> usize, expected: usize, what: &str) {
+    for _ in 0..500 {
+        if count() == expected {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(count(), expected, "{what}");
+}
+
+/// The large-Binary scenario; `files` counts the content files, if the backend keeps any.
+async fn large_binaries_stream_checking(backend: Arc<dyn Backend>, files: &dyn Fn() -> usize) {
+    let keeps_files = backend.content_directory().is_some();
+    let server = TestServer::start_on(backend, DevPki::generate("CA").expect("CA"), |config| {
         config.max_binary_bytes = LIMIT;
         // Bundles embed Binaries up to the body limit.
         config.max_body_bytes = 8 * PART_BYTES;
@@ -300,6 +342,7 @@ async fn large_binaries_stream_in_parts(kind: BackendKind) {
         Some(content.len() as u64),
         "kept apart from the resource"
     );
+    assert_eq!(files(), usize::from(keeps_files), "one file per upload");
 
     // Raw: whole, ranges across part boundaries, the suffix, HEAD.
     let raw = |range: Option<String>| {
@@ -380,6 +423,13 @@ async fn large_binaries_stream_in_parts(kind: BackendKind) {
     // Refused before the body is stored: a remote organisation may not create Binaries.
     let forbidden = upload(&server.remote, &context, &content).await;
     assert_eq!(forbidden.status, 403, "{:?}", forbidden.body);
+    // The upload refused at the limit removes its file in the background.
+    settles(
+        files,
+        usize::from(keeps_files),
+        "refused uploads leave no file",
+    )
+    .await;
 
     // Deleted permanently: the content goes with the resource.
     let deleted = send(&server.local, Method::DELETE, &path, &[], None).await;
@@ -397,6 +447,7 @@ async fn large_binaries_stream_in_parts(kind: BackendKind) {
         server.store.binary_content(&id, 1).await.expect("content"),
         None
     );
+    assert_eq!(files(), 0, "the file goes with the Binary");
 }
 
 fn main() {
@@ -404,6 +455,10 @@ fn main() {
     let suite = suite.on_both_backends(
         "large_binaries_stream_in_parts",
         large_binaries_stream_in_parts,
+    );
+    let suite = suite.test(
+        "large_binaries_stream_from_files",
+        large_binaries_stream_from_files,
     );
     let suite = dsf_tests::server_tests!(
         suite,

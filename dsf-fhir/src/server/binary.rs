@@ -493,15 +493,14 @@ impl FhirServer {
         }
         let limit = self.config.max_binary_bytes;
         let mut writer = self.store.write_content();
-        writer.write(&first).await?;
-        drop(first);
+        writer.write(first.freeze()).await?;
         while let Some(data) = next_data(body).await? {
             if writer.size() + data.len() as u64 > limit {
                 return Err(Error::PayloadTooLarge(
                     usize::try_from(limit).unwrap_or(usize::MAX),
                 ));
             }
-            writer.write(&data).await?;
+            writer.write(data).await?;
         }
         let content = writer.finish().await?;
         let op = WriteOp::CreateWithContent {

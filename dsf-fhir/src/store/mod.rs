@@ -135,10 +135,11 @@ pub trait Backend: Send + Sync {
         self.read().await
     }
 
-    /// A read session for the parts of Binary content ([`ResourceStore::content_part`]),
-    /// which a backend may keep from caching or mapping what it streams out.
-    async fn content_read(&self) -> Result<Box<dyn Session>> {
-        self.read().await
+    /// The directory where the store keeps Binary content as files, one per upload, if the
+    /// backend has a place on disk for them (a SQLite database file: `<file>-binary`).
+    /// Without one, content is kept in the database in parts.
+    fn content_directory(&self) -> Option<&std::path::Path> {
+        None
     }
 }
 
@@ -169,6 +170,7 @@ pub struct ResourceStore {
     group_writer: Option<group::GroupWriter>,
     plans: Arc<plan::PlanCache>,
     feed: Arc<feed::ChangeFeed>,
+    content: content::ContentPlace,
 }
 
 impl ResourceStore {
@@ -188,12 +190,17 @@ impl ResourceStore {
         } else {
             None
         };
+        let content = match backend.content_directory() {
+            Some(directory) => content::ContentPlace::Directory(directory.into()),
+            None => content::ContentPlace::Database,
+        };
         ResourceStore {
             backend,
             base_url,
             group_writer,
             plans: Arc::default(),
             feed,
+            content,
         }
     }
 
@@ -370,6 +377,7 @@ impl ResourceStore {
         guard: Option<Arc<dyn WriteGuard>>,
         label: impl Fn(usize) -> String + Send + 'static,
     ) -> Result<Vec<WriteOutcome>> {
+        let released_content = self.content_files_removed_by(&ops).await?;
         let outcomes = match &self.group_writer {
             Some(writer) => {
                 let (reply, answer) = tokio::sync::oneshot::channel();
@@ -402,6 +410,7 @@ impl ResourceStore {
                 outcomes
             }
         };
+        self.content_files_released(released_content).await;
         Ok(outcomes)
     }
 

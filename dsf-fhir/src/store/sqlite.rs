@@ -27,7 +27,7 @@ use super::{Backend, Session, StoredResource};
 use crate::{Error, Result};
 use async_trait::async_trait;
 use rusqlite::{params_from_iter, Connection, OpenFlags};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -113,9 +113,8 @@ impl Guarded {
 pub struct SqliteBackend {
     writer: Arc<Mutex<Guarded>>,
     readers: Vec<Arc<Mutex<Guarded>>>,
-    /// Reads Binary content without the memory map, so that content streamed out does not
-    /// stay mapped into the process (a database file only).
-    content_reader: Option<Arc<Mutex<Guarded>>>,
+    /// Where Binary content is kept as files (a database file only).
+    content_directory: Option<PathBuf>,
     /// Set when readers are connections of their own (not the in-memory database's one).
     snapshots: Option<Arc<Snapshots>>,
     next_reader: AtomicUsize,
@@ -206,18 +205,16 @@ impl SqliteBackend {
             configure(&reader)?;
             readers.push(Arc::new(Mutex::new(guard(reader))));
         }
-        let content_reader = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(storage_error)?;
-        configure(&content_reader)?;
-        content_reader
-            .execute_batch("PRAGMA mmap_size = 0; PRAGMA cache_size = -1024")
-            .map_err(storage_error)?;
+        let content_directory = super::content::directory_for(path);
+        std::fs::create_dir_all(&content_directory).map_err(|e| {
+            Error::storage_fault(format!(
+                "cannot create the Binary content directory {}: {e}",
+                content_directory.display()
+            ))
+        })?;
         Ok(SqliteBackend {
             writer: Arc::new(Mutex::new(guard(writer))),
-            content_reader: Some(Arc::new(Mutex::new(guard(content_reader)))),
+            content_directory: Some(content_directory),
             snapshots: Some(Arc::new(Snapshots {
                 commits: AtomicU64::new(0),
                 readers: readers.clone(),
@@ -281,7 +278,7 @@ impl SqliteBackend {
         let writer = Arc::new(Mutex::new(guard(conn)));
         Ok(SqliteBackend {
             readers: vec![writer.clone()],
-            content_reader: None,
+            content_directory: None,
             writer,
             snapshots: None,
             next_reader: AtomicUsize::new(0),
@@ -470,18 +467,8 @@ impl Backend for SqliteBackend {
         Ok(Box::new(self.reader_session(false).await?))
     }
 
-    async fn content_read(&self) -> Result<Box<dyn Session>> {
-        let Some(conn) = &self.content_reader else {
-            return self.read().await;
-        };
-        // No snapshot: content parts never change once written, and each statement on
-        // its own sees every commit before it.
-        Ok(Box::new(SqliteSession {
-            guarded: Some(self.session(conn).await),
-            open_transaction: false,
-            off_runtime: true,
-            snapshots: None,
-        }))
+    fn content_directory(&self) -> Option<&Path> {
+        self.content_directory.as_deref()
     }
 
     async fn write(&self) -> Result<Box<dyn Session>> {
