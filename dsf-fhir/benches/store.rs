@@ -29,6 +29,56 @@ fn task(n: usize) -> Value {
     })
 }
 
+/// Validated and unvalidated creates taken in turns, so that both meet the same disk and the
+/// same machine load: the two criterion benches above run one after the other, and a commit's
+/// fsync moves both by more than validation costs. Prints the medians and their ratio.
+fn interleaved_validation_cost(
+    rt: &tokio::runtime::Runtime,
+    store: &ResourceStore,
+    definitions: &Definitions,
+    n: &mut usize,
+) {
+    const PAIRS: usize = 2_000;
+    let create = |resource: Value| {
+        let op = WriteOp::Create {
+            resource,
+            if_none_exist: None,
+            full_url: None,
+        };
+        rt.block_on(store.write(op)).unwrap();
+    };
+    let mut plain = Vec::with_capacity(PAIRS);
+    let mut validated = Vec::with_capacity(PAIRS);
+    for pair in 0..PAIRS {
+        for validating in [pair % 2 == 0, pair % 2 == 1] {
+            *n += 1;
+            let start = std::time::Instant::now();
+            let resource = task(*n);
+            if validating {
+                assert!(validate(definitions, &resource).is_valid());
+            }
+            create(resource);
+            let took = start.elapsed();
+            if validating {
+                validated.push(took);
+            } else {
+                plain.push(took);
+            }
+        }
+    }
+    let median = |times: &mut Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let (plain, validated) = (median(&mut plain), median(&mut validated));
+    println!(
+        "store create Task, validated / not, {PAIRS} interleaved pairs: median {:.0} µs / {:.0} µs = {:.3}",
+        validated.as_secs_f64() * 1e6,
+        plain.as_secs_f64() * 1e6,
+        validated.as_secs_f64() / plain.as_secs_f64()
+    );
+}
+
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -136,6 +186,7 @@ fn benches(c: &mut Criterion) {
         })
     });
     create.finish();
+    interleaved_validation_cost(&rt, &store, &definitions, &mut n);
 
     let mut read = c.benchmark_group("read");
     read.bench_function("store read Task by id", |b| {

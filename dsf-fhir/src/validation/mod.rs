@@ -175,4 +175,35 @@ mod tests {
         set_default_profile(&mut task);
         assert!(task.get("meta").is_none());
     }
+
+    /// A required primitive given only by its extensions (`_status`) is present; one given
+    /// not at all is missing, and the issue names where.
+    #[test]
+    fn a_primitive_given_by_its_extensions_alone_is_present() {
+        let definitions = Definitions::new(base_definitions().into_iter().map(|(_, r)| r));
+        let absent = "minimum cardinality 1 not met";
+        let mut task = serde_json::json!({
+            "resourceType": "Task",
+            "intent": "order",
+            "_status": {"extension": [{
+                "url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason",
+                "valueCode": "unknown"
+            }]}
+        });
+        let report = validate(&definitions, &task);
+        assert!(
+            !report.issues.iter().any(|i| i.message.contains(absent)),
+            "{:?}",
+            report.issues
+        );
+        task.as_object_mut().map(|t| t.remove("_status"));
+        let report = validate(&definitions, &task);
+        assert!(
+            report
+                .errors()
+                .any(|i| i.location == "Task.status" && i.message.contains(absent)),
+            "{:?}",
+            report.issues
+        );
+    }
 }

@@ -61,10 +61,10 @@ impl Report {
         self.errors().next().is_none()
     }
 
-    fn push(&mut self, severity: Severity, location: &str, message: impl Into<String>) {
+    fn push(&mut self, severity: Severity, location: &Location<'_>, message: impl Into<String>) {
         self.issues.push(Issue {
             severity,
-            location: location.to_owned(),
+            location: location.to_string(),
             message: message.into(),
         });
     }
@@ -74,7 +74,7 @@ impl Report {
 pub fn validate(definitions: &Definitions, resource: &Value) -> Report {
     let mut report = Report::default();
     let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
-        report.push(Severity::Error, "", "resourceType missing");
+        report.push(Severity::Error, &Location::Root(""), "resourceType missing");
         return report;
     };
     let profiles: Vec<String> = resource
@@ -90,43 +90,42 @@ pub fn validate(definitions: &Definitions, resource: &Value) -> Report {
         resource,
         report: &mut report,
     };
+    let root = Location::Root(resource_type);
     let core = format!("{CORE_PREFIX}{resource_type}");
     match definitions.profile(&core) {
-        Ok(root) => walker.element(&root, resource, resource_type, 0),
-        Err(e) => walker.report.push(Severity::Error, resource_type, e),
+        Ok(profile_root) => walker.element(&profile_root, resource, &root, 0),
+        Err(e) => walker.report.push(Severity::Error, &root, e),
     }
     for profile in &profiles {
         if !definitions.is_known_profile(profile) {
             walker.report.push(
                 Severity::Warning,
-                resource_type,
+                &root,
                 format!("profile {profile} is not known to this server; not checked"),
             );
             continue;
         }
         match definitions.profile(profile) {
-            Ok(root) => {
-                for note in &root.notes {
-                    walker
-                        .report
-                        .push(Severity::Warning, resource_type, note.clone());
+            Ok(profile_root) => {
+                for note in &profile_root.notes {
+                    walker.report.push(Severity::Warning, &root, note.clone());
                 }
-                if root.path != resource_type {
+                if profile_root.path != resource_type {
                     walker.report.push(
                         Severity::Error,
-                        resource_type,
+                        &root,
                         format!(
                             "profile {profile} is for {}, not {resource_type}",
-                            root.path
+                            profile_root.path
                         ),
                     );
                     continue;
                 }
-                walker.element(&root, resource, resource_type, 0)
+                walker.element(&profile_root, resource, &root, 0)
             }
             Err(e) => walker.report.push(
                 Severity::Error,
-                resource_type,
+                &root,
                 format!("profile {profile} cannot be used: {e}"),
             ),
         }
@@ -138,6 +137,30 @@ pub fn validate(definitions: &Definitions, resource: &Value) -> Report {
 fn dedup(issues: &mut Vec<Issue>) {
     let mut seen = std::collections::HashSet::new();
     issues.retain(|i| seen.insert((i.severity, i.location.clone(), i.message.clone())));
+}
+
+/// Where the walk is, as a FHIRPath-like location (`Task.input[1].type`). It is formatted
+/// only when an issue is reported there: most elements walked report nothing.
+#[derive(Clone, Copy)]
+enum Location<'a> {
+    Root(&'a str),
+    /// `parent.name`
+    Child(&'a Location<'a>, &'a str),
+    /// `parent[index]`
+    Index(&'a Location<'a>, usize),
+    /// `parent:slice`
+    Slice(&'a Location<'a>, &'a str),
+}
+
+impl std::fmt::Display for Location<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Root(name) => f.write_str(name),
+            Location::Child(parent, name) => write!(f, "{parent}.{name}"),
+            Location::Index(parent, index) => write!(f, "{parent}[{index}]"),
+            Location::Slice(parent, name) => write!(f, "{parent}:{name}"),
+        }
+    }
 }
 
 struct Walker<'a, 'r> {
@@ -153,7 +176,7 @@ struct Item<'v> {
 }
 
 impl Walker<'_, '_> {
-    fn element(&mut self, element: &Element, value: &Value, location: &str, depth: usize) {
+    fn element(&mut self, element: &Element, value: &Value, location: &Location<'_>, depth: usize) {
         if depth > MAX_DEPTH {
             return;
         }
@@ -169,9 +192,15 @@ impl Walker<'_, '_> {
         element: &Element,
         value: &Value,
         type_code: Option<&str>,
-        location: &str,
+        location: &Location<'_>,
         depth: usize,
     ) {
+        self.constraints(element, value, location);
+        self.value_rules(element, value, type_code, location, depth);
+    }
+
+    /// The element's invariants (FHIRPath constraints), evaluated on the value.
+    fn constraints(&mut self, element: &Element, value: &Value, location: &Location<'_>) {
         for constraint in &element.constraints {
             let failing = match &constraint.expression {
                 Some(expression) => match expression.is_true(value, self.resource) {
@@ -210,6 +239,17 @@ impl Walker<'_, '_> {
                 );
             }
         }
+    }
+
+    /// Fixed and pattern values, the required binding, and the type's rules.
+    fn value_rules(
+        &mut self,
+        element: &Element,
+        value: &Value,
+        type_code: Option<&str>,
+        location: &Location<'_>,
+        depth: usize,
+    ) {
         if let Some((_, fixed)) = &element.fixed {
             if !same(value, fixed) {
                 self.report.push(
@@ -251,7 +291,7 @@ impl Walker<'_, '_> {
     }
 
     /// A coding from a code system stored here must use one of its codes, bound or not.
-    fn code_system(&mut self, value: &Value, location: &str) {
+    fn code_system(&mut self, value: &Value, location: &Location<'_>) {
         let (Some(system), Some(code)) = (
             value.get("system").and_then(Value::as_str),
             value.get("code").and_then(Value::as_str),
@@ -270,7 +310,13 @@ impl Walker<'_, '_> {
     }
 
     /// Validates against the profiles of the value's type; with several, one must hold.
-    fn type_profiles(&mut self, type_ref: &TypeRef, value: &Value, location: &str, depth: usize) {
+    fn type_profiles(
+        &mut self,
+        type_ref: &TypeRef,
+        value: &Value,
+        location: &Location<'_>,
+        depth: usize,
+    ) {
         if type_ref.profiles.is_empty() {
             return;
         }
@@ -317,7 +363,7 @@ impl Walker<'_, '_> {
         }
     }
 
-    fn binding(&mut self, value_set: &str, value: &Value, location: &str) {
+    fn binding(&mut self, value_set: &str, value: &Value, location: &Location<'_>) {
         let Some(expansion) = self.definitions.expansion(value_set) else {
             self.report.push(
                 Severity::Warning,
@@ -371,7 +417,13 @@ impl Walker<'_, '_> {
         }
     }
 
-    fn children(&mut self, element: &Element, value: &Value, location: &str, depth: usize) {
+    fn children(
+        &mut self,
+        element: &Element,
+        value: &Value,
+        location: &Location<'_>,
+        depth: usize,
+    ) {
         for child in element.children() {
             let items = self.items(child, value, location);
             // Absent and not required, by the element or by one of its slices: nothing to
@@ -379,7 +431,7 @@ impl Walker<'_, '_> {
             if items.is_empty() && child.min == 0 && child.slices.iter().all(|s| s.min == 0) {
                 continue;
             }
-            let here = format!("{location}.{}", child.stem());
+            let here = Location::Child(location, child.stem());
             let slicing = child.slicing.is_some() || !child.slices.is_empty();
             let count = items.len() as u64;
             if count < u64::from(child.min) {
@@ -405,9 +457,9 @@ impl Walker<'_, '_> {
             let many = child.max != Some(1) || items.len() > 1;
             for (index, item) in items.iter().enumerate() {
                 let at = if many {
-                    format!("{here}[{index}]")
+                    Location::Index(&here, index)
                 } else {
-                    here.clone()
+                    here
                 };
                 self.item(child, item, &at, depth);
                 if child.name == "extension" || child.name == "modifierExtension" {
@@ -417,7 +469,7 @@ impl Walker<'_, '_> {
         }
     }
 
-    fn item(&mut self, element: &Element, item: &Item<'_>, location: &str, depth: usize) {
+    fn item(&mut self, element: &Element, item: &Item<'_>, location: &Location<'_>, depth: usize) {
         self.rules(
             element,
             item.value,
@@ -437,7 +489,7 @@ impl Walker<'_, '_> {
     }
 
     /// An extension no slice claims is checked against its definition, if this server has it.
-    fn unsliced_extension(&mut self, value: &Value, location: &str, depth: usize) {
+    fn unsliced_extension(&mut self, value: &Value, location: &Location<'_>, depth: usize) {
         let Some(url) = value.get("url").and_then(Value::as_str) else {
             return;
         };
@@ -451,7 +503,12 @@ impl Walker<'_, '_> {
         }
     }
 
-    fn items<'v>(&mut self, element: &Element, value: &'v Value, location: &str) -> Vec<Item<'v>> {
+    fn items<'v>(
+        &mut self,
+        element: &Element,
+        value: &'v Value,
+        location: &Location<'_>,
+    ) -> Vec<Item<'v>> {
         let Some(object) = value.as_object() else {
             return Vec::new();
         };
@@ -478,7 +535,7 @@ impl Walker<'_, '_> {
                 } else {
                     self.report.push(
                         Severity::Error,
-                        &format!("{location}.{key}"),
+                        &Location::Child(location, key),
                         format!(
                             "type {suffix} is not allowed here (allowed: {})",
                             element
@@ -508,8 +565,19 @@ impl Walker<'_, '_> {
                 type_code: None,
             }),
             None => {
-                // A primitive given only by its extensions is present all the same.
-                if let Some(twin) = object.get(&format!("_{}", element.name)) {
+                // A primitive given only by its extensions (`_name`) is present all the same.
+                let primitive = element
+                    .types
+                    .iter()
+                    .any(|t| t.code.starts_with(|c: char| c.is_ascii_lowercase()));
+                let twin = primitive
+                    .then(|| {
+                        object
+                            .iter()
+                            .find(|(key, _)| key.strip_prefix('_') == Some(element.name.as_str()))
+                    })
+                    .flatten();
+                if let Some((_, twin)) = twin {
                     let n = twin.as_array().map_or(1, Vec::len);
                     items.extend((0..n).map(|_| Item {
                         value: &Value::Null,
@@ -521,7 +589,13 @@ impl Walker<'_, '_> {
         items
     }
 
-    fn slices(&mut self, element: &Element, items: &[Item<'_>], location: &str, depth: usize) {
+    fn slices(
+        &mut self,
+        element: &Element,
+        items: &[Item<'_>],
+        location: &Location<'_>,
+        depth: usize,
+    ) {
         let mut discriminators = element
             .slicing
             .as_ref()
@@ -538,7 +612,7 @@ impl Walker<'_, '_> {
         }
         let mut counts = vec![0u32; element.slices.len()];
         for (index, item) in items.iter().enumerate() {
-            let at = format!("{location}[{index}]");
+            let at = Location::Index(location, index);
             let matched = element
                 .slices
                 .iter()
@@ -556,7 +630,7 @@ impl Walker<'_, '_> {
                 Some(s) => {
                     counts[s] += 1;
                     self.item(&element.slices[s], item, &at, depth);
-                    self.element_rules_beside_slice(element, item, &at, depth);
+                    self.element_rules_beside_slice(element, item, &at);
                 }
                 None => {
                     if element
@@ -582,7 +656,7 @@ impl Walker<'_, '_> {
             if count < slice.min {
                 self.report.push(
                     Severity::Error,
-                    &format!("{location}:{name}"),
+                    &Location::Slice(location, name),
                     format!(
                         "slice {name}: minimum cardinality {} not met (found {count})",
                         slice.min
@@ -593,7 +667,7 @@ impl Walker<'_, '_> {
                 if count > max {
                     self.report.push(
                         Severity::Error,
-                        &format!("{location}:{name}"),
+                        &Location::Slice(location, name),
                         format!("slice {name}: maximum cardinality {max} exceeded (found {count})"),
                     );
                 }
@@ -606,24 +680,9 @@ impl Walker<'_, '_> {
         &mut self,
         element: &Element,
         item: &Item<'_>,
-        location: &str,
-        depth: usize,
+        location: &Location<'_>,
     ) {
-        if element.constraints.is_empty() {
-            return;
-        }
-        let mut bare = element.clone();
-        bare.fixed = None;
-        bare.pattern = None;
-        bare.binding = None;
-        bare.types.iter_mut().for_each(|t| t.profiles.clear());
-        self.rules(
-            &bare,
-            item.value,
-            item.type_code.as_deref(),
-            location,
-            depth,
-        );
+        self.constraints(element, item.value, location);
     }
 
     fn matches(
@@ -675,7 +734,7 @@ impl Walker<'_, '_> {
                     };
                     let targets = navigate(value, &d.path);
                     for target in &targets {
-                        nested.element(&root, target, "", depth + 1);
+                        nested.element(&root, target, &Location::Root(""), depth + 1);
                     }
                     !targets.is_empty() && report.is_valid()
                 })
