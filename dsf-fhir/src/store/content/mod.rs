@@ -182,9 +182,7 @@ impl ContentWriter {
     async fn stored(&mut self) -> Result<()> {
         self.parts = None;
         match self.storing.take() {
-            Some(task) => task
-                .await
-                .map_err(|e| Error::storage_fault(format!("content task failed: {e}")))?,
+            Some(task) => finished(task).await,
             None => Ok(()),
         }
     }
@@ -313,6 +311,19 @@ pub(super) async fn purge(session: &mut dyn Session, dialect: Dialect, id: &str)
     session.queue(contents).await
 }
 
+/// Runs file work on the blocking pool; a task that panicked is a storage fault.
+async fn on_blocking_pool<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    finished(tokio::task::spawn_blocking(work)).await
+}
+
+/// What a content task returned; one that panicked is a storage fault.
+async fn finished<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
+    task.await
+        .map_err(|e| Error::storage_fault(format!("content task failed: {e}")))?
+}
+
 fn content_ids_of(dialect: Dialect, binary_id: &str) -> Sql {
     let mut sql = Sql::new(dialect);
     sql.push("SELECT content_id FROM binary_contents WHERE res_id = ")
@@ -351,12 +362,11 @@ impl ResourceStore {
 
     async fn remove_content_files(&self, directory: &Arc<Path>, ids: Vec<String>) -> Result<()> {
         let directory = directory.clone();
-        tokio::task::spawn_blocking(move || {
+        on_blocking_pool(move || {
             ids.iter()
                 .try_for_each(|id| files::remove(&files::path_of(&directory, id)?))
         })
         .await
-        .map_err(|e| Error::storage_fault(format!("content task failed: {e}")))?
     }
 
     /// The content files that `ops` remove if they commit: those of the Binaries they delete
@@ -410,13 +420,10 @@ impl ResourceStore {
                 Ok(removed)
             }
             ContentPlace::Directory(directory) => {
-                self.move_rows_into_files(directory).await?;
+                self.move_rows_into_files().await?;
                 let listed = directory.clone();
-                let candidates = tokio::task::spawn_blocking(move || {
-                    files::older_than(&listed, UNCLAIMED_AFTER)
-                })
-                .await
-                .map_err(|e| Error::storage_fault(format!("content task failed: {e}")))??;
+                let candidates =
+                    on_blocking_pool(move || files::older_than(&listed, UNCLAIMED_AFTER)).await?;
                 let mut unclaimed = Vec::new();
                 let mut session = self.backend.read().await?;
                 for id in candidates {
@@ -432,47 +439,45 @@ impl ResourceStore {
         }
     }
 
-    /// Moves content kept as rows into files, one content and part at a time: the file is
-    /// written and synced before the rows go.
-    async fn move_rows_into_files(&self, directory: &Arc<Path>) -> Result<()> {
+    /// Moves content kept as rows into files, one content at a time: its rows are written
+    /// out as a new upload would be, and the Binary version is pointed at the file in the
+    /// transaction that removes the rows. Rows no Binary claims just go.
+    async fn move_rows_into_files(&self) -> Result<()> {
         let mut listed = Sql::new(self.dialect());
         listed.push("SELECT DISTINCT content_id FROM binary_parts");
         let ids = self.backend.read().await?.strings(&listed).await?;
         for id in ids {
-            let mut session = self.backend.read().await?;
-            if session.count(&claimed_by(self.dialect(), &id)).await? > 0 {
-                let mut counted = Sql::new(self.dialect());
-                counted
-                    .push("SELECT COUNT(*) FROM binary_parts WHERE content_id = ")
-                    .bind(id.as_str());
-                let parts = session.count(&counted).await?;
-                drop(session);
-                let path = files::path_of(directory, &id)?;
-                files::remove(&path)?;
-                let (sender, receiver) = mpsc::channel(QUEUED_PARTS);
-                let storing = tokio::task::spawn_blocking(move || files::store(&path, receiver));
-                let content = StoredContent {
-                    id: id.clone(),
-                    size: 0,
-                };
+            let mut counted = Sql::new(self.dialect());
+            counted
+                .push("SELECT COUNT(*) FROM binary_parts WHERE content_id = ")
+                .bind(id.as_str());
+            let (claimed, parts) = {
+                let mut session = self.backend.read().await?;
+                let claimed = session.count(&claimed_by(self.dialect(), &id)).await? > 0;
+                (claimed, session.count(&counted).await?)
+            };
+            let moved = if claimed {
+                let mut writer = self.write_content();
                 for part in 0..parts as u64 {
-                    let mut row = Part::default();
-                    row.push(self.part_row(&content, part).await?);
-                    if sender.send(row).await.is_err() {
-                        break;
-                    }
+                    writer.write(self.part_row(&id, part).await?).await?;
                 }
-                drop(sender);
-                storing
-                    .await
-                    .map_err(|e| Error::storage_fault(format!("content task failed: {e}")))??;
+                Some(writer.finish().await?)
             } else {
-                drop(session);
-            }
+                None
+            };
             let mut session = self.backend.write().await?;
+            if let Some(moved) = &moved {
+                let mut repointed = Sql::new(self.dialect());
+                repointed
+                    .push("UPDATE binary_contents SET content_id = ")
+                    .bind(moved.id.as_str())
+                    .push(" WHERE content_id = ")
+                    .bind(id.as_str());
+                session.execute(&repointed).await?;
+            }
             session.execute(&delete_parts(self.dialect(), &id)).await?;
             session.commit().await?;
-            tracing::info!(content = %id, "moved Binary content out of the database");
+            tracing::info!(content = %id, claimed, "moved Binary content out of the database");
         }
         Ok(())
     }
@@ -506,17 +511,16 @@ impl ResourceStore {
         if let ContentPlace::Directory(directory) = &self.content {
             let path = files::path_of(directory, &content.id)?;
             let size = content.size;
-            return tokio::task::spawn_blocking(move || files::read_part(&path, size, part))
-                .await
-                .map_err(|e| Error::storage_fault(format!("content task failed: {e}")))?;
+            return on_blocking_pool(move || files::read_part(&path, size, part)).await;
         }
-        self.part_row(content, part).await
+        self.part_row(&content.id, part).await
     }
 
-    async fn part_row(&self, content: &StoredContent, part: u64) -> Result<Bytes> {
+    /// Part `part` of content `content_id` kept as rows.
+    async fn part_row(&self, content_id: &str, part: u64) -> Result<Bytes> {
         let mut sql = Sql::new(self.dialect());
         sql.push("SELECT bytes FROM binary_parts WHERE content_id = ")
-            .bind(content.id.as_str())
+            .bind(content_id)
             .push(" AND part = ")
             .bind(part as i64);
         let mut session = self.backend.read().await?;
@@ -526,7 +530,7 @@ impl ResourceStore {
             .into_iter()
             .next()
             .ok_or_else(|| {
-                Error::storage_fault(format!("part {part} of content {} is missing", content.id))
+                Error::storage_fault(format!("part {part} of content {content_id} is missing"))
             })
     }
 
@@ -618,7 +622,12 @@ mod tests {
 
         let store = ResourceStore::new(backend, "https://dsf.test/fhir");
         store.remove_unclaimed_content().await.expect("tidied");
-        let moved = std::fs::read(files.join(claimed.to_string())).expect("file");
+        let stored = store
+            .binary_content("b1", 1)
+            .await
+            .expect("row")
+            .expect("content");
+        let moved = std::fs::read(files.join(&stored.id)).expect("file");
         assert_eq!(moved.len(), PART_BYTES + 5);
         assert_eq!((moved[0], moved[PART_BYTES]), (1, 2));
         assert!(!files.join(unclaimed.to_string()).exists());
@@ -626,11 +635,6 @@ mod tests {
         left.push("SELECT COUNT(*) FROM binary_parts");
         let mut session = store.backend.read().await.expect("session");
         assert_eq!(session.count(&left).await.expect("count"), 0);
-        let stored = store
-            .binary_content("b1", 1)
-            .await
-            .expect("row")
-            .expect("content");
         assert_eq!(
             store.content_part(&stored, 1).await.expect("part"),
             vec![2u8; 5]
