@@ -547,6 +547,7 @@ pub(crate) async fn upload(
         let deletes = |e: &Value| e["request"]["method"] == "DELETE";
         (deletes(&a.2), a.0, &a.1).cmp(&(deletes(&b.2), b.0, &b.1))
     });
+    drop_unchanged(client, &mut entries).await;
     let count = entries.len();
     if count > 0 {
         let bundle = json!({
@@ -576,6 +577,78 @@ pub(crate) async fn upload(
     }
     let retired = retire_old_versions(client, plugins).await?;
     Ok((count, retired))
+}
+
+/// Leaves out the writes of resources the server already holds as they would be written, as
+/// the Java BPE writes a plugin's resources only when they change: a BPE that starts again
+/// adds no versions. If the server cannot say, everything is written.
+async fn drop_unchanged(client: &FhirClient, entries: &mut Vec<(usize, String, Value)>) {
+    let writes: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].2["request"]["method"] == "PUT")
+        .collect();
+    if writes.is_empty() {
+        return;
+    }
+    let reads = json!({
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": writes.iter().map(|&i| json!({"request": {"method": "GET", "url": entries[i].1}})).collect::<Vec<_>>(),
+    });
+    let answers = match client.transaction(&reads).await {
+        Ok(response) => response["entry"].as_array().cloned().unwrap_or_default(),
+        Err(error) => {
+            tracing::warn!(%error, "could not read the stored plugin resources; writing all");
+            return;
+        }
+    };
+    if answers.len() != writes.len() {
+        return;
+    }
+    let unchanged: BTreeSet<usize> = writes
+        .iter()
+        .zip(&answers)
+        .filter(|(&i, answer)| {
+            let matches: Vec<&Value> = answer["resource"]["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["search"]["mode"] != "include")
+                .collect();
+            matches.len() == 1 && same_content(&matches[0]["resource"], &entries[i].2["resource"])
+        })
+        .map(|(&i, _)| i)
+        .collect();
+    let mut index = 0;
+    entries.retain(|_| {
+        index += 1;
+        !unchanged.contains(&(index - 1))
+    });
+}
+
+/// Equal apart from what the server sets on every write (id, versionId, lastUpdated) and the
+/// default profile it assigns to a resource that names none.
+fn same_content(stored: &Value, wanted: &Value) -> bool {
+    let without_server_fields = |resource: &Value| {
+        let mut resource = resource.clone();
+        if let Some(object) = resource.as_object_mut() {
+            object.remove("id");
+            if let Some(meta) = object.get_mut("meta").and_then(Value::as_object_mut) {
+                meta.remove("versionId");
+                meta.remove("lastUpdated");
+                if meta.is_empty() {
+                    object.remove("meta");
+                }
+            }
+        }
+        resource
+    };
+    let mut stored = stored.clone();
+    if wanted["meta"]["profile"].is_null() {
+        if let Some(meta) = stored.get_mut("meta").and_then(Value::as_object_mut) {
+            meta.remove("profile");
+        }
+    }
+    without_server_fields(&stored) == without_server_fields(wanted)
 }
 
 async fn retire_old_versions(
@@ -618,6 +691,23 @@ async fn retire_old_versions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_plugin_resources_compare_without_what_the_server_sets() {
+        let wanted = json!({"resourceType": "CodeSystem", "url": "http://x.org/cs", "version": "1.0",
+            "status": "active", "meta": {"tag": [{"code": "ALL"}]}});
+        let stored = json!({"resourceType": "CodeSystem", "id": "7", "url": "http://x.org/cs",
+            "version": "1.0", "status": "active", "meta": {"versionId": "3",
+            "lastUpdated": "2026-12-05T10:00:00Z", "tag": [{"code": "ALL"}],
+            "profile": ["http://dsf.dev/fhir/StructureDefinition/code-system"]}});
+        assert!(same_content(&stored, &wanted));
+        let mut renamed = wanted.clone();
+        renamed["title"] = json!("Renamed");
+        assert!(!same_content(&stored, &renamed));
+        let mut other_profile = wanted.clone();
+        other_profile["meta"]["profile"] = json!(["http://x.org/StructureDefinition/cs"]);
+        assert!(!same_content(&stored, &other_profile));
+    }
 
     #[test]
     fn process_keys_from_canonical_urls() {
