@@ -8,7 +8,7 @@
 //! own, so that searches, history and includes filter inside the query and paging and totals
 //! stay right.
 
-use crate::search::normalise_reference;
+use crate::reference::normalise_reference;
 use serde_json::Value;
 use std::sync::Arc;
 

@@ -3,6 +3,14 @@
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
+/// Milliseconds since the Unix epoch now (wall clock), as `meta.lastUpdated` stores it.
+pub fn unix_millis_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// `millis` since the Unix epoch as a FHIR instant in UTC with milliseconds, the form
 /// `meta.lastUpdated` takes.
 pub fn format_instant(millis: i64) -> String {

@@ -108,6 +108,8 @@ pub mod resource_type;
 #[cfg(feature = "store")]
 pub mod access;
 #[cfg(feature = "store")]
+mod reference;
+#[cfg(feature = "store")]
 pub mod search;
 #[cfg(feature = "server")]
 pub mod server;

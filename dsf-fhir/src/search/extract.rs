@@ -4,6 +4,7 @@ use super::params::{
     public_params, ParamKind, SearchParam, THUMBPRINT_EXTENSION, THUMBPRINT_PARAM,
 };
 use crate::date::parse_date_range;
+use crate::reference::normalise_reference;
 use serde_json::Value;
 
 /// One searchable value of one parameter. Which columns are set depends on the kind:
@@ -54,20 +55,6 @@ pub(crate) fn values_at<'a>(root: &'a Value, path: &str) -> Vec<&'a Value> {
         current = next;
     }
     current
-}
-
-/// Makes a reference relative (`Type/id`) when it points at this server, and drops any
-/// `/_history/n` suffix, so that stored and searched references compare equal.
-pub fn normalise_reference(reference: &str, base_url: &str) -> String {
-    let base = base_url.trim_end_matches('/');
-    let relative = reference
-        .strip_prefix(base)
-        .and_then(|r| r.strip_prefix('/'))
-        .unwrap_or(reference);
-    match relative.find("/_history/") {
-        Some(pos) => relative[..pos].to_owned(),
-        None => relative.to_owned(),
-    }
 }
 
 fn token_rows(param: &str, v: &Value, out: &mut Vec<IndexRow>) {

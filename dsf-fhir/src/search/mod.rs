@@ -8,7 +8,7 @@ mod query;
 
 pub use crate::date::{parse_date_range, DateRange};
 pub(crate) use extract::values_at;
-pub use extract::{index_rows, normalise_reference, IndexRow};
+pub use extract::{index_rows, IndexRow};
 pub use params::{
     find_param, params_of, public_params, ParamKind, SearchParam, THUMBPRINT_EXTENSION,
     THUMBPRINT_PARAM,

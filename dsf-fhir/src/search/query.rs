@@ -1,8 +1,8 @@
 //! Parsing of FHIR search and history query strings into a backend-neutral form.
 
-use super::extract::normalise_reference;
 use super::params::{find_param, params_of, ParamKind, SearchParam};
 use crate::date::{parse_date_range, DateRange};
+use crate::reference::normalise_reference;
 use crate::resource_type::supported_type;
 use crate::{Error, Result};
 

@@ -83,7 +83,7 @@ impl<'a> Bundle<'a> {
             resource_type: "Bundle",
             id: uuid::Uuid::new_v4().to_string(),
             meta: serde_json::json!({
-                "lastUpdated": crate::store::format_instant(crate::store::now_millis()),
+                "lastUpdated": crate::date::format_instant(crate::date::unix_millis_now()),
             }),
             kind,
             total: None,

@@ -78,7 +78,7 @@ impl FhirServer {
         json!({
             "resourceType": "CapabilityStatement",
             "status": "active",
-            "date": crate::store::format_instant(crate::store::now_millis())[..10],
+            "date": crate::date::format_instant(crate::date::unix_millis_now())[..10],
             "kind": "instance",
             "software": {"name": "dsf-rs FHIR server", "version": env!("CARGO_PKG_VERSION")},
             "implementation": {"description": "DSF FHIR server", "url": self.config.base_url},

@@ -67,7 +67,8 @@ impl Default for ConnectionLimits {
     }
 }
 
-fn now_millis() -> u64 {
+/// Milliseconds since this process first asked (a monotonic clock, for idle times).
+fn monotonic_millis() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
@@ -94,7 +95,8 @@ impl Slot {
     /// Marks a request as being handled until the returned guard drops.
     pub fn busy(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::Relaxed);
-        self.last_active.store(now_millis(), Ordering::Relaxed);
+        self.last_active
+            .store(monotonic_millis(), Ordering::Relaxed);
         Busy(self.clone())
     }
 
@@ -121,7 +123,9 @@ pub(crate) struct Busy(Arc<Slot>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.last_active.store(now_millis(), Ordering::Relaxed);
+        self.0
+            .last_active
+            .store(monotonic_millis(), Ordering::Relaxed);
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -193,7 +197,7 @@ impl Registry {
         if !state.arrival(
             address,
             limits.new_connections_per_address_per_second,
-            now_millis(),
+            monotonic_millis(),
         ) {
             return Err(Refused::TooFast);
         }
@@ -224,7 +228,7 @@ impl Registry {
             address,
             known: AtomicBool::new(false),
             busy: AtomicU64::new(0),
-            last_active: AtomicU64::new(now_millis()),
+            last_active: AtomicU64::new(monotonic_millis()),
             close: Notify::new(),
             registry: self.clone(),
         });

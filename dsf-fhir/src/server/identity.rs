@@ -5,8 +5,8 @@
 //! rule), else nobody. Resolutions are cached until the allow list changes, so every change to it
 //! is seen by the next request.
 
-use super::authorization::{DsfRole, Role};
 use super::caller::PeerCertificate;
+use super::roles::{DsfRole, Role};
 use crate::access::{
     array_at, coding_of, grant, identifier_of, str_at, ReadGrants, ORGANIZATION_IDENTIFIER_SYSTEM,
 };

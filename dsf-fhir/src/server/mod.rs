@@ -15,12 +15,13 @@ mod memory;
 mod reply;
 mod rest;
 pub mod role_config;
+mod roles;
 mod service;
 mod transaction;
 pub mod websocket;
 
 pub use crate::access::{ORGANIZATION_IDENTIFIER_SYSTEM, READ_ACCESS_TAG_SYSTEM};
-pub use authorization::{AuthorizationPolicy, DsfRole, DsfRules, PolicyContext, Role};
+pub use authorization::{AuthorizationPolicy, DsfRules, PolicyContext};
 pub use body::ResponseBody;
 pub use bootstrap::{
     endpoint_identifier, AllowListEntry, BUILT_IN_SUBSCRIPTIONS, ENDPOINT_IDENTIFIER_SYSTEM,
@@ -29,6 +30,7 @@ pub use caller::{AddressRange, ForwardedCertificates, PeerAddress, PeerCertifica
 pub use connections::ConnectionLimits;
 pub use identity::{Identity, IdentityKind, LocalUser, DSF_ADMIN};
 pub use role_config::{RoleConfig, RoleRule};
+pub use roles::{DsfRole, Role};
 pub use service::FhirService;
 pub use websocket::WEBSOCKET_PATH;
 

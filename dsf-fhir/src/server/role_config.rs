@@ -16,8 +16,8 @@
 //! As in the Java DSF, values that do not fit (a malformed thumbprint, an unknown role) are
 //! left out with a warning; only text that is not YAML, or not a list of rules, is an error.
 
-use super::authorization::{DsfRole, Role};
 use super::identity::LocalUser;
+use super::roles::{DsfRole, Role};
 use crate::{Error, Result};
 use dsf_core::Thumbprint;
 use yaml_rust2::{Yaml, YamlLoader};

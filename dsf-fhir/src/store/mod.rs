@@ -23,7 +23,6 @@ pub use postgres::{PostgresBackend, PostgresOptions};
 pub use sql::{AccessPlan, Dialect, HistoryFilter, Sql, SqlValue};
 pub use sqlite::SqliteBackend;
 #[cfg(feature = "server")]
-pub(crate) use write::now_millis;
 pub use write::{format_instant, Change, WriteGuard, WriteOp, WriteOutcome};
 
 use crate::access::ReadGrants;
@@ -377,7 +376,17 @@ impl ResourceStore {
         guard: Option<Arc<dyn WriteGuard>>,
         label: impl Fn(usize) -> String + Send + 'static,
     ) -> Result<Vec<WriteOutcome>> {
-        let released_content = self.content_files_removed_by(&ops).await?;
+        let deleted_binaries: Vec<&str> = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::PermanentDelete {
+                    resource_type: "Binary",
+                    id,
+                } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let released_content = self.content_files_of(&deleted_binaries).await?;
         let outcomes = match &self.group_writer {
             Some(writer) => {
                 let (reply, answer) = tokio::sync::oneshot::channel();

@@ -6,7 +6,8 @@
 //! lock per key value, so that of two concurrent writers of clashing resources the second
 //! waits for the first and then sees it.
 
-use crate::search::{normalise_reference, values_at, Clause, Condition, SearchQuery};
+use crate::reference::normalise_reference;
+use crate::search::{values_at, Clause, Condition, SearchQuery};
 use serde_json::Value;
 
 const ORGANIZATION_IDENTIFIER: &str = "http://dsf.dev/sid/organization-identifier";

@@ -126,13 +126,6 @@ pub enum WriteOutcome {
     PermanentlyDeleted(StoredResource),
 }
 
-pub(crate) fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 fn resource_type_of(resource: &Value) -> Result<&'static str> {
     let name = resource
         .get("resourceType")
@@ -265,7 +258,7 @@ impl Writer<'_> {
             resolve_references(&mut resource, &self.ids, None)?;
         }
         self.check_unique(resource_type, id, &resource).await?;
-        let last_updated = now_millis();
+        let last_updated = crate::date::unix_millis_now();
         let Value::Object(fields) = resource else {
             return Err(Error::Invalid("resource is not a JSON object".into()));
         };
@@ -484,7 +477,7 @@ impl Writer<'_> {
             old: &current,
         })?;
         let version = current.version + 1;
-        let last_updated = now_millis();
+        let last_updated = crate::date::unix_millis_now();
         self.append_version(resource_type, id, version, last_updated, None)
             .await?;
         self.session
@@ -670,7 +663,7 @@ impl Writer<'_> {
     ) -> Result<()> {
         let mut references: Vec<String> = references
             .iter()
-            .map(|r| crate::search::normalise_reference(r, self.base_url))
+            .map(|r| crate::reference::normalise_reference(r, self.base_url))
             .filter(|r| !(r.contains("://") || r.starts_with('#') || r.starts_with("urn:")))
             .collect();
         references.sort();

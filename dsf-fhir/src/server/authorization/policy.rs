@@ -9,8 +9,9 @@
 //! database query. A policy can forbid reading a type altogether in
 //! [`AuthorizationPolicy::check_interaction`].
 
-use super::{meta_tag, process, questionnaire_response, require_role, task, Role};
+use super::{meta_tag, process, questionnaire_response, require_role, task};
 use crate::server::identity::Identity;
+use crate::server::roles::Role;
 use crate::server::FhirServer;
 use crate::store::{Change, ResourceStore};
 use crate::{Error, Result};

@@ -3,12 +3,12 @@
 //! to the connections bound to the Subscription it matches.
 
 use super::hub::{ActiveSubscription, Message, Payload, Session};
-use super::{close_code, Closing};
+use super::{close_code, may_connect, Closing};
 use crate::access::grants_of;
 use crate::format::Format;
 use crate::search::index_rows;
-use crate::server::authorization::Role;
 use crate::server::reply::stored_body;
+use crate::server::roles::Role;
 use crate::server::FhirServer;
 use crate::store::{ChangeReceiver, StoredResource, ALLOW_LIST_TYPES};
 use bytes::Bytes;
@@ -140,11 +140,6 @@ impl FhirServer {
             }
         }
     }
-}
-
-/// The Java DSF lets a connection in only with the WEBSOCKET role (for any type).
-pub(crate) fn may_connect(identity: &crate::server::Identity) -> bool {
-    identity.roles.iter().any(|r| r.role == Role::Websocket)
 }
 
 fn render(stored: &StoredResource, format: Format) -> Option<Message> {

@@ -20,6 +20,14 @@ pub(crate) use session::shut_down;
 /// The websocket path below the FHIR base URL.
 pub const WEBSOCKET_PATH: &str = "ws";
 
+/// The Java DSF lets a connection in only with the WEBSOCKET role (for any type).
+pub(crate) fn may_connect(identity: &crate::server::Identity) -> bool {
+    identity
+        .roles
+        .iter()
+        .any(|r| r.role == crate::server::Role::Websocket)
+}
+
 /// Close codes this server sends (RFC 6455, section 7.4.1).
 pub mod close_code {
     pub const NORMAL: u16 = 1000;

@@ -1,8 +1,8 @@
 //! One websocket connection: the handshake answer, the text protocol (`bind` / `bound`),
 //! keep-alive pings, the connection's bounded event queue, and closing with a reason.
 
-use super::dispatch::may_connect;
 use super::hub::{Message, SessionEnds};
+use super::may_connect;
 use super::{close_code, Closing};
 use crate::server::PeerCertificate;
 use crate::server::{FhirServer, Identity};

@@ -16,7 +16,7 @@ mod files;
 pub(super) use files::directory_for;
 
 use super::sql::{Dialect, Sql, SqlValue};
-use super::{ResourceStore, Session, WriteOp};
+use super::{ResourceStore, Session};
 use crate::{Error, Result};
 use bytes::Bytes;
 use std::path::Path;
@@ -223,7 +223,7 @@ async fn store_rows(
                 .push(", ")
                 .bind(next_part)
                 .push(", ")
-                .bind(super::write::now_millis())
+                .bind(crate::date::unix_millis_now())
                 .push(", ")
                 .bind(SqlValue::Bytes(part.joined()))
                 .push(")");
@@ -369,22 +369,16 @@ impl ResourceStore {
         .await
     }
 
-    /// The content files that `ops` remove if they commit: those of the Binaries they delete
-    /// permanently. Read before the write: a deleted Binary gains no content.
-    pub(super) async fn content_files_removed_by(&self, ops: &[WriteOp]) -> Result<Vec<String>> {
+    /// The content files of the Binaries `binary_ids` (about to be deleted permanently).
+    /// Read before the write: a deleted Binary gains no content.
+    pub(super) async fn content_files_of(&self, binary_ids: &[&str]) -> Result<Vec<String>> {
         let ContentPlace::Directory(_) = &self.content else {
             return Ok(Vec::new());
         };
         let mut ids = Vec::new();
-        for op in ops {
-            if let WriteOp::PermanentDelete {
-                resource_type: "Binary",
-                id,
-            } = op
-            {
-                let mut session = self.backend.read().await?;
-                ids.extend(session.strings(&content_ids_of(self.dialect(), id)).await?);
-            }
+        for id in binary_ids {
+            let mut session = self.backend.read().await?;
+            ids.extend(session.strings(&content_ids_of(self.dialect(), id)).await?);
         }
         Ok(ids)
     }
@@ -410,7 +404,7 @@ impl ResourceStore {
         match &self.content {
             ContentPlace::Database => {
                 let mut sql = Sql::new(self.dialect());
-                let cutoff = super::write::now_millis() - UNCLAIMED_AFTER.as_millis() as i64;
+                let cutoff = crate::date::unix_millis_now() - UNCLAIMED_AFTER.as_millis() as i64;
                 sql.push("DELETE FROM binary_parts WHERE written < ")
                     .bind(cutoff)
                     .push(" AND content_id NOT IN (SELECT content_id FROM binary_contents)");
