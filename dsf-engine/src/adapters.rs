@@ -1,12 +1,13 @@
 //! Plugin handlers seen through dsf-bpmn's handler interface: variables mapped onto the running
 //! instance, message sends performed by the engine, user task QuestionnaireResponses created.
 
-use crate::bpe::Shared;
 use crate::outgoing;
+use crate::scope::{now_instant, with_vars};
+use crate::services::Services;
 use async_trait::async_trait;
 use dsf_bpmn::engine::{HandlerContext, HandlerError};
-use dsf_plugin_api::{constants, Handler, ProcessError, UserTaskListener, VariableScope};
-use serde_json::{json, Map, Value};
+use dsf_plugin_api::{constants, Handler, ProcessError, UserTaskListener};
+use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// The name the engine's own user task listener is bound to.
@@ -15,65 +16,6 @@ pub(crate) const DEFAULT_USER_TASK_LISTENER: &str = "dsf.engine.DefaultUserTaskL
 /// The field the engine gives every user task's `create` listener: the task's
 /// `camunda:formKey` (the Questionnaire's `url|version`).
 pub(crate) const FORM_KEY_FIELD: &str = "formKey";
-
-/// A handler context as the plugin API's variable scope.
-pub(crate) struct ContextScope<'c, 'a>(pub(crate) &'c mut HandlerContext<'a>);
-
-impl VariableScope for ContextScope<'_, '_> {
-    fn get(&self, name: &str) -> Option<Value> {
-        self.0.variable(name).cloned()
-    }
-
-    fn variables(&self) -> Map<String, Value> {
-        self.0.variables()
-    }
-
-    fn set(&mut self, name: &str, value: Value) {
-        self.0.set(name, value);
-    }
-
-    fn set_local(&mut self, name: &str, value: Value) {
-        self.0.set_local(name, value);
-    }
-}
-
-/// What a handler call needs besides the scope, copied out of the context so that the scope
-/// can borrow it mutably.
-pub(crate) struct CallInfo {
-    pub business_key: Option<String>,
-    pub instance_id: String,
-    pub element_id: String,
-    pub fields: Map<String, Value>,
-}
-
-impl CallInfo {
-    pub(crate) fn of(context: &HandlerContext<'_>) -> Self {
-        CallInfo {
-            business_key: context.business_key.map(str::to_owned),
-            instance_id: context.instance_id.to_owned(),
-            element_id: context.element_id.to_owned(),
-            fields: context.fields.clone(),
-        }
-    }
-}
-
-/// Binds `$vars` to the plugin API's view of the handler context `$context` for `$body`.
-macro_rules! with_vars {
-    ($context:expr, $vars:ident => $body:expr) => {{
-        let info = $crate::adapters::CallInfo::of($context);
-        let mut scope = $crate::adapters::ContextScope($context);
-        #[allow(unused_mut)]
-        let mut $vars = dsf_plugin_api::Variables::new(
-            &mut scope,
-            info.business_key.as_deref(),
-            &info.instance_id,
-            &info.element_id,
-            &info.fields,
-        );
-        $body
-    }};
-}
-pub(crate) use with_vars;
 
 pub(crate) fn to_handler_error(error: ProcessError) -> HandlerError {
     match error {
@@ -85,11 +27,11 @@ pub(crate) fn to_handler_error(error: ProcessError) -> HandlerError {
 
 struct Adapter {
     handler: Handler,
-    shared: Arc<Shared>,
+    services: Arc<Services>,
 }
 
-pub(crate) fn adapter(handler: Handler, shared: Arc<Shared>) -> impl dsf_bpmn::engine::Handler {
-    Adapter { handler, shared }
+pub(crate) fn adapter(handler: Handler, services: Arc<Services>) -> impl dsf_bpmn::engine::Handler {
+    Adapter { handler, services }
 }
 
 #[async_trait]
@@ -118,7 +60,7 @@ impl dsf_bpmn::engine::Handler for Adapter {
 
 impl Adapter {
     async fn run(&self, context: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
-        let api = &self.shared.api;
+        let api = &self.services.api;
         match &self.handler {
             Handler::ServiceTask(h) => with_vars!(context, vars => h.execute(api, &mut vars).await)
                 .map_err(to_handler_error),
@@ -126,11 +68,11 @@ impl Adapter {
                 with_vars!(context, vars => h.notify(api, &mut vars).await)
                     .map_err(to_handler_error)
             }
-            Handler::MessageSend(h) => outgoing::send(&self.shared, h.as_ref(), context)
+            Handler::MessageSend(h) => outgoing::send(&self.services, h.as_ref(), context)
                 .await
                 .map_err(to_handler_error),
             Handler::UserTaskListener(h) => {
-                create_questionnaire_response(&self.shared, h.as_ref(), context)
+                create_questionnaire_response(&self.services, h.as_ref(), context)
                     .await
                     .map_err(to_handler_error)
             }
@@ -146,10 +88,12 @@ struct NoHooks;
 
 impl UserTaskListener for NoHooks {}
 
-pub(crate) fn default_user_task_listener(shared: Arc<Shared>) -> impl dsf_bpmn::engine::Handler {
+pub(crate) fn default_user_task_listener(
+    services: Arc<Services>,
+) -> impl dsf_bpmn::engine::Handler {
     Adapter {
         handler: Handler::UserTaskListener(Arc::new(NoHooks)),
-        shared,
+        services,
     }
 }
 
@@ -157,13 +101,13 @@ pub(crate) fn default_user_task_listener(shared: Arc<Shared>) -> impl dsf_bpmn::
 /// `in-progress`: the `business-key` and `user-task-id` items, then one item per question of
 /// the Questionnaire the task's `camunda:formKey` names.
 async fn create_questionnaire_response(
-    shared: &Shared,
+    services: &Services,
     hooks: &dyn UserTaskListener,
     context: &mut HandlerContext<'_>,
 ) -> Result<(), ProcessError> {
     let instance_id = context.instance_id.to_owned();
     let node = context.element_id.to_owned();
-    if shared
+    if services
         .state
         .has_user_task(&instance_id, &node)
         .await
@@ -185,7 +129,7 @@ async fn create_questionnaire_response(
     } else {
         format!("url={url}&version={version}")
     };
-    let bundle = shared
+    let bundle = services
         .api
         .local_client()
         .search("Questionnaire", &query)
@@ -230,19 +174,19 @@ async fn create_questionnaire_response(
         "status": "in-progress",
         "authored": now_instant(),
         "author": {"type": "Organization", "identifier": {
-            "system": constants::ORGANIZATION_IDENTIFIER, "value": shared.api.local_organization()}},
+            "system": constants::ORGANIZATION_IDENTIFIER, "value": services.api.local_organization()}},
         "item": items,
     });
     with_vars!(context, vars => {
-        hooks.before_create(&shared.api, &mut vars, &mut response).await?;
-        let created: Value = shared.api.local_client().create(&response).await?;
+        hooks.before_create(&services.api, &mut vars, &mut response).await?;
+        let created: Value = services.api.local_client().create(&response).await?;
         let id = created["id"].as_str().unwrap_or_default().to_owned();
-        shared
+        services
             .state
             .add_user_task(&id, &instance_id, &node)
             .await
             .map_err(fail)?;
-        hooks.after_create(&shared.api, &mut vars, &created).await
+        hooks.after_create(&services.api, &mut vars, &created).await
     })
 }
 
@@ -265,16 +209,6 @@ fn placeholder_answer(question_type: &str) -> Option<Value> {
         }
         _ => return None,
     })
-}
-
-pub(crate) fn now_instant() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let millis = now.millisecond();
-    let now = now
-        .replace_nanosecond(u32::from(millis) * 1_000_000)
-        .unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn fail(error: crate::Error) -> ProcessError {

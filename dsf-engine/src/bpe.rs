@@ -2,9 +2,11 @@
 //! that feed it (the Task and QuestionnaireResponse subscriptions, the timer clock).
 
 use crate::deploy::{self, Deployment, DeploymentReport, ProcessState};
+use crate::incoming::{BpeStatus, Dispatcher};
 use crate::locks::KeyLocks;
 use crate::plugin_files::{self, PluginFile, PluginFileReport};
 use crate::plugin_process::PluginFileSettings;
+use crate::services::{CrashHook, Services};
 use crate::state::StateStore;
 use crate::{Error, Result};
 use dsf_fhir::client::{ClientSettings, SubscriptionSettings};
@@ -56,32 +58,6 @@ pub struct BpeConfig {
     pub crash_at: Option<CrashHook>,
 }
 
-/// See [`BpeConfig::crash_at`].
-#[doc(hidden)]
-pub type CrashHook = Arc<dyn Fn(&str) -> bool + Send + Sync>;
-
-impl BpeConfig {
-    pub fn new(fhir_base_url: &str, tls: Arc<rustls::ClientConfig>) -> Self {
-        BpeConfig {
-            fhir_base_url: fhir_base_url.trim_end_matches('/').to_owned(),
-            tls,
-            state_path: None,
-            max_concurrent: std::thread::available_parallelism()
-                .map(|n| n.get() * 4)
-                .unwrap_or(8),
-            client: ClientSettings::default(),
-            subscription: SubscriptionSettings::default(),
-            startup_timeout: Duration::from_secs(60),
-            plugin_directory: None,
-            plugin_files: PluginFileSettings::default(),
-            plugin_config: Vec::new(),
-            excluded: Vec::new(),
-            retired: Vec::new(),
-            crash_at: None,
-        }
-    }
-}
-
 /// A `DEV_DSF_BPE_PROCESS_EXCLUDED` / `_RETIRED` value as the Java BPE reads it: entries
 /// `<process id>|<major.minor>` separated by commas or white space (YAML block scalars work).
 pub fn parse_process_list(text: &str) -> Result<Vec<String>> {
@@ -115,69 +91,31 @@ pub struct PluginFileStatus {
     pub pid: Option<u32>,
 }
 
-/// What the BPE is doing, for operators and tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BpeStatus {
-    /// The Task subscription is bound (and its first catch-up done).
-    pub tasks_connected: bool,
-    /// The QuestionnaireResponse subscription is bound.
-    pub questionnaire_responses_connected: bool,
-    /// Websocket connects so far, both subscriptions (more than 2 after reconnects).
-    pub connects: u64,
-    /// Tasks handled so far (started, continued or failed).
-    pub tasks_handled: u64,
-}
-
-/// What the handlers and loops share.
-pub(crate) struct Shared {
-    pub api: ProcessApi,
-    pub state: StateStore,
-    pub crash_at: Option<CrashHook>,
-}
-
-impl Shared {
-    /// A step boundary: with a crash hook that fires here, the caller's work never goes on.
-    pub(crate) async fn step_boundary(&self, name: &str) {
-        if self.crash_at.as_ref().is_some_and(|hook| hook(name)) {
-            tracing::warn!(step = name, "simulated crash");
-            std::future::pending::<()>().await;
+impl BpeConfig {
+    pub fn new(fhir_base_url: &str, tls: Arc<rustls::ClientConfig>) -> Self {
+        BpeConfig {
+            fhir_base_url: fhir_base_url.trim_end_matches('/').to_owned(),
+            tls,
+            state_path: None,
+            max_concurrent: std::thread::available_parallelism()
+                .map(|n| n.get() * 4)
+                .unwrap_or(8),
+            client: ClientSettings::default(),
+            subscription: SubscriptionSettings::default(),
+            startup_timeout: Duration::from_secs(60),
+            plugin_directory: None,
+            plugin_files: PluginFileSettings::default(),
+            plugin_config: Vec::new(),
+            excluded: Vec::new(),
+            retired: Vec::new(),
+            crash_at: None,
         }
-    }
-}
-
-pub(crate) struct Inner {
-    pub shared: Arc<Shared>,
-    /// By `(process id, version)`.
-    pub deployments: HashMap<(String, String), Arc<Deployment>>,
-    pub locks: KeyLocks,
-    pub timers: Notify,
-    pub status: watch::Sender<BpeStatus>,
-    pub work: Arc<Semaphore>,
-    /// Work started from the loops; aborted when the BPE stops.
-    pub running: std::sync::Mutex<tokio::task::JoinSet<()>>,
-}
-
-impl Inner {
-    pub(crate) fn deployment(&self, key: &str) -> Option<&Arc<Deployment>> {
-        let (id, version) = key.split_once('|')?;
-        self.deployments.get(&(id.to_owned(), version.to_owned()))
-    }
-
-    pub(crate) fn local(&self) -> &FhirClient {
-        self.shared.api.local_client()
-    }
-
-    /// Runs `work` on a task of its own that stops with the BPE.
-    pub(crate) fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        while running.try_join_next().is_some() {}
-        running.spawn(work);
     }
 }
 
 /// A running BPE. Dropping it stops its loops and its plugin processes.
 pub struct Bpe {
-    inner: Arc<Inner>,
+    dispatcher: Arc<Dispatcher>,
     report: DeploymentReport,
     loops: Vec<JoinHandle<()>>,
     status: watch::Receiver<BpeStatus>,
@@ -190,7 +128,7 @@ impl Drop for Bpe {
         for task in &self.loops {
             task.abort();
         }
-        self.inner
+        self.dispatcher
             .running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -229,7 +167,7 @@ impl Bpe {
             endpoint: endpoint.clone(),
             fhir_base_url: config.fhir_base_url.clone(),
         };
-        let shared = Arc::new(Shared {
+        let services = Arc::new(Services {
             api: ProcessApi::new(local.clone(), config.tls.clone(), &organization, endpoint)
                 .with_config(config.plugin_config.iter().cloned()),
             state,
@@ -261,7 +199,7 @@ impl Bpe {
         let mut prepared = Vec::new();
         let mut plugin_files = Vec::new();
         for (plugin, file) in sources {
-            match deploy::prepare(&plugin, &organization, &shared) {
+            match deploy::prepare(&plugin, &organization, &services) {
                 Ok(mut p) => {
                     for deployment in &mut p.deployments {
                         let key = deployment.key();
@@ -326,8 +264,8 @@ impl Bpe {
         report.plugin_files.sort_by(|a, b| a.file.cmp(&b.file));
 
         let (status_tx, status) = watch::channel(BpeStatus::default());
-        let inner = Arc::new(Inner {
-            shared,
+        let dispatcher = Arc::new(Dispatcher {
+            services,
             deployments,
             locks: KeyLocks::default(),
             timers: Notify::new(),
@@ -335,23 +273,23 @@ impl Bpe {
             work: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             running: std::sync::Mutex::new(tokio::task::JoinSet::new()),
         });
-        inner.resume_interrupted().await;
-        inner.recover_claims().await;
+        dispatcher.resume_interrupted().await;
+        dispatcher.recover_claims().await;
         let loops = vec![
-            tokio::spawn(inner.clone().follow(
+            tokio::spawn(dispatcher.clone().follow(
                 "Task?status=requested",
                 "task",
                 config.subscription.clone(),
             )),
-            tokio::spawn(inner.clone().follow(
+            tokio::spawn(dispatcher.clone().follow(
                 "QuestionnaireResponse?status=completed",
                 "questionnaire_response",
                 config.subscription.clone(),
             )),
-            tokio::spawn(inner.clone().clock()),
+            tokio::spawn(dispatcher.clone().clock()),
         ];
         Ok(Bpe {
-            inner,
+            dispatcher,
             report,
             loops,
             status,
@@ -376,7 +314,7 @@ impl Bpe {
 
     /// The local organisation's identifier value.
     pub fn organization(&self) -> &str {
-        self.inner.shared.api.local_organization()
+        self.dispatcher.services.api.local_organization()
     }
 
     pub fn status(&self) -> BpeStatus {
@@ -399,7 +337,7 @@ impl Bpe {
 
     /// Running instances in the state database.
     pub async fn running_instances(&self) -> Result<u64> {
-        self.inner.shared.state.running_count().await
+        self.dispatcher.services.state.running_count().await
     }
 
     /// Stops the loops; work in progress is abandoned and resumed by the next start.

@@ -3,7 +3,7 @@
 //! resources written to the local FHIR server and older versions retired.
 
 use crate::adapters::{self, DEFAULT_USER_TASK_LISTENER, FORM_KEY_FIELD};
-use crate::bpe::Shared;
+use crate::services::Services;
 use dsf_bpmn::engine::{Engine, Registry, SystemClock};
 use dsf_bpmn::{Behaviour, Definitions, Field, FieldValue, Listener, NodeKind, Trigger};
 use dsf_fhir::{FhirClient, Format};
@@ -134,11 +134,11 @@ pub(crate) struct PluginResource {
 pub(crate) fn prepare(
     plugin: &PluginDefinition,
     organization: &str,
-    shared: &Arc<Shared>,
+    services: &Arc<Services>,
 ) -> Result<PreparedPlugin, String> {
     let version = plugin.version().resource_version();
     let date = plugin.release_date_text();
-    let config = |v: &str| shared.api.config(v);
+    let config = |v: &str| services.api.config(v);
     let fill = |path: &str, text: &str| {
         fill_placeholders(path, text, &version, &date, organization, config)
             .map_err(|e| e.to_string())
@@ -183,11 +183,14 @@ pub(crate) fn prepare(
         add_default_user_task_listeners(&mut definitions);
         let mut registry = Registry::new();
         for (name, handler) in &handlers {
-            registry.bind(name, adapters::adapter((*handler).clone(), shared.clone()));
+            registry.bind(
+                name,
+                adapters::adapter((*handler).clone(), services.clone()),
+            );
         }
         registry.bind(
             DEFAULT_USER_TASK_LISTENER,
-            adapters::default_user_task_listener(shared.clone()),
+            adapters::default_user_task_listener(services.clone()),
         );
         let process_id = definitions.processes[0].id.clone();
         let start_messages = start_messages(&definitions);

@@ -3,21 +3,66 @@
 //! completes a user task, a due timer fires. After each, the instance runs until it waits or
 //! ends, its state is saved, and the Tasks it is done with are completed or failed.
 
-use crate::bpe::Inner;
 use crate::deploy::{process_key, Deployment, ProcessState};
-use crate::locks::KeyGuard;
+use crate::locks::{KeyGuard, KeyLocks};
+use crate::services::Services;
 use dsf_bpmn::engine::{Instance, InstanceState, Step};
 use dsf_fhir::client::SubscriptionSettings;
 use dsf_fhir::Error as FhirError;
+use dsf_fhir::FhirClient;
 use dsf_plugin_api::constants::{
     BPMN_MESSAGE, BUSINESS_KEY, ERROR, QUESTIONNAIRE_RESPONSE, RECEIVED_TASKS, START_TASK,
 };
 use dsf_plugin_api::task::{add_output, business_key, correlation_key, message_name, parameter};
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{watch, Notify, Semaphore};
 
-impl Inner {
+/// What the BPE is doing, for operators and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BpeStatus {
+    /// The Task subscription is bound (and its first catch-up done).
+    pub tasks_connected: bool,
+    /// The QuestionnaireResponse subscription is bound.
+    pub questionnaire_responses_connected: bool,
+    /// Websocket connects so far, both subscriptions (more than 2 after reconnects).
+    pub connects: u64,
+    /// Tasks handled so far (started, continued or failed).
+    pub tasks_handled: u64,
+}
+
+/// The deployed processes and what runs them: where events reaching the BPE are handled.
+pub(crate) struct Dispatcher {
+    pub services: Arc<Services>,
+    /// By `(process id, version)`.
+    pub deployments: HashMap<(String, String), Arc<Deployment>>,
+    pub locks: KeyLocks,
+    pub timers: Notify,
+    pub status: watch::Sender<BpeStatus>,
+    pub work: Arc<Semaphore>,
+    /// Work started from the loops; aborted when the BPE stops.
+    pub running: std::sync::Mutex<tokio::task::JoinSet<()>>,
+}
+
+impl Dispatcher {
+    pub(crate) fn deployment(&self, key: &str) -> Option<&Arc<Deployment>> {
+        let (id, version) = key.split_once('|')?;
+        self.deployments.get(&(id.to_owned(), version.to_owned()))
+    }
+
+    pub(crate) fn local(&self) -> &FhirClient {
+        self.services.api.local_client()
+    }
+
+    /// Runs `work` on a task of its own that stops with the BPE.
+    pub(crate) fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        while running.try_join_next().is_some() {}
+        running.spawn(work);
+    }
+
     /// Follows the Subscription with `criteria` for as long as the BPE runs: every (re)connect
     /// catches up over REST from the last event time stored under `kind`; each event is
     /// handled on a task of its own, so the reader never waits for process code.
@@ -37,7 +82,7 @@ impl Inner {
                     continue;
                 }
             };
-            let since = self.shared.state.last_event(kind).await.ok().flatten();
+            let since = self.services.state.last_event(kind).await.ok().flatten();
             let mut stream = match self.local().subscribe(&id, since, settings.clone()).await {
                 Ok(stream) => stream,
                 Err(error) => {
@@ -71,16 +116,19 @@ impl Inner {
                 let Ok(permit) = self.work.clone().acquire_owned().await else {
                     return;
                 };
-                let inner = self.clone();
+                let dispatcher = self.clone();
                 self.spawn(async move {
                     if tasks {
-                        inner.on_task(notification.resource).await;
-                        inner.status.send_modify(|s| s.tasks_handled += 1);
+                        dispatcher.on_task(notification.resource).await;
+                        dispatcher.status.send_modify(|s| s.tasks_handled += 1);
                     } else {
-                        inner.on_questionnaire_response(notification.resource).await;
+                        dispatcher
+                            .on_questionnaire_response(notification.resource)
+                            .await;
                     }
                     if let Some(at) = notification.last_updated {
-                        if let Err(error) = inner.shared.state.set_last_event(kind, at).await {
+                        if let Err(error) = dispatcher.services.state.set_last_event(kind, at).await
+                        {
                             tracing::warn!(%error, "cannot store the last event time");
                         }
                     }
@@ -95,7 +143,7 @@ impl Inner {
     pub(crate) async fn clock(self: Arc<Self>) {
         loop {
             let now = now_millis();
-            let (due, next) = match self.shared.state.due(now).await {
+            let (due, next) = match self.services.state.due(now).await {
                 Ok(found) => found,
                 Err(error) => {
                     tracing::error!(%error, "cannot read due timers");
@@ -107,9 +155,9 @@ impl Inner {
                 let Ok(permit) = self.work.clone().acquire_owned().await else {
                     return;
                 };
-                let inner = self.clone();
+                let dispatcher = self.clone();
                 running.spawn(async move {
-                    inner.run_instance(&id).await;
+                    dispatcher.run_instance(&id).await;
                     drop(permit);
                 });
             }
@@ -136,14 +184,14 @@ impl Inner {
     /// Instance `id` under the lock of its business key, as stored once the lock is held
     /// (read once to learn the key, again under the lock), with its deployment.
     async fn lock_instance(&self, id: &str) -> Option<(KeyGuard<'_>, Instance, Arc<Deployment>)> {
-        let stored = self.shared.state.load(id).await.ok()??;
+        let stored = self.services.state.load(id).await.ok()??;
         let key = stored
             .instance
             .business_key
             .clone()
             .unwrap_or_else(|| id.to_owned());
         let guard = self.locks.lock(&key).await;
-        let stored = self.shared.state.load(id).await.ok()??;
+        let stored = self.services.state.load(id).await.ok()??;
         let Some(deployment) = self.deployment(&stored.deployment).cloned() else {
             tracing::warn!(instance = %id, deployment = %stored.deployment, "instance of a process no longer deployed");
             return None;
@@ -186,27 +234,27 @@ impl Inner {
             }
         }
         // Recorded first: a BPE stopped right after the claim finds the Task again.
-        if let Err(error) = self.shared.state.claim(&id, &task).await {
+        if let Err(error) = self.services.state.claim(&id, &task).await {
             tracing::error!(task = %id, %error, "cannot record the claim; leaving the Task requested");
             return;
         }
-        self.shared.step_boundary("claim-recorded").await;
+        self.services.step_boundary("claim-recorded").await;
         task["status"] = json!("in-progress");
         let claimed: Value = match self.local().update_if_match(&task, version).await {
             Ok(claimed) => claimed,
             Err(FhirError::PreconditionFailed(_) | FhirError::VersionConflict(_)) => {
                 tracing::info!(task = %id, "Task claimed by another BPE");
-                let _ = self.shared.state.claim_done(&id).await;
+                let _ = self.services.state.claim_done(&id).await;
                 return;
             }
             Err(error) => {
                 tracing::warn!(task = %id, %error, "cannot set the Task in progress");
-                let _ = self.shared.state.claim_done(&id).await;
+                let _ = self.services.state.claim_done(&id).await;
                 return;
             }
         };
-        let _ = self.shared.state.claim(&id, &claimed).await;
-        self.shared.step_boundary("claimed").await;
+        let _ = self.services.state.claim(&id, &claimed).await;
+        self.services.step_boundary("claimed").await;
         self.continue_claimed(&deployment, claimed).await;
     }
 
@@ -225,7 +273,7 @@ impl Inner {
             business_key = %key, correlation_key = ?correlation, "Task received"
         );
         let _guard = self.locks.lock(&key).await;
-        let candidates = match self.shared.state.running_by_key(&key).await {
+        let candidates = match self.services.state.running_by_key(&key).await {
             Ok(found) => found,
             Err(error) => {
                 tracing::error!(task = %id, %error, "cannot read instances; the Task stays claimed and is retried on restart");
@@ -311,7 +359,7 @@ impl Inner {
         let Some(id) = response["id"].as_str().map(str::to_owned) else {
             return;
         };
-        let Ok(Some((instance_id, node))) = self.shared.state.take_user_task(&id).await else {
+        let Ok(Some((instance_id, node))) = self.services.state.take_user_task(&id).await else {
             tracing::debug!(questionnaire_response = %id, "no open user task waits for it");
             return;
         };
@@ -333,10 +381,10 @@ impl Inner {
             .complete_user_task(&mut instance, &node, &variables)
         {
             tracing::warn!(questionnaire_response = %id, instance = %instance_id, %error, "user task not open");
-            let _ = self.shared.state.remove_user_task(&id).await;
+            let _ = self.services.state.remove_user_task(&id).await;
             return;
         }
-        let _ = self.shared.state.remove_user_task(&id).await;
+        let _ = self.services.state.remove_user_task(&id).await;
         self.drive(&deployment, instance, None).await;
     }
 
@@ -358,7 +406,7 @@ impl Inner {
                 .is_some_and(|node| deployment.send_nodes.contains(node));
             if sends_next {
                 if let Err(error) = self
-                    .shared
+                    .services
                     .state
                     .save(&deployment.key(), &instance, claimed, true)
                     .await
@@ -382,10 +430,10 @@ impl Inner {
                 }
             }
         }
-        self.shared.step_boundary("ran").await;
+        self.services.step_boundary("ran").await;
         if instance.is_finished() {
             self.finish_tasks(&instance).await;
-            self.shared.step_boundary("tasks-finished").await;
+            self.services.step_boundary("tasks-finished").await;
             match &instance.state {
                 InstanceState::Failed { element, reason } => tracing::warn!(
                     instance = %instance.id, process = %deployment.key(), %element, %reason, "process failed"
@@ -397,19 +445,19 @@ impl Inner {
         }
         let signals = instance.take_signals();
         if let Err(error) = self
-            .shared
+            .services
             .state
             .save(&deployment.key(), &instance, claimed, false)
             .await
         {
             tracing::error!(instance = %instance.id, %error, "cannot save the instance");
         }
-        self.shared.step_boundary("saved").await;
+        self.services.step_boundary("saved").await;
         self.timers.notify_one();
         for name in signals {
-            let inner = self.clone();
+            let dispatcher = self.clone();
             let from = instance.id.clone();
-            self.spawn(inner.broadcast(name, from));
+            self.spawn(dispatcher.broadcast(name, from));
         }
     }
 
@@ -424,7 +472,7 @@ impl Inner {
     }
 
     async fn deliver_signal(self: &Arc<Self>, name: &str, from: &str) {
-        let Ok(ids) = self.shared.state.waiting_for_signal(name).await else {
+        let Ok(ids) = self.services.state.waiting_for_signal(name).await else {
             return;
         };
         for id in ids.into_iter().filter(|id| id != from) {
@@ -493,13 +541,13 @@ impl Inner {
     async fn fail_claimed(&self, task: Value, reason: &str) {
         let id = task["id"].as_str().unwrap_or_default().to_owned();
         self.fail_task(task, None, reason).await;
-        let _ = self.shared.state.claim_done(&id).await;
+        let _ = self.services.state.claim_done(&id).await;
     }
 
     /// Instances the BPE stopped in the middle of running (saved before a send): they go on
     /// from there.
     pub(crate) async fn resume_interrupted(self: &Arc<Self>) {
-        match self.shared.state.interrupted().await {
+        match self.services.state.interrupted().await {
             Ok(ids) => {
                 for id in ids {
                     tracing::info!(instance = %id, "resuming an instance interrupted by a restart");
@@ -513,7 +561,7 @@ impl Inner {
     /// Tasks claimed before a restart but not yet acted on: handled now if still in
     /// progress; a Task still requested is found by the catch-up search.
     pub(crate) async fn recover_claims(self: &Arc<Self>) {
-        let claims = match self.shared.state.unfinished_claims().await {
+        let claims = match self.services.state.unfinished_claims().await {
             Ok(claims) => claims,
             Err(error) => {
                 tracing::error!(%error, "cannot read claimed Tasks");
@@ -532,7 +580,7 @@ impl Inner {
                 }
             };
             if current["status"].as_str() != Some("in-progress") {
-                let _ = self.shared.state.claim_done(&id).await;
+                let _ = self.services.state.claim_done(&id).await;
                 continue;
             }
             let canonical = current["instantiatesCanonical"]

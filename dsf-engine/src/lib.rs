@@ -33,11 +33,14 @@ mod locks;
 mod outgoing;
 mod plugin_files;
 mod plugin_process;
+mod scope;
+mod services;
 mod state;
 
-pub use bpe::{parse_process_list, Bpe, BpeConfig, BpeStatus, PluginFileStatus};
+pub use bpe::{parse_process_list, Bpe, BpeConfig, PluginFileStatus};
 pub use deploy::{process_key, Deployment, DeploymentReport, ProcessState};
 pub use error::{Error, Result};
+pub use incoming::BpeStatus;
 pub use plugin_files::{PluginFile, PluginFileReport};
 pub use plugin_process::PluginFileSettings;
 pub use state::{StateStore, INSTANCE_FORMAT};

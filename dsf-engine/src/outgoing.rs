@@ -2,8 +2,8 @@
 //! the target's FHIR server, and recorded in the state database before and after, so that a
 //! BPE restarted mid-send finds out whether the Task went out instead of sending it again.
 
-use crate::adapters::{now_instant, with_vars};
-use crate::bpe::Shared;
+use crate::scope::{now_instant, with_vars};
+use crate::services::Services;
 use crate::state::SendMark;
 use dsf_bpmn::engine::HandlerContext;
 use dsf_plugin_api::constants::{
@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 const SEND_SEQUENCE: &str = "dsf.sendSequence";
 
 pub(crate) async fn send(
-    shared: &Shared,
+    services: &Services,
     handler: &dyn MessageSend,
     context: &mut HandlerContext<'_>,
 ) -> Result<(), ProcessError> {
@@ -67,7 +67,7 @@ pub(crate) async fn send(
         profile,
         target,
     };
-    let mark = shared
+    let mark = services
         .state
         .send_mark(&key)
         .await
@@ -81,11 +81,11 @@ pub(crate) async fn send(
         Some((SendMark::Pending, task)) => {
             restore_alternative_key(handler, context, &task);
             let stored: Value = serde_json::from_str(&task)?;
-            if arrived(shared, &send, &stored).await {
+            if arrived(services, &send, &stored).await {
                 tracing::info!(send = %key, "Task reached its target before a restart; not sending it again");
-                mark_sent(shared, &key).await
+                mark_sent(services, &key).await
             } else {
-                post(shared, &key, &send, &stored).await
+                post(services, &key, &send, &stored).await
             }
         }
         None => {
@@ -98,20 +98,20 @@ pub(crate) async fn send(
                 }
                 _ => Some(uuid::Uuid::new_v4().to_string()),
             };
-            let extra = with_vars!(context, vars => handler.additional_inputs(&shared.api, &vars, &send).await)?;
-            let task = build_task(shared, &send, business_key.as_deref(), extra);
-            shared
+            let extra = with_vars!(context, vars => handler.additional_inputs(&services.api, &vars, &send).await)?;
+            let task = build_task(services, &send, business_key.as_deref(), extra);
+            services
                 .state
                 .mark_pending(&key, &task.to_string(), &send.target.endpoint_url)
                 .await
                 .map_err(|e| ProcessError::failed(e.to_string()))?;
-            shared.step_boundary("send-recorded").await;
-            post(shared, &key, &send, &task).await
+            services.step_boundary("send-recorded").await;
+            post(services, &key, &send, &task).await
         }
     };
     match outcome {
         Ok(()) => {
-            with_vars!(context, vars => handler.after_send(&shared.api, &mut vars, &send).await)
+            with_vars!(context, vars => handler.after_send(&services.api, &mut vars, &send).await)
         }
         Err(error) => {
             tracing::warn!(
@@ -122,7 +122,7 @@ pub(crate) async fn send(
                 error = %error.message,
                 "sending Task failed"
             );
-            with_vars!(context, vars => handler.on_send_error(&shared.api, &mut vars, &send, &error).await)
+            with_vars!(context, vars => handler.on_send_error(&services.api, &mut vars, &send, &error).await)
         }
     }
 }
@@ -144,7 +144,7 @@ fn restore_alternative_key(
 }
 
 fn build_task(
-    shared: &Shared,
+    services: &Services,
     send: &SendContext,
     business_key: Option<&str>,
     extra: Vec<Value>,
@@ -180,19 +180,19 @@ fn build_task(
         "status": "requested",
         "intent": "order",
         "authoredOn": now_instant(),
-        "requester": organization(shared.api.local_organization()),
+        "requester": organization(services.api.local_organization()),
         "restriction": {"recipient": [organization(&send.target.organization_identifier_value)]},
         "input": inputs,
     })
 }
 
 async fn post(
-    shared: &Shared,
+    services: &Services,
     key: &str,
     send: &SendContext,
     task: &Value,
 ) -> Result<(), SendError> {
-    let client = shared
+    let client = services
         .api
         .client_for(&send.target.endpoint_url)
         .map_err(|e| SendError {
@@ -201,22 +201,22 @@ async fn post(
         })?;
     match client.create(task).await {
         Ok(_) => {
-            shared.step_boundary("sent").await;
-            mark_sent(shared, key).await
+            services.step_boundary("sent").await;
+            mark_sent(services, key).await
         }
         Err(error) => {
             let error = send_error(&error);
             // The target answered: it did not store the Task, so the send is not pending.
             if error.status.is_some_and(|s| (400..500).contains(&s)) {
-                let _ = shared.state.forget_send(key).await;
+                let _ = services.state.forget_send(key).await;
             }
             Err(error)
         }
     }
 }
 
-async fn mark_sent(shared: &Shared, key: &str) -> Result<(), SendError> {
-    shared.state.mark_sent(key).await.map_err(|e| SendError {
+async fn mark_sent(services: &Services, key: &str) -> Result<(), SendError> {
+    services.state.mark_sent(key).await.map_err(|e| SendError {
         status: None,
         message: format!("Task sent, but recording it failed: {e}"),
     })
@@ -224,8 +224,8 @@ async fn mark_sent(shared: &Shared, key: &str) -> Result<(), SendError> {
 
 /// Whether the target already has the Task `task` (sent before the BPE stopped): a Task of
 /// ours authored at the same instant with the same message, business key and correlation key.
-async fn arrived(shared: &Shared, send: &SendContext, task: &Value) -> bool {
-    let Ok(client) = shared.api.client_for(&send.target.endpoint_url) else {
+async fn arrived(services: &Services, send: &SendContext, task: &Value) -> bool {
+    let Ok(client) = services.api.client_for(&send.target.endpoint_url) else {
         return false;
     };
     let Some(authored) = task["authoredOn"].as_str() else {
@@ -234,7 +234,7 @@ async fn arrived(shared: &Shared, send: &SendContext, task: &Value) -> bool {
     let query = format!(
         "authored-on={}&requester:identifier={ORGANIZATION_IDENTIFIER}|{}",
         authored.replace('+', "%2B"),
-        shared.api.local_organization()
+        services.api.local_organization()
     );
     let Ok(found) = client.search_pages("Task", &query).collect().await else {
         return false;
