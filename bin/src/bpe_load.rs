@@ -320,7 +320,7 @@ async fn watch_completions(client: FhirClient) -> Result<Waiters, BoxError> {
     let mut stream = client
         .subscribe(
             &id,
-            Some(now_millis()),
+            Some(dsf_fhir::date::unix_millis_now()),
             dsf_fhir::client::SubscriptionSettings::default(),
         )
         .await?;
@@ -336,12 +336,6 @@ async fn watch_completions(client: FhirClient) -> Result<Waiters, BoxError> {
         }
     });
     Ok(waiters)
-}
-
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Runs `op` from `concurrency` workers for `duration`; latencies of the successes.

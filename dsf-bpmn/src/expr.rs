@@ -28,17 +28,17 @@ pub struct ExprError {
 }
 
 /// Where an expression finds its variables: the process instance's scopes.
-pub trait Variables {
+pub trait VariableLookup {
     fn variable(&self, name: &str) -> Option<Value>;
 }
 
-impl Variables for BTreeMap<String, Value> {
+impl VariableLookup for BTreeMap<String, Value> {
     fn variable(&self, name: &str) -> Option<Value> {
         self.get(name).cloned()
     }
 }
 
-impl Variables for serde_json::Map<String, Value> {
+impl VariableLookup for serde_json::Map<String, Value> {
     fn variable(&self, name: &str) -> Option<Value> {
         self.get(name).cloned()
     }
@@ -130,7 +130,7 @@ impl Expression {
 
     /// The value: that of the single `${…}` when the expression is nothing else, otherwise
     /// the concatenation of all parts as a string.
-    pub fn evaluate(&self, vars: &dyn Variables) -> Result<Value, ExprError> {
+    pub fn evaluate(&self, vars: &dyn VariableLookup) -> Result<Value, ExprError> {
         let error = |message: String| ExprError {
             source_text: self.source.clone(),
             message,
@@ -153,7 +153,7 @@ impl Expression {
 
     /// [`Expression::evaluate`] coerced to a boolean as JUEL does (null and "" are false,
     /// strings `true`/`false` in any case), for conditions.
-    pub fn evaluate_bool(&self, vars: &dyn Variables) -> Result<bool, ExprError> {
+    pub fn evaluate_bool(&self, vars: &dyn VariableLookup) -> Result<bool, ExprError> {
         let value = self.evaluate(vars)?;
         to_bool(&value).map_err(|message| ExprError {
             source_text: self.source.clone(),
@@ -474,7 +474,7 @@ fn number(n: f64) -> Value {
     }
 }
 
-fn eval(ast: &Ast, vars: &dyn Variables) -> Result<Value, String> {
+fn eval(ast: &Ast, vars: &dyn VariableLookup) -> Result<Value, String> {
     Ok(match ast {
         Ast::Literal(v) => v.clone(),
         Ast::Variable(name) => vars

@@ -30,12 +30,15 @@ struct Adapter {
     services: Arc<Services>,
 }
 
-pub(crate) fn adapter(handler: Handler, services: Arc<Services>) -> impl dsf_bpmn::engine::Handler {
+pub(crate) fn adapter(
+    handler: Handler,
+    services: Arc<Services>,
+) -> impl dsf_bpmn::engine::ElementHandler {
     Adapter { handler, services }
 }
 
 #[async_trait]
-impl dsf_bpmn::engine::Handler for Adapter {
+impl dsf_bpmn::engine::ElementHandler for Adapter {
     /// Plugin code that panics fails the instance like any other failure (its Tasks become
     /// failed with the reason) instead of leaving them in progress for ever.
     async fn execute(&self, context: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
@@ -90,7 +93,7 @@ impl UserTaskListener for NoHooks {}
 
 pub(crate) fn default_user_task_listener(
     services: Arc<Services>,
-) -> impl dsf_bpmn::engine::Handler {
+) -> impl dsf_bpmn::engine::ElementHandler {
     Adapter {
         handler: Handler::UserTaskListener(Arc::new(NoHooks)),
         services,

@@ -142,7 +142,7 @@ impl Dispatcher {
     /// instance is saved with a new due time).
     pub(crate) async fn clock(self: Arc<Self>) {
         loop {
-            let now = now_millis();
+            let now = dsf_fhir::date::unix_millis_now();
             let (due, next) = match self.services.state.due(now).await {
                 Ok(found) => found,
                 Err(error) => {
@@ -162,7 +162,9 @@ impl Dispatcher {
                 });
             }
             while running.join_next().await.is_some() {}
-            let wait = next.map_or(60_000, |n| (n - now_millis()).clamp(10, 60_000));
+            let wait = next.map_or(60_000, |n| {
+                (n - dsf_fhir::date::unix_millis_now()).clamp(10, 60_000)
+            });
             tokio::select! {
                 _ = self.timers.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
@@ -604,9 +606,4 @@ fn error_element(error: &dsf_bpmn::Error) -> String {
         }
         _ => String::new(),
     }
-}
-
-fn now_millis() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    (now.unix_timestamp_nanos() / 1_000_000) as i64
 }

@@ -2,7 +2,7 @@
 //! `camunda:delegateExpression`, `camunda:expression`), so that a file written for the Java DSF
 //! runs unchanged against Rust handlers.
 
-use crate::expr::Variables;
+use crate::expr::VariableLookup;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -80,7 +80,7 @@ impl HandlerContext<'_> {
     }
 }
 
-impl Variables for HandlerContext<'_> {
+impl VariableLookup for HandlerContext<'_> {
     fn variable(&self, name: &str) -> Option<Value> {
         HandlerContext::variable(self, name).cloned()
     }
@@ -88,7 +88,7 @@ impl Variables for HandlerContext<'_> {
 
 /// One piece of process code.
 #[async_trait]
-pub trait Handler: Send + Sync {
+pub trait ElementHandler: Send + Sync {
     async fn execute(&self, context: &mut HandlerContext<'_>) -> Result<(), HandlerError>;
 }
 
@@ -96,7 +96,7 @@ pub trait Handler: Send + Sync {
 pub struct FnHandler<F>(pub F);
 
 #[async_trait]
-impl<F> Handler for FnHandler<F>
+impl<F> ElementHandler for FnHandler<F>
 where
     F: Fn(&mut HandlerContext<'_>) -> Result<(), HandlerError> + Send + Sync,
 {
@@ -110,7 +110,7 @@ where
 /// expression with or without `${…}` (`${pingTask}` and `pingTask` both bind).
 #[derive(Default, Clone)]
 pub struct Registry {
-    handlers: HashMap<String, Arc<dyn Handler>>,
+    handlers: HashMap<String, Arc<dyn ElementHandler>>,
 }
 
 impl Registry {
@@ -118,7 +118,7 @@ impl Registry {
         Registry::default()
     }
 
-    pub fn bind(&mut self, name: &str, handler: impl Handler + 'static) -> &mut Self {
+    pub fn bind(&mut self, name: &str, handler: impl ElementHandler + 'static) -> &mut Self {
         self.handlers
             .insert(strip_braces(name).to_owned(), Arc::new(handler));
         self
@@ -132,7 +132,7 @@ impl Registry {
         self.bind(name, FnHandler(f))
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<dyn Handler>> {
+    pub fn get(&self, name: &str) -> Option<Arc<dyn ElementHandler>> {
         self.handlers.get(strip_braces(name)).cloned()
     }
 }

@@ -14,7 +14,9 @@ mod scopes;
 mod timer;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
-pub use handler::{handler_name, FnHandler, Handler, HandlerContext, HandlerError, Registry};
+pub use handler::{
+    handler_name, ElementHandler, FnHandler, HandlerContext, HandlerError, Registry,
+};
 pub use instance::{Instance, InstanceState, Waiting, PATH_LIMIT};
 pub use timer::{parse_cycle, parse_date, parse_duration, Schedule};
 

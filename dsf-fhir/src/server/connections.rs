@@ -84,7 +84,7 @@ pub(crate) struct Slot {
     busy: AtomicU64,
     last_active: AtomicU64,
     close: Notify,
-    registry: Arc<Registry>,
+    registry: Arc<OpenConnections>,
 }
 
 impl Slot {
@@ -166,7 +166,7 @@ impl State {
 
 /// The open connections of one server.
 #[derive(Default)]
-pub(crate) struct Registry {
+pub(crate) struct OpenConnections {
     state: Mutex<State>,
 }
 
@@ -178,7 +178,7 @@ pub(crate) enum Refused {
     Full,
 }
 
-impl Registry {
+impl OpenConnections {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -400,7 +400,7 @@ mod tests {
 
     #[test]
     fn per_address_limit_and_release() {
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(OpenConnections::default());
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
         let limits = limits(10, 2);
@@ -435,7 +435,7 @@ mod tests {
 
     #[test]
     fn new_connections_per_address_are_rate_limited() {
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(OpenConnections::default());
         let limits = ConnectionLimits {
             new_connections_per_address_per_second: 10,
             ..limits(1000, 1000)
@@ -459,7 +459,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_server_closes_unknown_then_idle_never_busy() {
-        let registry = Arc::new(Registry::default());
+        let registry = Arc::new(OpenConnections::default());
         let limits = limits(2, 10);
         let address: IpAddr = "127.0.0.1".parse().unwrap();
         let known = registry.admit(address, &limits).unwrap();

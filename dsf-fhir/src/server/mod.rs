@@ -133,7 +133,7 @@ pub struct FhirServer {
     context_path: String,
     identities: identity::IdentityCache,
     hub: websocket::Hub,
-    connections: Arc<connections::Registry>,
+    connections: Arc<connections::OpenConnections>,
     peer_turns: connections::PeerTurns,
     /// Turns true when [`FhirServer::serve`] stops: open connections then close.
     closing: tokio::sync::watch::Sender<bool>,
