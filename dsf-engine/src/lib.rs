@@ -16,6 +16,22 @@
 //! subscription, so the server may run in another process (the DSF's DMZ/intranet split) or
 //! in the same one.
 //!
+//! # Where things are
+//!
+//! - `bpe`: [`Bpe`] and [`BpeConfig`]: start-up (the local identity, deployment, recovery)
+//!   and the loops that feed it.
+//! - `deploy`: plugins checked and deployed ([`Deployment`], [`DeploymentReport`],
+//!   [`ProcessState`]), their FHIR resources written when they changed.
+//! - `incoming`: the dispatcher that claims requested Tasks, starts and continues instances,
+//!   completes user tasks and fires timers ([`BpeStatus`] says how far it got).
+//! - `outgoing`: message sends, recorded before and after so none goes out twice.
+//! - `adapters` and `scope`: plugin handlers as dsf-bpmn element handlers, and the variable
+//!   scope they see; `services` is what handlers and loops share.
+//! - `state`: the durable state in SQLite ([`StateStore`]); `locks`: one business key at a
+//!   time.
+//! - `plugin_files` and `plugin_process`: plugin files as processes of their own
+//!   ([`PluginFile`], [`PluginFileSettings`]).
+//!
 //! ```no_run
 //! # async fn run(tls: std::sync::Arc<rustls::ClientConfig>, plugin: dsf_plugin_api::PluginDefinition) -> Result<(), dsf_engine::Error> {
 //! let config = dsf_engine::BpeConfig::new("https://dic.example.org/fhir", tls);

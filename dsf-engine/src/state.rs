@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// The version of the stored instance format. Bump it when [`Instance`] changes shape and
-/// add the step from the previous version to [`migrate_instance`].
+/// add the step from the previous version to `migrate_instance` (in this module).
 pub const INSTANCE_FORMAT: i64 = 1;
 
 /// A stored instance and what the BPE indexes it by.

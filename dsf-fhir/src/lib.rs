@@ -16,6 +16,33 @@
 //!
 //! `client` and `server` are the default.
 //!
+//! # Where things are
+//!
+//! - Always built: [`format`](mod@format) (JSON and XML, content negotiation, the R4 parser and renderer),
+//!   [`bounds`] (limits checked before anything is parsed: nesting depth, string and array
+//!   sizes, canonical URLs), [`date`] (FHIR dates as millisecond ranges), [`resource_type`]
+//!   (the types this server stores), [`Error`] and [`OperationOutcome`].
+//! - [`client`]: [`FhirClient`], its paging, and [`client::subscription`] (websocket
+//!   subscriptions with catch-up); [`client::Transport`] lets a test or an embedder carry
+//!   requests another way.
+//! - [`store`]: [`ResourceStore`] over a [`store::Backend`] ([`store::SqliteBackend`],
+//!   [`store::PostgresBackend`]): versioned writes ([`WriteOp`]), transactions, uniqueness,
+//!   Binary content streamed in parts ([`store::ContentWriter`]), and the change feed that
+//!   websockets follow ([`store::ChangeReceiver`]).
+//! - [`search`]: search parameters, the index rows they are answered from, [`search::SearchQuery`]
+//!   and the in-memory matcher Subscriptions use.
+//! - [`access`]: read access, the grants a stored version carries and the [`access::ReadGrants`]
+//!   a caller holds; the store filters searches, history and includes with them.
+//! - [`validation`]: profile validation (the R4 model, profiles compiled along
+//!   `baseDefinition`, FHIRPath invariants, bindings) and the DSF base definitions.
+//! - [`server`]: [`FhirServer`] and its configuration; who is calling ([`server::caller`],
+//!   [`server::identity`], [`server::role_config`], [`server::Role`]); what they may do
+//!   ([`server::authorization`], whose rules an embedder can replace with an
+//!   [`server::AuthorizationPolicy`]); [`server::websocket`] subscriptions; and
+//!   [`server::FhirService`] to mount the API in an application of yours.
+//!
+//! docs/architecture.md describes each module and how they fit.
+//!
 //! # The store
 //!
 //! Versioned writes, optimistic locking and search, without HTTP:

@@ -395,7 +395,7 @@ fn search_from(sql: &mut Sql, query: &SearchQuery, plan: AccessPlan) {
     }
 }
 
-/// How a read-access filter meets the rows it filters (see [`super::plan`]).
+/// How a read-access filter meets the rows it filters (see the store's `plan` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AccessPlan {
     /// Collect the versions the caller may read and drive the query from them.

@@ -1,6 +1,6 @@
 //! The DSF's authorization rules: a role gate per interaction and resource type, a rule per
 //! resource type for writes, read access for everything that is read (see [`crate::access`]),
-//! and process authorization for Tasks (see [`process`]).
+//! and process authorization for Tasks (the `process` module).
 //!
 //! Writes are judged in two steps. Before the transaction, the server checks what needs
 //! lookups (read-access tags naming organisations, process authorization of a Task) and what
