@@ -4,6 +4,10 @@
 //! reads by id are faster, and a burst of large request bodies peaks lower and ends closer to
 //! the idle size. Embedders of the library crates choose their own allocator; this one is
 //! only the reference binaries'.
+//!
+//! One of the workspace's two places allowed unsafe code (see Cargo.toml): calls into
+//! mimalloc and libc before `main`, each with its SAFETY note.
+#![allow(unsafe_code)]
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

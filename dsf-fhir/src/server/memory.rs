@@ -58,6 +58,7 @@ impl Trimmer {
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // one of the workspace's two unsafe places (see Cargo.toml)
 fn trim() {
     // SAFETY: malloc_trim takes no pointers and is safe to call from any thread at any time;
     // it only releases free memory of glibc's own arenas.
