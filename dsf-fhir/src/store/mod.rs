@@ -22,7 +22,6 @@ pub use plan::FEW_READABLE;
 pub use postgres::{PostgresBackend, PostgresOptions};
 pub use sql::{AccessPlan, Dialect, HistoryFilter, Sql, SqlValue};
 pub use sqlite::SqliteBackend;
-#[cfg(feature = "server")]
 pub use write::{format_instant, Change, WriteGuard, WriteOp, WriteOutcome};
 
 use crate::access::ReadGrants;
