@@ -628,8 +628,8 @@ async fn drop_unchanged(client: &FhirClient, entries: &mut Vec<(usize, String, V
     });
 }
 
-/// Equal apart from what the server sets on every write (id, versionId, lastUpdated) and the
-/// default profile it assigns to a resource that names none.
+/// Equal to what the server stores for `wanted`: apart from what it sets on every write (id,
+/// versionId, lastUpdated) and with the default profile it assigns (the server's own rule).
 fn same_content(stored: &Value, wanted: &Value) -> bool {
     let without_server_fields = |resource: &Value| {
         let mut resource = resource.clone();
@@ -645,13 +645,9 @@ fn same_content(stored: &Value, wanted: &Value) -> bool {
         }
         resource
     };
-    let mut stored = stored.clone();
-    if wanted["meta"]["profile"].is_null() {
-        if let Some(meta) = stored.get_mut("meta").and_then(Value::as_object_mut) {
-            meta.remove("profile");
-        }
-    }
-    without_server_fields(&stored) == without_server_fields(wanted)
+    let mut as_stored = wanted.clone();
+    dsf_fhir::default_profile::set_default_profile(&mut as_stored);
+    without_server_fields(stored) == without_server_fields(&as_stored)
 }
 
 async fn retire_old_versions(
@@ -710,6 +706,10 @@ mod tests {
         let mut other_profile = wanted.clone();
         other_profile["meta"]["profile"] = json!(["http://x.org/StructureDefinition/cs"]);
         assert!(!same_content(&stored, &other_profile));
+        // A profile an earlier version named is not the server's default: write again.
+        let mut stored_other = stored.clone();
+        stored_other["meta"]["profile"] = json!(["http://x.org/StructureDefinition/cs"]);
+        assert!(!same_content(&stored_other, &wanted));
     }
 
     #[test]

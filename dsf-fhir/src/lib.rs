@@ -127,6 +127,7 @@ pub mod bounds;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod date;
+pub mod default_profile;
 mod error;
 pub mod format;
 mod outcome;
