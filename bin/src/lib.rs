@@ -18,6 +18,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// What a binary's `main` returns on failure: printed as the error with all its causes on one
+/// line (`Error: cannot read server.pem: No such file or directory`) instead of the error's
+/// `Debug` form.
+pub struct Failure(Box<dyn std::error::Error + Send + Sync>);
+
+impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure(error.into())
+    }
+}
+
+impl std::fmt::Debug for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", dsf_core::ErrorChain(self.0.as_ref()))
+    }
+}
+
 /// A `kB` field (`VmRSS:`, `VmHWM:` …) of `/proc/<process>/status`; `process` is a pid or
 /// `self`.
 pub fn proc_status_kib(process: &str, field: &str) -> Option<u64> {

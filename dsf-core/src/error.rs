@@ -1,10 +1,13 @@
 use std::path::PathBuf;
 
 /// Errors of certificate and TLS handling, and of filling placeholders.
+///
+/// Like every error of dsf-rs, its message says what failed at this layer and leaves the
+/// cause to [`source`](std::error::Error::source); print the whole chain with [`ErrorChain`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -15,11 +18,11 @@ pub enum Error {
     NoPrivateKey(String),
     #[error("invalid PEM in {what}: {reason}")]
     Pem { what: String, reason: String },
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration")]
     Tls(#[from] rustls::Error),
-    #[error("client certificate verifier: {0}")]
-    Verifier(String),
-    #[error("certificate generation: {0}")]
+    #[error("client certificate verifier")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("certificate generation")]
     Generation(#[from] rcgen::Error),
     /// A placeholder with no value and no default.
     #[error("placeholder {name} has no value (set the environment variable {variable})")]
@@ -27,3 +30,75 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its causes on one line, outermost first, separated by `": "`: how logs and
+/// the binaries print an error (`tracing::warn!(error = %ErrorChain(&e), ...)`).
+///
+/// Errors of dsf-rs keep their cause as their `source()` instead of repeating its text, so
+/// `Display` of the error alone says only what failed at the outermost layer. A cause whose
+/// text is already the end of the line printed so far (an error of another crate that
+/// repeats its source) is left out.
+///
+/// ```
+/// use dsf_core::ErrorChain;
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+/// let error = dsf_core::Error::Io { path: "ca.pem".into(), source: io };
+/// assert_eq!(ErrorChain(&error).to_string(), "cannot read ca.pem: no such file");
+/// ```
+#[derive(Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut printed = self.0.to_string();
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            let text = error.to_string();
+            if !text.is_empty() && !printed.ends_with(&text) {
+                if !printed.is_empty() {
+                    printed.push_str(": ");
+                }
+                printed.push_str(&text);
+            }
+            cause = error.source();
+        }
+        f.write_str(&printed)
+    }
+}
+
+impl std::fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Repeating);
+
+    /// An error of another crate that repeats its source in its own message.
+    #[derive(Debug, thiserror::Error)]
+    #[error("middle: {0}")]
+    struct Repeating(#[source] std::io::Error);
+
+    #[test]
+    fn a_chain_prints_each_cause_once_outermost_first() {
+        let io = std::io::Error::other("disk full");
+        let error = Outer(Repeating(io));
+        assert_eq!(ErrorChain(&error).to_string(), "outer: middle: disk full");
+    }
+
+    #[test]
+    fn an_error_without_cause_prints_alone() {
+        let error = Error::NoCertificate("a.pem".into());
+        assert_eq!(
+            ErrorChain(&error).to_string(),
+            "no certificate found in a.pem"
+        );
+    }
+}

@@ -21,7 +21,7 @@ mod thumbprint;
 mod tls;
 
 pub use devcerts::{DevPki, IssuedCert};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorChain, Result};
 pub use pem::{load_certs, load_private_key, parse_certs, parse_private_key};
 pub use placeholders::{environment_variable, fill_placeholders};
 pub use thumbprint::Thumbprint;

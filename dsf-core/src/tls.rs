@@ -1,4 +1,4 @@
-use crate::{load_certs, load_private_key, Error, Result};
+use crate::{load_certs, load_private_key, Result};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -58,8 +58,7 @@ pub fn server_config(
         Arc::new(root_store(client_cas)?),
         provider.clone(),
     )
-    .build()
-    .map_err(|e| Error::Verifier(e.to_string()))?;
+    .build()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)

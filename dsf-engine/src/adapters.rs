@@ -20,8 +20,7 @@ pub(crate) const FORM_KEY_FIELD: &str = "formKey";
 pub(crate) fn to_handler_error(error: ProcessError) -> HandlerError {
     match error {
         ProcessError::Bpmn { code, message } => HandlerError::Bpmn { code, message },
-        ProcessError::Failed(reason) => HandlerError::Failed(reason),
-        other => HandlerError::Failed(other.to_string()),
+        other => HandlerError::Failed(other.describe()),
     }
 }
 
@@ -215,5 +214,5 @@ fn placeholder_answer(question_type: &str) -> Option<Value> {
 }
 
 fn fail(error: crate::Error) -> ProcessError {
-    ProcessError::failed(error.to_string())
+    ProcessError::failed_by("BPE", error)
 }

@@ -390,7 +390,7 @@ async fn local_identity(local: &FhirClient, config: &BpeConfig) -> Result<Endpoi
                     config.fhir_base_url
                 ),
             },
-            Err(e) => e.to_string(),
+            Err(e) => e.describe(),
         };
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::Config(format!(

@@ -6,6 +6,7 @@ use crate::adapters::{self, DEFAULT_USER_TASK_LISTENER, FORM_KEY_FIELD};
 use crate::services::Services;
 use dsf_bpmn::engine::{Engine, Registry, SystemClock};
 use dsf_bpmn::{Behaviour, Definitions, Field, FieldValue, Listener, NodeKind, Trigger};
+use dsf_core::ErrorChain;
 use dsf_fhir::{FhirClient, Format};
 use dsf_plugin_api::{fill_placeholders, fill_resource_placeholders, Handler, PluginDefinition};
 use serde_json::{json, Value};
@@ -600,7 +601,7 @@ async fn drop_unchanged(client: &FhirClient, entries: &mut Vec<(usize, String, V
     let answers = match client.transaction(&reads).await {
         Ok(response) => response["entry"].as_array().cloned().unwrap_or_default(),
         Err(error) => {
-            tracing::warn!(%error, "could not read the stored plugin resources; writing all");
+            tracing::warn!(error = %ErrorChain(&error), "could not read the stored plugin resources; writing all");
             return;
         }
     };

@@ -7,6 +7,7 @@ use crate::deploy::{process_key, Deployment, ProcessState};
 use crate::locks::{KeyGuard, KeyLocks};
 use crate::services::Services;
 use dsf_bpmn::engine::{Instance, InstanceState, Step};
+use dsf_core::ErrorChain;
 use dsf_fhir::client::SubscriptionSettings;
 use dsf_fhir::Error as FhirError;
 use dsf_fhir::FhirClient;
@@ -77,7 +78,7 @@ impl Dispatcher {
             let id = match self.local().find_subscription(criteria).await {
                 Ok(id) => id,
                 Err(error) => {
-                    tracing::warn!(%criteria, %error, "no subscription to bind to yet");
+                    tracing::warn!(%criteria, error = %ErrorChain(&error), "no subscription to bind to yet");
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     continue;
                 }
@@ -86,7 +87,7 @@ impl Dispatcher {
             let mut stream = match self.local().subscribe(&id, since, settings.clone()).await {
                 Ok(stream) => stream,
                 Err(error) => {
-                    tracing::warn!(%criteria, %error, "cannot subscribe");
+                    tracing::warn!(%criteria, error = %ErrorChain(&error), "cannot subscribe");
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     continue;
                 }
@@ -129,7 +130,7 @@ impl Dispatcher {
                     if let Some(at) = notification.last_updated {
                         if let Err(error) = dispatcher.services.state.set_last_event(kind, at).await
                         {
-                            tracing::warn!(%error, "cannot store the last event time");
+                            tracing::warn!(error = %ErrorChain(&error), "cannot store the last event time");
                         }
                     }
                     drop(permit);
@@ -146,7 +147,7 @@ impl Dispatcher {
             let (due, next) = match self.services.state.due(now).await {
                 Ok(found) => found,
                 Err(error) => {
-                    tracing::error!(%error, "cannot read due timers");
+                    tracing::error!(error = %ErrorChain(&error), "cannot read due timers");
                     (Vec::new(), Some(now + 1000))
                 }
             };
@@ -237,7 +238,7 @@ impl Dispatcher {
         }
         // Recorded first: a BPE stopped right after the claim finds the Task again.
         if let Err(error) = self.services.state.claim(&id, &task).await {
-            tracing::error!(task = %id, %error, "cannot record the claim; leaving the Task requested");
+            tracing::error!(task = %id, error = %ErrorChain(&error), "cannot record the claim; leaving the Task requested");
             return;
         }
         self.services.step_boundary("claim-recorded").await;
@@ -250,7 +251,7 @@ impl Dispatcher {
                 return;
             }
             Err(error) => {
-                tracing::warn!(task = %id, %error, "cannot set the Task in progress");
+                tracing::warn!(task = %id, error = %ErrorChain(&error), "cannot set the Task in progress");
                 let _ = self.services.state.claim_done(&id).await;
                 return;
             }
@@ -278,7 +279,7 @@ impl Dispatcher {
         let candidates = match self.services.state.running_by_key(&key).await {
             Ok(found) => found,
             Err(error) => {
-                tracing::error!(task = %id, %error, "cannot read instances; the Task stays claimed and is retried on restart");
+                tracing::error!(task = %id, error = %ErrorChain(&error), "cannot read instances; the Task stays claimed and is retried on restart");
                 return;
             }
         };
@@ -373,7 +374,7 @@ impl Dispatcher {
         match self.local().update(&response).await {
             Ok(updated) => response = updated,
             Err(error) => {
-                tracing::warn!(questionnaire_response = %id, %error, "cannot set the QuestionnaireResponse amended")
+                tracing::warn!(questionnaire_response = %id, error = %ErrorChain(&error), "cannot set the QuestionnaireResponse amended")
             }
         }
         let mut variables = Map::new();
@@ -382,7 +383,7 @@ impl Dispatcher {
             .engine
             .complete_user_task(&mut instance, &node, &variables)
         {
-            tracing::warn!(questionnaire_response = %id, instance = %instance_id, %error, "user task not open");
+            tracing::warn!(questionnaire_response = %id, instance = %instance_id, error = %ErrorChain(&error), "user task not open");
             let _ = self.services.state.remove_user_task(&id).await;
             return;
         }
@@ -413,7 +414,7 @@ impl Dispatcher {
                     .save(&deployment.key(), &instance, claimed, true)
                     .await
                 {
-                    tracing::error!(instance = %instance.id, %error, "cannot save the instance before a send");
+                    tracing::error!(instance = %instance.id, error = %ErrorChain(&error), "cannot save the instance before a send");
                     return;
                 }
             }
@@ -452,7 +453,7 @@ impl Dispatcher {
             .save(&deployment.key(), &instance, claimed, false)
             .await
         {
-            tracing::error!(instance = %instance.id, %error, "cannot save the instance");
+            tracing::error!(instance = %instance.id, error = %ErrorChain(&error), "cannot save the instance");
         }
         self.services.step_boundary("saved").await;
         self.timers.notify_one();
@@ -485,7 +486,7 @@ impl Dispatcher {
                 .engine
                 .signal(std::slice::from_mut(&mut instance), name)
             {
-                tracing::warn!(instance = %id, signal = %name, %error, "signal not delivered");
+                tracing::warn!(instance = %id, signal = %name, error = %ErrorChain(&error), "signal not delivered");
                 continue;
             }
             self.drive(&deployment, instance, None).await;
@@ -521,7 +522,7 @@ impl Dispatcher {
                 );
             }
             if let Err(e) = self.local().update(&task).await {
-                tracing::warn!(task = ?task["id"], instance = %instance.id, error = %e, "cannot write the Task's final status");
+                tracing::warn!(task = ?task["id"], instance = %instance.id, error = %ErrorChain(&e), "cannot write the Task's final status");
             }
         }
     }
@@ -535,7 +536,7 @@ impl Dispatcher {
             parameter(BPMN_MESSAGE, ERROR, "valueString", json!(reason)),
         );
         if let Err(error) = self.local().update_if_match(&task, version).await {
-            tracing::warn!(task = ?task["id"], %error, "cannot set the Task failed");
+            tracing::warn!(task = ?task["id"], error = %ErrorChain(&error), "cannot set the Task failed");
         }
     }
 
@@ -556,7 +557,9 @@ impl Dispatcher {
                     self.run_instance(&id).await;
                 }
             }
-            Err(error) => tracing::error!(%error, "cannot read interrupted instances"),
+            Err(error) => {
+                tracing::error!(error = %ErrorChain(&error), "cannot read interrupted instances")
+            }
         }
     }
 
@@ -566,7 +569,7 @@ impl Dispatcher {
         let claims = match self.services.state.unfinished_claims().await {
             Ok(claims) => claims,
             Err(error) => {
-                tracing::error!(%error, "cannot read claimed Tasks");
+                tracing::error!(error = %ErrorChain(&error), "cannot read claimed Tasks");
                 return;
             }
         };
@@ -577,7 +580,7 @@ impl Dispatcher {
             let current: Value = match self.local().read("Task", &id).await {
                 Ok(task) => task,
                 Err(error) => {
-                    tracing::warn!(task = %id, %error, "cannot read a claimed Task");
+                    tracing::warn!(task = %id, error = %ErrorChain(&error), "cannot read a claimed Task");
                     continue;
                 }
             };

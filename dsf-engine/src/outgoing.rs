@@ -6,6 +6,7 @@ use crate::scope::{now_instant, with_vars};
 use crate::services::Services;
 use crate::state::SendMark;
 use dsf_bpmn::engine::HandlerContext;
+use dsf_core::ErrorChain;
 use dsf_plugin_api::constants::{
     ALTERNATIVE_BUSINESS_KEY, BPMN_MESSAGE, BUSINESS_KEY, CORRELATION_KEY, MESSAGE_NAME,
     ORGANIZATION_IDENTIFIER, TARGET,
@@ -71,7 +72,7 @@ pub(crate) async fn send(
         .state
         .send_mark(&key)
         .await
-        .map_err(|e| ProcessError::failed(e.to_string()))?;
+        .map_err(|e| ProcessError::failed_by("BPE state", e))?;
     let outcome = match mark {
         Some((SendMark::Sent, task)) => {
             tracing::info!(send = %key, "Task was sent before a restart; not sending it again");
@@ -104,7 +105,7 @@ pub(crate) async fn send(
                 .state
                 .mark_pending(&key, &task.to_string(), &send.target.endpoint_url)
                 .await
-                .map_err(|e| ProcessError::failed(e.to_string()))?;
+                .map_err(|e| ProcessError::failed_by("BPE state", e))?;
             services.step_boundary("send-recorded").await;
             post(services, &key, &send, &task).await
         }
@@ -197,7 +198,7 @@ async fn post(
         .client_for(&send.target.endpoint_url)
         .map_err(|e| SendError {
             status: None,
-            message: e.to_string(),
+            message: e.describe(),
         })?;
     match client.create(task).await {
         Ok(_) => {
@@ -218,7 +219,7 @@ async fn post(
 async fn mark_sent(services: &Services, key: &str) -> Result<(), SendError> {
     services.state.mark_sent(key).await.map_err(|e| SendError {
         status: None,
-        message: format!("Task sent, but recording it failed: {e}"),
+        message: format!("Task sent, but recording it failed: {}", ErrorChain(&e)),
     })
 }
 
@@ -265,6 +266,6 @@ fn send_error(error: &dsf_fhir::Error) -> SendError {
     };
     SendError {
         status,
-        message: error.to_string(),
+        message: ErrorChain(error).to_string(),
     }
 }

@@ -4,6 +4,7 @@
 //! the BPE.
 
 use crate::plugin_process::{CallRequest, PluginFileSettings, PluginProcess};
+use dsf_core::ErrorChain;
 use dsf_plugin_api::protocol::{self, CallContext, CallResult, HandlerKind, Hello, Hook};
 use dsf_plugin_api::{
     async_trait, BusinessKeyStrategy, ExecutionListener, Handler, MessageSend, PluginDefinition,
@@ -95,7 +96,7 @@ pub(crate) async fn load(
     let entries = match std::fs::read_dir(directory) {
         Ok(entries) => entries,
         Err(error) => {
-            tracing::warn!(directory = %directory.display(), %error, "no plugin files loaded: the plugin directory cannot be read");
+            tracing::warn!(directory = %directory.display(), error = %ErrorChain(&error), "no plugin files loaded: the plugin directory cannot be read");
             return (Vec::new(), refused);
         }
     };

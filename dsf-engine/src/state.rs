@@ -39,13 +39,13 @@ pub struct StateStore {
 impl StateStore {
     /// Opens (creating if needed) the state database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let connection = Connection::open(path).map_err(storage)?;
+        let connection = Connection::open(path)?;
         Self::init(connection)
     }
 
     /// A state database in memory (lost on exit), for tests and throw-away runs.
     pub fn in_memory() -> Result<Self> {
-        Self::init(Connection::open_in_memory().map_err(storage)?)
+        Self::init(Connection::open_in_memory()?)
     }
 
     fn init(connection: Connection) -> Result<Self> {
@@ -85,7 +85,7 @@ impl StateStore {
                      kind TEXT PRIMARY KEY,
                      millis INTEGER NOT NULL);",
             )
-            .map_err(storage)?;
+            ?;
         Ok(StateStore {
             connection: Arc::new(Mutex::new(connection)),
         })
@@ -96,13 +96,12 @@ impl StateStore {
         work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
         let connection = self.connection.clone();
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
             work(&mut connection)
         })
-        .await
-        .map_err(|e| Error::State(format!("state task: {e}")))?
-        .map_err(storage)
+        .await??;
+        Ok(result)
     }
 
     /// Writes an instance as it is now, and marks `claimed_task` (the Task whose handling
@@ -116,7 +115,7 @@ impl StateStore {
         claimed_task: Option<&str>,
         mid_run: bool,
     ) -> Result<()> {
-        let data = serde_json::to_string(instance).map_err(|e| Error::State(e.to_string()))?;
+        let data = serde_json::to_string(instance).map_err(Error::stored_data("instance"))?;
         let signals: String = instance
             .waiting()
             .iter()
@@ -293,7 +292,7 @@ impl StateStore {
             })
             .await?;
         rows.iter()
-            .map(|t| serde_json::from_str(t).map_err(|e| Error::State(e.to_string())))
+            .map(|t| serde_json::from_str(t).map_err(Error::stored_data("claimed Task")))
             .collect()
     }
 
@@ -447,10 +446,9 @@ impl StateStore {
 
 fn decode((deployment, format, data): (String, i64, String)) -> Result<StoredInstance> {
     let value: serde_json::Value =
-        serde_json::from_str(&data).map_err(|e| Error::State(format!("stored instance: {e}")))?;
+        serde_json::from_str(&data).map_err(Error::stored_data("stored instance"))?;
     let value = migrate_instance(format, value)?;
-    let instance =
-        serde_json::from_value(value).map_err(|e| Error::State(format!("stored instance: {e}")))?;
+    let instance = serde_json::from_value(value).map_err(Error::stored_data("stored instance"))?;
     Ok(StoredInstance {
         deployment,
         instance,
@@ -465,10 +463,6 @@ pub fn migrate_instance(format: i64, value: serde_json::Value) -> Result<serde_j
             "stored instance has format {other}; this BPE reads format {INSTANCE_FORMAT} (no migration from {other} exists)"
         ))),
     }
-}
-
-fn storage(error: rusqlite::Error) -> Error {
-    Error::State(error.to_string())
 }
 
 #[cfg(test)]
@@ -533,6 +527,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("format"), "{error}");
+    }
+
+    #[test]
+    fn a_stored_instance_that_is_not_json_keeps_the_parser_error_as_its_cause() {
+        let Err(error) = decode(("d".into(), INSTANCE_FORMAT, "{not json".into())) else {
+            panic!("not JSON is refused");
+        };
+        assert!(matches!(error, Error::StoredData { .. }), "{error:?}");
+        assert_eq!(error.to_string(), "BPE state: stored instance");
+        let source = std::error::Error::source(&error).expect("the JSON error is kept");
+        assert!(source.is::<serde_json::Error>());
+        let chain = dsf_core::ErrorChain(&error).to_string();
+        assert!(
+            chain.starts_with("BPE state: stored instance: key must be a string"),
+            "{chain}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_database_fault_keeps_the_database_error_as_its_cause() {
+        let state = StateStore::in_memory().expect("state");
+        let error = state
+            .with(|c| c.execute("INSERT INTO no_such_table VALUES (1)", []))
+            .await
+            .expect_err("no such table");
+        assert_eq!(error.to_string(), "BPE state database");
+        let source = std::error::Error::source(&error).expect("the database error is kept");
+        assert!(source.is::<rusqlite::Error>());
+        let chain = dsf_core::ErrorChain(&error).to_string();
+        assert!(chain.contains("no such table: no_such_table"), "{chain}");
     }
 
     #[tokio::test]

@@ -2,6 +2,10 @@
 /// and OperationOutcome issue type it answers with (`server::reply`, the one place that knows
 /// HTTP statuses of errors); the client maps the statuses of answers it receives back to
 /// variants.
+///
+/// A storage or transport error keeps the lower-level error it came from as its
+/// [`source`](std::error::Error::source) and does not repeat it in its message: print it with
+/// [`dsf_core::ErrorChain`] to see the whole chain.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -36,7 +40,7 @@ pub enum Error {
     ProfileViolation(String),
     /// A fault of this server's storage. The text is for the log: clients are told only
     /// that the request failed, never database details.
-    #[error("storage: {message}")]
+    #[error("storage{}", colon_before(message))]
     Storage {
         message: String,
         /// The database's or serialiser's own error, where there is one.
@@ -49,7 +53,7 @@ pub enum Error {
     Unavailable(String),
     /// The request did not reach the peer or its answer did not come back (connection,
     /// TLS, HTTP framing).
-    #[error("{message}")]
+    #[error("{}", if message.is_empty() { "HTTP exchange failed" } else { message })]
     Transport {
         message: String,
         #[source]
@@ -89,7 +93,7 @@ impl Error {
     /// A storage fault caused by `e`, which stays the error's source.
     pub fn storage(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::Storage {
-            message: e.to_string(),
+            message: String::new(),
             cause: Some(std::sync::Arc::new(e)),
         }
     }
@@ -104,8 +108,17 @@ impl Error {
 
     /// A transport failure caused by `e`, which stays the error's source.
     pub fn transport(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::transport_in(String::new(), e)
+    }
+
+    /// A transport failure while doing `what` (e.g. `connect host:443`), caused by `e`, which
+    /// stays the error's source.
+    pub fn transport_in(
+        what: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         Error::Transport {
-            message: e.to_string(),
+            message: what.into(),
             cause: Some(std::sync::Arc::new(e)),
         }
     }
@@ -116,5 +129,41 @@ impl Error {
             message: message.into(),
             cause: None,
         }
+    }
+}
+
+/// `": message"`, or nothing for an empty message.
+fn colon_before(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dsf_core::ErrorChain;
+
+    #[test]
+    fn a_transport_error_names_what_failed_and_keeps_its_cause_once() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = Error::transport_in("connect peer:443", refused);
+        assert_eq!(error.to_string(), "connect peer:443");
+        let source = std::error::Error::source(&error).map(|s| s.to_string());
+        assert_eq!(source.as_deref(), Some("refused"));
+        assert_eq!(ErrorChain(&error).to_string(), "connect peer:443: refused");
+    }
+
+    #[test]
+    fn a_storage_error_from_a_cause_prints_the_cause_only_in_the_chain() {
+        let error = Error::storage(std::io::Error::other("disk full"));
+        assert_eq!(error.to_string(), "storage");
+        assert_eq!(ErrorChain(&error).to_string(), "storage: disk full");
+        assert_eq!(
+            Error::storage_fault("no row").to_string(),
+            "storage: no row"
+        );
     }
 }

@@ -1,3 +1,4 @@
+use dsf_core::ErrorChain;
 use thiserror::Error;
 
 /// A plugin definition that cannot be deployed, or a plugin file that stopped serving its BPE.
@@ -28,16 +29,26 @@ pub enum Error {
     },
 }
 
-/// How a handler ends other than normally.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+/// How a handler ends other than normally: what plugin code returns.
+///
+/// Unlike the engine's `dsf_bpmn::engine::HandlerError`, which holds the text the engine
+/// stores with the instance, a failure here keeps the error it came from (a FHIR request, a
+/// JSON value of the wrong shape) as its [`source`](std::error::Error::source). The BPE turns
+/// the whole chain into the failure reason, so `Display` alone says only what failed.
+#[derive(Debug, Clone, Error)]
 #[non_exhaustive]
 pub enum ProcessError {
     /// A BPMN error, caught by an error boundary event with this code (the process goes on).
     #[error("BPMN error {code}: {message}")]
     Bpmn { code: String, message: String },
-    /// A failure: the instance ends, its Tasks in progress become `failed` with this reason.
-    #[error("{0}")]
-    Failed(String),
+    /// A failure: the instance ends, its Tasks in progress become `failed` with this reason
+    /// (followed by the cause's).
+    #[error("{reason}")]
+    Failed {
+        reason: String,
+        #[source]
+        cause: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+    },
 }
 
 impl ProcessError {
@@ -49,19 +60,59 @@ impl ProcessError {
     }
 
     pub fn failed(reason: impl Into<String>) -> Self {
-        ProcessError::Failed(reason.into())
+        ProcessError::Failed {
+            reason: reason.into(),
+            cause: None,
+        }
+    }
+
+    /// A failure while doing `reason` (e.g. `reading the Endpoint`), caused by `cause`.
+    pub fn failed_by(
+        reason: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ProcessError::Failed {
+            reason: reason.into(),
+            cause: Some(std::sync::Arc::new(cause)),
+        }
+    }
+
+    /// The error with its causes on one line: the reason a failed Task is given.
+    pub fn describe(&self) -> String {
+        ErrorChain(self).to_string()
     }
 }
 
+/// Equal when of the same kind with the same text, causes included.
+impl PartialEq for ProcessError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                ProcessError::Bpmn { code, message },
+                ProcessError::Bpmn {
+                    code: other_code,
+                    message: other_message,
+                },
+            ) => code == other_code && message == other_message,
+            (ProcessError::Failed { .. }, ProcessError::Failed { .. }) => {
+                self.describe() == other.describe()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ProcessError {}
+
 impl From<dsf_fhir::Error> for ProcessError {
     fn from(error: dsf_fhir::Error) -> Self {
-        ProcessError::Failed(error.to_string())
+        ProcessError::failed_by("FHIR request", error)
     }
 }
 
 impl From<serde_json::Error> for ProcessError {
     fn from(error: serde_json::Error) -> Self {
-        ProcessError::Failed(error.to_string())
+        ProcessError::failed_by("JSON", error)
     }
 }
 
@@ -94,4 +145,27 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_from_a_fhir_error_keeps_it_and_describes_the_whole_chain() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = ProcessError::from(dsf_fhir::Error::transport_in("connect b:443", refused));
+        assert_eq!(error.to_string(), "FHIR request");
+        let source = std::error::Error::source(&error).expect("the FHIR error is kept");
+        assert_eq!(source.to_string(), "connect b:443");
+        assert_eq!(error.describe(), "FHIR request: connect b:443: refused");
+    }
+
+    #[test]
+    fn failures_are_equal_by_their_whole_text() {
+        let json = || serde_json::from_str::<u8>("x").expect_err("not a number");
+        assert_eq!(ProcessError::from(json()), ProcessError::from(json()));
+        assert_ne!(ProcessError::from(json()), ProcessError::failed("JSON"));
+        assert_ne!(ProcessError::failed("a"), ProcessError::bpmn("a", "a"));
+    }
 }

@@ -286,7 +286,7 @@ impl From<crate::ProcessError> for CallError {
         match error {
             crate::ProcessError::Bpmn { code, message } => CallError::Bpmn { code, message },
             other => CallError::Failed {
-                message: other.to_string(),
+                message: other.describe(),
             },
         }
     }
@@ -296,7 +296,7 @@ impl From<CallError> for crate::ProcessError {
     fn from(error: CallError) -> Self {
         match error {
             CallError::Bpmn { code, message } => crate::ProcessError::Bpmn { code, message },
-            CallError::Failed { message } => crate::ProcessError::Failed(message),
+            CallError::Failed { message } => crate::ProcessError::failed(message),
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::protocol::{
 use crate::{Error, Handler, PluginDefinition, ProcessApi, ProcessError, VariableScope, Variables};
 use async_trait::async_trait;
 use base64::Engine as _;
+use dsf_core::ErrorChain;
 use dsf_fhir::client::{RawResponse, Transport, TransportRequest};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value};
@@ -84,7 +85,7 @@ pub fn serve(plugin: PluginDefinition) -> ExitCode {
     match runtime.block_on(serve_stdio(plugin)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(%error, "plugin stopped");
+            tracing::error!(error = %ErrorChain(&error), "plugin stopped");
             ExitCode::FAILURE
         }
     }
@@ -168,7 +169,7 @@ pub async fn serve_on(
                 tokio::spawn(async move {
                     let result = plugin.clone().run(*call).await;
                     if let Err(error) = plugin.send(&FromPlugin::Result(result)).await {
-                        tracing::error!(%error, "cannot answer the BPE");
+                        tracing::error!(error = %ErrorChain(&error), "cannot answer the BPE");
                     }
                 });
             }
@@ -461,9 +462,10 @@ impl Transport for CallTransport {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
-            return Err(dsf_fhir::Error::transport_fault(format!(
-                "cannot write to the BPE: {error}"
-            )));
+            return Err(dsf_fhir::Error::transport_in(
+                "cannot write to the BPE",
+                error,
+            ));
         }
         let response = answered.await.map_err(|_| {
             dsf_fhir::Error::transport_fault("the BPE closed before answering a FHIR request")
@@ -493,7 +495,7 @@ pub(crate) fn response_from_protocol(response: FhirResponse) -> dsf_fhir::Result
     let body = match response.body {
         Some(body) => base64::engine::general_purpose::STANDARD
             .decode(body)
-            .map_err(|e| dsf_fhir::Error::transport_fault(format!("FHIR response body: {e}")))?,
+            .map_err(|e| dsf_fhir::Error::transport_in("FHIR response body", e))?,
         None => Vec::new(),
     };
     Ok(RawResponse {

@@ -80,7 +80,7 @@ fn plugin_file_settings(call_timeout: &str) -> Result<dsf_engine::PluginFileSett
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> Result<(), dsf_bin::Failure> {
     init_logging();
     let args = Args::parse();
     let settings = BpeSettings {

@@ -102,7 +102,7 @@ fn local_thumbprints(args: &Args) -> Result<Vec<Thumbprint>, String> {
     let path = args.client_certificate.as_ref().ok_or(
         "set DEV_DSF_FHIR_SERVER_ORGANIZATION_THUMBPRINT or DEV_DSF_FHIR_CLIENT_CERTIFICATE",
     )?;
-    let certs = load_certs(path).map_err(|e| e.to_string())?;
+    let certs = load_certs(path).map_err(|e| dsf_core::ErrorChain(&e).to_string())?;
     Ok(certs
         .first()
         .map(|c| Thumbprint::of_der(c))
@@ -111,7 +111,7 @@ fn local_thumbprints(args: &Args) -> Result<Vec<Thumbprint>, String> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> Result<(), dsf_bin::Failure> {
     init_logging();
     let args = Args::parse();
     let mut config = ServerConfig::new(&args.base_url, &args.organization_identifier);

@@ -223,7 +223,7 @@ async fn up(options: UpOptions) -> Result<(), Box<dyn std::error::Error + Send +
             let from = &network.organizations[0];
             match dsf_bin::ping::ping(&network.client(0)?, &from.identifier, &[], wait).await {
                 Ok(outcome) => print_outcome(&from.identifier, &outcome),
-                Err(e) => eprintln!("first ping failed: {e}"),
+                Err(e) => eprintln!("first ping failed: {}", dsf_core::ErrorChain(e.as_ref())),
             }
         }
         println!("Running; Ctrl-C stops the network.");
@@ -406,7 +406,10 @@ async fn check(network: &DevNetwork) -> Result<(), Box<dyn std::error::Error + S
             "{} {}: websocket bound to Task?status=requested{}",
             if ok { "ok  " } else { "FAIL" },
             org.identifier,
-            bound.err().map(|e| format!(" ({e})")).unwrap_or_default()
+            bound
+                .err()
+                .map(|e| format!(" ({})", dsf_core::ErrorChain(&e)))
+                .unwrap_or_default()
         );
     }
     if failures > 0 {
@@ -534,9 +537,13 @@ async fn stored_bench(
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> Result<(), dsf_bin::Failure> {
     init_logging_at("warn");
-    match Cli::parse().command {
+    Ok(run(Cli::parse().command).await?)
+}
+
+async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    match command {
         Command::Dev(Dev::Certs { out, orgs, users }) => {
             std::fs::create_dir_all(&out)?;
             let pki = DevPki::generate("dsf-rs dev CA")?;

@@ -104,8 +104,7 @@ impl Engine {
                 FieldValue::String(s) => Value::String(s.clone()),
                 FieldValue::Expression(text) => self
                     .expression(text)
-                    .map_err(|e| HandlerError::Failed(e.to_string()))?
-                    .evaluate(&visible)
+                    .and_then(|expression| expression.evaluate(&visible))
                     .map_err(|e| HandlerError::Failed(e.to_string()))?,
             };
             values.insert(field.name.clone(), value);

@@ -9,6 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// What a handler may do instead of finishing normally.
+///
+/// A failure is text, not an error with a source: the engine stores it with the instance
+/// (`InstanceState::Failed`), where it must outlive the process that raised it. Whoever
+/// binds handlers renders its own error's whole chain into that text (dsf-engine does so for
+/// a plugin's `ProcessError`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandlerError {

@@ -20,7 +20,7 @@ pub use handler::{
 pub use instance::{Instance, InstanceState, Waiting, PATH_LIMIT};
 pub use timer::{parse_cycle, parse_date, parse_duration, Schedule};
 
-use crate::expr::Expression;
+use crate::expr::{ExprError, Expression};
 use crate::model::*;
 use crate::{Error, Result};
 use instance::{Effect, Event, Join, Scope, ScopeKind, Subscription, Token, TokenState};
@@ -498,12 +498,15 @@ impl Engine {
         Ok(out)
     }
 
-    fn expression(&self, text: &str) -> Result<std::borrow::Cow<'_, Expression>> {
+    /// The parsed expression `text`: parsed at deployment for the texts a process holds,
+    /// parsed here for any other.
+    fn expression(
+        &self,
+        text: &str,
+    ) -> std::result::Result<std::borrow::Cow<'_, Expression>, ExprError> {
         match self.expressions.get(text) {
             Some(e) => Ok(std::borrow::Cow::Borrowed(e)),
-            None => Expression::parse(text)
-                .map(std::borrow::Cow::Owned)
-                .map_err(|e| Error::NoMatch(e.to_string())),
+            None => Expression::parse(text).map(std::borrow::Cow::Owned),
         }
     }
 
@@ -515,8 +518,8 @@ impl Engine {
         text: &str,
     ) -> Result<Value> {
         let visible = instance.visible(scope);
-        self.expression(text)?
-            .evaluate(&visible)
+        self.expression(text)
+            .and_then(|expression| expression.evaluate(&visible))
             .map_err(|e| runtime(instance, element, e.to_string()))
     }
 
@@ -528,8 +531,8 @@ impl Engine {
         text: &str,
     ) -> Result<bool> {
         let visible = instance.visible(scope);
-        self.expression(text)?
-            .evaluate_bool(&visible)
+        self.expression(text)
+            .and_then(|expression| expression.evaluate_bool(&visible))
             .map_err(|e| runtime(instance, element, e.to_string()))
     }
 

@@ -37,7 +37,7 @@ pub struct RawResponse {
 impl RawResponse {
     pub fn json(&self) -> Result<Value> {
         serde_json::from_slice(&self.body)
-            .map_err(|e| Error::transport_fault(format!("response is not JSON: {e}")))
+            .map_err(|e| Error::transport_in("response is not JSON", e))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -263,12 +263,12 @@ impl FhirClient {
         };
         let tcp = TcpStream::connect(authority)
             .await
-            .map_err(|e| Error::transport_fault(format!("connect {authority}: {e}")))?;
+            .map_err(|e| Error::transport_in(format!("connect {authority}"), e))?;
         let _ = tcp.set_nodelay(true);
         connector
             .connect(server_name.clone(), tcp)
             .await
-            .map_err(|e| Error::transport_fault(format!("TLS handshake with {authority}: {e}")))
+            .map_err(|e| Error::transport_in(format!("TLS handshake with {authority}"), e))
     }
 
     /// `host:port` of a client with its own connections (the base URL otherwise).
@@ -665,7 +665,7 @@ fn to_value<T: Serialize>(resource: &T) -> Result<Value> {
 
 fn from_value<T: DeserializeOwned>(value: Value) -> Result<T> {
     serde_json::from_value(value)
-        .map_err(|e| Error::transport_fault(format!("unexpected resource in response: {e}")))
+        .map_err(|e| Error::transport_in("unexpected resource in response", e))
 }
 
 fn from_written<T: DeserializeOwned>(written: Written) -> Result<T> {

@@ -12,6 +12,7 @@ use crate::date::parse_date_range;
 use crate::format::{parse_resource, Format};
 use crate::{Error, Result};
 use bytes::Bytes;
+use dsf_core::ErrorChain;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use http::{Method, Request};
 use http_body_util::Empty;
@@ -157,7 +158,7 @@ impl FhirClient {
             Ok(Err(fastwebsockets::WebSocketError::InvalidStatusCode(403))) => {
                 Err(Error::Forbidden("websocket refused".into()))
             }
-            Ok(Err(e)) => Err(Error::transport_fault(format!("websocket handshake: {e}"))),
+            Ok(Err(e)) => Err(Error::transport_in("websocket handshake", e)),
             Err(_) => Err(Error::Timeout("websocket handshake timed out".into())),
         }
     }
@@ -219,14 +220,14 @@ async fn bind(ws: &mut RawWebSocket, id: &str, timeout: Duration) -> Result<()> 
         format!("bind {id}").into_bytes(),
     )))
     .await
-    .map_err(|e| Error::transport_fault(format!("websocket: {e}")))?;
+    .map_err(|e| Error::transport_in("websocket", e))?;
     let expected = format!("bound {id}");
     let answer = async {
         loop {
             let frame = ws
                 .read_frame()
                 .await
-                .map_err(|e| Error::transport_fault(format!("websocket: {e}")))?;
+                .map_err(|e| Error::transport_in("websocket", e))?;
             match frame.opcode {
                 OpCode::Text if frame.payload[..] == *expected.as_bytes() => return Ok(()),
                 OpCode::Close => {
@@ -360,7 +361,7 @@ impl Follower {
                         let _ = first.send(Err(e));
                         return;
                     }
-                    Stop::Failed(e.to_string())
+                    Stop::Failed(ErrorChain(&e).to_string())
                 }
             };
             match stop {
@@ -402,7 +403,7 @@ impl Follower {
                         match parse_resource(&payload, format) {
                             Ok(resource) => self.deliver(resource, false).await?,
                             Err(e) => {
-                                tracing::warn!(error = %e, "unreadable websocket event; catching up instead");
+                                tracing::warn!(error = %ErrorChain(&e), "unreadable websocket event; catching up instead");
                                 self.catch_up().await?;
                             }
                         }
@@ -446,7 +447,7 @@ impl Follower {
                 .client
                 .search(&self.resource_type, &query)
                 .await
-                .map_err(|e| Stop::Failed(format!("catch-up search: {e}")))?;
+                .map_err(|e| Stop::Failed(format!("catch-up search: {}", ErrorChain(&e))))?;
             let found = matches(&bundle);
             let full = found.len() >= page_size;
             let newest = found.last().and_then(last_updated);

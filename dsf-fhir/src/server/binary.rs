@@ -11,6 +11,7 @@ use crate::store::{StoredContent, StoredResource, WriteOp, WriteOutcome, PART_BY
 use crate::{Error, Result};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
+use dsf_core::ErrorChain;
 use http::{header, HeaderName, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -421,8 +422,8 @@ impl FhirServer {
             .await;
             if let Err(e) = sent {
                 if !matches!(e, Error::Invalid(_)) {
-                    tracing::error!(error = %e, "Binary content could not be sent");
-                    let _ = sender.send(Err(std::io::Error::other(e.to_string()))).await;
+                    tracing::error!(error = %ErrorChain(&e), "Binary content could not be sent");
+                    let _ = sender.send(Err(std::io::Error::other(e))).await;
                 }
             }
         });

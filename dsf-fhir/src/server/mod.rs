@@ -39,6 +39,7 @@ use crate::search::parse_query_string;
 use crate::store::ResourceStore;
 use crate::{Error, Result};
 use bytes::Bytes;
+use dsf_core::ErrorChain;
 use dsf_core::Thumbprint;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -274,7 +275,9 @@ impl FhirServer {
             match self.store.remove_unclaimed_content().await {
                 Ok(0) => {}
                 Ok(parts) => tracing::info!(parts, "removed Binary content no upload finished"),
-                Err(e) => tracing::warn!(error = %e, "cannot remove unclaimed Binary content"),
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), "cannot remove unclaimed Binary content")
+                }
             }
             tokio::spawn(
                 self.clone()
@@ -344,7 +347,7 @@ impl FhirServer {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        tracing::warn!(error = %ErrorChain(&e), "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -385,7 +388,7 @@ impl FhirServer {
             done = handshake => match done {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    tracing::info!(%peer, error = %ErrorChain(&e), "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
@@ -474,7 +477,7 @@ impl FhirServer {
             }
         };
         if let Err(e) = result {
-            tracing::debug!(%peer, error = %e, "connection ended with error");
+            tracing::debug!(%peer, error = %ErrorChain(&e), "connection ended with error");
         }
     }
 
@@ -567,7 +570,9 @@ impl FhirServer {
                     self.websocket_session(ws, identity, Arc::new(certificate))
                         .await
                 }
-                Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+                Err(e) => {
+                    tracing::debug!(error = %ErrorChain(&e), "websocket upgrade failed")
+                }
             }
         });
         let (parts, _) = response.into_parts();
@@ -631,7 +636,7 @@ impl FhirServer {
             Ok(reply) => reply,
             Err(e) => {
                 if e.status() >= 500 {
-                    tracing::error!(error = %e, "request failed");
+                    tracing::error!(error = %ErrorChain(&e), "request failed");
                 }
                 Reply::error(&e)
             }

@@ -6,6 +6,7 @@ use crate::format::{render_stored, render_value, Format};
 use crate::store::StoredResource;
 use crate::{Error, IssueType, OperationOutcome};
 use bytes::Bytes;
+use dsf_core::ErrorChain;
 use http::header::{HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use serde_json::Value;
@@ -131,7 +132,7 @@ impl Reply {
             Ok(bytes) => (self.status, self.headers, bytes, format),
             Err(e) => {
                 if e.status() >= 500 {
-                    tracing::error!(error = %e, "cannot render response");
+                    tracing::error!(error = %ErrorChain(&e), "cannot render response");
                 }
                 // The outcome goes out as JSON, whatever was asked for: the asked-for
                 // format may be what failed.

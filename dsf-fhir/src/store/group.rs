@@ -7,6 +7,7 @@ use super::feed::ChangeFeed;
 use super::sql::{Dialect, Sql};
 use super::{write, Backend, WriteOp, WriteOutcome};
 use crate::{Error, Result};
+use dsf_core::ErrorChain;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,7 +38,7 @@ pub(super) fn spawn(
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    tracing::error!(error = %e, "store writer cannot start");
+                    tracing::error!(error = %ErrorChain(&e), "store writer cannot start");
                     return;
                 }
             };

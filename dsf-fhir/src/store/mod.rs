@@ -30,6 +30,7 @@ use crate::{Error, Result};
 /// The attribute [`Backend`] and [`Session`] implementations are written with, so that a
 /// backend outside this crate needs no dependency of its own for it.
 pub use async_trait::async_trait;
+use dsf_core::ErrorChain;
 use std::sync::Arc;
 
 /// One stored version of a resource. `body` is the canonical JSON, absent for a deletion.
@@ -181,7 +182,7 @@ impl ResourceStore {
             match group::spawn(backend.clone(), base_url.clone(), feed.clone()) {
                 Ok(writer) => Some(writer),
                 Err(e) => {
-                    tracing::warn!(error = %e, "no writer thread; committing writes one by one");
+                    tracing::warn!(error = %ErrorChain(&e), "no writer thread; committing writes one by one");
                     None
                 }
             }

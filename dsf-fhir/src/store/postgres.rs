@@ -13,6 +13,7 @@ use super::sql::{schema, Dialect, Sql, SqlValue};
 use super::{Backend, Session, StoredResource};
 use crate::{Error, Result};
 use async_trait::async_trait;
+use dsf_core::ErrorChain;
 use futures_util::future::{join_all, try_join_all};
 use std::collections::HashMap;
 use std::future::Future;
@@ -145,7 +146,10 @@ fn storage_error(e: tokio_postgres::Error) -> Error {
         }
         Some(&SqlState::CHARACTER_NOT_IN_REPERTOIRE | &SqlState::UNTRANSLATABLE_CHARACTER) => {
             // A NUL character, which PostgreSQL text cannot hold: the input's fault.
-            return Error::Invalid(format!("a value cannot be stored or searched: {e}"));
+            return Error::Invalid(format!(
+                "a value cannot be stored or searched: {}",
+                ErrorChain(&e)
+            ));
         }
         Some(&SqlState::QUERY_CANCELED) => {
             return Error::Unavailable(
@@ -153,19 +157,19 @@ fn storage_error(e: tokio_postgres::Error) -> Error {
             )
         }
         Some(code) if code.code().starts_with("08") || code.code().starts_with("57P") => {
-            return unavailable(e)
+            return unavailable(&e)
         }
         _ => {}
     }
     if e.is_closed() || e.code().is_none() && e.as_db_error().is_none() {
         // No answer from the server at all: connection refused, reset or closed.
-        return unavailable(e);
+        return unavailable(&e);
     }
     Error::storage(e)
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Error {
-    tracing::warn!(error = %e, "PostgreSQL unavailable");
+fn unavailable(e: &tokio_postgres::Error) -> Error {
+    tracing::warn!(error = %ErrorChain(e), "PostgreSQL unavailable");
     Error::Unavailable("the database is not available; try again later".into())
 }
 
@@ -195,7 +199,7 @@ impl Pool {
             .map_err(storage_error)?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection closed");
+                tracing::warn!(error = %ErrorChain(&e), "PostgreSQL connection closed");
             }
         });
         let mut setup = format!(
@@ -348,7 +352,7 @@ impl Drop for PgSession {
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 handle.spawn(async move {
                     if let Err(e) = cancel.cancel_query(NoTls).await {
-                        tracing::debug!(error = %e, "cancelling an abandoned statement failed");
+                        tracing::debug!(error = %ErrorChain(&e), "cancelling an abandoned statement failed");
                     }
                     drop(conn);
                 });

@@ -371,10 +371,13 @@ impl ServiceTask for DownloadAllowList {
             None => client.read::<Value>("Bundle", id).await,
         };
         let bundle = read.map_err(|e| {
-            ProcessError::failed(format!(
-                "Error while reading Bundle with id '{reference}' from organization {}: {e}",
-                requester(&task).unwrap_or("?")
-            ))
+            ProcessError::failed_by(
+                format!(
+                    "Error while reading Bundle with id '{reference}' from organization {}",
+                    requester(&task).unwrap_or("?")
+                ),
+                e,
+            )
         })?;
         vars.set_string(BUNDLE_URL, reference);
         vars.set_resource(BUNDLE, bundle);
@@ -480,9 +483,12 @@ impl ServiceTask for InsertAllowList {
             .transaction(&bundle)
             .await
             .map_err(|e| {
-                ProcessError::failed(format!(
-                    "Error while executing Bundle with id '{url}' from organization {requester} locally, {e}"
-                ))
+                ProcessError::failed_by(
+                    format!(
+                        "Error while executing Bundle with id '{url}' from organization {requester} locally"
+                    ),
+                    e,
+                )
             })?;
         tracing::info!(bundle = %url, "allow list applied");
         Ok(())

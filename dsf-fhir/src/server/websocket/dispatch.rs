@@ -12,6 +12,7 @@ use crate::server::roles::Role;
 use crate::server::FhirServer;
 use crate::store::{ChangeReceiver, StoredResource, ALLOW_LIST_TYPES};
 use bytes::Bytes;
+use dsf_core::ErrorChain;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -34,7 +35,7 @@ impl FhirServer {
             };
             if batch.iter().any(|r| r.resource_type == "Subscription") {
                 if let Err(e) = self.hub.reload(&self.store).await {
-                    tracing::error!(error = %e, "cannot reload Subscriptions");
+                    tracing::error!(error = %ErrorChain(&e), "cannot reload Subscriptions");
                 }
             }
             let now = self.store.allow_list_generation();
@@ -77,7 +78,7 @@ impl FhirServer {
                     "Forbidden: client certificate no longer on the allow list",
                 )),
                 Err(e) => {
-                    tracing::warn!(error = %e, session = session.id, "cannot re-check websocket identity")
+                    tracing::warn!(error = %ErrorChain(&e), session = session.id, "cannot re-check websocket identity")
                 }
             }
         }
@@ -147,7 +148,7 @@ fn render(stored: &StoredResource, format: Format) -> Option<Message> {
     match stored_body(body, format, false) {
         Ok(bytes) => Some(bytes),
         Err(e) => {
-            tracing::error!(error = %e, resource = %stored.reference(), "cannot render event payload");
+            tracing::error!(error = %ErrorChain(&e), resource = %stored.reference(), "cannot render event payload");
             None
         }
     }

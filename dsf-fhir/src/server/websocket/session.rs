@@ -6,6 +6,7 @@ use super::may_connect;
 use super::{close_code, Closing};
 use crate::server::PeerCertificate;
 use crate::server::{FhirServer, Identity};
+use dsf_core::ErrorChain;
 use fastwebsockets::{
     Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
 };
@@ -232,7 +233,7 @@ async fn read_loop<S: Stream>(
                 ));
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot look up Subscription");
+                tracing::error!(error = %ErrorChain(&e), "cannot look up Subscription");
                 return Some(Closing::new(
                     close_code::GOING_AWAY,
                     "Subscription lookup failed",

@@ -19,6 +19,7 @@ use super::sql::{Dialect, Sql, SqlValue};
 use super::{ResourceStore, Session};
 use crate::{Error, Result};
 use bytes::Bytes;
+use dsf_core::ErrorChain;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -356,7 +357,7 @@ impl ResourceStore {
             }
         };
         if let Err(e) = result {
-            tracing::warn!(content = %content.id, error = %e, "cannot remove unclaimed Binary content");
+            tracing::warn!(content = %content.id, error = %ErrorChain(&e), "cannot remove unclaimed Binary content");
         }
     }
 
@@ -392,7 +393,7 @@ impl ResourceStore {
             return;
         }
         if let Err(e) = self.remove_content_files(directory, ids).await {
-            tracing::warn!(error = %e, "cannot remove the content of a deleted Binary");
+            tracing::warn!(error = %ErrorChain(&e), "cannot remove the content of a deleted Binary");
         }
     }
 

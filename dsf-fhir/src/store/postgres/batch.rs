@@ -12,6 +12,7 @@
 use super::{storage_error, timed_out, Pool, SharedConnection, SharedSlot, STATEMENT_CACHE};
 use crate::store::sql::{Sql, SqlValue};
 use crate::{Error, Result};
+use dsf_core::ErrorChain;
 use futures_util::future::join_all;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -176,7 +177,7 @@ async fn send(pool: &Pool, slot: &SharedSlot, batch: Vec<Lookup>) {
             // The batched form of a text the database takes alone: send its lookups again,
             // one by one. (A connection that failed says nothing about the text.)
             Err(e) if group.batched.is_some() && e.refused => {
-                tracing::warn!(error = %e.error, "PostgreSQL refused a batched point lookup; sending them one by one");
+                tracing::warn!(error = %ErrorChain(&e.error), "PostgreSQL refused a batched point lookup; sending them one by one");
                 slot.never_batch(&group.lookups[0].sql);
                 again.extend(group.lookups);
             }
