@@ -297,7 +297,7 @@ async fn a_restarted_bpe_catches_up_on_what_arrived_while_it_was_down() {
 async fn autostart_pings_at_its_interval_until_stopped() {
     let network = Network::start(2, Topology::Mesh).await;
     let org = network.organization(0);
-    let _bpe0 = start_bpe(org, None).await;
+    let bpe0 = start_bpe(org, None).await;
     let _bpe1 = start_bpe(network.organization(1), None).await;
     let interval = json!({"type": {"coding": [{"system": ping_pong::PING, "code": "timer-interval"}]}, "valueString": "PT1S"});
     let autostart = post(
@@ -346,7 +346,20 @@ async fn autostart_pings_at_its_interval_until_stopped() {
     let looping = finished(org, &autostart).await;
     assert_eq!(looping["status"], "completed", "{looping:#}");
     let count = tasks_of(org, "ping").await.len();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Once no instance runs, nothing is left that could start a ping (the loop's timer lives
+    // in its instance): wait for that instead of for a while.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let running = bpe0.running_instances().await.expect("running instances");
+        if running == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{running} instances still run after the stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let started_after_stop = tasks_of(org, "ping").await.len() - count;
     assert!(
         started_after_stop <= 2,
