@@ -1,6 +1,6 @@
 //! Random well-formed process graphs: parsing and deploying them never fails, and running them
-//! (completing user tasks, delivering messages, moving the clock) never panics or errs and always ends
-//! or comes to a wait, within a bounded number of steps.
+//! (completing user tasks, delivering messages, moving the clock) never panics or errs and
+//! always ends or comes to a wait, within a bounded number of steps.
 
 use dsf_bpmn::engine::{Engine, Registry, Step, VirtualClock, Waiting};
 use proptest::prelude::*;
