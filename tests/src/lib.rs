@@ -10,6 +10,7 @@
 pub mod harness;
 pub mod network;
 pub mod plugin_files;
+pub mod relay;
 pub mod tasks;
 pub use harness::Suite;
 

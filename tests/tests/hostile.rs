@@ -8,6 +8,7 @@ use dsf_fhir::server::ConnectionLimits;
 use dsf_fhir::store::{Backend, Dialect, PostgresBackend, PostgresOptions, Sql};
 use dsf_fhir::FhirClient;
 use dsf_tests::fixtures::{draft_task, ping_task, remote_ping};
+use dsf_tests::relay::{ConnectionTap, Direction, Tap, TcpRelay, Verdict};
 use dsf_tests::{
     postgres_address, postgres_url, postgres_url_at, send_json, BackendKind, TestServer, REMOTE_ORG,
 };
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 const JSON: &str = "application/fhir+json";
 const XML: &str = "application/fhir+xml";
@@ -558,87 +559,86 @@ async fn connection_floods_are_refused() {
     assert!(server.server.open_connections() <= 2);
 }
 
-/// A proxy between the server and PostgreSQL that the test can cut and freeze, or stall the
+/// A relay between the server and PostgreSQL that the test can cut and freeze, or stall the
 /// connections open at one moment for good while new ones pass.
 struct DatabaseLink {
     address: SocketAddr,
-    up: Arc<AtomicBool>,
-    frozen: Arc<AtomicBool>,
-    /// One flag per connection ever opened: set, that connection holds its bytes forever.
-    stalls: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>,
+    state: Arc<LinkState>,
 }
 
-/// Copies `from` to `to` while the link is up; holds the bytes while it is frozen or this
-/// connection is stalled.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    up: Arc<AtomicBool>,
-    frozen: Arc<AtomicBool>,
-    stalled: Arc<AtomicBool>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match tokio::time::timeout(Duration::from_millis(50), from.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(n)) => n,
-            Err(_) if !up.load(Ordering::SeqCst) => return,
-            Err(_) => continue,
-        };
-        while frozen.load(Ordering::SeqCst) || stalled.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+struct LinkState {
+    up: AtomicBool,
+    frozen: AtomicBool,
+    /// One flag per connection ever opened: set, that connection holds its bytes forever.
+    stalls: std::sync::Mutex<Vec<Arc<Stall>>>,
+}
+
+/// One connection of the link: its bytes pass while the link is up, and are held while it is
+/// frozen or this connection is stalled.
+struct Stall {
+    link: Arc<LinkState>,
+    stalled: AtomicBool,
+}
+
+/// The link's [`Tap`]: refuses connections while the link is down.
+struct LinkTap(Arc<LinkState>);
+
+impl Tap for LinkTap {
+    fn connection(&self) -> Option<Arc<dyn ConnectionTap>> {
+        if !self.0.up.load(Ordering::SeqCst) {
+            return None;
         }
-        if !up.load(Ordering::SeqCst) || to.write_all(&buf[..n]).await.is_err() {
-            return;
+        let stall = Arc::new(Stall {
+            link: self.0.clone(),
+            stalled: AtomicBool::new(false),
+        });
+        self.0.stalls.lock().unwrap().push(stall.clone());
+        Some(stall)
+    }
+}
+
+impl ConnectionTap for Stall {
+    fn passing(&self, _: Direction, _: &[u8]) -> Verdict {
+        if !self.link.up.load(Ordering::SeqCst) {
+            Verdict::Close
+        } else if self.link.frozen.load(Ordering::SeqCst) || self.stalled.load(Ordering::SeqCst) {
+            Verdict::Hold
+        } else {
+            Verdict::Pass
         }
+    }
+
+    fn idle(&self, _: Direction) -> bool {
+        self.link.up.load(Ordering::SeqCst)
     }
 }
 
 impl DatabaseLink {
     async fn start(target: SocketAddr) -> DatabaseLink {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
-        let frozen = Arc::new(AtomicBool::new(false));
-        let stalls = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (up_flag, frozen_flag, all_stalls) = (up.clone(), frozen.clone(), stalls.clone());
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                if !up_flag.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let (up, frozen) = (up_flag.clone(), frozen_flag.clone());
-                let stalled = Arc::new(AtomicBool::new(false));
-                all_stalls.lock().unwrap().push(stalled.clone());
-                tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let (client_read, client_write) = client.into_split();
-                    let (server_read, server_write) = server.into_split();
-                    tokio::spawn(pump(
-                        client_read,
-                        server_write,
-                        up.clone(),
-                        frozen.clone(),
-                        stalled.clone(),
-                    ));
-                    tokio::spawn(pump(server_read, client_write, up, frozen, stalled));
-                });
-            }
+        let state = Arc::new(LinkState {
+            up: AtomicBool::new(true),
+            frozen: AtomicBool::new(false),
+            stalls: std::sync::Mutex::new(Vec::new()),
         });
+        let relay = TcpRelay::start(target, Arc::new(LinkTap(state.clone()))).await;
         DatabaseLink {
-            address,
-            up,
-            frozen,
-            stalls,
+            address: relay.address,
+            state,
         }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.state.up.store(up, Ordering::SeqCst);
+    }
+
+    fn set_frozen(&self, frozen: bool) {
+        self.state.frozen.store(frozen, Ordering::SeqCst);
     }
 
     /// Every connection open now stops answering, without closing; later ones pass.
     fn stall_open_connections(&self) {
-        for stalled in self.stalls.lock().unwrap().iter() {
-            stalled.store(true, Ordering::SeqCst);
+        for stall in self.state.stalls.lock().unwrap().iter() {
+            stall.stalled.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -734,7 +734,7 @@ async fn database_faults_answer_503_and_recover() {
     };
     until_ok(&client, &id).await;
 
-    link.up.store(false, Ordering::SeqCst);
+    link.set_up(false);
     tokio::time::sleep(Duration::from_millis(200)).await;
     for (status, retry_after, body, took) in
         [timed_search(&client).await, timed_read(&client, &id).await]
@@ -744,10 +744,10 @@ async fn database_faults_answer_503_and_recover() {
         assert!(took < Duration::from_secs(4), "{took:?}");
         assert!(!body.contains("error connecting"), "{body}");
     }
-    link.up.store(true, Ordering::SeqCst);
+    link.set_up(true);
     until_ok(&client, &id).await;
 
-    link.frozen.store(true, Ordering::SeqCst);
+    link.set_frozen(true);
     for (status, retry_after, body, took) in
         [timed_search(&client).await, timed_read(&client, &id).await]
     {
@@ -755,7 +755,7 @@ async fn database_faults_answer_503_and_recover() {
         assert!(retry_after.is_some());
         assert!(took < Duration::from_secs(5), "{took:?}");
     }
-    link.frozen.store(false, Ordering::SeqCst);
+    link.set_frozen(false);
     until_ok(&client, &id).await;
 
     // A connection that stops answering without closing (a lost network path) is given up

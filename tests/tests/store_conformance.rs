@@ -5,14 +5,13 @@ use dsf_fhir::store::{
     async_trait, conformance, Backend, Dialect, PostgresBackend, ResourceStore, Session,
     SqliteBackend, WriteOp,
 };
+use dsf_tests::relay::{ConnectionTap, Direction, Tap, TcpRelay, Verdict};
 use dsf_tests::{backend, postgres_address, postgres_url_at};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 /// A backend of the kind an integrator writes: it wraps another and counts the sessions it
 /// hands out (for a metrics endpoint, say). Only public items of dsf-fhir are used.
@@ -42,40 +41,83 @@ impl Backend for CountingBackend {
     }
 }
 
-/// A proxy in front of PostgreSQL that counts round trips (the times a client spoke again
+/// A relay in front of PostgreSQL that counts round trips (the times a client spoke again
 /// after the database had answered it) and statements run (Execute messages).
 struct RoundTripCounter {
     address: SocketAddr,
-    turns: Arc<AtomicUsize>,
-    executes: Arc<AtomicUsize>,
+    counts: Arc<Counts>,
 }
 
-/// What the proxy counts of one client's messages.
+#[derive(Default)]
+struct Counts {
+    turns: AtomicUsize,
+    executes: AtomicUsize,
+}
+
+/// The counter's [`Tap`]: every connection counted into the same totals.
+struct CountingTap(Arc<Counts>);
+
+impl Tap for CountingTap {
+    fn connection(&self) -> Option<Arc<dyn ConnectionTap>> {
+        Some(Arc::new(ClientCounts {
+            counts: self.0.clone(),
+            answered: AtomicBool::new(true),
+            messages: std::sync::Mutex::new(Messages::default()),
+        }))
+    }
+}
+
+/// What the relay counts of one client's connection.
 struct ClientCounts {
-    turns: Arc<AtomicUsize>,
-    executes: Arc<AtomicUsize>,
+    counts: Arc<Counts>,
+    /// The database has answered since the client last spoke.
+    answered: AtomicBool,
+    messages: std::sync::Mutex<Messages>,
+}
+
+#[derive(Default)]
+struct Messages {
     /// Bytes of a message not yet complete.
     pending: Vec<u8>,
     /// Past the start-up message, after which every message begins with its type byte.
     started: bool,
 }
 
-impl ClientCounts {
-    fn count_messages(&mut self, bytes: &[u8]) {
+impl ConnectionTap for ClientCounts {
+    fn passing(&self, direction: Direction, bytes: &[u8]) -> Verdict {
+        match direction {
+            // From the client: a new round trip if the server has answered since it last spoke.
+            Direction::ToServer => {
+                if self.answered.swap(false, Ordering::SeqCst) {
+                    self.counts.turns.fetch_add(1, Ordering::SeqCst);
+                }
+                let executes = self.messages.lock().unwrap().executes_in(bytes);
+                self.counts.executes.fetch_add(executes, Ordering::SeqCst);
+            }
+            Direction::ToClient => self.answered.store(true, Ordering::SeqCst),
+        }
+        Verdict::Pass
+    }
+}
+
+impl Messages {
+    /// The Execute messages completed by `bytes`.
+    fn executes_in(&mut self, bytes: &[u8]) -> usize {
         const SSL_REQUEST: u32 = 80_877_103;
         self.pending.extend_from_slice(bytes);
+        let mut executes = 0;
         loop {
             let length_at = usize::from(self.started);
             let Some(length) = self.pending.get(length_at..length_at + 4) else {
-                return;
+                return executes;
             };
             let end = length_at + u32::from_be_bytes(length.try_into().expect("4 bytes")) as usize;
             if self.pending.len() < end {
-                return;
+                return executes;
             }
             if self.started {
                 if self.pending[0] == b'E' {
-                    self.executes.fetch_add(1, Ordering::SeqCst);
+                    executes += 1;
                 }
             } else {
                 let code = self
@@ -89,73 +131,22 @@ impl ClientCounts {
     }
 }
 
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    answered: Arc<AtomicBool>,
-    mut client: Option<ClientCounts>,
-) {
-    let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(n @ 1..) = from.read(&mut buf).await {
-        match &mut client {
-            // From the client: a new round trip if the server has answered since it last spoke.
-            Some(client) => {
-                if answered.swap(false, Ordering::SeqCst) {
-                    client.turns.fetch_add(1, Ordering::SeqCst);
-                }
-                client.count_messages(&buf[..n]);
-            }
-            None => answered.store(true, Ordering::SeqCst),
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
 impl RoundTripCounter {
     async fn start(target: SocketAddr) -> RoundTripCounter {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let turns = Arc::new(AtomicUsize::new(0));
-        let executes = Arc::new(AtomicUsize::new(0));
-        let (counted, executed) = (turns.clone(), executes.clone());
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(target).await else {
-                    return;
-                };
-                let answered = Arc::new(AtomicBool::new(true));
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = server.into_split();
-                let counts = ClientCounts {
-                    turns: counted.clone(),
-                    executes: executed.clone(),
-                    pending: Vec::new(),
-                    started: false,
-                };
-                tokio::spawn(pump(
-                    client_read,
-                    server_write,
-                    answered.clone(),
-                    Some(counts),
-                ));
-                tokio::spawn(pump(server_read, client_write, answered, None));
-            }
-        });
+        let counts = Arc::new(Counts::default());
+        let relay = TcpRelay::start(target, Arc::new(CountingTap(counts.clone()))).await;
         RoundTripCounter {
-            address,
-            turns,
-            executes,
+            address: relay.address,
+            counts,
         }
     }
 
     fn turns(&self) -> usize {
-        self.turns.load(Ordering::SeqCst)
+        self.counts.turns.load(Ordering::SeqCst)
     }
 
     fn executes(&self) -> usize {
-        self.executes.load(Ordering::SeqCst)
+        self.counts.executes.load(Ordering::SeqCst)
     }
 }
 
