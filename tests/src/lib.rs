@@ -149,6 +149,30 @@ pub(crate) fn serve(
     Serving { shutdown, task }
 }
 
+impl Serving {
+    /// Stops the accept loop in `serving`, if one runs, and waits for it to end.
+    pub(crate) async fn stop(serving: &mut Option<Serving>) {
+        if let Some(serving) = serving.take() {
+            let _ = serving.shutdown.send(());
+            let _ = serving.task.await;
+        }
+    }
+}
+
+/// A new server on `store` with `config`, serving on `port` again once the previous listener
+/// has let go of it: what a restarted server process does.
+pub(crate) async fn serve_again(
+    port: u16,
+    store: &ResourceStore,
+    config: &ServerConfig,
+    tls: &Arc<rustls_config::ServerConfig>,
+) -> (Arc<FhirServer>, Serving) {
+    let listener = bind_again(port).await;
+    let server = Arc::new(FhirServer::new(store.clone(), config.clone()));
+    let serving = serve(server.clone(), listener, tls.clone());
+    (server, serving)
+}
+
 impl TestServer {
     pub async fn start(kind: BackendKind) -> TestServer {
         Self::start_with(kind, |_| {}).await
@@ -318,19 +342,16 @@ impl TestServer {
     /// Stops serving: the accept loop ends and open connections close (websockets with
     /// 1001). The store stays.
     pub async fn stop(&mut self) {
-        if let Some(serving) = self.serving.take() {
-            let _ = serving.shutdown.send(());
-            let _ = serving.task.await;
-        }
+        Serving::stop(&mut self.serving).await;
     }
 
     /// Serves again on the same port with the same store, certificates and settings, as a
     /// restarted server process would.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let listener = bind_again(self.port).await;
-        self.server = Arc::new(FhirServer::new(self.store.clone(), self.config.clone()));
-        self.serving = Some(serve(self.server.clone(), listener, self.tls.clone()));
+        let (server, serving) = serve_again(self.port, &self.store, &self.config, &self.tls).await;
+        self.server = server;
+        self.serving = Some(serving);
     }
 }
 

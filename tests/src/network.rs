@@ -2,7 +2,7 @@
 //! one development PKI, allow lists by topology, and for each organisation the TLS
 //! configuration its BPE uses.
 
-use crate::{bind_again, serve, Serving};
+use crate::{serve, serve_again, Serving};
 use dsf_core::{DevPki, IssuedCert, Thumbprint};
 use dsf_fhir::server::AllowListEntry;
 use dsf_fhir::store::SqliteBackend;
@@ -39,18 +39,15 @@ pub struct Organization {
 impl Organization {
     /// Stops serving (connections close); the store stays.
     pub async fn stop(&mut self) {
-        if let Some(serving) = self.serving.take() {
-            let _ = serving.shutdown.send(());
-            let _ = serving.task.await;
-        }
+        Serving::stop(&mut self.serving).await;
     }
 
     /// Serves again on the same port with the same store.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let listener = bind_again(self.port).await;
-        self.server = Arc::new(FhirServer::new(self.store.clone(), self.config.clone()));
-        self.serving = Some(serve(self.server.clone(), listener, self.tls.clone()));
+        let (server, serving) = serve_again(self.port, &self.store, &self.config, &self.tls).await;
+        self.server = server;
+        self.serving = Some(serving);
     }
 }
 
