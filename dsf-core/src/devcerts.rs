@@ -20,24 +20,30 @@ pub struct DevPki {
 /// A certificate issued by [`DevPki`], with its key.
 #[derive(Clone)]
 pub struct IssuedCert {
+    /// The certificate, PEM-encoded.
     pub cert_pem: String,
+    /// Its private key, PEM-encoded (PKCS#8).
     pub key_pem: String,
     der: Vec<u8>,
 }
 
 impl IssuedCert {
+    /// The certificate, DER-encoded.
     pub fn cert_der(&self) -> &[u8] {
         &self.der
     }
 
+    /// The certificate's thumbprint: what an allow list names it by.
     pub fn thumbprint(&self) -> Thumbprint {
         Thumbprint::of_der(&self.der)
     }
 
+    /// The certificate as a chain for rustls (the certificate alone; the CA is the dev CA).
     pub fn chain(&self) -> Result<Vec<CertificateDer<'static>>> {
         parse_certs(self.cert_pem.as_bytes(), "issued certificate")
     }
 
+    /// The private key for rustls.
     pub fn key(&self) -> Result<PrivateKeyDer<'static>> {
         parse_private_key(self.key_pem.as_bytes(), "issued key")
     }
@@ -56,6 +62,7 @@ fn validity(params: &mut CertificateParams) {
 }
 
 impl DevPki {
+    /// A new CA with a fresh key, named `common_name`, valid from yesterday for a year.
     pub fn generate(common_name: &str) -> Result<Self> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -75,10 +82,12 @@ impl DevPki {
         })
     }
 
+    /// The CA certificate, PEM-encoded.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
     }
 
+    /// The CA certificate for rustls trust stores.
     pub fn ca_certs(&self) -> Result<Vec<CertificateDer<'static>>> {
         parse_certs(self.ca_pem.as_bytes(), "dev CA")
     }
@@ -137,6 +146,8 @@ impl DevPki {
 
     /// A client certificate naming `email` (a subject alternative name), as a person's
     /// certificate does; the role configuration may match it by that address.
+    /// A client certificate of a person: `common_name` with `email` as its e-mail address,
+    /// which the FHIR server's role configuration can match.
     pub fn issue_personal_client(&self, common_name: &str, email: &str) -> Result<IssuedCert> {
         self.issue_with(
             common_name,
@@ -145,14 +156,18 @@ impl DevPki {
         )
     }
 
+    /// A mutual-TLS server configuration presenting `cert` and asking for client
+    /// certificates of this CA.
     pub fn server_config(&self, cert: &IssuedCert) -> Result<rustls::ServerConfig> {
         server_config(cert.chain()?, cert.key()?, self.ca_certs()?)
     }
 
+    /// A client configuration presenting `cert` and trusting servers of this CA.
     pub fn client_config(&self, cert: &IssuedCert) -> Result<rustls::ClientConfig> {
         client_config(cert.chain()?, cert.key()?, self.ca_certs()?)
     }
 
+    /// Writes the CA certificate to `ca.crt` in `dir`.
     pub fn write_ca(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::write(dir.join("ca.crt"), &self.ca_pem)
     }

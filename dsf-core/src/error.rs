@@ -7,28 +7,48 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A file cannot be read.
     #[error("cannot read {path}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// Why not.
         source: std::io::Error,
     },
+    /// PEM text (named by the text) holds no certificate.
     #[error("no certificate found in {0}")]
     NoCertificate(String),
+    /// PEM text (named by the text) holds no private key.
     #[error("no private key found in {0}")]
     NoPrivateKey(String),
+    /// PEM text that does not parse.
     #[error("invalid PEM in {what}: {reason}")]
-    Pem { what: String, reason: String },
+    Pem {
+        /// The file or text it came from.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the configuration (a key that does not match its certificate, say).
     #[error("TLS configuration")]
     Tls(#[from] rustls::Error),
+    /// The client certificate verifier cannot be built (no usable CA certificate).
     #[error("client certificate verifier")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// A development certificate cannot be generated.
     #[error("certificate generation")]
     Generation(#[from] rcgen::Error),
     /// A placeholder with no value and no default.
     #[error("placeholder {name} has no value (set the environment variable {variable})")]
-    Placeholder { name: String, variable: String },
+    Placeholder {
+        /// The placeholder's name, as written between `${` and `}`.
+        name: String,
+        /// The environment variable that would give it a value.
+        variable: String,
+    },
 }
 
+/// The result of dsf-core's fallible functions.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An error and its causes on one line, outermost first, separated by `": "`: how logs and

@@ -33,10 +33,12 @@ pub fn parse_private_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static
         .ok_or_else(|| Error::NoPrivateKey(what.to_owned()))
 }
 
+/// The certificates in the PEM file at `path`, in file order (a chain: the leaf first).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     parse_certs(&read(path)?, &path.display().to_string())
 }
 
+/// The first private key in the PEM file at `path` (PKCS#8, PKCS#1 or SEC1).
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     parse_private_key(&read(path)?, &path.display().to_string())
 }

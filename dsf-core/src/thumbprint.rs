@@ -7,6 +7,7 @@ use std::fmt;
 pub struct Thumbprint(String);
 
 impl Thumbprint {
+    /// The thumbprint of the DER-encoded certificate `der`.
     pub fn of_der(der: &[u8]) -> Self {
         Thumbprint(hex::encode(Sha512::digest(der)))
     }
@@ -19,6 +20,7 @@ impl Thumbprint {
             .then(|| Thumbprint(text.to_ascii_lowercase()))
     }
 
+    /// The 128 lower-case hex digits.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -15,12 +15,16 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 /// trusts for the other side.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
+    /// The endpoint's certificate chain, leaf first.
     pub certificate: PathBuf,
+    /// The certificate's private key.
     pub private_key: PathBuf,
+    /// The CA certificates the other side's certificate must chain to.
     pub trusted_cas: PathBuf,
 }
 
 impl TlsFiles {
+    /// A mutual-TLS server configuration from these files ([`server_config`]).
     pub fn server_config(&self) -> Result<ServerConfig> {
         server_config(
             load_certs(&self.certificate)?,
@@ -29,6 +33,7 @@ impl TlsFiles {
         )
     }
 
+    /// A client configuration from these files ([`client_config`]).
     pub fn client_config(&self) -> Result<ClientConfig> {
         client_config(
             load_certs(&self.certificate)?,
