@@ -148,7 +148,7 @@ pub mod validation;
 
 #[cfg(feature = "client")]
 pub use client::FhirClient;
-pub use error::{Error, Result};
+pub use error::{Cause, Error, Result};
 pub use format::Format;
 pub use outcome::{IssueType, OperationOutcome};
 #[cfg(feature = "server")]

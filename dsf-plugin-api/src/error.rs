@@ -47,7 +47,7 @@ pub enum ProcessError {
     Failed {
         reason: String,
         #[source]
-        cause: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+        cause: Option<dsf_fhir::Cause>,
     },
 }
 
