@@ -18,8 +18,17 @@ import sys
 from collections import defaultdict
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CRATES = ["dsf-core", "dsf-fhir", "dsf-bpmn", "dsf-plugin-api", "dsf-engine", "bin",
-          "plugins/ping-pong", "plugins/hello-world", "plugins/allow-list", "tests"]
+
+
+def workspace_members():
+    """The package directories listed under `members` in the workspace's Cargo.toml."""
+    with open(os.path.join(ROOT, "Cargo.toml")) as manifest:
+        text = manifest.read()
+    members = re.search(r"^members\s*=\s*\[(.*?)\]", text, re.S | re.M)
+    return re.findall(r'"([^"]+)"', members.group(1)) if members else []
+
+
+CRATES = workspace_members()
 
 PATH = re.compile(r"\b(crate|super|self)((?:::\w+)+)")
 GROUP = re.compile(r"\b(crate|super|self)((?:::\w+)*)::\{([^;]*?)\}", re.S)

@@ -2,7 +2,7 @@
 //! lists by topology, and per organisation a FHIR server and a BPE in this process, each BPE
 //! running the plugin files of one plugin directory (ping-pong, hello-world and allow-list by
 //! default; the first organisation is the allow-list management site).
-//! `dsf dev up` runs it; `dsf bench --network-only` measures it.
+//! `dsf dev up` runs it; `dsf-bench --network-only` measures it.
 
 use crate::{start_bpe, start_fhir_server, BpeSettings, FhirServerSettings};
 use dsf_core::{DevPki, IssuedCert};

@@ -2,14 +2,8 @@
 //! plain settings. Everything of substance lives in the library crates.
 
 pub mod allocator;
-pub mod bpe_load;
 pub mod dev_network;
-pub mod hostile_load;
-pub mod load;
-pub mod network_load;
 pub mod ping;
-pub mod stored_load;
-pub mod websocket_load;
 
 use dsf_core::Thumbprint;
 use dsf_fhir::server::AllowListEntry;
@@ -217,7 +211,7 @@ pub fn reference_plugin_files() -> Result<Vec<std::path::PathBuf>, String> {
                 Ok(file)
             } else {
                 Err(format!(
-                    "the plugin file {name} is not next to {}: build the workspace's executables with `cargo build --release --bins` (or pass --plugins DIR)",
+                    "the plugin file {name} is not next to {}: build the workspace's executables with `cargo build --release --bins`",
                     exe.display()
                 ))
             }

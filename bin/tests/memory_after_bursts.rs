@@ -4,7 +4,6 @@
 //! regress to holding the burst's memory for the life of the process.
 
 use dsf_bin::dev_network::NetworkDescription;
-use dsf_bin::hostile_load::task_with_inputs;
 use dsf_bin::proc_status_kib;
 use dsf_core::TlsFiles;
 use dsf_fhir::{FhirClient, Format};
@@ -23,6 +22,14 @@ const CONCURRENT_BODIES: usize = 4;
 const BURST_ABOVE_IDLE_KIB: u64 = 48 * 1024;
 /// What may stay above idle once the burst is over (connection buffers, caches, SQLite).
 const ALLOWED_ABOVE_IDLE_KIB: u64 = 16 * 1024;
+
+/// A Task with `inputs` inputs: a large body of many small values.
+fn task_with_inputs(inputs: usize) -> Vec<u8> {
+    let input = r#"{"type":{"text":"x"},"valueString":"y"}"#;
+    let inputs = vec![input; inputs].join(",");
+    format!(r#"{{"resourceType":"Task","status":"requested","intent":"order","input":[{inputs}]}}"#)
+        .into_bytes()
+}
 
 /// Kills the network when the test ends, passed or not.
 struct Running(Child);

@@ -21,42 +21,6 @@ enum Command {
     /// Development helpers (never for production)
     #[command(subcommand)]
     Dev(Dev),
-    /// Loopback load run: create, read and search against same-run baselines (raw inserts
-    /// into the same database, a trivial hyper+rustls handler), plus start-up time and idle
-    /// memory of dsf-fhir-server
-    Bench {
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Also run against PostgreSQL at this URL
-        #[arg(long)]
-        postgres: Option<String>,
-        /// Run only the websocket subscription scenarios
-        #[arg(long)]
-        websocket_only: bool,
-        /// Run only the load run: create, read and search against their same-run baselines
-        /// (on SQLite, and on PostgreSQL with --postgres)
-        #[arg(long)]
-        load_only: bool,
-        /// Run only the hostile load: reads with and without a connection flood and hostile
-        /// clients, and the memory of oversized requests
-        #[arg(long)]
-        hostile_only: bool,
-        /// Run only the BPE scenarios: ping/pong round trips between two organisations, a
-        /// 10-service-task chain, and dsf-bpe's start-up time and idle memory
-        #[arg(long)]
-        bpe_only: bool,
-        /// Run only the stored-scale scenario: create, read and the BPE's searches on an empty
-        /// store and again after loading this many Tasks (on SQLite, and on PostgreSQL with
-        /// --postgres)
-        #[arg(long)]
-        stored: Option<usize>,
-        /// Run only the network scenario: a ping from one organisation to 10 and to 50
-        /// others (mesh), start-up time and resident memory per organisation
-        #[arg(long)]
-        network_only: bool,
-    },
 }
 
 #[derive(Subcommand)]
@@ -145,7 +109,9 @@ async fn up(options: UpOptions) -> Result<(), Box<dyn std::error::Error + Send +
         Some(plugins) => plugins,
         None => {
             let plugins = dir.join("process");
-            dsf_bin::plugin_directory(&plugins, &dsf_bin::reference_plugin_files()?)?;
+            let files = dsf_bin::reference_plugin_files()
+                .map_err(|e| format!("{e} (or pass --plugins DIR)"))?;
+            dsf_bin::plugin_directory(&plugins, &files)?;
             plugins
         }
     };
@@ -419,123 +385,6 @@ async fn check(network: &DevNetwork) -> Result<(), Box<dyn std::error::Error + S
     Ok(())
 }
 
-async fn hostile_bench(
-    concurrency: usize,
-    seconds: u64,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let report = dsf_bin::hostile_load::run(dsf_bin::hostile_load::HostileSettings {
-        concurrency: concurrency.min(4),
-        duration: std::time::Duration::from_secs(seconds),
-        idle_connections: 1_000,
-        hostile_clients: 20,
-    })
-    .await?;
-    println!("{}", report.markdown());
-    Ok(())
-}
-
-async fn bpe_bench(
-    concurrency: usize,
-    seconds: u64,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let report = dsf_bin::bpe_load::run(dsf_bin::bpe_load::BpeLoadSettings {
-        concurrency,
-        duration: std::time::Duration::from_secs(seconds),
-    })
-    .await?;
-    println!("{}", report.markdown());
-    Ok(())
-}
-
-async fn network_bench() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let report = dsf_bin::network_load::run(&[10, 50], 19_001).await?;
-    println!("{}", report.markdown());
-    Ok(())
-}
-
-/// The load run on SQLite, then on PostgreSQL when a URL is given.
-async fn load_bench(
-    concurrency: usize,
-    seconds: u64,
-    postgres: Option<String>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    use dsf_bin::load::{run, LoadSettings};
-    let duration = std::time::Duration::from_secs(seconds);
-    for postgres in std::iter::once(None).chain(postgres.map(Some)) {
-        let settings = LoadSettings {
-            concurrency,
-            duration,
-            postgres,
-        };
-        println!("{}", run(settings).await?.markdown());
-    }
-    Ok(())
-}
-
-async fn bench(
-    concurrency: usize,
-    seconds: u64,
-    postgres: Option<String>,
-    websocket_only: bool,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    use dsf_bin::load::startup_and_memory;
-    use dsf_bin::websocket_load::WebsocketSettings;
-    let duration = std::time::Duration::from_secs(seconds);
-    for backend in std::iter::once(None).chain(postgres.clone().map(Some)) {
-        let websocket = dsf_bin::websocket_load::run(WebsocketSettings {
-            rate: 1000,
-            subscribers: 10,
-            duration,
-            concurrency,
-            postgres: backend,
-        })
-        .await?;
-        println!("{}", websocket.markdown());
-    }
-    if websocket_only {
-        return Ok(());
-    }
-    load_bench(concurrency, seconds, postgres).await?;
-    hostile_bench(concurrency, seconds).await?;
-    bpe_bench(concurrency, seconds).await?;
-    network_bench().await?;
-    let server = std::env::current_exe()?.with_file_name("dsf-fhir-server");
-    if !server.exists() {
-        println!(
-            "dsf-fhir-server start-up and memory: skipped (no {} yet; build it with `cargo build --release -p dsf-bin`)",
-            server.display()
-        );
-        return Ok(());
-    }
-    let (startup, rss_kib) = startup_and_memory(&server).await?;
-    println!(
-        "dsf-fhir-server ({}): start-up to first served request {:.0} ms; resident memory when idle {:.1} MiB",
-        server.display(),
-        startup.as_secs_f64() * 1000.0,
-        rss_kib as f64 / 1024.0
-    );
-    Ok(())
-}
-
-async fn stored_bench(
-    stored: usize,
-    concurrency: usize,
-    seconds: u64,
-    postgres: Option<String>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    for backend in std::iter::once(None).chain(postgres.map(Some)) {
-        let report = dsf_bin::stored_load::run(dsf_bin::stored_load::StoredSettings {
-            stored,
-            concurrency,
-            duration: std::time::Duration::from_secs(seconds),
-            postgres: backend,
-        })
-        .await?;
-        println!("{}", report.markdown());
-    }
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> Result<(), dsf_bin::Failure> {
     init_logging_at("warn");
@@ -559,31 +408,6 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
             }
             println!("written to {}", out.display());
             Ok(())
-        }
-        Command::Bench {
-            concurrency,
-            seconds,
-            postgres,
-            websocket_only,
-            load_only,
-            hostile_only,
-            bpe_only,
-            network_only,
-            stored,
-        } => {
-            if let Some(stored) = stored {
-                stored_bench(stored, concurrency, seconds, postgres).await
-            } else if load_only {
-                load_bench(concurrency, seconds, postgres).await
-            } else if network_only {
-                network_bench().await
-            } else if hostile_only {
-                hostile_bench(concurrency, seconds).await
-            } else if bpe_only {
-                bpe_bench(concurrency, seconds).await
-            } else {
-                bench(concurrency, seconds, postgres, websocket_only).await
-            }
         }
         Command::Dev(Dev::Up {
             dir,

@@ -2,7 +2,7 @@
 //! loopback), the time until every pong is recorded, the network's start-up time and the
 //! resident memory per organisation (FHIR server and BPE each, all in this process).
 
-use crate::dev_network::{DevNetwork, DevNetworkSettings, Topology};
+use dsf_bin::dev_network::{DevNetwork, DevNetworkSettings, Topology};
 use std::time::{Duration, Instant};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -41,7 +41,7 @@ impl NetworkReport {
 }
 
 fn rss_kib() -> u64 {
-    crate::proc_status_kib("self", "VmRSS:").unwrap_or(0)
+    dsf_bin::proc_status_kib("self", "VmRSS:").unwrap_or(0)
 }
 
 /// One network per entry of `others` (pinged organisations; the network has one more).
@@ -53,7 +53,7 @@ pub async fn run(others: &[usize], base_port: u16) -> Result<NetworkReport, BoxE
             uuid::Uuid::new_v4().simple()
         ));
         let plugins = dir.join("process");
-        crate::plugin_directory(&plugins, &crate::reference_plugin_files()?)?;
+        dsf_bin::plugin_directory(&plugins, &dsf_bin::reference_plugin_files()?)?;
         let before = rss_kib();
         let started = Instant::now();
         let network = DevNetwork::start(DevNetworkSettings {
@@ -67,7 +67,7 @@ pub async fn run(others: &[usize], base_port: u16) -> Result<NetworkReport, BoxE
         })
         .await?;
         let startup = started.elapsed();
-        let outcome = crate::ping::ping(
+        let outcome = dsf_bin::ping::ping(
             &network.client(0)?,
             &network.organizations[0].identifier,
             &[],

@@ -1,9 +1,10 @@
-//! The hostile load run of `dsf bench`: an allowed organisation's read latency with and
+//! The hostile load run of `dsf-bench`: an allowed organisation's read latency with and
 //! without a flood of idle connections and allow-listed clients sending hostile requests, and
 //! the memory one oversized request costs. Everything on loopback against an in-process
 //! server; the flood comes from other loopback addresses, as it would from other hosts.
 
-use crate::load::{bench_task, closed_loop, BenchServer, Measurement};
+use crate::measure::{closed_loop, Measurement};
+use crate::server::{bench_task, BenchServer};
 use bytes::Bytes;
 use dsf_fhir::FhirClient;
 use http::Method;
@@ -146,7 +147,7 @@ fn hostile_requests() -> Vec<HostileRequest> {
 }
 
 fn vm_kib(field: &str) -> u64 {
-    crate::proc_status_kib("self", field).unwrap_or(0)
+    dsf_bin::proc_status_kib("self", field).unwrap_or(0)
 }
 
 /// How long a memory probe waits after its burst before it reads what is still resident.

@@ -1,8 +1,10 @@
-//! `dsf bench --stored N`: whether cost stays flat as a site's store fills. Create and read
+//! `dsf-bench --stored N`: whether cost stays flat as a site's store fills. Create and read
 //! rates and the BPE's searches are measured on an empty store, then again after loading `N`
 //! Tasks (nearly all completed, as on a site that has run for years), in the same run.
 
-use crate::load::{create_tasks, read_tasks, summarise_latencies, BenchServer};
+use crate::load::{create_tasks, read_tasks};
+use crate::measure::summarise_latencies;
+use crate::server::BenchServer;
 use dsf_fhir::store::{format_instant, WriteOp, WriteOutcome};
 use dsf_fhir::FhirClient;
 use http::Method;

@@ -4,8 +4,8 @@
 //! file's start and memory; a 10-service-task chain against raw inserts of its state rows; and
 //! the BPE's start-up time and idle memory.
 
-use crate::load::{summarise as measurement, Measurement};
-use crate::{start_fhir_server, FhirServerSettings};
+use crate::measure::{summarise as measurement, Measurement};
+use dsf_bin::{start_fhir_server, FhirServerSettings};
 use dsf_bpmn::engine::{Engine, Registry, SystemClock};
 use dsf_core::{DevPki, IssuedCert};
 use dsf_engine::{Bpe, BpeConfig, StateStore};
@@ -111,7 +111,7 @@ impl BpeLoadReport {
                 startup.as_secs_f64() * 1000.0,
                 *rss as f64 / 1024.0
             )),
-            None => out.push_str("dsf-bpe start-up and memory: skipped (no dsf-bpe binary next to dsf; build it with `cargo build --release -p dsf-bin`)\n"),
+            None => out.push_str("dsf-bpe start-up and memory: skipped (no dsf-bpe binary next to dsf-bench; build it with `cargo build --release -p dsf-bin`)\n"),
         }
         out
     }
@@ -460,7 +460,7 @@ async fn round_trip_slice(
         .flat_map(|(bpe, org)| bpe.plugin_files().into_iter().map(move |f| (org, f)))
         .filter_map(|(org, f)| {
             let name = f.file.file_name()?.to_string_lossy().into_owned();
-            let rss = crate::proc_status_kib(&f.pid?.to_string(), "VmRSS:")?;
+            let rss = dsf_bin::proc_status_kib(&f.pid?.to_string(), "VmRSS:")?;
             Some((
                 format!("{name} of {} (after its round trips)", org.identifier),
                 rss,
@@ -559,7 +559,7 @@ async fn handler_calls(
     }
     let rss = running
         .pid()
-        .and_then(|pid| crate::proc_status_kib(&pid.to_string(), "VmRSS:"))
+        .and_then(|pid| dsf_bin::proc_status_kib(&pid.to_string(), "VmRSS:"))
         .unwrap_or(0);
     let file_call = results.pop().ok_or("missing")?;
     let linked_call = results.pop().ok_or("missing")?;
@@ -600,14 +600,14 @@ pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
     let pki = DevPki::generate("dsf-rs BPE bench CA")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let orgs = two_organizations(&pki, &dir, &stop_rx).await?;
-    let reference = crate::reference_plugin_files()?;
+    let reference = dsf_bin::reference_plugin_files()?;
     let plugin_dir = dir.join("process");
     let ping_pong_file: Vec<PathBuf> = reference
         .iter()
         .filter(|f| f.ends_with("dsf-process-ping-pong"))
         .cloned()
         .collect();
-    crate::plugin_directory(&plugin_dir, &ping_pong_file)?;
+    dsf_bin::plugin_directory(&plugin_dir, &ping_pong_file)?;
 
     // Round trips through both BPEs, ping-pong linked in and as a file in turns, so that the
     // machine's drift falls on both.
@@ -903,7 +903,7 @@ async fn bpe_startup_and_memory(
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = child.id().ok_or("dsf-bpe exited")?;
-    let rss_kib = crate::proc_status_kib(&pid.to_string(), "VmRSS:").ok_or("no VmRSS")?;
+    let rss_kib = dsf_bin::proc_status_kib(&pid.to_string(), "VmRSS:").ok_or("no VmRSS")?;
     child.kill().await.ok();
     let _ = stop_tx.send(true);
     Ok((startup, rss_kib))

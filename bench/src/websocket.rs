@@ -1,8 +1,9 @@
-//! The websocket part of `dsf bench`: write-to-delivery latency of Subscription events at a
+//! The websocket part of `dsf-bench`: write-to-delivery latency of Subscription events at a
 //! fixed write rate with several subscribers, and what active Subscriptions cost the write
 //! rate, against the rate without any, all in one run on one in-process server over loopback.
 
-use crate::load::{bench_task, closed_loop, summarise_latencies, BenchServer};
+use crate::measure::{closed_loop, summarise_latencies};
+use crate::server::{bench_task, BenchServer};
 use dsf_fhir::client::subscription::RawWebSocket;
 use dsf_fhir::FhirClient;
 use fastwebsockets::{Frame, OpCode, Payload};

@@ -1,0 +1,142 @@
+//! The measuring harness every scenario uses: closed-loop workers, scenarios run in turns, and
+//! the throughput and latency they report.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Throughput and latency of one scenario.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub name: String,
+    pub ops: usize,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// p50 and p99 in milliseconds of sorted latencies.
+pub fn summarise_latencies(sorted: &[Duration]) -> (f64, f64) {
+    let pick = |q: f64| {
+        sorted
+            .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    (pick(0.50), pick(0.99))
+}
+
+/// A scenario's throughput and p50/p99 from its latencies and how long it ran.
+pub fn summarise(name: &str, mut latencies: Vec<Duration>, elapsed: Duration) -> Measurement {
+    latencies.sort();
+    let (p50_ms, p99_ms) = summarise_latencies(&latencies);
+    Measurement {
+        name: name.to_owned(),
+        ops: latencies.len(),
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms,
+        p99_ms,
+    }
+}
+
+/// Runs `op` from `concurrency` workers in a closed loop for `duration`.
+pub async fn closed_loop<F, Fut>(
+    name: &str,
+    concurrency: usize,
+    duration: Duration,
+    op: F,
+) -> Measurement
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    // On stderr, apart from the tables: what runs now, for a reader (or a profiler) waiting.
+    eprintln!("running: {name} for {} s", duration.as_secs_f64());
+    let start = Instant::now();
+    let latencies = workers(
+        Arc::new(op),
+        &Arc::new(AtomicUsize::new(0)),
+        concurrency,
+        duration,
+    )
+    .await;
+    summarise(name, latencies, start.elapsed())
+}
+
+/// Two closed loops run in turns, `rounds` slices each and `duration` in all for each, so
+/// that the machine's drift during the run (other load, the database's background work)
+/// falls on both alike: their ratio is the figure. Run once each in one block, the SQLite
+/// read / trivial ratio went from 0.35 to 0.60 across runs of one binary.
+pub async fn alternating<F, Fut, G, Gut>(
+    (first_name, first): (&str, F),
+    (second_name, second): (&str, G),
+    concurrency: usize,
+    duration: Duration,
+    rounds: u32,
+) -> (Measurement, Measurement)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+    G: Fn(usize) -> Gut + Send + Sync + 'static,
+    Gut: std::future::Future<Output = bool> + Send,
+{
+    eprintln!(
+        "running: {first_name} and {second_name} in turns, {rounds} × {} s each",
+        duration.as_secs_f64() / f64::from(rounds)
+    );
+    let slice = duration / rounds.max(1);
+    let (first, second) = (Arc::new(first), Arc::new(second));
+    let (first_counter, second_counter) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (mut first_latencies, mut second_latencies) = (Vec::new(), Vec::new());
+    let (mut first_elapsed, mut second_elapsed) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..rounds.max(1) {
+        let t = Instant::now();
+        first_latencies.extend(workers(first.clone(), &first_counter, concurrency, slice).await);
+        first_elapsed += t.elapsed();
+        let t = Instant::now();
+        second_latencies.extend(workers(second.clone(), &second_counter, concurrency, slice).await);
+        second_elapsed += t.elapsed();
+    }
+    (
+        summarise(first_name, first_latencies, first_elapsed),
+        summarise(second_name, second_latencies, second_elapsed),
+    )
+}
+
+/// `concurrency` workers running `op` back to back until `duration` has passed; every
+/// operation's latency. `counter` numbers the operations across calls.
+async fn workers<F, Fut>(
+    op: Arc<F>,
+    counter: &Arc<AtomicUsize>,
+    concurrency: usize,
+    duration: Duration,
+) -> Vec<Duration>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let deadline = Instant::now() + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let op = op.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let i = counter.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    if !op(i).await {
+                        panic!("operation {i} failed");
+                    }
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap_or_default());
+    }
+    all
+}
