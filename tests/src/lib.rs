@@ -117,10 +117,12 @@ pub struct TestServer {
     serving: Option<Serving>,
 }
 
-/// A running accept loop and the way to stop it.
+/// A server's accept loop. Dropping it (with the test server or organisation that holds it)
+/// stops the loop as [`Serving::stop`] does, without waiting: the loop's shutdown future ends
+/// when the sender is gone, sent to or not.
 pub(crate) struct Serving {
-    pub(crate) shutdown: oneshot::Sender<()>,
-    pub(crate) task: tokio::task::JoinHandle<std::io::Result<()>>,
+    shutdown: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 /// Binds `port` on loopback again once the previous listener has let go of it.
@@ -327,14 +329,6 @@ impl TestServer {
     /// A client with an arbitrary TLS configuration, for transport-level tests.
     pub fn client_with(&self, tls: rustls_config::ClientConfig) -> FhirClient {
         FhirClient::new(&self.base_url, Arc::new(tls)).expect("client")
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(serving) = self.serving.take() {
-            let _ = serving.shutdown.send(());
-        }
     }
 }
 

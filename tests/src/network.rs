@@ -51,14 +51,6 @@ impl Organization {
     }
 }
 
-impl Drop for Organization {
-    fn drop(&mut self) {
-        if let Some(serving) = self.serving.take() {
-            let _ = serving.shutdown.send(());
-        }
-    }
-}
-
 pub struct Network {
     pub pki: DevPki,
     pub organizations: Vec<Organization>,
