@@ -64,119 +64,67 @@ pub fn plugin() -> PluginDefinition {
             "bpe/ping-autostart.bpmn",
             include_str!("../bpe/ping-autostart.bpmn"),
         );
+    // (process, path in the plugin, content) of every FHIR resource the plugin deploys.
+    macro_rules! fhir_file {
+        ($process:literal, $file:literal) => {
+            (
+                $process,
+                concat!("fhir/", $file),
+                include_str!(concat!("../fhir/", $file)),
+            )
+        };
+    }
     let fhir: [(&str, &str, &'static str); 21] = [
-        (
+        fhir_file!("dsfdev_ping", "ActivityDefinition-dsf-ping.json"),
+        fhir_file!("dsfdev_ping", "CodeSystem-dsf-ping.json"),
+        fhir_file!("dsfdev_ping", "CodeSystem-dsf-ping-status.json"),
+        fhir_file!("dsfdev_ping", "ValueSet-dsf-ping.json"),
+        fhir_file!("dsfdev_ping", "ValueSet-dsf-ping-status.json"),
+        fhir_file!("dsfdev_ping", "Task-start-ping.json"),
+        fhir_file!("dsfdev_ping", "StructureDefinition-task-start-ping.json"),
+        fhir_file!("dsfdev_ping", "StructureDefinition-task-pong.json"),
+        fhir_file!(
             "dsfdev_ping",
-            "fhir/ActivityDefinition-dsf-ping.json",
-            include_str!("../fhir/ActivityDefinition-dsf-ping.json"),
+            "StructureDefinition-extension-ping-status.json"
         ),
-        (
-            "dsfdev_ping",
-            "fhir/CodeSystem-dsf-ping.json",
-            include_str!("../fhir/CodeSystem-dsf-ping.json"),
-        ),
-        (
-            "dsfdev_ping",
-            "fhir/CodeSystem-dsf-ping-status.json",
-            include_str!("../fhir/CodeSystem-dsf-ping-status.json"),
-        ),
-        (
-            "dsfdev_ping",
-            "fhir/ValueSet-dsf-ping.json",
-            include_str!("../fhir/ValueSet-dsf-ping.json"),
-        ),
-        (
-            "dsfdev_ping",
-            "fhir/ValueSet-dsf-ping-status.json",
-            include_str!("../fhir/ValueSet-dsf-ping-status.json"),
-        ),
-        (
-            "dsfdev_ping",
-            "fhir/Task-start-ping.json",
-            include_str!("../fhir/Task-start-ping.json"),
-        ),
-        (
-            "dsfdev_ping",
-            "fhir/StructureDefinition-task-start-ping.json",
-            include_str!("../fhir/StructureDefinition-task-start-ping.json"),
-        ),
-        (
-            "dsfdev_ping",
-            "fhir/StructureDefinition-task-pong.json",
-            include_str!("../fhir/StructureDefinition-task-pong.json"),
-        ),
-        (
-            "dsfdev_ping",
-            "fhir/StructureDefinition-extension-ping-status.json",
-            include_str!("../fhir/StructureDefinition-extension-ping-status.json"),
-        ),
-        (
-            "dsfdev_pong",
-            "fhir/ActivityDefinition-dsf-pong.json",
-            include_str!("../fhir/ActivityDefinition-dsf-pong.json"),
-        ),
-        (
-            "dsfdev_pong",
-            "fhir/CodeSystem-dsf-ping.json",
-            include_str!("../fhir/CodeSystem-dsf-ping.json"),
-        ),
-        (
-            "dsfdev_pong",
-            "fhir/CodeSystem-dsf-ping-status.json",
-            include_str!("../fhir/CodeSystem-dsf-ping-status.json"),
-        ),
-        (
-            "dsfdev_pong",
-            "fhir/ValueSet-dsf-ping.json",
-            include_str!("../fhir/ValueSet-dsf-ping.json"),
-        ),
-        (
-            "dsfdev_pong",
-            "fhir/ValueSet-dsf-pong-status.json",
-            include_str!("../fhir/ValueSet-dsf-pong-status.json"),
-        ),
-        (
-            "dsfdev_pong",
-            "fhir/StructureDefinition-task-ping.json",
-            include_str!("../fhir/StructureDefinition-task-ping.json"),
-        ),
-        (
+        fhir_file!("dsfdev_pong", "ActivityDefinition-dsf-pong.json"),
+        fhir_file!("dsfdev_pong", "CodeSystem-dsf-ping.json"),
+        fhir_file!("dsfdev_pong", "CodeSystem-dsf-ping-status.json"),
+        fhir_file!("dsfdev_pong", "ValueSet-dsf-ping.json"),
+        fhir_file!("dsfdev_pong", "ValueSet-dsf-pong-status.json"),
+        fhir_file!("dsfdev_pong", "StructureDefinition-task-ping.json"),
+        fhir_file!(
             "dsfdev_pingAutostart",
-            "fhir/ActivityDefinition-dsf-ping-autostart.json",
-            include_str!("../fhir/ActivityDefinition-dsf-ping-autostart.json"),
+            "ActivityDefinition-dsf-ping-autostart.json"
         ),
-        (
+        fhir_file!("dsfdev_pingAutostart", "Task-start-ping-autostart.json"),
+        fhir_file!("dsfdev_pingAutostart", "Task-stop-ping-autostart.json"),
+        fhir_file!(
             "dsfdev_pingAutostart",
-            "fhir/Task-start-ping-autostart.json",
-            include_str!("../fhir/Task-start-ping-autostart.json"),
+            "StructureDefinition-task-start-ping-autostart.json"
         ),
-        (
+        fhir_file!(
             "dsfdev_pingAutostart",
-            "fhir/Task-stop-ping-autostart.json",
-            include_str!("../fhir/Task-stop-ping-autostart.json"),
+            "StructureDefinition-task-stop-ping-autostart.json"
         ),
-        (
-            "dsfdev_pingAutostart",
-            "fhir/StructureDefinition-task-start-ping-autostart.json",
-            include_str!("../fhir/StructureDefinition-task-start-ping-autostart.json"),
-        ),
-        (
-            "dsfdev_pingAutostart",
-            "fhir/StructureDefinition-task-stop-ping-autostart.json",
-            include_str!("../fhir/StructureDefinition-task-stop-ping-autostart.json"),
-        ),
-        (
-            "dsfdev_pingAutostart",
-            "fhir/ValueSet-dsf-ping.json",
-            include_str!("../fhir/ValueSet-dsf-ping.json"),
-        ),
+        fhir_file!("dsfdev_pingAutostart", "ValueSet-dsf-ping.json"),
     ];
     let definition = fhir
         .into_iter()
         .fold(definition, |d, (process, path, text)| {
             d.fhir(process, path, text)
         });
-    let handlers: [(&str, &str, Handler); 12] = [
+    handlers()
+        .into_iter()
+        .fold(definition, |d, (name, java, handler)| {
+            d.handler_named(&[&format!("pingpong.{name}"), java], handler)
+        })
+}
+
+/// The handlers: our name (registered as `pingpong.<name>`), the Java class name the DSF's own
+/// BPMN files name, and the handler.
+fn handlers() -> [(&'static str, &'static str, Handler); 12] {
+    [
         (
             "SelectPingTargets",
             "dev.dsf.bpe.service.SelectPingTargets",
@@ -241,12 +189,7 @@ pub fn plugin() -> PluginDefinition {
             "dev.dsf.bpe.message.SendStartPing",
             Handler::MessageSend(Arc::new(SendStartPing)),
         ),
-    ];
-    handlers
-        .into_iter()
-        .fold(definition, |d, (name, java, handler)| {
-            d.handler_named(&[&format!("pingpong.{name}"), java], handler)
-        })
+    ]
 }
 
 fn target(vars: &Variables<'_>) -> Result<Target, ProcessError> {
