@@ -23,12 +23,15 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("expression '{source_text}': {message}")]
 pub struct ExprError {
+    /// The expression as written.
     pub source_text: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
 /// Where an expression finds its variables: the process instance's scopes.
 pub trait VariableLookup {
+    /// The variable `name` as seen from where the expression runs.
     fn variable(&self, name: &str) -> Option<Value>;
 }
 
@@ -90,6 +93,7 @@ impl fmt::Display for Expression {
 }
 
 impl Expression {
+    /// Parses text with `${…}` or `#{…}` parts, or plain text.
     pub fn parse(source: &str) -> Result<Expression, ExprError> {
         let error = |message: String| ExprError {
             source_text: source.to_owned(),
@@ -124,6 +128,7 @@ impl Expression {
         self.parts.iter().all(|p| matches!(p, Part::Text(_)))
     }
 
+    /// The text it was parsed from.
     pub fn source(&self) -> &str {
         &self.source
     }

@@ -12,8 +12,11 @@ use std::time::Duration;
 /// the organisation that manages it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EndpointInfo {
+    /// The Endpoint's identifier value (`http://dsf.dev/sid/endpoint-identifier`).
     pub identifier: String,
+    /// The FHIR base URL (`Endpoint.address`).
     pub address: String,
+    /// The managing organisation's identifier value, when the Endpoint names one.
     pub organization: Option<String>,
 }
 
@@ -144,6 +147,7 @@ impl ProcessApi {
         &self.organization
     }
 
+    /// The local organisation's Endpoint (the local FHIR server).
     pub fn local_endpoint(&self) -> &EndpointInfo {
         &self.endpoint
     }

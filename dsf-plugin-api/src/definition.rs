@@ -8,9 +8,13 @@ use std::sync::Arc;
 /// resource version `major.minor` is the version of the processes and FHIR resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PluginVersion {
+    /// The first number; with `minor`, the resource version.
     pub major: u32,
+    /// The second number; with `major`, the resource version.
     pub minor: u32,
+    /// The third number, not part of the resource version.
     pub patch: u32,
+    /// The fourth number, not part of the resource version.
     pub build: u32,
 }
 
@@ -59,7 +63,9 @@ impl fmt::Display for PluginVersion {
 /// A file of the plugin: where it came from (for error messages) and its text.
 #[derive(Debug, Clone)]
 pub struct ResourceFile {
+    /// Where the file is in the plugin (`bpe/ping.bpmn`), for messages.
     pub path: String,
+    /// The text.
     pub contents: Cow<'static, str>,
 }
 
@@ -155,10 +161,12 @@ impl PluginDefinition {
         self.handler(name, Handler::MessageSend(Arc::new(handler)))
     }
 
+    /// Binds an execution listener (`camunda:executionListener`) to `name`.
     pub fn execution_listener(self, name: &str, handler: impl ExecutionListener + 'static) -> Self {
         self.handler(name, Handler::ExecutionListener(Arc::new(handler)))
     }
 
+    /// Binds a user task listener (`camunda:taskListener` on a user task) to `name`.
     pub fn user_task_listener(self, name: &str, handler: impl UserTaskListener + 'static) -> Self {
         self.handler(name, Handler::UserTaskListener(Arc::new(handler)))
     }
@@ -177,10 +185,12 @@ impl PluginDefinition {
             .fold(self, |d, name| d.handler(name, handler.clone()))
     }
 
+    /// The plugin's name (`dsf-process-ping-pong`).
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The version, parsed.
     pub fn version(&self) -> PluginVersion {
         self.version
     }
@@ -195,6 +205,7 @@ impl PluginDefinition {
         self.draft
     }
 
+    /// The release date.
     pub fn release_date(&self) -> time::Date {
         self.release_date
     }
@@ -205,6 +216,7 @@ impl PluginDefinition {
         format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
     }
 
+    /// The BPMN files.
     pub fn bpmn_files(&self) -> &[ResourceFile] {
         &self.bpmn
     }
@@ -214,6 +226,7 @@ impl PluginDefinition {
         &self.fhir
     }
 
+    /// The handlers with the names they are bound to, in the order they were bound.
     pub fn handlers(&self) -> &[(String, Handler)] {
         &self.handlers
     }

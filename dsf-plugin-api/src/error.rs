@@ -5,26 +5,38 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// Reading the BPE's messages (the plugin file's standard input) failed.
     #[error("reading from the BPE: {0}")]
     Read(#[source] std::io::Error),
+    /// Writing to the BPE (standard output) failed.
     #[error("writing to the BPE: {0}")]
     Write(#[source] std::io::Error),
+    /// A frame from the BPE is not a protocol message.
     #[error("the BPE sent something that is not a protocol message: {0}")]
     Garbage(#[source] serde_json::Error),
+    /// The BPE's first message was not its hello.
     #[error("the BPE spoke before its hello, or closed without one")]
     NoHello,
+    /// The BPE's protocol version (first) is not this crate's (second).
     #[error("the BPE speaks plugin protocol version {0}; this plugin speaks {1}")]
     ProtocolVersion(u32, u32),
+    /// The plugin version is not `major.minor.patch.build`.
     #[error("plugin version '{0}' is not major.minor.patch.build (e.g. 1.0.1.0)")]
     Version(String),
+    /// The release date is not `yyyy-mm-dd`.
     #[error("plugin release date '{0}' is not yyyy-mm-dd")]
     ReleaseDate(String),
+    /// The plugin has no name.
     #[error("plugin name must not be empty")]
     Name,
+    /// A placeholder in a FHIR file has no value.
     #[error("{file}: placeholder {name} has no value (set the environment variable {variable})")]
     Placeholder {
+        /// The plugin file the placeholder is in.
         file: String,
+        /// The placeholder (`${dev.dsf.…}`) without a value.
         name: String,
+        /// The environment variable that would give it one.
         variable: String,
     },
 }
@@ -40,18 +52,26 @@ pub enum Error {
 pub enum ProcessError {
     /// A BPMN error, caught by an error boundary event with this code (the process goes on).
     #[error("BPMN error {code}: {message}")]
-    Bpmn { code: String, message: String },
+    Bpmn {
+        /// The error code boundary events are matched by.
+        code: String,
+        /// What happened, for the log.
+        message: String,
+    },
     /// A failure: the instance ends, its Tasks in progress become `failed` with this reason
     /// (followed by the cause's).
     #[error("{reason}")]
     Failed {
+        /// What failed, at the handler's level.
         reason: String,
+        /// The error behind it, if any.
         #[source]
         cause: Option<dsf_fhir::Cause>,
     },
 }
 
 impl ProcessError {
+    /// A BPMN error: an error boundary event with this `code` catches it.
     pub fn bpmn(code: impl Into<String>, message: impl Into<String>) -> Self {
         ProcessError::Bpmn {
             code: code.into(),
@@ -59,6 +79,7 @@ impl ProcessError {
         }
     }
 
+    /// A failure with no error behind it: the instance ends and its Tasks fail with `reason`.
     pub fn failed(reason: impl Into<String>) -> Self {
         ProcessError::Failed {
             reason: reason.into(),
@@ -122,6 +143,7 @@ impl From<serde_json::Error> for ProcessError {
 pub struct SendError {
     /// The HTTP status the target answered with, if it answered.
     pub status: Option<u16>,
+    /// What went wrong, for the log and the Task's error output.
     pub message: String,
 }
 

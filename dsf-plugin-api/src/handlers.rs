@@ -6,6 +6,7 @@ use std::sync::Arc;
 /// The code of a service task (`serviceTask camunda:class=…`).
 #[async_trait]
 pub trait ServiceTask: Send + Sync {
+    /// Runs when a token reaches the task.
     async fn execute(&self, api: &ProcessApi, vars: &mut Variables<'_>)
         -> Result<(), ProcessError>;
 }
@@ -35,6 +36,7 @@ pub struct SendContext {
     pub message_name: String,
     /// The Task profile (`meta.profile`), e.g. `http://dsf.dev/fhir/StructureDefinition/task-ping|1.0`.
     pub profile: String,
+    /// Where the Task goes.
     pub target: Target,
 }
 
@@ -54,6 +56,7 @@ pub trait MessageSend: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Which business key the sent Task carries.
     fn business_key_strategy(&self) -> BusinessKeyStrategy {
         BusinessKeyStrategy::Same
     }
@@ -97,6 +100,7 @@ impl MessageSend for DefaultMessageSend {}
 /// `camunda:executionListener` code, run on the `start` or `end` of an element.
 #[async_trait]
 pub trait ExecutionListener: Send + Sync {
+    /// Runs on the listener's event.
     async fn notify(&self, api: &ProcessApi, vars: &mut Variables<'_>) -> Result<(), ProcessError>;
 }
 
@@ -130,9 +134,13 @@ pub trait UserTaskListener: Send + Sync {
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum Handler {
+    /// A service task's code.
     ServiceTask(Arc<dyn ServiceTask>),
+    /// A message send's hooks.
     MessageSend(Arc<dyn MessageSend>),
+    /// An execution listener.
     ExecutionListener(Arc<dyn ExecutionListener>),
+    /// A user task listener.
     UserTaskListener(Arc<dyn UserTaskListener>),
 }
 

@@ -13,7 +13,7 @@
 //! BPE, so the plugin never holds the organisation's key). Handlers are written once for both.
 //! Configuration reaches handlers through [`ProcessApi::config`].
 //!
-//! Handlers are plain traits made async with the re-exported [`async_trait`] attribute, so a
+//! Handlers are plain traits made async with the re-exported [`async_trait`](macro@async_trait) attribute, so a
 //! plugin crate depends on this crate alone:
 //!
 //! ```
@@ -36,6 +36,8 @@
 //!     .service_task("org.example.Greet", Greet);
 //! assert_eq!(plugin.version().resource_version(), "1.0");
 //! ```
+
+#![warn(missing_docs)]
 
 mod api;
 pub mod constants;

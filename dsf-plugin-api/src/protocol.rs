@@ -32,8 +32,11 @@ pub fn codec() -> LengthDelimitedCodec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum ToPlugin {
+    /// The first message (`"type": "hello"`).
     Hello(Hello),
+    /// Run a handler (`"type": "call"`).
     Call(Box<Call>),
+    /// The answer to one of the plugin's FHIR requests (`"type": "fhirResponse"`).
     FhirResponse(FhirResponse),
 }
 
@@ -41,8 +44,11 @@ pub enum ToPlugin {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum FromPlugin {
+    /// The answer to [`Hello`] (`"type": "definition"`).
     Definition(Definition),
+    /// The end of a call (`"type": "result"`).
     Result(CallResult),
+    /// A FHIR request for the BPE to carry (`"type": "fhir"`).
     Fhir(FhirRequest),
 }
 
@@ -92,6 +98,7 @@ impl FromPlugin {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Hello {
+    /// The BPE's [`PROTOCOL_VERSION`].
     pub protocol: u32,
     /// The local organisation's identifier value.
     pub organization: String,
@@ -105,14 +112,19 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Definition {
+    /// The plugin's [`PROTOCOL_VERSION`]; the BPE refuses one it does not speak.
     pub protocol: u32,
+    /// The plugin's name, as [`crate::PluginDefinition::name`].
     pub name: String,
     /// `major.minor.patch.build`, optionally with a draft suffix (`-SNAPSHOT`).
     pub version: String,
     /// `yyyy-mm-dd`.
     pub release_date: String,
+    /// The BPMN files, each with one or more processes.
     pub bpmn: Vec<File>,
+    /// The FHIR resources the BPE publishes on its FHIR server, per process.
     pub fhir: Vec<FhirFile>,
+    /// Every name the BPMN files may use for a handler of the plugin.
     pub handlers: Vec<HandlerDeclaration>,
     /// How many calls the plugin takes at once (absent: no limit); a plugin that handles
     /// one message at a time says 1.
@@ -123,15 +135,20 @@ pub struct Definition {
 /// A BPMN file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct File {
+    /// Where the file is in the plugin (`bpe/ping.bpmn`), for messages.
     pub path: String,
+    /// The XML.
     pub contents: String,
 }
 
 /// A FHIR resource file (XML or JSON, by the path's ending) and the process that needs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FhirFile {
+    /// The process id (`dsfdev_ping`) the resource belongs to.
     pub process: String,
+    /// Where the file is in the plugin (`fhir/ActivityDefinition-ping.json`).
     pub path: String,
+    /// The resource's text, its placeholders not yet filled.
     pub contents: String,
 }
 
@@ -139,19 +156,27 @@ pub struct FhirFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HandlerDeclaration {
+    /// The name (a `camunda:class` value or a delegate expression's bean name).
     pub name: String,
+    /// Which hooks the handler answers.
     pub kind: HandlerKind,
     /// For message sends: which business key the sent Task carries (default `same`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub business_key_strategy: Option<BusinessKeyStrategy>,
 }
 
+/// The kinds of handler, each with its own [`Hook`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum HandlerKind {
+    /// [`crate::ServiceTask`]: [`Hook::Execute`].
     ServiceTask,
+    /// [`crate::MessageSend`]: [`Hook::AdditionalInputs`], [`Hook::AfterSend`],
+    /// [`Hook::OnSendError`].
     MessageSend,
+    /// [`crate::ExecutionListener`]: [`Hook::Notify`].
     ExecutionListener,
+    /// [`crate::UserTaskListener`]: [`Hook::BeforeCreate`], [`Hook::AfterCreate`].
     UserTaskListener,
 }
 
@@ -180,15 +205,21 @@ pub enum Hook {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Call {
+    /// Unique among the calls in flight; the [`CallResult`] and the call's FHIR requests name it.
     pub id: u64,
     /// The name the BPMN file uses (one of the declared names).
     pub handler: String,
+    /// Which of the handler's methods to run.
     pub hook: Hook,
+    /// Where the call runs.
     pub context: CallContext,
+    /// Message sends: the message, its target and the Task's instantiatesCanonical.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send: Option<SendContext>,
+    /// [`Hook::OnSendError`]: why the send failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_error: Option<SendError>,
+    /// User task listeners: the QuestionnaireResponse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub questionnaire_response: Option<Value>,
 }
@@ -197,12 +228,17 @@ pub struct Call {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CallContext {
+    /// The process instance.
     pub instance_id: String,
+    /// The BPMN element whose handler runs.
     pub element_id: String,
+    /// The instance's business key, once it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub business_key: Option<String>,
+    /// The element's `camunda:field` values, by name.
     #[serde(default)]
     pub fields: Map<String, Value>,
+    /// Every variable visible at the element, inner scopes over outer.
     #[serde(default)]
     pub variables: Map<String, Value>,
 }
@@ -211,6 +247,7 @@ pub struct CallContext {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CallResult {
+    /// The [`Call::id`] answered.
     pub id: u64,
     /// The variables the handler set, in order.
     #[serde(default)]
@@ -230,8 +267,11 @@ pub struct CallResult {
 /// already lives, else on the instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VariableChange {
+    /// The variable's name.
     pub name: String,
+    /// Its new value (JSON, as the variable holds it).
     pub value: Value,
+    /// Set on the element's own scope.
     #[serde(default)]
     pub local: bool,
 }
@@ -241,8 +281,18 @@ pub struct VariableChange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum CallError {
-    Bpmn { code: String, message: String },
-    Failed { message: String },
+    /// A BPMN error with its error code.
+    Bpmn {
+        /// The error code an error boundary event catches by.
+        code: String,
+        /// What happened, for the log.
+        message: String,
+    },
+    /// A failure.
+    Failed {
+        /// The reason, with its causes; the failed Tasks carry it.
+        message: String,
+    },
 }
 
 /// The plugin asks the BPE to send a FHIR request with the organisation's certificate, on
@@ -250,13 +300,17 @@ pub enum CallError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FhirRequest {
+    /// Unique among the plugin's requests in flight; the [`FhirResponse`] names it.
     pub id: u64,
+    /// The [`Call::id`] the request is made for.
     pub call: u64,
     /// The FHIR server: the local one or another organisation's (`https://…/fhir`).
     pub base_url: String,
+    /// The HTTP method (`GET`, `POST`, `PUT`, `DELETE`).
     pub method: String,
     /// Below the base URL, with the query: `Task?status=requested`.
     pub path: String,
+    /// Request headers, name and value (`accept`, `content-type`, `if-match` …).
     #[serde(default)]
     pub headers: Vec<(String, String)>,
     /// The body, base64 (standard alphabet, padded).
@@ -268,9 +322,12 @@ pub struct FhirRequest {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FhirResponse {
+    /// The [`FhirRequest::id`] answered.
     pub id: u64,
+    /// The HTTP status, when the server answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// The response headers, name and value.
     #[serde(default)]
     pub headers: Vec<(String, String)>,
     /// The body, base64.

@@ -58,14 +58,17 @@ pub fn add_output(task: &mut Value, output: Value) {
     }
 }
 
+/// The Task's `message-name` input.
 pub fn message_name(task: &Value) -> Option<&str> {
     input_string(task, BPMN_MESSAGE, MESSAGE_NAME)
 }
 
+/// The Task's `business-key` input.
 pub fn business_key(task: &Value) -> Option<&str> {
     input_string(task, BPMN_MESSAGE, BUSINESS_KEY)
 }
 
+/// The Task's `correlation-key` input.
 pub fn correlation_key(task: &Value) -> Option<&str> {
     input_string(task, BPMN_MESSAGE, CORRELATION_KEY)
 }

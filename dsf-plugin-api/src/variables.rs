@@ -12,14 +12,19 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
+    /// The organisation's identifier value (`http://dsf.dev/sid/organization-identifier`).
     pub organization_identifier_value: String,
+    /// The endpoint's identifier value (`http://dsf.dev/sid/endpoint-identifier`).
     pub endpoint_identifier_value: String,
+    /// The endpoint's FHIR base URL, where the Task is created.
     pub endpoint_url: String,
+    /// Set for multi-instance sends: the reply carries it, so it reaches this target's branch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_key: Option<String>,
 }
 
 impl Target {
+    /// A target without a correlation key.
     pub fn new(organization: &str, endpoint: &str, endpoint_url: &str) -> Self {
         Target {
             organization_identifier_value: organization.to_owned(),
@@ -40,6 +45,7 @@ impl Target {
 /// `camunda:collection="${targets.entries}" camunda:elementVariable="target"`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Targets {
+    /// The targets, in the order the sends run.
     pub entries: Vec<Target>,
 }
 
@@ -47,10 +53,13 @@ pub struct Targets {
 /// element's scope and its parents; `set` writes where the name already lives (else on the
 /// instance), `set_local` on the element's own scope.
 pub trait VariableScope: Send + Sync {
+    /// The variable `name` as seen from here, inner scopes over outer.
     fn get(&self, name: &str) -> Option<Value>;
     /// Every variable visible here (what a handler in another process is handed).
     fn variables(&self) -> Map<String, Value>;
+    /// Sets `name` where it already lives, else on the instance.
     fn set(&mut self, name: &str, value: Value);
+    /// Sets `name` on the element's own scope.
     fn set_local(&mut self, name: &str, value: Value);
 }
 
@@ -81,10 +90,12 @@ impl<'a> Variables<'a> {
         }
     }
 
+    /// The instance's business key, once it has one.
     pub fn business_key(&self) -> Option<&str> {
         self.business_key
     }
 
+    /// The process instance the handler runs in.
     pub fn instance_id(&self) -> &str {
         self.instance_id
     }
@@ -99,6 +110,7 @@ impl<'a> Variables<'a> {
         self.fields.get(name)
     }
 
+    /// A `camunda:field` value that is text.
     pub fn field_str(&self, name: &str) -> Option<&str> {
         self.fields.get(name).and_then(Value::as_str)
     }
@@ -113,18 +125,22 @@ impl<'a> Variables<'a> {
         self.scope.variables()
     }
 
+    /// The variable `name`, inner scopes over outer.
     pub fn get(&self, name: &str) -> Option<Value> {
         self.scope.get(name)
     }
 
+    /// Sets `name` where it already lives, else on the instance.
     pub fn set(&mut self, name: &str, value: Value) {
         self.scope.set(name, value);
     }
 
+    /// Sets `name` on the element's own scope: it is gone when the element ends.
     pub fn set_local(&mut self, name: &str, value: Value) {
         self.scope.set_local(name, value);
     }
 
+    /// The variable `name` if it is text.
     pub fn get_string(&self, name: &str) -> Option<String> {
         match self.scope.get(name)? {
             Value::String(s) => Some(s),
@@ -132,30 +148,37 @@ impl<'a> Variables<'a> {
         }
     }
 
+    /// Sets `name` to text, as [`Variables::set`].
     pub fn set_string(&mut self, name: &str, value: &str) {
         self.set(name, Value::String(value.to_owned()));
     }
 
+    /// The variable `name` if it is a boolean.
     pub fn get_bool(&self, name: &str) -> Option<bool> {
         self.scope.get(name)?.as_bool()
     }
 
+    /// Sets `name` to a boolean, as [`Variables::set`].
     pub fn set_bool(&mut self, name: &str, value: bool) {
         self.set(name, Value::Bool(value));
     }
 
+    /// The variable `name` if it is an integer.
     pub fn get_i64(&self, name: &str) -> Option<i64> {
         self.scope.get(name)?.as_i64()
     }
 
+    /// Sets `name` to an integer, as [`Variables::set`].
     pub fn set_i64(&mut self, name: &str, value: i64) {
         self.set(name, Value::from(value));
     }
 
+    /// The variable `name` if it is a number.
     pub fn get_f64(&self, name: &str) -> Option<f64> {
         self.scope.get(name)?.as_f64()
     }
 
+    /// Sets `name` to a number, as [`Variables::set`].
     pub fn set_f64(&mut self, name: &str, value: f64) {
         self.set(name, Value::from(value));
     }
@@ -166,6 +189,7 @@ impl<'a> Variables<'a> {
         time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339).ok()
     }
 
+    /// Sets `name` to a date-time as RFC 3339 text, as [`Variables::set`].
     pub fn set_date_time(&mut self, name: &str, value: time::OffsetDateTime) {
         if let Ok(text) = value.format(&time::format_description::well_known::Rfc3339) {
             self.set(name, Value::String(text));
@@ -182,6 +206,7 @@ impl<'a> Variables<'a> {
         }
     }
 
+    /// Sets `name` to any serde value, as [`Variables::set`]; fails if it does not serialise.
     pub fn set_json<T: Serialize>(&mut self, name: &str, value: &T) -> Result<(), ProcessError> {
         let value = serde_json::to_value(value)?;
         self.set(name, value);
@@ -195,22 +220,27 @@ impl<'a> Variables<'a> {
             .filter(|v| v.get("resourceType").is_some())
     }
 
+    /// Keeps a FHIR resource (JSON) in `name`, as [`Variables::set`].
     pub fn set_resource(&mut self, name: &str, resource: Value) {
         self.set(name, resource);
     }
 
+    /// The `target` variable: where the next message send goes.
     pub fn target(&self) -> Result<Option<Target>, ProcessError> {
         self.get_json(TARGET)
     }
 
+    /// Sets the `target` variable.
     pub fn set_target(&mut self, target: &Target) -> Result<(), ProcessError> {
         self.set_json(TARGET, target)
     }
 
+    /// The `targets` variable of a multi-instance send (empty when unset).
     pub fn targets(&self) -> Result<Targets, ProcessError> {
         Ok(self.get_json(TARGETS)?.unwrap_or_default())
     }
 
+    /// Sets the `targets` variable.
     pub fn set_targets(&mut self, targets: &Targets) -> Result<(), ProcessError> {
         self.set_json(TARGETS, targets)
     }

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 /// Milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync {
+    /// Now, in milliseconds since the Unix epoch.
     fn now(&self) -> i64;
 }
 
+/// The system's wall clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
@@ -25,14 +27,17 @@ impl Clock for SystemClock {
 pub struct VirtualClock(Arc<AtomicI64>);
 
 impl VirtualClock {
+    /// A clock standing at `millis` (Unix milliseconds).
     pub fn at(millis: i64) -> Self {
         VirtualClock(Arc::new(AtomicI64::new(millis)))
     }
 
+    /// Moves the clock `millis` forward.
     pub fn advance(&self, millis: i64) {
         self.0.fetch_add(millis, Ordering::SeqCst);
     }
 
+    /// Sets the clock to `millis` (Unix milliseconds).
     pub fn set(&self, millis: i64) {
         self.0.store(millis, Ordering::SeqCst);
     }

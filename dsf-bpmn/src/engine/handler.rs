@@ -20,7 +20,12 @@ pub enum HandlerError {
     /// A BPMN error: caught by an error boundary event with a matching code (or none), else
     /// the instance fails.
     #[error("BPMN error {code}: {message}")]
-    Bpmn { code: String, message: String },
+    Bpmn {
+        /// The error code boundary events are matched by.
+        code: String,
+        /// What happened, for the log.
+        message: String,
+    },
     /// A technical failure: retried as `camunda:failedJobRetryTimeCycle` says when the
     /// activity is asynchronous, else the instance fails.
     #[error("{0}")]
@@ -29,8 +34,11 @@ pub enum HandlerError {
 
 /// What a handler sees and changes of the running instance.
 pub struct HandlerContext<'a> {
+    /// The id of the process the instance runs.
     pub process_id: &'a str,
+    /// The instance's id.
     pub instance_id: &'a str,
+    /// The instance's business key, once set.
     pub business_key: Option<&'a str>,
     /// The element the handler runs for (a task, event or listener's element).
     pub element_id: &'a str,
@@ -47,6 +55,7 @@ pub struct HandlerContext<'a> {
 }
 
 impl HandlerContext<'_> {
+    /// A variable visible here, with what the handler set so far.
     pub fn variable(&self, name: &str) -> Option<&Value> {
         self.writes
             .iter()
@@ -66,6 +75,7 @@ impl HandlerContext<'_> {
         all
     }
 
+    /// A variable that is text, as [`HandlerContext::variable`].
     pub fn variable_str(&self, name: &str) -> Option<&str> {
         self.variable(name).and_then(Value::as_str)
     }
@@ -80,6 +90,7 @@ impl HandlerContext<'_> {
         self.writes.push((name.to_owned(), value, true));
     }
 
+    /// A `camunda:field` value of the element.
     pub fn field(&self, name: &str) -> Option<&Value> {
         self.fields.get(name)
     }
@@ -94,6 +105,7 @@ impl VariableLookup for HandlerContext<'_> {
 /// One piece of process code.
 #[async_trait]
 pub trait ElementHandler: Send + Sync {
+    /// Runs for the element `context` names.
     async fn execute(&self, context: &mut HandlerContext<'_>) -> Result<(), HandlerError>;
 }
 
@@ -119,16 +131,19 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// No handlers.
     pub fn new() -> Self {
         Registry::default()
     }
 
+    /// Binds `handler` to `name` (a class name or a delegate expression, braces or not).
     pub fn bind(&mut self, name: &str, handler: impl ElementHandler + 'static) -> &mut Self {
         self.handlers
             .insert(strip_braces(name).to_owned(), Arc::new(handler));
         self
     }
 
+    /// Binds a closure to `name`, as [`Registry::bind`].
     pub fn bind_fn(
         &mut self,
         name: &str,
@@ -137,6 +152,7 @@ impl Registry {
         self.bind(name, FnHandler(f))
     }
 
+    /// The handler bound to `name`, braces or not.
     pub fn get(&self, name: &str) -> Option<Arc<dyn ElementHandler>> {
         self.handlers.get(strip_braces(name)).cloned()
     }

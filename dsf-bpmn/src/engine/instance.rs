@@ -6,16 +6,21 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// Where an instance is in its life.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum InstanceState {
+    /// Not finished: tokens run or wait.
     Running,
+    /// Every token reached an end event.
     Completed,
     /// Ended by a terminate end event.
     Terminated,
     /// An unhandled BPMN error or a failed handler without retries left.
     Failed {
+        /// The element where it failed.
         element: String,
+        /// Why, as the error or handler said.
         reason: String,
     },
 }
@@ -139,9 +144,13 @@ pub(crate) struct Join {
 /// A running or finished process instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
+    /// The instance's id, given by the caller at start.
     pub id: String,
+    /// The id of the process it runs.
     pub process_id: String,
+    /// The business key, once set.
     pub business_key: Option<String>,
+    /// Running or how it ended.
     pub state: InstanceState,
     /// The nodes entered, in order: the path the instance took, the last [`PATH_LIMIT`] of
     /// them (a process looping on a timer would otherwise grow without end).
@@ -168,24 +177,39 @@ pub const PATH_LIMIT: usize = 1000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Waiting {
+    /// A message, by name.
     Message {
+        /// The message name (not its id).
         name: String,
+        /// Set for a reply to one branch of a multi-instance send.
         correlation_key: Option<String>,
+        /// The catching event or receive task.
         node: String,
     },
+    /// A timer.
     Timer {
+        /// When it is due, Unix milliseconds.
         due: i64,
+        /// The timer event.
         node: String,
     },
+    /// A user task to be completed.
     UserTask {
+        /// The user task.
         node: String,
     },
+    /// A signal, by name.
     Signal {
+        /// The signal name.
         name: String,
+        /// The catching event.
         node: String,
     },
+    /// A condition to become true when variables change.
     Condition {
+        /// The `${…}` expression.
         condition: String,
+        /// The conditional event.
         node: String,
     },
 }
@@ -240,10 +264,12 @@ impl Instance {
         self.scope(0).map_or(&*NONE, |s| &s.variables)
     }
 
+    /// One of the instance's own variables.
     pub fn variable(&self, name: &str) -> Option<&Value> {
         self.variables().get(name)
     }
 
+    /// Whether it ended, in any way.
     pub fn is_finished(&self) -> bool {
         self.state != InstanceState::Running
     }

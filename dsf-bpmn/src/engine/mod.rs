@@ -179,6 +179,7 @@ impl Engine {
         })
     }
 
+    /// The deployed BPMN file.
     pub fn definitions(&self) -> &Definitions {
         &self.definitions
     }
