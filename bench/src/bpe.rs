@@ -21,37 +21,49 @@ use tokio::sync::oneshot;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How the BPE run loads.
 pub struct BpeLoadSettings {
+    /// Closed-loop clients starting pings.
     pub concurrency: usize,
+    /// How long each scenario runs.
     pub duration: Duration,
 }
 
+/// What the BPE run measured.
 pub struct BpeLoadReport {
     /// Round trips with ping-pong linked into both BPEs.
     pub round_trips: Measurement,
     /// The same, with ping-pong a plugin file of both BPEs (measured in turns with the above).
     pub round_trips_files: Measurement,
+    /// The same FHIR writes as a round trip, by a plain client (the baseline).
     pub plain_writes: Measurement,
     /// One service-task call of hello-world linked in, and into its plugin file.
     pub call_linked: Measurement,
+    /// See `call_linked`.
     pub call_file: Measurement,
     /// One byte to `cat` and back over its pipes, with the same async I/O: the floor of any
     /// call into another process on this machine.
     pub pipe_round_trip: Measurement,
     /// `Bpe::start` (median of the slices) with ping-pong linked in and as a file.
     pub start_linked: Duration,
+    /// See `start_linked`.
     pub start_file: Duration,
     /// From starting a plugin file to its definition read (median of 5).
     pub spawn_to_definition: Duration,
     /// Resident memory of plugin processes: (file, KiB).
     pub plugin_rss_kib: Vec<(String, u64)>,
+    /// The 10-service-task chain, its state saved at the end.
     pub chain: Measurement,
+    /// The same, its state saved after every step.
     pub chain_every_step: Measurement,
+    /// Inserts of the chain's state row (the baseline).
     pub raw_state_inserts: Measurement,
+    /// `dsf-bpe`'s start-up time and idle resident KiB, when the binary is built.
     pub startup: Option<(Duration, u64)>,
 }
 
 impl BpeLoadReport {
+    /// The report as Markdown tables and ratios.
     pub fn markdown(&self) -> String {
         let row = |m: &Measurement| {
             format!(
@@ -594,6 +606,7 @@ async fn pipe_round_trips(count: usize) -> Result<Measurement, BoxError> {
     ))
 }
 
+/// Runs every BPE scenario.
 pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
     let dir = std::env::temp_dir().join(format!("dsf-bpe-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;

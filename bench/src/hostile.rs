@@ -16,9 +16,11 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::rustls::pki_types::ServerName;
 
+/// How the hostile run loads.
 pub struct HostileSettings {
     /// Closed-loop workers of the allowed organisation.
     pub concurrency: usize,
+    /// How long each scenario runs.
     pub duration: Duration,
     /// Idle connections kept open by the flood.
     pub idle_connections: usize,
@@ -26,29 +28,40 @@ pub struct HostileSettings {
     pub hostile_clients: usize,
 }
 
+/// What the hostile run measured.
 pub struct HostileReport {
+    /// Reads by id with no flood.
     pub quiet: Measurement,
+    /// The same reads during the flood.
     pub flooded: Measurement,
+    /// The settings it ran with.
     pub settings: HostileSettings,
     /// Hostile requests answered, and how many of them with a 4xx.
     pub hostile_answered: usize,
+    /// See `hostile_answered`.
     pub hostile_refused: usize,
     /// Idle connections open at the end of the flood, as the flood counted them.
     pub idle_open: usize,
+    /// Memory of oversized and deeply nested requests, one kind each.
     pub memory: Vec<MemoryProbe>,
 }
 
 /// Peak resident memory above the idle level while requests of one kind were handled.
 pub struct MemoryProbe {
+    /// The kind of request.
     pub what: String,
+    /// Its body's size.
     pub body_bytes: usize,
+    /// The status the server answered.
     pub status: u16,
+    /// Peak resident KiB above idle while the requests were handled.
     pub peak_kib: u64,
     /// Resident memory above the idle level once the burst has been quiet for a while.
     pub after_kib: u64,
 }
 
 impl HostileReport {
+    /// The report as Markdown tables and ratios.
     pub fn markdown(&self) -> String {
         let s = &self.settings;
         let mut out = format!(
@@ -287,6 +300,7 @@ async fn hostile_client(
     (answered, refused)
 }
 
+/// Runs the quiet and flooded reads and the memory probes.
 pub async fn run(
     settings: HostileSettings,
 ) -> Result<HostileReport, Box<dyn std::error::Error + Send + Sync>> {

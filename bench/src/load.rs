@@ -127,17 +127,25 @@ fn read_task(
     }
 }
 
+/// How the load run loads.
 pub struct LoadSettings {
+    /// Closed-loop clients.
     pub concurrency: usize,
+    /// How long each scenario runs.
     pub duration: Duration,
     /// PostgreSQL URL; SQLite (a file in a temporary directory) when absent.
     pub postgres: Option<String>,
 }
 
+/// What the load run measured.
 pub struct LoadReport {
+    /// The backend's description.
     pub backend: &'static str,
+    /// Closed-loop clients.
     pub concurrency: usize,
+    /// Seconds per scenario.
     pub seconds: f64,
+    /// Every scenario and baseline, in the order they ran.
     pub measurements: Vec<Measurement>,
 }
 
@@ -149,6 +157,7 @@ impl LoadReport {
             .map_or(0.0, |m| m.per_second)
     }
 
+    /// The report as Markdown tables and ratios.
     pub fn markdown(&self) -> String {
         let mut out = format!(
             "Backend {}, {} concurrent clients, {:.0} s per scenario.\n\n| scenario | ops | ops/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|\n",
@@ -190,6 +199,7 @@ impl LoadReport {
     }
 }
 
+/// Runs the load run on SQLite, or on PostgreSQL with `settings.postgres`.
 pub async fn run(
     settings: LoadSettings,
 ) -> Result<LoadReport, Box<dyn std::error::Error + Send + Sync>> {

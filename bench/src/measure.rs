@@ -8,10 +8,15 @@ use std::time::{Duration, Instant};
 /// Throughput and latency of one scenario.
 #[derive(Debug, Clone)]
 pub struct Measurement {
+    /// The scenario.
     pub name: String,
+    /// Operations completed.
     pub ops: usize,
+    /// Operations per second.
     pub per_second: f64,
+    /// Median latency.
     pub p50_ms: f64,
+    /// 99th percentile latency.
     pub p99_ms: f64,
 }
 

@@ -7,21 +7,28 @@ use std::time::{Duration, Instant};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// One network size's figures.
 pub struct NetworkRun {
+    /// How many organisations the first one pinged.
     pub others: usize,
+    /// From starting the network until `DevNetwork::start` returned.
     pub startup: Duration,
     /// Time from creating the start Task until it is completed with every status.
     pub ping: Duration,
+    /// Targets whose pong came back.
     pub answered: usize,
     /// Resident memory added by the network, per organisation.
     pub rss_per_organization_kib: u64,
 }
 
+/// What the network run measured.
 pub struct NetworkReport {
+    /// One run per network size.
     pub runs: Vec<NetworkRun>,
 }
 
 impl NetworkReport {
+    /// The report as a Markdown table.
     pub fn markdown(&self) -> String {
         let mut out = String::from(
             "| organisations pinged | pongs received | ping until every pong recorded | network start-up | resident memory per organisation |\n|---|---|---|---|---|\n",

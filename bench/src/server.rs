@@ -50,11 +50,14 @@ pub(crate) fn certs() -> Result<Certs, dsf_core::Error> {
 /// An in-process FHIR server of one organisation on a loopback port, its database in a
 /// temporary directory (SQLite) or a schema of its own (PostgreSQL).
 pub struct BenchServer {
+    /// `https://localhost:<port>/fhir`.
     pub base_url: String,
     /// The server's store, for loading data past the REST API.
     pub store: ResourceStore,
+    /// The backend's description, for reports.
     pub backend_name: &'static str,
     schema: String,
+    /// The SQLite database file (unused on PostgreSQL).
     pub db: std::path::PathBuf,
     dir: std::path::PathBuf,
     postgres: Option<String>,

@@ -12,9 +12,13 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How the stored-scale run loads.
 pub struct StoredSettings {
+    /// Tasks loaded before the second measurement.
     pub stored: usize,
+    /// Closed-loop clients.
     pub concurrency: usize,
+    /// How long each scenario runs.
     pub duration: Duration,
     /// PostgreSQL URL; SQLite (a file in a temporary directory) when absent.
     pub postgres: Option<String>,
@@ -50,7 +54,9 @@ fn stored_task(n: usize, status: &str) -> Value {
 
 /// What one state of the store measured.
 pub struct StoreState {
+    /// Creates per second.
     pub create: f64,
+    /// Reads by id per second.
     pub read: f64,
     /// p50 and p99 in ms of `Task?status=requested`, first page with total.
     pub requested: (f64, f64),
@@ -58,15 +64,22 @@ pub struct StoreState {
     pub catch_up: (f64, f64),
 }
 
+/// What the stored-scale run measured.
 pub struct StoredReport {
+    /// The backend's description.
     pub backend: &'static str,
+    /// Tasks loaded.
     pub stored: usize,
+    /// How long loading them took.
     pub load_seconds: f64,
+    /// On the empty store.
     pub empty: StoreState,
+    /// After loading.
     pub full: StoreState,
 }
 
 impl StoredReport {
+    /// The report as a Markdown table and ratios.
     pub fn markdown(&self) -> String {
         let (e, f) = (&self.empty, &self.full);
         let mut out = format!(
@@ -240,6 +253,7 @@ async fn load(
     Ok((sample, requested))
 }
 
+/// Runs on the empty store, loads, and runs again.
 pub async fn run(
     settings: StoredSettings,
 ) -> Result<StoredReport, Box<dyn std::error::Error + Send + Sync>> {

@@ -13,10 +13,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// How the websocket run loads.
 pub struct WebsocketSettings {
     /// Writes per second of the latency scenario.
     pub rate: u32,
+    /// Websocket connections bound to one Subscription that matches every write.
     pub subscribers: usize,
+    /// How long each scenario runs.
     pub duration: Duration,
     /// Closed-loop writers of the write-rate scenarios.
     pub concurrency: usize,
@@ -24,23 +27,34 @@ pub struct WebsocketSettings {
     pub postgres: Option<String>,
 }
 
+/// What the websocket run measured.
 pub struct WebsocketReport {
+    /// The settings, for the report.
     pub settings_line: String,
+    /// Writes made in the latency scenario.
     pub writes: usize,
+    /// Writes per second achieved.
     pub achieved_rate: f64,
+    /// Events delivered to all subscribers.
     pub deliveries: usize,
+    /// Events the writes should have delivered.
     pub expected_deliveries: usize,
+    /// Median write-to-delivery latency.
     pub p50_ms: f64,
+    /// 99th percentile write-to-delivery latency.
     pub p99_ms: f64,
+    /// Longest write-to-delivery latency.
     pub max_ms: f64,
     /// The same run's POST round trips (send to 201): the baseline of the delivery latency.
     pub write_p50_ms: f64,
+    /// See `write_p50_ms`.
     pub write_p99_ms: f64,
     /// (scenario, creates per second)
     pub rates: Vec<(String, f64)>,
 }
 
 impl WebsocketReport {
+    /// The report as Markdown tables and ratios.
     pub fn markdown(&self) -> String {
         let mut out = format!(
             "{}\n\n| write-to-delivery | value |\n|---|---:|\n| writes sent | {} ({:.0}/s achieved) |\n| deliveries received / expected | {} / {} |\n| p50 | {:.2} ms ({:.2}x the write's own round trip, {:.2} ms) |\n| p99 | {:.2} ms ({:.2}x, {:.2} ms) |\n| max | {:.2} ms |\n\n| scenario | creates/s | ratio to none |\n|---|---:|---:|\n",
@@ -171,6 +185,7 @@ async fn create_rate(
     (name.to_owned(), m.per_second)
 }
 
+/// Runs the delivery scenario and the write-rate scenarios.
 pub async fn run(
     settings: WebsocketSettings,
 ) -> Result<WebsocketReport, Box<dyn std::error::Error + Send + Sync>> {

@@ -30,6 +30,7 @@ impl Topology {
         index != other && (self == Topology::Mesh || index == 0 || other == 0)
     }
 
+    /// `mesh` or `star`, as `network.json` writes it.
     pub fn name(self) -> &'static str {
         match self {
             Topology::Mesh => "mesh",
@@ -40,8 +41,11 @@ impl Topology {
 
 /// One organisation of the network: identifier, base URL and certificates.
 pub struct DevOrganization {
+    /// The organisation's identifier value (`org-a.dsf.test`).
     pub identifier: String,
+    /// Its FHIR server's base URL.
     pub base_url: String,
+    /// Its FHIR server's certificate.
     pub server: IssuedCert,
     /// The organisation's own certificate (its BPE's).
     pub client: IssuedCert,
@@ -52,31 +56,48 @@ pub struct DevOrganization {
 /// `dev-network/network.json`: what scripts and tests need to reach the network.
 #[derive(Serialize, Deserialize)]
 pub struct NetworkDescription {
+    /// The dev CA's certificate, which every client and server trusts.
     pub ca_certificate: PathBuf,
+    /// `mesh` or `star`.
     pub topology: String,
+    /// The organisations, the first being the star's centre.
     pub organizations: Vec<NetworkOrganization>,
 }
 
+/// One organisation in `network.json`.
 #[derive(Serialize, Deserialize)]
 pub struct NetworkOrganization {
+    /// Its identifier value.
     pub identifier: String,
+    /// Its FHIR server's base URL.
     pub fhir_base_url: String,
+    /// Its websocket endpoint (`wss://…/fhir/ws`).
     pub websocket_url: String,
     /// The organisation's own certificate: its BPE's, and what starts processes.
     pub client_certificate: PathBuf,
+    /// The key of `client_certificate`.
     pub client_key: PathBuf,
+    /// The client certificate's thumbprint.
     pub thumbprint: String,
+    /// A local administrator's certificate (every role and DSF_ADMIN).
     pub admin_certificate: PathBuf,
+    /// The key of `admin_certificate`.
     pub admin_key: PathBuf,
+    /// The BPE's state database.
     pub bpe_state: PathBuf,
+    /// The identifiers of the organisations on its allow list.
     pub allows: Vec<String>,
 }
 
 /// How to start a network.
 pub struct DevNetworkSettings {
+    /// Where certificates, databases and `network.json` go.
     pub dir: PathBuf,
+    /// How many organisations.
     pub organizations: usize,
+    /// The first organisation's port; the others follow.
     pub base_port: u16,
+    /// Who may reach whom.
     pub topology: Topology,
     /// FHIR servers on PostgreSQL at this URL (a schema each) instead of SQLite files.
     pub postgres: Option<String>,
@@ -88,9 +109,13 @@ pub struct DevNetworkSettings {
 
 /// A running network; dropping it stops the BPEs, [`DevNetwork::stop`] also the servers.
 pub struct DevNetwork {
+    /// The dev CA.
     pub pki: DevPki,
+    /// The organisations, in order.
     pub organizations: Vec<DevOrganization>,
+    /// Who may reach whom.
     pub topology: Topology,
+    /// The BPEs, one per organisation, in the same order.
     pub bpes: Vec<dsf_engine::Bpe>,
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     stop: tokio::sync::watch::Sender<bool>,
@@ -130,6 +155,7 @@ pub fn organization_identifier(i: usize) -> String {
 }
 
 impl DevNetwork {
+    /// Generates certificates, starts every FHIR server and BPE and writes `network.json`.
     pub async fn start(settings: DevNetworkSettings) -> Result<DevNetwork, BoxError> {
         if settings.organizations == 0 {
             return Err("at least one organisation is needed".into());

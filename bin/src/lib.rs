@@ -55,10 +55,13 @@ pub fn init_logging_at(level: &str) {
 
 /// Everything needed to run one organisation's FHIR server.
 pub struct FhirServerSettings {
+    /// The server's settings.
     pub config: ServerConfig,
+    /// `sqlite:<path>`, `sqlite::memory:` or `postgresql://…`.
     pub db_url: String,
     /// With a PostgreSQL `db_url`: the schema of this server's tables (created if missing).
     pub postgres_schema: Option<String>,
+    /// Where to listen.
     pub bind: SocketAddr,
     /// Mutual TLS; `None` serves plain HTTP for a TLS-terminating reverse proxy that
     /// forwards client certificates (`config.forwarded_certificates`).
@@ -67,6 +70,7 @@ pub struct FhirServerSettings {
     pub local_thumbprints: Vec<Thumbprint>,
     /// Other organisations to put on the allow list.
     pub peers: Vec<AllowListEntry>,
+    /// The local organisation's name, for its Organization resource.
     pub organization_name: String,
     /// The init bundle's text, its placeholders filled ([`fill_init_bundle`]), run as the
     /// local organisation after the allow list is loaded.
@@ -137,11 +141,13 @@ pub async fn start_fhir_server(
 
 /// Everything needed to run one organisation's BPE with the plugin files of a directory.
 pub struct BpeSettings {
+    /// The local FHIR server's base URL.
     pub fhir_base_url: String,
     /// The BPE's client certificate and the CAs it trusts.
     pub tls: dsf_core::rustls::ClientConfig,
     /// `sqlite:<path>` or `sqlite::memory:`.
     pub db_url: String,
+    /// Tasks, timers and user tasks handled at once; the engine's default when `None`.
     pub process_threads: Option<usize>,
     /// Time-out of one request to the local FHIR server.
     pub local_timeout: std::time::Duration,
@@ -149,7 +155,9 @@ pub struct BpeSettings {
     pub plugin_directory: std::path::PathBuf,
     /// `<process id>|<version>` entries (comma or white space separated).
     pub excluded: String,
+    /// `<process id>|<version>` entries to retire, as `excluded`.
     pub retired: String,
+    /// Time-outs and restarts of plugin processes.
     pub plugin_files: dsf_engine::PluginFileSettings,
     /// Plugin configuration set in plugin processes' environment (several BPEs in one
     /// process, as `dsf dev up` runs them, cannot share one environment).

@@ -8,20 +8,26 @@ use std::time::{Duration, Instant};
 /// One target's outcome, from the start Task's `ping-status` outputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PingStatus {
+    /// The target organisation's identifier value.
     pub organization: String,
+    /// The target endpoint's identifier value.
     pub endpoint: String,
     /// `pong-received`, `pong-missing`, `not-allowed` or `not-reachable`.
     pub status: String,
+    /// The error the target's status carries, if any.
     pub error: Option<String>,
 }
 
 /// The outcome of one ping process.
 #[derive(Debug, Clone)]
 pub struct PingOutcome {
+    /// The start Task's id.
     pub task_id: String,
     /// `completed` or `failed`.
     pub task_status: String,
+    /// One status per target.
     pub statuses: Vec<PingStatus>,
+    /// From the start to the Task's end.
     pub elapsed: Duration,
 }
 

@@ -51,5 +51,5 @@ pub enum Error {
     NoMatch(String),
 }
 
-/// A result with this crate's [`Error`].
+/// A result with this crate's [`Error`](enum@Error).
 pub type Result<T, E = Error> = std::result::Result<T, E>;

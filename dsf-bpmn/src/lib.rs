@@ -31,8 +31,6 @@
 //! assert_eq!(definitions.processes[0].version_tag.as_deref(), Some("1.0"));
 //! ```
 
-#![warn(missing_docs)]
-
 pub mod engine;
 mod error;
 pub mod expr;

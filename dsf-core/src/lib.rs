@@ -13,8 +13,6 @@
 //! assert_eq!(thumbprint.as_str().len(), 128);
 //! ```
 
-#![warn(missing_docs)]
-
 mod devcerts;
 mod error;
 mod pem;

@@ -32,7 +32,9 @@ pub struct BpeConfig {
     pub state_path: Option<PathBuf>,
     /// Tasks, timers and user tasks handled at once (`DEV_DSF_BPE_PROCESS_THREADS`).
     pub max_concurrent: usize,
+    /// How the FHIR client waits and retries.
     pub client: ClientSettings,
+    /// How the websocket subscriptions reconnect and catch up.
     pub subscription: SubscriptionSettings,
     /// How long start-up waits for the FHIR server to answer with the local organisation.
     pub startup_timeout: Duration,
@@ -86,12 +88,15 @@ pub fn parse_process_list(text: &str) -> Result<Vec<String>> {
 /// A plugin file's process as it is now, for operators and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginFileStatus {
+    /// The plugin file.
     pub file: PathBuf,
     /// The running process, if one runs (none while it is being restarted).
     pub pid: Option<u32>,
 }
 
 impl BpeConfig {
+    /// Settings for a BPE of the FHIR server at `fhir_base_url`, reached with `tls`; the rest at
+    /// their defaults (state in memory, no plugin directory).
     pub fn new(fhir_base_url: &str, tls: Arc<rustls::ClientConfig>) -> Self {
         BpeConfig {
             fhir_base_url: fhir_base_url.trim_end_matches('/').to_owned(),
@@ -308,6 +313,7 @@ impl Bpe {
             .collect()
     }
 
+    /// What was deployed at start, and what was refused.
     pub fn report(&self) -> &DeploymentReport {
         &self.report
     }
@@ -317,6 +323,7 @@ impl Bpe {
         self.dispatcher.services.api.local_organization()
     }
 
+    /// Whether the subscriptions are bound, and what was handled so far.
     pub fn status(&self) -> BpeStatus {
         self.status.borrow().clone()
     }

@@ -22,10 +22,12 @@ pub enum ProcessState {
     /// Retired (`DEV_DSF_BPE_PROCESS_RETIRED`): no new instances, its FHIR resources stay
     /// with status `retired`; instances already running go on.
     Retired,
+    /// Runs: new instances start.
     Active,
 }
 
 impl ProcessState {
+    /// `excluded`, `retired` or `active`, as the settings and logs write it.
     pub fn name(self) -> &'static str {
         match self {
             ProcessState::Excluded => "excluded",
@@ -41,12 +43,14 @@ pub struct Deployment {
     pub process_id: String,
     /// `major.minor`, e.g. `1.0`.
     pub version: String,
+    /// The plugin it came from (`<name> <version>`).
     pub plugin: String,
     pub(crate) engine: Engine,
     /// Names of the messages of the process's message start events.
     pub start_messages: Vec<String>,
     /// Ids of the elements that send messages: the instance is saved before each runs.
     pub(crate) send_nodes: std::collections::HashSet<String>,
+    /// Whether new instances start.
     pub state: ProcessState,
 }
 

@@ -12,7 +12,12 @@ pub enum Error {
     Fhir(#[from] dsf_fhir::Error),
     /// A plugin cannot be deployed; the message names its file and element.
     #[error("plugin {plugin}: {message}")]
-    Plugin { plugin: String, message: String },
+    Plugin {
+        /// The plugin's name and version, or its file when it announced neither.
+        plugin: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The state database failed.
     #[error("BPE state database")]
     Database(#[from] rusqlite::Error),
@@ -23,13 +28,17 @@ pub enum Error {
     /// instance`).
     #[error("BPE state: {what}")]
     StoredData {
+        /// What was read or written (`stored instance`).
         what: &'static str,
+        /// The JSON error.
         #[source]
         source: serde_json::Error,
     },
     /// Stored state this BPE cannot use, with why (e.g. a format it has no migration for).
     #[error("BPE state: {0}")]
     State(String),
+    /// Settings or a set-up that cannot work (a malformed process list, the local organisation
+    /// not found on the FHIR server, plugin resources the server refused).
     #[error("{0}")]
     Config(String),
 }
@@ -41,4 +50,5 @@ impl Error {
     }
 }
 
+/// A result with this crate's [`Error`](enum@Error).
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 /// What became of one file of the plugin directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginFileReport {
+    /// The file.
     pub file: PathBuf,
     /// `<name> <version>` as the file announced it, once it did.
     pub plugin: Option<String>,
@@ -54,6 +55,7 @@ impl PluginFile {
             })
     }
 
+    /// The file the process runs.
     pub fn file(&self) -> &Path {
         &self.file
     }

@@ -34,6 +34,7 @@ pub struct PluginFileSettings {
     /// Wait before the first restart of a process that stopped; doubled for each restart
     /// that follows a short life, up to `max_restart_backoff`.
     pub restart_backoff: Duration,
+    /// The longest wait between restarts.
     pub max_restart_backoff: Duration,
     /// Set in each plugin process's environment (the plugins' configuration).
     pub environment: Vec<(String, String)>,

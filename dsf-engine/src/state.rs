@@ -31,6 +31,8 @@ pub enum SendMark {
     Sent,
 }
 
+/// The BPE's durable state in SQLite: stored instances, claimed Tasks, sends in flight, open
+/// user tasks and the time of the last event seen per kind. Clones share the database.
 #[derive(Clone)]
 pub struct StateStore {
     connection: Arc<Mutex<Connection>>,
@@ -177,6 +179,7 @@ impl StateStore {
         rows.into_iter().map(decode).collect()
     }
 
+    /// The stored instance `id`, if there is one.
     pub async fn load(&self, id: &str) -> Result<Option<StoredInstance>> {
         let id = id.to_owned();
         let row = self
@@ -241,6 +244,7 @@ impl StateStore {
         .await
     }
 
+    /// How many stored instances have not finished.
     pub async fn running_count(&self) -> Result<u64> {
         self.with(|c| {
             c.query_row(
@@ -267,6 +271,7 @@ impl StateStore {
         .map(|_| ())
     }
 
+    /// Records that the BPE acted on the claimed `task_id`.
     pub async fn claim_done(&self, task_id: &str) -> Result<()> {
         let id = task_id.to_owned();
         self.with(move |c| {
@@ -318,6 +323,7 @@ impl StateStore {
         .await
     }
 
+    /// Records that the Task `task` is about to be created at `target_url` for the send `key`.
     pub async fn mark_pending(&self, key: &str, task: &str, target_url: &str) -> Result<()> {
         let (key, task, url) = (key.to_owned(), task.to_owned(), target_url.to_owned());
         self.with(move |c| {
@@ -330,6 +336,7 @@ impl StateStore {
         .map(|_| ())
     }
 
+    /// Records that the target stored the Task of the send `key`.
     pub async fn mark_sent(&self, key: &str) -> Result<()> {
         let key = key.to_owned();
         self.with(move |c| {
@@ -350,6 +357,8 @@ impl StateStore {
             .map(|_| ())
     }
 
+    /// Records the QuestionnaireResponse `questionnaire_response` of the user task `node` of
+    /// `instance_id`.
     pub async fn add_user_task(
         &self,
         questionnaire_response: &str,
@@ -390,6 +399,7 @@ impl StateStore {
         .await
     }
 
+    /// Forgets a user task once its QuestionnaireResponse was answered.
     pub async fn remove_user_task(&self, questionnaire_response: &str) -> Result<()> {
         let id = questionnaire_response.to_owned();
         self.with(move |c| {
@@ -416,6 +426,8 @@ impl StateStore {
         .map(|n| n > 0)
     }
 
+    /// When the last event of `kind` was seen (Unix milliseconds), for catching up after a
+    /// restart.
     pub async fn last_event(&self, kind: &str) -> Result<Option<i64>> {
         let kind = kind.to_owned();
         self.with(move |c| {

@@ -7,6 +7,9 @@
 //!
 //! SQLite always; PostgreSQL too when `DSF_BENCH_POSTGRES_URL` is set.
 
+// criterion_group! defines a public function it cannot document.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use dsf_fhir::search::{parse_query_string, SearchQuery};
 use dsf_fhir::server::{Identity, IdentityKind};

@@ -4,6 +4,9 @@
 //! it against the ping plugin's profile and the DSF base profiles), and the edge costs
 //! (fhirbolt parse, index extraction).
 
+// criterion_group! defines a public function it cannot document.
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use dsf_fhir::format::{parse_resource, Format};
 use dsf_fhir::search::{index_rows, SearchQuery};

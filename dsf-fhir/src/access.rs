@@ -12,32 +12,44 @@ use crate::reference::normalise_reference;
 use serde_json::Value;
 use std::sync::Arc;
 
+/// CodeSystem of the read-access tags in `meta.tag`.
 pub const READ_ACCESS_TAG_SYSTEM: &str = "http://dsf.dev/fhir/CodeSystem/read-access-tag";
+/// Extension of an `ORGANIZATION` tag: the organisation's identifier.
 pub const EXTENSION_READ_ACCESS_ORGANIZATION: &str =
     "http://dsf.dev/fhir/StructureDefinition/extension-read-access-organization";
+/// Extension of a `ROLE` tag: the parent organisation and the role.
 pub const EXTENSION_READ_ACCESS_ROLE: &str =
     "http://dsf.dev/fhir/StructureDefinition/extension-read-access-parent-organization-role";
+/// Extension of a Questionnaire naming who may answer it.
 pub const EXTENSION_QUESTIONNAIRE_AUTHORIZATION: &str =
     "http://dsf.dev/fhir/StructureDefinition/extension-questionnaire-authorization";
+/// Identifier system of organisations.
 pub const ORGANIZATION_IDENTIFIER_SYSTEM: &str = "http://dsf.dev/sid/organization-identifier";
+/// Identifier system of practitioners (local users).
 pub const PRACTITIONER_IDENTIFIER_SYSTEM: &str = "http://dsf.dev/sid/practitioner-identifier";
 
 /// A read-access tag of `meta.tag`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadAccessTag {
+    /// Readable by every organisation on the allow list.
     All,
+    /// Readable by the local organisation only.
     Local,
     /// Readable by the organisation with this `organization-identifier` value.
     Organization(String),
     /// Readable by members of `parent` (organisation identifier value) in a role.
     Role {
+        /// The parent organisation's identifier value.
         parent: String,
+        /// The role's CodeSystem.
         system: String,
+        /// The role's code.
         code: String,
     },
 }
 
 impl ReadAccessTag {
+    /// The grant a version with this tag carries.
     pub fn grant(&self) -> String {
         match self {
             ReadAccessTag::All => grant::ALL.to_owned(),
@@ -54,7 +66,9 @@ impl ReadAccessTag {
 
 /// The grant vocabulary shared by stored versions and callers.
 pub mod grant {
+    /// Granted to everyone allowed to read at all.
     pub const ALL: &str = "ALL";
+    /// Granted to the local organisation.
     pub const LOCAL: &str = "LOCAL";
     /// QuestionnaireResponses: the local organisation and DSF administrators.
     pub const QUESTIONNAIRE_RESPONSE_LOCAL: &str = "QR-LOCAL";
@@ -62,24 +76,31 @@ pub mod grant {
     /// practitioner of the local organisation (the DSF 1.x behaviour).
     pub const QUESTIONNAIRE_RESPONSE_PRACTITIONERS: &str = "QR-PRACTITIONERS";
 
+    /// Granted to the organisation `identifier`.
     pub fn organization(identifier: &str) -> String {
         format!("ORGANIZATION|{identifier}")
     }
+    /// Granted to members of `parent` in the role `system|code`.
     pub fn role(parent: &str, system: &str, code: &str) -> String {
         format!("ROLE|{parent}|{system}|{code}")
     }
+    /// A Task's: its requester, by identifier.
     pub fn task_requester(system: &str, value: &str) -> String {
         format!("TASK-REQUESTER|{system}|{value}")
     }
+    /// A Task's: its recipient organisation.
     pub fn task_recipient(organization: &str) -> String {
         format!("TASK-RECIPIENT|{organization}")
     }
+    /// A draft Task's: its recipient organisation.
     pub fn task_draft_recipient(organization: &str) -> String {
         format!("TASK-DRAFT-RECIPIENT|{organization}")
     }
+    /// Granted to the practitioner `identifier`.
     pub fn practitioner(identifier: &str) -> String {
         format!("PRACTITIONER|{identifier}")
     }
+    /// Granted to practitioners with the role `system|code`.
     pub fn practitioner_role(system: &str, code: &str) -> String {
         format!("PRACTITIONER-ROLE|{system}|{code}")
     }
@@ -87,6 +108,7 @@ pub mod grant {
     pub fn security_context(reference: &str) -> String {
         format!("CONTEXT|{reference}")
     }
+    /// The start of every [`security_context`] grant.
     pub const CONTEXT_PREFIX: &str = "CONTEXT|";
 }
 
@@ -95,12 +117,14 @@ pub mod grant {
 pub struct ReadGrants(Arc<[String]>);
 
 impl ReadGrants {
+    /// The set of `grants` (sorted, duplicates dropped).
     pub fn new(mut grants: Vec<String>) -> Self {
         grants.sort();
         grants.dedup();
         ReadGrants(grants.into())
     }
 
+    /// The grants, sorted.
     pub fn as_slice(&self) -> &[String] {
         &self.0
     }

@@ -26,7 +26,9 @@ pub fn format_instant(millis: i64) -> String {
 /// `[low, high)` in milliseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DateRange {
+    /// The first millisecond in the range.
     pub low: i64,
+    /// The first millisecond after it.
     pub high: i64,
 }
 

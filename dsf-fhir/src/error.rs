@@ -9,30 +9,50 @@
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// Malformed input: a body, a parameter, a reference (400).
     #[error("{0}")]
     Invalid(String),
+    /// Well-formed, but this server does not do it: an unknown search parameter or
+    /// resource type (400).
     #[error("{0}")]
     NotSupported(String),
+    /// No such resource or version, or none the caller may see (404).
     #[error("{0}")]
     NotFound(String),
+    /// The resource was deleted (410).
     #[error("{resource} was deleted")]
-    Gone { resource: String, version: i64 },
+    Gone {
+        /// `Type/id`.
+        resource: String,
+        /// The version the delete wrote (its ETag).
+        version: i64,
+    },
+    /// `If-Match` named a version that is not the current one (412).
     #[error("{0}")]
     VersionConflict(String),
+    /// A conditional write's search found more than one match, or another precondition
+    /// failed (412).
     #[error("{0}")]
     PreconditionFailed(String),
+    /// The interaction is not allowed on this path (405).
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The body's content type is not one this server reads (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The `Accept` header asks for a format this server does not write (406).
     #[error("{0}")]
     NotAcceptable(String),
+    /// The body is larger than the limit, in bytes (413).
     #[error("request body larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    /// No or an unknown client certificate (401).
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller may not do this (403).
     #[error("{0}")]
     Forbidden(String),
+    /// A resource that must be unique exists already (403, as the Java DSF answers).
     #[error("duplicate resource exists: {0}")]
     Duplicate(String),
     /// The resource breaks its type's or its profiles' rules (each named with its location).
@@ -42,6 +62,7 @@ pub enum Error {
     /// that the request failed, never database details.
     #[error("storage{}", colon_before(message))]
     Storage {
+        /// What failed, at the store's level; may be empty when the cause says it all.
         message: String,
         /// The database's or serialiser's own error, where there is one.
         #[source]
@@ -55,17 +76,26 @@ pub enum Error {
     /// TLS, HTTP framing).
     #[error("{}", if message.is_empty() { "HTTP exchange failed" } else { message })]
     Transport {
+        /// What failed (`connect b.dsf.test:443`); empty when the cause says it all.
         message: String,
+        /// The connection's, TLS's or HTTP's own error, where there is one.
         #[source]
         cause: Option<Cause>,
     },
     /// A peer answered with a server error (5xx).
     #[error("server error {status}: {message}")]
-    Server { status: u16, message: String },
+    Server {
+        /// The HTTP status.
+        status: u16,
+        /// The OperationOutcome's diagnostics, or the body's start.
+        message: String,
+    },
+    /// A request or the database took longer than allowed (504).
     #[error("{0}")]
     Timeout(String),
 }
 
+/// A result with this crate's [`Error`](enum@Error).
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The lower-level error an [`Error`] came from, kept for `source()` chains (shared, so that

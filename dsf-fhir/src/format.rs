@@ -7,14 +7,18 @@ use fhirbolt::model::r4::Resource;
 use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
 use serde_json::Value;
 
+/// A FHIR representation: JSON or XML.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Format {
+    /// `application/fhir+json`.
     Json,
+    /// `application/fhir+xml`.
     Xml,
 }
 
 impl Format {
+    /// The media type this server writes for it.
     pub fn mime(self) -> &'static str {
         match self {
             Format::Json => "application/fhir+json",

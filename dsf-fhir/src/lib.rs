@@ -131,6 +131,7 @@ pub mod default_profile;
 mod error;
 pub mod format;
 mod outcome;
+/// The resource types this server stores.
 pub mod resource_type;
 
 #[cfg(feature = "store")]

@@ -4,23 +4,38 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum IssueType {
+    /// `invalid`: the content is malformed.
     Invalid,
+    /// `not-supported`: the request is not supported.
     NotSupported,
+    /// `not-found`: no such resource.
     NotFound,
+    /// `deleted`: the resource was deleted.
     Deleted,
+    /// `conflict`: a version or precondition conflict.
     Conflict,
+    /// `duplicate`: a resource that must be unique exists.
     Duplicate,
+    /// `too-costly`: the request is too large.
     TooCostly,
+    /// `login`: the caller is not authenticated.
     Login,
+    /// `forbidden`: the caller may not do this.
     Forbidden,
+    /// `exception`: the server failed.
     Exception,
+    /// `informational`: no problem, a note.
     Informational,
+    /// `processing`: the content breaks a rule (a profile).
     Processing,
+    /// `timeout`: something took too long.
     Timeout,
+    /// `transient`: try again later.
     Transient,
 }
 
 impl IssueType {
+    /// The code as the value set writes it.
     pub fn code(self) -> &'static str {
         match self {
             IssueType::Invalid => "invalid",
@@ -50,6 +65,7 @@ pub struct OperationOutcome {
 }
 
 impl OperationOutcome {
+    /// An error.
     pub fn error(issue_type: IssueType, diagnostics: impl Into<String>) -> Self {
         OperationOutcome {
             severity: "error",
@@ -58,6 +74,7 @@ impl OperationOutcome {
         }
     }
 
+    /// A note.
     pub fn information(diagnostics: impl Into<String>) -> Self {
         OperationOutcome {
             severity: "information",
@@ -66,6 +83,7 @@ impl OperationOutcome {
         }
     }
 
+    /// A warning.
     pub fn warning(issue_type: IssueType, diagnostics: impl Into<String>) -> Self {
         OperationOutcome {
             severity: "warning",
@@ -74,6 +92,7 @@ impl OperationOutcome {
         }
     }
 
+    /// The OperationOutcome resource.
     pub fn to_json(&self) -> Value {
         json!({
             "resourceType": "OperationOutcome",

@@ -37,8 +37,6 @@
 //! assert_eq!(plugin.version().resource_version(), "1.0");
 //! ```
 
-#![warn(missing_docs)]
-
 mod api;
 pub mod constants;
 mod definition;

@@ -15,8 +15,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A running FHIR server of organisation `identifier` on `https://localhost:<port>/fhir`.
 pub struct LocalServer {
+    /// The server's base URL.
     pub base_url: String,
+    /// The organisation's identifier value.
     pub identifier: String,
+    /// The dev CA that issued the certificates.
     pub pki: DevPki,
     /// The organisation's client certificate (its BPE's).
     pub organization_certificate: IssuedCert,

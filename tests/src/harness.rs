@@ -52,6 +52,7 @@ impl Default for Suite {
 }
 
 impl Suite {
+    /// A suite with no trials, PostgreSQL's availability checked once.
     pub fn new() -> Self {
         Suite {
             trials: Vec::new(),

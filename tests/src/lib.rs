@@ -23,8 +23,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+/// The local organisation's identifier value.
 pub const LOCAL_ORG: &str = "local.test";
+/// The remote organisation's identifier value.
 pub const REMOTE_ORG: &str = "remote.test";
+/// The test servers' body limit, small so that oversized bodies are cheap to send.
 pub const TEST_MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The name of the test user holding only `role`.
@@ -40,12 +43,16 @@ pub fn role_user_identifier(role: Role) -> String {
 /// The practitioner identifier of the test administrator.
 pub const ADMIN_IDENTIFIER: &str = "admin@local.test";
 
+/// Which storage backend a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
+    /// SQLite in memory.
     Sqlite,
+    /// A private schema on the PostgreSQL of [`postgres_url`].
     Postgres,
 }
 
+/// `DSF_TEST_POSTGRES_URL`, else the local PostgreSQL's `test` database.
 pub fn postgres_url() -> String {
     std::env::var("DSF_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/test".to_owned())
@@ -95,11 +102,17 @@ pub async fn backend(kind: BackendKind) -> Arc<dyn Backend> {
 /// One FHIR server with the local organisation, one remote organisation, a local reader and
 /// a local administrator, and clients holding each certificate plus one the server does not know.
 pub struct TestServer {
+    /// `https://localhost:<port>/fhir`.
     pub base_url: String,
+    /// The loopback port it listens on.
     pub port: u16,
+    /// The CA of every certificate the test uses.
     pub pki: DevPki,
+    /// The server's store, for checks past the REST API.
     pub store: ResourceStore,
+    /// A client with the local organisation's certificate.
     pub local: FhirClient,
+    /// A client with the remote organisation's certificate.
     pub remote: FhirClient,
     /// A local user with the READ and SEARCH roles only.
     pub user: FhirClient,
@@ -108,7 +121,9 @@ pub struct TestServer {
     /// One local user per DSF role, holding only that role, with a practitioner identifier
     /// ([`role_user_identifier`]) but no practitioner role.
     pub role_users: Vec<(Role, FhirClient)>,
+    /// A client whose certificate is on no allow list.
     pub stranger: FhirClient,
+    /// The local organisation's certificate.
     pub local_cert: IssuedCert,
     /// The server now serving; replaced by [`TestServer::restart`].
     pub server: Arc<FhirServer>,
@@ -176,10 +191,12 @@ pub(crate) async fn serve_again(
 }
 
 impl TestServer {
+    /// A server on `kind` with the default test settings.
     pub async fn start(kind: BackendKind) -> TestServer {
         Self::start_with(kind, |_| {}).await
     }
 
+    /// A server on `kind` with the settings `configure` changes.
     pub async fn start_with(
         kind: BackendKind,
         configure: impl FnOnce(&mut ServerConfig),
@@ -388,13 +405,20 @@ pub mod fixtures {
     use super::{LOCAL_ORG, REMOTE_ORG};
     use serde_json::{json, Value};
 
+    /// Identifier system of organisations.
     pub const ORG_SYSTEM: &str = "http://dsf.dev/sid/organization-identifier";
+    /// CodeSystem of read-access tags.
     pub const READ_ACCESS: &str = "http://dsf.dev/fhir/CodeSystem/read-access-tag";
+    /// The ping process's URL.
     pub const PING_PROCESS: &str = "http://dsf.dev/bpe/Process/ping";
+    /// The ping start Task's profile.
     pub const PING_TASK_PROFILE: &str = "http://dsf.dev/fhir/StructureDefinition/task-start-ping";
+    /// The ping process's start message.
     pub const PING_MESSAGE: &str = "startPing";
+    /// Extension of an ActivityDefinition's process authorization.
     pub const AUTHORIZATION: &str =
         "http://dsf.dev/fhir/StructureDefinition/extension-process-authorization";
+    /// CodeSystem of process-authorization codes.
     pub const AUTHORIZATION_SYSTEM: &str = "http://dsf.dev/fhir/CodeSystem/process-authorization";
 
     /// `meta.tag` granting read access to everybody.
@@ -451,6 +475,7 @@ pub mod fixtures {
         })
     }
 
+    /// An Endpoint of `organization` at `address`.
     pub fn endpoint(identifier: &str, address: &str, organization: &str) -> Value {
         json!({
             "resourceType": "Endpoint",

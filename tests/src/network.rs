@@ -21,15 +21,21 @@ pub enum Topology {
 
 /// One organisation: its server and the certificate its BPE (and tests) use.
 pub struct Organization {
+    /// The organisation's identifier value.
     pub identifier: String,
+    /// Its FHIR server's base URL.
     pub base_url: String,
+    /// The loopback port it listens on.
     pub port: u16,
+    /// Its FHIR server's store.
     pub store: ResourceStore,
+    /// The server now serving.
     pub server: Arc<FhirServer>,
     /// A client with the organisation's own certificate (the BPE's).
     pub client: FhirClient,
     /// The TLS configuration of the organisation's BPE.
     pub bpe_tls: Arc<rustls::ClientConfig>,
+    /// The organisation's own certificate.
     pub certificate: IssuedCert,
     config: ServerConfig,
     tls: Arc<rustls::ServerConfig>,
@@ -51,8 +57,11 @@ impl Organization {
     }
 }
 
+/// Several organisations on loopback, with certificates from one CA and allow lists by topology.
 pub struct Network {
+    /// The CA.
     pub pki: DevPki,
+    /// The organisations, in order.
     pub organizations: Vec<Organization>,
 }
 
@@ -139,6 +148,7 @@ impl Network {
         Network { pki, organizations }
     }
 
+    /// Organisation `i`.
     pub fn organization(&self, i: usize) -> &Organization {
         &self.organizations[i]
     }

@@ -12,10 +12,12 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// The ping-pong plugin's CodeSystem of its inputs and outputs.
 const PING: &str = "http://dsf.dev/fhir/CodeSystem/ping";
 
+/// A logical reference to the Organization `identifier`.
 pub fn organization_reference(identifier: &str) -> Value {
     json!({"type": "Organization", "identifier": {"system": "http://dsf.dev/sid/organization-identifier", "value": identifier}})
 }
 
+/// A `message-name` input.
 pub fn message_input(name: &str) -> Value {
     json!({"type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/bpmn-message", "code": "message-name"}]}, "valueString": name})
 }
@@ -43,11 +45,13 @@ pub fn start_task(
     })
 }
 
+/// Creates `task` on `org`'s server; its id.
 pub async fn post(org: &Organization, task: Value) -> String {
     let created: Value = org.client.create(&task).await.expect("Task created");
     created["id"].as_str().expect("id").to_owned()
 }
 
+/// Starts a ping on `org`; the start Task's id.
 pub async fn start_ping(org: &Organization) -> String {
     post(
         org,
@@ -99,6 +103,7 @@ pub fn ping_statuses(task: &Value) -> Vec<(String, String)> {
     statuses
 }
 
+/// The `error` output of a failed Task.
 pub fn error_of(task: &Value) -> String {
     output_string(task, "http://dsf.dev/fhir/CodeSystem/bpmn-message", "error")
         .unwrap_or_default()

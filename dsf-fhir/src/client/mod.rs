@@ -29,17 +29,22 @@ use tokio_rustls::TlsConnector;
 /// A response as received.
 #[derive(Debug, Clone)]
 pub struct RawResponse {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// The response headers.
     pub headers: HeaderMap,
+    /// The body as received.
     pub body: Bytes,
 }
 
 impl RawResponse {
+    /// The body parsed as JSON.
     pub fn json(&self) -> Result<Value> {
         serde_json::from_slice(&self.body)
             .map_err(|e| Error::transport_in("response is not JSON", e))
     }
 
+    /// A header's value, if it is there and is text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -92,6 +97,7 @@ pub struct ClientSettings {
     pub retries: u32,
     /// Wait before the first retry; doubled for each further one, with jitter.
     pub backoff: Duration,
+    /// The longest wait between retries.
     pub max_backoff: Duration,
 }
 
@@ -118,9 +124,13 @@ pub(crate) fn backoff(first: Duration, max: Duration, attempt: u32) -> Duration 
 /// URL (`Task?status=requested`), the headers and the body.
 #[derive(Debug, Clone)]
 pub struct TransportRequest {
+    /// The HTTP method.
     pub method: Method,
+    /// Below the client's base URL, with the query.
     pub path: String,
+    /// Header names and values.
     pub headers: Vec<(String, String)>,
+    /// The body, if any.
     pub body: Option<Bytes>,
 }
 
@@ -162,9 +172,11 @@ pub struct FhirClient {
 /// What a write answered: the resource as stored (when the server returned it), and where.
 #[derive(Debug, Clone)]
 pub struct Written {
+    /// The HTTP status (201 created, 200 updated or found).
     pub status: StatusCode,
     /// `Location` (`…/Type/id/_history/n`).
     pub location: Option<String>,
+    /// The resource as stored, when the server returned it.
     pub resource: Option<Value>,
     /// An OperationOutcome answered instead of the resource (e.g. when a conditional create
     /// found an existing one).
@@ -190,6 +202,7 @@ impl FhirClient {
         Self::with_settings(base_url, tls, ClientSettings::default())
     }
 
+    /// A client as [`FhirClient::new`], with its own timeouts and retries.
     pub fn with_settings(
         base_url: &str,
         tls: Arc<rustls::ClientConfig>,
@@ -239,10 +252,12 @@ impl FhirClient {
         })
     }
 
+    /// The server's base URL, without a trailing slash.
     pub fn base_url(&self) -> &str {
         &self.inner.base_url
     }
 
+    /// The timeouts and retries in use.
     pub fn settings(&self) -> &ClientSettings {
         &self.inner.settings
     }
@@ -586,6 +601,7 @@ impl FhirClient {
             .await
     }
 
+    /// Deletes `resource_type/id`.
     pub async fn delete(&self, resource_type: &str, id: &str) -> Result<()> {
         self.json(Method::DELETE, &format!("{resource_type}/{id}"), None)
             .await?

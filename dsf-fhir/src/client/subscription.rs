@@ -33,6 +33,7 @@ pub type RawWebSocket = WebSocket<TokioIo<Upgraded>>;
 pub struct SubscriptionSettings {
     /// Wait before the first reconnect; doubled after each failed one, with jitter.
     pub reconnect_backoff: Duration,
+    /// The longest wait between reconnects.
     pub max_reconnect_backoff: Duration,
     /// How long the server may take to answer `bind` with `bound`.
     pub bind_timeout: Duration,
@@ -64,11 +65,15 @@ impl Default for SubscriptionSettings {
 /// One resource version the Subscription matched.
 #[derive(Debug, Clone)]
 pub struct Notification {
+    /// The resource's type.
     pub resource_type: String,
+    /// The resource's id.
     pub id: String,
+    /// The version matched (`meta.versionId`).
     pub version: i64,
     /// `meta.lastUpdated` in milliseconds since the Unix epoch.
     pub last_updated: Option<i64>,
+    /// The resource.
     pub resource: Value,
     /// Whether it came from a catch-up search rather than a websocket event.
     pub from_catch_up: bool,
@@ -79,12 +84,14 @@ pub struct Notification {
 pub struct SubscriptionStatus {
     /// Successful binds so far (1 after the first connect, more after reconnects).
     pub connects: u64,
+    /// Whether the websocket is bound now.
     pub connected: bool,
     /// Catch-up searches finished so far.
     pub catch_ups: u64,
     /// The newest `meta.lastUpdated` delivered, in milliseconds; persist it and pass it to
     /// [`FhirClient::subscribe`] after a restart to catch up from there.
     pub watermark: Option<i64>,
+    /// The last connect or catch-up failure, with its causes.
     pub last_error: Option<String>,
 }
 
@@ -101,6 +108,7 @@ impl SubscriptionStream {
         self.notifications.recv().await
     }
 
+    /// What the subscription is doing now.
     pub fn status(&self) -> SubscriptionStatus {
         self.status.borrow().clone()
     }

@@ -12,11 +12,17 @@ use serde_json::Value;
 /// and references `value`; dates `low` and `high`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexRow {
+    /// The search parameter's name.
     pub param: String,
+    /// A token's system.
     pub system: Option<String>,
+    /// The value: a token's code, a string, uri or reference.
     pub value: Option<String>,
+    /// A string's value in lower case, for case-insensitive matching.
     pub norm: Option<String>,
+    /// A date's first millisecond.
     pub low: Option<i64>,
+    /// The first millisecond after a date.
     pub high: Option<i64>,
 }
 

@@ -18,9 +18,12 @@ pub enum ParamKind {
     Date,
 }
 
+/// A search parameter of a resource type: its name, kind and where its values are.
 #[derive(Debug)]
 pub struct SearchParam {
+    /// The name in URLs (`identifier`, `status`).
     pub name: &'static str,
+    /// How its values are compared.
     pub kind: ParamKind,
     /// Dotted JSON paths (arrays are walked through).
     pub paths: &'static [&'static str],
@@ -95,6 +98,7 @@ macro_rules! definitional {
 
 /// Internal parameter used to find the Organization presenting a client certificate.
 pub const THUMBPRINT_PARAM: &str = "_thumbprint";
+/// Extension of an Organization holding a client certificate's thumbprint.
 pub const THUMBPRINT_EXTENSION: &str =
     "http://dsf.dev/fhir/StructureDefinition/extension-certificate-thumbprint";
 

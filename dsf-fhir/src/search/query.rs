@@ -9,11 +9,17 @@ use crate::{Error, Result};
 /// Date comparison prefixes the DSF supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prefix {
+    /// `eq` (the default): within the range.
     Eq,
+    /// `ne`: outside it.
     Ne,
+    /// `gt`: after it.
     Gt,
+    /// `lt`: before it.
     Lt,
+    /// `ge`: within or after it.
     Ge,
+    /// `le`: within or before it.
     Le,
 }
 
@@ -22,7 +28,9 @@ pub enum Prefix {
 pub enum Condition {
     /// `system`: `None` any system, `Some(None)` no system (`|code`), `Some(Some(s))` that system.
     Token {
+        /// The system: `None` any, `Some(None)` none, `Some(Some(s))` that one.
         system: Option<Option<String>>,
+        /// The code; `None` for `system|` (any code of the system).
         code: Option<String>,
     },
     /// Lower-cased prefix.
@@ -35,11 +43,16 @@ pub enum Condition {
     Below(String),
     /// A canonical URL, optionally with a version.
     Canonical {
+        /// The URL.
         url: String,
+        /// The version after `|`, if given.
         version: Option<String>,
     },
+    /// A date compared as a millisecond range.
     Date {
+        /// How the range is compared.
         prefix: Prefix,
+        /// The date, as the range of milliseconds it covers.
         range: DateRange,
     },
 }
@@ -50,20 +63,29 @@ pub struct Clause {
     /// The index parameter name (e.g. `requester:identifier` for logical references); `_id`
     /// is answered from the id column with [`Condition::Equals`] alternatives.
     pub param: String,
+    /// `:not`: matches what none of the alternatives match.
     pub negate: bool,
+    /// The alternatives (the comma-separated values).
     pub any_of: Vec<Condition>,
 }
 
+/// What a search sorts by.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SortKey {
+    /// `_id`.
     Id,
+    /// `_lastUpdated`.
     LastUpdated,
+    /// A search parameter of the type, and its kind.
     Param(String, ParamKind),
 }
 
+/// One `_sort` key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sort {
+    /// What it sorts by.
     pub key: SortKey,
+    /// Written with a leading `-`.
     pub descending: bool,
 }
 
@@ -71,23 +93,35 @@ pub struct Sort {
 /// holding the reference).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Include {
+    /// The type holding the reference.
     pub source_type: &'static str,
+    /// The reference parameter.
     pub param: &'static str,
+    /// The referenced type, when the include names one.
     pub target_type: Option<&'static str>,
     /// The original text, for self links.
     pub text: String,
 }
 
+/// A parsed search: what to match, how to sort and page, what to include. Build one with
+/// [`SearchQuery::on`] or parse one from a URL's query with [`SearchQuery::parse`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchQuery {
+    /// The searched type.
     pub resource_type: &'static str,
+    /// What to match; all must hold.
     pub clauses: Vec<Clause>,
+    /// `_sort`, in order.
     pub sort: Vec<Sort>,
+    /// `_count`: results per page.
     pub count: usize,
     /// 1-based.
     pub page: usize,
+    /// `_include`s.
     pub includes: Vec<Include>,
+    /// `_revinclude`s.
     pub revincludes: Vec<Include>,
+    /// `_summary=count`: the total only.
     pub summary_count: bool,
     /// Parameters this server does not support: an error under `Prefer: handling=strict`,
     /// a warning otherwise.

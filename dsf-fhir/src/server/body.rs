@@ -24,12 +24,14 @@ enum Kind {
 }
 
 impl ResponseBody {
+    /// A body of `bytes`, sent in one piece.
     pub fn whole(bytes: Bytes) -> Self {
         ResponseBody {
             kind: Kind::Whole((!bytes.is_empty()).then_some(bytes)),
         }
     }
 
+    /// No body.
     pub fn empty() -> Self {
         ResponseBody::whole(Bytes::new())
     }

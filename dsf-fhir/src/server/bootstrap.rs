@@ -8,14 +8,19 @@ use crate::Result;
 use dsf_core::Thumbprint;
 use serde_json::{json, Value};
 
+/// Identifier system of endpoints.
 pub const ENDPOINT_IDENTIFIER_SYSTEM: &str = "http://dsf.dev/sid/endpoint-identifier";
 
 /// An organisation of the allow list: its identifier, certificate thumbprints and FHIR base URL.
 #[derive(Debug, Clone)]
 pub struct AllowListEntry {
+    /// The organisation's identifier value.
     pub identifier: String,
+    /// Its name, for the Organization resource and logs.
     pub name: String,
+    /// Thumbprints of its client certificates.
     pub thumbprints: Vec<Thumbprint>,
+    /// Its FHIR server's base URL (its Endpoint's address).
     pub base_url: String,
 }
 

@@ -27,6 +27,7 @@ use std::str::FromStr;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PeerCertificate {
+    /// The certificate's thumbprint.
     pub thumbprint: Thumbprint,
     /// From the subject's `emailAddress` and the `rfc822Name` alternative names, lower-cased.
     pub emails: Vec<String>,
@@ -129,6 +130,7 @@ pub struct AddressRange {
 }
 
 impl AddressRange {
+    /// The one address `address`.
     pub fn single(address: IpAddr) -> Self {
         AddressRange {
             network: address,
@@ -136,6 +138,7 @@ impl AddressRange {
         }
     }
 
+    /// Whether `address` is in the range (an IPv4 address mapped into IPv6 counts as IPv4).
     pub fn contains(&self, address: IpAddr) -> bool {
         // An IPv4 client reaching a dual-stack listener appears as ::ffff:a.b.c.d.
         let address = match address {

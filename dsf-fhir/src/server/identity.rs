@@ -28,6 +28,7 @@ pub const DSF_ADMIN: (&str, &str) = (
 /// with a personal certificate.
 #[derive(Debug, Clone)]
 pub struct LocalUser {
+    /// The user's name, for logs.
     pub name: String,
     /// The certificate this user is matched by, if by thumbprint.
     pub thumbprint: Option<Thumbprint>,
@@ -90,18 +91,21 @@ impl LocalUser {
                 .any(|email| certificate.emails.contains(email))
     }
 
+    /// The same user with the practitioner role `system|code` too.
     pub fn with_practitioner_role(mut self, system: &str, code: &str) -> Self {
         self.practitioner_roles
             .push((system.to_owned(), code.to_owned()));
         self
     }
 
+    /// The same user with this practitioner identifier.
     pub fn with_practitioner_identifier(mut self, identifier: &str) -> Self {
         self.practitioner_identifier = Some(identifier.to_owned());
         self
     }
 }
 
+/// Who a caller is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum IdentityKind {
@@ -117,21 +121,29 @@ pub enum IdentityKind {
 /// OrganizationAffiliation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Affiliation {
+    /// The parent organisation's identifier value.
     pub parent: String,
+    /// The role's CodeSystem.
     pub system: String,
+    /// The role's code.
     pub code: String,
 }
 
+/// A caller as the server knows it: what it is, its roles and what it may read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// What kind of caller.
     pub kind: IdentityKind,
     /// For logs: the organisation identifier or the user's name.
     pub name: String,
     /// The `organization-identifier` value of the caller's organisation (the local one for
     /// practitioners).
     pub organization_identifier: String,
+    /// The DSF roles it holds.
     pub roles: Vec<DsfRole>,
+    /// Practitioner roles as `(system, code)` (practitioners only).
     pub practitioner_roles: Vec<(String, String)>,
+    /// The practitioner identifier value (practitioners only).
     pub practitioner_identifier: Option<String>,
     /// Roles of the caller's organisation in parent organisations.
     pub affiliations: Vec<Affiliation>,
@@ -140,18 +152,22 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The local organisation or one of its practitioners.
     pub fn is_local(&self) -> bool {
         self.kind != IdentityKind::RemoteOrganization
     }
 
+    /// An organisation, local or remote, not a practitioner.
     pub fn is_organization(&self) -> bool {
         self.kind != IdentityKind::Practitioner
     }
 
+    /// The name, for logs.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// Whether it holds the practitioner role `system|code`.
     pub fn has_practitioner_role(&self, system: &str, code: &str) -> bool {
         self.practitioner_roles
             .iter()
@@ -170,10 +186,12 @@ impl Identity {
         self.kind == IdentityKind::LocalOrganization || self.is_admin()
     }
 
+    /// Whether it holds `role` for `resource_type`.
     pub fn has_role(&self, role: Role, resource_type: &str) -> bool {
         self.roles.iter().any(|r| r.grants(role, resource_type))
     }
 
+    /// Whether its organisation holds the role `system|code` in `parent`.
     pub fn has_affiliation(&self, parent: &str, system: &str, code: &str) -> bool {
         self.affiliations
             .iter()

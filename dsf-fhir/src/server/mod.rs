@@ -69,7 +69,9 @@ pub struct ServerConfig {
     pub max_binary_bytes: u64,
     /// Local users, by certificate thumbprint.
     pub users: Vec<LocalUser>,
+    /// How websocket connections are kept alive.
     pub websocket: WebsocketSettings,
+    /// How many connections, and from where, the server holds.
     pub connections: ConnectionLimits,
     /// Client certificates forwarded by TLS-terminating reverse proxies; none believed by
     /// default (see [`caller`]).
@@ -100,6 +102,8 @@ impl Default for WebsocketSettings {
 }
 
 impl ServerConfig {
+    /// Settings for the server at `base_url` of the organisation `organization_identifier`; the
+    /// rest at their defaults.
     pub fn new(base_url: &str, organization_identifier: &str) -> Self {
         ServerConfig {
             base_url: base_url.trim_end_matches('/').to_owned(),
@@ -198,6 +202,7 @@ impl Call<'_> {
 }
 
 impl FhirServer {
+    /// A server on `store`; its allow list is empty until loaded.
     pub fn new(store: ResourceStore, config: ServerConfig) -> Self {
         FhirServer {
             context_path: config.context_path(),
@@ -247,10 +252,12 @@ impl FhirServer {
         self.connections.open()
     }
 
+    /// The store it serves.
     pub fn store(&self) -> &ResourceStore {
         &self.store
     }
 
+    /// Its settings.
     pub fn config(&self) -> &ServerConfig {
         &self.config
     }

@@ -26,11 +26,17 @@ use yaml_rust2::{Yaml, YamlLoader};
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct RoleRule {
+    /// The rule's name, for logs.
     pub name: String,
+    /// Certificates it matches, by thumbprint.
     pub thumbprints: Vec<Thumbprint>,
+    /// E-mail addresses it matches (of a certificate or a token).
     pub emails: Vec<String>,
+    /// OpenID Connect token roles it matches.
     pub token_roles: Vec<String>,
+    /// OpenID Connect token groups it matches.
     pub token_groups: Vec<String>,
+    /// The DSF roles it gives.
     pub dsf_roles: Vec<DsfRole>,
     /// `(system, code)`.
     pub practitioner_roles: Vec<(String, String)>,
@@ -39,6 +45,7 @@ pub struct RoleRule {
 /// The parsed role configuration.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RoleConfig {
+    /// The rules, in file order.
     pub rules: Vec<RoleRule>,
 }
 

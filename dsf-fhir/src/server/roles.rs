@@ -4,17 +4,26 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Role {
+    /// `CREATE`.
     Create,
+    /// `READ`.
     Read,
+    /// `UPDATE`.
     Update,
+    /// `DELETE`.
     Delete,
+    /// `SEARCH`.
     Search,
+    /// `HISTORY`.
     History,
+    /// `PERMANENT_DELETE`.
     PermanentDelete,
+    /// `WEBSOCKET`: may bind Subscriptions over websockets.
     Websocket,
 }
 
 impl Role {
+    /// Every role.
     pub const ALL: [Role; 8] = [
         Role::Create,
         Role::Read,
@@ -26,6 +35,7 @@ impl Role {
         Role::Websocket,
     ];
 
+    /// The name as the role configuration writes it.
     pub fn name(self) -> &'static str {
         match self {
             Role::Create => "CREATE",
@@ -39,6 +49,7 @@ impl Role {
         }
     }
 
+    /// The role named `name`.
     pub fn parse(name: &str) -> Option<Role> {
         Role::ALL.into_iter().find(|r| r.name() == name.trim())
     }
@@ -48,12 +59,14 @@ impl Role {
 /// configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DsfRole {
+    /// The role.
     pub role: Role,
     /// Empty for all types.
     pub resource_types: Vec<String>,
 }
 
 impl DsfRole {
+    /// `role` for all resource types.
     pub fn all(role: Role) -> Self {
         DsfRole {
             role,
@@ -61,6 +74,7 @@ impl DsfRole {
         }
     }
 
+    /// `role` for `resource_types` only.
     pub fn only(role: Role, resource_types: &[&str]) -> Self {
         DsfRole {
             role,
@@ -82,6 +96,7 @@ impl DsfRole {
         })
     }
 
+    /// Whether this gives `role` for `resource_type`.
     pub fn grants(&self, role: Role, resource_type: &str) -> bool {
         self.role == role
             && (self.resource_types.is_empty()

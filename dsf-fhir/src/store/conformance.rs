@@ -32,7 +32,9 @@ const BASE: &str = BASE_URL;
 /// One case of the suite: run it on a fresh, empty store.
 #[derive(Clone, Copy)]
 pub struct Case {
+    /// The case's name, for the report.
     pub name: &'static str,
+    /// Runs the case on the store it is given.
     pub run: fn(ResourceStore) -> Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 

@@ -36,12 +36,17 @@ use std::sync::Arc;
 /// One stored version of a resource. `body` is the canonical JSON, absent for a deletion.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredResource {
+    /// The resource's type.
     pub resource_type: String,
+    /// The resource's id.
     pub id: String,
+    /// The version, from 1.
     pub version: i64,
     /// Milliseconds since the Unix epoch.
     pub last_updated: i64,
+    /// Whether this version is a deletion (a tombstone).
     pub deleted: bool,
+    /// The resource's JSON as stored; `None` for a deletion.
     pub body: Option<Arc<str>>,
 }
 
@@ -83,8 +88,11 @@ pub const MAX_STORED_DEPTH: usize = 1_000;
 pub trait Session: Send {
     /// Rows of `res_type, res_id, version, last_updated, deleted, body`.
     async fn resources(&mut self, sql: &Sql) -> Result<Vec<StoredResource>>;
+    /// The first column of each row, as text.
     async fn strings(&mut self, sql: &Sql) -> Result<Vec<String>>;
+    /// The single number a `COUNT` query answers.
     async fn count(&mut self, sql: &Sql) -> Result<i64>;
+    /// Runs a statement; the number of rows it changed.
     async fn execute(&mut self, sql: &Sql) -> Result<u64>;
     /// The first column of each row, as bytes (the parts of a Binary's content).
     async fn blobs(&mut self, sql: &Sql) -> Result<Vec<bytes::Bytes>> {
@@ -106,19 +114,23 @@ pub trait Session: Send {
     /// is held before the session's next statement runs; a backend may send it with that
     /// statement (see [`Session::queue`]).
     async fn lock(&mut self, key: &str) -> Result<()>;
+    /// Commits a write transaction.
     async fn commit(self: Box<Self>) -> Result<()>;
 }
 
 /// A storage backend: where sessions come from, and which SQL dialect they speak.
 #[async_trait]
 pub trait Backend: Send + Sync {
+    /// The SQL dialect its sessions speak.
     fn dialect(&self) -> Dialect;
     /// Whether all writes go through one connection anyway, so that the store commits
     /// concurrent writes together (group commit) instead of one after the other.
     fn single_writer(&self) -> bool {
         false
     }
+    /// A read-only session.
     async fn read(&self) -> Result<Box<dyn Session>>;
+    /// A write transaction.
     async fn write(&self) -> Result<Box<dyn Session>>;
 
     /// Whether the backend's calls block their thread (SQLite). The store then runs
@@ -145,7 +157,9 @@ pub trait Backend: Send + Sync {
 /// A page of search results.
 #[derive(Debug, Clone)]
 pub struct SearchResult {
+    /// How many resources match in all.
     pub total: i64,
+    /// This page's matches.
     pub matches: Vec<StoredResource>,
     /// `_include` and `_revinclude` results, without duplicates of matches.
     pub included: Vec<StoredResource>,
@@ -154,7 +168,9 @@ pub struct SearchResult {
 /// A page of history entries, newest first.
 #[derive(Debug, Clone)]
 pub struct HistoryResult {
+    /// How many versions the history has in all.
     pub total: i64,
+    /// This page's versions.
     pub entries: Vec<StoredResource>,
 }
 
@@ -226,10 +242,12 @@ impl ResourceStore {
         Ok(ResourceStore::new(backend, base_url))
     }
 
+    /// The server's base URL, relative to which stored references are kept.
     pub fn base_url(&self) -> &str {
         &self.base_url
     }
 
+    /// The backend's SQL dialect.
     pub fn dialect(&self) -> Dialect {
         self.backend.dialect()
     }
@@ -268,6 +286,7 @@ impl ResourceStore {
         Ok(session.resources(&sql).await?.into_iter().next())
     }
 
+    /// One version of a resource (a deletion included), with no read-access check.
     pub async fn vread(
         &self,
         resource_type: &str,
@@ -316,6 +335,7 @@ impl ResourceStore {
         .map_err(|e| Error::storage_fault(format!("search task failed: {e}")))?
     }
 
+    /// A page of the history `filter` selects, newest first; `page` counts from 1.
     pub async fn history(
         &self,
         filter: &HistoryFilter,

@@ -38,6 +38,7 @@ struct Connection {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct PostgresOptions {
+    /// The most connections the pool opens.
     pub max_connections: usize,
     /// How long opening a connection (TCP, authentication, set-up) may take.
     pub connect_timeout: Duration,
@@ -46,6 +47,7 @@ pub struct PostgresOptions {
 }
 
 impl PostgresOptions {
+    /// Up to `max_connections`, 5 s to connect and 10 s per statement.
     pub fn new(max_connections: usize) -> Self {
         PostgresOptions {
             max_connections,
@@ -54,11 +56,13 @@ impl PostgresOptions {
         }
     }
 
+    /// Sets how long opening a connection may take.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
+    /// Sets how long a statement may run.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.statement_timeout = timeout;
         self
@@ -135,6 +139,8 @@ fn shared_connections(max_connections: usize) -> usize {
     (cores / 4).clamp(1, max_connections / 4)
 }
 
+/// The store on PostgreSQL: a pool of pipelined connections, the tables in a schema of
+/// their own (or `public`).
 pub struct PostgresBackend {
     pool: Arc<Pool>,
 }

@@ -5,16 +5,21 @@ use crate::access::{grant, ReadGrants};
 use crate::search::{Clause, Condition, IndexRow, ParamKind, Prefix, SearchQuery, SortKey};
 use std::fmt::Write;
 
+/// The SQL spoken by a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
+    /// SQLite 3.
     Sqlite,
+    /// PostgreSQL.
     Postgres,
 }
 
 /// A bound parameter. Integers are always 64 bit; every integer column is BIGINT.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SqlValue {
+    /// Text; `None` for NULL.
     Text(Option<String>),
+    /// An integer; `None` for NULL.
     Int(Option<i64>),
     /// A part of a Binary's content.
     Bytes(Vec<u8>),
@@ -40,7 +45,9 @@ impl From<i64> for SqlValue {
 #[derive(Debug, Clone)]
 pub struct Sql {
     dialect: Dialect,
+    /// The statement, with `?n` (SQLite) or `$n` (PostgreSQL) placeholders.
     pub text: String,
+    /// The values bound to the placeholders, in order.
     pub params: Vec<SqlValue>,
     /// A lookup of one row by its unique key: its cost is bounded by the index's depth, not
     /// by how much is stored (see [`Sql::is_point_lookup`]).
@@ -48,6 +55,7 @@ pub struct Sql {
 }
 
 impl Sql {
+    /// An empty statement in `dialect`.
     pub fn new(dialect: Dialect) -> Self {
         Sql {
             dialect,
@@ -67,6 +75,7 @@ impl Sql {
         self.point_lookup
     }
 
+    /// Appends SQL text.
     pub fn push(&mut self, text: &str) -> &mut Self {
         self.text.push_str(text);
         self
@@ -84,6 +93,7 @@ impl Sql {
         self.push(")")
     }
 
+    /// Binds `value` to the next placeholder, which it appends.
     pub fn bind(&mut self, value: impl Into<SqlValue>) -> &mut Self {
         self.params.push(value.into());
         let n = self.params.len();
@@ -826,7 +836,9 @@ pub fn insert_index(dialect: Dialect, resource_type: &str, id: &str, rows: &[Ind
 /// Which versions a history request covers.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryFilter {
+    /// Only versions of this type.
     pub resource_type: Option<String>,
+    /// Only versions of this resource (with `resource_type`).
     pub id: Option<String>,
     /// Versions changed at or after this instant (ms).
     pub since: Option<i64>,

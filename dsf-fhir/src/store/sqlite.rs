@@ -110,6 +110,8 @@ impl Guarded {
     }
 }
 
+/// The store on SQLite: one writer connection and a pool of readers, in WAL mode (or
+/// in memory).
 pub struct SqliteBackend {
     writer: Arc<Mutex<Guarded>>,
     readers: Vec<Arc<Mutex<Guarded>>>,

@@ -16,40 +16,64 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum WriteOp {
+    /// A create (POST), with a new id.
     Create {
+        /// The resource; its type decides where it goes.
         resource: Value,
+        /// `If-None-Exist`: when the search matches one resource, that one is the outcome
+        /// and nothing is written.
         if_none_exist: Option<SearchQuery>,
+        /// The Bundle entry's fullUrl.
         full_url: Option<String>,
     },
+    /// An update (PUT) of `resource_type/id`, or its create with that id.
     Update {
+        /// The type in the URL.
         resource_type: &'static str,
+        /// The id in the URL.
         id: String,
+        /// The new content.
         resource: Value,
+        /// `If-Match`: the version the writer saw; another current version is a conflict.
         if_match: Option<i64>,
+        /// The Bundle entry's fullUrl.
         full_url: Option<String>,
     },
+    /// An update of the one resource `query` matches (a create when none does).
     ConditionalUpdate {
+        /// The search in the URL.
         query: SearchQuery,
+        /// The new content.
         resource: Value,
+        /// The Bundle entry's fullUrl.
         full_url: Option<String>,
     },
     /// Creates a Binary whose data is content written ahead ([`super::ContentWriter`]),
     /// not part of `resource`.
     CreateWithContent {
+        /// The Binary without `data`.
         resource: Value,
+        /// The content written ahead.
         content: super::StagedContent,
     },
+    /// A delete of `resource_type/id`: a tombstone version.
     Delete {
+        /// The type in the URL.
         resource_type: &'static str,
+        /// The id in the URL.
         id: String,
     },
+    /// A delete of the one resource `query` matches.
     ConditionalDelete {
+        /// The search in the URL.
         query: SearchQuery,
     },
     /// Removes every version of a deleted resource (`$permanent-delete`): afterwards no
     /// version can be read, and its history is gone.
     PermanentDelete {
+        /// The type in the URL.
         resource_type: &'static str,
+        /// The id in the URL.
         id: String,
     },
 }
@@ -79,20 +103,33 @@ impl WriteOp {
 /// `index` is the position of the operation in the transaction.
 #[non_exhaustive]
 pub enum Change<'a> {
+    /// A new resource.
     Create {
+        /// The operation's position in the transaction.
         index: usize,
+        /// The resource's type.
         resource_type: &'a str,
+        /// The resource as it will be stored.
         new: &'a Value,
     },
+    /// A new version of a resource.
     Update {
+        /// The operation's position in the transaction.
         index: usize,
+        /// The resource's type.
         resource_type: &'a str,
+        /// The version it replaces.
         old: &'a StoredResource,
+        /// The new version as it will be stored.
         new: &'a Value,
     },
+    /// A deletion.
     Delete {
+        /// The operation's position in the transaction.
         index: usize,
+        /// The resource's type.
         resource_type: &'a str,
+        /// The version it deletes.
         old: &'a StoredResource,
     },
 }
@@ -100,6 +137,7 @@ pub enum Change<'a> {
 /// Judges each change of a transaction inside it, seeing the version a write replaces as it
 /// is when the write happens. An error aborts the transaction.
 pub trait WriteGuard: Send + Sync {
+    /// Allows `change`, or refuses it with the error the transaction fails with.
     fn check(&self, change: Change<'_>) -> Result<()>;
 
     /// What the writer may read: a conditional reference (`Organization?identifier=…`) in
@@ -109,12 +147,15 @@ pub trait WriteGuard: Send + Sync {
     }
 }
 
+/// What a [`WriteOp`] did.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum WriteOutcome {
+    /// The new resource.
     Created(StoredResource),
     /// A conditional create matched this existing resource; nothing was written.
     Existing(StoredResource),
+    /// The new version.
     Updated(StoredResource),
     /// The tombstone version that records the deletion.
     Deleted(StoredResource),

@@ -358,6 +358,7 @@ pub struct Expression {
 }
 
 impl Expression {
+    /// Parses a FHIRPath expression of the subset profiles' invariants use.
     pub fn parse(text: &str) -> Result<Self> {
         let mut parser = Parser {
             tokens: tokenize(text)?,

@@ -19,7 +19,9 @@ struct ModelFile {
 /// One data type or resource type.
 #[derive(Debug, Deserialize)]
 pub struct TypeDef {
+    /// `resource`, `complex-type` or `primitive-type`.
     pub kind: String,
+    /// Its elements, in order.
     #[serde(rename = "e", default)]
     pub elements: Vec<BaseElement>,
 }
@@ -30,7 +32,9 @@ pub struct BaseElement {
     /// The JSON name; a choice element ends in `[x]`.
     #[serde(rename = "n")]
     pub name: String,
+    /// Least occurrences.
     pub min: u32,
+    /// Most occurrences: a number or `*`.
     pub max: String,
     /// Type codes; several only for a choice element.
     #[serde(rename = "t", default)]
@@ -47,6 +51,7 @@ pub struct BaseElement {
 }
 
 impl BaseElement {
+    /// Whether it is a choice (`value[x]`).
     pub fn is_choice(&self) -> bool {
         self.name.ends_with("[x]")
     }

@@ -10,40 +10,59 @@ use std::sync::Arc;
 /// One allowed type of an element, with the profiles its values must meet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TypeRef {
+    /// The type code (`string`, `Reference`, `Coding`).
     pub code: String,
+    /// Profiles the value must meet.
     pub profiles: Vec<String>,
+    /// For references and canonicals: profiles the target must meet.
     pub target_profiles: Vec<String>,
 }
 
 /// A FHIRPath invariant on an element.
 #[derive(Debug, Clone)]
 pub struct Constraint {
+    /// The invariant's key (`ele-1`).
     pub key: String,
+    /// `error` or `warning`.
     pub severity: String,
+    /// The rule in words, for messages.
     pub human: String,
+    /// The StructureDefinition that defines it.
     pub source: String,
+    /// The FHIRPath expression as written.
     pub expression_text: Option<String>,
     /// `None` when the expression could not be parsed (reported as a warning when used).
     pub expression: Option<Arc<Expression>>,
+    /// Why the expression could not be parsed.
     pub parse_error: Option<String>,
 }
 
+/// How slices of an element are told apart.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Discriminator {
+    /// `value`, `pattern`, `type`, `profile` or `exists`.
     pub kind: String,
+    /// The FHIRPath of the value compared, relative to the element.
     pub path: String,
 }
 
+/// An element's slicing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Slicing {
+    /// How slices are told apart.
     pub discriminators: Vec<Discriminator>,
+    /// `closed`, `open` or `openAtEnd`.
     pub rules: String,
+    /// Whether the slices must come in their order.
     pub ordered: bool,
 }
 
+/// An element's terminology binding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Binding {
+    /// `required`, `extensible`, `preferred` or `example`.
     pub strength: String,
+    /// The ValueSet's canonical URL.
     pub value_set: Option<String>,
 }
 
@@ -56,17 +75,25 @@ pub struct Element {
     pub path: String,
     /// The JSON name: `input`, `value[x]`.
     pub name: String,
+    /// The slice's name, for a slice.
     pub slice_name: Option<String>,
+    /// Least occurrences.
     pub min: u32,
     /// `None` for `*`.
     pub max: Option<u32>,
+    /// The allowed types.
     pub types: Vec<TypeRef>,
     /// `("Uri", value)` for `fixedUri`.
     pub fixed: Option<(String, Value)>,
+    /// `("Coding", value)` for `patternCoding`: what the value must contain.
     pub pattern: Option<(String, Value)>,
+    /// The terminology binding.
     pub binding: Option<Binding>,
+    /// The FHIRPath invariants.
     pub constraints: Vec<Constraint>,
+    /// How the element is sliced, if it is.
     pub slicing: Option<Slicing>,
+    /// The slices, in order.
     pub slices: Vec<Element>,
     /// `None` until something below this element is profiled; then the base children.
     pub children: Option<Vec<Element>>,
@@ -172,6 +199,7 @@ impl Element {
         }
     }
 
+    /// Whether it is a choice (`value[x]`).
     pub fn is_choice(&self) -> bool {
         self.base.is_choice()
     }

@@ -21,10 +21,12 @@ const MAX_CHAIN: usize = 16;
 /// The codes of an expanded value set.
 #[derive(Debug, Default)]
 pub struct Expansion {
+    /// The `(system, code)` pairs.
     pub codes: HashSet<(String, String)>,
 }
 
 impl Expansion {
+    /// Whether `code` is in the expansion; without a `system`, a code of any system.
     pub fn contains(&self, system: Option<&str>, code: &str) -> bool {
         match system {
             // A system written as `url|version` is the code system of that url.
@@ -137,6 +139,7 @@ impl Definitions {
             .or_else(|| self.find(kind, canonical_parts(canonical).0))
     }
 
+    /// Whether `canonical` is a core profile or a StructureDefinition the registry holds.
     pub fn is_known_profile(&self, canonical: &str) -> bool {
         canonical.starts_with(CORE_PREFIX) || self.find("StructureDefinition", canonical).is_some()
     }

@@ -15,14 +15,19 @@ const MAX_DEPTH: usize = 48;
 /// The slice that takes what no other slice of a closed slicing matches.
 const DEFAULT_SLICE: &str = "@default";
 
+/// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Severity {
+    /// A note.
     Information,
+    /// Allowed, but worth a look.
     Warning,
+    /// The resource is not valid.
     Error,
 }
 
 impl Severity {
+    /// The OperationOutcome severity code.
     pub fn code(self) -> &'static str {
         match self {
             Severity::Information => "information",
@@ -35,8 +40,11 @@ impl Severity {
 /// One finding: where (a FHIRPath location such as `Task.input[1].type`) and what rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issue {
+    /// How serious.
     pub severity: Severity,
+    /// Where, as a FHIRPath location.
     pub location: String,
+    /// What rule is broken.
     pub message: String,
 }
 
@@ -49,14 +57,17 @@ impl fmt::Display for Issue {
 /// The findings of one validation.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// All findings.
     pub issues: Vec<Issue>,
 }
 
 impl Report {
+    /// The findings of severity error.
     pub fn errors(&self) -> impl Iterator<Item = &Issue> {
         self.issues.iter().filter(|i| i.severity == Severity::Error)
     }
 
+    /// Whether there is no error.
     pub fn is_valid(&self) -> bool {
         self.errors().next().is_none()
     }

@@ -37,6 +37,7 @@ pub const ALLOW_LIST_CODE: &str = "allow_list";
 
 /// The process URLs, for starting them.
 pub const UPDATE_ALLOW_LIST_PROCESS: &str = "http://dsf.dev/bpe/Process/updateAllowList";
+/// The process that downloads an allow list Bundle from another organisation.
 pub const DOWNLOAD_ALLOW_LIST_PROCESS: &str = "http://dsf.dev/bpe/Process/downloadAllowList";
 
 /// Process variables between the download's steps.

@@ -36,15 +36,22 @@ pub const PING_STATUS: &str = "http://dsf.dev/fhir/CodeSystem/ping-status";
 pub const EXTENSION_PING_STATUS: &str =
     "http://dsf.dev/fhir/StructureDefinition/extension-ping-status";
 
+/// The target refused the ping (403).
 pub const STATUS_NOT_ALLOWED: &str = "not-allowed";
+/// The ping did not reach the target.
 pub const STATUS_NOT_REACHABLE: &str = "not-reachable";
+/// No pong came back in time.
 pub const STATUS_PONG_MISSING: &str = "pong-missing";
+/// The pong came back.
 pub const STATUS_PONG_RECEIVED: &str = "pong-received";
+/// The target sent its pong (the pong side's status).
 pub const STATUS_PONG_SEND: &str = "pong-send";
 
-/// The process URLs, for starting them.
+/// The process that pings other organisations (start it with a Task to this URL).
 pub const PING_PROCESS: &str = "http://dsf.dev/bpe/Process/ping";
+/// The process that answers a ping.
 pub const PONG_PROCESS: &str = "http://dsf.dev/bpe/Process/pong";
+/// The process that pings repeatedly until stopped.
 pub const PING_AUTOSTART_PROCESS: &str = "http://dsf.dev/bpe/Process/pingAutostart";
 
 /// The configuration property of how long a ping waits for each pong (ISO 8601 duration,

@@ -30,12 +30,19 @@ pub(crate) fn may_connect(identity: &crate::server::Identity) -> bool {
 
 /// Close codes this server sends (RFC 6455, section 7.4.1).
 pub mod close_code {
+    /// The connection's work is done.
     pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the protocol.
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A frame of a kind the server does not take (binary).
     pub const CANNOT_ACCEPT: u16 = 1003;
+    /// Text that is not UTF-8 or not a command.
     pub const INVALID_DATA: u16 = 1007;
+    /// The caller may not do this.
     pub const POLICY_VIOLATION: u16 = 1008;
+    /// A message too large.
     pub const TOO_BIG: u16 = 1009;
 }
 

@@ -71,6 +71,7 @@ impl StagedContent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredContent {
     pub(crate) id: String,
+    /// The content's length in bytes.
     pub size: u64,
 }
 
