@@ -180,92 +180,20 @@ impl Bpe {
         });
 
         let mut report = DeploymentReport::default();
-        // Plugins linked in, then plugin files (each with its file and process).
-        let mut sources: Vec<(PluginDefinition, Option<PluginFile>)> =
-            plugins.into_iter().map(|p| (p, None)).collect();
-        if let Some(directory) = &config.plugin_directory {
-            let mut settings = config.plugin_files.clone();
-            settings
-                .environment
-                .extend(config.plugin_config.iter().cloned());
-            let (loaded, refused) = plugin_files::load(directory, &hello, &settings).await;
-            for file in &refused {
-                if let Err(reason) = &file.outcome {
-                    tracing::error!(file = %file.file.display(), %reason, "plugin file refused");
-                }
-            }
-            report.plugin_files = refused;
-            sources.extend(
-                loaded
-                    .into_iter()
-                    .map(|(file, definition)| (definition, Some(file))),
-            );
-        }
-        let mut prepared = Vec::new();
-        let mut plugin_files = Vec::new();
-        for (plugin, file) in sources {
-            match deploy::prepare(&plugin, &organization, &services) {
-                Ok(mut p) => {
-                    for deployment in &mut p.deployments {
-                        let key = deployment.key();
-                        if excluded.contains(&key) {
-                            deployment.state = ProcessState::Excluded;
-                        } else if retired.contains(&key) {
-                            deployment.state = ProcessState::Retired;
-                        }
-                    }
-                    p.file = file.as_ref().map(|f| f.file().to_path_buf());
-                    prepared.push(p);
-                    plugin_files.extend(file);
-                }
-                Err(message) => {
-                    tracing::error!(plugin = plugin.name(), version = %plugin.version(), %message, "plugin refused");
-                    report
-                        .refused
-                        .push((plugin.name().to_owned(), message.clone()));
-                    if let Some(file) = file {
-                        report.plugin_files.push(PluginFileReport {
-                            file: file.file().to_path_buf(),
-                            plugin: Some(format!("{} {}", plugin.name(), plugin.version_text())),
-                            outcome: Err(message),
-                        });
-                    }
-                }
-            }
-        }
+        let sources = with_plugin_files(plugins, &config, &hello, &mut report).await;
+        let (mut prepared, mut plugin_files) = prepare_all(
+            sources,
+            &organization,
+            &services,
+            (&excluded, &retired),
+            &mut report,
+        );
         refuse_duplicates(&mut prepared, &mut report);
         plugin_files.retain(|f| prepared.iter().any(|p| p.file.as_deref() == Some(f.file())));
         let (written, retired_definitions) = deploy::upload(&local, &prepared).await?;
         report.resources = written;
         report.retired = retired_definitions;
-        let mut deployments = HashMap::new();
-        for plugin in prepared {
-            let processes: Vec<String> = plugin.deployments.iter().map(Deployment::key).collect();
-            if let Some(file) = &plugin.file {
-                tracing::info!(file = %file.display(), plugin = %plugin.name, processes = ?processes, "plugin file deployed");
-                report.plugin_files.push(PluginFileReport {
-                    file: file.clone(),
-                    plugin: Some(plugin.label.clone()),
-                    outcome: Ok(processes),
-                });
-            }
-            for deployment in plugin.deployments {
-                match deployment.state {
-                    ProcessState::Active => {
-                        tracing::info!(plugin = %deployment.plugin, process = %deployment.key(), "process deployed");
-                        report.deployed.push(deployment.key());
-                    }
-                    state => {
-                        tracing::info!(plugin = %deployment.plugin, process = %deployment.key(), state = state.name(), "process deployed; it starts no new instances");
-                        report.suspended.push((deployment.key(), state));
-                    }
-                }
-                deployments.insert(
-                    (deployment.process_id.clone(), deployment.version.clone()),
-                    Arc::new(deployment),
-                );
-            }
-        }
+        let deployments = register(prepared, &mut report);
         report.plugin_files.sort_by(|a, b| a.file.cmp(&b.file));
 
         let (status_tx, status) = watch::channel(BpeStatus::default());
@@ -351,6 +279,117 @@ impl Bpe {
     pub fn stop(self) {
         drop(self);
     }
+}
+/// The plugins linked in, then the plugin files of the configured directory (each with its
+/// running process); files that could not be started are recorded in `report`.
+async fn with_plugin_files(
+    plugins: Vec<PluginDefinition>,
+    config: &BpeConfig,
+    hello: &dsf_plugin_api::protocol::Hello,
+    report: &mut DeploymentReport,
+) -> Vec<(PluginDefinition, Option<PluginFile>)> {
+    let mut sources: Vec<(PluginDefinition, Option<PluginFile>)> =
+        plugins.into_iter().map(|p| (p, None)).collect();
+    if let Some(directory) = &config.plugin_directory {
+        let mut settings = config.plugin_files.clone();
+        settings
+            .environment
+            .extend(config.plugin_config.iter().cloned());
+        let (loaded, refused) = plugin_files::load(directory, hello, &settings).await;
+        for file in &refused {
+            if let Err(reason) = &file.outcome {
+                tracing::error!(file = %file.file.display(), %reason, "plugin file refused");
+            }
+        }
+        report.plugin_files = refused;
+        sources.extend(
+            loaded
+                .into_iter()
+                .map(|(file, definition)| (definition, Some(file))),
+        );
+    }
+    sources
+}
+
+/// Prepares every plugin for deployment, marking the processes named in `excluded` and
+/// `retired` (`<process id>|<version>`). A plugin that cannot be deployed is refused (in `report`) and its file
+/// dropped; the plugin files of the others are returned to be kept running.
+fn prepare_all(
+    sources: Vec<(PluginDefinition, Option<PluginFile>)>,
+    organization: &str,
+    services: &Arc<Services>,
+    (excluded, retired): (&[String], &[String]),
+    report: &mut DeploymentReport,
+) -> (Vec<deploy::PreparedPlugin>, Vec<PluginFile>) {
+    let mut prepared = Vec::new();
+    let mut plugin_files = Vec::new();
+    for (plugin, file) in sources {
+        match deploy::prepare(&plugin, organization, services) {
+            Ok(mut p) => {
+                for deployment in &mut p.deployments {
+                    let key = deployment.key();
+                    if excluded.contains(&key) {
+                        deployment.state = ProcessState::Excluded;
+                    } else if retired.contains(&key) {
+                        deployment.state = ProcessState::Retired;
+                    }
+                }
+                p.file = file.as_ref().map(|f| f.file().to_path_buf());
+                prepared.push(p);
+                plugin_files.extend(file);
+            }
+            Err(message) => {
+                tracing::error!(plugin = plugin.name(), version = %plugin.version(), %message, "plugin refused");
+                report
+                    .refused
+                    .push((plugin.name().to_owned(), message.clone()));
+                if let Some(file) = file {
+                    report.plugin_files.push(PluginFileReport {
+                        file: file.file().to_path_buf(),
+                        plugin: Some(format!("{} {}", plugin.name(), plugin.version_text())),
+                        outcome: Err(message),
+                    });
+                }
+            }
+        }
+    }
+    (prepared, plugin_files)
+}
+
+/// The deployed processes by `(process id, version)`, each recorded in `report`.
+fn register(
+    prepared: Vec<deploy::PreparedPlugin>,
+    report: &mut DeploymentReport,
+) -> HashMap<(String, String), Arc<Deployment>> {
+    let mut deployments = HashMap::new();
+    for plugin in prepared {
+        let processes: Vec<String> = plugin.deployments.iter().map(Deployment::key).collect();
+        if let Some(file) = &plugin.file {
+            tracing::info!(file = %file.display(), plugin = %plugin.name, processes = ?processes, "plugin file deployed");
+            report.plugin_files.push(PluginFileReport {
+                file: file.clone(),
+                plugin: Some(plugin.label.clone()),
+                outcome: Ok(processes),
+            });
+        }
+        for deployment in plugin.deployments {
+            match deployment.state {
+                ProcessState::Active => {
+                    tracing::info!(plugin = %deployment.plugin, process = %deployment.key(), "process deployed");
+                    report.deployed.push(deployment.key());
+                }
+                state => {
+                    tracing::info!(plugin = %deployment.plugin, process = %deployment.key(), state = state.name(), "process deployed; it starts no new instances");
+                    report.suspended.push((deployment.key(), state));
+                }
+            }
+            deployments.insert(
+                (deployment.process_id.clone(), deployment.version.clone()),
+                Arc::new(deployment),
+            );
+        }
+    }
+    deployments
 }
 
 /// Two plugins deploying the same process and version: neither runs (the Java BPE's rule).

@@ -163,60 +163,14 @@ pub(crate) fn prepare(
     let mut deployments = Vec::new();
     for file in plugin.bpmn_files() {
         let text = fill(&file.path, &file.contents)?;
-        let mut definitions =
-            dsf_bpmn::parse(text.as_bytes(), &file.path).map_err(|e| e.to_string())?;
-        let [process] = &definitions.processes[..] else {
-            return Err(format!(
-                "{}: holds {} processes; a DSF BPMN file holds exactly one",
-                file.path,
-                definitions.processes.len()
-            ));
-        };
-        if process.version_tag.as_deref() != Some(version.as_str()) {
-            return Err(format!(
-                "{}: process '{}' has camunda:versionTag {:?}, the plugin's resource version is {version}",
-                file.path, process.id, process.version_tag
-            ));
-        }
-        if !valid_process_id(&process.id) {
-            return Err(format!(
-                "{}: process id '{}' is not <domain without dots>_<name>",
-                file.path, process.id
-            ));
-        }
-        check_handlers(&file.path, &definitions, &handlers)?;
-        add_default_user_task_listeners(&mut definitions);
-        let mut registry = Registry::new();
-        for (name, handler) in &handlers {
-            registry.bind(
-                name,
-                adapters::adapter((*handler).clone(), services.clone()),
-            );
-        }
-        registry.bind(
-            DEFAULT_USER_TASK_LISTENER,
-            adapters::default_user_task_listener(services.clone()),
-        );
-        let process_id = definitions.processes[0].id.clone();
-        let start_messages = start_messages(&definitions);
-        let send_nodes = definitions
-            .processes
-            .iter()
-            .flat_map(|p| p.nodes.iter())
-            .filter(|n| is_send(&n.kind))
-            .map(|n| n.id.clone())
-            .collect();
-        let engine = Engine::deploy(definitions, registry, Arc::new(SystemClock))
-            .map_err(|e| format!("{}: {e}", file.path))?;
-        deployments.push(Deployment {
-            process_id,
-            version: version.clone(),
-            plugin: plugin.name().to_owned(),
-            engine,
-            start_messages,
-            send_nodes,
-            state: ProcessState::Active,
-        });
+        deployments.push(deploy_process(
+            &file.path,
+            &text,
+            &version,
+            plugin.name(),
+            &handlers,
+            services,
+        )?);
     }
     let mut resources = Vec::new();
     for (process, file) in plugin.fhir_files() {
@@ -247,6 +201,71 @@ pub(crate) fn prepare(
         file: None,
         deployments,
         resources,
+    })
+}
+
+/// The process of one BPMN file (`text`, placeholders filled), checked against the DSF's
+/// rules and bound to the plugin's handlers.
+fn deploy_process(
+    path: &str,
+    text: &str,
+    version: &str,
+    plugin: &str,
+    handlers: &HashMap<String, &Handler>,
+    services: &Arc<Services>,
+) -> Result<Deployment, String> {
+    let mut definitions = dsf_bpmn::parse(text.as_bytes(), path).map_err(|e| e.to_string())?;
+    let [process] = &definitions.processes[..] else {
+        return Err(format!(
+            "{}: holds {} processes; a DSF BPMN file holds exactly one",
+            path,
+            definitions.processes.len()
+        ));
+    };
+    if process.version_tag.as_deref() != Some(version) {
+        return Err(format!(
+            "{}: process '{}' has camunda:versionTag {:?}, the plugin's resource version is {version}",
+            path, process.id, process.version_tag
+        ));
+    }
+    if !valid_process_id(&process.id) {
+        return Err(format!(
+            "{}: process id '{}' is not <domain without dots>_<name>",
+            path, process.id
+        ));
+    }
+    check_handlers(path, &definitions, handlers)?;
+    add_default_user_task_listeners(&mut definitions);
+    let mut registry = Registry::new();
+    for (name, handler) in handlers {
+        registry.bind(
+            name,
+            adapters::adapter((*handler).clone(), services.clone()),
+        );
+    }
+    registry.bind(
+        DEFAULT_USER_TASK_LISTENER,
+        adapters::default_user_task_listener(services.clone()),
+    );
+    let process_id = definitions.processes[0].id.clone();
+    let start_messages = start_messages(&definitions);
+    let send_nodes = definitions
+        .processes
+        .iter()
+        .flat_map(|p| p.nodes.iter())
+        .filter(|n| is_send(&n.kind))
+        .map(|n| n.id.clone())
+        .collect();
+    let engine = Engine::deploy(definitions, registry, Arc::new(SystemClock))
+        .map_err(|e| format!("{}: {e}", path))?;
+    Ok(Deployment {
+        process_id,
+        version: version.to_owned(),
+        plugin: plugin.to_owned(),
+        engine,
+        start_messages,
+        send_nodes,
+        state: ProcessState::Active,
     })
 }
 
