@@ -154,6 +154,122 @@ pub fn organization_identifier(i: usize) -> String {
     }
 }
 
+/// The FHIR server of organisation `i`: its allow list by topology, a local administrator,
+/// and its database (a SQLite file in its directory, or a PostgreSQL schema of its own).
+fn server_settings(
+    settings: &DevNetworkSettings,
+    pki: &DevPki,
+    organizations: &[DevOrganization],
+    i: usize,
+) -> Result<FhirServerSettings, BoxError> {
+    let org = &organizations[i];
+    let peers = organizations
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| settings.topology.allows(i, *j))
+        .map(|(_, peer)| AllowListEntry {
+            identifier: peer.identifier.clone(),
+            name: peer.identifier.clone(),
+            thumbprints: vec![peer.client.thumbprint()],
+            base_url: peer.base_url.clone(),
+        })
+        .collect();
+    let mut config = ServerConfig::new(&org.base_url, &org.identifier);
+    config.users.push(
+        LocalUser::new("admin", org.admin.thumbprint(), &Role::ALL)
+            .with_practitioner_role(DSF_ADMIN.0, DSF_ADMIN.1),
+    );
+    let (db_url, postgres_schema) = match &settings.postgres {
+        Some(url) => (
+            url.clone(),
+            Some(format!(
+                "dsf_dev_{}",
+                org.identifier.replace(['.', '-'], "_")
+            )),
+        ),
+        None => (
+            format!(
+                "sqlite:{}",
+                settings
+                    .dir
+                    .join(&org.identifier)
+                    .join("fhir.sqlite")
+                    .display()
+            ),
+            None,
+        ),
+    };
+    Ok(FhirServerSettings {
+        config,
+        db_url,
+        postgres_schema,
+        bind: ([127, 0, 0, 1], settings.base_port + i as u16).into(),
+        tls: Some(pki.server_config(&org.server)?),
+        local_thumbprints: vec![org.client.thumbprint()],
+        peers,
+        organization_name: org.identifier.clone(),
+        init_bundle: None,
+    })
+}
+
+/// The BPE of `org`; only the allow-list management site (`manages_allow_list`) runs the
+/// process that publishes the allow list.
+fn bpe_settings(
+    settings: &DevNetworkSettings,
+    org: &DevOrganization,
+    manages_allow_list: bool,
+    tls: dsf_core::rustls::ClientConfig,
+    plugin_config: &[(String, String)],
+) -> BpeSettings {
+    BpeSettings {
+        fhir_base_url: org.base_url.clone(),
+        tls,
+        db_url: format!(
+            "sqlite:{}",
+            settings
+                .dir
+                .join(&org.identifier)
+                .join("bpe.sqlite")
+                .display()
+        ),
+        process_threads: None,
+        local_timeout: Duration::from_secs(60),
+        plugin_directory: settings.plugin_directory.clone(),
+        excluded: if manages_allow_list {
+            String::new()
+        } else {
+            "dsfdev_updateAllowList|1.0".to_owned()
+        },
+        retired: String::new(),
+        plugin_files: dsf_engine::PluginFileSettings::default(),
+        plugin_config: plugin_config.to_vec(),
+    }
+}
+
+/// Fails if `bpe` refused any plugin file: a dev network runs all of them or none.
+fn check_plugin_files(bpe: &dsf_engine::Bpe, organization: &str) -> Result<(), BoxError> {
+    let refused: Vec<String> = bpe
+        .report()
+        .plugin_files
+        .iter()
+        .filter_map(|f| {
+            f.outcome
+                .as_ref()
+                .err()
+                .map(|reason| format!("{}: {reason}", f.file.display()))
+        })
+        .collect();
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{organization}'s BPE refused plugin files: {}",
+            refused.join("; ")
+        )
+        .into())
+    }
+}
+
 impl DevNetwork {
     /// Generates certificates, starts every FHIR server and BPE and writes `network.json`.
     pub async fn start(settings: DevNetworkSettings) -> Result<DevNetwork, BoxError> {
@@ -176,53 +292,11 @@ impl DevNetwork {
         }
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let mut servers = Vec::new();
-        for (i, org) in organizations.iter().enumerate() {
-            let peers = organizations
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| settings.topology.allows(i, *j))
-                .map(|(_, peer)| AllowListEntry {
-                    identifier: peer.identifier.clone(),
-                    name: peer.identifier.clone(),
-                    thumbprints: vec![peer.client.thumbprint()],
-                    base_url: peer.base_url.clone(),
-                })
-                .collect();
-            let mut config = ServerConfig::new(&org.base_url, &org.identifier);
-            config.users.push(
-                LocalUser::new("admin", org.admin.thumbprint(), &Role::ALL)
-                    .with_practitioner_role(DSF_ADMIN.0, DSF_ADMIN.1),
-            );
-            let (db_url, postgres_schema) = match &settings.postgres {
-                Some(url) => (
-                    url.clone(),
-                    Some(format!(
-                        "dsf_dev_{}",
-                        org.identifier.replace(['.', '-'], "_")
-                    )),
-                ),
-                None => (
-                    format!(
-                        "sqlite:{}",
-                        dir.join(&org.identifier).join("fhir.sqlite").display()
-                    ),
-                    None,
-                ),
-            };
+        for i in 0..organizations.len() {
             let mut stop = stop_rx.clone();
             servers.push(
                 start_fhir_server(
-                    FhirServerSettings {
-                        config,
-                        db_url,
-                        postgres_schema,
-                        bind: ([127, 0, 0, 1], settings.base_port + i as u16).into(),
-                        tls: Some(pki.server_config(&org.server)?),
-                        local_thumbprints: vec![org.client.thumbprint()],
-                        peers,
-                        organization_name: org.identifier.clone(),
-                        init_bundle: None,
-                    },
+                    server_settings(&settings, &pki, &organizations, i)?,
                     async move {
                         let _ = stop.wait_for(|s| *s).await;
                     },
@@ -239,50 +313,12 @@ impl DevNetwork {
         ));
         let mut bpes = Vec::new();
         for (i, org) in organizations.iter().enumerate() {
-            bpes.push(
-                start_bpe(BpeSettings {
-                    fhir_base_url: org.base_url.clone(),
-                    tls: pki.client_config(&org.client)?,
-                    db_url: format!(
-                        "sqlite:{}",
-                        dir.join(&org.identifier).join("bpe.sqlite").display()
-                    ),
-                    process_threads: None,
-                    local_timeout: Duration::from_secs(60),
-                    plugin_directory: settings.plugin_directory.clone(),
-                    excluded: if i == 0 {
-                        String::new()
-                    } else {
-                        "dsfdev_updateAllowList|1.0".to_owned()
-                    },
-                    retired: String::new(),
-                    plugin_files: dsf_engine::PluginFileSettings::default(),
-                    plugin_config: plugin_config.clone(),
-                })
-                .await?,
-            );
+            let tls = pki.client_config(&org.client)?;
+            bpes.push(start_bpe(bpe_settings(&settings, org, i == 0, tls, &plugin_config)).await?);
         }
         for (bpe, org) in bpes.iter().zip(&organizations) {
             bpe.wait_connected().await;
-            let refused: Vec<String> = bpe
-                .report()
-                .plugin_files
-                .iter()
-                .filter_map(|f| {
-                    f.outcome
-                        .as_ref()
-                        .err()
-                        .map(|reason| format!("{}: {reason}", f.file.display()))
-                })
-                .collect();
-            if !refused.is_empty() {
-                return Err(format!(
-                    "{}'s BPE refused plugin files: {}",
-                    org.identifier,
-                    refused.join("; ")
-                )
-                .into());
-            }
+            check_plugin_files(bpe, &org.identifier)?;
         }
         Ok(DevNetwork {
             pki,
