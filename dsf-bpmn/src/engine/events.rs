@@ -364,134 +364,29 @@ impl Engine {
         code: &str,
         message: &str,
     ) -> Result<()> {
-        let catches = |process: &'_ Process, node_id: &str| -> Option<Node> {
-            process
-                .nodes
-                .iter()
-                .find(|b| match &b.kind {
-                    NodeKind::BoundaryEvent {
-                        attached_to,
-                        trigger: Trigger::Error(error),
-                        ..
-                    } if attached_to == node_id => match error {
-                        None => true,
-                        Some(id) => {
-                            self.definitions
-                                .errors
-                                .get(id)
-                                .and_then(|e| e.code.as_deref())
-                                == Some(code)
-                        }
-                    },
-                    _ => false,
-                })
-                .cloned()
-        };
-        // Candidates, innermost first: the node itself (when not one iteration of a
-        // multi-instance, whose boundary belongs to the whole activity), then for each
-        // enclosing scope its error event subprocesses and the boundary of its activity.
-        enum Candidate {
-            Boundary(u64, String),
-            EventSubProcesses(u64, Option<String>),
-        }
-        let mut candidates: Vec<Candidate> = Vec::new();
-        if !token.iteration {
-            candidates.push(Candidate::Boundary(token.id, token.node.clone()));
-        }
-        for scope in instance.chain(token.scope) {
-            let Some(s) = instance.scope(scope) else {
-                continue;
-            };
-            let owner = s.owner.and_then(|o| instance.token(o));
-            match (&s.kind, owner) {
-                (ScopeKind::Process | ScopeKind::Called { .. }, _) => {
-                    candidates.push(Candidate::EventSubProcesses(scope, None))
-                }
-                (ScopeKind::SubProcess, Some(owner)) => candidates.push(
-                    Candidate::EventSubProcesses(scope, Some(owner.node.clone())),
-                ),
-                _ => {}
-            }
-            if let Some(owner) = owner {
-                candidates.push(Candidate::Boundary(owner.id, owner.node.clone()));
-            }
-        }
-        for candidate in candidates {
-            let (owner, node_id) = match candidate {
-                Candidate::Boundary(owner, node_id) => (Some(owner), node_id),
-                Candidate::EventSubProcesses(scope, scope_node) => {
+        for catcher in error_catchers(instance, token) {
+            match catcher {
+                ErrorCatcher::EventSubProcesses(scope, scope_node) => {
                     let process = self.process(instance.process_of(scope))?;
-                    let start = process.nodes.iter().find(|start| {
-                        let in_scope = start
-                            .parent
-                            .as_deref()
-                            .and_then(|p| process.node(p))
-                            .is_some_and(|sub| {
-                                sub.kind
-                                    == (NodeKind::SubProcess {
-                                        triggered_by_event: true,
-                                    })
-                                    && sub.parent == scope_node
-                            });
-                        in_scope
-                            && match &start.kind {
-                                NodeKind::StartEvent(Trigger::Error(None)) => true,
-                                NodeKind::StartEvent(Trigger::Error(Some(id))) => {
-                                    self.definitions
-                                        .errors
-                                        .get(id)
-                                        .and_then(|e| e.code.as_deref())
-                                        == Some(code)
-                                }
-                                _ => false,
-                            }
-                    });
-                    if let Some(start) = start {
+                    if let Some(start) =
+                        self.error_start_event(process, scope_node.as_deref(), code)
+                    {
                         return self
                             .start_event_subprocess(process, instance, scope, &start.id, true);
                     }
-                    continue;
                 }
-            };
-            let Some(owner) = owner.and_then(|o| instance.token(o).cloned()) else {
-                continue;
-            };
-            let Some(boundary) = catches(self.process(instance.process_of(owner.scope))?, &node_id)
-            else {
-                continue;
-            };
-            if let NodeKind::BoundaryEvent {
-                error_code_variable,
-                error_message_variable,
-                ..
-            } = &boundary.kind
-            {
-                if let Some(name) = error_code_variable {
-                    instance.set_variable(owner.scope, name, Value::String(code.to_owned()), false);
-                }
-                if let Some(name) = error_message_variable {
-                    instance.set_variable(
-                        owner.scope,
-                        name,
-                        Value::String(message.to_owned()),
-                        false,
-                    );
+                ErrorCatcher::Boundary(owner, node_id) => {
+                    let Some(owner) = instance.token(owner).cloned() else {
+                        continue;
+                    };
+                    let process = self.process(instance.process_of(owner.scope))?;
+                    if let Some(boundary) = self.error_boundary(process, &node_id, code) {
+                        let boundary = boundary.clone();
+                        catch_at_boundary(instance, &owner, &boundary, code, message);
+                        return Ok(());
+                    }
                 }
             }
-            instance.remove_token_tree(owner.id);
-            instance.entered(&boundary.id);
-            let id = instance.fresh_id();
-            instance.tokens.push(Token {
-                id,
-                scope: owner.scope,
-                node: boundary.id.clone(),
-                state: TokenState::Leaving {
-                    flows: None,
-                    due: None,
-                },
-                iteration: false,
-            });
-            return Ok(());
         }
         instance.state = InstanceState::Failed {
             element: token.node.clone(),
@@ -499,4 +394,143 @@ impl Engine {
         };
         Ok(())
     }
+
+    /// Whether an error event for `error` (an error id; `None` catches all) catches `code`.
+    fn catches_error(&self, error: Option<&String>, code: &str) -> bool {
+        match error {
+            None => true,
+            Some(id) => {
+                self.definitions
+                    .errors
+                    .get(id)
+                    .and_then(|e| e.code.as_deref())
+                    == Some(code)
+            }
+        }
+    }
+
+    /// The error boundary event on `node_id` that catches `code`.
+    fn error_boundary<'p>(
+        &self,
+        process: &'p Process,
+        node_id: &str,
+        code: &str,
+    ) -> Option<&'p Node> {
+        process.nodes.iter().find(|b| match &b.kind {
+            NodeKind::BoundaryEvent {
+                attached_to,
+                trigger: Trigger::Error(error),
+                ..
+            } => attached_to == node_id && self.catches_error(error.as_ref(), code),
+            _ => false,
+        })
+    }
+
+    /// The error start event catching `code` of an event subprocess directly in the scope
+    /// of `scope_node` (the subprocess; `None` for the process itself).
+    fn error_start_event<'p>(
+        &self,
+        process: &'p Process,
+        scope_node: Option<&str>,
+        code: &str,
+    ) -> Option<&'p Node> {
+        process.nodes.iter().find(|start| {
+            let in_scope = start
+                .parent
+                .as_deref()
+                .and_then(|p| process.node(p))
+                .is_some_and(|sub| {
+                    sub.kind
+                        == (NodeKind::SubProcess {
+                            triggered_by_event: true,
+                        })
+                        && sub.parent.as_deref() == scope_node
+                });
+            in_scope
+                && match &start.kind {
+                    NodeKind::StartEvent(Trigger::Error(error)) => {
+                        self.catches_error(error.as_ref(), code)
+                    }
+                    _ => false,
+                }
+        })
+    }
+}
+
+/// Where a thrown error may be caught.
+enum ErrorCatcher {
+    /// The error boundary events on `node` (the token's node or the activity owning a scope),
+    /// whose token is `owner`.
+    Boundary(u64, String),
+    /// The error event subprocesses of `scope`, whose subprocess node is the second (`None`
+    /// for the process scope).
+    EventSubProcesses(u64, Option<String>),
+}
+
+/// The places that may catch an error thrown from `token`, innermost first: the node itself
+/// (unless the token is one iteration of a multi-instance, whose boundary belongs to the
+/// whole activity), then for each enclosing scope its error event subprocesses and the
+/// boundary of the activity that owns it.
+fn error_catchers(instance: &Instance, token: &Token) -> Vec<ErrorCatcher> {
+    let mut catchers = Vec::new();
+    if !token.iteration {
+        catchers.push(ErrorCatcher::Boundary(token.id, token.node.clone()));
+    }
+    for scope in instance.chain(token.scope) {
+        let Some(s) = instance.scope(scope) else {
+            continue;
+        };
+        let owner = s.owner.and_then(|o| instance.token(o));
+        match (&s.kind, owner) {
+            (ScopeKind::Process | ScopeKind::Called { .. }, _) => {
+                catchers.push(ErrorCatcher::EventSubProcesses(scope, None))
+            }
+            (ScopeKind::SubProcess, Some(owner)) => catchers.push(ErrorCatcher::EventSubProcesses(
+                scope,
+                Some(owner.node.clone()),
+            )),
+            _ => {}
+        }
+        if let Some(owner) = owner {
+            catchers.push(ErrorCatcher::Boundary(owner.id, owner.node.clone()));
+        }
+    }
+    catchers
+}
+
+/// Ends `owner`'s activity and leaves by `boundary`, with the error's code and message in
+/// the variables the boundary event names.
+fn catch_at_boundary(
+    instance: &mut Instance,
+    owner: &Token,
+    boundary: &Node,
+    code: &str,
+    message: &str,
+) {
+    if let NodeKind::BoundaryEvent {
+        error_code_variable,
+        error_message_variable,
+        ..
+    } = &boundary.kind
+    {
+        if let Some(name) = error_code_variable {
+            instance.set_variable(owner.scope, name, Value::String(code.to_owned()), false);
+        }
+        if let Some(name) = error_message_variable {
+            instance.set_variable(owner.scope, name, Value::String(message.to_owned()), false);
+        }
+    }
+    instance.remove_token_tree(owner.id);
+    instance.entered(&boundary.id);
+    let id = instance.fresh_id();
+    instance.tokens.push(Token {
+        id,
+        scope: owner.scope,
+        node: boundary.id.clone(),
+        state: TokenState::Leaving {
+            flows: None,
+            due: None,
+        },
+        iteration: false,
+    });
 }
