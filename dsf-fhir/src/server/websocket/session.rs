@@ -10,6 +10,7 @@ use dsf_core::ErrorChain;
 use fastwebsockets::{
     Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
 };
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -140,67 +141,10 @@ async fn read_loop<S: Stream>(
             Ok(frame) => frame,
             Err(e) => return protocol_failure(&e),
         };
-        let text = match frame.opcode {
-            OpCode::Close => {
-                let code = match frame.payload.len() {
-                    0 => close_code::NORMAL,
-                    1 => {
-                        return Some(Closing::new(
-                            close_code::PROTOCOL_ERROR,
-                            "close frame with a one-byte payload",
-                        ))
-                    }
-                    _ => u16::from_be_bytes([frame.payload[0], frame.payload[1]]),
-                };
-                let echo = if fastwebsockets::CloseCode::from(code).is_allowed() {
-                    code
-                } else {
-                    close_code::PROTOCOL_ERROR
-                };
-                return Some(Closing::new(echo, ""));
-            }
-            OpCode::Ping => continue,
-            OpCode::Pong => {
-                let mut expected = outstanding_ping.lock().unwrap_or_else(|p| p.into_inner());
-                if expected.as_deref() == Some(&frame.payload[..]) {
-                    *expected = None;
-                }
-                continue;
-            }
-            OpCode::Binary => {
-                return Some(Closing::new(
-                    close_code::CANNOT_ACCEPT,
-                    "binary messages are not supported; send 'bind <subscription id>' as text",
-                ));
-            }
-            OpCode::Text if fragments.is_some() => {
-                return Some(Closing::new(
-                    close_code::PROTOCOL_ERROR,
-                    "new text message inside a fragmented one",
-                ));
-            }
-            OpCode::Text if !frame.fin => {
-                fragments = Some(frame.payload.to_vec());
-                continue;
-            }
-            OpCode::Text => frame.payload.to_vec(),
-            OpCode::Continuation => {
-                let Some(mut collected) = fragments.take() else {
-                    return Some(Closing::new(
-                        close_code::PROTOCOL_ERROR,
-                        "continuation frame without a message to continue",
-                    ));
-                };
-                collected.extend_from_slice(&frame.payload);
-                if collected.len() > MAX_CLIENT_MESSAGE {
-                    return Some(Closing::new(close_code::TOO_BIG, "message too large"));
-                }
-                if !frame.fin {
-                    fragments = Some(collected);
-                    continue;
-                }
-                collected
-            }
+        let text = match step(&frame, &mut fragments, outstanding_ping) {
+            Step::Message(text) => text,
+            Step::Continue => continue,
+            Step::Close(closing) => return Some(closing),
         };
         let Ok(text) = String::from_utf8(text) else {
             return Some(Closing::new(
@@ -212,33 +156,126 @@ async fn read_loop<S: Stream>(
             tracing::debug!(session = session.id, "ignored websocket message");
             continue;
         };
-        let id = id.trim();
-        match server.hub.find(&server.store, id).await {
-            Ok(Some(subscription)) => {
-                // Queued before the binding takes effect, so that no event overtakes it.
-                if control
-                    .send(Control::Text(format!("bound {id}")))
-                    .await
-                    .is_err()
-                {
-                    return None;
-                }
-                session.bind(subscription);
-                tracing::debug!(session = session.id, subscription = id, "websocket bound");
+        if let ControlFlow::Break(closing) = bind(server, control, session, id.trim()).await {
+            return closing;
+        }
+    }
+}
+
+/// What one client frame means for the session.
+enum Step {
+    /// A whole text message to act on.
+    Message(Vec<u8>),
+    /// Nothing to act on yet.
+    Continue,
+    /// The connection ends with this close.
+    Close(Closing),
+}
+
+/// Assembles text messages from frames (`fragments` holds one in progress) and answers the
+/// control frames: a close is echoed, a pong clears the ping it answers.
+fn step(
+    frame: &Frame<'_>,
+    fragments: &mut Option<Vec<u8>>,
+    outstanding_ping: &Mutex<Option<Vec<u8>>>,
+) -> Step {
+    match frame.opcode {
+        OpCode::Close => Step::Close(close_reply(&frame.payload)),
+        OpCode::Ping => Step::Continue,
+        OpCode::Pong => {
+            let mut expected = outstanding_ping.lock().unwrap_or_else(|p| p.into_inner());
+            if expected.as_deref() == Some(&frame.payload[..]) {
+                *expected = None;
             }
-            Ok(None) => {
-                return Some(Closing::new(
-                    close_code::CANNOT_ACCEPT,
-                    format!("Subscription with {id} not found"),
+            Step::Continue
+        }
+        OpCode::Binary => Step::Close(Closing::new(
+            close_code::CANNOT_ACCEPT,
+            "binary messages are not supported; send 'bind <subscription id>' as text",
+        )),
+        OpCode::Text if fragments.is_some() => Step::Close(Closing::new(
+            close_code::PROTOCOL_ERROR,
+            "new text message inside a fragmented one",
+        )),
+        OpCode::Text if !frame.fin => {
+            *fragments = Some(frame.payload.to_vec());
+            Step::Continue
+        }
+        OpCode::Text => Step::Message(frame.payload.to_vec()),
+        OpCode::Continuation => {
+            let Some(mut collected) = fragments.take() else {
+                return Step::Close(Closing::new(
+                    close_code::PROTOCOL_ERROR,
+                    "continuation frame without a message to continue",
                 ));
+            };
+            collected.extend_from_slice(&frame.payload);
+            if collected.len() > MAX_CLIENT_MESSAGE {
+                return Step::Close(Closing::new(close_code::TOO_BIG, "message too large"));
             }
-            Err(e) => {
-                tracing::error!(error = %ErrorChain(&e), "cannot look up Subscription");
-                return Some(Closing::new(
-                    close_code::GOING_AWAY,
-                    "Subscription lookup failed",
-                ));
+            if frame.fin {
+                Step::Message(collected)
+            } else {
+                *fragments = Some(collected);
+                Step::Continue
             }
+        }
+    }
+}
+
+/// The close that answers a client's close frame: its code echoed if it is one a peer may
+/// send, else a protocol error.
+fn close_reply(payload: &[u8]) -> Closing {
+    let code = match payload {
+        [] => close_code::NORMAL,
+        [_] => {
+            return Closing::new(
+                close_code::PROTOCOL_ERROR,
+                "close frame with a one-byte payload",
+            )
+        }
+        [high, low, ..] => u16::from_be_bytes([*high, *low]),
+    };
+    let echo = if fastwebsockets::CloseCode::from(code).is_allowed() {
+        code
+    } else {
+        close_code::PROTOCOL_ERROR
+    };
+    Closing::new(echo, "")
+}
+
+/// `bind <id>`: the session receives the Subscription's events from now on, after `bound
+/// <id>`. Breaks with the close to send (`None` when the connection is gone) if it cannot.
+async fn bind(
+    server: &FhirServer,
+    control: &mpsc::Sender<Control>,
+    session: &super::hub::Session,
+    id: &str,
+) -> ControlFlow<Option<Closing>> {
+    match server.hub.find(&server.store, id).await {
+        Ok(Some(subscription)) => {
+            // Queued before the binding takes effect, so that no event overtakes it.
+            if control
+                .send(Control::Text(format!("bound {id}")))
+                .await
+                .is_err()
+            {
+                return ControlFlow::Break(None);
+            }
+            session.bind(subscription);
+            tracing::debug!(session = session.id, subscription = id, "websocket bound");
+            ControlFlow::Continue(())
+        }
+        Ok(None) => ControlFlow::Break(Some(Closing::new(
+            close_code::CANNOT_ACCEPT,
+            format!("Subscription with {id} not found"),
+        ))),
+        Err(e) => {
+            tracing::error!(error = %ErrorChain(&e), "cannot look up Subscription");
+            ControlFlow::Break(Some(Closing::new(
+                close_code::GOING_AWAY,
+                "Subscription lookup failed",
+            )))
         }
     }
 }
