@@ -35,6 +35,38 @@ fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 impl FhirServer {
+    /// `POST /`: runs the posted batch or transaction Bundle.
+    pub(crate) async fn bundle(&self, call: &Call<'_>) -> Result<Reply> {
+        let bundle = self.parse_body(call).await?;
+        if str_at(&bundle, "resourceType") != Some("Bundle") {
+            return Err(Error::Invalid(
+                "POST to the base URL takes a batch or transaction Bundle".into(),
+            ));
+        }
+        let entries = bundle
+            .get("entry")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        match str_at(&bundle, "type") {
+            Some("batch") => BundleRun { server: self, call }.batch(&entries).await,
+            Some("transaction") => BundleRun { server: self, call }.transaction(&entries).await,
+            other => Err(Error::Invalid(format!(
+                "Bundle type {} is neither batch nor transaction",
+                other.unwrap_or("(none)")
+            ))),
+        }
+    }
+}
+
+/// One batch or transaction Bundle being run for one request.
+struct BundleRun<'s, 'c> {
+    server: &'s FhirServer,
+    /// The request that posted the Bundle: its caller and its headers.
+    call: &'s Call<'c>,
+}
+
+impl BundleRun<'_, '_> {
     fn parse_request(&self, entry: &Value) -> Result<Request> {
         let request = entry
             .get("request")
@@ -55,7 +87,7 @@ impl FhirServer {
         let url =
             str_at(request, "url").ok_or_else(|| Error::Invalid("request has no url".into()))?;
         let url = url
-            .strip_prefix(self.config.base_url.as_str())
+            .strip_prefix(self.server.config.base_url.as_str())
             .unwrap_or(url);
         let (path, query) = url.split_once('?').unwrap_or((url, ""));
         if path.contains("://") {
@@ -75,30 +107,8 @@ impl FhirServer {
         })
     }
 
-    pub(crate) async fn bundle(&self, call: &Call<'_>) -> Result<Reply> {
-        let bundle = self.parse_body(call).await?;
-        if str_at(&bundle, "resourceType") != Some("Bundle") {
-            return Err(Error::Invalid(
-                "POST to the base URL takes a batch or transaction Bundle".into(),
-            ));
-        }
-        let entries = bundle
-            .get("entry")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        match str_at(&bundle, "type") {
-            Some("batch") => self.batch(call, &entries).await,
-            Some("transaction") => self.transaction(call, &entries).await,
-            other => Err(Error::Invalid(format!(
-                "Bundle type {} is neither batch nor transaction",
-                other.unwrap_or("(none)")
-            ))),
-        }
-    }
-
     /// Runs one entry as if it were its own HTTP request.
-    async fn sub_request(&self, call: &Call<'_>, request: Request) -> Result<Reply> {
+    async fn sub_request(&self, request: Request) -> Result<Reply> {
         let mut headers = HeaderMap::new();
         for (name, value) in [
             ("if-none-exist", &request.if_none_exist),
@@ -110,7 +120,7 @@ impl FhirServer {
             }
         }
         for name in ["prefer"] {
-            if let Some(v) = call.headers.get(name) {
+            if let Some(v) = self.call.headers.get(name) {
                 headers.insert(name, v.clone());
             }
         }
@@ -136,25 +146,25 @@ impl FhirServer {
             request.method
         };
         let sub = Call {
-            identity: call.identity,
+            identity: self.call.identity,
             method,
             path: request.path,
             query: request.query,
             headers,
             body,
         };
-        let reply = Box::pin(self.route(&sub)).await?;
-        self.collected(reply).await
+        let reply = Box::pin(self.server.route(&sub)).await?;
+        self.server.collected(reply).await
     }
 
-    async fn batch(&self, call: &Call<'_>, entries: &[Value]) -> Result<Reply> {
+    async fn batch(&self, entries: &[Value]) -> Result<Reply> {
         let mut replies = Vec::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             let reply = match self.parse_request(entry) {
                 Ok(request) if request.path.is_empty() => {
                     Err(Error::NotSupported("nested batch or transaction".into()))
                 }
-                Ok(request) => self.sub_request(call, request).await,
+                Ok(request) => self.sub_request(request).await,
                 Err(e) => Err(e),
             };
             replies.push(reply.unwrap_or_else(|e| Reply::error(&entry_error(index, e))));
@@ -164,24 +174,22 @@ impl FhirServer {
 
     /// A failed transaction answers 403 when a rule refused it, and otherwise 400 with the
     /// failing entry's reason, as the Java DSF does; faults of the server stay 5xx.
-    async fn transaction(&self, call: &Call<'_>, entries: &[Value]) -> Result<Reply> {
-        self.run_transaction(call, entries)
-            .await
-            .map_err(|e| match e {
-                Error::Forbidden(_)
-                | Error::Duplicate(_)
-                | Error::ProfileViolation(_)
-                | Error::Invalid(_)
-                | Error::Storage { .. }
-                | Error::Unavailable(_)
-                | Error::Timeout(_)
-                | Error::PayloadTooLarge(_)
-                | Error::Unauthenticated(_) => e,
-                other => Error::Invalid(other.to_string()),
-            })
+    async fn transaction(&self, entries: &[Value]) -> Result<Reply> {
+        self.run_transaction(entries).await.map_err(|e| match e {
+            Error::Forbidden(_)
+            | Error::Duplicate(_)
+            | Error::ProfileViolation(_)
+            | Error::Invalid(_)
+            | Error::Storage { .. }
+            | Error::Unavailable(_)
+            | Error::Timeout(_)
+            | Error::PayloadTooLarge(_)
+            | Error::Unauthenticated(_) => e,
+            other => Error::Invalid(other.to_string()),
+        })
     }
 
-    async fn run_transaction(&self, call: &Call<'_>, entries: &[Value]) -> Result<Reply> {
+    async fn run_transaction(&self, entries: &[Value]) -> Result<Reply> {
         let requests: Vec<Request> = entries
             .iter()
             .enumerate()
@@ -199,30 +207,28 @@ impl FhirServer {
         let mut op_entries = Vec::new();
         for &i in &order {
             let request = &requests[i];
-            if let Some(op) = self
-                .write_op(call, request)
-                .map_err(|e| entry_error(i, e))?
-            {
+            if let Some(op) = self.write_op(request).map_err(|e| entry_error(i, e))? {
                 ops.push(op);
                 op_entries.push(i);
             }
         }
         let outcomes = self
-            .write_as(call, ops, {
+            .server
+            .write_as(self.call, ops, {
                 let op_entries = op_entries.clone();
                 move |op| format!("entry {}", op_entries.get(op).copied().unwrap_or(op))
             })
             .await?;
         let mut replies: Vec<Option<Reply>> = (0..requests.len()).map(|_| None).collect();
         for (i, outcome) in op_entries.into_iter().zip(outcomes) {
-            replies[i] = Some(self.outcome_reply(call, outcome));
+            replies[i] = Some(self.outcome_reply(outcome));
         }
         // The writes are committed: a read that fails (a GET that finds nothing) answers
         // its own entry and leaves the others be.
         for (i, request) in requests.into_iter().enumerate() {
             if replies[i].is_none() {
                 let reply = self
-                    .sub_request(call, request)
+                    .sub_request(request)
                     .await
                     .unwrap_or_else(|e| Reply::error(&entry_error(i, e)));
                 replies[i] = Some(reply);
@@ -235,7 +241,7 @@ impl FhirServer {
     }
 
     /// The store operation of a write entry, or `None` for reads.
-    fn write_op(&self, call: &Call<'_>, request: &Request) -> Result<Option<WriteOp>> {
+    fn write_op(&self, request: &Request) -> Result<Option<WriteOp>> {
         let segments: Vec<&str> = request.path.split('/').filter(|s| !s.is_empty()).collect();
         let resource = || {
             request
@@ -247,7 +253,7 @@ impl FhirServer {
             (&Method::GET | &Method::HEAD, _) => return Ok(None),
             (&Method::POST, [t]) => {
                 let t = resource_type(t)?;
-                self.require(call, Role::Create, t)?;
+                self.server.require(self.call, Role::Create, t)?;
                 let mut resource = resource()?;
                 if str_at(&resource, "resourceType") != Some(t) {
                     return Err(Error::Invalid(format!(
@@ -260,7 +266,7 @@ impl FhirServer {
                 let if_none_exist = request
                     .if_none_exist
                     .as_deref()
-                    .map(|c| self.if_none_exist(call, t, c))
+                    .map(|c| self.server.if_none_exist(self.call, t, c))
                     .transpose()?;
                 WriteOp::Create {
                     resource,
@@ -270,8 +276,10 @@ impl FhirServer {
             }
             (&Method::PUT, [t]) => {
                 let t = resource_type(t)?;
-                self.require(call, Role::Update, t)?;
-                let query = self.conditional_criteria(call, t, &request.query)?;
+                self.server.require(self.call, Role::Update, t)?;
+                let query = self
+                    .server
+                    .conditional_criteria(self.call, t, &request.query)?;
                 WriteOp::ConditionalUpdate {
                     query,
                     resource: resource()?,
@@ -280,7 +288,7 @@ impl FhirServer {
             }
             (&Method::PUT, [t, id]) => {
                 let t = resource_type(t)?;
-                self.require(call, Role::Update, t)?;
+                self.server.require(self.call, Role::Update, t)?;
                 let resource = resource()?;
                 if str_at(&resource, "id") != Some(id) || !valid_id(id) {
                     return Err(Error::Invalid(format!(
@@ -298,14 +306,16 @@ impl FhirServer {
             }
             (&Method::DELETE, [t]) => {
                 let t = resource_type(t)?;
-                self.require(call, Role::Delete, t)?;
+                self.server.require(self.call, Role::Delete, t)?;
                 WriteOp::ConditionalDelete {
-                    query: self.conditional_criteria(call, t, &request.query)?,
+                    query: self
+                        .server
+                        .conditional_criteria(self.call, t, &request.query)?,
                 }
             }
             (&Method::DELETE, [t, id]) => {
                 let t = resource_type(t)?;
-                self.require(call, Role::Delete, t)?;
+                self.server.require(self.call, Role::Delete, t)?;
                 WriteOp::Delete {
                     resource_type: t,
                     id: (*id).to_owned(),
@@ -321,15 +331,15 @@ impl FhirServer {
         Ok(Some(op))
     }
 
-    fn outcome_reply(&self, call: &Call<'_>, outcome: WriteOutcome) -> Reply {
+    fn outcome_reply(&self, outcome: WriteOutcome) -> Reply {
         let stored_reply = |status: StatusCode, stored: &StoredResource| {
-            let body = match call.prefer_return() {
+            let body = match self.call.prefer_return() {
                 "minimal" | "OperationOutcome" => Body::Empty,
                 _ => stored.body.clone().map_or(Body::Empty, Body::Stored),
             };
             Reply::new(status, body)
                 .version_headers(stored)
-                .header(header::LOCATION, self.location(stored))
+                .header(header::LOCATION, self.server.location(stored))
         };
         match outcome {
             WriteOutcome::Created(s) => stored_reply(StatusCode::CREATED, &s),
