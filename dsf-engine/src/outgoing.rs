@@ -21,53 +21,16 @@ use serde_json::{json, Value};
 /// each send, and replaying an instance from its stored state counts the same way.
 const SEND_SEQUENCE: &str = "dsf.sendSequence";
 
+/// Runs a message send: builds the Task, records it before posting it so that a restart
+/// neither loses nor repeats it, posts it to the target and calls the handler's hook for the
+/// outcome.
 pub(crate) async fn send(
     services: &Services,
     handler: &dyn MessageSend,
     context: &mut HandlerContext<'_>,
 ) -> Result<(), ProcessError> {
-    let field = |name: &str| -> Result<String, ProcessError> {
-        context
-            .field(name)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                ProcessError::failed(format!(
-                    "message send '{}' has no string field '{name}'",
-                    context.element_id
-                ))
-            })
-    };
-    let instantiates_canonical = field("instantiatesCanonical")?;
-    let message_name_field = field("messageName")?;
-    let profile = field("profile")?;
-    let target: Target = context
-        .variable(TARGET)
-        .cloned()
-        .ok_or_else(|| {
-            ProcessError::failed(format!(
-                "message send '{}': no variable 'target'",
-                context.element_id
-            ))
-        })
-        .and_then(|v| {
-            serde_json::from_value(v).map_err(|e| {
-                ProcessError::failed(format!("variable 'target' is not a Target: {e}"))
-            })
-        })?;
-    let sequence = context
-        .variable(SEND_SEQUENCE)
-        .and_then(Value::as_i64)
-        .unwrap_or(0)
-        + 1;
-    context.set(SEND_SEQUENCE, json!(sequence));
-    let key = format!("{}/{sequence}", context.instance_id);
-    let send = SendContext {
-        instantiates_canonical,
-        message_name: message_name_field,
-        profile,
-        target,
-    };
+    let send = send_context(context)?;
+    let key = next_send_key(context);
     let mark = services
         .state
         .send_mark(&key)
@@ -90,15 +53,7 @@ pub(crate) async fn send(
             }
         }
         None => {
-            let business_key = match handler.business_key_strategy() {
-                BusinessKeyStrategy::Same => context.business_key.map(str::to_owned),
-                BusinessKeyStrategy::Alternative => {
-                    let key = uuid::Uuid::new_v4().to_string();
-                    context.set(ALTERNATIVE_BUSINESS_KEY, json!(key));
-                    Some(key)
-                }
-                _ => Some(uuid::Uuid::new_v4().to_string()),
-            };
+            let business_key = business_key_for(handler, context);
             let extra = with_vars!(context, vars => handler.additional_inputs(&services.api, &vars, &send).await)?;
             let task = build_task(services, &send, business_key.as_deref(), extra);
             services
@@ -125,6 +80,69 @@ pub(crate) async fn send(
             );
             with_vars!(context, vars => handler.on_send_error(&services.api, &mut vars, &send, &error).await)
         }
+    }
+}
+
+/// The message, its target and the Task's profile and process, from the element's fields
+/// and the `target` variable.
+fn send_context(context: &HandlerContext<'_>) -> Result<SendContext, ProcessError> {
+    let field = |name: &str| -> Result<String, ProcessError> {
+        context
+            .field(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ProcessError::failed(format!(
+                    "message send '{}' has no string field '{name}'",
+                    context.element_id
+                ))
+            })
+    };
+    let target: Target = context
+        .variable(TARGET)
+        .cloned()
+        .ok_or_else(|| {
+            ProcessError::failed(format!(
+                "message send '{}': no variable 'target'",
+                context.element_id
+            ))
+        })
+        .and_then(|v| {
+            serde_json::from_value(v).map_err(|e| {
+                ProcessError::failed(format!("variable 'target' is not a Target: {e}"))
+            })
+        })?;
+    Ok(SendContext {
+        instantiates_canonical: field("instantiatesCanonical")?,
+        message_name: field("messageName")?,
+        profile: field("profile")?,
+        target,
+    })
+}
+
+/// The name of this send, `<instance id>/<n>` for the instance's n-th send, counted in an
+/// instance variable so that a replay from stored state names it the same.
+fn next_send_key(context: &mut HandlerContext<'_>) -> String {
+    let sequence = context
+        .variable(SEND_SEQUENCE)
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        + 1;
+    context.set(SEND_SEQUENCE, json!(sequence));
+    format!("{}/{sequence}", context.instance_id)
+}
+
+/// The business key the sent Task carries, as the handler's strategy says; an alternative
+/// key is remembered in the instance for correlating the reply.
+fn business_key_for(handler: &dyn MessageSend, context: &mut HandlerContext<'_>) -> Option<String> {
+    match handler.business_key_strategy() {
+        BusinessKeyStrategy::Same => context.business_key.map(str::to_owned),
+        BusinessKeyStrategy::Alternative => {
+            let key = uuid::Uuid::new_v4().to_string();
+            context.set(ALTERNATIVE_BUSINESS_KEY, json!(key));
+            Some(key)
+        }
+        _ => Some(uuid::Uuid::new_v4().to_string()),
     }
 }
 
