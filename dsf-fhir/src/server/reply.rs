@@ -237,6 +237,19 @@ impl Error {
     }
 }
 
+/// 405 with the methods the path allows.
+pub(crate) fn method_not_allowed(allow: &str) -> Reply {
+    Reply::error(&Error::MethodNotAllowed(format!(
+        "method not allowed here; allowed: {allow}"
+    )))
+    .header(http::header::ALLOW, allow)
+}
+
+/// A status from its number; 500 for one that is none.
+pub(crate) fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,283 @@
+//! One request's way through the server: admission (who is calling, how many may wait),
+//! reading the body within its limits, dispatch to the REST, Binary or websocket handlers,
+//! and the answer to a request refused early.
+
+use super::caller::{self, PeerCertificate};
+use super::reply::Reply;
+use super::request_body::read_body;
+use super::{binary, connections, websocket};
+use super::{Call, FhirServer, Identity, IdentityKind, ResponseBody};
+use crate::format::Format;
+use crate::search::parse_query_string;
+use crate::{Error, Result};
+use bytes::Bytes;
+use dsf_core::{ErrorChain, Thumbprint};
+use http::{Method, Request, Response};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl FhirServer {
+    /// Answers one request whose extensions say who sent it (see [`caller`]): a websocket
+    /// upgrade on the websocket path, the REST API elsewhere.
+    pub(crate) async fn respond<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+        slot: Option<Arc<connections::Slot>>,
+    ) -> Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let certificate = match caller::client_certificate(
+            self.config.forwarded_certificates.as_ref(),
+            req.headers(),
+            req.extensions(),
+        ) {
+            Ok(certificate) => certificate,
+            Err(e) => return refused(req.headers(), &e),
+        };
+        if self.is_websocket_request(req.uri().path()) {
+            self.upgrade(certificate, req, slot).await
+        } else {
+            self.handle_from(&certificate, req).await
+        }
+    }
+
+    fn is_binary_path(&self, path: &str) -> bool {
+        path.strip_prefix(self.context_path.as_str())
+            .and_then(|rest| rest.strip_prefix("/Binary/"))
+            .is_some()
+    }
+
+    fn is_websocket_request(&self, path: &str) -> bool {
+        path.strip_prefix(self.context_path.as_str())
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|rest| rest.trim_end_matches('/') == websocket::WEBSOCKET_PATH)
+    }
+
+    /// Handles one request from the holder of `thumbprint`. The body may be hyper's
+    /// incoming body or any other (e.g. `Full<Bytes>` when there is no transport). Role
+    /// configuration rules matching by e-mail need the certificate: see
+    /// [`FhirServer::handle_from`].
+    pub async fn handle<B>(
+        &self,
+        thumbprint: &Thumbprint,
+        req: Request<B>,
+    ) -> Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        self.handle_from(&PeerCertificate::new(thumbprint.clone()), req)
+            .await
+    }
+
+    /// Handles one request from the holder of `certificate`.
+    pub async fn handle_from<B>(
+        &self,
+        certificate: &PeerCertificate,
+        req: Request<B>,
+    ) -> Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let (parts, body) = req.into_parts();
+        let accept = parts
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        // Who asks, and their turn, come before any work on the request: a remote
+        // organisation's requests beyond its share wait here at no cost.
+        let admitted = match self.admit(certificate, parts.uri.query()).await {
+            Ok(admitted) => admitted,
+            Err(e) => return refused(&parts.headers, &e),
+        };
+        let query = parse_query_string(parts.uri.query().unwrap_or(""));
+        let format_param = query
+            .iter()
+            .find(|(k, _)| k == "_format")
+            .map(|(_, v)| v.clone());
+        let pretty = query.iter().any(|(k, v)| k == "_pretty" && v == "true");
+        let format = match Format::negotiate(format_param.as_deref(), accept) {
+            Ok(f) => f,
+            // A Binary is also read as its raw content, in whatever type it has: the read
+            // decides (see `binary`), and errors go out as JSON.
+            Err(_) if format_param.is_none() && self.is_binary_path(parts.uri.path()) => {
+                Format::Json
+            }
+            Err(e) => return Reply::error(&e).render(Format::Json, pretty),
+        };
+        let reply = match self.dispatch(&admitted.identity, parts, body, query).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                if e.status() >= 500 {
+                    tracing::error!(error = %ErrorChain(&e), "request failed");
+                }
+                Reply::error(&e)
+            }
+        };
+        if reply.status.is_client_error() {
+            admitted.hold_turn(self.config.connections.refusal_penalty);
+        } else if let Some(turn) = &admitted.turn {
+            turn.succeeded();
+        }
+        let response = reply.render(format, pretty);
+        if hyper::body::Body::size_hint(response.body())
+            .exact()
+            .is_some_and(|len| len > LARGE_RESPONSE_BYTES)
+        {
+            self.trimmer.note_large_allocation();
+        }
+        response
+    }
+
+    /// Resolves the caller and waits for its turn; then refuses, before decoding anything, a
+    /// query string with more parts than any search may use.
+    async fn admit(&self, certificate: &PeerCertificate, query: Option<&str>) -> Result<Admitted> {
+        let identity = self.identity_of(certificate).await?;
+        let turn = match identity.kind {
+            IdentityKind::RemoteOrganization => {
+                self.peer_turns
+                    .take(
+                        &identity.organization_identifier,
+                        self.config.connections.max_requests_per_peer,
+                    )
+                    .await
+            }
+            IdentityKind::LocalOrganization | IdentityKind::Practitioner => None,
+        };
+        let admitted = Admitted { identity, turn };
+        let mut parts = query.unwrap_or("").split('&').filter(|p| !p.is_empty());
+        if let Some(excess) = parts.nth(MAX_QUERY_PARTS) {
+            admitted.hold_turn(self.config.connections.refusal_penalty);
+            // Named as sent (not decoded): this check runs before any decoding.
+            let name: String = excess
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(64)
+                .collect();
+            return Err(Error::Invalid(format!(
+                "search parameter {name}: more than {MAX_QUERY_PARTS} query parameters in one request"
+            )));
+        }
+        Ok(admitted)
+    }
+
+    async fn dispatch<B>(
+        &self,
+        identity: &Identity,
+        parts: http::request::Parts,
+        mut body: B,
+        query: Vec<(String, String)>,
+    ) -> Result<Reply>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let path = parts.uri.path();
+        let Some(path) = path
+            .strip_prefix(self.context_path.as_str())
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+        else {
+            return Err(Error::NotFound(format!("no FHIR API at {path}")));
+        };
+        let path = path.trim_matches('/').to_owned();
+        match self
+            .raw_upload(identity, &parts, &path, &query, &mut body)
+            .await?
+        {
+            Some(binary::UploadStart::Done(reply)) => return Ok(reply),
+            Some(binary::UploadStart::Small(call)) => return self.route(&call).await,
+            None => {}
+        }
+        let body = read_body(body, self.config.max_body_bytes)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, Error::PayloadTooLarge(_)) {
+                    self.trimmer.note_large_allocation();
+                }
+            })?;
+        if body.len() > INLINE_PARSE_BYTES {
+            self.trimmer.note_large_allocation();
+        }
+        // HEAD is answered as GET; hyper sends the headers (Content-Length included) and
+        // leaves the body out.
+        let method = if parts.method == Method::HEAD {
+            Method::GET
+        } else {
+            parts.method
+        };
+        let call = Call {
+            identity,
+            method,
+            path,
+            query,
+            headers: parts.headers,
+            body,
+        };
+        tracing::debug!(identity = identity.name(), method = %call.method, path = %call.path, "request");
+        self.route(&call).await
+    }
+}
+
+/// The answer to a request refused before its URL is parsed: in the format `Accept` asks for,
+/// JSON when it asks for none this server writes.
+fn refused(headers: &http::HeaderMap, error: &Error) -> Response<ResponseBody> {
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(None, accept).unwrap_or(Format::Json);
+    Reply::error(error).render(format, false)
+}
+
+/// Most `&`-separated parts a query string may have: the search limits
+/// ([`crate::search::MAX_PARAMETERS`]) plus result and format parameters, with room to spare.
+const MAX_QUERY_PARTS: usize = 64;
+
+/// A caller allowed to proceed, holding its turn until the request is answered.
+struct Admitted {
+    identity: Arc<Identity>,
+    turn: Option<connections::Turn>,
+}
+
+impl Admitted {
+    /// Keeps the caller's turn taken after a refused answer goes out: `base`, doubled for
+    /// each refusal in a row before (see [`connections::Turn::penalty`]).
+    fn hold_turn(self, base: Duration) {
+        if let Some(turn) = self.turn {
+            let penalty = turn.penalty(base);
+            tokio::spawn(async move {
+                tokio::time::sleep(penalty).await;
+                drop(turn);
+            });
+        }
+    }
+}
+
+/// Answers larger than this (search pages of big resources) count as large allocations for
+/// the memory trimmer.
+const LARGE_RESPONSE_BYTES: u64 = 1024 * 1024;
+
+/// Bodies up to this size are parsed where the request runs; larger ones on the blocking
+/// pool, a few at a time (see [`FhirServer::parse_body`]).
+const INLINE_PARSE_BYTES: usize = 32 * 1024;
+
+impl FhirServer {
+    /// Parses the request body as a resource. A large body is parsed on the blocking pool,
+    /// at most half as many at once as there are cores, so that requests with large bodies
+    /// wait for each other rather than hold up the async workers everyone else needs.
+    pub(crate) async fn parse_body(&self, call: &Call<'_>) -> Result<serde_json::Value> {
+        let format = call.body_format()?;
+        if call.body.len() <= INLINE_PARSE_BYTES {
+            return crate::format::parse_resource(&call.body, format);
+        }
+        let _turn = self.large_parses.acquire().await.map_err(Error::storage)?;
+        let body = call.body.clone();
+        tokio::task::spawn_blocking(move || crate::format::parse_resource(&body, format))
+            .await
+            .map_err(|e| Error::storage_fault(format!("parser task failed: {e}")))?
+    }
+}
