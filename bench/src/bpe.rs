@@ -606,26 +606,25 @@ async fn pipe_round_trips(count: usize) -> Result<Measurement, BoxError> {
     ))
 }
 
-/// Runs every BPE scenario.
-pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
-    let dir = std::env::temp_dir().join(format!("dsf-bpe-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    let pki = DevPki::generate("dsf-rs BPE bench CA")?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let orgs = two_organizations(&pki, &dir, &stop_rx).await?;
-    let reference = dsf_bin::reference_plugin_files()?;
-    let plugin_dir = dir.join("process");
-    let ping_pong_file: Vec<PathBuf> = reference
-        .iter()
-        .filter(|f| f.ends_with("dsf-process-ping-pong"))
-        .cloned()
-        .collect();
-    dsf_bin::plugin_directory(&plugin_dir, &ping_pong_file)?;
+/// Round trips through both BPEs with ping-pong linked in and as plugin files, and what
+/// each BPE start took with each.
+struct RoundTrips {
+    linked: Measurement,
+    files: Measurement,
+    start_linked: Duration,
+    start_file: Duration,
+    plugin_rss_kib: Vec<(String, u64)>,
+}
 
-    // Round trips through both BPEs, ping-pong linked in and as a file in turns, so that the
-    // machine's drift falls on both.
-    let clients = Arc::new(Clients::new(&orgs)?);
-    let waiters = watch_completions(clients.a.clone()).await?;
+/// Runs the round trips in four slices, linked in and as plugin files in turns, so that the
+/// machine's drift falls on both.
+async fn round_trips_in_turns(
+    orgs: &[Organization],
+    plugin_dir: &Path,
+    waiters: &Waiters,
+    clients: &Arc<Clients>,
+    settings: &BpeLoadSettings,
+) -> Result<RoundTrips, BoxError> {
     let slice = settings.duration / 2;
     let mut linked = (Vec::new(), Duration::ZERO, Vec::new());
     let mut files = (Vec::new(), Duration::ZERO, Vec::new());
@@ -644,16 +643,8 @@ pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
                 "linked in"
             }
         );
-        let run = round_trip_slice(
-            &orgs,
-            plugins,
-            &plugin_dir,
-            &waiters,
-            &clients,
-            &settings,
-            slice,
-        )
-        .await?;
+        let run =
+            round_trip_slice(orgs, plugins, plugin_dir, waiters, clients, settings, slice).await?;
         let totals = if plugins == PingPong::File {
             &mut files
         } else {
@@ -676,7 +667,41 @@ pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
         files.0,
         files.1,
     );
-    let (start_linked, start_file) = (median(linked.2), median(files.2));
+
+    Ok(RoundTrips {
+        linked: round_trips,
+        files: round_trips_files,
+        start_linked: median(linked.2),
+        start_file: median(files.2),
+        plugin_rss_kib,
+    })
+}
+
+/// Runs every BPE scenario.
+pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
+    let dir = std::env::temp_dir().join(format!("dsf-bpe-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let pki = DevPki::generate("dsf-rs BPE bench CA")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let orgs = two_organizations(&pki, &dir, &stop_rx).await?;
+    let reference = dsf_bin::reference_plugin_files()?;
+    let plugin_dir = dir.join("process");
+    let ping_pong_file: Vec<PathBuf> = reference
+        .iter()
+        .filter(|f| f.ends_with("dsf-process-ping-pong"))
+        .cloned()
+        .collect();
+    dsf_bin::plugin_directory(&plugin_dir, &ping_pong_file)?;
+
+    let clients = Arc::new(Clients::new(&orgs)?);
+    let waiters = watch_completions(clients.a.clone()).await?;
+    let RoundTrips {
+        linked: round_trips,
+        files: round_trips_files,
+        start_linked,
+        start_file,
+        mut plugin_rss_kib,
+    } = round_trips_in_turns(&orgs, &plugin_dir, &waiters, &clients, &settings).await?;
 
     // The same writes by a plain client (no BPE listening).
     let a = orgs[0].identifier.clone();

@@ -204,9 +204,51 @@ pub async fn run(
         )
         .await,
     ];
+    let latency = delivery_latency(&client, &settings).await?;
+    rates.extend(subscription_costs(&client, &settings).await?);
+    server.stop().await;
+    Ok(WebsocketReport {
+        settings_line: format!(
+            "{backend}, {} subscribers on one Subscription, {} writes/s for {:.0} s; write rates with {} closed-loop writers for {:.0} s each.",
+            settings.subscribers,
+            settings.rate,
+            settings.duration.as_secs_f64(),
+            settings.concurrency,
+            settings.duration.as_secs_f64()
+        ),
+        writes: latency.writes,
+        achieved_rate: latency.achieved_rate,
+        deliveries: latency.deliveries,
+        expected_deliveries: latency.expected_deliveries,
+        p50_ms: latency.p50_ms,
+        p99_ms: latency.p99_ms,
+        max_ms: latency.max_ms,
+        write_p50_ms: latency.write_p50_ms,
+        write_p99_ms: latency.write_p99_ms,
+        rates,
+    })
+}
 
-    // Latency: subscribers on one Subscription matching every write, writes at a fixed rate.
-    let id = create_subscription(&client, "Task?status=draft").await?;
+/// The delivery scenario's figures.
+struct Latency {
+    writes: usize,
+    achieved_rate: f64,
+    deliveries: usize,
+    expected_deliveries: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    write_p50_ms: f64,
+    write_p99_ms: f64,
+}
+
+/// Subscribers on one Subscription matching every write, writes at a fixed rate: the time
+/// from each write to each delivery, against the writes' own round trips.
+async fn delivery_latency(
+    client: &FhirClient,
+    settings: &WebsocketSettings,
+) -> Result<Latency, Box<dyn std::error::Error + Send + Sync>> {
+    let id = create_subscription(client, "Task?status=draft").await?;
     let capacity = (settings.rate as usize) * (settings.duration.as_secs() as usize + 1) + 16;
     let sent: Arc<Vec<OnceLock<Instant>>> =
         Arc::new((0..capacity).map(|_| OnceLock::new()).collect());
@@ -214,7 +256,7 @@ pub async fn run(
     let received = Arc::new(AtomicUsize::new(0));
     let mut readers = Vec::new();
     for _ in 0..settings.subscribers {
-        let ws = bind(&client, &id).await?;
+        let ws = bind(client, &id).await?;
         readers.push(drain(
             ws,
             Some(sent.clone()),
@@ -271,8 +313,28 @@ pub async fn run(
     stored["status"] = json!("off");
     client.update(&stored).await?;
 
-    // 100 active Subscriptions, each with a connection: first none of them matching the
-    // writes (the cost of evaluating criteria), then all of them (the cost of delivering).
+    Ok(Latency {
+        writes,
+        achieved_rate,
+        deliveries: all.len(),
+        expected_deliveries,
+        p50_ms,
+        p99_ms,
+        max_ms,
+        write_p50_ms,
+        write_p99_ms,
+    })
+}
+
+/// 100 active Subscriptions, each with a connection: the write rate with none of them
+/// matching the writes (the cost of evaluating criteria), then with all of them (the cost of
+/// delivering).
+async fn subscription_costs(
+    client: &FhirClient,
+    settings: &WebsocketSettings,
+) -> Result<Vec<(String, f64)>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut rates = Vec::new();
+    let latencies = Arc::new(Mutex::new(Vec::new()));
     let mut connections = Vec::new();
     let none_received = Arc::new(AtomicUsize::new(0));
     let add = |criteria: Vec<String>| {
@@ -303,7 +365,7 @@ pub async fn run(
     rates.push(
         create_rate(
             "100 Subscriptions, none matching",
-            &client,
+            client,
             settings.concurrency,
             settings.duration,
         )
@@ -318,7 +380,7 @@ pub async fn run(
     rates.push(
         create_rate(
             "+100 Subscriptions, all matching (JSON payload)",
-            &client,
+            client,
             settings.concurrency,
             settings.duration,
         )
@@ -327,27 +389,7 @@ pub async fn run(
     for c in connections {
         c.abort();
     }
-    server.stop().await;
-    Ok(WebsocketReport {
-        settings_line: format!(
-            "{backend}, {} subscribers on one Subscription, {} writes/s for {:.0} s; write rates with {} closed-loop writers for {:.0} s each.",
-            settings.subscribers,
-            settings.rate,
-            settings.duration.as_secs_f64(),
-            settings.concurrency,
-            settings.duration.as_secs_f64()
-        ),
-        writes,
-        achieved_rate,
-        deliveries: all.len(),
-        expected_deliveries,
-        p50_ms,
-        p99_ms,
-        max_ms,
-        write_p50_ms,
-        write_p99_ms,
-        rates,
-    })
+    Ok(rates)
 }
 
 #[cfg(test)]
