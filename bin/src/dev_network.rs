@@ -6,7 +6,7 @@
 
 use crate::{start_bpe, start_fhir_server, BpeSettings, FhirServerSettings};
 use dsf_core::{DevPki, IssuedCert};
-use dsf_fhir::server::{AllowListEntry, LocalUser, Role, DSF_ADMIN};
+use dsf_fhir::server::{AllowListEntry, LocalUser, Role, UiTheme, DSF_ADMIN};
 use dsf_fhir::{FhirClient, ServerConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -175,6 +175,7 @@ fn server_settings(
         })
         .collect();
     let mut config = ServerConfig::new(&org.base_url, &org.identifier);
+    config.ui_theme = Some(UiTheme::Dev);
     config.users.push(
         LocalUser::new("admin", org.admin.thumbprint(), &Role::ALL)
             .with_practitioner_role(DSF_ADMIN.0, DSF_ADMIN.1),

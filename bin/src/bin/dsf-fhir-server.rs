@@ -6,7 +6,7 @@ use dsf_bin::{
     fill_init_bundle, init_logging, shutdown_signal, start_fhir_server, FhirServerSettings,
 };
 use dsf_core::{load_certs, Thumbprint, TlsFiles};
-use dsf_fhir::server::{caller::parse_address_ranges, ForwardedCertificates, RoleConfig};
+use dsf_fhir::server::{caller::parse_address_ranges, ForwardedCertificates, RoleConfig, UiTheme};
 use dsf_fhir::ServerConfig;
 use http::HeaderName;
 use std::path::PathBuf;
@@ -49,6 +49,9 @@ struct Args {
     /// placeholders filled
     #[arg(long, env = "DEV_DSF_FHIR_SERVER_INIT_BUNDLE")]
     init_bundle: Option<PathBuf>,
+    /// Which system the browser pages say this is: dev, test or prod
+    #[arg(long, env = "DEV_DSF_FHIR_SERVER_UI_THEME")]
+    ui_theme: Option<String>,
     #[arg(long, env = "DEV_DSF_SERVER_API_HOST", default_value = "127.0.0.1")]
     host: String,
     #[arg(long, env = "DEV_DSF_SERVER_API_PORT", default_value_t = 8443)]
@@ -119,6 +122,12 @@ async fn main() -> Result<(), dsf_bin::Failure> {
     config.max_body_bytes = args.max_body_bytes;
     config.max_binary_bytes = args.max_binary_bytes;
     config.forwarded_certificates = forwarded_certificates(&args)?;
+    config.ui_theme = match args.ui_theme.as_deref().filter(|t| !t.trim().is_empty()) {
+        Some(theme) => Some(UiTheme::parse(theme).ok_or_else(|| {
+            format!("DEV_DSF_FHIR_SERVER_UI_THEME: '{theme}' is not dev, test or prod")
+        })?),
+        None => None,
+    };
     let roles = RoleConfig::parse(&args.role_config)
         .map_err(|e| format!("DEV_DSF_FHIR_SERVER_ROLECONFIG: {e}"))?;
     if roles.has_token_only_rules() {

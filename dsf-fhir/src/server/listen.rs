@@ -34,7 +34,7 @@ impl FhirServer {
     }
 
     /// Accepts plain HTTP connections, for a server behind a TLS-terminating reverse proxy
-    /// that forwards client certificates ([`ServerConfig::forwarded_certificates`]). A request
+    /// that forwards client certificates ([`ServerConfig::forwarded_certificates`](super::ServerConfig::forwarded_certificates)). A request
     /// from an address that is not a trusted proxy has no certificate and is answered 401.
     pub async fn serve_behind_proxy(
         self: Arc<Self>,

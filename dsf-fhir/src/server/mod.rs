@@ -21,6 +21,7 @@ pub mod role_config;
 mod roles;
 mod service;
 mod transaction;
+mod ui;
 pub mod websocket;
 
 pub use crate::access::{ORGANIZATION_IDENTIFIER_SYSTEM, READ_ACCESS_TAG_SYSTEM};
@@ -35,6 +36,7 @@ pub use identity::{Identity, IdentityKind, LocalUser, DSF_ADMIN};
 pub use role_config::{RoleConfig, RoleRule};
 pub use roles::{DsfRole, Role};
 pub use service::FhirService;
+pub use ui::UiTheme;
 pub use websocket::WEBSOCKET_PATH;
 
 pub(crate) use reply::{method_not_allowed, status};
@@ -72,6 +74,9 @@ pub struct ServerConfig {
     /// Client certificates forwarded by TLS-terminating reverse proxies; none believed by
     /// default (see [`caller`]).
     pub forwarded_certificates: Option<ForwardedCertificates>,
+    /// Which system the browser pages say this is (`DEV_DSF_FHIR_SERVER_UI_THEME`); none
+    /// by default.
+    pub ui_theme: Option<UiTheme>,
 }
 
 /// How websocket connections are kept alive and how much they may fall behind.
@@ -111,6 +116,7 @@ impl ServerConfig {
             websocket: WebsocketSettings::default(),
             connections: ConnectionLimits::default(),
             forwarded_certificates: None,
+            ui_theme: None,
         }
     }
 
@@ -147,6 +153,8 @@ pub struct FhirServer {
     changes: std::sync::Mutex<Option<crate::store::ChangeReceiver>>,
     /// The conformance resources profile validation reads.
     conformance: conformance::ConformanceCache,
+    /// The HTML pages browsers get.
+    pages: ui::Pages,
 }
 
 /// What one request carries after transport: who sent it and the parsed URL.
@@ -216,6 +224,7 @@ impl FhirServer {
             ),
             closing: tokio::sync::watch::Sender::new(false),
             conformance: conformance::ConformanceCache::default(),
+            pages: ui::Pages::new(),
         }
     }
 

@@ -5,7 +5,7 @@
 use super::caller::{self, PeerCertificate};
 use super::reply::Reply;
 use super::request_body::read_body;
-use super::{binary, connections, websocket};
+use super::{binary, connections, ui, websocket};
 use super::{Call, FhirServer, Identity, IdentityKind, ResponseBody};
 use crate::format::Format;
 use crate::search::parse_query_string;
@@ -99,8 +99,11 @@ impl FhirServer {
             .find(|(k, _)| k == "_format")
             .map(|(_, v)| v.clone());
         let pretty = query.iter().any(|(k, v)| k == "_pretty" && v == "true");
+        let html = ui::wants_html(format_param.as_deref(), accept);
         let format = match Format::negotiate(format_param.as_deref(), accept) {
             Ok(f) => f,
+            // A page is rendered from the JSON.
+            Err(_) if html => Format::Json,
             // A Binary is also read as its raw content, in whatever type it has: the read
             // decides (see `binary`), and errors go out as JSON.
             Err(_) if format_param.is_none() && self.is_binary_path(parts.uri.path()) => {
@@ -108,6 +111,14 @@ impl FhirServer {
             }
             Err(e) => return Reply::error(&e).render(Format::Json, pretty),
         };
+        let page_path = parts
+            .uri
+            .path()
+            .strip_prefix(self.context_path.as_str())
+            .unwrap_or("")
+            .trim_matches('/')
+            .to_owned();
+        let page_query = if html { query.clone() } else { Vec::new() };
         let reply = match self.dispatch(&admitted.identity, parts, body, query).await {
             Ok(reply) => reply,
             Err(e) => {
@@ -122,7 +133,20 @@ impl FhirServer {
         } else if let Some(turn) = &admitted.turn {
             turn.succeeded();
         }
-        let response = reply.render(format, pretty);
+        let response = if html {
+            self.pages.render(
+                reply,
+                &ui::PageRequest {
+                    base_url: &self.config.base_url,
+                    organization: &self.config.organization_identifier,
+                    theme: self.config.ui_theme,
+                    path: &page_path,
+                    query: &page_query,
+                },
+            )
+        } else {
+            reply.render(format, pretty)
+        };
         if hyper::body::Body::size_hint(response.body())
             .exact()
             .is_some_and(|len| len > LARGE_RESPONSE_BYTES)

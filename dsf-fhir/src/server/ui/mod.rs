@@ -1,0 +1,617 @@
+//! HTML pages for people with a browser, as the Java DSF serves them: a request whose
+//! `_format` is `html`, or whose `Accept` prefers `text/html`, gets the resource (or search
+//! result, history, OperationOutcome) as a page instead of FHIR JSON or XML. The same
+//! interactions run under the same authorization; only the rendering differs.
+//!
+//! Pages are rendered on the server from one template embedded in the binary (minijinja,
+//! every value autoescaped: resource content is the peer's), with the style sheet inlined.
+//! The theme ([`UiTheme`]) marks which system people are on.
+
+use super::reply::{Body, Reply};
+use super::ResponseBody;
+use crate::Error;
+use http::{HeaderValue, Response, StatusCode};
+use serde::Serialize;
+use serde_json::Value;
+
+const PAGE: &str = include_str!("page.html");
+const STYLE: &str = include_str!("style.css");
+
+/// Which system a page belongs to, shown in every page's header
+/// (`DEV_DSF_FHIR_SERVER_UI_THEME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UiTheme {
+    /// A development system.
+    Dev,
+    /// A test system.
+    Test,
+    /// The production system.
+    Prod,
+}
+
+impl UiTheme {
+    /// `dev`, `test` or `prod`, as the Java DSF's setting writes it.
+    pub fn parse(text: &str) -> Option<UiTheme> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "dev" => Some(UiTheme::Dev),
+            "test" => Some(UiTheme::Test),
+            "prod" => Some(UiTheme::Prod),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            UiTheme::Dev => "dev",
+            UiTheme::Test => "test",
+            UiTheme::Prod => "prod",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            UiTheme::Dev => "Development",
+            UiTheme::Test => "Test",
+            UiTheme::Prod => "Production",
+        }
+    }
+}
+
+/// Whether the answer should be a page: `_format=html` (or `text/html`), or, without
+/// `_format`, an `Accept` header whose most preferred known type is `text/html` (what a
+/// browser sends).
+pub(crate) fn wants_html(format_param: Option<&str>, accept: Option<&str>) -> bool {
+    if let Some(param) = format_param {
+        return is_html(param);
+    }
+    let Some(accept) = accept else {
+        return false;
+    };
+    let mut ranges: Vec<(f32, &str)> = accept
+        .split(',')
+        .map(|range| {
+            let mut parts = range.split(';');
+            let mime = parts.next().unwrap_or("").trim();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (q, mime)
+        })
+        .filter(|(q, _)| *q > 0.0)
+        .collect();
+    // Stable: among equal weights the header's order decides.
+    ranges.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ranges
+        .iter()
+        .find(|(_, mime)| is_html(mime) || crate::format::Format::from_mime(mime).is_some())
+        .is_some_and(|(_, mime)| is_html(mime))
+}
+
+fn is_html(mime: &str) -> bool {
+    let essence = mime.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("html") || essence.eq_ignore_ascii_case("text/html")
+}
+
+/// What a page needs to know beyond the answer: where it is and whose server it is.
+pub(crate) struct PageRequest<'a> {
+    /// The server's base URL.
+    pub base_url: &'a str,
+    /// The local organisation's identifier value.
+    pub organization: &'a str,
+    pub theme: Option<UiTheme>,
+    /// The request's path below the base URL, without leading '/'.
+    pub path: &'a str,
+    /// The request's query parameters.
+    pub query: &'a [(String, String)],
+}
+
+/// The page template, parsed once.
+pub(crate) struct Pages {
+    env: minijinja::Environment<'static>,
+}
+
+impl Pages {
+    pub(crate) fn new() -> Pages {
+        let mut env = minijinja::Environment::new();
+        // The template is ours and fixed at build time; a test renders it, so a mistake in
+        // it fails the tests rather than a request.
+        if let Err(e) = env.add_template("page.html", PAGE) {
+            tracing::error!(error = %e, "the page template does not parse");
+        }
+        Pages { env }
+    }
+
+    fn html(&self, view: &PageView) -> Result<String, minijinja::Error> {
+        self.env.get_template("page.html")?.render(view)
+    }
+
+    /// The answer as a page; a body that is not a resource (raw Binary content, none) is
+    /// answered as it is.
+    pub(crate) fn render(&self, reply: Reply, request: &PageRequest<'_>) -> Response<ResponseBody> {
+        let resource = match &reply.body {
+            Body::Stored(json) => serde_json::from_str::<Value>(json).ok(),
+            Body::Value(value) => Some(value.clone()),
+            _ => None,
+        };
+        let Some(resource) = resource else {
+            return reply.render(crate::format::Format::Json, false);
+        };
+        let status = reply.status;
+        let html = match self.html(&PageView::new(&resource, status, request)) {
+            Ok(html) => html,
+            Err(e) => {
+                let error = Error::storage_fault(format!("cannot render the page: {e}"));
+                tracing::error!(error = %e, "cannot render page");
+                return Reply::error(&error).render(crate::format::Format::Json, false);
+            }
+        };
+        let mut response = Response::new(ResponseBody::whole(html.into()));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        for (name, value) in reply.headers {
+            // A page is another representation of the version: its entity tag differs (the
+            // Java DSF prefixes an `h`), so that caches keep the two apart.
+            let value = if name == http::header::ETAG {
+                value.replacen("W/\"", "W/\"h", 1)
+            } else {
+                value
+            };
+            if let Ok(v) = HeaderValue::try_from(value) {
+                headers.append(name, v);
+            }
+        }
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html;charset=UTF-8"),
+        );
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-transform, private"),
+        );
+        headers.insert(http::header::VARY, HeaderValue::from_static("Accept"));
+        headers.insert(
+            http::header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'",
+            ),
+        );
+        headers.insert(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        response
+    }
+}
+
+#[derive(Serialize)]
+struct PageView {
+    title: String,
+    organization: String,
+    theme: &'static str,
+    theme_label: &'static str,
+    style: &'static str,
+    base_url: String,
+    status: u16,
+    version: Option<String>,
+    last_updated: Option<String>,
+    history_url: Option<String>,
+    json_url: String,
+    xml_url: String,
+    issues: Vec<IssueView>,
+    task: Option<TaskView>,
+    bundle: Option<BundleView>,
+    references: Vec<Link>,
+    json: String,
+}
+
+#[derive(Serialize)]
+struct IssueView {
+    severity: String,
+    code: String,
+    diagnostics: String,
+}
+
+#[derive(Serialize)]
+struct TaskView {
+    status: String,
+    process: String,
+    requester: String,
+    recipient: String,
+    business_key: Option<String>,
+    parts: Vec<TaskPart>,
+}
+
+#[derive(Serialize)]
+struct TaskPart {
+    name: &'static str,
+    rows: Vec<ParameterRow>,
+}
+
+#[derive(Serialize)]
+struct ParameterRow {
+    code: String,
+    value: String,
+    details: String,
+}
+
+#[derive(Serialize)]
+struct BundleView {
+    heading: String,
+    entries: Vec<EntryView>,
+    links: Vec<Link>,
+}
+
+#[derive(Serialize)]
+struct EntryView {
+    label: String,
+    url: Option<String>,
+    status: String,
+    last_updated: String,
+}
+
+#[derive(Serialize)]
+struct Link {
+    relation: String,
+    label: String,
+    url: String,
+}
+
+fn text(value: &Value, key: &str) -> String {
+    value
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+impl PageView {
+    fn new(resource: &Value, status: StatusCode, request: &PageRequest<'_>) -> PageView {
+        let resource_type = text(resource, "resourceType");
+        let id = text(resource, "id");
+        let title = match (resource_type.as_str(), id.is_empty()) {
+            ("Bundle", _) | (_, true) => {
+                let path = request.path.trim_matches('/');
+                if path.is_empty() {
+                    resource_type.clone()
+                } else {
+                    path.to_owned()
+                }
+            }
+            _ => format!("{resource_type}/{id}"),
+        };
+        let meta = resource.get("meta");
+        let history_url = (!id.is_empty() && resource_type != "Bundle")
+            .then(|| format!("{}/{resource_type}/{id}/_history", request.base_url));
+        let (theme, theme_label) = request
+            .theme
+            .map_or(("none", ""), |t| (t.name(), t.label()));
+        PageView {
+            title,
+            organization: request.organization.to_owned(),
+            theme,
+            theme_label,
+            style: STYLE,
+            base_url: request.base_url.to_owned(),
+            status: status.as_u16(),
+            version: meta.map(|m| text(m, "versionId")).filter(|v| !v.is_empty()),
+            last_updated: meta
+                .map(|m| text(m, "lastUpdated"))
+                .filter(|v| !v.is_empty()),
+            history_url,
+            json_url: format_url(request, "json"),
+            xml_url: format_url(request, "xml"),
+            issues: issues(resource),
+            task: (resource_type == "Task").then(|| task_view(resource)),
+            bundle: (resource_type == "Bundle").then(|| bundle_view(resource, request)),
+            references: references(resource, request.base_url),
+            json: serde_json::to_string_pretty(resource).unwrap_or_default(),
+        }
+    }
+}
+
+/// The same request with `_format` set: the resource as JSON or XML.
+fn format_url(request: &PageRequest<'_>, format: &str) -> String {
+    let mut url = format!("{}/{}?", request.base_url, request.path.trim_matches('/'));
+    let encode = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    for (name, value) in request.query.iter().filter(|(n, _)| n != "_format") {
+        url.push_str(&format!("{}={}&", encode(name), encode(value)));
+    }
+    url.push_str("_format=");
+    url.push_str(format);
+    url
+}
+
+fn issues(resource: &Value) -> Vec<IssueView> {
+    if resource.get("resourceType").and_then(Value::as_str) != Some("OperationOutcome") {
+        return Vec::new();
+    }
+    crate::access::array_at(resource, "issue")
+        .iter()
+        .map(|issue| IssueView {
+            severity: text(issue, "severity"),
+            code: text(issue, "code"),
+            diagnostics: text(issue, "diagnostics"),
+        })
+        .collect()
+}
+
+/// A reference or identifier as people read it: `Organization/x`, or `system|value`.
+fn reference_text(reference: &Value) -> String {
+    if let Some(r) = reference.get("reference").and_then(Value::as_str) {
+        return r.to_owned();
+    }
+    match reference.get("identifier") {
+        Some(identifier) => format!(
+            "{}|{}",
+            text(identifier, "system"),
+            text(identifier, "value")
+        ),
+        None => String::new(),
+    }
+}
+
+fn task_view(task: &Value) -> TaskView {
+    let recipients =
+        crate::access::array_at(task.get("restriction").unwrap_or(&Value::Null), "recipient");
+    let parts = |key: &str| -> Vec<ParameterRow> {
+        crate::access::array_at(task, key)
+            .iter()
+            .map(parameter_row)
+            .collect()
+    };
+    let business_key = parts("input")
+        .into_iter()
+        .find(|row| row.code.ends_with("|business-key"))
+        .map(|row| row.value);
+    TaskView {
+        status: text(task, "status"),
+        process: text(task, "instantiatesCanonical"),
+        requester: task
+            .get("requester")
+            .map(reference_text)
+            .unwrap_or_default(),
+        recipient: recipients
+            .iter()
+            .map(reference_text)
+            .collect::<Vec<_>>()
+            .join(", "),
+        business_key,
+        parts: vec![
+            TaskPart {
+                name: "Inputs",
+                rows: parts("input"),
+            },
+            TaskPart {
+                name: "Outputs",
+                rows: parts("output"),
+            },
+        ],
+    }
+}
+
+/// One Task input or output: its type's coding, its value, and what its extensions say
+/// (the ping-pong plugin's statuses name their target there).
+fn parameter_row(parameter: &Value) -> ParameterRow {
+    let coding = parameter
+        .get("type")
+        .map(|t| crate::access::array_at(t, "coding"))
+        .and_then(|codings| codings.first());
+    let code = coding.map_or(String::new(), |c| {
+        format!("{}|{}", text(c, "system"), text(c, "code"))
+    });
+    let value = parameter
+        .as_object()
+        .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")))
+        .map(|(_, v)| value_text(v))
+        .unwrap_or_default();
+    let details = crate::access::array_at(parameter, "extension")
+        .iter()
+        .flat_map(|e| std::iter::once(e).chain(crate::access::array_at(e, "extension").iter()))
+        .filter_map(|e| {
+            let name = text(e, "url");
+            let value = e
+                .as_object()
+                .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")))
+                .map(|(_, v)| value_text(v))?;
+            Some(format!(
+                "{}: {value}",
+                name.rsplit('/').next().unwrap_or(&name)
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    ParameterRow {
+        code,
+        value,
+        details,
+    }
+}
+
+/// A FHIR value as people read it.
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Object(o) if o.contains_key("code") => {
+            format!("{}|{}", text(value, "system"), text(value, "code"))
+        }
+        Value::Object(o) if o.contains_key("reference") || o.contains_key("identifier") => {
+            reference_text(value)
+        }
+        Value::Object(o) if o.contains_key("value") => {
+            format!("{}|{}", text(value, "system"), value_text(&o["value"]))
+        }
+        other => other.to_string(),
+    }
+}
+
+fn bundle_view(bundle: &Value, request: &PageRequest<'_>) -> BundleView {
+    let entries = crate::access::array_at(bundle, "entry")
+        .iter()
+        .map(|entry| {
+            let resource = entry.get("resource").unwrap_or(&Value::Null);
+            let resource_type = text(resource, "resourceType");
+            let id = text(resource, "id");
+            let full_url = text(entry, "fullUrl");
+            EntryView {
+                label: if id.is_empty() {
+                    full_url.clone()
+                } else {
+                    format!("{resource_type}/{id}")
+                },
+                url: page_link(&full_url, request.base_url),
+                status: text(resource, "status"),
+                last_updated: resource
+                    .get("meta")
+                    .map(|m| text(m, "lastUpdated"))
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    let links = crate::access::array_at(bundle, "link")
+        .iter()
+        .filter_map(|link| {
+            let relation = text(link, "relation");
+            let url = page_link(&text(link, "url"), request.base_url)?;
+            (relation != "self").then(|| Link {
+                label: relation.clone(),
+                relation,
+                url,
+            })
+        })
+        .collect();
+    let heading = match bundle.get("total").and_then(Value::as_u64) {
+        Some(1) => "1 found".to_owned(),
+        Some(total) => format!("{total} found"),
+        None => "Entries".to_owned(),
+    };
+    BundleView {
+        heading,
+        entries,
+        links,
+    }
+}
+
+/// Every literal reference in `resource`, as links to their pages.
+fn references(resource: &Value, base_url: &str) -> Vec<Link> {
+    let mut found = Vec::new();
+    collect_references(resource, &mut found);
+    found.sort();
+    found.dedup();
+    found
+        .into_iter()
+        .filter_map(|reference| {
+            let url = page_link(&reference, base_url)?;
+            Some(Link {
+                relation: "reference".into(),
+                label: reference,
+                url,
+            })
+        })
+        .collect()
+}
+
+fn collect_references(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::Object(object) => {
+            for (key, value) in object {
+                match value {
+                    Value::String(s) if key == "reference" => found.push(s.clone()),
+                    _ => collect_references(value, found),
+                }
+            }
+        }
+        Value::Array(values) => values.iter().for_each(|v| collect_references(v, found)),
+        _ => {}
+    }
+}
+
+/// A link a page may carry: a reference relative to this server made absolute, or an
+/// absolute `https`/`http` URL; anything else (`javascript:`, `urn:uuid:`, a fragment) is no
+/// link.
+fn page_link(reference: &str, base_url: &str) -> Option<String> {
+    let reference = reference.trim();
+    if reference.starts_with("https://") || reference.starts_with("http://") {
+        return Some(reference.to_owned());
+    }
+    let mut segments = reference.split('/');
+    let (resource_type, id) = (segments.next()?, segments.next()?);
+    let known = crate::resource_type::SUPPORTED_TYPES.contains(&resource_type);
+    let plain_id = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    (known && plain_id).then(|| format!("{base_url}/{reference}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn browsers_get_pages_and_fhir_clients_do_not() {
+        let firefox = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        assert!(wants_html(None, Some(firefox)));
+        assert!(wants_html(Some("html"), Some("application/fhir+json")));
+        assert!(wants_html(Some("text/html"), None));
+        assert!(!wants_html(Some("json"), Some(firefox)));
+        assert!(!wants_html(None, Some("application/fhir+json")));
+        assert!(!wants_html(
+            None,
+            Some("application/fhir+json, text/html;q=0.5")
+        ));
+        assert!(!wants_html(None, Some("*/*")));
+        assert!(!wants_html(None, None));
+    }
+
+    #[test]
+    fn only_safe_links_are_made() {
+        let base = "https://dsf.example.org/fhir";
+        assert_eq!(
+            page_link("Organization/abc-1", base).as_deref(),
+            Some("https://dsf.example.org/fhir/Organization/abc-1")
+        );
+        assert_eq!(page_link("javascript:alert(1)", base), None);
+        assert_eq!(page_link("urn:uuid:1234", base), None);
+        assert_eq!(page_link("Nonsense/1", base), None);
+        assert_eq!(page_link("Task/\"onmouseover=x", base), None);
+    }
+
+    #[test]
+    fn the_template_renders_and_escapes() {
+        let pages = Pages::new();
+        let task = serde_json::json!({
+            "resourceType": "Task", "id": "t1", "status": "completed",
+            "meta": {"versionId": "3", "lastUpdated": "2026-12-05T10:00:00.000Z"},
+            "output": [{"type": {"coding": [{"system": "http://dsf.dev/fhir/CodeSystem/ping", "code": "ping-status"}]},
+                        "valueCoding": {"system": "http://dsf.dev/fhir/CodeSystem/ping-status", "code": "<script>alert(1)</script>"}}]
+        });
+        let request = PageRequest {
+            base_url: "https://dsf.example.org/fhir",
+            organization: "example.org",
+            theme: Some(UiTheme::Test),
+            path: "Task/t1",
+            query: &[],
+        };
+        let html = pages
+            .html(&PageView::new(&task, StatusCode::OK, &request))
+            .expect("the template renders");
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;"),
+            "{html}"
+        );
+        assert!(
+            html.contains("class=\"theme\" role=\"note\">Test<"),
+            "{html}"
+        );
+        assert!(html.contains("ping-status"), "{html}");
+        // minijinja escapes `/` too; the browser reads the entity back.
+        assert!(html.contains("Task&#x2f;t1&#x2f;_history"), "{html}");
+    }
+}
