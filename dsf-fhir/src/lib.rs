@@ -38,7 +38,8 @@
 //! - [`server`]: [`FhirServer`] and its configuration; who is calling ([`server::caller`],
 //!   [`server::identity`], [`server::role_config`], [`server::Role`]); what they may do
 //!   ([`server::authorization`], whose rules an embedder can replace with an
-//!   [`server::AuthorizationPolicy`]); [`server::websocket`] subscriptions; and
+//!   [`server::AuthorizationPolicy`]); [`server::websocket`] subscriptions; HTML pages for
+//!   browsers, themed by [`server::UiTheme`]; and
 //!   [`server::FhirService`] to mount the API in an application of yours.
 //!
 //! docs/architecture.md describes each module and how they fit.
