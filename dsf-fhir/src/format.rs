@@ -62,21 +62,7 @@ impl Format {
         let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
             return Ok(Format::Xml);
         };
-        let mut ranges: Vec<(f32, &str)> = accept
-            .split(',')
-            .map(|range| {
-                let mut parts = range.split(';');
-                let mime = parts.next().unwrap_or("").trim();
-                let q = parts
-                    .filter_map(|p| p.trim().strip_prefix("q="))
-                    .find_map(|q| q.parse::<f32>().ok())
-                    .unwrap_or(1.0);
-                (q, mime)
-            })
-            .filter(|(q, _)| *q > 0.0)
-            .collect();
-        ranges.sort_by(|a, b| b.0.total_cmp(&a.0));
-        for (_, mime) in ranges {
+        for mime in media_ranges(accept) {
             if let Some(format) = Format::from_mime(mime) {
                 return Ok(format);
             }
@@ -88,6 +74,26 @@ impl Format {
             "none of the accepted media types '{accept}' is supported; use application/fhir+json or application/fhir+xml"
         )))
     }
+}
+
+/// The media types of an `Accept` header, most preferred first (the header's order among
+/// equal weights); types with `q=0` are left out.
+pub(crate) fn media_ranges(accept: &str) -> Vec<&str> {
+    let mut ranges: Vec<(f32, &str)> = accept
+        .split(',')
+        .map(|range| {
+            let mut parts = range.split(';');
+            let mime = parts.next().unwrap_or("").trim();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (q, mime)
+        })
+        .filter(|(q, _)| *q > 0.0)
+        .collect();
+    ranges.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ranges.into_iter().map(|(_, mime)| mime).collect()
 }
 
 fn strict() -> Option<DeserializationConfig> {

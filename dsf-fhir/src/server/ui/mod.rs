@@ -68,25 +68,10 @@ pub(crate) fn wants_html(format_param: Option<&str>, accept: Option<&str>) -> bo
     let Some(accept) = accept else {
         return false;
     };
-    let mut ranges: Vec<(f32, &str)> = accept
-        .split(',')
-        .map(|range| {
-            let mut parts = range.split(';');
-            let mime = parts.next().unwrap_or("").trim();
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.parse::<f32>().ok())
-                .unwrap_or(1.0);
-            (q, mime)
-        })
-        .filter(|(q, _)| *q > 0.0)
-        .collect();
-    // Stable: among equal weights the header's order decides.
-    ranges.sort_by(|a, b| b.0.total_cmp(&a.0));
-    ranges
-        .iter()
-        .find(|(_, mime)| is_html(mime) || crate::format::Format::from_mime(mime).is_some())
-        .is_some_and(|(_, mime)| is_html(mime))
+    crate::format::media_ranges(accept)
+        .into_iter()
+        .find(|mime| is_html(mime) || crate::format::Format::from_mime(mime).is_some())
+        .is_some_and(is_html)
 }
 
 fn is_html(mime: &str) -> bool {
