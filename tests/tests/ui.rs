@@ -89,6 +89,17 @@ async fn search_pages_list_entries_and_page_on() {
     assert!(html.contains("3 found"), "{html}");
     assert!(html.contains("rel=\"next\""), "{html}");
     assert_eq!(html.matches("<tr><td><a href=").count(), 2, "{html}");
+    assert!(
+        html.contains("Task?status=requested&amp;_sort=-_lastUpdated"),
+        "Tasks by status: {html}"
+    );
+
+    let (_, _, html) = page(&server.local, "Task?status=draft&_sort=-_lastUpdated").await;
+    assert!(html.contains("3 found"), "{html}");
+    assert!(
+        html.contains("aria-current=\"page\">draft<"),
+        "the status shown is marked: {html}"
+    );
 
     let (status, _, html) = page(&server.local, "Task?_format=html&_count=1").await;
     assert_eq!(status, 200);

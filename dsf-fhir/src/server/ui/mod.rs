@@ -188,7 +188,45 @@ struct PageView {
     task: Option<TaskView>,
     bundle: Option<BundleView>,
     references: Vec<Link>,
+    /// On a Task search: the same list by status, newest first.
+    status_filters: Vec<StatusFilter>,
     json: String,
+}
+
+#[derive(Serialize)]
+struct StatusFilter {
+    label: &'static str,
+    url: String,
+    current: bool,
+}
+
+/// The Task statuses people look for, in the order a Task goes through them.
+const TASK_STATUSES: [&str; 5] = ["draft", "requested", "in-progress", "completed", "failed"];
+
+/// Links to the Tasks of each status (and all of them), newest first, on a Task search.
+fn status_filters(request: &PageRequest<'_>, is_search: bool) -> Vec<StatusFilter> {
+    if !is_search || request.path.trim_matches('/') != "Task" {
+        return Vec::new();
+    }
+    let current = request
+        .query
+        .iter()
+        .find(|(name, _)| name == "status")
+        .map(|(_, value)| value.as_str());
+    std::iter::once(("all", None))
+        .chain(TASK_STATUSES.into_iter().map(|s| (s, Some(s))))
+        .map(|(label, status)| StatusFilter {
+            label,
+            url: match status {
+                Some(status) => format!(
+                    "{}/Task?status={status}&_sort=-_lastUpdated",
+                    request.base_url
+                ),
+                None => format!("{}/Task?_sort=-_lastUpdated", request.base_url),
+            },
+            current: current == status,
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -291,6 +329,7 @@ impl PageView {
             task: (resource_type == "Task").then(|| task_view(resource)),
             bundle: (resource_type == "Bundle").then(|| bundle_view(resource, request)),
             references: references(resource, request.base_url),
+            status_filters: status_filters(request, resource_type == "Bundle"),
             json: serde_json::to_string_pretty(resource).unwrap_or_default(),
         }
     }
