@@ -52,20 +52,24 @@ async fn trivial_server(listener: TcpListener, tls: Arc<dsf_core::rustls::Server
     }
 }
 
-/// Creates draft Tasks (POST) from `concurrency` clients for `duration`; the measurement and
-/// the (request number, id) of every Task created.
+/// Creates draft Tasks (POST) from `concurrency` clients for `duration`, identified
+/// `<prefix>-<request number>` (a draft Task's identifier is unique, so each call needs a
+/// prefix of its own); the measurement and the (request number, id) of every Task created.
 pub async fn create_tasks(
     client: Arc<FhirClient>,
+    prefix: &str,
     concurrency: usize,
     duration: Duration,
 ) -> (Measurement, Vec<(usize, String)>) {
     let created_ids = Arc::new(std::sync::Mutex::new(Vec::new()));
     let ids = created_ids.clone();
+    let prefix = prefix.to_owned();
     let measurement = closed_loop("create Task (POST)", concurrency, duration, move |i| {
-        let (cl, ids) = (client.clone(), ids.clone());
+        let (cl, ids, prefix) = (client.clone(), ids.clone(), prefix.clone());
         async move {
-            let body =
-                Bytes::from(serde_json::to_vec(&bench_task(&format!("t-{i}"))).unwrap_or_default());
+            let body = Bytes::from(
+                serde_json::to_vec(&bench_task(&format!("{prefix}-{i}"))).unwrap_or_default(),
+            );
             match cl
                 .request(
                     Method::POST,
@@ -245,7 +249,8 @@ pub async fn run(
         }
     });
 
-    let (created, ids) = create_tasks(client.clone(), c, d).await;
+    // The token search below finds these by `t-<n>`.
+    let (created, ids) = create_tasks(client.clone(), "t", c, d).await;
     measurements.push(created);
     let ids = Arc::new(ids);
     if ids.is_empty() {

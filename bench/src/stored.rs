@@ -58,6 +58,10 @@ pub struct StoreState {
     pub create: f64,
     /// Reads by id per second.
     pub read: f64,
+    /// p50 and p99 in ms of the newest 20 requested Tasks as JSON.
+    pub list_json: (f64, f64),
+    /// The same as a browser page.
+    pub list_page: (f64, f64),
     /// p50 and p99 in ms of `Task?status=requested`, first page with total.
     pub requested: (f64, f64),
     /// p50 and p99 in ms of `Task?_lastUpdated=gt…&_sort=_lastUpdated`, first page with total.
@@ -110,33 +114,59 @@ impl StoredReport {
             "| `Task?_lastUpdated=gt…&_sort=_lastUpdated` first page + total, p50 / p99 ms | {:.2} / {:.2} | {:.2} / {:.2} | – | < 20 ms |\n",
             e.catch_up.0, e.catch_up.1, f.catch_up.0, f.catch_up.1
         ));
+        out.push_str(&format!(
+            "| 20 newest requested Tasks as JSON, p50 / p99 ms | {:.2} / {:.2} | {:.2} / {:.2} | – | – |\n| the same as a browser page, p50 / p99 ms | {:.2} / {:.2} | {:.2} / {:.2} | page / JSON p50 {:.2} | < 5 ms |\n",
+            e.list_json.0, e.list_json.1, f.list_json.0, f.list_json.1,
+            e.list_page.0, e.list_page.1, f.list_page.0, f.list_page.1,
+            f.list_page.0 / f.list_json.0
+        ));
         out
     }
 }
 
-/// Runs `path` `SEARCH_REPEATS` times, one after the other; each answer must report `total`.
+/// Runs `path` `SEARCH_REPEATS` times as JSON, one after the other; each answer must report
+/// `total`.
 async fn search_latency(
     client: &FhirClient,
     path: &str,
     total: usize,
 ) -> Result<(f64, f64), Box<dyn std::error::Error + Send + Sync>> {
-    let expected = format!("\"total\":{total},");
+    answer_latency(
+        client,
+        path,
+        "application/fhir+json",
+        &format!("\"total\":{total},"),
+    )
+    .await
+}
+
+/// Runs `path` `SEARCH_REPEATS` times as a browser page; each must say `total` were found.
+async fn page_latency(
+    client: &FhirClient,
+    path: &str,
+    total: usize,
+) -> Result<(f64, f64), Box<dyn std::error::Error + Send + Sync>> {
+    answer_latency(client, path, "text/html", &format!("{total} found")).await
+}
+
+/// Runs `path` `SEARCH_REPEATS` times with `accept`; each answer must contain `expected`.
+async fn answer_latency(
+    client: &FhirClient,
+    path: &str,
+    accept: &str,
+    expected: &str,
+) -> Result<(f64, f64), Box<dyn std::error::Error + Send + Sync>> {
     let mut latencies = Vec::with_capacity(SEARCH_REPEATS);
     for _ in 0..SEARCH_REPEATS {
         let started = Instant::now();
         let r = client
-            .request(
-                Method::GET,
-                path,
-                &[("accept", "application/fhir+json")],
-                None,
-            )
+            .request(Method::GET, path, &[("accept", accept)], None)
             .await?;
         latencies.push(started.elapsed());
         let body = String::from_utf8_lossy(&r.body);
-        if r.status != 200 || !body.contains(&expected) {
+        if r.status != 200 || !body.contains(expected) {
             return Err(format!(
-                "{path}: expected total {total}, got {} {body:.300}",
+                "{path}: expected '{expected}', got {} {body:.300}",
                 r.status
             )
             .into());
@@ -174,6 +204,10 @@ async fn measure(
 ) -> Result<StoreState, Box<dyn std::error::Error + Send + Sync>> {
     // Searches first: the creates below would add to what `_lastUpdated=gt…` finds.
     let since = recent_tasks(server, tag).await?.replace('+', "%2B");
+    // A browser's Task list: the same 20 Tasks as JSON and as a page.
+    let list = "Task?status=requested&_sort=-_lastUpdated&_count=20";
+    let list_json = search_latency(client, list, requested + RECENT).await?;
+    let list_page = page_latency(client, list, requested + RECENT).await?;
     let requested = search_latency(
         client,
         "Task?status=requested&_count=20",
@@ -187,7 +221,7 @@ async fn measure(
     )
     .await?;
     let (c, d) = (settings.concurrency, settings.duration);
-    let (create, created) = create_tasks(client.clone(), c, d).await;
+    let (create, created) = create_tasks(client.clone(), &format!("m{tag}"), c, d).await;
     let read_ids = if read_ids.is_empty() {
         Arc::new(created.into_iter().map(|(_, id)| id).collect())
     } else {
@@ -197,6 +231,8 @@ async fn measure(
     Ok(StoreState {
         create: create.per_second,
         read: read.per_second,
+        list_json,
+        list_page,
         requested,
         catch_up,
     })
@@ -260,8 +296,13 @@ pub async fn run(
     let server = BenchServer::start(settings.postgres.as_deref(), settings.concurrency).await?;
     let client = Arc::new(server.client()?);
     // Warm-up, not measured: connections, prepared statements, caches.
-    let (_, created) =
-        create_tasks(client.clone(), settings.concurrency, Duration::from_secs(1)).await;
+    let (_, created) = create_tasks(
+        client.clone(),
+        "warm-up",
+        settings.concurrency,
+        Duration::from_secs(1),
+    )
+    .await;
     let created = Arc::new(created.into_iter().map(|(_, id)| id).collect::<Vec<_>>());
     if !created.is_empty() {
         read_tasks(
