@@ -106,15 +106,14 @@ impl PostgresBaseline {
         let schema = format!("dsf_bench_baseline_{}", uuid::Uuid::new_v4().simple());
         let client = connect(url, None).await?;
         client
-            .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+            .batch_execute(&format!(
+                "CREATE SCHEMA \"{schema}\"; SET search_path TO \"{schema}\"; {TABLES}"
+            ))
             .await?;
-        let baseline = PostgresBaseline {
+        Ok(PostgresBaseline {
             url: url.to_owned(),
             schema,
-        };
-        let client = baseline.connect().await?;
-        client.batch_execute(TABLES).await?;
-        Ok(baseline)
+        })
     }
 
     async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {

@@ -111,14 +111,17 @@ impl FhirServer {
             }
             Err(e) => return Reply::error(&e).render(Format::Json, pretty),
         };
-        let page_path = parts
-            .uri
-            .path()
-            .strip_prefix(self.context_path.as_str())
-            .unwrap_or("")
-            .trim_matches('/')
-            .to_owned();
-        let page_query = if html { query.clone() } else { Vec::new() };
+        // Only a page needs to know where it is.
+        let page_at = html.then(|| {
+            let path = parts
+                .uri
+                .path()
+                .strip_prefix(self.context_path.as_str())
+                .unwrap_or("")
+                .trim_matches('/')
+                .to_owned();
+            (path, query.clone())
+        });
         let reply = match self.dispatch(&admitted.identity, parts, body, query).await {
             Ok(reply) => reply,
             Err(e) => {
@@ -133,19 +136,18 @@ impl FhirServer {
         } else if let Some(turn) = &admitted.turn {
             turn.succeeded();
         }
-        let response = if html {
-            self.pages.render(
+        let response = match &page_at {
+            Some((path, query)) => self.pages.render(
                 reply,
                 &ui::PageRequest {
                     base_url: &self.config.base_url,
                     organization: &self.config.organization_identifier,
                     theme: self.config.ui_theme,
-                    path: &page_path,
-                    query: &page_query,
+                    path,
+                    query,
                 },
-            )
-        } else {
-            reply.render(format, pretty)
+            ),
+            None => reply.render(format, pretty),
         };
         if hyper::body::Body::size_hint(response.body())
             .exact()

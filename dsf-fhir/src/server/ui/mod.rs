@@ -115,15 +115,20 @@ impl Pages {
     /// The answer as a page; a body that is not a resource (raw Binary content, none) is
     /// answered as it is.
     pub(crate) fn render(&self, reply: Reply, request: &PageRequest<'_>) -> Response<ResponseBody> {
-        let resource = match &reply.body {
-            Body::Stored(json) => serde_json::from_str::<Value>(json).ok(),
-            Body::Value(value) => Some(value.clone()),
-            _ => None,
+        let Reply {
+            status,
+            headers: reply_headers,
+            body,
+        } = reply;
+        let resource = match body {
+            Body::Value(value) => value,
+            Body::Stored(json) => match serde_json::from_str::<Value>(&json) {
+                Ok(value) => value,
+                Err(_) => return as_is(status, reply_headers, Body::Stored(json)),
+            },
+            // Raw Binary content, or none.
+            other => return as_is(status, reply_headers, other),
         };
-        let Some(resource) = resource else {
-            return reply.render(crate::format::Format::Json, false);
-        };
-        let status = reply.status;
         let html = match self.html(&PageView::new(&resource, status, request)) {
             Ok(html) => html,
             Err(e) => {
@@ -135,7 +140,7 @@ impl Pages {
         let mut response = Response::new(ResponseBody::whole(html.into()));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        for (name, value) in reply.headers {
+        for (name, value) in reply_headers {
             // A page is another representation of the version: its entity tag differs (the
             // Java DSF prefixes an `h`), so that caches keep the two apart.
             let value = if name == http::header::ETAG {
@@ -168,6 +173,20 @@ impl Pages {
         );
         response
     }
+}
+
+/// An answer that is no resource, rendered as it would be without a page.
+fn as_is(
+    status: StatusCode,
+    headers: Vec<(http::HeaderName, String)>,
+    body: Body,
+) -> Response<ResponseBody> {
+    let reply = Reply {
+        status,
+        headers,
+        body,
+    };
+    reply.render(crate::format::Format::Json, false)
 }
 
 #[derive(Serialize)]
@@ -565,12 +584,8 @@ fn page_link(reference: &str, base_url: &str) -> Option<String> {
     }
     let mut segments = reference.split('/');
     let (resource_type, id) = (segments.next()?, segments.next()?);
-    let known = crate::resource_type::SUPPORTED_TYPES.contains(&resource_type);
-    let plain_id = !id.is_empty()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    (known && plain_id).then(|| format!("{base_url}/{reference}"))
+    let known = crate::resource_type::supported_type(resource_type).is_some();
+    (known && super::rest::valid_id(id)).then(|| format!("{base_url}/{reference}"))
 }
 
 #[cfg(test)]
