@@ -1,7 +1,10 @@
 //! A throw-away PKI for development and tests: one CA that issues server and client
 //! certificates. Never use these for production; real deployments use their CA's certificates.
 
-use crate::{client_config, parse_certs, parse_private_key, server_config, Result, Thumbprint};
+use crate::{
+    anonymous_client_config, client_config, parse_certs, parse_private_key, server_config,
+    server_config_with, ClientCertificates, Result, Thumbprint,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
@@ -160,6 +163,22 @@ impl DevPki {
     /// certificates of this CA.
     pub fn server_config(&self, cert: &IssuedCert) -> Result<rustls::ServerConfig> {
         server_config(cert.chain()?, cert.key()?, self.ca_certs()?)
+    }
+
+    /// A server configuration presenting `cert` that lets clients without a certificate
+    /// connect too (browsers of users who log in with OpenID Connect).
+    pub fn server_config_optional_client(&self, cert: &IssuedCert) -> Result<rustls::ServerConfig> {
+        server_config_with(
+            cert.chain()?,
+            cert.key()?,
+            self.ca_certs()?,
+            ClientCertificates::Optional,
+        )
+    }
+
+    /// A client configuration presenting no certificate and trusting servers of this CA.
+    pub fn anonymous_client_config(&self) -> Result<rustls::ClientConfig> {
+        anonymous_client_config(self.ca_certs()?)
     }
 
     /// A client configuration presenting `cert` and trusting servers of this CA.

@@ -25,7 +25,10 @@ pub use error::{Error, ErrorChain, Result};
 pub use pem::{load_certs, load_private_key, parse_certs, parse_private_key};
 pub use placeholders::{environment_variable, fill_placeholders};
 pub use thumbprint::Thumbprint;
-pub use tls::{client_config, crypto_provider, server_config, TlsFiles};
+pub use tls::{
+    anonymous_client_config, client_config, crypto_provider, server_config, server_config_with,
+    ClientCertificates, TlsFiles,
+};
 
 /// Re-exported so that users of the configurations need not depend on rustls themselves.
 pub use rustls;
