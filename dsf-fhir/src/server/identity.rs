@@ -32,8 +32,13 @@ pub struct LocalUser {
     pub name: String,
     /// The certificate this user is matched by, if by thumbprint.
     pub thumbprint: Option<Thumbprint>,
-    /// Lower-cased e-mail addresses this user is matched by, if a certificate names one.
+    /// Lower-cased e-mail addresses this user is matched by, if a certificate or an OpenID
+    /// Connect token names one.
     pub emails: Vec<String>,
+    /// OpenID Connect token roles this user is matched by (`token-role`).
+    pub token_roles: Vec<String>,
+    /// OpenID Connect token groups this user is matched by (`token-group`).
+    pub token_groups: Vec<String>,
     /// The DSF roles (`CREATE`, `READ`, …), each for all or some resource types.
     pub roles: Vec<DsfRole>,
     /// Practitioner roles as `(system, code)`, e.g. [`DSF_ADMIN`].
@@ -49,6 +54,8 @@ impl LocalUser {
             name: name.to_owned(),
             thumbprint: Some(thumbprint),
             emails: Vec::new(),
+            token_roles: Vec::new(),
+            token_groups: Vec::new(),
             roles: roles.iter().map(|r| DsfRole::all(*r)).collect(),
             practitioner_roles: Vec::new(),
             practitioner_identifier: None,
@@ -62,6 +69,8 @@ impl LocalUser {
             name: name.to_owned(),
             thumbprint: None,
             emails: vec![email.trim().to_ascii_lowercase()],
+            token_roles: Vec::new(),
+            token_groups: Vec::new(),
             roles: roles.iter().map(|r| DsfRole::all(*r)).collect(),
             practitioner_roles: Vec::new(),
             practitioner_identifier: None,
@@ -89,6 +98,14 @@ impl LocalUser {
                 .emails
                 .iter()
                 .any(|email| certificate.emails.contains(email))
+    }
+
+    /// Whether this user is the one an OpenID Connect token describes: by its e-mail address,
+    /// one of its roles or one of its groups.
+    pub fn matches_token(&self, email: &str, roles: &[String], groups: &[String]) -> bool {
+        self.emails.iter().any(|e| e == email)
+            || self.token_roles.iter().any(|r| roles.contains(r))
+            || self.token_groups.iter().any(|g| groups.contains(g))
     }
 
     /// The same user with the practitioner role `system|code` too.
@@ -152,6 +169,21 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// A reference to this caller, as a Task's `requester` or a QuestionnaireResponse's
+    /// `author` must name it: the practitioner by identifier, else the organisation.
+    pub fn reference(&self) -> serde_json::Value {
+        match (self.kind, &self.practitioner_identifier) {
+            (IdentityKind::Practitioner, Some(identifier)) => serde_json::json!({
+                "type": "Practitioner",
+                "identifier": {"system": crate::access::PRACTITIONER_IDENTIFIER_SYSTEM, "value": identifier}
+            }),
+            _ => serde_json::json!({
+                "type": "Organization",
+                "identifier": {"system": ORGANIZATION_IDENTIFIER_SYSTEM, "value": self.organization_identifier}
+            }),
+        }
+    }
+
     /// The local organisation or one of its practitioners.
     pub fn is_local(&self) -> bool {
         self.kind != IdentityKind::RemoteOrganization
@@ -374,27 +406,72 @@ pub async fn resolve(
         };
         return Ok(Some(Identity::organization(kind, identifier, affiliations)));
     }
-    if let Some(user) = matching_user(users, certificate) {
-        let local = store
-            .search(&unfiltered(
-                "Organization",
-                &format!(
-                    "identifier={ORGANIZATION_IDENTIFIER_SYSTEM}|{local_identifier}&active=true"
-                ),
-            )?)
-            .await?
-            .matches;
-        let affiliations = match local.first() {
-            Some(org) => affiliations_of(store, org, local_identifier).await?,
-            None => Vec::new(),
-        };
-        return Ok(Some(Identity::practitioner(
-            &user,
-            local_identifier,
-            affiliations,
-        )));
+    match matching_user(users, certificate) {
+        Some(user) => Ok(Some(practitioner_of(store, local_identifier, &user).await?)),
+        None => Ok(None),
     }
-    Ok(None)
+}
+
+/// The local organisation's affiliations; `None` while it is not in the allow list.
+async fn local_affiliations(
+    store: &ResourceStore,
+    local_identifier: &str,
+) -> Result<Option<Vec<Affiliation>>> {
+    let local = store
+        .search(&unfiltered(
+            "Organization",
+            &format!("identifier={ORGANIZATION_IDENTIFIER_SYSTEM}|{local_identifier}&active=true"),
+        )?)
+        .await?
+        .matches;
+    match local.first() {
+        Some(org) => Ok(Some(affiliations_of(store, org, local_identifier).await?)),
+        None => Ok(None),
+    }
+}
+
+/// `user` as a practitioner of the local organisation, with its affiliations.
+async fn practitioner_of(
+    store: &ResourceStore,
+    local_identifier: &str,
+    user: &LocalUser,
+) -> Result<Identity> {
+    let affiliations = local_affiliations(store, local_identifier)
+        .await?
+        .unwrap_or_default();
+    Ok(Identity::practitioner(user, local_identifier, affiliations))
+}
+
+/// The identity of a user who logged in with OpenID Connect; `None` while the local
+/// organisation is not in the allow list (as the Java DSF, which then knows no such user).
+pub(crate) async fn practitioner_identity(
+    store: &ResourceStore,
+    local_identifier: &str,
+    user: &LocalUser,
+) -> Result<Option<Identity>> {
+    Ok(local_affiliations(store, local_identifier)
+        .await?
+        .map(|affiliations| Identity::practitioner(user, local_identifier, affiliations)))
+}
+
+/// The local user an OpenID Connect token makes its holder: every configured user it matches
+/// (by e-mail, token role or token group) in one, with all their roles; its practitioner
+/// identifier the token's e-mail address. `None` when no rule gives it a DSF role.
+pub(crate) fn token_user(
+    users: &[LocalUser],
+    email: &str,
+    roles: &[String],
+    groups: &[String],
+) -> Option<LocalUser> {
+    let mut matching = users
+        .iter()
+        .filter(|u| u.thumbprint.is_none() && u.matches_token(email, roles, groups));
+    let mut user = matching.next()?.clone();
+    for other in matching {
+        user.add_roles(&other.roles, &other.practitioner_roles);
+    }
+    user.practitioner_identifier = Some(email.to_owned());
+    (!user.roles.is_empty()).then_some(user)
 }
 
 /// The local user `certificate` makes its holder: every configured user it matches (by

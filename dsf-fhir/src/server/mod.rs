@@ -13,6 +13,7 @@ pub mod identity;
 mod init_bundle;
 mod listen;
 mod memory;
+pub mod oidc;
 mod reply;
 mod request;
 mod request_body;
@@ -33,6 +34,7 @@ pub use bootstrap::{
 pub use caller::{AddressRange, ForwardedCertificates, PeerAddress, PeerCertificate};
 pub use connections::ConnectionLimits;
 pub use identity::{Identity, IdentityKind, LocalUser, DSF_ADMIN};
+pub use oidc::OidcConfig;
 pub use role_config::{RoleConfig, RoleRule};
 pub use roles::{DsfRole, Role};
 pub use service::FhirService;
@@ -77,6 +79,8 @@ pub struct ServerConfig {
     /// Which system the browser pages say this is (`DEV_DSF_FHIR_SERVER_UI_THEME`); none
     /// by default.
     pub ui_theme: Option<UiTheme>,
+    /// OpenID Connect for local users without a certificate; off by default.
+    pub oidc: Option<OidcConfig>,
 }
 
 /// How websocket connections are kept alive and how much they may fall behind.
@@ -117,6 +121,7 @@ impl ServerConfig {
             connections: ConnectionLimits::default(),
             forwarded_certificates: None,
             ui_theme: None,
+            oidc: None,
         }
     }
 
@@ -155,6 +160,8 @@ pub struct FhirServer {
     conformance: conformance::ConformanceCache,
     /// The HTML pages browsers get.
     pages: ui::Pages,
+    /// OpenID Connect, when configured.
+    oidc: Option<oidc::Oidc>,
 }
 
 /// What one request carries after transport: who sent it and the parsed URL.
@@ -208,7 +215,15 @@ impl Call<'_> {
 impl FhirServer {
     /// A server on `store`; its allow list is empty until loaded.
     pub fn new(store: ResourceStore, config: ServerConfig) -> Self {
+        let oidc = config.oidc.as_ref().and_then(|settings| {
+            oidc::Oidc::new(settings)
+                .inspect_err(|e| {
+                    tracing::error!(error = %ErrorChain(e), "OpenID Connect settings unusable; no one logs in with it")
+                })
+                .ok()
+        });
         FhirServer {
+            oidc,
             context_path: config.context_path(),
             changes: std::sync::Mutex::new(Some(store.changes())),
             store,

@@ -34,7 +34,8 @@ impl FhirServer {
             req.extensions(),
         ) {
             Ok(certificate) => certificate,
-            Err(e) => return refused(req.headers(), &e),
+            // Browsers and API clients of users who log in with OpenID Connect.
+            Err(e) => return self.respond_without_certificate(req, e).await,
         };
         if self.is_websocket_request(req.uri().path()) {
             self.upgrade(certificate, req, slot).await
@@ -82,6 +83,29 @@ impl FhirServer {
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
+        let identity = match self.identity_of(certificate).await {
+            Ok(identity) => identity,
+            Err(e) => return refused(req.headers(), &e),
+        };
+        self.handle_as(
+            identity,
+            Principal::Certificate(&certificate.thumbprint),
+            req,
+        )
+        .await
+    }
+
+    /// Handles one request of `identity`, whom `principal` authenticated.
+    pub(crate) async fn handle_as<B>(
+        &self,
+        identity: Arc<Identity>,
+        principal: Principal<'_>,
+        req: Request<B>,
+    ) -> Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
         let (parts, body) = req.into_parts();
         let accept = parts
             .headers
@@ -89,7 +113,7 @@ impl FhirServer {
             .and_then(|v| v.to_str().ok());
         // Who asks, and their turn, come before any work on the request: a remote
         // organisation's requests beyond its share wait here at no cost.
-        let admitted = match self.admit(certificate, parts.uri.query()).await {
+        let admitted = match self.admit(identity, parts.uri.query()).await {
             Ok(admitted) => admitted,
             Err(e) => return refused(&parts.headers, &e),
         };
@@ -111,18 +135,22 @@ impl FhirServer {
             }
             Err(e) => return Reply::error(&e).render(Format::Json, pretty),
         };
+        let path_below = parts
+            .uri
+            .path()
+            .strip_prefix(self.context_path.as_str())
+            .unwrap_or("")
+            .trim_matches('/')
+            .to_owned();
+        if let Some(action) = path_below.strip_prefix(ui::ACTION_PREFIX) {
+            return self
+                .ui_action(&admitted.identity, &principal, action, parts, body)
+                .await;
+        }
         // Only a page needs to know where it is.
-        let page_at = html.then(|| {
-            let path = parts
-                .uri
-                .path()
-                .strip_prefix(self.context_path.as_str())
-                .unwrap_or("")
-                .trim_matches('/')
-                .to_owned();
-            (path, query.clone())
-        });
-        let reply = match self.dispatch(&admitted.identity, parts, body, query).await {
+        let page_at = html.then(|| (path_below, query.clone()));
+        let identity = admitted.identity.clone();
+        let reply = match self.dispatch(&identity, parts, body, query).await {
             Ok(reply) => reply,
             Err(e) => {
                 if e.status() >= 500 {
@@ -137,16 +165,7 @@ impl FhirServer {
             turn.succeeded();
         }
         let response = match &page_at {
-            Some((path, query)) => self.pages.render(
-                reply,
-                &ui::PageRequest {
-                    base_url: &self.config.base_url,
-                    organization: &self.config.organization_identifier,
-                    theme: self.config.ui_theme,
-                    path,
-                    query,
-                },
-            ),
+            Some((path, query)) => self.page(reply, &identity, &principal, path, query).await,
             None => reply.render(format, pretty),
         };
         if hyper::body::Body::size_hint(response.body())
@@ -160,8 +179,7 @@ impl FhirServer {
 
     /// Resolves the caller and waits for its turn; then refuses, before decoding anything, a
     /// query string with more parts than any search may use.
-    async fn admit(&self, certificate: &PeerCertificate, query: Option<&str>) -> Result<Admitted> {
-        let identity = self.identity_of(certificate).await?;
+    async fn admit(&self, identity: Arc<Identity>, query: Option<&str>) -> Result<Admitted> {
         let turn = match identity.kind {
             IdentityKind::RemoteOrganization => {
                 self.peer_turns
@@ -249,9 +267,33 @@ impl FhirServer {
     }
 }
 
+/// Who is behind a request besides its identity: what its forms' CSRF tokens are bound to,
+/// and whether it can log out.
+pub(crate) enum Principal<'a> {
+    /// The holder of a client certificate.
+    Certificate(&'a Thumbprint),
+    /// A user logged in with OpenID Connect.
+    Session(&'a super::oidc::Session),
+    /// An API client with an OpenID Connect bearer token: it uses no forms.
+    Bearer,
+}
+
+impl Principal<'_> {
+    /// What CSRF tokens of this caller are derived from; none for bearer tokens.
+    pub(crate) fn csrf_subject(&self) -> Option<String> {
+        match self {
+            Principal::Certificate(thumbprint) => {
+                Some(format!("certificate:{}", thumbprint.as_str()))
+            }
+            Principal::Session(session) => Some(format!("session:{}", session.id)),
+            Principal::Bearer => None,
+        }
+    }
+}
+
 /// The answer to a request refused before its URL is parsed: in the format `Accept` asks for,
 /// JSON when it asks for none this server writes.
-fn refused(headers: &http::HeaderMap, error: &Error) -> Response<ResponseBody> {
+pub(crate) fn refused(headers: &http::HeaderMap, error: &Error) -> Response<ResponseBody> {
     let accept = headers
         .get(http::header::ACCEPT)
         .and_then(|v| v.to_str().ok());

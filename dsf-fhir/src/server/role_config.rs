@@ -196,8 +196,8 @@ impl RoleConfig {
 
     /// The local users of the rules: one per thumbprint, with the roles of every rule naming
     /// it (its practitioner identifier the first e-mail of such a rule, if any), and one per
-    /// rule that names e-mail addresses, matched by any of them. A certificate matching
-    /// several gets the roles of all (see `identity`).
+    /// rule that names e-mail addresses, token roles or token groups, matched by any of them.
+    /// A certificate or token matching several gets the roles of all (see `identity`).
     pub fn users(&self) -> Vec<LocalUser> {
         let mut users: Vec<LocalUser> = Vec::new();
         for rule in &self.rules {
@@ -218,20 +218,25 @@ impl RoleConfig {
                     user.practitioner_identifier = rule.emails.first().cloned();
                 }
             }
-            if let Some((first, others)) = rule.emails.split_first() {
-                let mut user = LocalUser::by_email(&rule.name, first, &[]);
-                user.emails
-                    .extend(others.iter().map(|e| e.to_ascii_lowercase()));
-                user.roles = rule.dsf_roles.clone();
-                user.practitioner_roles = rule.practitioner_roles.clone();
-                users.push(user);
+            let by_token = !rule.token_roles.is_empty() || !rule.token_groups.is_empty();
+            if !rule.emails.is_empty() || by_token {
+                users.push(LocalUser {
+                    name: rule.name.clone(),
+                    thumbprint: None,
+                    emails: rule.emails.iter().map(|e| e.to_ascii_lowercase()).collect(),
+                    token_roles: rule.token_roles.clone(),
+                    token_groups: rule.token_groups.clone(),
+                    roles: rule.dsf_roles.clone(),
+                    practitioner_roles: rule.practitioner_roles.clone(),
+                    practitioner_identifier: None,
+                });
             }
         }
         users
     }
 
     /// Whether any rule matches only by OpenID Connect token role or group: those callers are
-    /// recognised only once OpenID Connect exists here.
+    /// recognised only where OpenID Connect is configured.
     pub fn has_token_only_rules(&self) -> bool {
         self.rules.iter().any(|r| {
             r.thumbprints.is_empty()
@@ -270,8 +275,12 @@ mod tests {
             ]
         );
         let users = config.users();
-        // The admin by thumbprint, the admin by e-mail, the reader.
-        assert_eq!(users.len(), 3);
+        // The admin by thumbprint, the admin by e-mail, the reader, the token user.
+        assert_eq!(users.len(), 4);
+        assert_eq!(users[3].token_roles, vec!["dsf-admin".to_owned()]);
+        assert!(users[3].matches_token("x@y.org", &["dsf-admin".into()], &[]));
+        assert!(!users[3].matches_token("admin@dsf.test", &[], &[]));
+        assert!(users[1].matches_token("admin@dsf.test", &[], &[]));
         assert_eq!(users[1].emails, vec!["admin@dsf.test".to_owned()]);
         assert_eq!(users[1].thumbprint, None);
         assert!(users[1]

@@ -6,9 +6,16 @@
 //! Pages are rendered on the server from one template embedded in the binary (minijinja,
 //! every value autoescaped: resource content is the peer's), with the style sheet inlined.
 //! The theme ([`UiTheme`]) marks which system people are on.
+//!
+//! Two forms write: starting a process from a draft Task, and answering a user task (see
+//! `form` and `actions`). Each carries a CSRF token bound to its caller's certificate or
+//! login session.
+
+mod actions;
+mod form;
 
 use super::reply::{Body, Reply};
-use super::ResponseBody;
+use super::{ResponseBody, ServerConfig};
 use crate::Error;
 use http::{HeaderValue, Response, StatusCode};
 use serde::Serialize;
@@ -79,7 +86,39 @@ fn is_html(mime: &str) -> bool {
     essence.eq_ignore_ascii_case("html") || essence.eq_ignore_ascii_case("text/html")
 }
 
-/// What a page needs to know beyond the answer: where it is and whose server it is.
+/// Where form submissions go, below the base URL.
+pub(crate) const ACTION_PREFIX: &str = "_ui/";
+
+/// Who looks at a page, and so which forms it offers.
+pub(crate) struct Viewer {
+    pub name: String,
+    /// The token the page's forms carry; none for callers that use no forms.
+    pub csrf: Option<String>,
+    /// May create Tasks: the start form is offered.
+    pub can_start: bool,
+    /// May update QuestionnaireResponses: the answer form is offered.
+    pub can_answer: bool,
+    /// Logged in with OpenID Connect: a logout button is offered.
+    pub logout: bool,
+}
+
+static NOBODY: Viewer = Viewer {
+    name: String::new(),
+    csrf: None,
+    can_start: false,
+    can_answer: false,
+    logout: false,
+};
+
+impl Viewer {
+    /// A viewer offered no forms (an error before anyone is known).
+    pub(crate) fn anonymous() -> &'static Viewer {
+        &NOBODY
+    }
+}
+
+/// What a page needs to know beyond the answer: where it is, whose server it is, and who
+/// looks.
 pub(crate) struct PageRequest<'a> {
     /// The server's base URL.
     pub base_url: &'a str,
@@ -90,11 +129,39 @@ pub(crate) struct PageRequest<'a> {
     pub path: &'a str,
     /// The request's query parameters.
     pub query: &'a [(String, String)],
+    pub viewer: &'a Viewer,
+    /// The Questionnaire of a user task shown, for its answer form.
+    pub questionnaire: Option<&'a Value>,
 }
 
-/// The page template, parsed once.
+impl<'a> PageRequest<'a> {
+    pub(crate) fn new(
+        config: &'a ServerConfig,
+        path: &'a str,
+        query: &'a [(String, String)],
+        viewer: &'a Viewer,
+    ) -> PageRequest<'a> {
+        PageRequest {
+            base_url: &config.base_url,
+            organization: &config.organization_identifier,
+            theme: config.ui_theme,
+            path,
+            query,
+            viewer,
+            questionnaire: None,
+        }
+    }
+
+    /// A page for nobody in particular (a failed login).
+    pub(crate) fn anonymous(config: &'a ServerConfig, path: &'a str) -> PageRequest<'a> {
+        PageRequest::new(config, path, &[], Viewer::anonymous())
+    }
+}
+
+/// The page template, parsed once, and the key CSRF tokens are made with.
 pub(crate) struct Pages {
     env: minijinja::Environment<'static>,
+    csrf_key: ring::hmac::Key,
 }
 
 impl Pages {
@@ -105,7 +172,36 @@ impl Pages {
         if let Err(e) = env.add_template("page.html", PAGE) {
             tracing::error!(error = %e, "the page template does not parse");
         }
-        Pages { env }
+        // A key per process: tokens of pages served before a restart are refused after it,
+        // and a page reloaded gets a fresh one.
+        let rng = ring::rand::SystemRandom::new();
+        let csrf_key =
+            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| {
+                tracing::error!("the system's random source failed; CSRF tokens use a fixed key");
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"dsf-rs")
+            });
+        Pages { env, csrf_key }
+    }
+
+    /// The CSRF token of the caller `subject` (a certificate or session).
+    pub(crate) fn csrf_token(&self, subject: &str) -> String {
+        let tag = ring::hmac::sign(&self.csrf_key, subject.as_bytes());
+        hex::encode(tag.as_ref())
+    }
+
+    /// Whether `token` is the CSRF token of `subject` (compared in constant time).
+    pub(crate) fn csrf_valid(&self, subject: &str, token: &str) -> bool {
+        hex::decode(token)
+            .is_ok_and(|tag| ring::hmac::verify(&self.csrf_key, subject.as_bytes(), &tag).is_ok())
+    }
+
+    /// `scheme://host[:port]` of the base URL, as browsers send it in `Origin`.
+    pub(crate) fn origin<'u>(&self, base_url: &'u str) -> &'u str {
+        let after_scheme = base_url.find("://").map_or(0, |p| p + 3);
+        match base_url[after_scheme..].find('/') {
+            Some(slash) => &base_url[..after_scheme + slash],
+            None => base_url,
+        }
     }
 
     fn html(&self, view: &PageView) -> Result<String, minijinja::Error> {
@@ -210,6 +306,56 @@ struct PageView {
     /// On a Task search: the same list by status, newest first.
     status_filters: Vec<StatusFilter>,
     json: String,
+    user: String,
+    /// The logout form's token, for a viewer logged in with OpenID Connect.
+    logout_csrf: Option<String>,
+    start_form: Option<FormView>,
+    answer_form: Option<FormView>,
+}
+
+#[derive(Serialize)]
+struct FormView {
+    action: String,
+    csrf: String,
+    fields: Vec<form::Field>,
+}
+
+/// The start form of a draft Task, for a viewer who may create Tasks.
+fn start_form(resource: &Value, request: &PageRequest<'_>) -> Option<FormView> {
+    let viewer = request.viewer;
+    let is_draft_task =
+        text(resource, "resourceType") == "Task" && text(resource, "status") == "draft";
+    if !is_draft_task || !viewer.can_start {
+        return None;
+    }
+    Some(FormView {
+        action: format!(
+            "{}/{ACTION_PREFIX}start/{}",
+            request.base_url,
+            text(resource, "id")
+        ),
+        csrf: viewer.csrf.clone()?,
+        fields: form::start_fields(resource),
+    })
+}
+
+/// The answer form of a user task waiting for an answer, for a viewer who may answer.
+fn answer_form(resource: &Value, request: &PageRequest<'_>) -> Option<FormView> {
+    let viewer = request.viewer;
+    let waiting = text(resource, "resourceType") == "QuestionnaireResponse"
+        && text(resource, "status") == "in-progress";
+    if !waiting || !viewer.can_answer {
+        return None;
+    }
+    Some(FormView {
+        action: format!(
+            "{}/{ACTION_PREFIX}answer/{}",
+            request.base_url,
+            text(resource, "id")
+        ),
+        csrf: viewer.csrf.clone()?,
+        fields: form::answer_fields(request.questionnaire?, resource),
+    })
 }
 
 #[derive(Serialize)]
@@ -350,6 +496,14 @@ impl PageView {
             references: references(resource, request.base_url),
             status_filters: status_filters(request, resource_type == "Bundle"),
             json: serde_json::to_string_pretty(resource).unwrap_or_default(),
+            user: request.viewer.name.clone(),
+            logout_csrf: request
+                .viewer
+                .logout
+                .then(|| request.viewer.csrf.clone())
+                .flatten(),
+            start_form: start_form(resource, request),
+            answer_form: answer_form(resource, request),
         }
     }
 }
@@ -636,6 +790,8 @@ mod tests {
             theme: Some(UiTheme::Test),
             path: "Task/t1",
             query: &[],
+            viewer: Viewer::anonymous(),
+            questionnaire: None,
         };
         let html = pages
             .html(&PageView::new(&task, StatusCode::OK, &request))
