@@ -574,7 +574,10 @@ async fn the_plugin_guide_hello_world_runs() {
     let bpe = Bpe::start(bpe_config(org), vec![dsf_plugin_hello_world::plugin()])
         .await
         .expect("BPE");
-    assert_eq!(bpe.report().deployed, ["exampleorg_helloWorld|1.0"]);
+    assert_eq!(
+        bpe.report().deployed,
+        ["exampleorg_helloWorld|1.0", "exampleorg_helloUser|1.0"]
+    );
     tokio::time::timeout(WAIT, bpe.wait_connected())
         .await
         .expect("bound");
@@ -588,6 +591,59 @@ async fn the_plugin_guide_hello_world_runs() {
     assert_eq!(
         output_string(&task, dsf_plugin_hello_world::HELLO_WORLD, "greeting"),
         Some("Hello, org0.test!")
+    );
+}
+
+async fn the_hello_user_process_waits_for_a_person_and_records_their_greeting() {
+    let network = Network::start(1, Topology::Mesh).await;
+    let org = network.organization(0);
+    let bpe = Bpe::start(bpe_config(org), vec![dsf_plugin_hello_world::plugin()])
+        .await
+        .expect("BPE");
+    tokio::time::timeout(WAIT, bpe.wait_connected())
+        .await
+        .expect("bound");
+    // The draft Task the plugin ships is on the server to start from.
+    let drafts = org
+        .client
+        .search(
+            "Task",
+            "status=draft&_profile=http://example.org/fhir/StructureDefinition/task-hello-user|1.0",
+        )
+        .await
+        .expect("search");
+    assert_eq!(drafts["total"], 1, "{drafts:#}");
+    let mut task = start_task(org, "helloUser", "task-hello-user", "helloUser", vec![]);
+    task["instantiatesCanonical"] = json!(format!("{}|1.0", dsf_plugin_hello_world::USER_PROCESS));
+    task["meta"]["profile"] =
+        json!(["http://example.org/fhir/StructureDefinition/task-hello-user|1.0"]);
+    let id = post(org, task).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut response = loop {
+        let found = org
+            .client
+            .search("QuestionnaireResponse", "status=in-progress")
+            .await
+            .expect("search");
+        if let Some(r) = found.pointer("/entry/0/resource") {
+            break r.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no user task");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        response["questionnaire"],
+        "http://example.org/fhir/Questionnaire/hello-user|1.0"
+    );
+    response["item"][2]["answer"] = json!([{"valueString": "Moin"}]);
+    response["item"][3]["answer"] = json!([{"valueInteger": 2}]);
+    response["status"] = json!("completed");
+    org.client.update(&response).await.expect("answer");
+    let task = finished(org, &id).await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(
+        output_string(&task, dsf_plugin_hello_world::HELLO_WORLD, "user-greeting"),
+        Some("Moin Moin")
     );
 }
 
@@ -926,6 +982,10 @@ fn main() {
         .test(
             "the_plugin_guide_hello_world_runs",
             the_plugin_guide_hello_world_runs,
+        )
+        .test(
+            "the_hello_user_process_waits_for_a_person_and_records_their_greeting",
+            the_hello_user_process_waits_for_a_person_and_records_their_greeting,
         )
         .test(
             "a_slow_handler_holds_up_no_other_instance",
