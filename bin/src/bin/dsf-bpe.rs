@@ -6,7 +6,6 @@
 use clap::Parser;
 use dsf_bin::{init_logging, shutdown_signal, start_bpe, BpeSettings};
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -64,13 +63,7 @@ struct Args {
     process_plugin_call_timeout: String,
 }
 
-fn duration(text: &str, what: &str) -> Result<Duration, String> {
-    dsf_bpmn::engine::parse_duration(text)
-        .ok()
-        .and_then(|millis| u64::try_from(millis).ok())
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{what}: '{text}' is not an ISO 8601 duration such as PT60S"))
-}
+use dsf_bin::iso_duration as duration;
 
 fn plugin_file_settings(call_timeout: &str) -> Result<dsf_engine::PluginFileSettings, String> {
     let mut settings = dsf_engine::PluginFileSettings::default();

@@ -3,13 +3,17 @@
 
 use clap::Parser;
 use dsf_bin::{
-    fill_init_bundle, init_logging, shutdown_signal, start_fhir_server, FhirServerSettings,
+    fill_init_bundle, init_logging, iso_duration, shutdown_signal, start_fhir_server,
+    FhirServerSettings,
 };
-use dsf_core::{load_certs, Thumbprint, TlsFiles};
-use dsf_fhir::server::{caller::parse_address_ranges, ForwardedCertificates, RoleConfig, UiTheme};
+use dsf_core::{load_certs, ClientCertificates, Thumbprint, TlsFiles};
+use dsf_fhir::server::{
+    caller::parse_address_ranges, ForwardedCertificates, OidcConfig, RoleConfig, UiTheme,
+};
 use dsf_fhir::ServerConfig;
 use http::HeaderName;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(version, about = "DSF FHIR server (dsf-rs)")]
@@ -78,6 +82,144 @@ struct Args {
     /// certificates are believed; from any other address the header is ignored
     #[arg(long, env = "DEV_DSF_SERVER_AUTH_TRUSTED_PROXIES", default_value = "")]
     trusted_proxies: String,
+    #[command(flatten)]
+    oidc: OidcArgs,
+}
+
+/// OpenID Connect for local users (the Java DSF's `DEV_DSF_SERVER_AUTH_OIDC_*`).
+#[derive(clap::Args)]
+struct OidcArgs {
+    /// The authorization code flow (with PKCE) for the browser pages
+    #[arg(
+        long,
+        env = "DEV_DSF_SERVER_AUTH_OIDC_AUTHORIZATION_CODE_FLOW",
+        default_value_t = false
+    )]
+    oidc_authorization_code_flow: bool,
+    /// Bearer tokens (the provider's JWT access tokens) for API calls
+    #[arg(
+        long,
+        env = "DEV_DSF_SERVER_AUTH_OIDC_BEARER_TOKEN",
+        default_value_t = false
+    )]
+    oidc_bearer_token: bool,
+    /// Audience bearer tokens must name; the client id when unset, no check when empty
+    #[arg(long, env = "DEV_DSF_SERVER_AUTH_OIDC_BEARER_TOKEN_AUDIENCE")]
+    oidc_bearer_token_audience: Option<String>,
+    /// The provider's realm base URL (its issuer), e.g. https://keycloak:8443/realms/dsf
+    #[arg(long, env = "DEV_DSF_SERVER_AUTH_OIDC_PROVIDER_REALM_BASE_URL")]
+    oidc_provider_realm_base_url: Option<String>,
+    /// Path of the discovery document below the realm base URL
+    #[arg(
+        long,
+        env = "DEV_DSF_SERVER_AUTH_OIDC_PROVIDER_DISCOVERY_PATH",
+        default_value = "/.well-known/openid-configuration"
+    )]
+    oidc_provider_discovery_path: String,
+    /// CA certificates (PEM) the provider's server certificate must chain to
+    #[arg(
+        long,
+        env = "DEV_DSF_SERVER_AUTH_OIDC_PROVIDER_CLIENT_TRUST_SERVER_CERTIFICATE_CAS"
+    )]
+    oidc_provider_trust_cas: Option<PathBuf>,
+    /// Limit of one request to the provider
+    #[arg(
+        long,
+        env = "DEV_DSF_SERVER_AUTH_OIDC_PROVIDER_CLIENT_TIMEOUT_READ",
+        default_value = "PT30S"
+    )]
+    oidc_provider_timeout: String,
+    /// How long the discovery document and signing keys are kept
+    #[arg(
+        long,
+        env = "DEV_DSF_SERVER_AUTH_OIDC_PROVIDER_CLIENT_CACHE_TIMEOUT_JWKS_RESOURCE",
+        default_value = "PT1H"
+    )]
+    oidc_cache_timeout: String,
+    #[arg(long, env = "DEV_DSF_SERVER_AUTH_OIDC_CLIENT_ID", default_value = "")]
+    oidc_client_id: String,
+    #[arg(
+        long,
+        env = "DEV_DSF_SERVER_AUTH_OIDC_CLIENT_SECRET",
+        default_value = ""
+    )]
+    oidc_client_secret: String,
+    /// A file holding the client secret
+    #[arg(long, env = "DEV_DSF_SERVER_AUTH_OIDC_CLIENT_SECRET_FILE")]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// Back-channel logout (needs the authorization code flow)
+    #[arg(
+        long,
+        env = "DEV_DSF_SERVER_AUTH_OIDC_BACK_CHANNEL_LOGOUT",
+        default_value_t = false
+    )]
+    oidc_back_channel_logout: bool,
+    /// Where the provider posts logout tokens, below the base URL
+    #[arg(
+        long,
+        env = "DEV_DSF_SERVER_AUTH_OIDC_BACK_CHANNEL_LOGOUT_PATH",
+        default_value = "/back-channel-logout"
+    )]
+    oidc_back_channel_logout_path: String,
+    /// Inactivity after which a login session ends
+    #[arg(
+        long,
+        env = "DEV_DSF_SERVER_AUTH_OIDC_SESSION_TIMEOUT",
+        default_value = "PT30M"
+    )]
+    oidc_session_timeout: String,
+}
+
+impl OidcArgs {
+    /// The settings, when a flow is enabled.
+    fn config(&self) -> Result<Option<OidcConfig>, String> {
+        if !self.oidc_authorization_code_flow && !self.oidc_bearer_token {
+            return Ok(None);
+        }
+        let base = self.oidc_provider_realm_base_url.as_deref().ok_or(
+            "DEV_DSF_SERVER_AUTH_OIDC_PROVIDER_REALM_BASE_URL is required for OpenID Connect",
+        )?;
+        let trust = self.oidc_provider_trust_cas.as_ref().ok_or(
+            "DEV_DSF_SERVER_AUTH_OIDC_PROVIDER_CLIENT_TRUST_SERVER_CERTIFICATE_CAS is required for OpenID Connect",
+        )?;
+        let cas = load_certs(trust)
+            .map_err(|e| format!("OpenID provider CAs: {}", dsf_core::ErrorChain(&e)))?;
+        let tls = dsf_core::anonymous_client_config(cas).map_err(|e| e.to_string())?;
+        let secret = match &self.oidc_client_secret_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    format!(
+                        "DEV_DSF_SERVER_AUTH_OIDC_CLIENT_SECRET_FILE {}: {e}",
+                        path.display()
+                    )
+                })?
+                .trim()
+                .to_owned(),
+            None => self.oidc_client_secret.clone(),
+        };
+        let mut config = OidcConfig::new(base, &self.oidc_client_id, &secret, Arc::new(tls))
+            .map_err(|e| e.to_string())?;
+        config.authorization_code_flow = self.oidc_authorization_code_flow;
+        config.bearer_token = self.oidc_bearer_token;
+        config.bearer_token_audience = self.oidc_bearer_token_audience.clone();
+        config.discovery_path = self.oidc_provider_discovery_path.clone();
+        config.provider_timeout = iso_duration(
+            &self.oidc_provider_timeout,
+            "DEV_DSF_SERVER_AUTH_OIDC_PROVIDER_CLIENT_TIMEOUT_READ",
+        )?;
+        config.cache_timeout = iso_duration(
+            &self.oidc_cache_timeout,
+            "DEV_DSF_SERVER_AUTH_OIDC_PROVIDER_CLIENT_CACHE_TIMEOUT_JWKS_RESOURCE",
+        )?;
+        config.back_channel_logout = self.oidc_back_channel_logout;
+        config.back_channel_logout_path = self.oidc_back_channel_logout_path.clone();
+        config.session_timeout = iso_duration(
+            &self.oidc_session_timeout,
+            "DEV_DSF_SERVER_AUTH_OIDC_SESSION_TIMEOUT",
+        )?;
+        config.check().map_err(|e| e.to_string())?;
+        Ok(Some(config))
+    }
 }
 
 fn forwarded_certificates(args: &Args) -> Result<Option<ForwardedCertificates>, String> {
@@ -130,8 +272,9 @@ async fn main() -> Result<(), dsf_bin::Failure> {
     };
     let roles = RoleConfig::parse(&args.role_config)
         .map_err(|e| format!("DEV_DSF_FHIR_SERVER_ROLECONFIG: {e}"))?;
-    if roles.has_token_only_rules() {
-        tracing::warn!("role configuration rules matching only by token-role or token-group recognise nobody yet (no OpenID Connect)");
+    config.oidc = args.oidc.config()?;
+    if roles.has_token_only_rules() && config.oidc.is_none() {
+        tracing::warn!("role configuration rules matching only by token-role or token-group recognise nobody: OpenID Connect is off");
     }
     config.users.extend(roles.users());
     let local_thumbprints = local_thumbprints(&args)?;
@@ -157,7 +300,12 @@ async fn main() -> Result<(), dsf_bin::Failure> {
                 private_key: private_key.clone(),
                 trusted_cas: trusted_cas.clone(),
             }
-            .server_config()?,
+            // Browsers of users who log in with OpenID Connect have no certificate.
+            .server_config_with(if config.oidc.is_some() {
+                ClientCertificates::Optional
+            } else {
+                ClientCertificates::Required
+            })?,
         ),
         _ if config.forwarded_certificates.is_some() => None,
         _ => return Err("set DEV_DSF_SERVER_CERTIFICATE, DEV_DSF_SERVER_CERTIFICATE_KEY and DEV_DSF_SERVER_AUTH_TRUST_CLIENT_CERTIFICATE_CAS, or DEV_DSF_SERVER_AUTH_TRUSTED_PROXIES to serve plain HTTP behind a reverse proxy".into()),

@@ -201,11 +201,7 @@ async fn up(options: UpOptions) -> Result<(), Box<dyn std::error::Error + Send +
 }
 
 fn pong_timeout(text: &str) -> Result<std::time::Duration, String> {
-    dsf_bpmn::engine::parse_duration(text)
-        .ok()
-        .and_then(|millis| u64::try_from(millis).ok())
-        .map(std::time::Duration::from_millis)
-        .ok_or_else(|| format!("--pong-timeout '{text}' is not an ISO 8601 duration such as PT20S"))
+    dsf_bin::iso_duration(text, "--pong-timeout")
 }
 
 fn print_outcome(from: &str, outcome: &dsf_bin::ping::PingOutcome) {
