@@ -120,7 +120,8 @@ impl FhirServer {
             .peer_certificates()
             .and_then(|certs| certs.first())
             .map(|cert| PeerCertificate::from_der(cert));
-        if certificate.is_none() {
+        // Without a certificate only users who log in with OpenID Connect have any business.
+        if certificate.is_none() && self.oidc.is_none() {
             return;
         }
         self.connection(tls, peer, certificate, slot).await;
@@ -150,7 +151,8 @@ impl FhirServer {
                     self.identity_of(certificate).await,
                     Err(Error::Unauthenticated(_))
                 ),
-                None => false,
+                // A browser or API client of an OpenID Connect user.
+                None => self.oidc.is_some(),
             };
         slot.set_known(known);
         let header_timeout = match known {

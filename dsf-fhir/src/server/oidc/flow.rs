@@ -174,7 +174,7 @@ impl FhirServer {
     /// The local user `user` is, by the role configuration's `email`, `token-role` and
     /// `token-group` rules; refused when no rule gives them a role.
     async fn token_identity(&self, user: &TokenUser) -> Result<Identity> {
-        let local = identity::token_user(&self.config.users, &user.email, &user.roles, &user.groups)
+        let mut local = identity::token_user(&self.config.users, &user.email, &user.roles, &user.groups)
             .ok_or_else(|| {
                 tracing::warn!(user = %user.email, "OpenID Connect user not configured as a local user");
                 Error::Unauthenticated(format!(
@@ -182,6 +182,8 @@ impl FhirServer {
                     user.email
                 ))
             })?;
+        // Pages and logs name the person, not the rule that admitted them.
+        local.name = user.name.clone();
         identity::practitioner_identity(&self.store, &self.config.organization_identifier, &local)
             .await?
             .ok_or_else(|| {

@@ -301,25 +301,19 @@ impl FhirServer {
                 Bytes::from(body),
             )
             .await;
-        let (task, reply) = success_json(created)?;
+        let (task, _) = success_json(created)?;
         tracing::info!(identity = identity.name(), draft = id, task = %task["id"], "process started from the browser pages");
-        Ok(see_other(&self.created_page(&reply, &task, "Task")))
+        Ok(see_other(&self.created_page(&task, "Task")))
     }
 
-    /// Where a written resource's page is: its `Location`, or its id.
-    fn created_page(&self, reply: &Reply, resource: &Value, resource_type: &str) -> String {
-        reply
-            .headers
-            .iter()
-            .find(|(name, _)| name == http::header::LOCATION)
-            .map(|(_, value)| value.clone())
-            .unwrap_or_else(|| {
-                format!(
-                    "{}/{resource_type}/{}",
-                    self.config.base_url,
-                    resource["id"].as_str().unwrap_or_default()
-                )
-            })
+    /// The page of a created resource: its current version, which the process changes next
+    /// (not the `Location`, which names version 1).
+    fn created_page(&self, resource: &Value, resource_type: &str) -> String {
+        format!(
+            "{}/{resource_type}/{}",
+            self.config.base_url,
+            resource["id"].as_str().unwrap_or_default()
+        )
     }
 
     /// Answers a user task: the QuestionnaireResponse `id`, completed with the form's answers
