@@ -95,8 +95,37 @@ impl Network {
     /// list when `allows(i, j)` (and itself always).
     pub async fn start_allowing(count: usize, allows: impl Fn(usize, usize) -> bool) -> Network {
         let pki = DevPki::generate("dsf-rs network test CA").expect("CA");
+        Self::start_configured(pki, count, allows, |_, _| {}).await
+    }
+
+    /// `count` organisations as [`Network::start`] says, with certificates of `pki`,
+    /// organisation `i`'s server settings changed by `configure(i, …)`. Servers let clients
+    /// without a certificate connect when any uses OpenID Connect.
+    pub async fn start_with(
+        pki: DevPki,
+        count: usize,
+        topology: Topology,
+        configure: impl Fn(usize, &mut ServerConfig),
+    ) -> Network {
+        Self::start_configured(
+            pki,
+            count,
+            |i, j| match topology {
+                Topology::Mesh => true,
+                Topology::Star => i == 0 || j == 0,
+            },
+            configure,
+        )
+        .await
+    }
+
+    async fn start_configured(
+        pki: DevPki,
+        count: usize,
+        allows: impl Fn(usize, usize) -> bool,
+        configure: impl Fn(usize, &mut ServerConfig),
+    ) -> Network {
         let server_cert = pki.issue_server("localhost").expect("server certificate");
-        let tls = Arc::new(pki.server_config(&server_cert).expect("server TLS"));
         let mut listeners = Vec::new();
         let mut certificates = Vec::new();
         for i in 0..count {
@@ -109,6 +138,24 @@ impl Network {
             );
         }
         let ports: Vec<u16> = listeners.iter().map(|(_, port)| *port).collect();
+        let configs: Vec<ServerConfig> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let base_url = format!("https://localhost:{port}/fhir");
+                let mut config = ServerConfig::new(&base_url, &organization_identifier(i));
+                configure(i, &mut config);
+                config
+            })
+            .collect();
+        let tls = Arc::new(
+            if configs.iter().any(|c| c.oidc.is_some()) {
+                pki.server_config_optional_client(&server_cert)
+            } else {
+                pki.server_config(&server_cert)
+            }
+            .expect("server TLS"),
+        );
         let entry = |i: usize| AllowListEntry {
             identifier: organization_identifier(i),
             name: format!("Organization {i}"),
@@ -119,8 +166,8 @@ impl Network {
         let mut organizations = Vec::new();
         for (i, (listener, port)) in listeners.into_iter().enumerate() {
             let identifier = organization_identifier(i);
-            let base_url = format!("https://localhost:{port}/fhir");
-            let config = ServerConfig::new(&base_url, &identifier);
+            let config = configs[i].clone();
+            let base_url = config.base_url.clone();
             let backend = Arc::new(SqliteBackend::in_memory().expect("SQLite"));
             let store = ResourceStore::new(backend, &base_url);
             let server = FhirServer::new(store.clone(), config.clone());

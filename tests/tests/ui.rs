@@ -238,6 +238,10 @@ async fn the_start_form_creates_the_task_a_client_would() {
     assert_eq!(status, 303, "{html}");
     let location = headers["location"].to_str().expect("location").to_owned();
     assert!(location.contains("/Task/"), "{location}");
+    assert!(
+        !location.contains("_history"),
+        "the current version: {location}"
+    );
     assert_eq!(requested_tasks(&server).await, 1);
     let tasks = server
         .local
