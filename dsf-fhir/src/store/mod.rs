@@ -526,7 +526,14 @@ pub(crate) async fn search_in(
     }
     let offset = (query.page.max(1) - 1).saturating_mul(query.count);
     let matches = session
-        .resources(&sql::search_page(dialect, query, plan, query.count, offset))
+        .resources(&sql::search_page(
+            dialect,
+            query,
+            plan,
+            query.count,
+            offset,
+            !query.clauses.is_empty() && total < plan::FEW_READABLE,
+        ))
         .await?;
     let mut included: Vec<StoredResource> = Vec::new();
     if !matches.is_empty() {

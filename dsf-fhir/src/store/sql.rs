@@ -596,12 +596,19 @@ pub fn search_count(dialect: Dialect, query: &SearchQuery, plan: AccessPlan) -> 
 }
 
 /// One page of matches, ordered by `_sort` and then by last change, so that paging is stable.
+///
+/// With `few_matches` (the total is known to be small), `_lastUpdated` is sorted as an
+/// expression: the database then finds the few matches by their criteria and sorts them,
+/// instead of walking every resource of the type newest first in the `last_updated` index
+/// until a page of matches turns up (37 ms for the 20 newest requested Tasks among 100,000
+/// mostly completed ones).
 pub fn search_page(
     dialect: Dialect,
     query: &SearchQuery,
     plan: AccessPlan,
     limit: usize,
     offset: usize,
+    few_matches: bool,
 ) -> Sql {
     let mut sql = Sql::new(dialect);
     sql.push("SELECT ").push(RESOURCE_COLUMNS);
@@ -611,6 +618,9 @@ pub fn search_page(
         match &sort.key {
             SortKey::Id => {
                 sql.push("r.res_id");
+            }
+            SortKey::LastUpdated if few_matches => {
+                sql.push("(r.last_updated + 0)");
             }
             SortKey::LastUpdated => {
                 sql.push("r.last_updated");

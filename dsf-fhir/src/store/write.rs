@@ -245,6 +245,7 @@ impl Writer<'_> {
                 sql::AccessPlan::PerRow,
                 2,
                 0,
+                false,
             ))
             .await
     }
@@ -272,6 +273,7 @@ impl Writer<'_> {
                     sql::AccessPlan::PerRow,
                     MAX_UNIQUE_CANDIDATES,
                     0,
+                    false,
                 ))
                 .await?;
             for other in candidates {
