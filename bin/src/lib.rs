@@ -293,6 +293,16 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// An ISO 8601 duration setting (`PT30M`), as the Java DSF writes them; `what` names the
+/// setting in the error.
+pub fn iso_duration(text: &str, what: &str) -> Result<std::time::Duration, String> {
+    dsf_bpmn::engine::parse_duration(text)
+        .ok()
+        .and_then(|millis| u64::try_from(millis).ok())
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("{what}: '{text}' is not an ISO 8601 duration such as PT60S"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,14 +333,4 @@ mod tests {
             "{missing}"
         );
     }
-}
-
-/// An ISO 8601 duration setting (`PT30M`), as the Java DSF writes them; `what` names the
-/// setting in the error.
-pub fn iso_duration(text: &str, what: &str) -> Result<std::time::Duration, String> {
-    dsf_bpmn::engine::parse_duration(text)
-        .ok()
-        .and_then(|millis| u64::try_from(millis).ok())
-        .map(std::time::Duration::from_millis)
-        .ok_or_else(|| format!("{what}: '{text}' is not an ISO 8601 duration such as PT60S"))
 }

@@ -276,6 +276,7 @@ async fn log_in(browser: &Client, user: &str) {
         .send_keys("any")
         .await
         .expect("typed");
+    let login_page = browser.current_url().await.expect("url").to_string();
     browser
         .find(Locator::Css("button[type=submit]"))
         .await
@@ -283,20 +284,18 @@ async fn log_in(browser: &Client, user: &str) {
         .click()
         .await
         .expect("submitted");
-    // The provider asks for consent the first time.
-    let consent = browser
-        .wait()
-        .for_element(Locator::Css("button[type=submit]"))
-        .await
-        .expect("consent page");
-    if browser
-        .current_url()
-        .await
-        .expect("url")
-        .as_str()
-        .contains("/interaction/")
-    {
-        consent.click().await.expect("consented");
+    // The provider asks for consent the first time, on a page of its own.
+    let next = away_from(browser, &login_page).await;
+    if next.contains("/interaction/") {
+        browser
+            .wait()
+            .for_element(Locator::Css("button[type=submit]"))
+            .await
+            .expect("consent page")
+            .click()
+            .await
+            .expect("consented");
+        away_from(browser, &next).await;
     }
 }
 
@@ -638,6 +637,67 @@ async fn api_clients_use_bearer_tokens(setup: &Setup) {
         .await
         .expect("answered");
     assert_eq!(refused.status.as_u16(), 401);
+
+    // Without certificate, session or token: a FHIR client is refused, a browser sent to log
+    // in (with PKCE), and made-up login answers and logout tokens are refused.
+    let anonymous = server
+        .request(
+            Method::GET,
+            "Task",
+            &[("accept", "application/fhir+json")],
+            None,
+        )
+        .await
+        .expect("answered");
+    assert_eq!(anonymous.status.as_u16(), 401);
+    let page = server
+        .request(Method::GET, "Task", &[("accept", "text/html")], None)
+        .await
+        .expect("answered");
+    assert_eq!(page.status.as_u16(), 302);
+    let location = page.headers["location"].to_str().expect("location");
+    assert!(location.starts_with(&setup.provider_url), "{location}");
+    assert!(
+        location.contains("code_challenge_method=S256"),
+        "{location}"
+    );
+    assert!(page.headers["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .contains("Secure; HttpOnly; SameSite=Lax"));
+    let callback = server
+        .request(
+            Method::GET,
+            "_oidc/callback?code=made-up&state=made-up",
+            &[("accept", "text/html")],
+            None,
+        )
+        .await
+        .expect("answered");
+    assert_eq!(callback.status.as_u16(), 401);
+    let logout = server
+        .request(
+            Method::POST,
+            "back-channel-logout",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some("logout_token=not.a.token".into()),
+        )
+        .await
+        .expect("answered");
+    assert_eq!(logout.status.as_u16(), 400);
+    let unknown_session = server
+        .request(
+            Method::GET,
+            "Task",
+            &[
+                ("accept", "application/fhir+json"),
+                ("cookie", "__Host-dsf-session=guess"),
+            ],
+            None,
+        )
+        .await
+        .expect("answered");
+    assert_eq!(unknown_session.status.as_u16(), 401);
 }
 
 fn main() {

@@ -171,11 +171,9 @@ impl FhirServer {
         };
         match outcome {
             Ok(response) => response,
-            Err(reply) => {
-                let viewer = Viewer::anonymous();
-                self.pages
-                    .render(reply, &PageRequest::new(&self.config, "", &[], &viewer))
-            }
+            Err(reply) => self
+                .pages
+                .render(reply, &PageRequest::anonymous(&self.config, "")),
         }
     }
 
