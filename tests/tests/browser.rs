@@ -565,6 +565,24 @@ async fn a_user_without_the_role_gets_no_start_form_and_is_refused(setup: &Setup
         "refused by authorization, not the token: {html}"
     );
     screenshot(&browser, "10-reader-refused").await;
+    // Log out: the session ends here, and the browser goes on to the provider's logout.
+    let cookie = browser
+        .get_named_cookie("__Host-dsf-session")
+        .await
+        .expect("session cookie")
+        .value()
+        .to_owned();
+    let here = browser.current_url().await.expect("url").to_string();
+    browser
+        .find(Locator::Css("form.logout button"))
+        .await
+        .expect("logout button")
+        .click()
+        .await
+        .expect("logged out");
+    let next = away_from(&browser, &here).await;
+    assert!(next.starts_with(&setup.provider_url), "{next}");
+    assert_eq!(with_session(setup, &cookie).await, 401);
     browser.close().await.expect("closed");
 }
 

@@ -267,6 +267,30 @@ fn forwarded_certificate(value: &str) -> Result<PeerCertificate> {
     Ok(PeerCertificate::from_der(&der))
 }
 
+/// Who is behind a request besides its identity: what its forms' CSRF tokens are bound to,
+/// and whether it can log out.
+pub(crate) enum Principal<'a> {
+    /// The holder of a client certificate.
+    Certificate(&'a Thumbprint),
+    /// A user logged in with OpenID Connect: the session's id.
+    Session(&'a str),
+    /// An API client with an OpenID Connect bearer token: it uses no forms.
+    Bearer,
+}
+
+impl Principal<'_> {
+    /// What CSRF tokens of this caller are derived from; none for bearer tokens.
+    pub(crate) fn csrf_subject(&self) -> Option<String> {
+        match self {
+            Principal::Certificate(thumbprint) => {
+                Some(format!("certificate:{}", thumbprint.as_str()))
+            }
+            Principal::Session(id) => Some(format!("session:{id}")),
+            Principal::Bearer => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -222,6 +222,12 @@ impl FhirServer {
                 })
                 .ok()
         });
+        let pages = ui::Pages::new(
+            config
+                .oidc
+                .as_ref()
+                .map(|o| ui::origin(&o.provider_realm_base_url)),
+        );
         FhirServer {
             oidc,
             context_path: config.context_path(),
@@ -239,7 +245,7 @@ impl FhirServer {
             ),
             closing: tokio::sync::watch::Sender::new(false),
             conformance: conformance::ConformanceCache::default(),
-            pages: ui::Pages::new(),
+            pages,
         }
     }
 

@@ -237,6 +237,16 @@ impl Error {
     }
 }
 
+/// The answer to a request refused before its URL is parsed: in the format `Accept` asks for,
+/// JSON when it asks for none this server writes.
+pub(crate) fn refused(headers: &http::HeaderMap, error: &Error) -> Response<ResponseBody> {
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(None, accept).unwrap_or(Format::Json);
+    Reply::error(error).render(format, false)
+}
+
 /// 405 with the methods the path allows.
 pub(crate) fn method_not_allowed(allow: &str) -> Reply {
     Reply::error(&Error::MethodNotAllowed(format!(

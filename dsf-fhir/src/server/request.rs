@@ -2,8 +2,8 @@
 //! reading the body within its limits, dispatch to the REST, Binary or websocket handlers,
 //! and the answer to a request refused early.
 
-use super::caller::{self, PeerCertificate};
-use super::reply::Reply;
+use super::caller::{self, PeerCertificate, Principal};
+use super::reply::{refused, Reply};
 use super::request_body::read_body;
 use super::{binary, connections, ui, websocket};
 use super::{Call, FhirServer, Identity, IdentityKind, ResponseBody};
@@ -265,40 +265,6 @@ impl FhirServer {
         tracing::debug!(identity = identity.name(), method = %call.method, path = %call.path, "request");
         self.route(&call).await
     }
-}
-
-/// Who is behind a request besides its identity: what its forms' CSRF tokens are bound to,
-/// and whether it can log out.
-pub(crate) enum Principal<'a> {
-    /// The holder of a client certificate.
-    Certificate(&'a Thumbprint),
-    /// A user logged in with OpenID Connect.
-    Session(&'a super::oidc::Session),
-    /// An API client with an OpenID Connect bearer token: it uses no forms.
-    Bearer,
-}
-
-impl Principal<'_> {
-    /// What CSRF tokens of this caller are derived from; none for bearer tokens.
-    pub(crate) fn csrf_subject(&self) -> Option<String> {
-        match self {
-            Principal::Certificate(thumbprint) => {
-                Some(format!("certificate:{}", thumbprint.as_str()))
-            }
-            Principal::Session(session) => Some(format!("session:{}", session.id)),
-            Principal::Bearer => None,
-        }
-    }
-}
-
-/// The answer to a request refused before its URL is parsed: in the format `Accept` asks for,
-/// JSON when it asks for none this server writes.
-pub(crate) fn refused(headers: &http::HeaderMap, error: &Error) -> Response<ResponseBody> {
-    let accept = headers
-        .get(http::header::ACCEPT)
-        .and_then(|v| v.to_str().ok());
-    let format = Format::negotiate(None, accept).unwrap_or(Format::Json);
-    Reply::error(error).render(format, false)
 }
 
 /// Most `&`-separated parts a query string may have: the search limits

@@ -7,9 +7,9 @@ use super::session::{self, PendingLogin, Session, LOGIN_COOKIE, SESSION_COOKIE};
 use super::token::{self, Expect, TokenUser};
 use super::Oidc;
 use crate::search::parse_query_string;
+use crate::server::caller::Principal;
 use crate::server::identity;
-use crate::server::reply::Reply;
-use crate::server::request::{refused, Principal};
+use crate::server::reply::{refused, Reply};
 use crate::server::request_body::read_body;
 use crate::server::{ui, FhirServer, Identity, ResponseBody};
 use crate::{Error, Result};
@@ -102,7 +102,7 @@ impl FhirServer {
             Ok(Some(OidcCaller::Session(session))) => match self.session_identity(&session).await {
                 Ok(identity) => {
                     return self
-                        .handle_as(identity, Principal::Session(&session), req)
+                        .handle_as(identity, Principal::Session(&session.id), req)
                         .await
                 }
                 Err(e) => return refused(req.headers(), &e),
@@ -424,25 +424,29 @@ impl FhirServer {
         Ok(oidc.sessions.remove_matching(sid, sub))
     }
 
-    /// Ends the caller's session and sends the browser to the provider's logout.
-    pub(crate) async fn logout(&self, session: &Session) -> Response<ResponseBody> {
-        let Some(oidc) = &self.oidc else {
-            return redirect(&format!("{}/", self.config.base_url));
-        };
-        oidc.sessions.remove(&session.id);
-        let target = match oidc.provider.metadata().await {
-            Ok(metadata) => match &metadata.end_session_endpoint {
-                Some(end) => format!(
-                    "{end}{}{}",
-                    if end.contains('?') { '&' } else { '?' },
-                    form_encode(&[
-                        ("id_token_hint", &session.id_token),
-                        ("client_id", &oidc.config.client_id),
-                    ])
-                ),
-                None => format!("{}/", self.config.base_url),
+    /// Ends the session `session_id` and sends the browser to the provider's logout.
+    pub(crate) async fn logout(&self, session_id: &str) -> Response<ResponseBody> {
+        let home = format!("{}/", self.config.base_url);
+        let ended = self
+            .oidc
+            .as_ref()
+            .and_then(|oidc| Some((oidc, oidc.sessions.remove(session_id)?)));
+        let target = match ended {
+            Some((oidc, session)) => match oidc.provider.metadata().await {
+                Ok(metadata) => match &metadata.end_session_endpoint {
+                    Some(end) => format!(
+                        "{end}{}{}",
+                        if end.contains('?') { '&' } else { '?' },
+                        form_encode(&[
+                            ("id_token_hint", &session.id_token),
+                            ("client_id", &oidc.config.client_id),
+                        ])
+                    ),
+                    None => home,
+                },
+                Err(_) => home,
             },
-            Err(_) => format!("{}/", self.config.base_url),
+            None => home,
         };
         let mut response = redirect(&target);
         add_cookie(

@@ -12,8 +12,6 @@ mod provider;
 mod session;
 mod token;
 
-pub(crate) use session::Session;
-
 use crate::{Error, Result};
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,8 +6,8 @@
 use super::form;
 use super::{PageRequest, Viewer};
 use crate::search::parse_query_string;
+use crate::server::caller::Principal;
 use crate::server::reply::{Body, Reply};
-use crate::server::request::Principal;
 use crate::server::request_body::read_body;
 use crate::server::{Call, FhirServer, Identity, ResponseBody, Role};
 use crate::{Error, Result};
@@ -73,6 +73,19 @@ impl FhirServer {
         self.route(&call).await.unwrap_or_else(|e| Reply::error(&e))
     }
 
+    /// Who looks at a page, and which forms their roles allow.
+    fn viewer(&self, identity: &Identity, principal: &Principal<'_>) -> Viewer {
+        Viewer {
+            name: identity.name().to_owned(),
+            csrf: principal
+                .csrf_subject()
+                .map(|subject| self.pages.csrf_token(&subject)),
+            can_start: identity.has_role(Role::Create, "Task"),
+            can_answer: identity.has_role(Role::Update, "QuestionnaireResponse"),
+            logout: matches!(principal, Principal::Session(_)),
+        }
+    }
+
     /// The page of `reply` for the caller: with the start form on a draft Task and the answer
     /// form on a user task waiting for an answer, where the caller's roles allow them.
     pub(crate) async fn page(
@@ -83,15 +96,7 @@ impl FhirServer {
         path: &str,
         query: &[(String, String)],
     ) -> Response<ResponseBody> {
-        let viewer = Viewer {
-            name: identity.name().to_owned(),
-            csrf: principal
-                .csrf_subject()
-                .map(|subject| self.pages.csrf_token(&subject)),
-            can_start: identity.has_role(Role::Create, "Task"),
-            can_answer: identity.has_role(Role::Update, "QuestionnaireResponse"),
-            logout: matches!(principal, Principal::Session(_)),
-        };
+        let viewer = self.viewer(identity, principal);
         let questionnaire = if viewer.can_answer
             && reply.status == StatusCode::OK
             && path.starts_with("QuestionnaireResponse/")
@@ -171,9 +176,11 @@ impl FhirServer {
         };
         match outcome {
             Ok(response) => response,
-            Err(reply) => self
-                .pages
-                .render(reply, &PageRequest::anonymous(&self.config, "")),
+            Err(reply) => {
+                let viewer = self.viewer(identity, principal);
+                self.pages
+                    .render(reply, &PageRequest::new(&self.config, "", &[], &viewer))
+            }
         }
     }
 
@@ -236,7 +243,7 @@ impl FhirServer {
         let mut segments = action.split('/');
         match (segments.next(), segments.next(), segments.next()) {
             (Some("logout"), None, None) => match principal {
-                Principal::Session(session) => Ok(self.logout(session).await),
+                Principal::Session(id) => Ok(self.logout(id).await),
                 _ => Err(Reply::error(&Error::Invalid(
                     "only a login session logs out".into(),
                 ))),

@@ -162,10 +162,13 @@ impl<'a> PageRequest<'a> {
 pub(crate) struct Pages {
     env: minijinja::Environment<'static>,
     csrf_key: ring::hmac::Key,
+    content_security_policy: HeaderValue,
 }
 
 impl Pages {
-    pub(crate) fn new() -> Pages {
+    /// Pages whose forms post to this server only, and, for the logout that continues there,
+    /// to the OpenID provider at `provider_origin`.
+    pub(crate) fn new(provider_origin: Option<&str>) -> Pages {
         let mut env = minijinja::Environment::new();
         // The template is ours and fixed at build time; a test renders it, so a mistake in
         // it fails the tests rather than a request.
@@ -180,7 +183,25 @@ impl Pages {
                 tracing::error!("the system's random source failed; CSRF tokens use a fixed key");
                 ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"dsf-rs")
             });
-        Pages { env, csrf_key }
+        // Browsers apply `form-action` to a form's redirects too: the logout's redirect to
+        // the provider must be allowed.
+        let form_action = match provider_origin {
+            Some(origin) => format!("'self' {origin}"),
+            None => "'self'".to_owned(),
+        };
+        let content_security_policy = HeaderValue::try_from(format!(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action {form_action}; frame-ancestors 'none'"
+        ))
+        .unwrap_or_else(|_| {
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'",
+            )
+        });
+        Pages {
+            env,
+            csrf_key,
+            content_security_policy,
+        }
     }
 
     /// The CSRF token of the caller `subject` (a certificate or session).
@@ -197,11 +218,7 @@ impl Pages {
 
     /// `scheme://host[:port]` of the base URL, as browsers send it in `Origin`.
     pub(crate) fn origin<'u>(&self, base_url: &'u str) -> &'u str {
-        let after_scheme = base_url.find("://").map_or(0, |p| p + 3);
-        match base_url[after_scheme..].find('/') {
-            Some(slash) => &base_url[..after_scheme + slash],
-            None => base_url,
-        }
+        origin(base_url)
     }
 
     fn html(&self, view: &PageView) -> Result<String, minijinja::Error> {
@@ -259,15 +276,22 @@ impl Pages {
         headers.insert(http::header::VARY, HeaderValue::from_static("Accept"));
         headers.insert(
             http::header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(
-                "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'",
-            ),
+            self.content_security_policy.clone(),
         );
         headers.insert(
             http::header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
         response
+    }
+}
+
+/// `scheme://host[:port]` of a URL.
+pub(crate) fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |p| p + 3);
+    match url[after_scheme..].find('/') {
+        Some(slash) => &url[..after_scheme + slash],
+        None => url,
     }
 }
 
@@ -777,7 +801,7 @@ mod tests {
 
     #[test]
     fn the_template_renders_and_escapes() {
-        let pages = Pages::new();
+        let pages = Pages::new(None);
         let task = serde_json::json!({
             "resourceType": "Task", "id": "t1", "status": "completed",
             "meta": {"versionId": "3", "lastUpdated": "2026-12-05T10:00:00.000Z"},
