@@ -498,24 +498,15 @@ pub async fn local_organization(
     store: &ResourceStore,
     local_identifier: &str,
 ) -> Result<Option<Identity>> {
-    let local = store
-        .search(&unfiltered(
-            "Organization",
-            &format!("identifier={ORGANIZATION_IDENTIFIER_SYSTEM}|{local_identifier}&active=true"),
-        )?)
+    Ok(local_affiliations(store, local_identifier)
         .await?
-        .matches;
-    match local.first() {
-        Some(org) => {
-            let affiliations = affiliations_of(store, org, local_identifier).await?;
-            Ok(Some(Identity::organization(
+        .map(|affiliations| {
+            Identity::organization(
                 IdentityKind::LocalOrganization,
                 local_identifier.to_owned(),
                 affiliations,
-            )))
-        }
-        None => Ok(None),
-    }
+            )
+        }))
 }
 
 /// Identities by thumbprint, valid while the store's allow-list generation stays the same, so

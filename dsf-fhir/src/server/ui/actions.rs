@@ -22,20 +22,20 @@ const MAX_FORM_BYTES: usize = 256 * 1024;
 type Outcome = std::result::Result<Response<ResponseBody>, Reply>;
 
 /// The JSON of a successful reply; an unsuccessful one is the outcome.
-fn success_json(reply: Reply) -> std::result::Result<(Value, Reply), Reply> {
+fn success_json(reply: Reply) -> std::result::Result<Value, Reply> {
     if !reply.status.is_success() {
         return Err(reply);
     }
-    let value = match &reply.body {
-        Body::Value(value) => value.clone(),
-        Body::Stored(json) => serde_json::from_str(json).map_err(|e| {
+    let value = match reply.body {
+        Body::Value(value) => value,
+        Body::Stored(json) => serde_json::from_str(&json).map_err(|e| {
             Reply::error(&Error::storage_fault(format!(
                 "stored resource unreadable: {e}"
             )))
         })?,
         _ => Value::Null,
     };
-    Ok((value, reply))
+    Ok(value)
 }
 
 fn see_other(location: &str) -> Response<ResponseBody> {
@@ -84,6 +84,25 @@ impl FhirServer {
             can_answer: identity.has_role(Role::Update, "QuestionnaireResponse"),
             logout: matches!(principal, Principal::Session(_)),
         }
+    }
+
+    /// `path` read as `identity`: the resource, or the refusal to show.
+    async fn read_as(
+        &self,
+        identity: &Identity,
+        path: String,
+    ) -> std::result::Result<Value, Reply> {
+        let reply = self
+            .interact(
+                identity,
+                Method::GET,
+                path,
+                Vec::new(),
+                http::HeaderMap::new(),
+                Bytes::new(),
+            )
+            .await;
+        success_json(reply)
     }
 
     /// The page of `reply` for the caller: with the start form on a draft Task and the answer
@@ -149,7 +168,7 @@ impl FhirServer {
                 Bytes::new(),
             )
             .await;
-        let (bundle, _) = success_json(reply)?;
+        let bundle = success_json(reply)?;
         bundle.pointer("/entry/0/resource").cloned().ok_or_else(|| {
             Reply::error(&Error::NotFound(format!(
                 "Questionnaire {canonical} not found"
@@ -276,17 +295,7 @@ impl FhirServer {
         id: &str,
         form: &form::Submitted,
     ) -> Outcome {
-        let read = self
-            .interact(
-                identity,
-                Method::GET,
-                format!("Task/{id}"),
-                Vec::new(),
-                http::HeaderMap::new(),
-                Bytes::new(),
-            )
-            .await;
-        let (draft, _) = success_json(read)?;
+        let draft = self.read_as(identity, format!("Task/{id}")).await?;
         if draft.get("status").and_then(Value::as_str) != Some("draft") {
             return Err(Reply::error(&Error::Invalid(
                 "only a draft Task starts a process".into(),
@@ -306,7 +315,7 @@ impl FhirServer {
                 Bytes::from(body),
             )
             .await;
-        let (task, _) = success_json(created)?;
+        let task = success_json(created)?;
         tracing::info!(identity = identity.name(), draft = id, task = %task["id"], "process started from the browser pages");
         Ok(see_other(&self.created_page(&task, "Task")))
     }
@@ -329,17 +338,9 @@ impl FhirServer {
         id: &str,
         form: &form::Submitted,
     ) -> Outcome {
-        let read = self
-            .interact(
-                identity,
-                Method::GET,
-                format!("QuestionnaireResponse/{id}"),
-                Vec::new(),
-                http::HeaderMap::new(),
-                Bytes::new(),
-            )
-            .await;
-        let (response, _) = success_json(read)?;
+        let response = self
+            .read_as(identity, format!("QuestionnaireResponse/{id}"))
+            .await?;
         if response.get("status").and_then(Value::as_str) != Some("in-progress") {
             return Err(Reply::error(&Error::Invalid(
                 "this user task is answered already".into(),
