@@ -528,22 +528,7 @@ async fn a_user_task_waits_for_its_questionnaire_response() {
         .await
         .expect("bound");
     let id = post(org, approve_task(org, false)).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut response = loop {
-        let found = org
-            .client
-            .search("QuestionnaireResponse", "status=in-progress")
-            .await
-            .expect("search");
-        if let Some(r) = found.pointer("/entry/0/resource") {
-            break r.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no QuestionnaireResponse created"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut response = waiting_user_task(org).await;
     assert_eq!(
         response["questionnaire"],
         "http://test.org/fhir/Questionnaire/approve|1.0"
@@ -618,19 +603,7 @@ async fn the_hello_user_process_waits_for_a_person_and_records_their_greeting() 
     task["meta"]["profile"] =
         json!(["http://example.org/fhir/StructureDefinition/task-hello-user|1.0"]);
     let id = post(org, task).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut response = loop {
-        let found = org
-            .client
-            .search("QuestionnaireResponse", "status=in-progress")
-            .await
-            .expect("search");
-        if let Some(r) = found.pointer("/entry/0/resource") {
-            break r.clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no user task");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut response = waiting_user_task(org).await;
     assert_eq!(
         response["questionnaire"],
         "http://example.org/fhir/Questionnaire/hello-user|1.0"
@@ -645,6 +618,26 @@ async fn the_hello_user_process_waits_for_a_person_and_records_their_greeting() 
         output_string(&task, dsf_plugin_hello_world::HELLO_WORLD, "user-greeting"),
         Some("Moin Moin")
     );
+}
+
+/// The first QuestionnaireResponse in progress at `org`, once the BPE has created one.
+async fn waiting_user_task(org: &Organization) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let found = org
+            .client
+            .search("QuestionnaireResponse", "status=in-progress")
+            .await
+            .expect("search");
+        if let Some(response) = found.pointer("/entry/0/resource") {
+            return response.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no QuestionnaireResponse created"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The hello-world plugin as version `version` (same files, handlers and name).

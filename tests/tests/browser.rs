@@ -507,21 +507,34 @@ async fn requested_tasks(org: &Organization) -> usize {
         .unwrap_or_default() as usize
 }
 
+/// One request, answered.
+async fn send(
+    client: &FhirClient,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<bytes::Bytes>,
+) -> dsf_fhir::client::RawResponse {
+    client
+        .request(method, path, headers, body)
+        .await
+        .expect("answered")
+}
+
 /// A FHIR JSON request with the session cookie and no certificate: its status.
 async fn with_session(setup: &Setup, session: &str) -> u16 {
     let client = FhirClient::new(setup.base(), setup.anonymous_tls.clone()).expect("client");
     let cookie = format!("__Host-dsf-session={session}");
-    client
-        .request(
-            Method::GET,
-            "Task?_count=1",
-            &[("accept", "application/fhir+json"), ("cookie", &cookie)],
-            None,
-        )
-        .await
-        .expect("answered")
-        .status
-        .as_u16()
+    send(
+        &client,
+        Method::GET,
+        "Task?_count=1",
+        &[("accept", "application/fhir+json"), ("cookie", &cookie)],
+        None,
+    )
+    .await
+    .status
+    .as_u16()
 }
 
 async fn a_user_without_the_role_gets_no_start_form_and_is_refused(setup: &Setup) {
@@ -595,83 +608,82 @@ async fn api_clients_use_bearer_tokens(setup: &Setup) {
         format!("{CLIENT_ID}:{CLIENT_SECRET}"),
     );
     let authorization = format!("Basic {credentials}");
-    let answer = provider
-        .request(
-            Method::POST,
-            "token",
-            &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("authorization", &authorization),
-            ],
-            Some("grant_type=client_credentials&scope=api&resource=urn%3Adsf%3Afhir".into()),
-        )
-        .await
-        .expect("token answer");
+    let answer = send(
+        &provider,
+        Method::POST,
+        "token",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("authorization", &authorization),
+        ],
+        Some("grant_type=client_credentials&scope=api&resource=urn%3Adsf%3Afhir".into()),
+    )
+    .await;
     let token: Value = answer.json().expect("JSON");
     let access = token["access_token"]
         .as_str()
         .unwrap_or_else(|| panic!("an access token: {token}"));
     let server = FhirClient::new(setup.base(), setup.anonymous_tls.clone()).expect("client");
     let bearer = format!("Bearer {access}");
-    let read = server
-        .request(
-            Method::GET,
-            "Task?_count=1",
-            &[
-                ("accept", "application/fhir+json"),
-                ("authorization", &bearer),
-            ],
-            None,
-        )
-        .await
-        .expect("answered");
+    let read = send(
+        &server,
+        Method::GET,
+        "Task?_count=1",
+        &[
+            ("accept", "application/fhir+json"),
+            ("authorization", &bearer),
+        ],
+        None,
+    )
+    .await;
     assert_eq!(read.status.as_u16(), 200, "{:?}", read.body);
     // The api rule grants no CREATE.
-    let create = server
-        .request(
-            Method::POST,
-            "Task",
-            &[
-                ("content-type", "application/fhir+json"),
-                ("authorization", &bearer),
-            ],
-            Some(json!({"resourceType": "Task"}).to_string().into()),
-        )
-        .await
-        .expect("answered");
+    let create = send(
+        &server,
+        Method::POST,
+        "Task",
+        &[
+            ("content-type", "application/fhir+json"),
+            ("authorization", &bearer),
+        ],
+        Some(json!({"resourceType": "Task"}).to_string().into()),
+    )
+    .await;
     assert_eq!(create.status.as_u16(), 403);
     // A token with a changed signature is refused.
     let forged = format!("Bearer {}x", access.trim_end_matches('x'));
-    let refused = server
-        .request(
-            Method::GET,
-            "Task",
-            &[
-                ("accept", "application/fhir+json"),
-                ("authorization", &forged),
-            ],
-            None,
-        )
-        .await
-        .expect("answered");
+    let refused = send(
+        &server,
+        Method::GET,
+        "Task",
+        &[
+            ("accept", "application/fhir+json"),
+            ("authorization", &forged),
+        ],
+        None,
+    )
+    .await;
     assert_eq!(refused.status.as_u16(), 401);
 
     // Without certificate, session or token: a FHIR client is refused, a browser sent to log
     // in (with PKCE), and made-up login answers and logout tokens are refused.
-    let anonymous = server
-        .request(
-            Method::GET,
-            "Task",
-            &[("accept", "application/fhir+json")],
-            None,
-        )
-        .await
-        .expect("answered");
+    let anonymous = send(
+        &server,
+        Method::GET,
+        "Task",
+        &[("accept", "application/fhir+json")],
+        None,
+    )
+    .await;
     assert_eq!(anonymous.status.as_u16(), 401);
-    let page = server
-        .request(Method::GET, "Task", &[("accept", "text/html")], None)
-        .await
-        .expect("answered");
+    let page = send(
+        &server,
+        Method::GET,
+        "Task",
+        &[("accept", "text/html")],
+        None,
+    )
+    .await;
     assert_eq!(page.status.as_u16(), 302);
     let location = page.headers["location"].to_str().expect("location");
     assert!(location.starts_with(&setup.provider_url), "{location}");
@@ -683,38 +695,35 @@ async fn api_clients_use_bearer_tokens(setup: &Setup) {
         .to_str()
         .expect("cookie")
         .contains("Secure; HttpOnly; SameSite=Lax"));
-    let callback = server
-        .request(
-            Method::GET,
-            "_oidc/callback?code=made-up&state=made-up",
-            &[("accept", "text/html")],
-            None,
-        )
-        .await
-        .expect("answered");
+    let callback = send(
+        &server,
+        Method::GET,
+        "_oidc/callback?code=made-up&state=made-up",
+        &[("accept", "text/html")],
+        None,
+    )
+    .await;
     assert_eq!(callback.status.as_u16(), 401);
-    let logout = server
-        .request(
-            Method::POST,
-            "back-channel-logout",
-            &[("content-type", "application/x-www-form-urlencoded")],
-            Some("logout_token=not.a.token".into()),
-        )
-        .await
-        .expect("answered");
+    let logout = send(
+        &server,
+        Method::POST,
+        "back-channel-logout",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Some("logout_token=not.a.token".into()),
+    )
+    .await;
     assert_eq!(logout.status.as_u16(), 400);
-    let unknown_session = server
-        .request(
-            Method::GET,
-            "Task",
-            &[
-                ("accept", "application/fhir+json"),
-                ("cookie", "__Host-dsf-session=guess"),
-            ],
-            None,
-        )
-        .await
-        .expect("answered");
+    let unknown_session = send(
+        &server,
+        Method::GET,
+        "Task",
+        &[
+            ("accept", "application/fhir+json"),
+            ("cookie", "__Host-dsf-session=guess"),
+        ],
+        None,
+    )
+    .await;
     assert_eq!(unknown_session.status.as_u16(), 401);
 }
 
