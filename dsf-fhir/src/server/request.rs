@@ -44,6 +44,14 @@ impl FhirServer {
         }
     }
 
+    /// `path` below the base URL's path, without '/' at either end (`Task/1`, or empty for
+    /// the base itself); `None` outside it.
+    pub(crate) fn path_below<'a>(&self, path: &'a str) -> Option<&'a str> {
+        path.strip_prefix(self.context_path.as_str())
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+            .map(|rest| rest.trim_matches('/'))
+    }
+
     fn is_binary_path(&self, path: &str) -> bool {
         path.strip_prefix(self.context_path.as_str())
             .and_then(|rest| rest.strip_prefix("/Binary/"))
@@ -135,20 +143,20 @@ impl FhirServer {
             }
             Err(e) => return Reply::error(&e).render(Format::Json, pretty),
         };
-        let path_below = parts
-            .uri
-            .path()
-            .strip_prefix(self.context_path.as_str())
-            .unwrap_or("")
-            .trim_matches('/')
-            .to_owned();
-        if let Some(action) = path_below.strip_prefix(ui::ACTION_PREFIX) {
+        let action = self
+            .path_below(parts.uri.path())
+            .and_then(|path| path.strip_prefix(ui::ACTION_PREFIX))
+            .map(str::to_owned);
+        if let Some(action) = action {
             return self
-                .ui_action(&admitted.identity, &principal, action, parts, body)
+                .ui_action(&admitted.identity, &principal, &action, parts, body)
                 .await;
         }
         // Only a page needs to know where it is.
-        let page_at = html.then(|| (path_below, query.clone()));
+        let page_at = html.then(|| {
+            let path = self.path_below(parts.uri.path()).unwrap_or("");
+            (path.to_owned(), query.clone())
+        });
         let identity = admitted.identity.clone();
         let reply = match self.dispatch(&identity, parts, body, query).await {
             Ok(reply) => reply,
@@ -221,14 +229,13 @@ impl FhirServer {
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let path = parts.uri.path();
-        let Some(path) = path
-            .strip_prefix(self.context_path.as_str())
-            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
-        else {
-            return Err(Error::NotFound(format!("no FHIR API at {path}")));
+        let Some(path) = self.path_below(parts.uri.path()) else {
+            return Err(Error::NotFound(format!(
+                "no FHIR API at {}",
+                parts.uri.path()
+            )));
         };
-        let path = path.trim_matches('/').to_owned();
+        let path = path.to_owned();
         match self
             .raw_upload(identity, &parts, &path, &query, &mut body)
             .await?

@@ -62,12 +62,6 @@ fn add_cookie(response: &mut Response<ResponseBody>, cookie: String) {
 }
 
 impl FhirServer {
-    fn oidc_path<'a>(&self, path: &'a str) -> Option<&'a str> {
-        path.strip_prefix(self.context_path.as_str())
-            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
-            .map(|rest| rest.trim_matches('/'))
-    }
-
     /// A request without a client certificate: answered if OpenID Connect knows its caller
     /// (or it is the provider's own call), sent to log in if it is a browser's, else refused
     /// with `refusal`.
@@ -83,7 +77,7 @@ impl FhirServer {
         let Some(oidc) = &self.oidc else {
             return refused(req.headers(), &refusal);
         };
-        let path = self.oidc_path(req.uri().path()).unwrap_or("").to_owned();
+        let path = self.path_below(req.uri().path()).unwrap_or("").to_owned();
         let code_flow = oidc.config.authorization_code_flow;
         if code_flow && path == CALLBACK_PATH && req.method() == Method::GET {
             let (parts, _) = req.into_parts();

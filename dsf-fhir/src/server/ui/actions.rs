@@ -273,18 +273,37 @@ impl FhirServer {
         }
     }
 
-    fn json_headers(extra: Option<(http::HeaderName, String)>) -> http::HeaderMap {
+    /// `resource` written to `path` as `identity` (a create or an update, `If-Match` the
+    /// version when given): the stored resource, or the refusal to show.
+    async fn submit_as(
+        &self,
+        identity: &Identity,
+        method: Method,
+        path: String,
+        resource: &Value,
+        if_match: Option<&str>,
+    ) -> std::result::Result<Value, Reply> {
+        let body = serde_json::to_vec(resource)
+            .map_err(|e| Reply::error(&Error::storage_fault(e.to_string())))?;
         let mut headers = http::HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/fhir+json"),
         );
-        if let Some((name, value)) = extra {
-            if let Ok(value) = HeaderValue::try_from(value) {
-                headers.insert(name, value);
-            }
+        if let Some(Ok(version)) = if_match.map(|v| HeaderValue::try_from(format!("W/\"{v}\""))) {
+            headers.insert(http::header::IF_MATCH, version);
         }
-        headers
+        let reply = self
+            .interact(
+                identity,
+                method,
+                path,
+                Vec::new(),
+                headers,
+                Bytes::from(body),
+            )
+            .await;
+        success_json(reply)
     }
 
     /// Starts a process: the draft Task `id`, filled in from the form, created as a
@@ -303,19 +322,9 @@ impl FhirServer {
         }
         let task = form::task_from_form(&draft, form, identity.reference(), &now())
             .map_err(|e| Reply::error(&e))?;
-        let body = serde_json::to_vec(&task)
-            .map_err(|e| Reply::error(&Error::storage_fault(e.to_string())))?;
-        let created = self
-            .interact(
-                identity,
-                Method::POST,
-                "Task".into(),
-                Vec::new(),
-                Self::json_headers(None),
-                Bytes::from(body),
-            )
-            .await;
-        let task = success_json(created)?;
+        let task = self
+            .submit_as(identity, Method::POST, "Task".into(), &task, None)
+            .await?;
         tracing::info!(identity = identity.name(), draft = id, task = %task["id"], "process started from the browser pages");
         Ok(see_other(&self.created_page(&task, "Task")))
     }
@@ -360,19 +369,14 @@ impl FhirServer {
             &now(),
         )
         .map_err(|e| Reply::error(&e))?;
-        let body = serde_json::to_vec(&completed)
-            .map_err(|e| Reply::error(&Error::storage_fault(e.to_string())))?;
-        let updated = self
-            .interact(
-                identity,
-                Method::PUT,
-                format!("QuestionnaireResponse/{id}"),
-                Vec::new(),
-                Self::json_headers(Some((http::header::IF_MATCH, format!("W/\"{version}\"")))),
-                Bytes::from(body),
-            )
-            .await;
-        success_json(updated)?;
+        self.submit_as(
+            identity,
+            Method::PUT,
+            format!("QuestionnaireResponse/{id}"),
+            &completed,
+            Some(&version),
+        )
+        .await?;
         tracing::info!(
             identity = identity.name(),
             questionnaire_response = id,
