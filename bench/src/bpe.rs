@@ -806,25 +806,21 @@ async fn chain_runs(
         ("10-service-task chain, state saved at the end", false),
         ("10-service-task chain, state saved after every step", true),
     ] {
-        let state = StateStore::open(&dir.join(format!("chain-{every_step}.sqlite")))?;
+        let state = StateStore::open(&dir.join(format!("chain-{every_step}.sqlite"))).await?;
         let mut latencies = Vec::new();
         let start = Instant::now();
         while start.elapsed() < duration {
             let t = Instant::now();
+            let key = uuid::Uuid::new_v4().to_string();
+            let lease = state.acquire(&key).await?.ok_or("key leased")?;
             let mut instance = engine
-                .correlate(
-                    &mut [],
-                    "go",
-                    Some(&uuid::Uuid::new_v4().to_string()),
-                    None,
-                    Map::new(),
-                )?
+                .correlate(&mut [], "go", Some(&key), None, Map::new())?
                 .ok_or("no instance")?;
             loop {
                 let step = engine.step(&mut instance).await?;
                 if every_step {
                     state
-                        .save("bench_chain|1.0", &instance, None, false)
+                        .save(&lease, "bench_chain|1.0", &instance, None, false)
                         .await?;
                 }
                 if step != dsf_bpmn::engine::Step::Progressed {
@@ -833,7 +829,7 @@ async fn chain_runs(
             }
             if !every_step {
                 state
-                    .save("bench_chain|1.0", &instance, None, false)
+                    .save(&lease, "bench_chain|1.0", &instance, None, false)
                     .await?;
             }
             latencies.push(t.elapsed());

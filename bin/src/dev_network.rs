@@ -233,6 +233,7 @@ fn bpe_settings(
                 .join("bpe.sqlite")
                 .display()
         ),
+        db_lease: None,
         process_threads: None,
         local_timeout: Duration::from_secs(60),
         plugin_directory: settings.plugin_directory.clone(),

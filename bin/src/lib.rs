@@ -145,8 +145,11 @@ pub struct BpeSettings {
     pub fhir_base_url: String,
     /// The BPE's client certificate and the CAs it trusts.
     pub tls: dsf_core::rustls::ClientConfig,
-    /// `sqlite:<path>` or `sqlite::memory:`.
+    /// `sqlite:<path>`, `sqlite::memory:` or `postgresql://…` (shared by several BPEs).
     pub db_url: String,
+    /// How long the BPE's lease on a shared state database lasts; the engine's default when
+    /// `None`.
+    pub db_lease: Option<std::time::Duration>,
     /// Tasks, timers and user tasks handled at once; the engine's default when `None`.
     pub process_threads: Option<usize>,
     /// Time-out of one request to the local FHIR server.
@@ -169,16 +172,11 @@ pub async fn start_bpe(
     settings: BpeSettings,
 ) -> Result<dsf_engine::Bpe, Box<dyn std::error::Error + Send + Sync>> {
     let mut config = dsf_engine::BpeConfig::new(&settings.fhir_base_url, Arc::new(settings.tls));
-    config.state_path = match settings.db_url.as_str() {
-        "sqlite::memory:" => None,
-        url => Some(
-            url.strip_prefix("sqlite:")
-                .ok_or_else(|| {
-                    format!("DEV_DSF_BPE_DB_URL '{url}': use sqlite:<path> or sqlite::memory: (PostgreSQL for the BPE's state is not supported yet)")
-                })?
-                .into(),
-        ),
-    };
+    config.state = dsf_engine::StateDatabase::from_url(&settings.db_url)
+        .map_err(|e| format!("DEV_DSF_BPE_DB_URL: {e}"))?;
+    if let Some(lease) = settings.db_lease {
+        config.lease = lease;
+    }
     if let Some(threads) = settings.process_threads {
         config.max_concurrent = threads.max(1);
     }

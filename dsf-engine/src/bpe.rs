@@ -7,7 +7,7 @@ use crate::locks::KeyLocks;
 use crate::plugin_files::{self, PluginFile, PluginFileReport};
 use crate::plugin_process::PluginFileSettings;
 use crate::services::{CrashHook, Services};
-use crate::state::StateStore;
+use crate::state::{StateDatabase, StateStore, DEFAULT_LEASE};
 use crate::{Error, Result};
 use dsf_fhir::client::{ClientSettings, SubscriptionSettings};
 use dsf_fhir::FhirClient;
@@ -28,8 +28,14 @@ pub struct BpeConfig {
     /// The BPE's client certificate and the CAs it trusts, for the local server and for
     /// every other organisation's server.
     pub tls: Arc<rustls::ClientConfig>,
-    /// The SQLite state database; `None` keeps state in memory (lost on exit).
-    pub state_path: Option<PathBuf>,
+    /// Where the state is kept (`DEV_DSF_BPE_DB_URL`): in memory by default.
+    pub state: StateDatabase,
+    /// How long this BPE's lease on a shared state database lasts without renewal
+    /// (`DEV_DSF_BPE_DB_LEASE`): when the BPE dies, others take its work over after this
+    /// and one renewal (a third of it). Shorter fails over faster; a stall longer than it
+    /// (a paused VM, a database failover) makes the BPE drop what it was doing to whoever
+    /// took over.
+    pub lease: Duration,
     /// Tasks, timers and user tasks handled at once (`DEV_DSF_BPE_PROCESS_THREADS`).
     pub max_concurrent: usize,
     /// How the FHIR client waits and retries.
@@ -101,7 +107,8 @@ impl BpeConfig {
         BpeConfig {
             fhir_base_url: fhir_base_url.trim_end_matches('/').to_owned(),
             tls,
-            state_path: None,
+            state: StateDatabase::Memory,
+            lease: DEFAULT_LEASE,
             max_concurrent: std::thread::available_parallelism()
                 .map(|n| n.get() * 4)
                 .unwrap_or(8),
@@ -162,10 +169,7 @@ impl Bpe {
                 endpoint.identifier, endpoint.address
             ))
         })?;
-        let state = match &config.state_path {
-            Some(path) => StateStore::open(path)?,
-            None => StateStore::in_memory()?,
-        };
+        let state = StateStore::connect(&config.state, config.lease).await?;
         let hello = dsf_plugin_api::protocol::Hello {
             protocol: dsf_plugin_api::protocol::PROTOCOL_VERSION,
             organization: organization.clone(),
@@ -206,9 +210,9 @@ impl Bpe {
             work: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             running: std::sync::Mutex::new(tokio::task::JoinSet::new()),
         });
-        dispatcher.resume_interrupted().await;
-        dispatcher.recover_claims().await;
+        dispatcher.take_over().await;
         let loops = vec![
+            tokio::spawn(dispatcher.clone().keep_alive()),
             tokio::spawn(dispatcher.clone().follow(
                 "Task?status=requested",
                 "task",
@@ -275,9 +279,31 @@ impl Bpe {
         self.dispatcher.services.state.running_count().await
     }
 
-    /// Stops the loops; work in progress is abandoned and resumed by the next start.
+    /// Stops the loops; work in progress is abandoned and resumed by the next start (or by
+    /// another BPE sharing the state database, once this one's lease runs out).
     pub fn stop(self) {
         drop(self);
+    }
+
+    /// Stops as [`Bpe::stop`] does and leaves the state database, so that other BPEs sharing
+    /// it take over this one's work at once rather than when its lease runs out.
+    pub async fn shutdown(self) {
+        for task in &self.loops {
+            task.abort();
+        }
+        self.dispatcher
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .abort_all();
+        if let Err(error) = self.dispatcher.services.state.leave().await {
+            tracing::warn!(error = %dsf_core::ErrorChain(&error), "cannot leave the state database; others take over when this BPE's lease runs out");
+        }
+    }
+
+    /// This BPE's node id in its state database.
+    pub fn node(&self) -> std::sync::Arc<str> {
+        self.dispatcher.services.state.node()
     }
 }
 /// The plugins linked in, then the plugin files of the configured directory (each with its

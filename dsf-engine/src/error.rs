@@ -21,6 +21,17 @@ pub enum Error {
     /// The state database failed.
     #[error("BPE state database")]
     Database(#[from] rusqlite::Error),
+    /// The PostgreSQL state database failed.
+    #[cfg(feature = "postgres")]
+    #[error("BPE state database")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The state database cannot be reached now (no pooled connection in time).
+    #[error("BPE state database unavailable: {0}")]
+    Unavailable(String),
+    /// Another BPE sharing the state database took over the work this one was doing (its
+    /// lease had expired); what this one did is not written.
+    #[error("BPE state: fenced: {0}")]
+    Fenced(String),
     /// The state database's worker thread stopped (it panicked or the runtime shut down).
     #[error("BPE state database worker")]
     DatabaseWorker(#[from] tokio::task::JoinError),

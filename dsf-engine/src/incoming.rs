@@ -6,6 +6,8 @@
 use crate::deploy::{process_key, Deployment, ProcessState};
 use crate::locks::{KeyGuard, KeyLocks};
 use crate::services::Services;
+use crate::state::Lease;
+use crate::Error;
 use dsf_bpmn::engine::{Instance, InstanceState, Step};
 use dsf_core::ErrorChain;
 use dsf_fhir::client::SubscriptionSettings;
@@ -163,8 +165,11 @@ impl Dispatcher {
                 });
             }
             while running.join_next().await.is_some() {}
-            let wait = next.map_or(60_000, |n| {
-                (n - dsf_fhir::date::unix_millis_now()).clamp(10, 60_000)
+            // Other BPEs sharing the state database set timers this one is not told of: it
+            // looks again at least once per lease renewal.
+            let longest = i64::try_from(self.renewal_interval().as_millis()).unwrap_or(1000);
+            let wait = next.map_or(longest, |n| {
+                (n - dsf_fhir::date::unix_millis_now()).clamp(10, longest)
             });
             tokio::select! {
                 _ = self.timers.notified() => {}
@@ -175,13 +180,13 @@ impl Dispatcher {
 
     /// Loads, locks and runs one instance (a timer or job of it is due).
     pub(crate) async fn run_instance(self: &Arc<Self>, id: &str) {
-        let Some((_guard, instance, deployment)) = self.lock_instance(id).await else {
+        let Some((guard, instance, deployment)) = self.lock_instance(id).await else {
             return;
         };
         if instance.is_finished() {
             return;
         }
-        self.drive(&deployment, instance, None).await;
+        self.drive(&deployment, instance, None, guard.lease()).await;
     }
 
     /// Instance `id` under the lock of its business key, as stored once the lock is held
@@ -193,7 +198,13 @@ impl Dispatcher {
             .business_key
             .clone()
             .unwrap_or_else(|| id.to_owned());
-        let guard = self.locks.lock(&key).await;
+        let guard = match self.locks.lock(&key, &self.services.state).await {
+            Ok(guard) => guard,
+            Err(error) => {
+                tracing::error!(instance = %id, error = %ErrorChain(&error), "cannot lease the instance's business key");
+                return None;
+            }
+        };
         let stored = self.services.state.load(id).await.ok()??;
         let Some(deployment) = self.deployment(&stored.deployment).cloned() else {
             tracing::warn!(instance = %id, deployment = %stored.deployment, "instance of a process no longer deployed");
@@ -236,10 +247,18 @@ impl Dispatcher {
                 None => task["input"] = json!([input]),
             }
         }
-        // Recorded first: a BPE stopped right after the claim finds the Task again.
-        if let Err(error) = self.services.state.claim(&id, &task).await {
-            tracing::error!(task = %id, error = %ErrorChain(&error), "cannot record the claim; leaving the Task requested");
-            return;
+        // Recorded first: a BPE stopped right after the claim finds the Task again. Of BPEs
+        // sharing the state database, the first to record it handles it.
+        match self.services.state.claim(&id, &task).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(task = %id, "Task claimed by another BPE of this organisation");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(task = %id, error = %ErrorChain(&error), "cannot record the claim; leaving the Task requested");
+                return;
+            }
         }
         self.services.step_boundary("claim-recorded").await;
         task["status"] = json!("in-progress");
@@ -275,7 +294,27 @@ impl Dispatcher {
             task = %id, process = %deployment.key(), message = %message,
             business_key = %key, correlation_key = ?correlation, "Task received"
         );
-        let _guard = self.locks.lock(&key).await;
+        let guard = match self.locks.lock(&key, &self.services.state).await {
+            Ok(guard) => guard,
+            Err(error) => {
+                tracing::error!(task = %id, error = %ErrorChain(&error), "cannot lease the business key; the Task stays claimed and is taken over");
+                return;
+            }
+        };
+        // Waiting for the lease may have taken long enough for another BPE to take the
+        // claim over (this one's lease ran out meanwhile).
+        match self.services.state.owns_claim(&id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(task = %id, "claim taken over by another BPE");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(task = %id, error = %ErrorChain(&error), "cannot read the claim; the Task stays claimed and is taken over");
+                return;
+            }
+        }
+        let lease = guard.lease();
         let candidates = match self.services.state.running_by_key(&key).await {
             Ok(found) => found,
             Err(error) => {
@@ -302,7 +341,7 @@ impl Dispatcher {
                 &variables,
             ) {
                 Ok(true) => {
-                    self.drive(deployment, instance, Some(&id)).await;
+                    self.drive(deployment, instance, Some(&id), lease).await;
                     return;
                 }
                 Ok(false) => {}
@@ -342,7 +381,7 @@ impl Dispatcher {
                 // instance, so its sends are recognised as already made.
                 instance.id = format!("task-{id}");
                 tracing::info!(task = %id, instance = %instance.id, process = %deployment.key(), "process started");
-                self.drive(deployment, instance, Some(&id)).await;
+                self.drive(deployment, instance, Some(&id), lease).await;
             }
             Ok(None) | Err(_) => {
                 self.fail_claimed(
@@ -366,10 +405,14 @@ impl Dispatcher {
             tracing::debug!(questionnaire_response = %id, "no open user task waits for it");
             return;
         };
-        let Some((_guard, mut instance, deployment)) = self.lock_instance(&instance_id).await
-        else {
+        let Some((guard, mut instance, deployment)) = self.lock_instance(&instance_id).await else {
             return;
         };
+        // Another BPE sharing the state database may have heard of the answer too, and been
+        // first.
+        if !matches!(self.services.state.take_user_task(&id).await, Ok(Some(_))) {
+            return;
+        }
         response["status"] = json!("amended");
         match self.local().update(&response).await {
             Ok(updated) => response = updated,
@@ -388,7 +431,7 @@ impl Dispatcher {
             return;
         }
         let _ = self.services.state.remove_user_task(&id).await;
-        self.drive(&deployment, instance, None).await;
+        self.drive(&deployment, instance, None, guard.lease()).await;
     }
 
     /// Runs `instance` until it waits or ends, then completes or fails its Tasks if it ended,
@@ -398,6 +441,7 @@ impl Dispatcher {
         deployment: &Arc<Deployment>,
         mut instance: Instance,
         claimed: Option<&str>,
+        lease: &Lease,
     ) {
         // Step by step: before a message send the instance is saved, so that a BPE killed
         // during the send resumes at the send (with the variables it had) rather than
@@ -411,10 +455,10 @@ impl Dispatcher {
                 if let Err(error) = self
                     .services
                     .state
-                    .save(&deployment.key(), &instance, claimed, true)
+                    .save(lease, &deployment.key(), &instance, claimed, true)
                     .await
                 {
-                    tracing::error!(instance = %instance.id, error = %ErrorChain(&error), "cannot save the instance before a send");
+                    log_save_error(&instance, &error, "cannot save the instance before a send");
                     return;
                 }
             }
@@ -435,6 +479,12 @@ impl Dispatcher {
         }
         self.services.step_boundary("ran").await;
         if instance.is_finished() {
+            // The Tasks' final status is written before the instance is saved: not by a BPE
+            // whose lease was taken over meanwhile.
+            if !matches!(self.services.state.holds(lease).await, Ok(true)) {
+                tracing::warn!(instance = %instance.id, "lease lost before finishing the instance's Tasks; another BPE goes on");
+                return;
+            }
             self.finish_tasks(&instance).await;
             self.services.step_boundary("tasks-finished").await;
             match &instance.state {
@@ -450,10 +500,11 @@ impl Dispatcher {
         if let Err(error) = self
             .services
             .state
-            .save(&deployment.key(), &instance, claimed, false)
+            .save(lease, &deployment.key(), &instance, claimed, false)
             .await
         {
-            tracing::error!(instance = %instance.id, error = %ErrorChain(&error), "cannot save the instance");
+            log_save_error(&instance, &error, "cannot save the instance");
+            return;
         }
         self.services.step_boundary("saved").await;
         self.timers.notify_one();
@@ -479,7 +530,7 @@ impl Dispatcher {
             return;
         };
         for id in ids.into_iter().filter(|id| id != from) {
-            let Some((_guard, mut instance, deployment)) = self.lock_instance(&id).await else {
+            let Some((guard, mut instance, deployment)) = self.lock_instance(&id).await else {
                 continue;
             };
             if let Err(error) = deployment
@@ -489,7 +540,7 @@ impl Dispatcher {
                 tracing::warn!(instance = %id, signal = %name, error = %ErrorChain(&error), "signal not delivered");
                 continue;
             }
-            self.drive(&deployment, instance, None).await;
+            self.drive(&deployment, instance, None, guard.lease()).await;
         }
     }
 
@@ -547,58 +598,90 @@ impl Dispatcher {
         let _ = self.services.state.claim_done(&id).await;
     }
 
-    /// Instances the BPE stopped in the middle of running (saved before a send): they go on
-    /// from there.
-    pub(crate) async fn resume_interrupted(self: &Arc<Self>) {
-        match self.services.state.interrupted().await {
-            Ok(ids) => {
-                for id in ids {
-                    tracing::info!(instance = %id, "resuming an instance interrupted by a restart");
-                    self.run_instance(&id).await;
-                }
+    /// How often this BPE renews its lease on the state database and looks for work of
+    /// dead BPEs.
+    pub(crate) fn renewal_interval(&self) -> Duration {
+        (self.services.state.lease_duration() / 3).max(Duration::from_millis(50))
+    }
+
+    /// Keeps this BPE's lease on the state database alive and takes over the work of BPEs
+    /// whose leases ran out, for as long as the BPE runs.
+    pub(crate) async fn keep_alive(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.renewal_interval()).await;
+            if let Err(error) = self.services.state.renew().await {
+                tracing::error!(error = %ErrorChain(&error), "cannot renew the BPE's lease");
+                continue;
             }
-            Err(error) => {
-                tracing::error!(error = %ErrorChain(&error), "cannot read interrupted instances")
-            }
+            self.take_over().await;
         }
     }
 
-    /// Tasks claimed before a restart but not yet acted on: handled now if still in
-    /// progress; a Task still requested is found by the catch-up search.
-    pub(crate) async fn recover_claims(self: &Arc<Self>) {
-        let claims = match self.services.state.unfinished_claims().await {
-            Ok(claims) => claims,
+    /// Work of dead BPEs (or of this one before a restart): instances stopped in the middle
+    /// of a run (saved before a send) go on from there, and claimed Tasks not yet acted on
+    /// are handled if still in progress, claimed again if still requested.
+    pub(crate) async fn take_over(self: &Arc<Self>) {
+        let work = match self.services.state.take_over().await {
+            Ok(work) => work,
             Err(error) => {
-                tracing::error!(error = %ErrorChain(&error), "cannot read claimed Tasks");
+                tracing::error!(error = %ErrorChain(&error), "cannot look for work of stopped BPEs");
                 return;
             }
         };
-        for claimed in claims {
-            let Some(id) = claimed["id"].as_str().map(str::to_owned) else {
-                continue;
-            };
-            let current: Value = match self.local().read("Task", &id).await {
-                Ok(task) => task,
-                Err(error) => {
-                    tracing::warn!(task = %id, error = %ErrorChain(&error), "cannot read a claimed Task");
-                    continue;
-                }
-            };
-            if current["status"].as_str() != Some("in-progress") {
-                let _ = self.services.state.claim_done(&id).await;
-                continue;
+        for id in work.interrupted {
+            tracing::info!(instance = %id, "resuming an instance a stopped BPE was running");
+            let dispatcher = self.clone();
+            self.spawn(async move { dispatcher.run_instance(&id).await });
+        }
+        for claimed in work.claims {
+            let dispatcher = self.clone();
+            self.spawn(async move { dispatcher.resume_claim(claimed).await });
+        }
+    }
+
+    async fn resume_claim(self: &Arc<Self>, claimed: Value) {
+        let Some(id) = claimed["id"].as_str().map(str::to_owned) else {
+            return;
+        };
+        let current: Value = match self.local().read("Task", &id).await {
+            Ok(task) => task,
+            Err(error) => {
+                tracing::warn!(task = %id, error = %ErrorChain(&error), "cannot read a claimed Task");
+                return;
             }
-            let canonical = current["instantiatesCanonical"]
-                .as_str()
-                .unwrap_or_default();
-            match process_key(canonical).and_then(|k| self.deployments.get(&k).cloned()) {
-                Some(deployment) => {
-                    tracing::info!(task = %id, "resuming a Task claimed before the restart");
-                    self.continue_claimed(&deployment, current).await;
-                }
-                None => self.fail_claimed(current, "Process not found").await,
+        };
+        match current["status"].as_str() {
+            Some("in-progress") => {}
+            Some("requested") => {
+                tracing::info!(task = %id, "claiming a Task a stopped BPE had not claimed on the server");
+                return self.on_task(current).await;
+            }
+            _ => {
+                let _ = self.services.state.claim_done(&id).await;
+                return;
             }
         }
+        let canonical = current["instantiatesCanonical"]
+            .as_str()
+            .unwrap_or_default();
+        match process_key(canonical).and_then(|k| self.deployments.get(&k).cloned()) {
+            Some(deployment) => {
+                tracing::info!(task = %id, "resuming a Task a stopped BPE had claimed");
+                self.continue_claimed(&deployment, current).await;
+            }
+            None => self.fail_claimed(current, "Process not found").await,
+        }
+    }
+}
+
+/// A save refused because another BPE took over is expected after a stall; any other
+/// failure is the database's.
+fn log_save_error(instance: &Instance, error: &Error, message: &str) {
+    match error {
+        Error::Fenced(reason) => {
+            tracing::warn!(instance = %instance.id, %reason, "another BPE took over; this run is dropped")
+        }
+        _ => tracing::error!(instance = %instance.id, error = %ErrorChain(error), "{message}"),
     }
 }
 

@@ -1,8 +1,10 @@
 //! The DSF business process engine (BPE): deploys process plugins written against
 //! `dsf-plugin-api` onto `dsf-bpmn`, starts and continues their instances from Task resources
 //! on the local DSF FHIR server, sends Tasks to other organisations' FHIR servers, and keeps
-//! its state (instances, timers, claimed and sent Tasks) in SQLite so that it resumes after a
-//! crash without losing a step or sending a Task twice.
+//! its state (instances, timers, claimed and sent Tasks) in SQLite or PostgreSQL so that it
+//! resumes after a crash without losing a step or sending a Task twice. Several BPEs may
+//! share one PostgreSQL state database: each Task is claimed and each instance advanced by
+//! one of them at a time, and a dead one's work is taken over ([`StateStore`]).
 //!
 //! Plugins come linked in (a [`PluginDefinition`](dsf_plugin_api::PluginDefinition) handed to
 //! [`Bpe::start`]) or as *plugin files* ([`BpeConfig::plugin_directory`]): executables the BPE
@@ -27,7 +29,8 @@
 //! - `outgoing`: message sends, recorded before and after so none goes out twice.
 //! - `adapters` and `scope`: plugin handlers as dsf-bpmn element handlers, and the variable
 //!   scope they see; `services` is what handlers and loops share.
-//! - `state`: the durable state in SQLite ([`StateStore`]); `locks`: one business key at a
+//! - `state`: the durable state in SQLite or PostgreSQL ([`StateStore`]), versioned schema,
+//!   leases and fencing for several BPEs on one database; `locks`: one business key at a
 //!   time.
 //! - `plugin_files` and `plugin_process`: plugin files as processes of their own
 //!   ([`PluginFile`], [`PluginFileSettings`]).
@@ -59,4 +62,6 @@ pub use error::{Error, Result};
 pub use incoming::BpeStatus;
 pub use plugin_files::{PluginFile, PluginFileReport};
 pub use plugin_process::PluginFileSettings;
-pub use state::{StateStore, INSTANCE_FORMAT};
+pub use state::{
+    Lease, StateDatabase, StateStore, StoredInstance, TakenOver, DEFAULT_LEASE, INSTANCE_FORMAT,
+};

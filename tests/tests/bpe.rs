@@ -2,7 +2,7 @@
 //! FHIR server and a BPE running the ping-pong plugin; Tasks start and continue processes,
 //! messages travel between organisations, and the BPE survives restarts and rivals.
 
-use dsf_engine::{Bpe, BpeConfig};
+use dsf_engine::{Bpe, BpeConfig, StateDatabase};
 use dsf_plugin_api::task::{output_string, outputs};
 use dsf_plugin_api::PluginDefinition;
 use dsf_plugin_ping_pong as ping_pong;
@@ -32,7 +32,9 @@ fn bpe_config(org: &Organization) -> BpeConfig {
 
 async fn start_bpe(org: &Organization, state: Option<&Path>) -> Bpe {
     let mut config = bpe_config(org);
-    config.state_path = state.map(Path::to_path_buf);
+    config.state = state.map_or(StateDatabase::Memory, |p| {
+        StateDatabase::Sqlite(p.to_path_buf())
+    });
     let bpe = Bpe::start(config, plugins()).await.expect("BPE starts");
     assert!(
         bpe.report().refused.is_empty(),
@@ -388,7 +390,7 @@ async fn a_broken_plugin_is_refused_and_the_others_run() {
 </bpmn:definitions>"#,
         );
     let mut config = bpe_config(org);
-    config.state_path = None;
+    config.state = StateDatabase::Memory;
     let mut all = plugins();
     all.push(broken);
     let bpe = Bpe::start(config, all).await.expect("BPE starts");
@@ -858,7 +860,7 @@ async fn killed_at(side: usize, step: &'static str, occurrence: usize) -> bool {
     let start = |i: usize, crash: bool| {
         let org = network.organization(i);
         let mut config = bpe_config(org);
-        config.state_path = Some(states[i].clone());
+        config.state = StateDatabase::Sqlite(states[i].clone());
         if crash {
             config.crash_at = Some(hook.clone());
         }

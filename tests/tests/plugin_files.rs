@@ -160,7 +160,7 @@ async fn a_python_plugin_asks_and_a_person_answers_across_two_organisations() {
     let _bpe0 = start_clean(config(asker, plugins.path())).await;
     let answering_config = || {
         let mut c = config(answerer, plugins.path());
-        c.state_path = Some(state.path().join("bpe1.sqlite"));
+        c.state = dsf_engine::StateDatabase::Sqlite(state.path().join("bpe1.sqlite"));
         c
     };
     let bpe1 = start_clean(answering_config()).await;

@@ -25,9 +25,14 @@ struct Args {
     /// CA certificates (PEM) server certificates must chain to
     #[arg(long, env = "DEV_DSF_BPE_FHIR_CLIENT_TRUST_SERVER_CERTIFICATE_CAS")]
     trust_server_certificate_cas: PathBuf,
-    /// The BPE's state: sqlite:<path> (default sqlite:bpe.sqlite) or sqlite::memory:
+    /// The BPE's state: sqlite:<path> (default sqlite:bpe.sqlite, one BPE), sqlite::memory:
+    /// or postgresql://user:password@host:port/database (several BPEs may share it)
     #[arg(long, env = "DEV_DSF_BPE_DB_URL", default_value = "sqlite:bpe.sqlite")]
     db_url: String,
+    /// How long this BPE's lease on a shared state database lasts without renewal (ISO 8601):
+    /// a BPE that dies has its work taken over after this and a third of it
+    #[arg(long, env = "DEV_DSF_BPE_DB_LEASE", default_value = "PT3S")]
+    db_lease: String,
     /// Tasks, timers and user tasks handled at once
     #[arg(long, env = "DEV_DSF_BPE_PROCESS_THREADS")]
     process_threads: Option<usize>,
@@ -85,6 +90,7 @@ async fn main() -> Result<(), dsf_bin::Failure> {
         }
         .client_config()?,
         db_url: args.db_url,
+        db_lease: Some(duration(&args.db_lease, "DEV_DSF_BPE_DB_LEASE")?),
         process_threads: args.process_threads,
         local_timeout: duration(
             &args.local_timeout_read,
@@ -99,6 +105,6 @@ async fn main() -> Result<(), dsf_bin::Failure> {
     let bpe = start_bpe(settings).await?;
     tracing::info!(organization = bpe.organization(), processes = ?bpe.report().deployed, "BPE running");
     shutdown_signal().await;
-    bpe.stop();
+    bpe.shutdown().await;
     Ok(())
 }
