@@ -191,7 +191,10 @@ impl Dispatcher {
 
     /// Instance `id` under the lock of its business key, as stored once the lock is held
     /// (read once to learn the key, again under the lock), with its deployment.
-    async fn lock_instance(&self, id: &str) -> Option<(KeyGuard<'_>, Instance, Arc<Deployment>)> {
+    async fn lock_instance(
+        self: &Arc<Self>,
+        id: &str,
+    ) -> Option<(KeyGuard<'_>, Instance, Arc<Deployment>)> {
         let stored = self.services.state.load(id).await.ok()??;
         let key = stored
             .instance
@@ -205,11 +208,17 @@ impl Dispatcher {
                 return None;
             }
         };
-        let stored = self.services.state.load(id).await.ok()??;
+        let mut stored = self.services.state.load(id).await.ok()??;
         let Some(deployment) = self.deployment(&stored.deployment).cloned() else {
             tracing::warn!(instance = %id, deployment = %stored.deployment, "instance of a process no longer deployed");
             return None;
         };
+        if stored.interrupted {
+            // A run cut short goes on first (see `settled_instances`).
+            self.drive(&deployment, stored.instance, None, guard.lease())
+                .await;
+            stored = self.services.state.load(id).await.ok()??;
+        }
         Some((guard, stored.instance, deployment))
     }
 
@@ -248,7 +257,8 @@ impl Dispatcher {
             }
         }
         // Recorded first: a BPE stopped right after the claim finds the Task again. Of BPEs
-        // sharing the state database, the first to record it handles it.
+        // sharing the state database (and of this BPE's sightings of it), the first to
+        // record it handles it.
         match self.services.state.claim(&id, &task).await {
             Ok(true) => {}
             Ok(false) => {
@@ -261,23 +271,83 @@ impl Dispatcher {
             }
         }
         self.services.step_boundary("claim-recorded").await;
+        self.claim_on_server(task, version, &deployment).await;
+    }
+
+    /// Sets a Task this BPE claimed in its state in progress on the server (if nobody changed
+    /// it since `version`), and goes on with it.
+    async fn claim_on_server(
+        self: &Arc<Self>,
+        mut task: Value,
+        version: Option<i64>,
+        deployment: &Arc<Deployment>,
+    ) {
+        let id = task["id"].as_str().unwrap_or_default().to_owned();
         task["status"] = json!("in-progress");
-        let claimed: Value = match self.local().update_if_match(&task, version).await {
-            Ok(claimed) => claimed,
-            Err(FhirError::PreconditionFailed(_) | FhirError::VersionConflict(_)) => {
-                tracing::info!(task = %id, "Task claimed by another BPE");
-                let _ = self.services.state.claim_done(&id).await;
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(task = %id, error = %ErrorChain(&error), "cannot set the Task in progress");
-                let _ = self.services.state.claim_done(&id).await;
-                return;
+        let mut version = version;
+        let mut attempt = 0;
+        let claimed: Value = loop {
+            let error = match self.local().update_if_match(&task, version).await {
+                Ok(claimed) => break claimed,
+                Err(error) => error,
+            };
+            match self.claim_outcome(&id, error).await {
+                ClaimOutcome::Claimed(claimed) => break claimed,
+                ClaimOutcome::Unknown(current) if attempt < CLAIM_ATTEMPTS => {
+                    // The server was not reached, or is being replaced: try again shortly
+                    // (nobody else will, the claim being this BPE's).
+                    version = current.or(version);
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    attempt += 1;
+                }
+                ClaimOutcome::Unknown(_) => {
+                    tracing::warn!(task = %id, "cannot set the Task in progress; it stays requested until the next catch-up");
+                    let _ = self.services.state.forget_claim(&id).await;
+                    return;
+                }
+                ClaimOutcome::Lost => return,
             }
         };
-        let _ = self.services.state.claim(&id, &claimed).await;
+        let _ = self.services.state.record_claimed(&id, &claimed).await;
         self.services.step_boundary("claimed").await;
-        self.continue_claimed(&deployment, claimed).await;
+        self.continue_claimed(deployment, claimed).await;
+    }
+
+    /// What became of a claim whose request failed. Refused because the Task changed, the
+    /// claim is withdrawn. Otherwise the write may have reached the server all the same (its
+    /// answer lost with a connection): in progress now, it is this BPE's own write, since no
+    /// other BPE sharing the state database holds the claim.
+    async fn claim_outcome(&self, id: &str, error: FhirError) -> ClaimOutcome {
+        if matches!(
+            error,
+            FhirError::PreconditionFailed(_) | FhirError::VersionConflict(_)
+        ) {
+            // A definite answer (conditional writes are not retried): the Task changed since
+            // this BPE read it, e.g. a BPE with a state database of its own claimed it.
+            tracing::info!(task = %id, "Task changed on the server before the claim");
+            let _ = self.services.state.forget_claim(id).await;
+            return ClaimOutcome::Lost;
+        }
+        tracing::warn!(task = %id, error = %ErrorChain(&error), "cannot set the Task in progress");
+        let current: Option<Value> = self.local().read("Task", id).await.ok();
+        match current {
+            Some(current) if current["status"] == "in-progress" => {
+                tracing::info!(task = %id, "the claim's answer was lost, but the Task is in progress: going on");
+                ClaimOutcome::Claimed(current)
+            }
+            Some(current) if current["status"] == "requested" => ClaimOutcome::Unknown(
+                current
+                    .pointer("/meta/versionId")
+                    .and_then(Value::as_str)
+                    .and_then(|v| v.parse().ok()),
+            ),
+            Some(current) => {
+                tracing::warn!(task = %id, status = ?current["status"], "the Task changed before the claim");
+                let _ = self.services.state.claim_done(id).await;
+                ClaimOutcome::Lost
+            }
+            None => ClaimOutcome::Unknown(None),
+        }
     }
 
     /// A claimed (in-progress) Task starts an instance or reaches a waiting one.
@@ -315,12 +385,9 @@ impl Dispatcher {
             }
         }
         let lease = guard.lease();
-        let candidates = match self.services.state.running_by_key(&key).await {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::error!(task = %id, error = %ErrorChain(&error), "cannot read instances; the Task stays claimed and is retried on restart");
-                return;
-            }
+        let Some(candidates) = self.settled_instances(&key, lease).await else {
+            tracing::error!(task = %id, "cannot read instances; the Task stays claimed and is taken over");
+            return;
         };
         for stored in candidates
             .into_iter()
@@ -391,6 +458,44 @@ impl Dispatcher {
                 .await;
             }
         }
+    }
+
+    /// The running instances of business key `key`, read under its lease. A run another BPE
+    /// (or this one, before a restart) cut short is finished first: a reply must meet the
+    /// instance waiting for it, not one still before the send that asked for it.
+    async fn settled_instances(
+        self: &Arc<Self>,
+        key: &str,
+        lease: &Lease,
+    ) -> Option<Vec<crate::state::StoredInstance>> {
+        let read = |error| {
+            tracing::error!(business_key = %key, error = %ErrorChain(&error), "cannot read instances");
+        };
+        let found = self
+            .services
+            .state
+            .running_by_key(key)
+            .await
+            .map_err(read)
+            .ok()?;
+        let mut resumed = false;
+        for stored in found.iter().filter(|s| s.interrupted) {
+            if let Some(deployment) = self.deployment(&stored.deployment).cloned() {
+                tracing::info!(instance = %stored.instance.id, "going on with an interrupted run before delivering to it");
+                self.drive(&deployment, stored.instance.clone(), None, lease)
+                    .await;
+                resumed = true;
+            }
+        }
+        if !resumed {
+            return Some(found);
+        }
+        self.services
+            .state
+            .running_by_key(key)
+            .await
+            .map_err(read)
+            .ok()
     }
 
     /// A completed QuestionnaireResponse answers the user task it was created for.
@@ -654,7 +759,22 @@ impl Dispatcher {
             Some("in-progress") => {}
             Some("requested") => {
                 tracing::info!(task = %id, "claiming a Task a stopped BPE had not claimed on the server");
-                return self.on_task(current).await;
+                // Its claim is this BPE's now, with the business key it was recorded with.
+                let version = current
+                    .pointer("/meta/versionId")
+                    .and_then(Value::as_str)
+                    .and_then(|v| v.parse::<i64>().ok());
+                let mut task = current;
+                if claimed["input"].is_array() {
+                    task["input"] = claimed["input"].clone();
+                }
+                match process_key(task["instantiatesCanonical"].as_str().unwrap_or_default())
+                    .and_then(|k| self.deployments.get(&k).cloned())
+                {
+                    Some(deployment) => self.claim_on_server(task, version, &deployment).await,
+                    None => self.fail_claimed(task, "Process not found").await,
+                }
+                return;
             }
             _ => {
                 let _ = self.services.state.claim_done(&id).await;
@@ -672,6 +792,19 @@ impl Dispatcher {
             None => self.fail_claimed(current, "Process not found").await,
         }
     }
+}
+
+/// How often a claim that did not reach the server is tried (with waits of 0.2, 0.4 … 3.2 s).
+const CLAIM_ATTEMPTS: u32 = 5;
+
+/// What became of a claim whose request failed.
+enum ClaimOutcome {
+    /// The Task is in progress: the claim reached the server.
+    Claimed(Value),
+    /// The Task is still requested (at this version, if it could be read).
+    Unknown(Option<i64>),
+    /// The Task changed otherwise: not this BPE's to handle.
+    Lost,
 }
 
 /// A save refused because another BPE took over is expected after a stall; any other

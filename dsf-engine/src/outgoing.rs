@@ -218,21 +218,39 @@ async fn post(
             status: None,
             message: e.describe(),
         })?;
-    match client.create(task).await {
-        Ok(_) => {
-            services.step_boundary("sent").await;
-            mark_sent(services, key).await
-        }
-        Err(error) => {
-            let error = send_error(&error);
-            // The target answered: it did not store the Task, so the send is not pending.
-            if error.status.is_some_and(|s| (400..500).contains(&s)) {
-                let _ = services.state.forget_send(key).await;
+    let mut attempt = 0;
+    loop {
+        let error = match client.create(task).await {
+            Ok(_) => {
+                services.step_boundary("sent").await;
+                return mark_sent(services, key).await;
             }
-            Err(error)
+            Err(error) => send_error(&error),
+        };
+        // The target answered: it did not store the Task, so the send is not pending.
+        if error.status.is_some_and(|s| (400..500).contains(&s)) {
+            let _ = services.state.forget_send(key).await;
+            return Err(error);
         }
+        // No answer, or the target is busy or being replaced (one replica behind a load
+        // balancer going down): a few more tries, each after making sure the last did not
+        // arrive after all, so that the Task is created once.
+        let unanswered = error.status.is_none_or(|s| matches!(s, 502..=504));
+        if !unanswered || attempt >= SEND_RETRIES {
+            return Err(error);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250 << attempt)).await;
+        attempt += 1;
+        if arrived(services, send, task).await {
+            tracing::info!(send = %key, "Task reached its target though its answer was lost");
+            return mark_sent(services, key).await;
+        }
+        tracing::info!(send = %key, attempt, error = %error.message, "sending Task again");
     }
 }
+
+/// Further tries of a send that got no answer (after 0.25, 0.5 and 1 s).
+const SEND_RETRIES: u32 = 3;
 
 async fn mark_sent(services: &Services, key: &str) -> Result<(), SendError> {
     services.state.mark_sent(key).await.map_err(|e| SendError {

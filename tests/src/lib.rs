@@ -11,6 +11,7 @@ pub mod harness;
 pub mod network;
 pub mod plugin_files;
 pub mod relay;
+pub mod replicas;
 pub mod tasks;
 pub use harness::Suite;
 

@@ -2,9 +2,37 @@
 //! tests do: start Tasks, the statuses a ping records, the error a failed Task carries.
 
 use crate::network::Organization;
+use dsf_fhir::FhirClient;
 use dsf_plugin_api::task::{output_string, outputs};
 use serde_json::{json, Value};
 use std::time::Duration;
+
+/// An organisation as the helpers here reach it: its identifier and a client with its
+/// certificate.
+pub trait Site {
+    /// The organisation's identifier value.
+    fn identifier(&self) -> &str;
+    /// A client with the organisation's own certificate.
+    fn client(&self) -> &FhirClient;
+}
+
+impl Site for Organization {
+    fn identifier(&self) -> &str {
+        &self.identifier
+    }
+    fn client(&self) -> &FhirClient {
+        &self.client
+    }
+}
+
+impl Site for crate::replicas::ReplicatedOrganization {
+    fn identifier(&self) -> &str {
+        &self.identifier
+    }
+    fn client(&self) -> &FhirClient {
+        &self.client
+    }
+}
 
 /// How long a test waits for a process.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -24,7 +52,7 @@ pub fn message_input(name: &str) -> Value {
 
 /// A Task from the organisation to itself starting `process` (`ping`, `pingAutostart` …).
 pub fn start_task(
-    org: &Organization,
+    org: &impl Site,
     process: &str,
     profile: &str,
     message: &str,
@@ -39,20 +67,20 @@ pub fn start_task(
         "status": "requested",
         "intent": "order",
         "authoredOn": "2026-11-28T10:00:00+00:00",
-        "requester": organization_reference(&org.identifier),
-        "restriction": {"recipient": [organization_reference(&org.identifier)]},
+        "requester": organization_reference(org.identifier()),
+        "restriction": {"recipient": [organization_reference(org.identifier())]},
         "input": inputs,
     })
 }
 
 /// Creates `task` on `org`'s server; its id.
-pub async fn post(org: &Organization, task: Value) -> String {
-    let created: Value = org.client.create(&task).await.expect("Task created");
+pub async fn post(org: &impl Site, task: Value) -> String {
+    let created: Value = org.client().create(&task).await.expect("Task created");
     created["id"].as_str().expect("id").to_owned()
 }
 
 /// Starts a ping on `org`; the start Task's id.
-pub async fn start_ping(org: &Organization) -> String {
+pub async fn start_ping(org: &impl Site) -> String {
     post(
         org,
         start_task(org, "ping", "task-start-ping", "startPing", vec![]),
@@ -61,10 +89,10 @@ pub async fn start_ping(org: &Organization) -> String {
 }
 
 /// Waits until `Task/id` on `org` is completed or failed, and returns it.
-pub async fn finished(org: &Organization, id: &str) -> Value {
+pub async fn finished(org: &impl Site, id: &str) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let task: Value = org.client.read("Task", id).await.expect("read Task");
+        let task: Value = org.client().read("Task", id).await.expect("read Task");
         if matches!(task["status"].as_str(), Some("completed" | "failed")) {
             return task;
         }
@@ -112,13 +140,13 @@ pub fn error_of(task: &Value) -> String {
 
 /// Tasks on `org` of the DSF process `process` (`http://dsf.dev/bpe/Process/<process>|1.0`),
 /// without the plugin's drafts.
-pub async fn tasks_of(org: &Organization, process: &str) -> Vec<Value> {
+pub async fn tasks_of(org: &impl Site, process: &str) -> Vec<Value> {
     tasks_instantiating(org, &format!("http://dsf.dev/bpe/Process/{process}|1.0")).await
 }
 
 /// Tasks on `org` whose `instantiatesCanonical` is `canonical`, without drafts.
-pub async fn tasks_instantiating(org: &Organization, canonical: &str) -> Vec<Value> {
-    org.client
+pub async fn tasks_instantiating(org: &impl Site, canonical: &str) -> Vec<Value> {
+    org.client()
         .search_pages("Task", "_count=200")
         .collect()
         .await

@@ -80,6 +80,9 @@ pub struct StoredInstance {
     pub deployment: String,
     /// The instance as saved.
     pub instance: Instance,
+    /// Saved in the middle of a run (before a send) and not since: whoever holds its key's
+    /// lease now finds a run that was cut short, and goes on with it first.
+    pub interrupted: bool,
 }
 
 /// What became of a Task the BPE sends, by its send key.
@@ -360,7 +363,7 @@ impl StateStore {
         let rows = self
             .db
             .query(
-                "SELECT deployment, format, data FROM instances
+                "SELECT deployment, format, data, mid_run FROM instances
                  WHERE finished = 0 AND (business_key = $1 OR alternative_key = $1)",
                 vec![key.into()],
             )
@@ -373,7 +376,7 @@ impl StateStore {
         let rows = self
             .db
             .query(
-                "SELECT deployment, format, data FROM instances WHERE id = $1",
+                "SELECT deployment, format, data, mid_run FROM instances WHERE id = $1",
                 vec![id.into()],
             )
             .await?;
@@ -432,22 +435,51 @@ impl StateStore {
         Ok(count.max(0) as u64)
     }
 
-    /// Records that this node claimed `task_id` and has yet to act on it (recorded again
-    /// with the Task as the server stored it in progress). Answers false when another live
-    /// node's claim of it is open: that node handles it.
+    /// Records that this node claims `task_id` and has yet to act on it. Answers false when
+    /// the Task was claimed before: by another node, which handles it (or, if it died,
+    /// whoever takes its work over, [`StateStore::take_over`]), by this node in another
+    /// handling of it, or already acted on. A Task is claimed once in its life; hearing of
+    /// it again (websocket catch-ups replay versions) changes nothing.
     pub async fn claim(&self, task_id: &str, task: &serde_json::Value) -> Result<bool> {
         let node = self.node();
         let claimed = self
             .db
             .execute(
                 "INSERT INTO claimed(task_id, task, done, owner, claimed_at) VALUES ($1, $2, 0, $3, {now})
-                 ON CONFLICT(task_id) DO UPDATE SET task = excluded.task, done = 0, owner = excluded.owner
-                 WHERE claimed.owner = excluded.owner OR claimed.done = 1 OR claimed.owner IS NULL
-                    OR claimed.owner NOT IN (SELECT id FROM bpe_nodes WHERE lease_until > {now})",
+                 ON CONFLICT(task_id) DO NOTHING",
                 vec![task_id.into(), task.to_string().into(), node.as_ref().into()],
             )
             .await?;
         Ok(claimed > 0)
+    }
+
+    /// Records the claimed Task as the server stored it (in progress).
+    pub async fn record_claimed(&self, task_id: &str, task: &serde_json::Value) -> Result<()> {
+        let node = self.node();
+        self.db
+            .execute(
+                "UPDATE claimed SET task = $2 WHERE task_id = $1 AND owner = $3 AND done = 0",
+                vec![
+                    task_id.into(),
+                    task.to_string().into(),
+                    node.as_ref().into(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Withdraws this node's open claim of `task_id`: the server did not take it (the Task
+    /// changed meanwhile, or the request failed), so a later sighting may claim it anew.
+    pub async fn forget_claim(&self, task_id: &str) -> Result<()> {
+        let node = self.node();
+        self.db
+            .execute(
+                "DELETE FROM claimed WHERE task_id = $1 AND owner = $2 AND done = 0",
+                vec![task_id.into(), node.as_ref().into()],
+            )
+            .await?;
+        Ok(())
     }
 
     /// Whether this node's claim of `task_id` is open (not acted on, not taken over).
@@ -691,8 +723,13 @@ fn instance_row(row: Vec<Value>) -> Result<StoredInstance> {
     let deployment = row.next().and_then(Value::text);
     let format = row.next().and_then(|v| v.int());
     let data = row.next().and_then(Value::text);
+    let interrupted = row.next().and_then(|v| v.int()) == Some(1);
     match (deployment, format, data) {
-        (Some(deployment), Some(format), Some(data)) => decode((deployment, format, data)),
+        (Some(deployment), Some(format), Some(data)) => {
+            let mut stored = decode((deployment, format, data))?;
+            stored.interrupted = interrupted;
+            Ok(stored)
+        }
         _ => Err(Error::State("a stored instance row is incomplete".into())),
     }
 }
@@ -705,6 +742,7 @@ fn decode((deployment, format, data): (String, i64, String)) -> Result<StoredIns
     Ok(StoredInstance {
         deployment,
         instance,
+        interrupted: false,
     })
 }
 
@@ -1026,15 +1064,20 @@ mod tests {
             assert!(a.claim("t1", &task).await.expect("claim"));
             assert!(!b.claim("t1", &task).await.expect("claim"), "A has it");
             assert!(
-                a.claim("t1", &task).await.expect("again"),
-                "A records it again"
+                !a.claim("t1", &task).await.expect("again"),
+                "A handles it already"
             );
+            a.record_claimed("t1", &task).await.expect("recorded");
             assert!(a.owns_claim("t1").await.expect("owns"));
-            // B's failed attempt does not end A's claim.
+            // B's attempts do not end A's claim.
             b.claim_done("t1").await.expect("done");
+            b.forget_claim("t1").await.expect("forget");
             assert!(a.owns_claim("t1").await.expect("owns"));
             assert!(b.take_over().await.expect("none").claims.is_empty());
             a.expire().await;
+            // Hearing of the Task again (a replayed event) does not take a dead node's claim:
+            // the take-over does, and then resumes it as the server now has it.
+            assert!(!b.claim("t1", &task).await.expect("claim"));
             let taken = b.take_over().await.expect("take over");
             assert_eq!(taken.claims, vec![task.clone()]);
             assert!(!a.owns_claim("t1").await.expect("owns"));
@@ -1055,6 +1098,13 @@ mod tests {
                 .await
                 .expect("B's save");
             assert!(!b.owns_claim("t1").await.expect("done"));
+            // A Task acted on is not claimed again, by anyone.
+            assert!(!b.claim("t1", &task).await.expect("claim"));
+            assert!(!a.claim("t1", &task).await.expect("claim"));
+            // A claim the server refused is withdrawn: the Task may be claimed anew.
+            assert!(b.claim("t3", &task).await.expect("claim"));
+            b.forget_claim("t3").await.expect("forget");
+            assert!(a.claim("t3", &task).await.expect("claim again"));
             // A node that leaves frees its work at once.
             assert!(b.claim("t2", &task).await.expect("claim"));
             b.leave().await.expect("leave");

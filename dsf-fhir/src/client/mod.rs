@@ -344,7 +344,7 @@ impl FhirClient {
     }
 
     /// Sends a request to `path` below the base URL (e.g. `Task?status=requested`); idempotent
-    /// methods are retried as [`ClientSettings`] say.
+    /// methods are retried as [`ClientSettings`] say, but for conditional writes (`If-Match`).
     pub async fn request(
         &self,
         method: Method,
@@ -353,10 +353,15 @@ impl FhirClient {
         body: Option<Bytes>,
     ) -> Result<RawResponse> {
         let settings = &self.inner.settings;
+        // A conditional write is not repeated: had the first attempt changed the resource
+        // and lost only its answer, the repeat would be refused (412) for that very change,
+        // telling the caller the opposite of what happened. Its caller reads what became of it.
         let idempotent = matches!(
             method,
             Method::GET | Method::HEAD | Method::PUT | Method::DELETE
-        );
+        ) && !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("if-match"));
         let mut attempt = 0;
         loop {
             let result = self

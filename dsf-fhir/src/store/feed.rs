@@ -3,8 +3,10 @@
 //! that is rolled back announces nothing.
 
 use super::StoredResource;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// The versions one transaction committed: creations and updates with their body,
@@ -23,6 +25,40 @@ pub(super) struct ChangeFeed {
     allow_list_generation: AtomicU64,
     /// See [`super::ResourceStore::conformance_generation`].
     conformance_generation: AtomicU64,
+    /// With other processes writing to the same database: the versions announced lately,
+    /// so that one heard of twice (from this process and from the database, or again in a
+    /// catch-up) is announced once.
+    recent: Mutex<Option<Recent>>,
+}
+
+/// The most versions remembered as announced.
+const RECENT: usize = 65_536;
+
+#[derive(Default)]
+struct Recent {
+    keys: HashSet<(String, String, i64)>,
+    order: VecDeque<(String, String, i64)>,
+}
+
+impl Recent {
+    /// Remembers `change`; false if it was announced already.
+    fn first_time(&mut self, change: &StoredResource) -> bool {
+        let key = (
+            change.resource_type.clone(),
+            change.id.clone(),
+            change.version,
+        );
+        if !self.keys.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > RECENT {
+            if let Some(old) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        true
+    }
 }
 
 impl ChangeFeed {
@@ -43,10 +79,24 @@ impl ChangeFeed {
         self.conformance_generation.load(Ordering::SeqCst)
     }
 
+    /// Other processes write to the same database: their changes will be published too,
+    /// and no version may be announced twice.
+    pub(super) fn expect_peers(&self) {
+        *self.recent.lock().unwrap_or_else(|p| p.into_inner()) = Some(Recent::default());
+    }
+
     /// Announces `changes` to every listener still listening. A change to the allow list
     /// moves its generation on first, so a listener that re-checks identities on hearing of
     /// it does not get a stale cached one.
-    pub(super) fn publish(&self, changes: Vec<StoredResource>) {
+    pub(super) fn publish(&self, mut changes: Vec<StoredResource>) {
+        if let Some(recent) = self
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            changes.retain(|c| recent.first_time(c));
+        }
         if changes.is_empty() {
             return;
         }
@@ -66,6 +116,34 @@ impl ChangeFeed {
         let mut listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
         listeners.retain(|tx| tx.send(batch.clone()).is_ok());
     }
+}
+
+/// Publishes what other processes commit into `feed` for as long as the store lives.
+pub(super) fn forward_peers(
+    mut peers: mpsc::UnboundedReceiver<Vec<StoredResource>>,
+    feed: Weak<ChangeFeed>,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        loop {
+            tokio::select! {
+                changes = peers.recv() => {
+                    let (Some(changes), Some(feed)) = (changes, feed.upgrade()) else {
+                        return;
+                    };
+                    feed.publish(changes);
+                }
+                // A store dropped while nothing is written is noticed too.
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                    if feed.strong_count() == 0 {
+                        return;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// The versions a transaction's outcomes wrote.

@@ -154,6 +154,20 @@ pub trait Backend: Send + Sync {
     fn content_directory(&self) -> Option<&std::path::Path> {
         None
     }
+
+    /// Statements a write transaction runs before it commits to tell other processes
+    /// sharing the database of the versions it wrote (delivered only if it commits): none
+    /// where no other process writes.
+    fn announcements(&self, changes: &[StoredResource]) -> Vec<Sql> {
+        let _ = changes;
+        Vec::new()
+    }
+
+    /// The versions other processes sharing the database commit, as they commit; asked once
+    /// by [`ResourceStore::new`]. `None` where no other process writes.
+    fn follow_peers(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Vec<StoredResource>>> {
+        None
+    }
 }
 
 /// A page of search results.
@@ -207,6 +221,10 @@ impl ResourceStore {
         } else {
             None
         };
+        if let Some(peers) = backend.follow_peers() {
+            feed.expect_peers();
+            feed::forward_peers(peers, Arc::downgrade(&feed));
+        }
         let content = match backend.content_directory() {
             Some(directory) => content::ContentPlace::Directory(directory.into()),
             None => content::ContentPlace::Database,
@@ -221,8 +239,8 @@ impl ResourceStore {
         }
     }
 
-    /// Every change committed through this store from now on, batch by batch (see
-    /// [`CommittedBatch`]). Writes by other processes to the same database are not seen.
+    /// Every change committed from now on, batch by batch (see [`CommittedBatch`]): through
+    /// this store, and on PostgreSQL also by other processes sharing the database.
     pub fn changes(&self) -> ChangeReceiver {
         self.feed.listen()
     }
@@ -436,8 +454,12 @@ impl ResourceStore {
                 )
                 .await
                 .map_err(|(index, e)| e.context(&label(index)))?;
+                let written = feed::written(&outcomes);
+                for announcement in self.backend.announcements(&written) {
+                    session.queue(announcement).await?;
+                }
                 session.commit().await?;
-                self.feed.publish(feed::written(&outcomes));
+                self.feed.publish(written);
                 outcomes
             }
         };
@@ -445,9 +467,9 @@ impl ResourceStore {
         Ok(outcomes)
     }
 
-    /// Changes after every committed write through this store to an allow-list type
-    /// ([`ALLOW_LIST_TYPES`]), so identities derived from them can be cached until it moves.
-    /// Writes by other processes to the same database are not seen.
+    /// Changes after every committed write to an allow-list type ([`ALLOW_LIST_TYPES`]),
+    /// through this store or (PostgreSQL) by another process sharing the database, so that
+    /// identities derived from them can be cached until it moves.
     pub fn allow_list_generation(&self) -> u64 {
         self.feed.allow_list_generation()
     }

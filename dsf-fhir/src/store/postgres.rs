@@ -26,6 +26,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
 mod batch;
+mod peers;
+
+pub(crate) use peers::PeerChanges;
 
 const STATEMENT_CACHE: usize = 512;
 
@@ -143,6 +146,8 @@ fn shared_connections(max_connections: usize) -> usize {
 /// their own (or `public`).
 pub struct PostgresBackend {
     pool: Arc<Pool>,
+    /// This process among those sharing the database, in its change announcements.
+    origin: String,
 }
 
 fn storage_error(e: tokio_postgres::Error) -> Error {
@@ -302,21 +307,27 @@ impl PostgresBackend {
             options,
         });
         let conn = pool.connect().await?;
+        // Servers starting together on one database: one creates the tables, the others
+        // wait for it (concurrent CREATE ... IF NOT EXISTS can fail on the catalogue's
+        // unique indexes).
+        let mut setup = String::from("BEGIN; SELECT pg_advisory_xact_lock(7239847123984712);");
         if let Some(schema) = schema_name {
-            conn.client
-                .batch_execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {}",
-                    quote_ident(schema)
-                ))
-                .await
-                .map_err(storage_error)?;
+            setup.push_str(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {};",
+                quote_ident(schema)
+            ));
         }
+        setup.push_str(&schema(Dialect::Postgres));
+        setup.push_str("; COMMIT;");
         conn.client
-            .batch_execute(&schema(Dialect::Postgres))
+            .batch_execute(&setup)
             .await
             .map_err(storage_error)?;
         pool.give_back(conn);
-        Ok(PostgresBackend { pool })
+        Ok(PostgresBackend {
+            pool,
+            origin: uuid::Uuid::new_v4().simple().to_string(),
+        })
     }
 
     fn session(&self, transaction: bool) -> Box<dyn Session> {
@@ -692,5 +703,21 @@ impl Backend for PostgresBackend {
 
     async fn write(&self) -> Result<Box<dyn Session>> {
         Ok(self.session(true))
+    }
+
+    fn announcements(&self, changes: &[StoredResource]) -> Vec<Sql> {
+        peers::announcements(
+            &peers::channel(self.pool.schema.as_deref()),
+            &self.origin,
+            changes,
+        )
+    }
+
+    fn follow_peers(&self) -> Option<PeerChanges> {
+        Some(peers::follow(
+            self.pool.clone(),
+            peers::channel(self.pool.schema.as_deref()),
+            self.origin.clone(),
+        ))
     }
 }
