@@ -129,11 +129,11 @@ impl BpeLoadReport {
     }
 }
 
-struct Organization {
-    identifier: String,
-    base_url: String,
+pub(crate) struct Organization {
+    pub(crate) identifier: String,
+    pub(crate) base_url: String,
     client_cert: IssuedCert,
-    tls: Arc<dsf_core::rustls::ClientConfig>,
+    pub(crate) tls: Arc<dsf_core::rustls::ClientConfig>,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -142,11 +142,13 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// Two organisations allowing each other, FHIR servers on SQLite files in `dir`.
-async fn two_organizations(
+/// Two organisations allowing each other, FHIR servers on SQLite files in `dir`, or on
+/// PostgreSQL (`postgres`: the URL and a schema prefix) in a schema each.
+pub(crate) async fn two_organizations(
     pki: &DevPki,
     dir: &Path,
     stop: &tokio::sync::watch::Receiver<bool>,
+    postgres: Option<(&str, &str)>,
 ) -> Result<Vec<Organization>, BoxError> {
     let server_cert = pki.issue_server("localhost")?;
     let mut orgs = Vec::new();
@@ -172,11 +174,16 @@ async fn two_organizations(
         start_fhir_server(
             FhirServerSettings {
                 config: ServerConfig::new(&org.base_url, &org.identifier),
-                db_url: format!(
-                    "sqlite:{}",
-                    dir.join(format!("{}.sqlite", org.identifier)).display()
-                ),
-                postgres_schema: None,
+                db_url: match postgres {
+                    Some((url, _)) => url.to_owned(),
+                    None => format!(
+                        "sqlite:{}",
+                        dir.join(format!("{}.sqlite", org.identifier)).display()
+                    ),
+                },
+                postgres_schema: postgres.map(|(_, prefix)| {
+                    format!("{prefix}_{}", org.identifier.replace(['.', '-'], "_"))
+                }),
                 bind: ([127, 0, 0, 1], port).into(),
                 tls: Some(pki.server_config(&server_cert)?),
                 local_thumbprints: vec![org.client_cert.thumbprint()],
@@ -211,7 +218,7 @@ fn input(system: &str, code: &str, value: Value) -> Value {
 const BPMN_MESSAGE: &str = "http://dsf.dev/fhir/CodeSystem/bpmn-message";
 
 /// A Task as the BPE writes it: `process|1.0`, `profile|1.0`, message, keys.
-fn task(
+pub(crate) fn task(
     from: &str,
     to: &str,
     process: &str,
@@ -249,15 +256,15 @@ async fn set_status(client: &FhirClient, task: &mut Value, status: &str) -> bool
 
 /// The clients a round trip uses: each organisation's own, and each one's client of the
 /// other's server.
-struct Clients {
-    a: FhirClient,
+pub(crate) struct Clients {
+    pub(crate) a: FhirClient,
     b: FhirClient,
     a_at_b: FhirClient,
     b_at_a: FhirClient,
 }
 
 impl Clients {
-    fn new(orgs: &[Organization]) -> Result<Self, BoxError> {
+    pub(crate) fn new(orgs: &[Organization]) -> Result<Self, BoxError> {
         Ok(Clients {
             a: FhirClient::new(&orgs[0].base_url, orgs[0].tls.clone())?,
             b: FhirClient::new(&orgs[1].base_url, orgs[1].tls.clone())?,
@@ -315,9 +322,9 @@ async fn plain_round_trip(clients: &Clients, a: &str, b: &str) -> bool {
 }
 
 /// Completed Tasks of organisation A as they happen, by id, for round-trip timing.
-type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
+pub(crate) type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
-async fn watch_completions(client: FhirClient) -> Result<Waiters, BoxError> {
+pub(crate) async fn watch_completions(client: FhirClient) -> Result<Waiters, BoxError> {
     let subscription = client
         .create(&json!({
             "resourceType": "Subscription",
@@ -683,7 +690,7 @@ pub async fn run(settings: BpeLoadSettings) -> Result<BpeLoadReport, BoxError> {
     std::fs::create_dir_all(&dir)?;
     let pki = DevPki::generate("dsf-rs BPE bench CA")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let orgs = two_organizations(&pki, &dir, &stop_rx).await?;
+    let orgs = two_organizations(&pki, &dir, &stop_rx, None).await?;
     let reference = dsf_bin::reference_plugin_files()?;
     let plugin_dir = dir.join("process");
     let ping_pong_file: Vec<PathBuf> = reference
@@ -896,7 +903,7 @@ async fn bpe_startup_and_memory(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let files: PathBuf = dir.join("startup");
     std::fs::create_dir_all(&files)?;
-    let orgs = two_organizations(pki, &files, &stop_rx).await?;
+    let orgs = two_organizations(pki, &files, &stop_rx, None).await?;
     let org = &orgs[0];
     org.client_cert.write(&files, "client")?;
     pki.write_ca(&files)?;

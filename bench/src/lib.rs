@@ -30,6 +30,7 @@ pub mod hostile;
 pub mod load;
 pub mod measure;
 pub mod network;
+pub mod replicas;
 pub mod server;
 pub mod startup;
 pub mod stored;

@@ -3,7 +3,7 @@
 //! `dsf-fhir-server`'s start-up when the release binary is built).
 
 use clap::Parser;
-use dsf_bench::{bpe, hostile, load, network, startup, stored, websocket};
+use dsf_bench::{bpe, hostile, load, network, replicas, startup, stored, websocket};
 use std::time::Duration;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -41,6 +41,11 @@ struct Cli {
     /// start-up time and resident memory per organisation
     #[arg(long, group = "scenario")]
     network_only: bool,
+    /// Only the replica scenario (needs --postgres): round trips with one BPE per
+    /// organisation against two sharing a PostgreSQL state database, PostgreSQL's cost per
+    /// round trip, and the fail-over time when one of two BPEs is killed
+    #[arg(long, group = "scenario")]
+    replicas_only: bool,
     /// Only the stored-scale scenario: create, read and the BPE's searches on an empty store
     /// and again after loading this many Tasks
     #[arg(long, group = "scenario")]
@@ -74,12 +79,15 @@ async fn main() -> Result<(), dsf_bin::Failure> {
         bpe_run(&cli).await?;
     } else if cli.network_only {
         network_run().await?;
+    } else if cli.replicas_only {
+        replicas_run(&cli).await?;
     } else {
         websocket_runs(&cli).await?;
         load_runs(&cli).await?;
         hostile_run(&cli).await?;
         bpe_run(&cli).await?;
         network_run().await?;
+        replicas_run(&cli).await?;
         startup_run().await?;
     }
     Ok(())
@@ -143,6 +151,23 @@ async fn bpe_run(cli: &Cli) -> Result<(), BoxError> {
     let report = bpe::run(bpe::BpeLoadSettings {
         concurrency: cli.concurrency,
         duration: cli.duration(),
+    })
+    .await?;
+    println!("{}", report.markdown());
+    Ok(())
+}
+
+async fn replicas_run(cli: &Cli) -> Result<(), BoxError> {
+    let Some(postgres) = cli.postgres.clone() else {
+        println!(
+            "replicas: skipped (give --postgres <url>: BPEs share a PostgreSQL state database)"
+        );
+        return Ok(());
+    };
+    let report = replicas::run(replicas::ReplicaSettings {
+        concurrency: cli.concurrency,
+        duration: cli.duration(),
+        postgres,
     })
     .await?;
     println!("{}", report.markdown());

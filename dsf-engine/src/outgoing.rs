@@ -220,12 +220,16 @@ async fn post(
         })?;
     let mut attempt = 0;
     loop {
-        let error = match client.create(task).await {
+        let (error, not_there) = match client.create(task).await {
             Ok(_) => {
                 services.step_boundary("sent").await;
                 return mark_sent(services, key).await;
             }
-            Err(error) => send_error(&error),
+            // Nobody listens at the target: it is down, not changing hands.
+            Err(error) => (
+                send_error(&error),
+                matches!(&error, dsf_fhir::Error::Transport { message, .. } if message.starts_with("connect ")),
+            ),
         };
         // The target answered: it did not store the Task, so the send is not pending.
         if error.status.is_some_and(|s| (400..500).contains(&s)) {
@@ -236,7 +240,7 @@ async fn post(
         // balancer going down): a few more tries, each after making sure the last did not
         // arrive after all, so that the Task is created once.
         let unanswered = error.status.is_none_or(|s| matches!(s, 502..=504));
-        if !unanswered || attempt >= SEND_RETRIES {
+        if !unanswered || not_there || attempt >= SEND_RETRIES {
             return Err(error);
         }
         tokio::time::sleep(std::time::Duration::from_millis(250 << attempt)).await;

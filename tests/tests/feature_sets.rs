@@ -80,6 +80,8 @@ fn each_feature_set_of_dsf_fhir_builds_alone() {
     // The crates above dsf-fhir, each with only the features it asks for.
     check("dsf-plugin-api", None);
     check("dsf-engine", None);
+    // The BPE without PostgreSQL (its state on SQLite only).
+    check("dsf-engine", Some(""));
 }
 
 fn client_and_store_trees_hold_only_their_parts() {

@@ -945,6 +945,31 @@ mod tests {
     }
 
     #[test]
+    fn state_database_urls_are_read_as_dev_dsf_bpe_db_url_takes_them() {
+        assert_eq!(
+            StateDatabase::from_url("sqlite::memory:").expect("memory"),
+            StateDatabase::Memory
+        );
+        assert_eq!(
+            StateDatabase::from_url("sqlite:/var/lib/dsf/bpe.sqlite").expect("file"),
+            StateDatabase::Sqlite("/var/lib/dsf/bpe.sqlite".into())
+        );
+        for url in ["postgresql://bpe@db:5432/dsf", "postgres://bpe@db/dsf"] {
+            assert_eq!(
+                StateDatabase::from_url(url).expect("postgres"),
+                StateDatabase::Postgres {
+                    url: url.into(),
+                    schema: None
+                }
+            );
+        }
+        let error = StateDatabase::from_url("jdbc:postgresql://db/dsf")
+            .expect_err("not a URL this BPE reads")
+            .to_string();
+        assert!(error.contains("postgresql://"), "{error}");
+    }
+
+    #[test]
     fn a_stored_instance_of_an_unknown_format_is_refused_with_the_reason() {
         let value = serde_json::json!({"id": "x"});
         assert!(migrate_instance(INSTANCE_FORMAT, value.clone()).is_ok());
