@@ -24,6 +24,8 @@ pub struct ReplicaSettings {
 
 /// Round trips with `bpes` BPEs per organisation, and what PostgreSQL spent on them.
 pub struct Throughput {
+    /// What ran: BPEs per organisation and where their state was.
+    pub label: String,
     /// BPEs per organisation.
     pub bpes: usize,
     /// Completed round trips.
@@ -61,7 +63,7 @@ impl ReplicaReport {
         for t in &self.throughput {
             out.push_str(&format!(
                 "| {} | {} | {:.1} | {:.1} | {} | {} |\n",
-                t.bpes,
+                t.label,
                 t.round_trips,
                 t.per_second,
                 t.p50.as_secs_f64() * 1000.0,
@@ -70,7 +72,7 @@ impl ReplicaReport {
                 t.transactions.map_or("n/a".into(), |n| format!("{n:.1}")),
             ));
         }
-        if let [one, two] = &self.throughput[..] {
+        if let [sqlite, one, two] = &self.throughput[..] {
             out.push_str(&format!(
                 "\n2 BPEs / 1 BPE per organisation: {:.2}x the round trips per second\n",
                 two.per_second / one.per_second
@@ -79,6 +81,17 @@ impl ReplicaReport {
                 out.push_str(&format!(
                     "PostgreSQL CPU per round trip, 2 BPEs / 1: {:.2}\n",
                     b.as_secs_f64() / a.as_secs_f64()
+                ));
+            }
+            out.push_str(&format!(
+                "1 BPE with its state on PostgreSQL / on SQLite: {:.2}x the round trips per second\n",
+                one.per_second / sqlite.per_second
+            ));
+            if let (Some(s), Some(a)) = (sqlite.database_cpu, one.database_cpu) {
+                out.push_str(&format!(
+                    "the BPEs' state on PostgreSQL costs it {:.2} ms of CPU per round trip (the FHIR servers {:.2} ms)\n",
+                    (a.as_secs_f64() - s.as_secs_f64()) * 1000.0,
+                    s.as_secs_f64() * 1000.0
                 ));
             }
         }
@@ -138,22 +151,26 @@ async fn transactions(postgres: &str) -> Option<i64> {
         .ok()
 }
 
+/// `count` BPEs per organisation, their state in PostgreSQL schemas named after `schema`,
+/// or (with `postgres` `None`) each in a SQLite file in `dir`.
 async fn start_bpes(
     orgs: &[Organization],
     count: usize,
-    postgres: &str,
+    postgres: Option<&str>,
     schema: &str,
+    dir: &std::path::Path,
 ) -> Result<Vec<Bpe>, BoxError> {
     let mut bpes = Vec::new();
     for org in orgs {
-        for _ in 0..count {
+        for i in 0..count {
             let mut config = BpeConfig::new(&org.base_url, org.tls.clone());
-            config.state = StateDatabase::Postgres {
-                url: postgres.to_owned(),
-                schema: Some(format!(
-                    "{schema}_{}",
-                    org.identifier.replace(['.', '-'], "_")
-                )),
+            let name = format!("{schema}_{}", org.identifier.replace(['.', '-'], "_"));
+            config.state = match postgres {
+                Some(url) => StateDatabase::Postgres {
+                    url: url.to_owned(),
+                    schema: Some(name),
+                },
+                None => StateDatabase::Sqlite(dir.join(format!("{name}_{i}.sqlite"))),
             };
             let bpe = Bpe::start(config, vec![dsf_plugin_ping_pong::plugin()]).await?;
             bpe.wait_connected().await;
@@ -233,15 +250,22 @@ pub async fn run(settings: ReplicaSettings) -> Result<ReplicaReport, BoxError> {
     let a = orgs[0].identifier.clone();
 
     let mut throughput = Vec::new();
-    for count in [1, 2] {
-        eprintln!("round trips with {count} BPE(s) per organisation on PostgreSQL");
-        let bpes = start_bpes(
-            &orgs,
-            count,
-            &settings.postgres,
-            &format!("{run}_bpe{count}"),
-        )
-        .await?;
+    for (label, count, postgres) in [
+        ("1, state on SQLite (baseline)", 1, None),
+        (
+            "1, state on PostgreSQL",
+            1,
+            Some(settings.postgres.as_str()),
+        ),
+        (
+            "2, sharing a PostgreSQL state",
+            2,
+            Some(settings.postgres.as_str()),
+        ),
+    ] {
+        eprintln!("round trips with {label}");
+        let schema = format!("{run}_bpe{count}");
+        let bpes = start_bpes(&orgs, count, postgres, &schema, &dir).await?;
         let (cpu_before, xacts_before) = (postgres_cpu(), transactions(&settings.postgres).await);
         let started = Instant::now();
         let (done, _) = round_trips(
@@ -261,6 +285,7 @@ pub async fn run(settings: ReplicaSettings) -> Result<ReplicaReport, BoxError> {
         let mut latencies: Vec<Duration> = done.iter().map(|(s, e)| *e - *s).collect();
         latencies.sort();
         throughput.push(Throughput {
+            label: label.to_owned(),
             bpes: count,
             round_trips: done.len(),
             per_second: done.len() as f64 / elapsed.as_secs_f64(),
@@ -278,7 +303,8 @@ pub async fn run(settings: ReplicaSettings) -> Result<ReplicaReport, BoxError> {
     }
 
     eprintln!("fail-over: one of two BPEs per organisation killed under load");
-    let mut bpes = start_bpes(&orgs, 2, &settings.postgres, &format!("{run}_failover")).await?;
+    let schema = format!("{run}_failover");
+    let mut bpes = start_bpes(&orgs, 2, Some(&settings.postgres), &schema, &dir).await?;
     let lease = dsf_engine::DEFAULT_LEASE;
     let load = {
         let (clients, waiters, a) = (clients.clone(), waiters.clone(), a.clone());

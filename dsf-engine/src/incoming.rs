@@ -678,7 +678,14 @@ impl Dispatcher {
                 );
             }
             if let Err(e) = self.local().update(&task).await {
-                tracing::warn!(task = ?task["id"], instance = %instance.id, error = %ErrorChain(&e), "cannot write the Task's final status");
+                // A run taken over from a BPE that died after writing it finds it written.
+                let id = task["id"].as_str().unwrap_or_default();
+                let current: Option<Value> = self.local().read("Task", id).await.ok();
+                if current.is_some_and(|c| c["status"] == json!(status)) {
+                    tracing::debug!(task = %id, instance = %instance.id, "the Task's final status was written before");
+                } else {
+                    tracing::warn!(task = %id, instance = %instance.id, error = %ErrorChain(&e), "cannot write the Task's final status");
+                }
             }
         }
     }

@@ -37,6 +37,10 @@ fn main() {
             another_servers_writes_are_announced_also_after_a_missed_notification,
         )
         .postgres_test(
+            "versions_and_uniqueness_hold_across_server_processes",
+            versions_and_uniqueness_hold_across_server_processes,
+        )
+        .postgres_test(
             "a_killed_bpes_work_is_taken_over_by_the_other_within_seconds",
             a_killed_bpes_work_is_taken_over_by_the_other_within_seconds,
         )
@@ -330,6 +334,75 @@ async fn another_servers_writes_are_announced_also_after_a_missed_notification()
             .any(|c| c.body.as_deref().is_some_and(|b| b.contains("\"one\""))),
         "the catch-up announced an old version again"
     );
+}
+
+async fn versions_and_uniqueness_hold_across_server_processes() {
+    let schema = format!("dsf_unique_{}", uuid::Uuid::new_v4().simple());
+    let stores = [store_on(&schema).await, store_on(&schema).await];
+    // Ten creates of one organisation identifier at once, through both processes: one wins.
+    let organization = json!({
+        "resourceType": "Organization", "active": true, "name": "Twin",
+        "identifier": [{"system": "http://dsf.dev/sid/organization-identifier", "value": "twin.test"}]
+    });
+    let creates = (0..10).map(|i| {
+        let store = stores[i % 2].clone();
+        let resource = organization.clone();
+        tokio::spawn(async move {
+            store
+                .transaction(vec![WriteOp::Create {
+                    resource,
+                    if_none_exist: None,
+                    full_url: None,
+                }])
+                .await
+                .is_ok()
+        })
+    });
+    let mut created = 0;
+    for create in creates {
+        created += usize::from(create.await.expect("task"));
+    }
+    assert_eq!(created, 1, "the identifier is unique across processes");
+    // Ten updates of one Task at once, through both processes: ten new versions, none lost.
+    let written = stores[0]
+        .transaction(vec![task("versions")])
+        .await
+        .expect("create");
+    let dsf_fhir::store::WriteOutcome::Created(first) = &written[0] else {
+        panic!("created");
+    };
+    let id = first.id.clone();
+    let updates = (0..10).map(|i| {
+        let store = stores[i % 2].clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let resource = json!({
+                "resourceType": "Task", "id": id, "status": "requested", "intent": "order",
+                "note": [{"text": format!("update {i}")}]
+            });
+            store
+                .transaction(vec![WriteOp::Update {
+                    resource_type: "Task",
+                    id,
+                    resource,
+                    if_match: None,
+                    full_url: None,
+                }])
+                .await
+        })
+    });
+    for update in updates {
+        update.await.expect("task").expect("update");
+    }
+    let filter = dsf_fhir::store::HistoryFilter {
+        resource_type: Some("Task".into()),
+        id: Some(id.clone()),
+        ..Default::default()
+    };
+    let history = stores[1].history(&filter, 100, 0).await.expect("history");
+    let mut versions: Vec<i64> = history.entries.iter().map(|v| v.version).collect();
+    versions.sort();
+    assert_eq!(versions, (1..=11).collect::<Vec<i64>>());
 }
 
 /// The servers' channel name of `schema` (FNV-1a of the name, as `store::postgres` makes it).

@@ -153,7 +153,7 @@ async fn session(
         .parse()
         .map_err(|e| crate::Error::Invalid(format!("PostgreSQL URL: {e}")))?;
     // Named, so that operators (and tests) can tell listening connections apart.
-    config.application_name(&format!("dsf-fhir listen {channel}"));
+    config.application_name(format!("dsf-fhir listen {channel}"));
     let (client, mut connection) =
         tokio::time::timeout(backend.pool.options.connect_timeout, config.connect(NoTls))
             .await
