@@ -137,14 +137,7 @@ pub struct Bpe {
 
 impl Drop for Bpe {
     fn drop(&mut self) {
-        for task in &self.loops {
-            task.abort();
-        }
-        self.dispatcher
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .abort_all();
+        self.halt();
     }
 }
 
@@ -288,6 +281,14 @@ impl Bpe {
     /// Stops as [`Bpe::stop`] does and leaves the state database, so that other BPEs sharing
     /// it take over this one's work at once rather than when its lease runs out.
     pub async fn shutdown(self) {
+        self.halt();
+        if let Err(error) = self.dispatcher.services.state.leave().await {
+            tracing::warn!(error = %dsf_core::ErrorChain(&error), "cannot leave the state database; others take over when this BPE's lease runs out");
+        }
+    }
+
+    /// Stops the loops and the work they started.
+    fn halt(&self) {
         for task in &self.loops {
             task.abort();
         }
@@ -296,9 +297,6 @@ impl Bpe {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .abort_all();
-        if let Err(error) = self.dispatcher.services.state.leave().await {
-            tracing::warn!(error = %dsf_core::ErrorChain(&error), "cannot leave the state database; others take over when this BPE's lease runs out");
-        }
     }
 
     /// This BPE's node id in its state database.

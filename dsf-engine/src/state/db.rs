@@ -142,3 +142,14 @@ pub(crate) const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_mig
     version BIGINT PRIMARY KEY,
     name TEXT NOT NULL,
     applied BIGINT NOT NULL)";
+
+/// Why a fenced transaction was refused, from the statement that found nothing.
+pub(crate) fn fence_reason(sql: &str) -> String {
+    if sql.contains("key_leases") {
+        "another BPE took over this business key's lease".into()
+    } else if sql.contains("claimed") {
+        "another BPE took over this Task's claim".into()
+    } else {
+        "a required row was not found".into()
+    }
+}

@@ -176,7 +176,7 @@ impl StateDb for PostgresDb {
             let (found, _) = run(&tx, statement.sql, &statement.params).await?;
             if statement.required && found == 0 {
                 tx.rollback().await?;
-                return Err(Error::Fenced(super::sqlite::fence_reason(statement.sql)));
+                return Err(Error::Fenced(db::fence_reason(statement.sql)));
             }
         }
         tx.commit().await?;

@@ -129,7 +129,7 @@ impl StateDb for SqliteDb {
                 let (found, _) = run(&tx, statement.sql, &statement.params)?;
                 if statement.required && found == 0 {
                     // Dropping the transaction rolls it back.
-                    return Err(Error::Fenced(fence_reason(statement.sql)));
+                    return Err(Error::Fenced(db::fence_reason(statement.sql)));
                 }
             }
             tx.commit()?;
@@ -168,17 +168,6 @@ impl StateDb for SqliteDb {
 
     fn exclusive(&self) -> bool {
         true
-    }
-}
-
-/// Why a fenced transaction was refused, from the statement that found nothing.
-pub(super) fn fence_reason(sql: &str) -> String {
-    if sql.contains("key_leases") {
-        "another BPE took over this business key's lease".into()
-    } else if sql.contains("claimed") {
-        "another BPE took over this Task's claim".into()
-    } else {
-        "a required row was not found".into()
     }
 }
 
