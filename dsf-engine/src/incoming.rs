@@ -313,10 +313,11 @@ impl Dispatcher {
         self.continue_claimed(deployment, claimed).await;
     }
 
-    /// What became of a claim whose request failed. Refused because the Task changed, the
-    /// claim is withdrawn. Otherwise the write may have reached the server all the same (its
-    /// answer lost with a connection): in progress now, it is this BPE's own write, since no
-    /// other BPE sharing the state database holds the claim.
+    /// What became of a claim whose request failed. Refused by the server (the Task changed,
+    /// or it is not allowed), the claim is withdrawn. Without an answer, the write may have
+    /// reached the server all the same (its answer lost with a connection): in progress now,
+    /// it is this BPE's own write, since no other BPE sharing the state database holds the
+    /// claim; still requested, it is tried again.
     async fn claim_outcome(&self, id: &str, error: FhirError) -> ClaimOutcome {
         if matches!(
             error,
@@ -329,6 +330,18 @@ impl Dispatcher {
             return ClaimOutcome::Lost;
         }
         tracing::warn!(task = %id, error = %ErrorChain(&error), "cannot set the Task in progress");
+        let unanswered = matches!(
+            error,
+            FhirError::Transport { .. }
+                | FhirError::Timeout(_)
+                | FhirError::Unavailable(_)
+                | FhirError::Server { .. }
+        );
+        if !unanswered {
+            // The server refused it: trying again would be refused again.
+            let _ = self.services.state.forget_claim(id).await;
+            return ClaimOutcome::Lost;
+        }
         let current: Option<Value> = self.local().read("Task", id).await.ok();
         match current {
             Some(current) if current["status"] == "in-progress" => {

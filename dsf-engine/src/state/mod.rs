@@ -197,6 +197,11 @@ impl StateStore {
         self.node.lease
     }
 
+    /// Runs a statement whose count of changed rows nobody needs.
+    async fn exec(&self, sql: &'static str, params: Vec<Value>) -> Result<()> {
+        self.db.execute(sql, params).await.map(|_| ())
+    }
+
     fn lease_millis(&self) -> i64 {
         i64::try_from(self.node.lease.as_millis()).unwrap_or(i64::MAX)
     }
@@ -239,13 +244,11 @@ impl StateStore {
     /// once instead of when its lease runs out.
     pub async fn leave(&self) -> Result<()> {
         let node = self.node();
-        self.db
-            .execute(
-                "DELETE FROM bpe_nodes WHERE id = $1",
-                vec![node.as_ref().into()],
-            )
-            .await?;
-        Ok(())
+        self.exec(
+            "DELETE FROM bpe_nodes WHERE id = $1",
+            vec![node.as_ref().into()],
+        )
+        .await
     }
 
     /// Takes the lease on `key` if it is free, held by this node, or held by a dead node;
@@ -275,13 +278,11 @@ impl StateStore {
 
     /// Gives up `lease` (a lease since taken over is left alone).
     pub async fn release(&self, lease: &Lease) -> Result<()> {
-        self.db
-            .execute(
-                "DELETE FROM key_leases WHERE lease_key = $1 AND owner = $2 AND fence = $3",
-                lease_params(lease),
-            )
-            .await?;
-        Ok(())
+        self.exec(
+            "DELETE FROM key_leases WHERE lease_key = $1 AND owner = $2 AND fence = $3",
+            lease_params(lease),
+        )
+        .await
     }
 
     /// Whether `lease` is still held (not taken over).
@@ -456,30 +457,26 @@ impl StateStore {
     /// Records the claimed Task as the server stored it (in progress).
     pub async fn record_claimed(&self, task_id: &str, task: &serde_json::Value) -> Result<()> {
         let node = self.node();
-        self.db
-            .execute(
-                "UPDATE claimed SET task = $2 WHERE task_id = $1 AND owner = $3 AND done = 0",
-                vec![
-                    task_id.into(),
-                    task.to_string().into(),
-                    node.as_ref().into(),
-                ],
-            )
-            .await?;
-        Ok(())
+        self.exec(
+            "UPDATE claimed SET task = $2 WHERE task_id = $1 AND owner = $3 AND done = 0",
+            vec![
+                task_id.into(),
+                task.to_string().into(),
+                node.as_ref().into(),
+            ],
+        )
+        .await
     }
 
     /// Withdraws this node's open claim of `task_id`: the server did not take it (the Task
     /// changed meanwhile, or the request failed), so a later sighting may claim it anew.
     pub async fn forget_claim(&self, task_id: &str) -> Result<()> {
         let node = self.node();
-        self.db
-            .execute(
-                "DELETE FROM claimed WHERE task_id = $1 AND owner = $2 AND done = 0",
-                vec![task_id.into(), node.as_ref().into()],
-            )
-            .await?;
-        Ok(())
+        self.exec(
+            "DELETE FROM claimed WHERE task_id = $1 AND owner = $2 AND done = 0",
+            vec![task_id.into(), node.as_ref().into()],
+        )
+        .await
     }
 
     /// Whether this node's claim of `task_id` is open (not acted on, not taken over).
@@ -498,13 +495,11 @@ impl StateStore {
     /// Records that this node acted on its claim of `task_id`.
     pub async fn claim_done(&self, task_id: &str) -> Result<()> {
         let node = self.node();
-        self.db
-            .execute(
-                "UPDATE claimed SET done = 1 WHERE task_id = $1 AND owner = $2",
-                vec![task_id.into(), node.as_ref().into()],
-            )
-            .await?;
-        Ok(())
+        self.exec(
+            "UPDATE claimed SET done = 1 WHERE task_id = $1 AND owner = $2",
+            vec![task_id.into(), node.as_ref().into()],
+        )
+        .await
     }
 
     /// Takes over the unfinished claims and interrupted instances of dead nodes (all of
@@ -581,33 +576,26 @@ impl StateStore {
 
     /// Records that the Task `task` is about to be created at `target_url` for the send `key`.
     pub async fn mark_pending(&self, key: &str, task: &str, target_url: &str) -> Result<()> {
-        self.db
-            .execute(
+        self.exec(
                 "INSERT INTO sent(key, state, task, target_url) VALUES ($1, 'pending', $2, $3)
                  ON CONFLICT(key) DO UPDATE SET state = 'pending', task = excluded.task, target_url = excluded.target_url",
                 vec![key.into(), task.into(), target_url.into()],
-            )
-            .await?;
-        Ok(())
+            ).await
     }
 
     /// Records that the target stored the Task of the send `key`.
     pub async fn mark_sent(&self, key: &str) -> Result<()> {
-        self.db
-            .execute(
-                "UPDATE sent SET state = 'sent' WHERE key = $1",
-                vec![key.into()],
-            )
-            .await?;
-        Ok(())
+        self.exec(
+            "UPDATE sent SET state = 'sent' WHERE key = $1",
+            vec![key.into()],
+        )
+        .await
     }
 
     /// Forgets a pending send that certainly did not reach the target (it refused it).
     pub async fn forget_send(&self, key: &str) -> Result<()> {
-        self.db
-            .execute("DELETE FROM sent WHERE key = $1", vec![key.into()])
-            .await?;
-        Ok(())
+        self.exec("DELETE FROM sent WHERE key = $1", vec![key.into()])
+            .await
     }
 
     /// Records the QuestionnaireResponse `questionnaire_response` of the user task `node` of
@@ -618,14 +606,11 @@ impl StateStore {
         instance_id: &str,
         node: &str,
     ) -> Result<()> {
-        self.db
-            .execute(
+        self.exec(
                 "INSERT INTO user_tasks(questionnaire_response, instance_id, node) VALUES ($1, $2, $3)
                  ON CONFLICT(questionnaire_response) DO UPDATE SET instance_id = excluded.instance_id, node = excluded.node",
                 vec![questionnaire_response.into(), instance_id.into(), node.into()],
-            )
-            .await?;
-        Ok(())
+            ).await
     }
 
     /// The instance and node of the open user task answered by this QuestionnaireResponse.
@@ -648,13 +633,11 @@ impl StateStore {
 
     /// Forgets a user task once its QuestionnaireResponse was answered.
     pub async fn remove_user_task(&self, questionnaire_response: &str) -> Result<()> {
-        self.db
-            .execute(
-                "DELETE FROM user_tasks WHERE questionnaire_response = $1",
-                vec![questionnaire_response.into()],
-            )
-            .await?;
-        Ok(())
+        self.exec(
+            "DELETE FROM user_tasks WHERE questionnaire_response = $1",
+            vec![questionnaire_response.into()],
+        )
+        .await
     }
 
     /// Whether a user task of this instance and node already has its QuestionnaireResponse.
@@ -684,15 +667,13 @@ impl StateStore {
 
     /// Moves the last event time of `kind` forward (never back).
     pub async fn set_last_event(&self, kind: &str, millis: i64) -> Result<()> {
-        self.db
-            .execute(
-                "INSERT INTO last_events(kind, millis) VALUES ($1, $2)
+        self.exec(
+            "INSERT INTO last_events(kind, millis) VALUES ($1, $2)
                  ON CONFLICT(kind) DO UPDATE SET millis = excluded.millis
                  WHERE excluded.millis > last_events.millis",
-                vec![kind.into(), millis.into()],
-            )
-            .await?;
-        Ok(())
+            vec![kind.into(), millis.into()],
+        )
+        .await
     }
 }
 
