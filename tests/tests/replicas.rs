@@ -41,6 +41,10 @@ fn main() {
             versions_and_uniqueness_hold_across_server_processes,
         )
         .postgres_test(
+            "a_server_refuses_a_store_a_newer_server_moved_further",
+            a_server_refuses_a_store_a_newer_server_moved_further,
+        )
+        .postgres_test(
             "a_killed_bpes_work_is_taken_over_by_the_other_within_seconds",
             a_killed_bpes_work_is_taken_over_by_the_other_within_seconds,
         )
@@ -403,6 +407,27 @@ async fn versions_and_uniqueness_hold_across_server_processes() {
     let mut versions: Vec<i64> = history.entries.iter().map(|v| v.version).collect();
     versions.sort();
     assert_eq!(versions, (1..=11).collect::<Vec<i64>>());
+}
+
+async fn a_server_refuses_a_store_a_newer_server_moved_further() {
+    // A rolling upgrade: a newer server has moved the shared tables on; an older one
+    // restarting on them says so instead of misreading them.
+    let schema = format!("dsf_schema_{}", uuid::Uuid::new_v4().simple());
+    drop(store_on(&schema).await);
+    let (admin, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO \"{schema}\".store_schema (version) VALUES (99)"
+        ))
+        .await
+        .expect("a newer version");
+    let Err(error) = PostgresBackend::connect(&postgres_url(), Some(&schema), 4).await else {
+        panic!("a newer schema is refused");
+    };
+    assert!(error.to_string().contains("schema version 99"), "{error}");
 }
 
 /// The servers' channel name of `schema` (FNV-1a of the name, as `store::postgres` makes it).

@@ -22,7 +22,7 @@ pub use feed::{ChangeReceiver, CommittedBatch};
 pub use operation::{Change, WriteGuard, WriteOp, WriteOutcome};
 pub use plan::FEW_READABLE;
 pub use postgres::{PostgresBackend, PostgresOptions};
-pub use sql::{AccessPlan, Dialect, HistoryFilter, Sql, SqlValue};
+pub use sql::{AccessPlan, Dialect, HistoryFilter, Sql, SqlValue, STORE_SCHEMA_VERSION};
 pub use sqlite::SqliteBackend;
 pub use write::format_instant;
 

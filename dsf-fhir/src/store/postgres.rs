@@ -323,6 +323,14 @@ impl PostgresBackend {
             .batch_execute(&setup)
             .await
             .map_err(storage_error)?;
+        let version: i64 = conn
+            .client
+            .query_one(super::sql::STORE_SCHEMA_QUERY, &[])
+            .await
+            .map_err(storage_error)?
+            .try_get(0)
+            .map_err(storage_error)?;
+        super::sql::check_store_schema(version)?;
         pool.give_back(conn);
         Ok(PostgresBackend {
             pool,

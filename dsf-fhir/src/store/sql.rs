@@ -187,8 +187,30 @@ pub fn schema(dialect: Dialect) -> String {
             content_id TEXT NOT NULL UNIQUE,
             size BIGINT NOT NULL,
             PRIMARY KEY (res_id, version)
-        );"
+        );
+        -- The version of these tables (see STORE_SCHEMA_VERSION).
+        CREATE TABLE IF NOT EXISTS store_schema (version BIGINT NOT NULL);
+        INSERT INTO store_schema (version)
+            SELECT {STORE_SCHEMA_VERSION} WHERE NOT EXISTS (SELECT 1 FROM store_schema);"
     )
+}
+
+/// The version of the store's tables this build creates and reads. A database a newer build
+/// moved further is refused rather than misread; when the tables change, this goes up and the
+/// step from the version before is added where the backends create the schema.
+pub const STORE_SCHEMA_VERSION: i64 = 1;
+
+/// The statement that reads a database's store schema version.
+pub(super) const STORE_SCHEMA_QUERY: &str = "SELECT MAX(version) FROM store_schema";
+
+/// Whether this build can use a store at schema `version`.
+pub(super) fn check_store_schema(version: i64) -> crate::Result<()> {
+    if version > STORE_SCHEMA_VERSION {
+        return Err(crate::Error::storage_fault(format!(
+            "the database's store tables are at schema version {version}, written by a newer server; this server knows versions up to {STORE_SCHEMA_VERSION}"
+        )));
+    }
+    Ok(())
 }
 
 /// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.

@@ -185,6 +185,13 @@ fn configure(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+fn check_schema_version(conn: &Connection) -> Result<()> {
+    let version: i64 = conn
+        .query_row(super::sql::STORE_SCHEMA_QUERY, [], |r| r.get(0))
+        .map_err(storage_error)?;
+    super::sql::check_store_schema(version)
+}
+
 impl SqliteBackend {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path) -> Result<Self> {
@@ -197,6 +204,7 @@ impl SqliteBackend {
         writer
             .execute_batch(&schema(Dialect::Sqlite))
             .map_err(storage_error)?;
+        check_schema_version(&writer)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let reader = Connection::open_with_flags(
@@ -277,6 +285,7 @@ impl SqliteBackend {
         configure(&conn)?;
         conn.execute_batch(&schema(Dialect::Sqlite))
             .map_err(storage_error)?;
+        check_schema_version(&conn)?;
         let writer = Arc::new(Mutex::new(guard(conn)));
         Ok(SqliteBackend {
             readers: vec![writer.clone()],
@@ -494,6 +503,28 @@ mod tests {
     use crate::access::ReadGrants;
     use crate::store::sql;
     use rusqlite::StatementStatus;
+
+    #[test]
+    fn a_database_a_newer_server_moved_further_is_refused() {
+        let dir = std::env::temp_dir().join(format!("dsf-schema-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("fhir.sqlite");
+        drop(SqliteBackend::open(&path).expect("creates version 1"));
+        drop(SqliteBackend::open(&path).expect("opens its own version again"));
+        let conn = Connection::open(&path).expect("open");
+        let version: i64 = conn
+            .query_row("SELECT MAX(version) FROM store_schema", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, sql::STORE_SCHEMA_VERSION);
+        conn.execute("INSERT INTO store_schema (version) VALUES (99)", [])
+            .expect("a newer version");
+        drop(conn);
+        let Err(error) = SqliteBackend::open(&path) else {
+            panic!("a newer schema is refused");
+        };
+        assert!(error.to_string().contains("schema version 99"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// Stores `versions` versions of `Task/id` the way the writer does, each readable by all.
     fn store_versions(conn: &Connection, id: &str, versions: i64) {
