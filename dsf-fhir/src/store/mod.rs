@@ -155,12 +155,10 @@ pub trait Backend: Send + Sync {
         None
     }
 
-    /// Statements a write transaction runs before it commits to tell other processes
-    /// sharing the database of the versions it wrote (delivered only if it commits): none
-    /// where no other process writes.
-    fn announcements(&self, changes: &[StoredResource]) -> Vec<Sql> {
+    /// Tells other processes sharing the database of `changes`, just committed (PostgreSQL's
+    /// NOTIFY, sent after the commit and batched); nothing where no other process writes.
+    fn announce(&self, changes: &[StoredResource]) {
         let _ = changes;
-        Vec::new()
     }
 
     /// The versions other processes sharing the database commit, as they commit; asked once
@@ -454,11 +452,9 @@ impl ResourceStore {
                 )
                 .await
                 .map_err(|(index, e)| e.context(&label(index)))?;
-                let written = feed::written(&outcomes);
-                for announcement in self.backend.announcements(&written) {
-                    session.queue(announcement).await?;
-                }
                 session.commit().await?;
+                let written = feed::written(&outcomes);
+                self.backend.announce(&written);
                 self.feed.publish(written);
                 outcomes
             }
