@@ -155,10 +155,12 @@ pub trait Backend: Send + Sync {
         None
     }
 
-    /// Tells other processes sharing the database of `changes`, just committed (PostgreSQL's
-    /// NOTIFY, sent after the commit and batched); nothing where no other process writes.
-    fn announce(&self, changes: &[StoredResource]) {
+    /// Statements a write transaction runs before it commits to tell other processes
+    /// sharing the database of the versions it wrote (delivered only if it commits): none
+    /// where no other process writes.
+    fn announcements(&self, changes: &[StoredResource]) -> Vec<Sql> {
         let _ = changes;
+        Vec::new()
     }
 
     /// The versions other processes sharing the database commit, as they commit; asked once
@@ -452,9 +454,11 @@ impl ResourceStore {
                 )
                 .await
                 .map_err(|(index, e)| e.context(&label(index)))?;
-                session.commit().await?;
                 let written = feed::written(&outcomes);
-                self.backend.announce(&written);
+                for announcement in self.backend.announcements(&written) {
+                    session.queue(announcement).await?;
+                }
+                session.commit().await?;
                 self.feed.publish(written);
                 outcomes
             }

@@ -148,8 +148,6 @@ pub struct PostgresBackend {
     pool: Arc<Pool>,
     /// This process among those sharing the database, in its change announcements.
     origin: String,
-    /// Sends the announcements of this process's writes.
-    notifier: peers::Notifier,
 }
 
 fn storage_error(e: tokio_postgres::Error) -> Error {
@@ -334,16 +332,9 @@ impl PostgresBackend {
             .map_err(storage_error)?;
         super::sql::check_store_schema(version)?;
         pool.give_back(conn);
-        let origin = uuid::Uuid::new_v4().simple().to_string();
-        let notifier = peers::Notifier::start(
-            pool.url.clone(),
-            peers::channel(pool.schema.as_deref()),
-            origin.clone(),
-        );
         Ok(PostgresBackend {
             pool,
-            origin,
-            notifier,
+            origin: uuid::Uuid::new_v4().simple().to_string(),
         })
     }
 
@@ -722,8 +713,12 @@ impl Backend for PostgresBackend {
         Ok(self.session(true))
     }
 
-    fn announce(&self, changes: &[StoredResource]) {
-        self.notifier.send(changes);
+    fn announcements(&self, changes: &[StoredResource]) -> Vec<Sql> {
+        peers::announcements(
+            &peers::channel(self.pool.schema.as_deref()),
+            &self.origin,
+            changes,
+        )
     }
 
     fn follow_peers(&self) -> Option<PeerChanges> {
