@@ -230,13 +230,9 @@ impl Dispatcher {
         if task["status"].as_str() != Some("requested") {
             return;
         }
-        let version = task
-            .pointer("/meta/versionId")
-            .and_then(Value::as_str)
-            .and_then(|v| v.parse::<i64>().ok());
+        let version = version_of(&task);
         let canonical = task["instantiatesCanonical"].as_str().unwrap_or_default();
-        let deployment = process_key(canonical).and_then(|key| self.deployments.get(&key).cloned());
-        let Some(deployment) = deployment else {
+        let Some(deployment) = self.deployment_of(&task) else {
             let reason = format!("Process not found: no process {canonical} is deployed");
             self.fail_task(task, version, &reason).await;
             return;
@@ -348,12 +344,9 @@ impl Dispatcher {
                 tracing::info!(task = %id, "the claim's answer was lost, but the Task is in progress: going on");
                 ClaimOutcome::Claimed(current)
             }
-            Some(current) if current["status"] == "requested" => ClaimOutcome::Unknown(
-                current
-                    .pointer("/meta/versionId")
-                    .and_then(Value::as_str)
-                    .and_then(|v| v.parse().ok()),
-            ),
+            Some(current) if current["status"] == "requested" => {
+                ClaimOutcome::Unknown(version_of(&current))
+            }
             Some(current) => {
                 tracing::warn!(task = %id, status = ?current["status"], "the Task changed before the claim");
                 let _ = self.services.state.claim_done(id).await;
@@ -775,43 +768,41 @@ impl Dispatcher {
                 return;
             }
         };
-        match current["status"].as_str() {
-            Some("in-progress") => {}
-            Some("requested") => {
-                tracing::info!(task = %id, "claiming a Task a stopped BPE had not claimed on the server");
-                // Its claim is this BPE's now, with the business key it was recorded with.
-                let version = current
-                    .pointer("/meta/versionId")
-                    .and_then(Value::as_str)
-                    .and_then(|v| v.parse::<i64>().ok());
-                let mut task = current;
-                if claimed["input"].is_array() {
-                    task["input"] = claimed["input"].clone();
-                }
-                match process_key(task["instantiatesCanonical"].as_str().unwrap_or_default())
-                    .and_then(|k| self.deployments.get(&k).cloned())
-                {
-                    Some(deployment) => self.claim_on_server(task, version, &deployment).await,
-                    None => self.fail_claimed(task, "Process not found").await,
-                }
-                return;
-            }
-            _ => {
-                let _ = self.services.state.claim_done(&id).await;
-                return;
-            }
+        let status = current["status"].as_str().unwrap_or_default().to_owned();
+        if !matches!(status.as_str(), "in-progress" | "requested") {
+            let _ = self.services.state.claim_done(&id).await;
+            return;
         }
-        let canonical = current["instantiatesCanonical"]
-            .as_str()
-            .unwrap_or_default();
-        match process_key(canonical).and_then(|k| self.deployments.get(&k).cloned()) {
-            Some(deployment) => {
-                tracing::info!(task = %id, "resuming a Task a stopped BPE had claimed");
-                self.continue_claimed(&deployment, current).await;
+        let Some(deployment) = self.deployment_of(&current) else {
+            return self.fail_claimed(current, "Process not found").await;
+        };
+        if status == "requested" {
+            tracing::info!(task = %id, "claiming a Task a stopped BPE had not claimed on the server");
+            // Its claim is this BPE's now, with the business key it was recorded with.
+            let version = version_of(&current);
+            let mut task = current;
+            if claimed["input"].is_array() {
+                task["input"] = claimed["input"].clone();
             }
-            None => self.fail_claimed(current, "Process not found").await,
+            return self.claim_on_server(task, version, &deployment).await;
         }
+        tracing::info!(task = %id, "resuming a Task a stopped BPE had claimed");
+        self.continue_claimed(&deployment, current).await;
     }
+
+    /// The deployed process a Task's `instantiatesCanonical` names.
+    fn deployment_of(&self, task: &Value) -> Option<Arc<Deployment>> {
+        let canonical = task["instantiatesCanonical"].as_str().unwrap_or_default();
+        process_key(canonical).and_then(|key| self.deployments.get(&key).cloned())
+    }
+}
+
+/// A resource's `meta.versionId` as a number.
+fn version_of(resource: &Value) -> Option<i64> {
+    resource
+        .pointer("/meta/versionId")
+        .and_then(Value::as_str)
+        .and_then(|v| v.parse().ok())
 }
 
 /// How often a claim that did not reach the server is tried (with waits of 0.2, 0.4 … 3.2 s).
