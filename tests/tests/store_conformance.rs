@@ -81,6 +81,8 @@ struct Messages {
     pending: Vec<u8>,
     /// Past the start-up message, after which every message begins with its type byte.
     started: bool,
+    /// The start-up message named the connection as a store's notifier or listener.
+    announcing: bool,
 }
 
 impl ConnectionTap for ClientCounts {
@@ -88,10 +90,16 @@ impl ConnectionTap for ClientCounts {
         match direction {
             // From the client: a new round trip if the server has answered since it last spoke.
             Direction::ToServer => {
+                let mut messages = self.messages.lock().unwrap();
+                let executes = messages.executes_in(bytes);
+                // The store's announcements to other servers go over a connection of their
+                // own, after the commit: not the interaction's round trips.
+                if messages.announcing {
+                    return Verdict::Pass;
+                }
                 if self.answered.swap(false, Ordering::SeqCst) {
                     self.counts.turns.fetch_add(1, Ordering::SeqCst);
                 }
-                let executes = self.messages.lock().unwrap().executes_in(bytes);
                 self.counts.executes.fetch_add(executes, Ordering::SeqCst);
             }
             Direction::ToClient => self.answered.store(true, Ordering::SeqCst),
@@ -125,6 +133,9 @@ impl Messages {
                     .get(4..8)
                     .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")));
                 self.started = code != Some(SSL_REQUEST);
+                let startup = String::from_utf8_lossy(&self.pending[..end]);
+                self.announcing =
+                    startup.contains("dsf-fhir notify") || startup.contains("dsf-fhir listen");
             }
             self.pending.drain(..end);
         }
@@ -383,6 +394,77 @@ async fn writes_with_a_full_statement_cache() {
     }
 }
 
+/// A relay tap that a test can cut: while cut, new connections are refused and the bytes of
+/// open ones end their connection, as when the database host goes away.
+#[derive(Default)]
+struct Cuttable {
+    cut: Arc<AtomicBool>,
+}
+
+struct CuttableConnection(Arc<AtomicBool>);
+
+impl Tap for Cuttable {
+    fn connection(&self) -> Option<Arc<dyn ConnectionTap>> {
+        if self.cut.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(Arc::new(CuttableConnection(self.cut.clone())))
+    }
+}
+
+impl ConnectionTap for CuttableConnection {
+    fn passing(&self, _: Direction, _: &[u8]) -> Verdict {
+        if self.0.load(Ordering::SeqCst) {
+            Verdict::Close
+        } else {
+            Verdict::Pass
+        }
+    }
+
+    fn idle(&self, _: Direction) -> bool {
+        !self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The readiness check follows the database: it answers while PostgreSQL is reachable,
+/// fails (within its statement time-out, not hanging) while the connection is cut, and
+/// answers again once PostgreSQL is back, on fresh connections.
+async fn readiness_follows_the_database() {
+    let tap = Cuttable::default();
+    let cut = tap.cut.clone();
+    let relay = TcpRelay::start(postgres_address(), Arc::new(tap)).await;
+    let schema = format!("dsf_test_{}", uuid::Uuid::new_v4().simple());
+    let backend = PostgresBackend::connect(&postgres_url_at(relay.address), Some(&schema), 2)
+        .await
+        .expect("PostgreSQL through the relay");
+    let store = ResourceStore::new(Arc::new(backend), conformance::BASE_URL);
+    store.check_database().await.expect("ready while connected");
+    let id = create_task(&store, 0).await;
+
+    cut.store(true, Ordering::SeqCst);
+    let checked = tokio::time::timeout(Duration::from_secs(60), store.check_database()).await;
+    match checked {
+        Ok(Err(_)) => {}
+        Ok(Ok(())) => panic!("ready although the database is cut off"),
+        Err(_) => panic!("the readiness check hung while the database was cut off"),
+    }
+
+    cut.store(false, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = store.check_database().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready again after the database came back: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let read = store
+        .read("Task", &id)
+        .await
+        .expect("read after reconnecting");
+    assert!(read.is_some(), "the Task written before the cut is there");
+}
+
 async fn create(store: &ResourceStore, resource: Value) -> String {
     match store
         .write(WriteOp::Create {
@@ -558,6 +640,10 @@ fn main() {
         .postgres_test(
             "postgres::writes_with_a_full_statement_cache",
             writes_with_a_full_statement_cache,
+        )
+        .postgres_test(
+            "postgres::readiness_follows_the_database",
+            readiness_follows_the_database,
         )
         .postgres_test("postgres::batched_lookups_answer_as_alone", || {
             on_one_thread(|counter| async move { batched_lookups_answer_as_alone(&counter).await })

@@ -61,6 +61,10 @@ pub fn cases() -> Vec<Case> {
             name: "concurrent_failures_stay_isolated",
             run: |store| Box::pin(concurrent_failures_stay_isolated(store)),
         },
+        Case {
+            name: "database_check_answers",
+            run: |store| Box::pin(database_check_answers(store)),
+        },
     ]
 }
 
@@ -85,6 +89,13 @@ async fn count(store: &ResourceStore, identifier: &str) -> i64 {
     let mut q = criteria(identifier);
     q.summary_count = true;
     store.search(&q).await.unwrap().total
+}
+
+/// The readiness check ([`ResourceStore::check_database`]) succeeds on a working database.
+async fn database_check_answers(store: ResourceStore) {
+    if let Err(e) = store.check_database().await {
+        panic!("the database check failed on a working database: {e}");
+    }
 }
 
 async fn versions_and_tombstones(store: ResourceStore) {

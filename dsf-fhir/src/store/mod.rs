@@ -155,18 +155,41 @@ pub trait Backend: Send + Sync {
         None
     }
 
-    /// Statements a write transaction runs before it commits to tell other processes
-    /// sharing the database of the versions it wrote (delivered only if it commits): none
-    /// where no other process writes.
-    fn announcements(&self, changes: &[StoredResource]) -> Vec<Sql> {
+    /// Tells other processes sharing the database of `changes`, just committed (PostgreSQL's
+    /// NOTIFY, sent after the commit and batched); nothing where no other process writes.
+    fn announce(&self, changes: &[StoredResource]) {
         let _ = changes;
-        Vec::new()
     }
 
     /// The versions other processes sharing the database commit, as they commit; asked once
     /// by [`ResourceStore::new`]. `None` where no other process writes.
     fn follow_peers(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Vec<StoredResource>>> {
         None
+    }
+
+    /// How its database connections are used at this moment, for metrics; `None` where it
+    /// does not know.
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
+}
+
+/// How a backend's database connections are used at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct PoolStatus {
+    /// The most connections it holds.
+    pub max: usize,
+    /// Connections serving a session now.
+    pub in_use: usize,
+    /// Open connections waiting for work.
+    pub idle: usize,
+}
+
+impl PoolStatus {
+    /// A status of `in_use` and `idle` connections out of `max`.
+    pub fn new(max: usize, in_use: usize, idle: usize) -> Self {
+        PoolStatus { max, in_use, idle }
     }
 }
 
@@ -260,6 +283,21 @@ impl ResourceStore {
             )));
         };
         Ok(ResourceStore::new(backend, base_url))
+    }
+
+    /// Whether the database answers: one trivial statement on a read session. What a
+    /// readiness check asks.
+    pub async fn check_database(&self) -> Result<()> {
+        let mut session = self.backend.read().await?;
+        let mut sql = Sql::new(self.backend.dialect());
+        // `count` reads a 64-bit integer; a bare `1` is a 32-bit one on PostgreSQL.
+        sql.push("SELECT CAST(1 AS BIGINT)");
+        session.count(&sql).await.map(|_| ())
+    }
+
+    /// How the backend's database connections are used now (see [`Backend::pool_status`]).
+    pub fn pool_status(&self) -> Option<PoolStatus> {
+        self.backend.pool_status()
     }
 
     /// The server's base URL, relative to which stored references are kept.
@@ -454,11 +492,9 @@ impl ResourceStore {
                 )
                 .await
                 .map_err(|(index, e)| e.context(&label(index)))?;
-                let written = feed::written(&outcomes);
-                for announcement in self.backend.announcements(&written) {
-                    session.queue(announcement).await?;
-                }
                 session.commit().await?;
+                let written = feed::written(&outcomes);
+                self.backend.announce(&written);
                 self.feed.publish(written);
                 outcomes
             }

@@ -148,6 +148,8 @@ pub struct PostgresBackend {
     pool: Arc<Pool>,
     /// This process among those sharing the database, in its change announcements.
     origin: String,
+    /// Sends the announcements of this process's writes.
+    notifier: peers::Notifier,
 }
 
 fn storage_error(e: tokio_postgres::Error) -> Error {
@@ -332,9 +334,12 @@ impl PostgresBackend {
             .map_err(storage_error)?;
         super::sql::check_store_schema(version)?;
         pool.give_back(conn);
+        let origin = uuid::Uuid::new_v4().simple().to_string();
+        let notifier = peers::Notifier::start(&pool, origin.clone());
         Ok(PostgresBackend {
             pool,
-            origin: uuid::Uuid::new_v4().simple().to_string(),
+            origin,
+            notifier,
         })
     }
 
@@ -713,12 +718,20 @@ impl Backend for PostgresBackend {
         Ok(self.session(true))
     }
 
-    fn announcements(&self, changes: &[StoredResource]) -> Vec<Sql> {
-        peers::announcements(
-            &peers::channel(self.pool.schema.as_deref()),
-            &self.origin,
-            changes,
-        )
+    fn announce(&self, changes: &[StoredResource]) {
+        self.notifier.send(changes);
+    }
+
+    fn pool_status(&self) -> Option<super::PoolStatus> {
+        let pool = &self.pool;
+        let exclusive = pool.options.max_connections - pool.shared.len();
+        let shared_open = pool.shared.iter().filter(|s| s.open().is_some()).count();
+        let idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner()).len();
+        Some(super::PoolStatus::new(
+            pool.options.max_connections,
+            exclusive.saturating_sub(pool.permits.available_permits()) + shared_open,
+            idle,
+        ))
     }
 
     fn follow_peers(&self) -> Option<PeerChanges> {

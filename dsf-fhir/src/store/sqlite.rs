@@ -482,6 +482,21 @@ impl Backend for SqliteBackend {
         self.content_directory.as_deref()
     }
 
+    fn pool_status(&self) -> Option<super::PoolStatus> {
+        let mut connections: Vec<&Arc<Mutex<Guarded>>> = vec![&self.writer];
+        for reader in &self.readers {
+            if !connections.iter().any(|c| Arc::ptr_eq(c, reader)) {
+                connections.push(reader);
+            }
+        }
+        let in_use = connections.iter().filter(|c| c.try_lock().is_err()).count();
+        Some(super::PoolStatus::new(
+            connections.len(),
+            in_use,
+            connections.len() - in_use,
+        ))
+    }
+
     async fn write(&self) -> Result<Box<dyn Session>> {
         let guarded = self.session(&self.writer).await;
         guarded

@@ -1,8 +1,14 @@
-//! Several server processes on one PostgreSQL database: each write transaction announces the
-//! versions it wrote with `NOTIFY` (delivered when, and only if, it commits), and each
-//! process `LISTEN`s, reads the versions other processes wrote and hands them to its change
-//! feed, so that their websocket subscribers hear of them and caches built on the allow list
-//! are rebuilt.
+//! Several server processes on one PostgreSQL database: each process announces the versions
+//! it committed with `NOTIFY`, and each `LISTEN`s, reads the versions other processes wrote and
+//! hands them to its change feed, so that their websocket subscribers hear of them and caches
+//! built on the allow list are rebuilt.
+//!
+//! The announcements are sent after the commit, by one notifier per process that gathers
+//! what committed meanwhile into one transaction: PostgreSQL serialises the commits of
+//! notifying transactions, and a `NOTIFY` inside every write cut concurrent commits to a
+//! quarter (pgbench, 16 clients: 12,300 inserts/s plain, 2,900 with a `NOTIFY` each). The price
+//! is that a process dying between a commit and its announcement leaves it unannounced to the
+//! other processes' subscribers until they reconnect and catch up.
 //!
 //! A listening connection that drops misses what is committed until it is back. On
 //! reconnecting, the listener reads every version written since shortly before it last heard
@@ -49,14 +55,14 @@ pub(super) fn channel(schema: Option<&str>) -> String {
     format!("dsf_changes_{hash:016x}")
 }
 
-/// The `pg_notify` statements that announce `changes` from `origin` on `channel`.
-pub(super) fn announcements(channel: &str, origin: &str, changes: &[StoredResource]) -> Vec<Sql> {
-    let mut statements = Vec::new();
+/// The payloads that announce `changes` from `origin`, each below PostgreSQL's limit.
+fn payloads(origin: &str, changes: &[(String, String, i64)]) -> Vec<String> {
+    let mut payloads = Vec::new();
     let mut payload = String::new();
-    for change in changes {
-        let key = format!("{}/{}/{}", change.resource_type, change.id, change.version);
+    for (resource_type, id, version) in changes {
+        let key = format!("{resource_type}/{id}/{version}");
         if !payload.is_empty() && payload.len() + 1 + key.len() > PAYLOAD_BYTES {
-            statements.push(notify(channel, std::mem::take(&mut payload)));
+            payloads.push(std::mem::take(&mut payload));
         }
         if payload.is_empty() {
             payload.push_str(origin);
@@ -65,19 +71,100 @@ pub(super) fn announcements(channel: &str, origin: &str, changes: &[StoredResour
         payload.push_str(&key);
     }
     if !payload.is_empty() {
-        statements.push(notify(channel, payload));
+        payloads.push(payload);
     }
-    statements
+    payloads
 }
 
-fn notify(channel: &str, payload: String) -> Sql {
-    let mut sql = Sql::new(Dialect::Postgres);
-    sql.push("SELECT pg_notify(")
-        .bind(channel)
-        .push(", ")
-        .bind(payload)
-        .push(")");
-    sql
+/// Announces this process's committed versions: a task of its own with a connection of its
+/// own, sending what committed while it sent the last batch as the next one.
+pub(super) struct Notifier {
+    tx: Option<mpsc::UnboundedSender<Vec<(String, String, i64)>>>,
+}
+
+impl Notifier {
+    pub(super) fn start(pool: &Pool, origin: String) -> Notifier {
+        let (url, timeout) = (pool.url.clone(), pool.options.connect_timeout);
+        let channel = channel(pool.schema.as_deref());
+        let (tx, rx) = mpsc::unbounded_channel();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(notify(url, timeout, channel, origin, rx));
+                Notifier { tx: Some(tx) }
+            }
+            Err(_) => Notifier { tx: None },
+        }
+    }
+
+    pub(super) fn send(&self, changes: &[StoredResource]) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Some(tx) = &self.tx {
+            let keys = changes
+                .iter()
+                .map(|c| (c.resource_type.clone(), c.id.clone(), c.version))
+                .collect();
+            let _ = tx.send(keys);
+        }
+    }
+}
+
+async fn notify(
+    url: String,
+    connect_timeout: Duration,
+    channel: String,
+    origin: String,
+    mut rx: mpsc::UnboundedReceiver<Vec<(String, String, i64)>>,
+) {
+    let mut client: Option<(tokio_postgres::Client, AbortOnDrop)> = None;
+    while let Some(mut keys) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            keys.extend(more);
+        }
+        let payloads = payloads(&origin, &keys);
+        // One more try on a fresh connection: the first may have found it closed.
+        for _ in 0..2 {
+            if client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+                client = match connect_named(&url, connect_timeout, "notify", &channel).await {
+                    Ok((c, connection)) => Some((
+                        c,
+                        AbortOnDrop(tokio::spawn(async move {
+                            let _ = connection.await;
+                        })),
+                    )),
+                    Err(error) => {
+                        tracing::warn!(error = %ErrorChain(&error), "cannot connect to announce changes to other servers");
+                        None
+                    }
+                };
+            }
+            let Some((c, _)) = client.as_mut() else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            match send_payloads(c, &channel, &payloads).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(error = %ErrorChain(&error), "cannot announce changes to other servers");
+                    client = None;
+                }
+            }
+        }
+    }
+}
+
+async fn send_payloads(
+    client: &mut tokio_postgres::Client,
+    channel: &str,
+    payloads: &[String],
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    for payload in payloads {
+        tx.execute("SELECT pg_notify($1, $2)", &[&channel, payload])
+            .await?;
+    }
+    tx.commit().await
 }
 
 /// The versions a notification names, unless it came from `origin` (this process).
@@ -118,9 +205,11 @@ async fn listen(
     origin: String,
     tx: mpsc::UnboundedSender<Vec<StoredResource>>,
 ) {
+    // Reads only: it announces nothing.
     let backend = PostgresBackend {
         pool,
         origin: String::new(),
+        notifier: Notifier { tx: None },
     };
     // Unix milliseconds when the database was last heard from. The first connection catches
     // up from when the store was opened: what was written before it listened is not missed.
@@ -139,6 +228,27 @@ async fn listen(
     }
 }
 
+/// A connection of its own for `role` (`listen` or `notify`) on `channel`, named
+/// `dsf-fhir <role> <channel>` so that operators (and tests) can tell it from the pool's.
+async fn connect_named(
+    url: &str,
+    timeout: Duration,
+    role: &str,
+    channel: &str,
+) -> Result<(
+    tokio_postgres::Client,
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+)> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| crate::Error::Invalid(format!("PostgreSQL URL: {e}")))?;
+    config.application_name(format!("dsf-fhir {role} {channel}"));
+    tokio::time::timeout(timeout, config.connect(NoTls))
+        .await
+        .map_err(|_| crate::Error::Unavailable(format!("connecting to {role} timed out")))?
+        .map_err(storage_error)
+}
+
 /// One listening connection, until it fails (an error) or nobody listens any more (`Ok`).
 async fn session(
     backend: &PostgresBackend,
@@ -147,18 +257,13 @@ async fn session(
     tx: &mpsc::UnboundedSender<Vec<StoredResource>>,
     last_contact: &mut Option<i64>,
 ) -> Result<()> {
-    let mut config: tokio_postgres::Config = backend
-        .pool
-        .url
-        .parse()
-        .map_err(|e| crate::Error::Invalid(format!("PostgreSQL URL: {e}")))?;
-    // Named, so that operators (and tests) can tell listening connections apart.
-    config.application_name(format!("dsf-fhir listen {channel}"));
-    let (client, mut connection) =
-        tokio::time::timeout(backend.pool.options.connect_timeout, config.connect(NoTls))
-            .await
-            .map_err(|_| crate::Error::Unavailable("connecting to listen timed out".into()))?
-            .map_err(storage_error)?;
+    let (client, mut connection) = connect_named(
+        &backend.pool.url,
+        backend.pool.options.connect_timeout,
+        "listen",
+        channel,
+    )
+    .await?;
     let (notes_tx, mut notes) = mpsc::unbounded_channel::<String>();
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -285,29 +390,15 @@ async fn catch_up(
 mod tests {
     use super::*;
 
-    fn version(resource_type: &str, id: &str, version: i64) -> StoredResource {
-        StoredResource {
-            resource_type: resource_type.into(),
-            id: id.into(),
-            version,
-            last_updated: 0,
-            deleted: false,
-            body: None,
-        }
-    }
-
     #[test]
     fn announcements_are_split_below_the_payload_limit_and_read_back() {
-        let changes: Vec<StoredResource> = (0..500)
-            .map(|i| version("Task", &format!("{i:036}"), 1))
+        let changes: Vec<(String, String, i64)> = (0..500)
+            .map(|i| ("Task".to_owned(), format!("{i:036}"), 1))
             .collect();
-        let statements = announcements("c", "origin-a", &changes);
-        assert!(statements.len() > 1);
+        let sent = payloads("origin-a", &changes);
+        assert!(sent.len() > 1);
         let mut keys = Vec::new();
-        for statement in &statements {
-            let crate::store::SqlValue::Text(Some(payload)) = &statement.params[1] else {
-                panic!("payload is text");
-            };
+        for payload in &sent {
             assert!(payload.len() <= PAYLOAD_BYTES);
             assert!(announced(payload, "origin-a").is_empty(), "own changes");
             keys.extend(
@@ -316,9 +407,8 @@ mod tests {
                     .map(|(t, id, v)| (t.to_owned(), id.to_owned(), v)),
             );
         }
-        assert_eq!(keys.len(), 500);
-        assert_eq!(keys[499], ("Task".into(), format!("{:036}", 499), 1));
-        assert!(announcements("c", "o", &[]).is_empty());
+        assert_eq!(keys, changes);
+        assert!(payloads("o", &[]).is_empty());
     }
 
     #[test]
