@@ -229,6 +229,14 @@ impl FhirServer {
             Ok(identity) => identity,
             Err(e) => return Reply::error(&e).render(Format::Json, false),
         };
+        super::trace::identity(&identity);
+        if websocket::may_connect(&identity) {
+            super::trace::allowed(|| "holds the role WEBSOCKET".into());
+        } else {
+            super::trace::refused(&Error::Forbidden(
+                "no role WEBSOCKET: the session is closed at once (1008)".into(),
+            ));
+        }
         if !fastwebsockets::upgrade::is_upgrade_request(&req) {
             return Reply::error(&Error::Invalid(
                 "this path only takes websocket upgrade requests".into(),

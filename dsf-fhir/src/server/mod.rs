@@ -1,5 +1,6 @@
 //! The REST API at `/fhir` over mutual TLS (hyper 1 + tokio-rustls).
 
+mod audit;
 pub mod authorization;
 mod binary;
 mod body;
@@ -11,8 +12,10 @@ mod conformance;
 mod connections;
 pub mod identity;
 mod init_bundle;
+mod interaction;
 mod listen;
 mod memory;
+mod metrics;
 pub mod oidc;
 mod reply;
 mod request;
@@ -21,11 +24,13 @@ mod rest;
 pub mod role_config;
 mod roles;
 mod service;
+mod trace;
 mod transaction;
 mod ui;
 pub mod websocket;
 
 pub use crate::access::{ORGANIZATION_IDENTIFIER_SYSTEM, READ_ACCESS_TAG_SYSTEM};
+pub use audit::{AuditLog, AuditTarget};
 pub use authorization::{AuthorizationPolicy, DsfRules, PolicyContext};
 pub use body::ResponseBody;
 pub use bootstrap::{
@@ -34,6 +39,7 @@ pub use bootstrap::{
 pub use caller::{AddressRange, ForwardedCertificates, PeerAddress, PeerCertificate};
 pub use connections::ConnectionLimits;
 pub use identity::{Identity, IdentityKind, LocalUser, DSF_ADMIN};
+pub use interaction::Interaction;
 pub use oidc::OidcConfig;
 pub use role_config::{RoleConfig, RoleRule};
 pub use roles::{DsfRole, Role};
@@ -81,6 +87,8 @@ pub struct ServerConfig {
     pub ui_theme: Option<UiTheme>,
     /// OpenID Connect for local users without a certificate; off by default.
     pub oidc: Option<OidcConfig>,
+    /// Where each request's audit record goes; none by default.
+    pub audit: Option<AuditLog>,
 }
 
 /// How websocket connections are kept alive and how much they may fall behind.
@@ -122,6 +130,7 @@ impl ServerConfig {
             forwarded_certificates: None,
             ui_theme: None,
             oidc: None,
+            audit: None,
         }
     }
 
@@ -162,6 +171,8 @@ pub struct FhirServer {
     pages: ui::Pages,
     /// OpenID Connect, when configured.
     oidc: Option<oidc::Oidc>,
+    /// Request metrics, once registered ([`FhirServer::register_metrics`]).
+    metrics: std::sync::OnceLock<metrics::RequestMetrics>,
 }
 
 /// What one request carries after transport: who sent it and the parsed URL.
@@ -246,6 +257,7 @@ impl FhirServer {
             closing: tokio::sync::watch::Sender::new(false),
             conformance: conformance::ConformanceCache::default(),
             pages,
+            metrics: std::sync::OnceLock::new(),
         }
     }
 
@@ -276,6 +288,16 @@ impl FhirServer {
     /// Open client connections, websockets included.
     pub fn open_connections(&self) -> usize {
         self.connections.open()
+    }
+
+    /// Whether it can serve: its database answers (what a readiness check asks).
+    pub async fn check_ready(&self) -> Result<()> {
+        self.store.check_database().await
+    }
+
+    /// The path part of its base URL (`/fhir`), where the API lives.
+    pub fn context_path(&self) -> &str {
+        &self.context_path
     }
 
     /// The store it serves.

@@ -81,6 +81,7 @@ impl Reply {
     }
 
     pub fn error(error: &Error) -> Self {
+        super::trace::refused(error);
         let status =
             StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut reply = Reply::outcome(status, error.to_outcome());

@@ -2,10 +2,11 @@
 //! reading the body within its limits, dispatch to the REST, Binary or websocket handlers,
 //! and the answer to a request refused early.
 
+use super::audit::{self, AuditIdentity, AuditRecord};
 use super::caller::{self, PeerCertificate, Principal};
 use super::reply::{refused, Reply};
 use super::request_body::read_body;
-use super::{binary, connections, ui, websocket};
+use super::{binary, connections, interaction, trace, ui, websocket};
 use super::{Call, FhirServer, Identity, IdentityKind, ResponseBody};
 use crate::format::Format;
 use crate::search::parse_query_string;
@@ -18,8 +19,87 @@ use std::time::Duration;
 
 impl FhirServer {
     /// Answers one request whose extensions say who sent it (see [`caller`]): a websocket
-    /// upgrade on the websocket path, the REST API elsewhere.
+    /// upgrade on the websocket path, the REST API elsewhere. Writes its audit record and
+    /// records its latency, when those are on.
     pub(crate) async fn respond<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+        slot: Option<Arc<connections::Slot>>,
+    ) -> Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let audit = self.config.audit.clone();
+        if audit.is_none() && self.metrics.get().is_none() {
+            return self.answer(req, slot).await;
+        }
+        let started = std::time::Instant::now();
+        let path = req.uri().path();
+        let target = interaction::classify(
+            req.method(),
+            self.path_below(path),
+            self.is_websocket_request(path),
+        );
+        let Some(audit) = audit else {
+            let response = self.clone().answer(req, slot).await;
+            if let Some(metrics) = self.metrics.get() {
+                metrics.observe(
+                    target.interaction,
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
+            }
+            return response;
+        };
+        let method = req.method().clone();
+        let peer = req
+            .extensions()
+            .get::<caller::PeerAddress>()
+            .map(|p| p.0.to_string());
+        let parameters = parameter_names(req.uri().query());
+        let (response, mut noted) = trace::traced(self.clone().answer(req, slot)).await;
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        if let Some(metrics) = self.metrics.get() {
+            metrics.observe(target.interaction, status, elapsed);
+        }
+        let resource = response
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| l.strip_prefix(self.config.base_url.as_str()))
+            .map(|l| l.trim_matches('/').to_owned())
+            .or_else(|| {
+                target.resource_type.map(|t| match &target.id {
+                    Some(id) => format!("{t}/{id}"),
+                    None => t.to_owned(),
+                })
+            });
+        let (allowed, refused) = (
+            std::mem::take(&mut noted.allowed),
+            std::mem::take(&mut noted.refused),
+        );
+        audit.write(&AuditRecord {
+            time: audit::now(),
+            peer,
+            identity: AuditIdentity::of(&noted, noted.thumbprint.as_deref()),
+            interaction: target.interaction.name(),
+            method: method.as_str(),
+            resource,
+            parameters,
+            status,
+            outcome: audit::outcome(status),
+            allowed,
+            refused,
+            reasons_left_out: noted.left_out,
+            duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        });
+        response
+    }
+
+    /// [`FhirServer::respond`] without the record keeping.
+    async fn answer<B>(
         self: Arc<Self>,
         req: Request<B>,
         slot: Option<Arc<connections::Slot>>,
@@ -37,6 +117,7 @@ impl FhirServer {
             // Browsers and API clients of users who log in with OpenID Connect.
             Err(e) => return self.respond_without_certificate(req, e).await,
         };
+        trace::certificate(&certificate.thumbprint);
         if self.is_websocket_request(req.uri().path()) {
             self.upgrade(certificate, req, slot).await
         } else {
@@ -114,6 +195,7 @@ impl FhirServer {
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
+        trace::identity(&identity);
         let (parts, body) = req.into_parts();
         let accept = parts
             .headers
@@ -272,6 +354,28 @@ impl FhirServer {
         tracing::debug!(identity = identity.name(), method = %call.method, path = %call.path, "request");
         self.route(&call).await
     }
+}
+
+/// Names of the query parameters (sorted, each once, at most 32 of at most 64 characters):
+/// what an audit record tells of a search, without its values.
+fn parameter_names(query: Option<&str>) -> Vec<String> {
+    let mut names: Vec<String> = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|part| part.split('=').next())
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            percent_encoding::percent_decode_str(name)
+                .decode_utf8_lossy()
+                .chars()
+                .take(64)
+                .collect()
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names.truncate(32);
+    names
 }
 
 /// Most `&`-separated parts a query string may have: the search limits

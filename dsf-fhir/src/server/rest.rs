@@ -166,6 +166,7 @@ impl FhirServer {
             .read_visible(t, id, &call.identity.grants)
             .await?
             .ok_or_else(not_found)?;
+        super::trace::allowed(|| "readable to the caller under its read-access tags".into());
         if stored.deleted {
             return Err(Error::Gone {
                 resource: stored.reference(),
@@ -483,6 +484,9 @@ impl FhirServer {
         let mut query =
             SearchQuery::parse(t, pairs, self.config.page_count, &self.config.base_url)?;
         query.visible_to = Some(call.identity.grants.clone());
+        super::trace::allowed(|| {
+            "results limited to what the read-access tags let the caller read".into()
+        });
         if call.strict() && !query.unsupported.is_empty() {
             return Err(Error::Invalid(format!(
                 "unsupported search parameters: {}",

@@ -313,11 +313,25 @@ async fn authorizations(store: &ResourceStore, request: &ProcessRequest) -> Resu
     Ok(out)
 }
 
-fn names(authorization: &Value, url: &'static str, identity: &Identity) -> bool {
+/// The code of the first `url` (`requester` or `recipient`) coding of `authorization` that
+/// names `identity`.
+fn names<'a>(authorization: &'a Value, url: &'static str, identity: &Identity) -> Option<&'a str> {
     extensions(authorization, url)
         .filter_map(|e| e.get("valueCoding"))
-        .filter_map(|coding| Party::parse(coding, url == "recipient").ok())
-        .any(|party| party.authorizes(identity))
+        .find(|coding| {
+            Party::parse(coding, url == "recipient").is_ok_and(|party| party.authorizes(identity))
+        })
+        .map(|coding| str_at(coding, "code").unwrap_or("?"))
+}
+
+fn note_authorized(request: &ProcessRequest, requester: Option<&str>, recipient: &str) {
+    super::super::trace::allowed(|| {
+        let requester = requester.map_or(String::new(), |code| format!("requester {code}, "));
+        format!(
+            "process authorization of {}|{} for message '{}': {requester}recipient {recipient}",
+            request.process_url, request.process_version, request.message_name
+        )
+    });
 }
 
 fn refused(request: &ProcessRequest, whom: &str) -> Error {
@@ -335,10 +349,14 @@ pub(super) async fn authorize(
     request: &ProcessRequest,
 ) -> Result<()> {
     let found = authorizations(store, request).await?;
-    if found
-        .iter()
-        .any(|a| names(a, "requester", requester) && names(a, "recipient", recipient))
-    {
+    let matched = found.iter().find_map(|a| {
+        Some((
+            names(a, "requester", requester)?,
+            names(a, "recipient", recipient)?,
+        ))
+    });
+    if let Some((requester, recipient)) = matched {
+        note_authorized(request, Some(requester), recipient);
         Ok(())
     } else {
         Err(refused(
@@ -355,7 +373,8 @@ pub(super) async fn authorize_recipient(
     request: &ProcessRequest,
 ) -> Result<()> {
     let found = authorizations(store, request).await?;
-    if found.iter().any(|a| names(a, "recipient", recipient)) {
+    if let Some(code) = found.iter().find_map(|a| names(a, "recipient", recipient)) {
+        note_authorized(request, None, code);
         Ok(())
     } else {
         Err(refused(request, "this recipient"))

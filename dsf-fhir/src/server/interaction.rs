@@ -1,0 +1,230 @@
+//! What a request asks for, named as FHIR names its RESTful interactions: the label of the
+//! request metrics and the `interaction` of audit records. Decided from the method and the
+//! path alone, before and independently of handling, so that a refused or malformed request
+//! is labelled like any other.
+
+use crate::resource_type::supported_type;
+use http::Method;
+
+/// One kind of request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Interaction {
+    /// `GET [type]/[id]` (and `HEAD`).
+    Read,
+    /// `GET [type]/[id]/_history/[version]`.
+    Vread,
+    /// `PUT [type]/[id]` or a conditional update.
+    Update,
+    /// `DELETE [type]/[id]`, a conditional delete or `$permanent-delete`.
+    Delete,
+    /// `POST [type]`.
+    Create,
+    /// `GET [type]?…` or `POST [type]/_search`.
+    SearchType,
+    /// `GET [type]/[id]/_history`.
+    HistoryInstance,
+    /// `GET [type]/_history`.
+    HistoryType,
+    /// `GET _history`.
+    HistorySystem,
+    /// `GET metadata`.
+    Capabilities,
+    /// `POST` of a batch or transaction Bundle to the base.
+    Bundle,
+    /// An operation (`$snapshot`).
+    Operation,
+    /// The websocket endpoint.
+    Websocket,
+    /// Actions of the browser pages (start a process, answer a questionnaire, log in or out).
+    Page,
+    /// Anything else: an unknown path or resource type, a method no interaction has.
+    Other,
+}
+
+impl Interaction {
+    /// The name in metrics labels and audit records (FHIR's code where FHIR has one).
+    pub fn name(self) -> &'static str {
+        match self {
+            Interaction::Read => "read",
+            Interaction::Vread => "vread",
+            Interaction::Update => "update",
+            Interaction::Delete => "delete",
+            Interaction::Create => "create",
+            Interaction::SearchType => "search-type",
+            Interaction::HistoryInstance => "history-instance",
+            Interaction::HistoryType => "history-type",
+            Interaction::HistorySystem => "history-system",
+            Interaction::Capabilities => "capabilities",
+            Interaction::Bundle => "batch-transaction",
+            Interaction::Operation => "operation",
+            Interaction::Websocket => "websocket",
+            Interaction::Page => "page",
+            Interaction::Other => "other",
+        }
+    }
+}
+
+/// What a request is about: its interaction, and the resource type and id its path names
+/// (only a supported resource type, so that arbitrary text from the path never reaches a
+/// label or a record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub interaction: Interaction,
+    pub resource_type: Option<&'static str>,
+    /// `id` or `id/_history/version`, as the path gives it (bounded in length).
+    pub id: Option<String>,
+}
+
+/// Longest id kept from a path: FHIR ids have at most 64 characters.
+const MAX_ID: usize = 64;
+
+/// Classifies a request to `path` (below the base URL's path, no '/' at either end; `None`
+/// outside the API).
+pub(crate) fn classify(method: &Method, path: Option<&str>, websocket: bool) -> Target {
+    let other = Target {
+        interaction: Interaction::Other,
+        resource_type: None,
+        id: None,
+    };
+    if websocket {
+        return Target {
+            interaction: Interaction::Websocket,
+            ..other
+        };
+    }
+    let Some(path) = path else {
+        return other;
+    };
+    if path.starts_with(super::ui::ACTION_PREFIX) || path.starts_with("_ui") {
+        return Target {
+            interaction: Interaction::Page,
+            ..other
+        };
+    }
+    let segments: Vec<&str> = if path.is_empty() {
+        Vec::new()
+    } else {
+        path.split('/').collect()
+    };
+    let get = method == Method::GET || method == Method::HEAD;
+    let id = |id: &str, version: Option<&str>| {
+        let id: String = id.chars().take(MAX_ID).collect();
+        Some(match version {
+            Some(v) => format!(
+                "{id}/_history/{}",
+                v.chars().take(MAX_ID).collect::<String>()
+            ),
+            None => id,
+        })
+    };
+    let Some(first) = segments.first() else {
+        return Target {
+            interaction: if method == Method::POST {
+                Interaction::Bundle
+            } else {
+                Interaction::Other
+            },
+            ..other
+        };
+    };
+    if segments.len() == 1 && *first == "metadata" && get {
+        return Target {
+            interaction: Interaction::Capabilities,
+            ..other
+        };
+    }
+    if segments.len() == 1 && *first == "_history" && get {
+        return Target {
+            interaction: Interaction::HistorySystem,
+            ..other
+        };
+    }
+    let Some(resource_type) = supported_type(first) else {
+        return other;
+    };
+    let on_type = |interaction, id| Target {
+        interaction,
+        resource_type: Some(resource_type),
+        id,
+    };
+    let interaction = match (&segments[1..], method) {
+        ([], _) if get => Interaction::SearchType,
+        ([], &Method::POST) => Interaction::Create,
+        ([], &Method::PUT) => Interaction::Update,
+        ([], &Method::DELETE) => Interaction::Delete,
+        (["_search"], &Method::POST) => Interaction::SearchType,
+        (["_history"], _) if get => Interaction::HistoryType,
+        ([op], _) if op.starts_with('$') => Interaction::Operation,
+        ([i], _) if get => return on_type(Interaction::Read, id(i, None)),
+        ([i], &Method::PUT) => return on_type(Interaction::Update, id(i, None)),
+        ([i], &Method::DELETE) => return on_type(Interaction::Delete, id(i, None)),
+        ([i, "$permanent-delete"], &Method::POST) => {
+            return on_type(Interaction::Delete, id(i, None))
+        }
+        ([i, op], _) if op.starts_with('$') => return on_type(Interaction::Operation, id(i, None)),
+        ([i, "_history"], _) if get => return on_type(Interaction::HistoryInstance, id(i, None)),
+        ([i, "_history", v], _) if get => return on_type(Interaction::Vread, id(i, Some(v))),
+        _ => Interaction::Other,
+    };
+    on_type(interaction, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(method: Method, path: &str) -> (&'static str, Option<&'static str>, Option<String>) {
+        let t = classify(&method, Some(path), false);
+        (t.interaction.name(), t.resource_type, t.id)
+    }
+
+    #[test]
+    fn requests_are_named_as_fhir_names_interactions() {
+        assert_eq!(name(Method::GET, "Task").0, "search-type");
+        assert_eq!(name(Method::HEAD, "Task/1").0, "read");
+        assert_eq!(name(Method::POST, "Task"), ("create", Some("Task"), None));
+        assert_eq!(name(Method::POST, "Task/_search").0, "search-type");
+        assert_eq!(name(Method::PUT, "Task/7").2.as_deref(), Some("7"));
+        assert_eq!(name(Method::PUT, "Task").0, "update");
+        assert_eq!(name(Method::DELETE, "Task").0, "delete");
+        assert_eq!(name(Method::POST, "Task/7/$permanent-delete").0, "delete");
+        assert_eq!(name(Method::GET, "Task/_history").0, "history-type");
+        assert_eq!(name(Method::GET, "Task/7/_history").0, "history-instance");
+        assert_eq!(
+            name(Method::GET, "Task/7/_history/3"),
+            ("vread", Some("Task"), Some("7/_history/3".into()))
+        );
+        assert_eq!(name(Method::GET, "_history").0, "history-system");
+        assert_eq!(name(Method::GET, "metadata").0, "capabilities");
+        assert_eq!(name(Method::POST, "").0, "batch-transaction");
+        assert_eq!(
+            name(Method::POST, "StructureDefinition/$snapshot").0,
+            "operation"
+        );
+        assert_eq!(name(Method::POST, "_ui/start/x").0, "page");
+        assert_eq!(
+            classify(&Method::GET, Some("ws"), true).interaction,
+            Interaction::Websocket
+        );
+    }
+
+    #[test]
+    fn unknown_types_and_paths_leave_nothing_of_the_path_in_the_label() {
+        assert_eq!(
+            name(Method::GET, "Patient%3Cscript%3E/1"),
+            ("other", None, None)
+        );
+        assert_eq!(name(Method::PATCH, "Task/1").0, "other");
+        assert_eq!(
+            classify(&Method::GET, None, false).interaction,
+            Interaction::Other
+        );
+        let long = "x".repeat(500);
+        assert_eq!(
+            name(Method::GET, &format!("Task/{long}"))
+                .2
+                .map(|i| i.len()),
+            Some(64)
+        );
+    }
+}
