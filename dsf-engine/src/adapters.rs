@@ -43,10 +43,20 @@ impl dsf_bpmn::engine::ElementHandler for Adapter {
     async fn execute(&self, context: &mut HandlerContext<'_>) -> Result<(), HandlerError> {
         use futures_util::FutureExt;
         let element = context.element_id.to_owned();
-        match std::panic::AssertUnwindSafe(self.run(context))
+        let started = std::time::Instant::now();
+        let called = std::panic::AssertUnwindSafe(self.run(context))
             .catch_unwind()
-            .await
-        {
+            .await;
+        let outcome = match &called {
+            Ok(Ok(())) => "ok",
+            Ok(Err(HandlerError::Bpmn { .. })) => "bpmn_error",
+            Ok(Err(_)) => "failed",
+            Err(_) => "panicked",
+        };
+        self.services
+            .metrics
+            .plugin_call(self.handler.kind(), outcome, started.elapsed());
+        match called {
             Ok(result) => result,
             Err(panic) => {
                 let message = dsf_plugin_api::panic_message(panic.as_ref());

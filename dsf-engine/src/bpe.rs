@@ -2,12 +2,13 @@
 //! that feed it (the Task and QuestionnaireResponse subscriptions, the timer clock).
 
 use crate::deploy::{self, Deployment, DeploymentReport, ProcessState};
-use crate::incoming::{BpeStatus, Dispatcher};
+use crate::incoming::Dispatcher;
 use crate::locks::KeyLocks;
 use crate::plugin_files::{self, PluginFile, PluginFileReport};
 use crate::plugin_process::PluginFileSettings;
 use crate::services::{CrashHook, Services};
 use crate::state::{StateDatabase, StateStore, DEFAULT_LEASE};
+use crate::status::BpeStatus;
 use crate::{Error, Result};
 use dsf_fhir::client::{ClientSettings, SubscriptionSettings};
 use dsf_fhir::FhirClient;
@@ -127,10 +128,10 @@ impl BpeConfig {
 
 /// A running BPE. Dropping it stops its loops and its plugin processes.
 pub struct Bpe {
-    dispatcher: Arc<Dispatcher>,
+    pub(crate) dispatcher: Arc<Dispatcher>,
     report: DeploymentReport,
     loops: Vec<JoinHandle<()>>,
-    status: watch::Receiver<BpeStatus>,
+    pub(crate) status: watch::Receiver<BpeStatus>,
     /// Stopped when the BPE is dropped.
     plugin_files: Vec<PluginFile>,
 }
@@ -174,6 +175,7 @@ impl Bpe {
                 .with_config(config.plugin_config.iter().cloned()),
             state,
             crash_at: config.crash_at.clone(),
+            metrics: Default::default(),
         });
 
         let mut report = DeploymentReport::default();

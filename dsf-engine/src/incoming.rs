@@ -7,6 +7,7 @@ use crate::deploy::{process_key, Deployment, ProcessState};
 use crate::locks::{KeyGuard, KeyLocks};
 use crate::services::Services;
 use crate::state::Lease;
+use crate::status::BpeStatus;
 use crate::Error;
 use dsf_bpmn::engine::{Instance, InstanceState, Step};
 use dsf_core::ErrorChain;
@@ -22,19 +23,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify, Semaphore};
-
-/// What the BPE is doing, for operators and tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BpeStatus {
-    /// The Task subscription is bound (and its first catch-up done).
-    pub tasks_connected: bool,
-    /// The QuestionnaireResponse subscription is bound.
-    pub questionnaire_responses_connected: bool,
-    /// Websocket connects so far, both subscriptions (more than 2 after reconnects).
-    pub connects: u64,
-    /// Tasks handled so far (started, continued or failed).
-    pub tasks_handled: u64,
-}
 
 /// The deployed processes and what runs them: where events reaching the BPE are handled.
 pub(crate) struct Dispatcher {
@@ -305,6 +293,7 @@ impl Dispatcher {
             }
         };
         let _ = self.services.state.record_claimed(&id, &claimed).await;
+        self.services.metrics.task_claimed(&deployment.key());
         self.services.step_boundary("claimed").await;
         self.continue_claimed(deployment, claimed).await;
     }
@@ -596,7 +585,7 @@ impl Dispatcher {
                 tracing::warn!(instance = %instance.id, "lease lost before finishing the instance's Tasks; another BPE goes on");
                 return;
             }
-            self.finish_tasks(&instance).await;
+            self.finish_tasks(&instance, &deployment.key()).await;
             self.services.step_boundary("tasks-finished").await;
             match &instance.state {
                 InstanceState::Failed { element, reason } => tracing::warn!(
@@ -657,7 +646,7 @@ impl Dispatcher {
 
     /// An ended instance's Tasks still in progress become completed (with the outputs its
     /// handlers added), or failed with the reason when the instance failed.
-    async fn finish_tasks(&self, instance: &Instance) {
+    async fn finish_tasks(&self, instance: &Instance, process: &str) {
         let (status, error) = match &instance.state {
             InstanceState::Failed { element, reason } => (
                 "failed",
@@ -683,7 +672,13 @@ impl Dispatcher {
                     parameter(BPMN_MESSAGE, ERROR, "valueString", json!(reason)),
                 );
             }
-            if let Err(e) = self.local().update(&task).await {
+            let written = self.local().update(&task).await;
+            if written.is_ok() {
+                self.services
+                    .metrics
+                    .task_finished(Some(process), error.is_some());
+            }
+            if let Err(e) = written {
                 // A run taken over from a BPE that died after writing it finds it written.
                 let id = task["id"].as_str().unwrap_or_default();
                 let current: Option<Value> = self.local().read("Task", id).await.ok();
@@ -704,8 +699,11 @@ impl Dispatcher {
             &mut task,
             parameter(BPMN_MESSAGE, ERROR, "valueString", json!(reason)),
         );
-        if let Err(error) = self.local().update_if_match(&task, version).await {
-            tracing::warn!(task = ?task["id"], error = %ErrorChain(&error), "cannot set the Task failed");
+        match self.local().update_if_match(&task, version).await {
+            Ok(_) => self.services.metrics.task_finished(None, true),
+            Err(error) => {
+                tracing::warn!(task = ?task["id"], error = %ErrorChain(&error), "cannot set the Task failed")
+            }
         }
     }
 

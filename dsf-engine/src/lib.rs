@@ -25,7 +25,9 @@
 //! - `deploy`: plugins checked and deployed ([`Deployment`], [`DeploymentReport`],
 //!   [`ProcessState`]), their FHIR resources written when they changed.
 //! - `incoming`: the dispatcher that claims requested Tasks, starts and continues instances,
-//!   completes user tasks and fires timers ([`BpeStatus`] says how far it got).
+//!   completes user tasks and fires timers; `status`: [`BpeStatus`], how far it got.
+//! - `metrics` and `monitor`: what the BPE counts for Prometheus, and what a status endpoint
+//!   asks of it ([`Bpe::register_metrics`], [`BpeMonitor`]).
 //! - `outgoing`: message sends, recorded before and after so none goes out twice.
 //! - `adapters` and `scope`: plugin handlers as dsf-bpmn element handlers, and the variable
 //!   scope they see; `services` is what handlers and loops share.
@@ -49,19 +51,23 @@ mod deploy;
 mod error;
 mod incoming;
 mod locks;
+mod metrics;
+mod monitor;
 mod outgoing;
 mod plugin_files;
 mod plugin_process;
 mod scope;
 mod services;
 mod state;
+mod status;
 
 pub use bpe::{parse_process_list, Bpe, BpeConfig, PluginFileStatus};
 pub use deploy::{process_key, Deployment, DeploymentReport, ProcessState};
 pub use error::{Error, Result};
-pub use incoming::BpeStatus;
+pub use monitor::BpeMonitor;
 pub use plugin_files::{PluginFile, PluginFileReport};
 pub use plugin_process::PluginFileSettings;
 pub use state::{
     Lease, StateDatabase, StateStore, StoredInstance, TakenOver, DEFAULT_LEASE, INSTANCE_FORMAT,
 };
+pub use status::BpeStatus;

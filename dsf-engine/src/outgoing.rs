@@ -65,6 +65,7 @@ pub(crate) async fn send(
             post(services, &key, &send, &task).await
         }
     };
+    services.metrics.sent(outcome.is_ok());
     match outcome {
         Ok(()) => {
             with_vars!(context, vars => handler.after_send(&services.api, &mut vars, &send).await)

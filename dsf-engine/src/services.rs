@@ -14,6 +14,7 @@ pub(crate) struct Services {
     pub api: ProcessApi,
     pub state: StateStore,
     pub crash_at: Option<CrashHook>,
+    pub metrics: crate::metrics::EngineMetrics,
 }
 
 impl Services {
