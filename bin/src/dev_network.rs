@@ -85,6 +85,14 @@ pub struct NetworkOrganization {
     pub admin_key: PathBuf,
     /// The BPE's state database.
     pub bpe_state: PathBuf,
+    /// The FHIR server's audit log (JSON lines).
+    pub audit_log: PathBuf,
+    /// The FHIR server's status port (`/health/ready`, `/metrics`), when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fhir_status_url: Option<String>,
+    /// The BPE's status port, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpe_status_url: Option<String>,
     /// The identifiers of the organisations on its allow list.
     pub allows: Vec<String>,
 }
@@ -105,6 +113,16 @@ pub struct DevNetworkSettings {
     pub plugin_directory: PathBuf,
     /// Plugin configuration (e.g. `DEV_DSF_BPE_PING_PONG_TIMEOUT`), for every BPE's plugins.
     pub plugin_config: Vec<(String, String)>,
+    /// Status ports on loopback: organisation `i`'s FHIR server at this port plus `2i`, its
+    /// BPE at plus `2i + 1`; none when `None`.
+    pub status_base_port: Option<u16>,
+}
+
+/// The status port of organisation `i`'s FHIR server (`bpe` false) or BPE, from
+/// `status_base_port`.
+fn status_port(base: Option<u16>, i: usize, bpe: bool) -> Option<u16> {
+    let offset = u16::try_from(2 * i + usize::from(bpe)).ok()?;
+    base?.checked_add(offset)
 }
 
 /// A running network; dropping it stops the BPEs, [`DevNetwork::stop`] also the servers.
@@ -115,6 +133,8 @@ pub struct DevNetwork {
     pub organizations: Vec<DevOrganization>,
     /// Who may reach whom.
     pub topology: Topology,
+    /// See [`DevNetworkSettings::status_base_port`].
+    pub status_base_port: Option<u16>,
     /// The BPEs, one per organisation, in the same order.
     pub bpes: Vec<dsf_engine::Bpe>,
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -176,6 +196,11 @@ fn server_settings(
         .collect();
     let mut config = ServerConfig::new(&org.base_url, &org.identifier);
     config.ui_theme = Some(UiTheme::Dev);
+    config.audit = Some(dsf_fhir::server::AuditLog::open(vec![
+        dsf_fhir::server::AuditTarget::File(
+            settings.dir.join(&org.identifier).join("fhir-audit.log"),
+        ),
+    ])?);
     config.users.push(
         LocalUser::new("admin", org.admin.thumbprint(), &Role::ALL)
             .with_practitioner_role(DSF_ADMIN.0, DSF_ADMIN.1),
@@ -210,6 +235,8 @@ fn server_settings(
         peers,
         organization_name: org.identifier.clone(),
         init_bundle: None,
+        status: status_port(settings.status_base_port, i, false)
+            .map(|port| ([127, 0, 0, 1], port).into()),
     })
 }
 
@@ -218,7 +245,7 @@ fn server_settings(
 fn bpe_settings(
     settings: &DevNetworkSettings,
     org: &DevOrganization,
-    manages_allow_list: bool,
+    index: usize,
     tls: dsf_core::rustls::ClientConfig,
     plugin_config: &[(String, String)],
 ) -> BpeSettings {
@@ -237,7 +264,8 @@ fn bpe_settings(
         process_threads: None,
         local_timeout: Duration::from_secs(60),
         plugin_directory: settings.plugin_directory.clone(),
-        excluded: if manages_allow_list {
+        // The first organisation manages the allow list.
+        excluded: if index == 0 {
             String::new()
         } else {
             "dsfdev_updateAllowList|1.0".to_owned()
@@ -245,6 +273,8 @@ fn bpe_settings(
         retired: String::new(),
         plugin_files: dsf_engine::PluginFileSettings::default(),
         plugin_config: plugin_config.to_vec(),
+        status: status_port(settings.status_base_port, index, true)
+            .map(|port| ([127, 0, 0, 1], port).into()),
     }
 }
 
@@ -316,7 +346,7 @@ impl DevNetwork {
         let mut bpes = Vec::new();
         for (i, org) in organizations.iter().enumerate() {
             let tls = pki.client_config(&org.client)?;
-            bpes.push(start_bpe(bpe_settings(&settings, org, i == 0, tls, &plugin_config)).await?);
+            bpes.push(start_bpe(bpe_settings(&settings, org, i, tls, &plugin_config)).await?);
         }
         for (bpe, org) in bpes.iter().zip(&organizations) {
             bpe.wait_connected().await;
@@ -326,6 +356,7 @@ impl DevNetwork {
             pki,
             organizations,
             topology: settings.topology,
+            status_base_port: settings.status_base_port,
             bpes,
             servers,
             stop,
@@ -365,6 +396,11 @@ impl DevNetwork {
                         admin_certificate: files.join("admin.crt"),
                         admin_key: files.join("admin.key"),
                         bpe_state: files.join("bpe.sqlite"),
+                        audit_log: files.join("fhir-audit.log"),
+                        fhir_status_url: status_port(self.status_base_port, i, false)
+                            .map(|p| format!("http://127.0.0.1:{p}")),
+                        bpe_status_url: status_port(self.status_base_port, i, true)
+                            .map(|p| format!("http://127.0.0.1:{p}")),
                         allows: orgs
                             .iter()
                             .enumerate()

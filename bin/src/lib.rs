@@ -4,6 +4,7 @@
 pub mod allocator;
 pub mod dev_network;
 pub mod ping;
+pub mod status;
 
 use dsf_core::Thumbprint;
 use dsf_fhir::server::AllowListEntry;
@@ -75,6 +76,8 @@ pub struct FhirServerSettings {
     /// The init bundle's text, its placeholders filled ([`fill_init_bundle`]), run as the
     /// local organisation after the allow list is loaded.
     pub init_bundle: Option<String>,
+    /// Where the status port listens (liveness, readiness, metrics); none when `None`.
+    pub status: Option<SocketAddr>,
 }
 
 /// Fills the placeholders of an init bundle as the Java DSF does: the local organisation's
@@ -133,6 +136,21 @@ pub async fn start_fhir_server(
     let listener = TcpListener::bind(settings.bind).await?;
     tracing::info!(bind = %settings.bind, base_url = %server.config().base_url, "FHIR server listening");
     let server = Arc::new(server);
+    if let Some(address) = settings.status {
+        let ready = server.clone();
+        let mut endpoint =
+            status::StatusEndpoint::new(server.context_path()).check("database", move || {
+                let server = ready.clone();
+                async move {
+                    server
+                        .check_ready()
+                        .await
+                        .map_err(|e| dsf_core::ErrorChain(&e).to_string())
+                }
+            });
+        server.register_metrics(endpoint.registry());
+        endpoint.start(address).await?;
+    }
     Ok(match settings.tls {
         Some(tls) => tokio::spawn(server.serve(listener, Arc::new(tls), shutdown)),
         None => tokio::spawn(server.serve_behind_proxy(listener, shutdown)),
@@ -165,6 +183,8 @@ pub struct BpeSettings {
     /// Plugin configuration set in plugin processes' environment (several BPEs in one
     /// process, as `dsf dev up` runs them, cannot share one environment).
     pub plugin_config: Vec<(String, String)>,
+    /// Where the status port listens (liveness, readiness, metrics); none when `None`.
+    pub status: Option<SocketAddr>,
 }
 
 /// Starts a BPE: starts and deploys the plugin files, catches up and follows the FHIR server.
@@ -187,6 +207,24 @@ pub async fn start_bpe(
     config.excluded = dsf_engine::parse_process_list(&settings.excluded)?;
     config.retired = dsf_engine::parse_process_list(&settings.retired)?;
     let bpe = dsf_engine::Bpe::start(config, Vec::new()).await?;
+    if let Some(address) = settings.status {
+        let (ready, refresh) = (bpe.monitor(), bpe.monitor());
+        let mut endpoint = status::StatusEndpoint::new("/bpe")
+            .check("bpe", move || {
+                let monitor = ready.clone();
+                async move { monitor.check_ready().await }
+            })
+            .refresh(move || {
+                let monitor = refresh.clone();
+                async move {
+                    if let Err(e) = monitor.refresh_metrics().await {
+                        tracing::warn!(error = %dsf_core::ErrorChain(&e), "cannot read the metrics from the state database");
+                    }
+                }
+            });
+        bpe.register_metrics(endpoint.registry());
+        endpoint.start(address).await?;
+    }
     for file in &bpe.report().plugin_files {
         match &file.outcome {
             Ok(processes) => {
@@ -265,6 +303,25 @@ pub fn bpe_secret_variables() -> Vec<String> {
                 || name.starts_with("DEV_DSF_BPE_DB_")
         })
         .collect()
+}
+
+/// The status port's settings, shared by both servers (the Java DSF's names).
+#[derive(clap::Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// Address the status port listens on (liveness, readiness, metrics)
+    #[arg(long, env = "DEV_DSF_SERVER_STATUS_HOST", default_value = "127.0.0.1")]
+    pub status_host: String,
+    /// Port of the status port: /health/live, /health/ready, <context>/status, /metrics;
+    /// none when unset
+    #[arg(long, env = "DEV_DSF_SERVER_STATUS_PORT")]
+    pub status_port: Option<u16>,
+}
+
+impl StatusArgs {
+    /// The status port's address, when one is configured.
+    pub fn address(&self) -> Result<Option<SocketAddr>, String> {
+        status::address_from(&self.status_host, self.status_port)
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -66,6 +66,8 @@ struct Args {
         default_value = "PT2M"
     )]
     process_plugin_call_timeout: String,
+    #[command(flatten)]
+    status: dsf_bin::StatusArgs,
 }
 
 use dsf_bin::iso_duration as duration;
@@ -79,6 +81,9 @@ fn plugin_file_settings(call_timeout: &str) -> Result<dsf_engine::PluginFileSett
 
 #[tokio::main]
 async fn main() -> Result<(), dsf_bin::Failure> {
+    if let Some(code) = dsf_bin::status::health_check_if_asked() {
+        std::process::exit(code);
+    }
     init_logging();
     let args = Args::parse();
     let settings = BpeSettings {
@@ -101,6 +106,7 @@ async fn main() -> Result<(), dsf_bin::Failure> {
         retired: args.process_retired,
         plugin_files: plugin_file_settings(&args.process_plugin_call_timeout)?,
         plugin_config: Vec::new(),
+        status: args.status.address()?,
     };
     let bpe = start_bpe(settings).await?;
     tracing::info!(organization = bpe.organization(), processes = ?bpe.report().deployed, "BPE running");

@@ -8,7 +8,8 @@ use dsf_bin::{
 };
 use dsf_core::{load_certs, ClientCertificates, Thumbprint, TlsFiles};
 use dsf_fhir::server::{
-    caller::parse_address_ranges, ForwardedCertificates, OidcConfig, RoleConfig, UiTheme,
+    caller::parse_address_ranges, AuditLog, AuditTarget, ForwardedCertificates, OidcConfig,
+    RoleConfig, UiTheme,
 };
 use dsf_fhir::ServerConfig;
 use http::HeaderName;
@@ -84,6 +85,52 @@ struct Args {
     trusted_proxies: String,
     #[command(flatten)]
     oidc: OidcArgs,
+    #[command(flatten)]
+    status: dsf_bin::StatusArgs,
+    #[command(flatten)]
+    audit: AuditArgs,
+}
+
+/// The audit log (the Java DSF's `DEV_DSF_LOG_AUDIT_*` switches; always JSON lines).
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// Write the audit log to a file
+    #[arg(long, env = "DEV_DSF_LOG_AUDIT_FILE_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    audit_file_enabled: bool,
+    /// The audit log file (reopened when moved away, for logrotate)
+    #[arg(
+        long,
+        env = "DEV_DSF_LOG_AUDIT_FILE",
+        default_value = "log/fhir-audit.log"
+    )]
+    audit_file: PathBuf,
+    /// Write the audit log to standard output
+    #[arg(long, env = "DEV_DSF_LOG_AUDIT_CONSOLE_OUT_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    audit_console_out_enabled: bool,
+    /// Write the audit log to standard error
+    #[arg(long, env = "DEV_DSF_LOG_AUDIT_CONSOLE_ERR_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
+    audit_console_err_enabled: bool,
+}
+
+impl AuditArgs {
+    fn log(&self) -> Result<Option<AuditLog>, String> {
+        let mut targets = Vec::new();
+        if self.audit_file_enabled {
+            targets.push(AuditTarget::File(self.audit_file.clone()));
+        }
+        if self.audit_console_out_enabled {
+            targets.push(AuditTarget::Stdout);
+        }
+        if self.audit_console_err_enabled {
+            targets.push(AuditTarget::Stderr);
+        }
+        if targets.is_empty() {
+            return Ok(None);
+        }
+        AuditLog::open(targets)
+            .map(Some)
+            .map_err(|e| format!("audit log: {e}"))
+    }
 }
 
 /// OpenID Connect for local users (the Java DSF's `DEV_DSF_SERVER_AUTH_OIDC_*`).
@@ -257,6 +304,9 @@ fn local_thumbprints(args: &Args) -> Result<Vec<Thumbprint>, String> {
 
 #[tokio::main]
 async fn main() -> Result<(), dsf_bin::Failure> {
+    if let Some(code) = dsf_bin::status::health_check_if_asked() {
+        std::process::exit(code);
+    }
     init_logging();
     let args = Args::parse();
     let mut config = ServerConfig::new(&args.base_url, &args.organization_identifier);
@@ -264,6 +314,7 @@ async fn main() -> Result<(), dsf_bin::Failure> {
     config.max_body_bytes = args.max_body_bytes;
     config.max_binary_bytes = args.max_binary_bytes;
     config.forwarded_certificates = forwarded_certificates(&args)?;
+    config.audit = args.audit.log()?;
     config.ui_theme = match args.ui_theme.as_deref().filter(|t| !t.trim().is_empty()) {
         Some(theme) => Some(UiTheme::parse(theme).ok_or_else(|| {
             format!("DEV_DSF_FHIR_SERVER_UI_THEME: '{theme}' is not dev, test or prod")
@@ -320,6 +371,7 @@ async fn main() -> Result<(), dsf_bin::Failure> {
         tls,
         peers: Vec::new(),
         init_bundle,
+        status: args.status.address()?,
     };
     start_fhir_server(settings, shutdown_signal())
         .await?

@@ -65,6 +65,10 @@ enum Dev {
         /// status, print the result and exit (non-zero if anything is wrong)
         #[arg(long)]
         smoke: bool,
+        /// Status ports on loopback (liveness, readiness, Prometheus metrics): organisation
+        /// i's FHIR server at this port + 2i, its BPE at + 2i + 1 (listed in network.json)
+        #[arg(long)]
+        status_base_port: Option<u16>,
     },
     /// Start a ping on a running dev network and print each target's status
     Ping {
@@ -91,6 +95,7 @@ struct UpOptions {
     pong_timeout: String,
     plugins: Option<PathBuf>,
     smoke: bool,
+    status_base_port: Option<u16>,
 }
 
 async fn up(options: UpOptions) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -103,6 +108,7 @@ async fn up(options: UpOptions) -> Result<(), Box<dyn std::error::Error + Send +
         pong_timeout: pong_timeout_text,
         plugins,
         smoke,
+        status_base_port,
     } = options;
     let pong_timeout = pong_timeout(&pong_timeout_text)?;
     let plugin_directory = match plugins {
@@ -127,6 +133,7 @@ async fn up(options: UpOptions) -> Result<(), Box<dyn std::error::Error + Send +
             dsf_plugin_ping_pong::PONG_TIMEOUT_PROPERTY.to_owned(),
             pong_timeout_text.clone(),
         )],
+        status_base_port,
     })
     .await?;
     let description = network.description(&dir);
@@ -414,6 +421,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
             pong_timeout,
             plugins,
             smoke,
+            status_base_port,
         }) => {
             up(UpOptions {
                 dir,
@@ -424,6 +432,7 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error + Send + 
                 pong_timeout,
                 plugins,
                 smoke,
+                status_base_port,
             })
             .await
         }
