@@ -1,0 +1,258 @@
+//! The container images (`docker/*.Dockerfile`) and the one-organisation compose file, checked
+//! the way they are used: the runtime stage runs as a non-root user with the status port as
+//! HEALTHCHECK, every setting they pass is one the binary reads, and the binaries need no
+//! library beyond what the distroless "cc" runtime holds. Where a Docker engine runs, the
+//! images are built and the compose file is validated; where none does, that part says it
+//! was skipped and why.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace")
+        .to_owned()
+}
+
+/// The `[env: NAME=…]` names a binary's `--help` lists: every setting it reads.
+fn settings_of(binary: &str) -> BTreeSet<String> {
+    let output = Command::new(binary)
+        .arg("--help")
+        .output()
+        .expect("--help runs");
+    let help = String::from_utf8_lossy(&output.stdout).into_owned();
+    help.split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(['=', ']']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The instructions of a Dockerfile's last stage (the runtime image), continuation lines
+/// joined.
+fn runtime_stage(dockerfile: &str) -> Vec<String> {
+    let mut joined = Vec::new();
+    let mut current = String::new();
+    for line in dockerfile.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(line);
+                joined.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    let last_from = joined
+        .iter()
+        .rposition(|i| i.starts_with("FROM "))
+        .expect("a FROM");
+    joined.split_off(last_from)
+}
+
+/// `NAME=value` pairs of the stage's ENV instructions.
+fn env_names(stage: &[String]) -> Vec<String> {
+    stage
+        .iter()
+        .filter_map(|i| i.strip_prefix("ENV "))
+        .flat_map(|pairs| {
+            pairs
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|pair| pair.split_once('=').map(|(name, _)| name.to_owned()))
+        .collect()
+}
+
+fn check_dockerfile(file: &str, binary_name: &str, binary: &str) {
+    let path = workspace().join("docker").join(file);
+    let text = std::fs::read_to_string(&path).expect("Dockerfile");
+    let stage = runtime_stage(&text);
+    assert!(
+        stage[0].contains("distroless/cc"),
+        "{file}: a small runtime image: {}",
+        stage[0]
+    );
+    let user = stage
+        .iter()
+        .rev()
+        .find_map(|i| i.strip_prefix("USER "))
+        .unwrap_or_else(|| panic!("{file}: no USER in the runtime stage"));
+    let uid = user.split(':').next().unwrap_or("");
+    assert!(
+        uid != "0" && uid != "root" && !uid.is_empty(),
+        "{file}: runs as root ({user})"
+    );
+    let executable = format!("/usr/local/bin/{binary_name}");
+    let health = stage
+        .iter()
+        .find(|i| i.starts_with("HEALTHCHECK"))
+        .unwrap_or_else(|| panic!("{file}: no HEALTHCHECK"));
+    assert!(
+        health.contains(&format!(r#"CMD ["{executable}", "health-check"]"#)),
+        "{file}: {health}"
+    );
+    assert!(
+        stage
+            .iter()
+            .any(|i| i == &format!(r#"ENTRYPOINT ["{executable}"]"#)),
+        "{file}: ENTRYPOINT"
+    );
+    let known = settings_of(binary);
+    for name in env_names(&stage) {
+        assert!(
+            known.contains(&name),
+            "{file}: {name} is not a setting of {binary_name}"
+        );
+    }
+    assert!(
+        text.contains(&format!("--bin {binary_name}")),
+        "{file} builds {binary_name}"
+    );
+    println!(
+        "{file}: runtime stage non-root ({user}), HEALTHCHECK {binary_name} health-check, {} settings known to the binary",
+        env_names(&stage).len()
+    );
+}
+
+fn check_compose(fhir: &str, bpe: &str) {
+    let path = workspace().join("docker").join("compose.yaml");
+    let text = std::fs::read_to_string(&path).expect("compose.yaml");
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).expect("compose.yaml is YAML");
+    let services = &docs[0]["services"];
+    assert!(
+        services["postgres"]["image"]
+            .as_str()
+            .is_some_and(|i| i.contains("postgres")),
+        "one PostgreSQL"
+    );
+    for (service, binary, dockerfile) in [
+        ("fhir", fhir, "docker/fhir-server.Dockerfile"),
+        ("bpe", bpe, "docker/bpe.Dockerfile"),
+    ] {
+        let known = settings_of(binary);
+        let spec = &services[service];
+        assert_eq!(spec["build"]["dockerfile"].as_str(), Some(dockerfile));
+        let environment = spec["environment"].as_hash().expect("environment");
+        for name in environment.keys() {
+            let name = name.as_str().expect("a name");
+            assert!(
+                known.contains(name),
+                "compose.yaml: {service} sets {name}, which the binary does not read"
+            );
+        }
+        let url = environment
+            .iter()
+            .find(|(k, _)| k.as_str().is_some_and(|k| k.ends_with("_DB_URL")))
+            .and_then(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{service}: a database URL"));
+        assert!(url.starts_with("postgresql://"), "{service} on PostgreSQL");
+    }
+    println!("compose.yaml: postgres, fhir and bpe; every setting known to its binary");
+}
+
+/// The shared libraries `binary` links: only glibc's and libgcc's, which distroless "cc"
+/// holds.
+fn check_libraries(binary: &str) {
+    let Ok(output) = Command::new("ldd").arg(binary).output() else {
+        println!("SKIPPED library check of {binary}: no ldd here");
+        return;
+    };
+    let text = String::from_utf8_lossy(&output.stdout);
+    let allowed = [
+        "linux-vdso",
+        "libc.so",
+        "libm.so",
+        "libgcc_s.so",
+        "ld-linux",
+        "libpthread.so",
+        "libdl.so",
+        "librt.so",
+    ];
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        assert!(
+            allowed
+                .iter()
+                .any(|a| line.starts_with(a) || line.contains(&format!("/{a}"))),
+            "{binary} needs a library the runtime image lacks: {line}"
+        );
+    }
+    println!(
+        "{}: links glibc and libgcc only",
+        Path::new(binary)
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+    );
+}
+
+/// Builds the images when a Docker engine answers; says why not otherwise.
+fn build_images() {
+    let engine = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output();
+    let reason = match &engine {
+        Err(e) => Some(format!("no docker command ({e})")),
+        Ok(o) if !o.status.success() => Some(format!(
+            "no Docker engine answers ({})",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("docker info failed")
+                .trim()
+        )),
+        Ok(_) => None,
+    };
+    if let Some(reason) = reason {
+        println!("SKIPPED container image build and compose validation: {reason}");
+        return;
+    }
+    let root = workspace();
+    for (file, tag) in [
+        ("docker/fhir-server.Dockerfile", "dsf-rs/fhir-server:test"),
+        ("docker/bpe.Dockerfile", "dsf-rs/bpe:test"),
+    ] {
+        let built = Command::new("docker")
+            .args(["build", "-f", file, "-t", tag, "."])
+            .current_dir(&root)
+            .status()
+            .expect("docker build");
+        assert!(built.success(), "docker build -f {file} failed");
+        let user = Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Config.User}}", tag])
+            .output()
+            .expect("docker image inspect");
+        let user = String::from_utf8_lossy(&user.stdout).trim().to_owned();
+        assert!(
+            !user.is_empty() && !user.starts_with('0'),
+            "{tag} runs as {user}"
+        );
+        println!("built {tag} (user {user})");
+    }
+    let config = Command::new("docker")
+        .args(["compose", "-f", "docker/compose.yaml", "config", "--quiet"])
+        .env("DSF_DB_PASSWORD", "check")
+        .current_dir(&root)
+        .status()
+        .expect("docker compose config");
+    assert!(config.success(), "docker compose config failed");
+    println!("docker compose config: valid");
+}
+
+fn main() {
+    let fhir = env!("CARGO_BIN_EXE_dsf-fhir-server");
+    let bpe = env!("CARGO_BIN_EXE_dsf-bpe");
+    check_dockerfile("fhir-server.Dockerfile", "dsf-fhir-server", fhir);
+    check_dockerfile("bpe.Dockerfile", "dsf-bpe", bpe);
+    check_compose(fhir, bpe);
+    check_libraries(fhir);
+    check_libraries(bpe);
+    build_images();
+    println!("container_image: passed");
+}
