@@ -195,6 +195,7 @@ pub(crate) async fn two_organizations(
                 }],
                 organization_name: org.identifier.clone(),
                 init_bundle: None,
+                status: None,
             },
             async move {
                 let _ = stop.wait_for(|s| *s).await;

@@ -71,6 +71,7 @@ pub async fn run(others: &[usize], base_port: u16) -> Result<NetworkReport, BoxE
             postgres: None,
             plugin_directory: plugins,
             plugin_config: Vec::new(),
+            status_base_port: None,
         })
         .await?;
         let startup = started.elapsed();
