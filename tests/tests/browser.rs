@@ -232,6 +232,22 @@ async fn source(browser: &Client) -> String {
 
 /// Waits until the page's source satisfies `done`, reloading it between looks.
 async fn until_page(browser: &Client, what: &str, done: impl Fn(&str) -> bool) -> String {
+    watch_page(browser, what, done, true).await
+}
+
+/// Waits until the page that a submitted form leads to satisfies `done`. It never reloads:
+/// a click returns before the browser has navigated, and a reload then would show (or post)
+/// the old page again.
+async fn until_submitted(browser: &Client, what: &str, done: impl Fn(&str) -> bool) -> String {
+    watch_page(browser, what, done, false).await
+}
+
+async fn watch_page(
+    browser: &Client,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+    reload: bool,
+) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let html = source(browser).await;
@@ -242,8 +258,12 @@ async fn until_page(browser: &Client, what: &str, done: impl Fn(&str) -> bool) -
             tokio::time::Instant::now() < deadline,
             "{what} never showed: {html}"
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        browser.refresh().await.expect("reload");
+        if reload {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            browser.refresh().await.expect("reload");
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -337,7 +357,7 @@ async fn people_start_processes_answer_user_tasks_and_log_out(setup: &Setup) {
     screenshot(&browser, "02-task-list").await;
 
     // Start a ping from its draft Task: the pong statuses appear on the new Task's page.
-    draft_task_page(
+    let ping_draft = draft_task_page(
         setup,
         &browser,
         "http://dsf.dev/fhir/StructureDefinition/task-start-ping|1.0",
@@ -356,6 +376,7 @@ async fn people_start_processes_answer_user_tasks_and_log_out(setup: &Setup) {
         .click()
         .await
         .expect("started");
+    away_from(&browser, &ping_draft).await;
     let html = until_page(&browser, "the pong status", |h| {
         h.contains("pong-received") && h.contains(">completed<")
     })
@@ -424,8 +445,10 @@ async fn people_start_processes_answer_user_tasks_and_log_out(setup: &Setup) {
         .click()
         .await
         .expect("answered");
-    let html = source(&browser).await;
-    assert!(!html.contains("answer-user-task"), "answered: {html}");
+    until_submitted(&browser, "the answered user task", |h| {
+        !h.contains("answer-user-task")
+    })
+    .await;
     browser
         .goto(&format!("{}/Task/{task_id}", setup.base()))
         .await
@@ -458,7 +481,7 @@ async fn people_start_processes_answer_user_tasks_and_log_out(setup: &Setup) {
         )
         .await
         .expect("forged and submitted");
-    let html = until_page(&browser, "the refusal", |h| h.contains("CSRF")).await;
+    let html = until_submitted(&browser, "the refusal", |h| h.contains("CSRF")).await;
     assert!(html.contains("HTTP 403"), "{html}");
     screenshot(&browser, "08-forged-csrf-refused").await;
     assert_eq!(requested_tasks(org).await, before);
@@ -572,7 +595,7 @@ async fn a_user_without_the_role_gets_no_start_form_and_is_refused(setup: &Setup
         )
         .await
         .expect("posted");
-    let html = until_page(&browser, "the refusal", |h| h.contains("HTTP 403")).await;
+    let html = until_submitted(&browser, "the refusal", |h| h.contains("HTTP 403")).await;
     assert!(
         !html.contains("CSRF"),
         "refused by authorization, not the token: {html}"
