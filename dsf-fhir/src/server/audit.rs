@@ -3,20 +3,24 @@
 //! why it was allowed or refused. Never resource contents, never search values: only the
 //! names of the search parameters.
 //!
-//! Lines are written by a thread of their own, so that a slow disk never holds up a request:
-//! the thread gathers what arrives within 50 ms of a first record and writes it at once. A
-//! log file that logrotate (or an operator) moved away is noticed within a second and opened
-//! anew at its path.
+//! A request formats its record where it runs, into a buffer of its thread, and appends the
+//! line to the batch pending; a thread of its own writes the batch out, so that a slow disk
+//! never holds up a request. The writer gathers what arrives within 50 ms of a first line and
+//! writes it at once. Nothing of a request crosses to the writer but bytes: handing it the
+//! records themselves (their strings, the caller's `Arc`) cost a busy server twice as much,
+//! in allocations freed on another thread. A log file that logrotate (or an operator) moved
+//! away is noticed within a second and opened anew at its path.
 
-use super::trace::Noted;
+use super::trace::{Noted, Reason};
 use super::IdentityKind;
 use dsf_core::ErrorChain;
 use serde::Serialize;
+use std::cell::RefCell;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Where audit records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,19 +34,62 @@ pub enum AuditTarget {
 }
 
 /// The audit log of a server ([`ServerConfig::audit`](super::ServerConfig::audit)): cheap to
-/// clone, one writer thread behind all clones.
+/// clone, one writer thread behind all clones; it stops once the last clone is dropped.
 #[derive(Clone)]
 pub struct AuditLog {
-    lines: mpsc::Sender<String>,
-    targets: Arc<[AuditTarget]>,
+    handle: Arc<Handle>,
 }
+
+/// What the clones share; dropping the last tells the writer to finish.
+struct Handle {
+    batch: Arc<Batch>,
+    targets: Vec<AuditTarget>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.batch.lock().closed = true;
+        self.batch.ready.notify_one();
+    }
+}
+
+/// Lines waiting for the writer.
+#[derive(Default)]
+struct Batch {
+    pending: Mutex<Pending>,
+    /// Signalled when the first line arrives in an empty batch, and on closing.
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Pending {
+    lines: Vec<u8>,
+    /// Records left out because the batch was full (the writer could not keep up).
+    dropped: u64,
+    closed: bool,
+}
+
+impl Batch {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Most bytes waiting for the writer; beyond, records are counted and left out rather than
+/// let a stuck disk take the server's memory.
+const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
-            .field("targets", &self.targets)
+            .field("targets", &self.handle.targets)
             .finish()
     }
+}
+
+thread_local! {
+    /// The line being formatted on this thread, and its clock.
+    static SCRATCH: RefCell<(Vec<u8>, String, Clock)> = RefCell::default();
 }
 
 impl AuditLog {
@@ -52,62 +99,152 @@ impl AuditLog {
         for target in &targets {
             outputs.push(Output::open(target)?);
         }
-        let (lines, queue) = mpsc::channel::<String>();
+        let batch = Arc::new(Batch::default());
+        let for_writer = batch.clone();
         std::thread::Builder::new()
             .name("dsf-audit".into())
-            .spawn(move || write_lines(queue, outputs))?;
+            .spawn(move || write_batches(&for_writer, outputs))?;
         Ok(AuditLog {
-            lines,
-            targets: targets.into(),
+            handle: Arc::new(Handle { batch, targets }),
         })
     }
 
     /// Where it writes.
     pub fn targets(&self) -> &[AuditTarget] {
-        &self.targets
+        &self.handle.targets
     }
 
-    pub(crate) fn write(&self, record: &AuditRecord<'_>) {
-        match serde_json::to_string(record) {
-            Ok(line) => {
-                if self.lines.send(line).is_err() {
-                    tracing::error!("the audit log's writer has stopped; record lost");
-                }
+    pub(crate) fn write(&self, entry: &AuditEntry) {
+        SCRATCH.with(|scratch| {
+            // Formatting never calls back into the audit log; should it, the record is lost
+            // rather than the request failed.
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                return;
+            };
+            let (line, time, clock) = &mut *scratch;
+            clock.format(entry.time, time);
+            line.clear();
+            if let Err(e) = serde_json::to_writer(&mut *line, &AuditRecord::of(entry, time)) {
+                tracing::error!(error = %e, "audit record not serialisable");
+                return;
             }
-            Err(e) => tracing::error!(error = %e, "audit record not serialisable"),
+            line.push(b'\n');
+            let batch = &self.handle.batch;
+            let mut pending = batch.lock();
+            if pending.lines.len() + line.len() > MAX_PENDING_BYTES {
+                pending.dropped += 1;
+                return;
+            }
+            let first = pending.lines.is_empty();
+            pending.lines.extend_from_slice(line);
+            drop(pending);
+            if first {
+                batch.ready.notify_one();
+            }
+        });
+    }
+}
+
+/// One request's audit record as the request leaves it: what was noted and measured, not
+/// yet formatted.
+#[derive(Debug)]
+pub(crate) struct AuditEntry {
+    /// When the answer was ready.
+    pub time: SystemTime,
+    /// Network address of the caller (a trusted proxy's, behind one).
+    pub peer: Option<SocketAddr>,
+    pub noted: Noted,
+    pub interaction: &'static str,
+    pub method: http::Method,
+    pub resource: NamedResource,
+    /// Names of the query parameters, never their values.
+    pub parameters: Vec<String>,
+    pub status: u16,
+    /// Time to the answer's head.
+    pub duration: Duration,
+}
+
+/// The resource a request named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NamedResource {
+    None,
+    /// `Type/id/_history/version` from the answer's `Location` (a create's new id).
+    Located(String),
+    /// A type and, if the path gave one, an id (`id` or `id/_history/version`).
+    Path(&'static str, Option<String>),
+}
+
+impl std::fmt::Display for NamedResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NamedResource::None => Ok(()),
+            NamedResource::Located(location) => f.write_str(location),
+            NamedResource::Path(resource_type, None) => f.write_str(resource_type),
+            NamedResource::Path(resource_type, Some(id)) => write!(f, "{resource_type}/{id}"),
         }
     }
 }
 
-/// One request's audit record.
+impl Serialize for NamedResource {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// One line of the audit log.
 #[derive(Debug, Serialize)]
-pub(crate) struct AuditRecord<'a> {
+struct AuditRecord<'a> {
     /// When the answer was ready, RFC 3339 in UTC.
-    pub time: String,
+    time: &'a str,
     /// Network address of the caller (a trusted proxy's, behind one).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer: Option<String>,
-    pub identity: AuditIdentity<'a>,
-    pub interaction: &'static str,
-    pub method: &'a str,
+    peer: Option<SocketAddr>,
+    identity: AuditIdentity<'a>,
+    interaction: &'static str,
+    method: &'a str,
     /// `Type`, `Type/id` or `Type/id/_history/version`: from the answer's `Location` when
     /// there is one (a create's new id), else from the path.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource: Option<String>,
+    #[serde(skip_serializing_if = "is_none")]
+    resource: &'a NamedResource,
     /// Names of the query parameters, never their values.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub parameters: Vec<String>,
-    pub status: u16,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    parameters: &'a [String],
+    status: u16,
     /// `allowed` (answered 1xx–3xx), `refused` (4xx) or `failed` (5xx).
-    pub outcome: &'static str,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub allowed: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub refused: Vec<String>,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    allowed: &'a [Reason],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    refused: &'a [Reason],
     #[serde(skip_serializing_if = "is_zero")]
-    pub reasons_left_out: usize,
+    reasons_left_out: usize,
     /// Time to the answer's head, in microseconds.
-    pub duration_us: u64,
+    duration_us: u64,
+}
+
+impl<'a> AuditRecord<'a> {
+    fn of(entry: &'a AuditEntry, time: &'a str) -> Self {
+        let noted = &entry.noted;
+        AuditRecord {
+            time,
+            peer: entry.peer,
+            identity: AuditIdentity::of(noted),
+            interaction: entry.interaction,
+            method: entry.method.as_str(),
+            resource: &entry.resource,
+            parameters: &entry.parameters,
+            status: entry.status,
+            outcome: outcome(entry.status),
+            allowed: &noted.allowed,
+            refused: &noted.refused,
+            reasons_left_out: noted.left_out,
+            duration_us: u64::try_from(entry.duration.as_micros()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+fn is_none(resource: &&NamedResource) -> bool {
+    **resource == NamedResource::None
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -117,7 +254,7 @@ fn is_zero(n: &usize) -> bool {
 /// Who asked: the certificate presented and whom the allow list or role configuration
 /// found for it.
 #[derive(Debug, Serialize)]
-pub(crate) struct AuditIdentity<'a> {
+struct AuditIdentity<'a> {
     /// `local-organization`, `remote-organization`, `practitioner`, or `unknown` when no one
     /// was recognised.
     pub kind: &'static str,
@@ -133,7 +270,8 @@ pub(crate) struct AuditIdentity<'a> {
 }
 
 impl<'a> AuditIdentity<'a> {
-    pub(crate) fn of(noted: &'a Noted, thumbprint: Option<&'a str>) -> Self {
+    fn of(noted: &'a Noted) -> Self {
+        let thumbprint = noted.thumbprint.as_ref().map(|t| t.as_str());
         match &noted.identity {
             Some(identity) => AuditIdentity {
                 kind: match identity.kind {
@@ -158,7 +296,7 @@ impl<'a> AuditIdentity<'a> {
 }
 
 /// The outcome word of an HTTP status.
-pub(crate) fn outcome(status: u16) -> &'static str {
+fn outcome(status: u16) -> &'static str {
     match status {
         500.. => "failed",
         400.. => "refused",
@@ -166,13 +304,33 @@ pub(crate) fn outcome(status: u16) -> &'static str {
     }
 }
 
-/// The current time as RFC 3339 in UTC with milliseconds.
-pub(crate) fn now() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    now.format(&format).unwrap_or_default()
+/// Formats times as RFC 3339 in UTC with milliseconds, formatting each second once.
+#[derive(Default)]
+struct Clock {
+    /// The second last formatted (since the Unix epoch) and its text up to the seconds.
+    second: Option<(u64, String)>,
+}
+
+impl Clock {
+    fn format(&mut self, time: SystemTime, out: &mut String) {
+        let since_epoch = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let second = since_epoch.as_secs();
+        if self.second.as_ref().map(|(s, _)| *s) != Some(second) {
+            let millis = i64::try_from(second.saturating_mul(1000)).unwrap_or(i64::MAX);
+            let mut text = crate::date::format_instant(millis);
+            // Up to the seconds: the milliseconds are each time's own.
+            text.truncate(text.rfind('.').unwrap_or(text.len()));
+            self.second = Some((second, text));
+        }
+        out.clear();
+        if let Some((_, text)) = &self.second {
+            out.push_str(text);
+        }
+        let _ =
+            std::fmt::Write::write_fmt(out, format_args!(".{:03}Z", since_epoch.subsec_millis()));
+    }
 }
 
 /// One open target.
@@ -203,14 +361,13 @@ impl Output {
         })
     }
 
-    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+    fn write_all(&mut self, lines: &[u8]) -> std::io::Result<()> {
         let writer: &mut dyn Write = match self {
             Output::File { writer, .. } => writer,
             Output::Stdout(out) => out,
             Output::Stderr(err) => err,
         };
-        writer.write_all(line.as_bytes())?;
-        writer.write_all(b"\n")
+        writer.write_all(lines)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -275,15 +432,31 @@ const GATHER: Duration = Duration::from_millis(50);
 /// How often a file target is checked for having been moved away.
 const REOPEN_CHECK: Duration = Duration::from_secs(1);
 
-fn write_lines(queue: mpsc::Receiver<String>, mut outputs: Vec<Output>) {
+fn write_batches(batch: &Batch, mut outputs: Vec<Output>) {
     let mut checked = Instant::now();
     let mut failing = false;
+    let mut lines = Vec::new();
     loop {
-        let first = match queue.recv_timeout(REOPEN_CHECK) {
-            Ok(line) => Some(line),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        };
+        let mut pending = batch.lock();
+        if pending.lines.is_empty() && !pending.closed {
+            pending = batch
+                .ready
+                .wait_timeout(pending, REOPEN_CHECK)
+                .map(|(pending, _)| pending)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        if !pending.lines.is_empty() && !pending.closed {
+            // Lines of the next moments are gathered into one write: a write and a wake-up
+            // per record cost a busy server a third of its reads.
+            drop(pending);
+            std::thread::sleep(GATHER);
+            pending = batch.lock();
+        }
+        std::mem::swap(&mut pending.lines, &mut lines);
+        let dropped = std::mem::take(&mut pending.dropped);
+        let closed = pending.closed;
+        drop(pending);
+
         let mut result = Ok(());
         if checked.elapsed() >= REOPEN_CHECK {
             checked = Instant::now();
@@ -291,20 +464,20 @@ fn write_lines(queue: mpsc::Receiver<String>, mut outputs: Vec<Output>) {
                 result = result.and(output.reopen_if_moved());
             }
         }
-        if let Some(first) = first {
-            // Records of the next moments are gathered into one write: a write and a wake-up
-            // per record cost a busy server a third of its reads.
-            std::thread::sleep(GATHER);
-            for line in std::iter::once(first).chain(queue.try_iter()) {
-                for output in &mut outputs {
-                    result = result.and(output.write_line(&line));
-                }
-            }
+        if !lines.is_empty() {
             for output in &mut outputs {
+                result = result.and(output.write_all(&lines));
                 result = result.and(output.flush());
             }
+            lines.clear();
         }
-        // One error line per run of failures, not one per record.
+        if dropped > 0 {
+            tracing::error!(
+                dropped,
+                "audit records left out: the audit log's writer cannot keep up"
+            );
+        }
+        // One error line per run of failures, not one per batch.
         match result {
             Err(e) if !failing => {
                 failing = true;
@@ -313,36 +486,16 @@ fn write_lines(queue: mpsc::Receiver<String>, mut outputs: Vec<Output>) {
             Err(_) => {}
             Ok(()) => failing = false,
         }
+        if closed {
+            return;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::tests_support::record;
     use super::*;
-
-    fn record(status: u16) -> AuditRecord<'static> {
-        AuditRecord {
-            time: now(),
-            peer: None,
-            identity: AuditIdentity {
-                kind: "unknown",
-                name: None,
-                organization: None,
-                practitioner: None,
-                thumbprint: Some("ab"),
-            },
-            interaction: "read",
-            method: "GET",
-            resource: Some("Task/1".into()),
-            parameters: Vec::new(),
-            status,
-            outcome: outcome(status),
-            allowed: Vec::new(),
-            refused: vec!["not on the allow list".into()],
-            reasons_left_out: 0,
-            duration_us: 12,
-        }
-    }
 
     fn lines(path: &Path, count: usize) -> Vec<serde_json::Value> {
         for _ in 0..200 {
@@ -367,8 +520,14 @@ mod tests {
         log.write(&record(401));
         let first = lines(&path, 1);
         assert_eq!(first[0]["outcome"], "refused");
-        assert_eq!(first[0]["identity"]["thumbprint"], "ab");
+        assert_eq!(first[0]["resource"], "Task/1");
+        assert_eq!(first[0]["refused"][0], "not on the allow list");
+        assert_eq!(
+            first[0]["identity"]["thumbprint"],
+            dsf_core::Thumbprint::of_der(b"certificate").as_str()
+        );
         assert!(first[0].get("allowed").is_none());
+        assert!(first[0].get("parameters").is_none());
 
         std::fs::rename(&path, dir.path().join("rotated.log")).expect("rotate");
         std::thread::sleep(REOPEN_CHECK + Duration::from_millis(200));
@@ -376,5 +535,90 @@ mod tests {
         let after = lines(&path, 1);
         assert_eq!(after[0]["outcome"], "allowed");
         assert_eq!(lines(&dir.path().join("rotated.log"), 1).len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::tests_support::record;
+    use super::*;
+
+    #[test]
+    fn lines_from_many_threads_stay_whole_and_closing_writes_what_is_pending() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(vec![AuditTarget::File(path.clone())]).expect("open");
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for n in 0..500u16 {
+                        log.write(&record(200 + n % 100));
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("writer");
+        }
+        // The last clone dropped: the writer writes what is pending, then stops.
+        drop(log);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("each line one whole record"))
+                .collect();
+            if lines.len() == 2000 {
+                assert!(lines.iter().all(|l| l["interaction"] == "read"));
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} of 2000 lines", lines.len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+
+    pub(super) fn record(status: u16) -> AuditEntry {
+        AuditEntry {
+            time: SystemTime::now(),
+            peer: None,
+            noted: Noted {
+                thumbprint: Some(dsf_core::Thumbprint::of_der(b"certificate")),
+                refused: vec!["not on the allow list".into()],
+                ..Noted::default()
+            },
+            interaction: "read",
+            method: http::Method::GET,
+            resource: NamedResource::Path("Task", Some("1".into())),
+            parameters: Vec::new(),
+            status,
+            duration: Duration::from_micros(12),
+        }
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_with_milliseconds_and_each_second_is_formatted_anew() {
+        let mut clock = Clock::default();
+        let mut out = String::new();
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        clock.format(at(1_765_050_834_127), &mut out);
+        assert_eq!(out, "2025-12-06T19:53:54.127Z");
+        clock.format(at(1_765_050_834_999), &mut out);
+        assert_eq!(out, "2025-12-06T19:53:54.999Z");
+        clock.format(at(1_765_050_835_004), &mut out);
+        assert_eq!(out, "2025-12-06T19:53:55.004Z");
+        clock.format(at(0), &mut out);
+        assert_eq!(out, "1970-01-01T00:00:00.000Z");
     }
 }

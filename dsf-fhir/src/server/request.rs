@@ -2,7 +2,7 @@
 //! reading the body within its limits, dispatch to the REST, Binary or websocket handlers,
 //! and the answer to a request refused early.
 
-use super::audit::{self, AuditIdentity, AuditRecord};
+use super::audit::{AuditEntry, NamedResource};
 use super::caller::{self, PeerCertificate, Principal};
 use super::reply::{refused, Reply};
 use super::request_body::read_body;
@@ -30,8 +30,7 @@ impl FhirServer {
         B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let audit = self.config.audit.clone();
-        if audit.is_none() && self.metrics.get().is_none() {
+        if self.config.audit.is_none() && self.metrics.get().is_none() {
             return self.answer(req, slot).await;
         }
         let started = std::time::Instant::now();
@@ -41,61 +40,54 @@ impl FhirServer {
             self.path_below(path),
             self.is_websocket_request(path),
         );
-        let Some(audit) = audit else {
+        if self.config.audit.is_none() {
             let response = self.clone().answer(req, slot).await;
-            if let Some(metrics) = self.metrics.get() {
-                metrics.observe(
-                    target.interaction,
-                    response.status().as_u16(),
-                    started.elapsed(),
-                );
-            }
+            self.observe(&target, &response, started.elapsed());
             return response;
-        };
-        let method = req.method().clone();
-        let peer = req
-            .extensions()
-            .get::<caller::PeerAddress>()
-            .map(|p| p.0.to_string());
-        let parameters = parameter_names(req.uri().query());
-        let (response, mut noted) = trace::traced(self.clone().answer(req, slot)).await;
-        let elapsed = started.elapsed();
-        let status = response.status().as_u16();
-        if let Some(metrics) = self.metrics.get() {
-            metrics.observe(target.interaction, status, elapsed);
         }
-        let resource = response
+        let method = req.method().clone();
+        let peer = req.extensions().get::<caller::PeerAddress>().map(|p| p.0);
+        let parameters = parameter_names(req.uri().query());
+        let (response, noted) = trace::traced(self.clone().answer(req, slot)).await;
+        let elapsed = started.elapsed();
+        self.observe(&target, &response, elapsed);
+        let resource = match response
             .headers()
             .get(http::header::LOCATION)
             .and_then(|l| l.to_str().ok())
             .and_then(|l| l.strip_prefix(self.config.base_url.as_str()))
-            .map(|l| l.trim_matches('/').to_owned())
-            .or_else(|| {
-                target.resource_type.map(|t| match &target.id {
-                    Some(id) => format!("{t}/{id}"),
-                    None => t.to_owned(),
-                })
+        {
+            Some(location) => NamedResource::Located(location.trim_matches('/').to_owned()),
+            None => match target.resource_type {
+                Some(resource_type) => NamedResource::Path(resource_type, target.id),
+                None => NamedResource::None,
+            },
+        };
+        if let Some(audit) = &self.config.audit {
+            audit.write(&AuditEntry {
+                time: std::time::SystemTime::now(),
+                peer,
+                noted,
+                interaction: target.interaction.name(),
+                method,
+                resource,
+                parameters,
+                status: response.status().as_u16(),
+                duration: elapsed,
             });
-        let (allowed, refused) = (
-            std::mem::take(&mut noted.allowed),
-            std::mem::take(&mut noted.refused),
-        );
-        audit.write(&AuditRecord {
-            time: audit::now(),
-            peer,
-            identity: AuditIdentity::of(&noted, noted.thumbprint.as_deref()),
-            interaction: target.interaction.name(),
-            method: method.as_str(),
-            resource,
-            parameters,
-            status,
-            outcome: audit::outcome(status),
-            allowed,
-            refused,
-            reasons_left_out: noted.left_out,
-            duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-        });
+        }
         response
+    }
+
+    fn observe(
+        &self,
+        target: &interaction::Target,
+        response: &Response<ResponseBody>,
+        elapsed: Duration,
+    ) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.observe(target.interaction, response.status().as_u16(), elapsed);
+        }
     }
 
     /// [`FhirServer::respond`] without the record keeping.
@@ -117,11 +109,14 @@ impl FhirServer {
             // Browsers and API clients of users who log in with OpenID Connect.
             Err(e) => return self.respond_without_certificate(req, e).await,
         };
-        trace::certificate(&certificate.thumbprint);
         if self.is_websocket_request(req.uri().path()) {
+            trace::certificate(certificate.thumbprint.clone());
             self.upgrade(certificate, req, slot).await
         } else {
-            self.handle_from(&certificate, req).await
+            let response = self.handle_from(&certificate, req).await;
+            // Noted after the handling, which only borrows it: moved, not copied.
+            trace::certificate(certificate.thumbprint);
+            response
         }
     }
 

@@ -6,8 +6,9 @@
 
 use super::Identity;
 use crate::Error;
+use std::cell::RefCell;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Reasons kept per request; a Bundle of thousands of entries must not make a record of
 /// megabytes.
@@ -15,34 +16,90 @@ const MAX_REASONS: usize = 16;
 /// Characters kept of one reason.
 const MAX_REASON_CHARS: usize = 400;
 
+/// Why a step was allowed or refused. The common ones are kept unformatted: the audit
+/// log's writer formats them, off the request's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// A sentence known in advance.
+    Fixed(&'static str),
+    /// The caller holds `role` for `resource_type`.
+    Role {
+        role: &'static str,
+        resource_type: String,
+    },
+    /// A sentence made for this request.
+    Text(String),
+}
+
+impl From<&'static str> for Reason {
+    fn from(sentence: &'static str) -> Self {
+        Reason::Fixed(sentence)
+    }
+}
+
+impl From<String> for Reason {
+    fn from(sentence: String) -> Self {
+        Reason::Text(sentence)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Fixed(sentence) => f.write_str(sentence),
+            Reason::Role {
+                role,
+                resource_type,
+            } => write!(f, "holds the role {role} for {resource_type}"),
+            Reason::Text(sentence) => f.write_str(sentence),
+        }
+    }
+}
+
+impl serde::Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// What was noted of one request.
 #[derive(Debug, Default)]
 pub(crate) struct Noted {
     /// SHA-512 thumbprint of the client certificate presented, if one was.
-    pub thumbprint: Option<String>,
+    pub thumbprint: Option<dsf_core::Thumbprint>,
     pub identity: Option<Arc<Identity>>,
     /// Why steps were allowed, in order.
-    pub allowed: Vec<String>,
+    pub allowed: Vec<Reason>,
     /// Why the request (or a Bundle entry) was refused or failed, in order.
-    pub refused: Vec<String>,
+    pub refused: Vec<Reason>,
     /// Reasons left out beyond [`MAX_REASONS`].
     pub left_out: usize,
 }
 
 tokio::task_local! {
-    static CURRENT: Arc<Mutex<Noted>>;
+    static CURRENT: RefCell<Noted>;
 }
 
 /// Runs `handling` with noting on; returns its output and what was noted.
 pub(crate) async fn traced<F: Future>(handling: F) -> (F::Output, Noted) {
-    let noted = Arc::new(Mutex::new(Noted::default()));
-    let output = CURRENT.scope(noted.clone(), handling).await;
-    let noted = std::mem::take(&mut *noted.lock().unwrap_or_else(|p| p.into_inner()));
+    let handling = CURRENT.scope(RefCell::new(Noted::default()), handling);
+    let mut handling = std::pin::pin!(handling);
+    let output = handling.as_mut().await;
+    let noted = handling
+        .take_value()
+        .map(RefCell::into_inner)
+        .unwrap_or_default();
     (output, noted)
 }
 
 fn with(note: impl FnOnce(&mut Noted)) {
-    let _ = CURRENT.try_with(|noted| note(&mut noted.lock().unwrap_or_else(|p| p.into_inner())));
+    let _ = CURRENT.try_with(|noted| {
+        // Noting never calls back into noting, so the cell is never borrowed twice; should
+        // that change, the note is dropped rather than the request failed.
+        if let Ok(mut noted) = noted.try_borrow_mut() {
+            note(&mut noted);
+        }
+    });
 }
 
 /// Whether a request is being traced: callers skip formatting a reason when it is not.
@@ -50,7 +107,7 @@ pub(crate) fn active() -> bool {
     CURRENT.try_with(|_| ()).is_ok()
 }
 
-fn push(list: impl FnOnce(&mut Noted) -> &mut Vec<String>, reason: String, noted: &mut Noted) {
+fn push(list: impl FnOnce(&mut Noted) -> &mut Vec<Reason>, reason: Reason, noted: &mut Noted) {
     // The same check made twice (before and inside a write's transaction) is one reason.
     if noted.allowed.contains(&reason) || noted.refused.contains(&reason) {
         return;
@@ -59,16 +116,19 @@ fn push(list: impl FnOnce(&mut Noted) -> &mut Vec<String>, reason: String, noted
         noted.left_out += 1;
         return;
     }
-    let reason = match reason.char_indices().nth(MAX_REASON_CHARS) {
-        Some((cut, _)) => format!("{}…", &reason[..cut]),
-        None => reason,
+    let reason = match reason {
+        Reason::Text(text) => Reason::Text(match text.char_indices().nth(MAX_REASON_CHARS) {
+            Some((cut, _)) => format!("{}…", &text[..cut]),
+            None => text,
+        }),
+        other => other,
     };
     list(noted).push(reason);
 }
 
 /// The client certificate presented.
-pub(crate) fn certificate(thumbprint: &dsf_core::Thumbprint) {
-    with(|noted| noted.thumbprint = Some(thumbprint.as_str().to_owned()));
+pub(crate) fn certificate(thumbprint: dsf_core::Thumbprint) {
+    with(|noted| noted.thumbprint = Some(thumbprint));
 }
 
 /// The caller, once known.
@@ -77,7 +137,7 @@ pub(crate) fn identity(identity: &Arc<Identity>) {
 }
 
 /// A step was allowed because of `reason` (formatted only when traced).
-pub(crate) fn allowed(reason: impl FnOnce() -> String) {
+pub(crate) fn allowed(reason: impl FnOnce() -> Reason) {
     if active() {
         let reason = reason();
         with(|noted| push(|n| &mut n.allowed, reason, noted));
@@ -95,15 +155,15 @@ pub(crate) fn refused(error: &Error) {
 /// An error as an audit record gives it: what was refused and why, but never resource
 /// content. Messages about a body's content (parse errors, profile violations, duplicates
 /// naming the clashing values) and database details are reduced to their kind.
-fn audit_reason(error: &Error) -> String {
-    match error {
-        Error::Invalid(_) => "invalid request (the message is in the response only)".into(),
-        Error::ProfileViolation(_) => "resource not valid against its profiles".into(),
-        Error::Duplicate(_) => "a resource with the same unique values exists".into(),
-        Error::Storage { .. } => "storage fault".into(),
-        Error::Transport { .. } | Error::Server { .. } => "upstream exchange failed".into(),
-        other => other.to_string(),
-    }
+fn audit_reason(error: &Error) -> Reason {
+    Reason::Fixed(match error {
+        Error::Invalid(_) => "invalid request (the message is in the response only)",
+        Error::ProfileViolation(_) => "resource not valid against its profiles",
+        Error::Duplicate(_) => "a resource with the same unique values exists",
+        Error::Storage { .. } => "storage fault",
+        Error::Transport { .. } | Error::Server { .. } => "upstream exchange failed",
+        other => return Reason::Text(other.to_string()),
+    })
 }
 
 #[cfg(test)]
@@ -119,15 +179,28 @@ mod tests {
             refused(&Error::Invalid("status 'secret value' unknown".into()));
             allowed(|| "role READ".into());
             for n in 0..40 {
-                allowed(|| format!("{n}{}", "x".repeat(1000)));
+                allowed(|| format!("{n}{}", "x".repeat(1000)).into());
             }
+            // Notes survive the request's awaits.
+            tokio::task::yield_now().await;
+            certificate(dsf_core::Thumbprint::of_der(b"certificate"));
         })
         .await;
-        assert_eq!(noted.allowed[0], "role READ");
-        assert_eq!(noted.refused[0], "not yours");
-        assert!(!noted.refused[1].contains("secret"), "{:?}", noted.refused);
+        assert_eq!(noted.allowed[0].to_string(), "role READ");
+        assert_eq!(noted.refused[0].to_string(), "not yours");
+        let second = noted.refused[1].to_string();
+        assert!(!second.contains("secret"), "{second}");
         assert_eq!(noted.allowed.len() + noted.refused.len(), MAX_REASONS);
         assert_eq!(noted.left_out, 40 - (MAX_REASONS - 3));
-        assert!(noted.allowed[1].chars().count() <= MAX_REASON_CHARS + 1);
+        assert!(noted.allowed[1].to_string().chars().count() <= MAX_REASON_CHARS + 1);
+        assert!(noted.thumbprint.is_some());
+        let role = Reason::Role {
+            role: "READ",
+            resource_type: "Task".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&[role]).unwrap(),
+            r#"["holds the role READ for Task"]"#
+        );
     }
 }

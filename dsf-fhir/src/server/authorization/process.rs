@@ -331,6 +331,7 @@ fn note_authorized(request: &ProcessRequest, requester: Option<&str>, recipient:
             "process authorization of {}|{} for message '{}': {requester}recipient {recipient}",
             request.process_url, request.process_version, request.message_name
         )
+        .into()
     });
 }
 
