@@ -94,14 +94,33 @@ where
         (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (mut first_latencies, mut second_latencies) = (Vec::new(), Vec::new());
     let (mut first_elapsed, mut second_elapsed) = (Duration::ZERO, Duration::ZERO);
+    let (mut first_cpu, mut second_cpu) = (0u64, 0u64);
     for _ in 0..rounds.max(1) {
         let t = Instant::now();
+        let c = cpu_ticks();
         first_latencies.extend(workers(first.clone(), &first_counter, concurrency, slice).await);
+        first_cpu += cpu_ticks().saturating_sub(c);
         first_elapsed += t.elapsed();
         let t = Instant::now();
+        let c = cpu_ticks();
         second_latencies.extend(workers(second.clone(), &second_counter, concurrency, slice).await);
+        second_cpu += cpu_ticks().saturating_sub(c);
         second_elapsed += t.elapsed();
     }
+    // CPU per operation and the share of the cores used: a cost shows as more CPU per
+    // operation at the same share, waiting as a smaller share.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let per_op = |ticks: u64, ops: usize| ticks as f64 * 1e6 / TICKS_PER_SECOND / ops.max(1) as f64;
+    let busy = |ticks: u64, elapsed: Duration| {
+        ticks as f64 / TICKS_PER_SECOND / elapsed.as_secs_f64() / cores
+    };
+    eprintln!(
+        "process CPU: {first_name}: {:.1} µs/op, {:.0}% of the cores; {second_name}: {:.1} µs/op, {:.0}% of the cores",
+        per_op(first_cpu, first_latencies.len()),
+        busy(first_cpu, first_elapsed) * 100.0,
+        per_op(second_cpu, second_latencies.len()),
+        busy(second_cpu, second_elapsed) * 100.0,
+    );
     (
         summarise(first_name, first_latencies, first_elapsed),
         summarise(second_name, second_latencies, second_elapsed),
@@ -144,4 +163,27 @@ where
         all.extend(w.await.unwrap_or_default());
     }
     all
+}
+
+/// Linux's clock ticks (`USER_HZ`), the unit of `/proc/self/stat`'s times.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU time of this process so far (user and system), in clock ticks; 0 where
+/// `/proc/self/stat` cannot be read.
+fn cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which may itself hold spaces and parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime: the 14th and 15th fields, the 12th and 13th after the name.
+    field(11) + field(12)
 }
