@@ -6,10 +6,11 @@
 //! A request formats its record where it runs, into a buffer of its thread, and appends the
 //! line to the batch pending; a thread of its own writes the batch out, so that a slow disk
 //! never holds up a request. The writer gathers what arrives within 50 ms of a first line and
-//! writes it at once. Nothing of a request crosses to the writer but bytes: handing it the
-//! records themselves (their strings, the caller's `Arc`) cost a busy server twice as much,
-//! in allocations freed on another thread. A log file that logrotate (or an operator) moved
-//! away is noticed within a second and opened anew at its path.
+//! writes it at once. Nothing of a request crosses to the writer but bytes, so no request's
+//! memory is freed on another thread and what waits for a stalled disk is bounded. (Handing
+//! the writer owned records instead measured the same on reads: docs/performance.md.) A log
+//! file that logrotate (or an operator) moved away is noticed within a second and opened
+//! anew at its path.
 
 use super::trace::{Noted, Reason};
 use super::IdentityKind;
