@@ -4,23 +4,16 @@
 
 use std::process::Command;
 
-fn free_port_range(len: u16) -> u16 {
-    // Ports from a just-released ephemeral port; the run fails loudly if one is taken.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    port.min(u16::MAX - len)
-}
-
 fn run(topology: &str, organizations: u16) -> String {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dsf_tests::plugin_files::reference_directory();
     let output = Command::new(env!("CARGO_BIN_EXE_dsf"))
         .args(["dev", "up", "--smoke", "--topology", topology])
         .args(["--organizations", &organizations.to_string()])
-        .args(["--base-port", &free_port_range(organizations).to_string()])
+        .args([
+            "--base-port",
+            &dsf_tests::free_port_range(organizations).to_string(),
+        ])
         .arg("--dir")
         .arg(dir.path())
         .arg("--plugins")

@@ -12,15 +12,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn free_ports(len: u16) -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    port.min(u16::MAX - len)
-}
-
 /// A search value and a name that must never reach the audit log.
 const SECRET_SEARCH_VALUE: &str = "search-value-4711";
 const SECRET_CONTENT: &str = "content-name-0815";
@@ -61,11 +52,11 @@ fn is_the_secret_search(record: &Value) -> bool {
 async fn status_ports_metrics_and_audit_log_of_a_running_network() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dsf_tests::plugin_files::reference_directory();
-    let status_base = free_ports(8);
+    let status_base = dsf_tests::free_port_range(8);
     let network = DevNetwork::start(DevNetworkSettings {
         dir: dir.path().to_owned(),
         organizations: 2,
-        base_port: free_ports(4),
+        base_port: dsf_tests::free_port_range(4),
         topology: Topology::Mesh,
         postgres: None,
         plugin_directory: plugins.path().to_owned(),
@@ -220,7 +211,7 @@ async fn status_ports_metrics_and_audit_log_of_a_running_network() {
             .unwrap()
     };
     assert!(health(status_base).status.success());
-    let nobody = free_ports(1);
+    let nobody = dsf_tests::free_port_range(1);
     let failed = health(nobody);
     assert_eq!(failed.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&failed.stderr).contains("health-check"));

@@ -31,6 +31,17 @@ pub const REMOTE_ORG: &str = "remote.test";
 /// The test servers' body limit, small so that oversized bodies are cheap to send.
 pub const TEST_MAX_BODY_BYTES: usize = 256 * 1024;
 
+/// The first of `len` consecutive loopback ports, for binaries that take a base port and
+/// count up from it: starts at a port the system just handed out and released, so it is
+/// likely free; a test whose port was taken meanwhile fails loudly rather than hangs.
+pub fn free_port_range(len: u16) -> u16 {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port");
+    port.min(u16::MAX - len)
+}
+
 /// The name of the test user holding only `role`.
 pub fn role_user_name(role: Role) -> String {
     format!("user-{}", role.name().to_lowercase())
