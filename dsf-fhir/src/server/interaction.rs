@@ -42,6 +42,9 @@ pub enum Interaction {
 }
 
 impl Interaction {
+    /// How many interactions there are: `interaction as usize` is below it.
+    pub const COUNT: usize = Interaction::Other as usize + 1;
+
     /// The name in metrics labels and audit records (FHIR's code where FHIR has one).
     pub fn name(self) -> &'static str {
         match self {
@@ -101,20 +104,22 @@ pub(crate) fn classify(method: &Method, path: Option<&str>, websocket: bool) -> 
             ..other
         };
     }
-    let segments: Vec<&str> = if path.is_empty() {
-        Vec::new()
-    } else {
-        path.split('/').collect()
-    };
+    // No FHIR path has more than four segments; a fifth only has to spoil every match.
+    let mut parts = [""; 5];
+    let mut count = 0;
+    if !path.is_empty() {
+        for (slot, segment) in parts.iter_mut().zip(path.split('/')) {
+            *slot = segment;
+            count += 1;
+        }
+    }
+    let segments = &parts[..count];
     let get = method == Method::GET || method == Method::HEAD;
     let id = |id: &str, version: Option<&str>| {
-        let id: String = id.chars().take(MAX_ID).collect();
+        let id = clipped(id);
         Some(match version {
-            Some(v) => format!(
-                "{id}/_history/{}",
-                v.chars().take(MAX_ID).collect::<String>()
-            ),
-            None => id,
+            Some(v) => format!("{id}/_history/{}", clipped(v)),
+            None => id.to_owned(),
         })
     };
     let Some(first) = segments.first() else {
@@ -169,6 +174,18 @@ pub(crate) fn classify(method: &Method, path: Option<&str>, websocket: bool) -> 
     on_type(interaction, None)
 }
 
+/// At most [`MAX_ID`] characters of `text`.
+fn clipped(text: &str) -> &str {
+    // Bytes are at least as many as characters: most ids need no counting.
+    if text.len() <= MAX_ID {
+        return text;
+    }
+    match text.char_indices().nth(MAX_ID) {
+        Some((cut, _)) => &text[..cut],
+        None => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,11 +236,20 @@ mod tests {
             classify(&Method::GET, None, false).interaction,
             Interaction::Other
         );
+        assert_eq!(name(Method::GET, "Task/1/_history/2/x/y").0, "other");
         let long = "x".repeat(500);
         assert_eq!(
             name(Method::GET, &format!("Task/{long}"))
                 .2
                 .map(|i| i.len()),
+            Some(64)
+        );
+        // Characters, not bytes: a cut never splits one.
+        let wide = "ä".repeat(100);
+        assert_eq!(
+            name(Method::GET, &format!("Task/{wide}"))
+                .2
+                .map(|i| i.chars().count()),
             Some(64)
         );
     }
