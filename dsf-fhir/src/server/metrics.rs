@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds: from half a millisecond (a cached read)
@@ -29,20 +29,50 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// Statuses whose histograms requests find without a look-up in the family: what most
+/// answers have.
+const COMMON_STATUSES: [u16; 16] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 410, 412, 422, 429, 500, 503,
+];
+
 /// What requests record once metrics are registered.
 #[derive(Debug)]
 pub(crate) struct RequestMetrics {
     durations: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// The family's histograms of each interaction with a common status, once used: the
+    /// family hashes the labels and takes its lock on every look-up.
+    at_hand: Box<[OnceLock<Histogram>]>,
 }
 
 impl RequestMetrics {
+    fn new() -> Self {
+        RequestMetrics {
+            durations: Family::new_with_constructor(latency_histogram),
+            at_hand: (0..Interaction::COUNT * COMMON_STATUSES.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
     pub(crate) fn observe(&self, interaction: Interaction, status: u16, elapsed: Duration) {
-        self.durations
-            .get_or_create(&RequestLabels {
-                interaction: interaction.name(),
-                status,
-            })
-            .observe(elapsed.as_secs_f64());
+        let labels = || RequestLabels {
+            interaction: interaction.name(),
+            status,
+        };
+        let seconds = elapsed.as_secs_f64();
+        let at_hand = COMMON_STATUSES
+            .iter()
+            .position(|&common| common == status)
+            .and_then(|n| {
+                self.at_hand
+                    .get(interaction as usize * COMMON_STATUSES.len() + n)
+            });
+        match at_hand {
+            Some(cell) => cell
+                .get_or_init(|| self.durations.get_or_create(&labels()).clone())
+                .observe(seconds),
+            None => self.durations.get_or_create(&labels()).observe(seconds),
+        }
     }
 }
 
@@ -58,9 +88,7 @@ impl FhirServer {
     /// - `dsf_fhir_db_connections{state="in_use"|"idle"}` and `dsf_fhir_db_connections_max`:
     ///   the database pool.
     pub fn register_metrics(self: &Arc<Self>, registry: &mut Registry) {
-        let metrics = RequestMetrics {
-            durations: Family::new_with_constructor(latency_histogram),
-        };
+        let metrics = RequestMetrics::new();
         let durations = metrics.durations.clone();
         if self.metrics.set(metrics).is_err() {
             return;
@@ -133,5 +161,31 @@ impl prometheus_client::collector::Collector for ServerGauges {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_at_hand_and_looked_up_land_in_the_same_series() {
+        let metrics = RequestMetrics::new();
+        let mut registry = Registry::default();
+        registry.register("requests", "test", metrics.durations.clone());
+        for _ in 0..3 {
+            metrics.observe(Interaction::Read, 200, Duration::from_millis(1));
+        }
+        metrics.observe(Interaction::Read, 418, Duration::from_millis(1));
+        metrics.observe(Interaction::Other, 503, Duration::from_millis(1));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoded");
+        for series in [
+            r#"requests_count{interaction="read",status="200"} 3"#,
+            r#"requests_count{interaction="read",status="418"} 1"#,
+            r#"requests_count{interaction="other",status="503"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} not in {text}");
+        }
     }
 }
