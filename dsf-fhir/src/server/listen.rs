@@ -181,18 +181,26 @@ impl FhirServer {
             .keep_alive(known)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = websocket::shut_down(&mut closing) => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
+        let serving = async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = websocket::shut_down(&mut closing) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+                _ = slot.evicted() => {
+                    tracing::debug!(%peer, "idle connection closed to make room");
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
             }
-            _ = slot.evicted() => {
-                tracing::debug!(%peer, "idle connection closed to make room");
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
+        };
+        // The audit log notes each request: one trace for the connection's life rather
+        // than one per request (HTTP/1.1 answers one request at a time).
+        let result = match self.config.audit {
+            Some(_) => super::trace::for_connection(serving).await,
+            None => serving.await,
         };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %ErrorChain(&e), "connection ended with error");

@@ -48,7 +48,15 @@ impl FhirServer {
         let method = req.method().clone();
         let peer = req.extensions().get::<caller::PeerAddress>().map(|p| p.0);
         let parameters = parameter_names(req.uri().query());
-        let (response, noted) = trace::traced(self.clone().answer(req, slot)).await;
+        let (response, noted) = if trace::restart() {
+            // A connection of this server's own listener, traced as a whole.
+            let response = self.clone().answer(req, slot).await;
+            (response, trace::take())
+        } else {
+            // Boxed: the handling's future is large and the trace's wrapper is moved before
+            // it runs; a box moves a pointer instead of copying it all each time.
+            trace::traced(Box::pin(self.clone().answer(req, slot))).await
+        };
         let elapsed = started.elapsed();
         self.observe(&target, &response, elapsed);
         let resource = match response

@@ -56,12 +56,6 @@ impl std::fmt::Display for Reason {
     }
 }
 
-impl serde::Serialize for Reason {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
 /// What was noted of one request.
 #[derive(Debug, Default)]
 pub(crate) struct Noted {
@@ -90,6 +84,40 @@ pub(crate) async fn traced<F: Future>(handling: F) -> (F::Output, Noted) {
         .map(RefCell::into_inner)
         .unwrap_or_default();
     (output, noted)
+}
+
+/// Runs `connection`, a task that serves requests one after the other (as an HTTP/1.1
+/// connection does), with noting on for all of them: each request clears the notes with
+/// [`restart`] and takes them with [`take`]. Cheaper than [`traced`] per request, which
+/// wraps (and moves) every request's handling.
+pub(crate) async fn for_connection<F: Future>(connection: F) -> F::Output {
+    CURRENT
+        .scope(RefCell::new(Noted::default()), connection)
+        .await
+}
+
+/// Starts noting afresh for the next request of a connection run by [`for_connection`];
+/// false outside one.
+pub(crate) fn restart() -> bool {
+    CURRENT
+        .try_with(|noted| {
+            if let Ok(mut noted) = noted.try_borrow_mut() {
+                *noted = Noted::default();
+            }
+        })
+        .is_ok()
+}
+
+/// What was noted since [`restart`].
+pub(crate) fn take() -> Noted {
+    CURRENT
+        .try_with(|noted| {
+            noted
+                .try_borrow_mut()
+                .map(|mut noted| std::mem::take(&mut *noted))
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
 }
 
 fn with(note: impl FnOnce(&mut Noted)) {
@@ -198,9 +226,30 @@ mod tests {
             role: "READ",
             resource_type: "Task".into(),
         };
-        assert_eq!(
-            serde_json::to_string(&[role]).unwrap(),
-            r#"["holds the role READ for Task"]"#
-        );
+        assert_eq!(role.to_string(), "holds the role READ for Task");
+    }
+
+    #[tokio::test]
+    async fn requests_of_one_connection_each_get_their_own_notes() {
+        assert!(!restart(), "no connection is traced here");
+        let notes = for_connection(async {
+            let mut notes = Vec::new();
+            for n in 0..3 {
+                assert!(restart());
+                allowed(|| format!("request {n}").into());
+                tokio::task::yield_now().await;
+                notes.push(take());
+            }
+            // Noted after a request was taken: the next request starts without it.
+            allowed(|| "late".into());
+            assert!(restart());
+            notes.push(take());
+            notes
+        })
+        .await;
+        for (n, noted) in notes.iter().take(3).enumerate() {
+            assert_eq!(noted.allowed, vec![Reason::Text(format!("request {n}"))]);
+        }
+        assert!(notes[3].allowed.is_empty());
     }
 }

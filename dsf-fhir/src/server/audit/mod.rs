@@ -3,19 +3,19 @@
 //! why it was allowed or refused. Never resource contents, never search values: only the
 //! names of the search parameters.
 //!
-//! A request formats its record where it runs, into a buffer of its thread, and appends the
+//! A request formats its record where it runs, into a buffer of its thread ([`line`]: field
+//! by field, the caller's identity part kept from its earlier requests), and appends the
 //! line to the batch pending; a thread of its own writes the batch out, so that a slow disk
 //! never holds up a request. The writer gathers what arrives within 50 ms of a first line and
 //! writes it at once. Nothing of a request crosses to the writer but bytes, so no request's
-//! memory is freed on another thread and what waits for a stalled disk is bounded. (Handing
-//! the writer owned records instead measured the same on reads: docs/performance.md.) A log
+//! memory is freed on another thread and what waits for a stalled disk is bounded. A log
 //! file that logrotate (or an operator) moved away is noticed within a second and opened
 //! anew at its path.
 
-use super::trace::{Noted, Reason};
-use super::IdentityKind;
+mod line;
+
+use super::trace::Noted;
 use dsf_core::ErrorChain;
-use serde::Serialize;
 use std::cell::RefCell;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -89,8 +89,17 @@ impl std::fmt::Debug for AuditLog {
 }
 
 thread_local! {
-    /// The line being formatted on this thread, and its clock.
-    static SCRATCH: RefCell<(Vec<u8>, String, Clock)> = RefCell::default();
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// What a thread keeps for formatting records: the line being formatted, its time, the
+/// clock and the writer with the identities it formatted last.
+#[derive(Default)]
+struct Scratch {
+    line: Vec<u8>,
+    time: String,
+    clock: Clock,
+    writer: line::LineWriter,
 }
 
 impl AuditLog {
@@ -122,13 +131,15 @@ impl AuditLog {
             let Ok(mut scratch) = scratch.try_borrow_mut() else {
                 return;
             };
-            let (line, time, clock) = &mut *scratch;
+            let Scratch {
+                line,
+                time,
+                clock,
+                writer,
+            } = &mut *scratch;
             clock.format(entry.time, time);
             line.clear();
-            if let Err(e) = serde_json::to_writer(&mut *line, &AuditRecord::of(entry, time)) {
-                tracing::error!(error = %e, "audit record not serialisable");
-                return;
-            }
+            writer.write(entry, time, line);
             line.push(b'\n');
             let batch = &self.handle.batch;
             let mut pending = batch.lock();
@@ -175,136 +186,6 @@ pub(crate) enum NamedResource {
     Path(&'static str, Option<String>),
 }
 
-impl std::fmt::Display for NamedResource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            NamedResource::None => Ok(()),
-            NamedResource::Located(location) => f.write_str(location),
-            NamedResource::Path(resource_type, None) => f.write_str(resource_type),
-            NamedResource::Path(resource_type, Some(id)) => write!(f, "{resource_type}/{id}"),
-        }
-    }
-}
-
-impl Serialize for NamedResource {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-/// One line of the audit log.
-#[derive(Debug, Serialize)]
-struct AuditRecord<'a> {
-    /// When the answer was ready, RFC 3339 in UTC.
-    time: &'a str,
-    /// Network address of the caller (a trusted proxy's, behind one).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    peer: Option<SocketAddr>,
-    identity: AuditIdentity<'a>,
-    interaction: &'static str,
-    method: &'a str,
-    /// `Type`, `Type/id` or `Type/id/_history/version`: from the answer's `Location` when
-    /// there is one (a create's new id), else from the path.
-    #[serde(skip_serializing_if = "is_none")]
-    resource: &'a NamedResource,
-    /// Names of the query parameters, never their values.
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    parameters: &'a [String],
-    status: u16,
-    /// `allowed` (answered 1xx–3xx), `refused` (4xx) or `failed` (5xx).
-    outcome: &'static str,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    allowed: &'a [Reason],
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    refused: &'a [Reason],
-    #[serde(skip_serializing_if = "is_zero")]
-    reasons_left_out: usize,
-    /// Time to the answer's head, in microseconds.
-    duration_us: u64,
-}
-
-impl<'a> AuditRecord<'a> {
-    fn of(entry: &'a AuditEntry, time: &'a str) -> Self {
-        let noted = &entry.noted;
-        AuditRecord {
-            time,
-            peer: entry.peer,
-            identity: AuditIdentity::of(noted),
-            interaction: entry.interaction,
-            method: entry.method.as_str(),
-            resource: &entry.resource,
-            parameters: &entry.parameters,
-            status: entry.status,
-            outcome: outcome(entry.status),
-            allowed: &noted.allowed,
-            refused: &noted.refused,
-            reasons_left_out: noted.left_out,
-            duration_us: u64::try_from(entry.duration.as_micros()).unwrap_or(u64::MAX),
-        }
-    }
-}
-
-fn is_none(resource: &&NamedResource) -> bool {
-    **resource == NamedResource::None
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-/// Who asked: the certificate presented and whom the allow list or role configuration
-/// found for it.
-#[derive(Debug, Serialize)]
-struct AuditIdentity<'a> {
-    /// `local-organization`, `remote-organization`, `practitioner`, or `unknown` when no one
-    /// was recognised.
-    pub kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub organization: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub practitioner: Option<&'a str>,
-    /// SHA-512 thumbprint of the client certificate, when one was presented.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub thumbprint: Option<&'a str>,
-}
-
-impl<'a> AuditIdentity<'a> {
-    fn of(noted: &'a Noted) -> Self {
-        let thumbprint = noted.thumbprint.as_ref().map(|t| t.as_str());
-        match &noted.identity {
-            Some(identity) => AuditIdentity {
-                kind: match identity.kind {
-                    IdentityKind::LocalOrganization => "local-organization",
-                    IdentityKind::RemoteOrganization => "remote-organization",
-                    IdentityKind::Practitioner => "practitioner",
-                },
-                name: Some(identity.name()),
-                organization: Some(&identity.organization_identifier),
-                practitioner: identity.practitioner_identifier.as_deref(),
-                thumbprint,
-            },
-            None => AuditIdentity {
-                kind: "unknown",
-                name: None,
-                organization: None,
-                practitioner: None,
-                thumbprint,
-            },
-        }
-    }
-}
-
-/// The outcome word of an HTTP status.
-fn outcome(status: u16) -> &'static str {
-    match status {
-        500.. => "failed",
-        400.. => "refused",
-        _ => "allowed",
-    }
-}
-
 /// Formats times as RFC 3339 in UTC with milliseconds, formatting each second once.
 #[derive(Default)]
 struct Clock {
@@ -329,8 +210,12 @@ impl Clock {
         if let Some((_, text)) = &self.second {
             out.push_str(text);
         }
-        let _ =
-            std::fmt::Write::write_fmt(out, format_args!(".{:03}Z", since_epoch.subsec_millis()));
+        let millis = since_epoch.subsec_millis();
+        out.push('.');
+        for digit in [millis / 100, millis / 10 % 10, millis % 10] {
+            out.push(char::from_digit(digit, 10).unwrap_or('0'));
+        }
+        out.push('Z');
     }
 }
 

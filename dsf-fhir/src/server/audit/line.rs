@@ -1,0 +1,431 @@
+//! One audit record as a JSON line, written field by field into a reused buffer.
+//!
+//! Every request of a server with the audit log on pays for this, so it avoids what a
+//! generic serialiser costs per field: the fields are known, keys are literals, numbers go
+//! through `itoa`, and the identity part (kind, names, thumbprint: a third of the line) is
+//! kept per thread for the callers seen last, since a server hears the same few callers
+//! over and over.
+
+use super::{AuditEntry, NamedResource};
+use crate::server::trace::{Noted, Reason};
+use crate::server::{Identity, IdentityKind};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Identity parts kept per thread; a server's traffic comes from a handful of callers at a
+/// time, and a miss only costs the formatting it would have cost anyway.
+const KEPT_IDENTITIES: usize = 8;
+
+/// A thread's formatting state: the identity parts formatted last.
+#[derive(Default)]
+pub(super) struct LineWriter {
+    identities: Vec<KeptIdentity>,
+    /// Which entry the next miss replaces.
+    next: usize,
+}
+
+struct KeptIdentity {
+    identity: Option<Arc<Identity>>,
+    thumbprint: Option<dsf_core::Thumbprint>,
+    json: Vec<u8>,
+}
+
+impl LineWriter {
+    /// Appends `entry` as one JSON object (no newline), with `time` as its timestamp.
+    pub(super) fn write(&mut self, entry: &AuditEntry, time: &str, out: &mut Vec<u8>) {
+        let noted = &entry.noted;
+        out.extend_from_slice(b"{\"time\":");
+        push_str(out, time);
+        if let Some(peer) = entry.peer {
+            out.extend_from_slice(b",\"peer\":\"");
+            push_peer(out, peer);
+            out.push(b'"');
+        }
+        out.extend_from_slice(b",\"identity\":");
+        out.extend_from_slice(self.identity(noted));
+        out.extend_from_slice(b",\"interaction\":");
+        push_word(out, entry.interaction);
+        out.extend_from_slice(b",\"method\":");
+        // An HTTP method is a token: no character of it needs escaping.
+        push_word(out, entry.method.as_str());
+        match &entry.resource {
+            NamedResource::None => {}
+            NamedResource::Located(location) => {
+                out.extend_from_slice(b",\"resource\":");
+                push_str(out, location);
+            }
+            NamedResource::Path(resource_type, id) => {
+                out.extend_from_slice(b",\"resource\":\"");
+                out.extend_from_slice(resource_type.as_bytes());
+                if let Some(id) = id {
+                    out.push(b'/');
+                    escape_into(out, id);
+                }
+                out.push(b'"');
+            }
+        }
+        if !entry.parameters.is_empty() {
+            out.extend_from_slice(b",\"parameters\":");
+            push_list(out, &entry.parameters, |out, name| push_str(out, name));
+        }
+        out.extend_from_slice(b",\"status\":");
+        push_number(out, entry.status);
+        out.extend_from_slice(b",\"outcome\":");
+        push_word(out, outcome(entry.status));
+        if !noted.allowed.is_empty() {
+            out.extend_from_slice(b",\"allowed\":");
+            push_list(out, &noted.allowed, push_reason);
+        }
+        if !noted.refused.is_empty() {
+            out.extend_from_slice(b",\"refused\":");
+            push_list(out, &noted.refused, push_reason);
+        }
+        if noted.left_out > 0 {
+            out.extend_from_slice(b",\"reasons_left_out\":");
+            push_number(out, noted.left_out);
+        }
+        out.extend_from_slice(b",\"duration_us\":");
+        push_number(
+            out,
+            u64::try_from(entry.duration.as_micros()).unwrap_or(u64::MAX),
+        );
+        out.push(b'}');
+    }
+
+    /// The `identity` object of `noted`: kept from an earlier record of the same caller and
+    /// certificate, or formatted and kept.
+    fn identity(&mut self, noted: &Noted) -> &[u8] {
+        let found = self.identities.iter().position(|kept| {
+            kept.thumbprint == noted.thumbprint
+                && match (&kept.identity, &noted.identity) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        });
+        let index = match found {
+            Some(index) => index,
+            None => {
+                let fresh = KeptIdentity {
+                    identity: noted.identity.clone(),
+                    thumbprint: noted.thumbprint.clone(),
+                    json: identity_json(noted),
+                };
+                let index = self.next;
+                self.next = (self.next + 1) % KEPT_IDENTITIES;
+                if index < self.identities.len() {
+                    self.identities[index] = fresh;
+                } else {
+                    self.identities.push(fresh);
+                }
+                index
+            }
+        };
+        &self.identities[index].json
+    }
+}
+
+/// Who asked: the kind of caller, whom the allow list or role configuration found for the
+/// certificate, and the certificate's SHA-512 thumbprint when one was presented.
+fn identity_json(noted: &Noted) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"kind\":");
+    match &noted.identity {
+        Some(identity) => {
+            push_str(
+                &mut out,
+                match identity.kind {
+                    IdentityKind::LocalOrganization => "local-organization",
+                    IdentityKind::RemoteOrganization => "remote-organization",
+                    IdentityKind::Practitioner => "practitioner",
+                },
+            );
+            out.extend_from_slice(b",\"name\":");
+            push_str(&mut out, identity.name());
+            out.extend_from_slice(b",\"organization\":");
+            push_str(&mut out, &identity.organization_identifier);
+            if let Some(practitioner) = &identity.practitioner_identifier {
+                out.extend_from_slice(b",\"practitioner\":");
+                push_str(&mut out, practitioner);
+            }
+        }
+        None => push_str(&mut out, "unknown"),
+    }
+    if let Some(thumbprint) = &noted.thumbprint {
+        out.extend_from_slice(b",\"thumbprint\":");
+        push_str(&mut out, thumbprint.as_str());
+    }
+    out.push(b'}');
+    out
+}
+
+/// The outcome word of an HTTP status: `allowed` (1xx–3xx), `refused` (4xx), `failed` (5xx).
+fn outcome(status: u16) -> &'static str {
+    match status {
+        500.. => "failed",
+        400.. => "refused",
+        _ => "allowed",
+    }
+}
+
+fn push_reason(out: &mut Vec<u8>, reason: &Reason) {
+    match reason {
+        Reason::Fixed(sentence) => push_str(out, sentence),
+        Reason::Text(sentence) => push_str(out, sentence),
+        Reason::Role {
+            role,
+            resource_type,
+        } => {
+            out.extend_from_slice(b"\"holds the role ");
+            escape_into(out, role);
+            out.extend_from_slice(b" for ");
+            escape_into(out, resource_type);
+            out.push(b'"');
+        }
+    }
+}
+
+fn push_list<T>(out: &mut Vec<u8>, items: &[T], push: impl Fn(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        push(out, item);
+    }
+    out.push(b']');
+}
+
+fn push_number(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// `ip:port`, or `[ip]:port` for IPv6.
+fn push_peer(out: &mut Vec<u8>, peer: SocketAddr) {
+    match peer {
+        SocketAddr::V4(v4) => {
+            for (n, octet) in v4.ip().octets().into_iter().enumerate() {
+                if n > 0 {
+                    out.push(b'.');
+                }
+                push_number(out, octet);
+            }
+            out.push(b':');
+            push_number(out, v4.port());
+        }
+        SocketAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// A word of this crate's own (an interaction name, an outcome, a method) as a JSON string:
+/// nothing in it needs escaping.
+fn push_word(out: &mut Vec<u8>, word: &str) {
+    debug_assert!(!needs_escaping(word.as_bytes()), "{word}");
+    out.push(b'"');
+    out.extend_from_slice(word.as_bytes());
+    out.push(b'"');
+}
+
+/// `text` as a JSON string.
+fn push_str(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    escape_into(out, text);
+    out.push(b'"');
+}
+
+/// `text` escaped for a JSON string, without the quotes: `"` and `\` with a backslash,
+/// control characters as `\n`, `\t`… or `\u00XX`; everything else (UTF-8 included) as is.
+fn escape_into(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    if !needs_escaping(bytes) {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    let mut clean_from = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => {
+                out.extend_from_slice(&bytes[clean_from..at]);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(byte >> 4)]);
+                out.push(HEX[usize::from(byte & 0x0f)]);
+                clean_from = at + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[clean_from..at]);
+        out.extend_from_slice(escaped);
+        clean_from = at + 1;
+    }
+    out.extend_from_slice(&bytes[clean_from..]);
+}
+
+/// Whether any byte of `bytes` must be escaped in a JSON string. Written without an early
+/// exit so that the compiler checks many bytes at once: almost every string needs nothing.
+fn needs_escaping(bytes: &[u8]) -> bool {
+    bytes.iter().fold(false, |any, &b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn escaped_strings_read_back_as_written() {
+        let mut text: String = (0u8..0x80).map(char::from).collect();
+        text.push_str("\"\\ äöü € 😀 \u{7f}");
+        let mut out = Vec::new();
+        push_str(&mut out, &text);
+        let back: String = serde_json::from_slice(&out).expect("valid JSON string");
+        assert_eq!(back, text);
+        // What needs no escaping is copied as is.
+        let mut plain = Vec::new();
+        push_str(&mut plain, "Task/1 ä");
+        assert_eq!(plain, "\"Task/1 ä\"".as_bytes());
+    }
+
+    fn entry(noted: Noted, peer: Option<SocketAddr>) -> AuditEntry {
+        AuditEntry {
+            time: std::time::SystemTime::UNIX_EPOCH,
+            peer,
+            noted,
+            interaction: "search-type",
+            method: http::Method::GET,
+            resource: NamedResource::Path("Task", Some("a\"b".into())),
+            parameters: vec!["_id".into(), "status".into()],
+            status: 403,
+            duration: Duration::from_micros(1234),
+        }
+    }
+
+    #[test]
+    fn a_record_has_every_field_it_should_and_none_it_should_not() {
+        let noted = Noted {
+            thumbprint: Some(dsf_core::Thumbprint::of_der(b"certificate")),
+            allowed: vec![Reason::Role {
+                role: "READ",
+                resource_type: "Task".into(),
+            }],
+            refused: vec![Reason::Text("not yours\n".into())],
+            left_out: 3,
+            ..Noted::default()
+        };
+        let mut writer = LineWriter::default();
+        let mut line = Vec::new();
+        let peer = "[::1]:8443".parse().ok();
+        writer.write(&entry(noted, peer), "1970-01-01T00:00:00.000Z", &mut line);
+        let record: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
+        assert_eq!(
+            record,
+            serde_json::json!({
+                "time": "1970-01-01T00:00:00.000Z",
+                "peer": "[::1]:8443",
+                "identity": {
+                    "kind": "unknown",
+                    "thumbprint": dsf_core::Thumbprint::of_der(b"certificate").as_str(),
+                },
+                "interaction": "search-type",
+                "method": "GET",
+                "resource": "Task/a\"b",
+                "parameters": ["_id", "status"],
+                "status": 403,
+                "outcome": "refused",
+                "allowed": ["holds the role READ for Task"],
+                "refused": ["not yours\n"],
+                "reasons_left_out": 3,
+                "duration_us": 1234,
+            })
+        );
+
+        let mut bare = entry(Noted::default(), "10.0.0.7:443".parse().ok());
+        bare.resource = NamedResource::None;
+        bare.parameters.clear();
+        bare.status = 200;
+        line.clear();
+        writer.write(&bare, "t", &mut line);
+        let record: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
+        assert_eq!(record["peer"], "10.0.0.7:443");
+        assert_eq!(record["identity"], serde_json::json!({"kind": "unknown"}));
+        assert_eq!(record["outcome"], "allowed");
+        for absent in [
+            "resource",
+            "parameters",
+            "allowed",
+            "refused",
+            "reasons_left_out",
+        ] {
+            assert!(record.get(absent).is_none(), "{absent} in {record}");
+        }
+    }
+
+    #[test]
+    fn kept_identity_parts_follow_the_caller_and_its_certificate() {
+        let mut writer = LineWriter::default();
+        let mut line = Vec::new();
+        let thumbprint = |der: &[u8]| Noted {
+            thumbprint: Some(dsf_core::Thumbprint::of_der(der)),
+            ..Noted::default()
+        };
+        // A practitioner, then the same certificate under another identity.
+        let practitioner = |name: &str| {
+            Arc::new(Identity {
+                kind: IdentityKind::Practitioner,
+                name: name.into(),
+                organization_identifier: "org.test".into(),
+                roles: Vec::new(),
+                practitioner_roles: Vec::new(),
+                practitioner_identifier: Some(format!("{name}@org.test")),
+                affiliations: Vec::new(),
+                grants: crate::access::ReadGrants::default(),
+            })
+        };
+        for name in ["alice", "bob", "alice"] {
+            let noted = Noted {
+                identity: Some(practitioner(name)),
+                ..thumbprint(b"shared")
+            };
+            line.clear();
+            writer.write(&entry(noted, None), "t", &mut line);
+            let record: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
+            assert_eq!(
+                record["identity"],
+                serde_json::json!({
+                    "kind": "practitioner",
+                    "name": name,
+                    "organization": "org.test",
+                    "practitioner": format!("{name}@org.test"),
+                    "thumbprint": dsf_core::Thumbprint::of_der(b"shared").as_str(),
+                })
+            );
+        }
+        // More certificates than are kept, twice round: each record names its own.
+        for _ in 0..2 {
+            for n in 0..KEPT_IDENTITIES + 3 {
+                let der = format!("certificate {n}");
+                line.clear();
+                writer.write(&entry(thumbprint(der.as_bytes()), None), "t", &mut line);
+                let record: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
+                assert_eq!(
+                    record["identity"]["thumbprint"],
+                    dsf_core::Thumbprint::of_der(der.as_bytes()).as_str()
+                );
+            }
+        }
+        assert_eq!(writer.identities.len(), KEPT_IDENTITIES);
+    }
+}
