@@ -653,10 +653,16 @@ async fn plugin_killed_at(side: usize, step: &'static str) {
     let (a, b) = (network.organization(0), network.organization(1));
     let id = start_ping(a).await;
     let task = finished(a, &id).await;
-    assert!(
-        *killed.lock().unwrap_or_else(|p| p.into_inner()),
-        "org{side} reached {step}"
-    );
+    // A step after the Tasks' last write (`tasks-finished`) is reached just after the
+    // finished Task can be read: wait for it rather than look once.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !*killed.lock().unwrap_or_else(|p| p.into_inner()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "org{side} never reached {step}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Every Task has its end: none stays in progress.
     for org in [a, b] {
         let deadline = tokio::time::Instant::now() + WAIT;
