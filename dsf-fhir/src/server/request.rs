@@ -40,11 +40,11 @@ impl FhirServer {
             self.path_below(path),
             self.is_websocket_request(path),
         );
-        if self.config.audit.is_none() {
+        let Some(audit) = &self.config.audit else {
             let response = self.clone().answer(req, slot).await;
             self.observe(&target, &response, started.elapsed());
             return response;
-        }
+        };
         let method = req.method().clone();
         let peer = req.extensions().get::<caller::PeerAddress>().map(|p| p.0);
         let parameters = parameter_names(req.uri().query());
@@ -71,19 +71,17 @@ impl FhirServer {
                 None => NamedResource::None,
             },
         };
-        if let Some(audit) = &self.config.audit {
-            audit.write(&AuditEntry {
-                time: std::time::SystemTime::now(),
-                peer,
-                noted,
-                interaction: target.interaction.name(),
-                method,
-                resource,
-                parameters,
-                status: response.status().as_u16(),
-                duration: elapsed,
-            });
-        }
+        audit.write(&AuditEntry {
+            time: std::time::SystemTime::now(),
+            peer,
+            noted,
+            interaction: target.interaction.name(),
+            method,
+            resource,
+            parameters,
+            status: response.status().as_u16(),
+            duration: elapsed,
+        });
         response
     }
 

@@ -17,7 +17,7 @@ const MAX_REASONS: usize = 16;
 const MAX_REASON_CHARS: usize = 400;
 
 /// Why a step was allowed or refused. The common ones are kept unformatted: the audit
-/// log's writer formats them, off the request's path.
+/// record's line ([`super::audit`]) writes their sentences straight into the record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Reason {
     /// A sentence known in advance.
@@ -40,19 +40,6 @@ impl From<&'static str> for Reason {
 impl From<String> for Reason {
     fn from(sentence: String) -> Self {
         Reason::Text(sentence)
-    }
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Reason::Fixed(sentence) => f.write_str(sentence),
-            Reason::Role {
-                role,
-                resource_type,
-            } => write!(f, "holds the role {role} for {resource_type}"),
-            Reason::Text(sentence) => f.write_str(sentence),
-        }
     }
 }
 
@@ -214,19 +201,24 @@ mod tests {
             certificate(dsf_core::Thumbprint::of_der(b"certificate"));
         })
         .await;
-        assert_eq!(noted.allowed[0].to_string(), "role READ");
-        assert_eq!(noted.refused[0].to_string(), "not yours");
-        let second = noted.refused[1].to_string();
+        assert_eq!(sentence(&noted.allowed[0]), "role READ");
+        assert_eq!(sentence(&noted.refused[0]), "not yours");
+        let second = sentence(&noted.refused[1]);
         assert!(!second.contains("secret"), "{second}");
         assert_eq!(noted.allowed.len() + noted.refused.len(), MAX_REASONS);
         assert_eq!(noted.left_out, 40 - (MAX_REASONS - 3));
-        assert!(noted.allowed[1].to_string().chars().count() <= MAX_REASON_CHARS + 1);
+        assert!(sentence(&noted.allowed[1]).chars().count() <= MAX_REASON_CHARS + 1);
         assert!(noted.thumbprint.is_some());
-        let role = Reason::Role {
-            role: "READ",
-            resource_type: "Task".into(),
-        };
-        assert_eq!(role.to_string(), "holds the role READ for Task");
+    }
+
+    /// The sentence of a reason noted as one (the role sentence is the audit line's to
+    /// write: see its tests).
+    fn sentence(reason: &Reason) -> &str {
+        match reason {
+            Reason::Fixed(sentence) => sentence,
+            Reason::Text(sentence) => sentence,
+            Reason::Role { .. } => panic!("a role, not a sentence: {reason:?}"),
+        }
     }
 
     #[tokio::test]

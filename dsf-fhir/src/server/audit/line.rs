@@ -35,7 +35,7 @@ impl LineWriter {
     pub(super) fn write(&mut self, entry: &AuditEntry, time: &str, out: &mut Vec<u8>) {
         let noted = &entry.noted;
         out.extend_from_slice(b"{\"time\":");
-        push_str(out, time);
+        push_word(out, time);
         if let Some(peer) = entry.peer {
             out.extend_from_slice(b",\"peer\":\"");
             push_peer(out, peer);
@@ -220,8 +220,8 @@ fn push_peer(out: &mut Vec<u8>, peer: SocketAddr) {
     }
 }
 
-/// A word of this crate's own (an interaction name, an outcome, a method) as a JSON string:
-/// nothing in it needs escaping.
+/// A word of this crate's own (a timestamp, an interaction name, an outcome, a method) as a
+/// JSON string: nothing in it needs escaping.
 fn push_word(out: &mut Vec<u8>, word: &str) {
     debug_assert!(!needs_escaping(word.as_bytes()), "{word}");
     out.push(b'"');
