@@ -19,6 +19,8 @@
 //!   memory of oversized requests (`--hostile-only`).
 //! - [`bpe`]: ping/pong round trips between two BPEs, plugin files against linked plugins, a
 //!   service-task chain, and `dsf-bpe`'s start-up and memory (`--bpe-only`).
+//! - [`observed`]: reads of two `dsf-fhir-server` processes, audit log and metrics off and on
+//!   (`--observed-only`).
 //! - [`network`]: a dev network's ping to 10 and 50 organisations (`--network-only`).
 //! - [`stored`]: create, read and the BPE's searches on an empty store and on one holding
 //!   many Tasks (`--stored N`).
@@ -30,6 +32,7 @@ pub mod hostile;
 pub mod load;
 pub mod measure;
 pub mod network;
+pub mod observed;
 pub mod replicas;
 pub mod server;
 pub mod startup;

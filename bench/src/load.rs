@@ -111,16 +111,11 @@ pub async fn read_tasks(
 
 /// How many turns reads and the trivial handler take in the load run.
 const READ_ROUNDS: u32 = 4;
-/// Turns of the on/off comparison: a few percent is the figure, so the machine's drift must
-/// fall on both sides in many small slices.
-const OBSERVED_ROUNDS: u32 = 24;
 
 const READ_TASK: &str = "read Task by id (GET)";
-const READ_PLAIN: &str = "read, audit log and metrics off (baseline)";
-const READ_OBSERVED: &str = "read, audit log and metrics on";
 
 /// One read by id (GET) of a Task among `ids`, picked by the operation's number.
-fn read_task(
+pub(crate) fn read_task(
     client: Arc<FhirClient>,
     ids: Arc<Vec<String>>,
 ) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
@@ -195,13 +190,6 @@ impl LoadReport {
             self.rate("read") / trivial,
             self.rate("search") / trivial,
         ));
-        let plain = self.rate(READ_PLAIN);
-        if plain > 0.0 {
-            out.push_str(&format!(
-                "| read with audit log and metrics / without | {:.2} | ≥ 0.95 |\n",
-                self.rate(READ_OBSERVED) / plain
-            ));
-        }
         let point = self.rate("point select");
         if point > 0.0 {
             // A read can cost no less than the transport plus the database's own lookup.
@@ -219,7 +207,7 @@ impl LoadReport {
 pub async fn run(
     settings: LoadSettings,
 ) -> Result<LoadReport, Box<dyn std::error::Error + Send + Sync>> {
-    let mut server = BenchServer::start(settings.postgres.as_deref(), settings.concurrency).await?;
+    let server = BenchServer::start(settings.postgres.as_deref(), settings.concurrency).await?;
     let (db, backend_name) = (server.db.clone(), server.backend_name);
     let client_tls = server.client_tls()?;
     let tls = server.tls.clone();
@@ -269,8 +257,6 @@ pub async fn run(
         return Err("no Task was created".into());
     }
     let known = Arc::new(ids.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>());
-    let (observed_url, registry) = server.start_observed_twin().await?;
-    let observed = Arc::new(FhirClient::new(&observed_url, server.client_tls()?)?);
     if let Some(baseline) = &baseline {
         measurements.push(baseline.point_selects(c, d).await?);
     }
@@ -288,24 +274,6 @@ pub async fn run(
     )
     .await;
     measurements.push(read);
-    // The same reads against a twin server on the same store with the audit log and the
-    // metrics on, in turns with reads against this one (audit and metrics off).
-    let (plain, with_audit) = alternating(
-        (READ_PLAIN, read_task(client.clone(), known.clone())),
-        (READ_OBSERVED, read_task(observed, known.clone())),
-        c,
-        d,
-        OBSERVED_ROUNDS,
-    )
-    .await;
-    let mut scraped = String::new();
-    prometheus_client::encoding::text::encode(&mut scraped, &registry)?;
-    let audited = std::fs::read_to_string(server.audit_log())?.lines().count();
-    if with_audit.ops > 0 && (audited == 0 || !scraped.contains("interaction=\"read\"")) {
-        return Err("the observed twin wrote no audit records or metrics".into());
-    }
-    measurements.push(plain);
-    measurements.push(with_audit);
     let (cl, known) = (client.clone(), ids.clone());
     measurements.push(
         closed_loop(

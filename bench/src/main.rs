@@ -3,7 +3,7 @@
 //! `dsf-fhir-server`'s start-up when the release binary is built).
 
 use clap::Parser;
-use dsf_bench::{bpe, hostile, load, network, replicas, startup, stored, websocket};
+use dsf_bench::{bpe, hostile, load, network, observed, replicas, startup, stored, websocket};
 use std::time::Duration;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,6 +29,10 @@ struct Cli {
     /// Only the load run: create, read and search against their same-run baselines
     #[arg(long, group = "scenario")]
     load_only: bool,
+    /// Only the audit log's and metrics' cost: reads of two dsf-fhir-server processes (the
+    /// release binary next to this one), one with both off and one with both on, in turns
+    #[arg(long, group = "scenario")]
+    observed_only: bool,
     /// Only the hostile load: reads with and without a connection flood and hostile clients,
     /// and the memory of oversized requests
     #[arg(long, group = "scenario")]
@@ -71,6 +75,8 @@ async fn main() -> Result<(), dsf_bin::Failure> {
         stored_runs(&cli, stored).await?;
     } else if cli.load_only {
         load_runs(&cli).await?;
+    } else if cli.observed_only {
+        observed_run(&cli).await?;
     } else if cli.websocket_only {
         websocket_runs(&cli).await?;
     } else if cli.hostile_only {
@@ -84,6 +90,7 @@ async fn main() -> Result<(), dsf_bin::Failure> {
     } else {
         websocket_runs(&cli).await?;
         load_runs(&cli).await?;
+        observed_run(&cli).await?;
         hostile_run(&cli).await?;
         bpe_run(&cli).await?;
         network_run().await?;
@@ -180,15 +187,33 @@ async fn network_run() -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn startup_run() -> Result<(), BoxError> {
+/// The release `dsf-fhir-server` next to this executable; `None`, having said that `what`
+/// is skipped, when it is not built.
+fn release_server(what: &str) -> Result<Option<std::path::PathBuf>, BoxError> {
     let server = std::env::current_exe()?.with_file_name("dsf-fhir-server");
-    if !server.exists() {
-        println!(
-            "dsf-fhir-server start-up and memory: skipped (no {} yet; build it with `cargo build --release -p dsf-bin`)",
-            server.display()
-        );
-        return Ok(());
+    if server.exists() {
+        return Ok(Some(server));
     }
+    println!(
+        "{what}: skipped (no {} yet; build it with `cargo build --release -p dsf-bin`)",
+        server.display()
+    );
+    Ok(None)
+}
+
+async fn observed_run(cli: &Cli) -> Result<(), BoxError> {
+    let Some(server) = release_server("audit log and metrics on against off")? else {
+        return Ok(());
+    };
+    let report = observed::run(&server, cli.concurrency, cli.duration()).await?;
+    println!("{}", report.markdown());
+    Ok(())
+}
+
+async fn startup_run() -> Result<(), BoxError> {
+    let Some(server) = release_server("dsf-fhir-server start-up and memory")? else {
+        return Ok(());
+    };
     let (startup, rss_kib) = startup::startup_and_memory(&server).await?;
     println!(
         "dsf-fhir-server ({}): start-up to first served request {:.0} ms; resident memory when idle {:.1} MiB",

@@ -72,8 +72,8 @@ where
 /// falls on both alike: their ratio is the figure. Run once each in one block, the SQLite
 /// read / trivial ratio went from 0.35 to 0.60 across runs of one binary.
 pub async fn alternating<F, Fut, G, Gut>(
-    (first_name, first): (&str, F),
-    (second_name, second): (&str, G),
+    first: (&str, F),
+    second: (&str, G),
     concurrency: usize,
     duration: Duration,
     rounds: u32,
@@ -84,47 +84,100 @@ where
     G: Fn(usize) -> Gut + Send + Sync + 'static,
     Gut: std::future::Future<Output = bool> + Send,
 {
+    let turns = alternating_watched(first, second, concurrency, duration, rounds, &[]).await;
+    let [this] = turns.cpu[..] else {
+        return (turns.first, turns.second);
+    };
+    // CPU per operation and the share of the cores used: a cost shows as more CPU per
+    // operation at the same share, waiting as a smaller share.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let busy = |ticks: u64, elapsed: Duration| {
+        ticks as f64 / TICKS_PER_SECOND / elapsed.as_secs_f64() / cores
+    };
+    eprintln!(
+        "process CPU: {}: {:.1} µs/op, {:.0}% of the cores; {}: {:.1} µs/op, {:.0}% of the cores",
+        turns.first.name,
+        micros_per_op(this.0, turns.first.ops),
+        busy(this.0, turns.first_elapsed) * 100.0,
+        turns.second.name,
+        micros_per_op(this.1, turns.second.ops),
+        busy(this.1, turns.second_elapsed) * 100.0,
+    );
+    (turns.first, turns.second)
+}
+
+/// What two closed loops taking turns measured ([`alternating_watched`]).
+pub struct Turns {
+    /// The first loop.
+    pub first: Measurement,
+    /// The second loop.
+    pub second: Measurement,
+    /// How long the first loop's slices ran in all.
+    pub first_elapsed: Duration,
+    /// How long the second loop's slices ran in all.
+    pub second_elapsed: Duration,
+    /// CPU clock ticks (user and system) of this process and then of each watched process,
+    /// spent while the first loop ran and while the second ran.
+    pub cpu: Vec<(u64, u64)>,
+}
+
+/// [`alternating`], also counting the CPU time this process and the `watched` processes
+/// (by id) spend during each loop's slices.
+pub async fn alternating_watched<F, Fut, G, Gut>(
+    (first_name, first): (&str, F),
+    (second_name, second): (&str, G),
+    concurrency: usize,
+    duration: Duration,
+    rounds: u32,
+    watched: &[u32],
+) -> Turns
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+    G: Fn(usize) -> Gut + Send + Sync + 'static,
+    Gut: std::future::Future<Output = bool> + Send,
+{
     eprintln!(
         "running: {first_name} and {second_name} in turns, {rounds} × {} s each",
         duration.as_secs_f64() / f64::from(rounds)
     );
+    let processes: Vec<String> = std::iter::once("self".to_owned())
+        .chain(watched.iter().map(u32::to_string))
+        .collect();
+    let ticks = || -> Vec<u64> { processes.iter().map(|p| cpu_ticks(p)).collect() };
     let slice = duration / rounds.max(1);
     let (first, second) = (Arc::new(first), Arc::new(second));
     let (first_counter, second_counter) =
         (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (mut first_latencies, mut second_latencies) = (Vec::new(), Vec::new());
     let (mut first_elapsed, mut second_elapsed) = (Duration::ZERO, Duration::ZERO);
-    let (mut first_cpu, mut second_cpu) = (0u64, 0u64);
+    let mut cpu = vec![(0u64, 0u64); processes.len()];
     for _ in 0..rounds.max(1) {
-        let t = Instant::now();
-        let c = cpu_ticks();
+        let (t, before) = (Instant::now(), ticks());
         first_latencies.extend(workers(first.clone(), &first_counter, concurrency, slice).await);
-        first_cpu += cpu_ticks().saturating_sub(c);
+        for ((spent, _), (after, before)) in cpu.iter_mut().zip(ticks().into_iter().zip(before)) {
+            *spent += after.saturating_sub(before);
+        }
         first_elapsed += t.elapsed();
-        let t = Instant::now();
-        let c = cpu_ticks();
+        let (t, before) = (Instant::now(), ticks());
         second_latencies.extend(workers(second.clone(), &second_counter, concurrency, slice).await);
-        second_cpu += cpu_ticks().saturating_sub(c);
+        for ((_, spent), (after, before)) in cpu.iter_mut().zip(ticks().into_iter().zip(before)) {
+            *spent += after.saturating_sub(before);
+        }
         second_elapsed += t.elapsed();
     }
-    // CPU per operation and the share of the cores used: a cost shows as more CPU per
-    // operation at the same share, waiting as a smaller share.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let per_op = |ticks: u64, ops: usize| ticks as f64 * 1e6 / TICKS_PER_SECOND / ops.max(1) as f64;
-    let busy = |ticks: u64, elapsed: Duration| {
-        ticks as f64 / TICKS_PER_SECOND / elapsed.as_secs_f64() / cores
-    };
-    eprintln!(
-        "process CPU: {first_name}: {:.1} µs/op, {:.0}% of the cores; {second_name}: {:.1} µs/op, {:.0}% of the cores",
-        per_op(first_cpu, first_latencies.len()),
-        busy(first_cpu, first_elapsed) * 100.0,
-        per_op(second_cpu, second_latencies.len()),
-        busy(second_cpu, second_elapsed) * 100.0,
-    );
-    (
-        summarise(first_name, first_latencies, first_elapsed),
-        summarise(second_name, second_latencies, second_elapsed),
-    )
+    Turns {
+        first: summarise(first_name, first_latencies, first_elapsed),
+        second: summarise(second_name, second_latencies, second_elapsed),
+        first_elapsed,
+        second_elapsed,
+        cpu,
+    }
+}
+
+/// Microseconds of CPU per operation, from clock ticks.
+pub fn micros_per_op(ticks: u64, ops: usize) -> f64 {
+    ticks as f64 * 1e6 / TICKS_PER_SECOND / ops.max(1) as f64
 }
 
 /// `concurrency` workers running `op` back to back until `duration` has passed; every
@@ -168,10 +221,10 @@ where
 /// Linux's clock ticks (`USER_HZ`), the unit of `/proc/self/stat`'s times.
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// CPU time of this process so far (user and system), in clock ticks; 0 where
-/// `/proc/self/stat` cannot be read.
-fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// CPU time of a process (`self` or an id) so far, user and system, in clock ticks; 0 where
+/// its `/proc/<process>/stat` cannot be read.
+fn cpu_ticks(process: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).unwrap_or_default();
     // The fields after the command name, which may itself hold spaces and parentheses.
     let fields: Vec<&str> = stat
         .rsplit_once(')')

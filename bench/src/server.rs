@@ -65,8 +65,6 @@ pub struct BenchServer {
     /// The server's TLS settings, for a baseline served the same way.
     pub tls: Arc<dsf_core::rustls::ServerConfig>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    /// Stops the observed twin ([`BenchServer::start_observed_twin`]), when started.
-    twin_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl BenchServer {
@@ -134,39 +132,7 @@ impl BenchServer {
             certs,
             tls,
             stop: Some(stop),
-            twin_stop: None,
         })
-    }
-
-    /// A second server on the same store, on a port of its own, with the audit log (a file
-    /// in the bench directory) and the metrics on: the other side of the on/off comparison.
-    /// Returns its base URL and its metrics registry.
-    pub async fn start_observed_twin(
-        &mut self,
-    ) -> Result<
-        (String, prometheus_client::registry::Registry),
-        Box<dyn std::error::Error + Send + Sync>,
-    > {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let base_url = format!("https://localhost:{}/fhir", listener.local_addr()?.port());
-        let mut config = ServerConfig::new(&self.base_url, "bench.test");
-        config.audit = Some(dsf_fhir::server::AuditLog::open(vec![
-            dsf_fhir::server::AuditTarget::File(self.dir.join("fhir-audit.log")),
-        ])?);
-        let server = Arc::new(FhirServer::new(self.store.clone(), config));
-        let mut registry = prometheus_client::registry::Registry::default();
-        server.register_metrics(&mut registry);
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(server.serve(listener, self.tls.clone(), async {
-            let _ = stop_rx.await;
-        }));
-        self.twin_stop = Some(stop);
-        Ok((base_url, registry))
-    }
-
-    /// The audit log the observed twin writes.
-    pub fn audit_log(&self) -> std::path::PathBuf {
-        self.dir.join("fhir-audit.log")
     }
 
     /// A client holding the local organisation's certificate.
@@ -198,9 +164,6 @@ impl BenchServer {
     /// Stops serving and removes the SQLite directory, or the PostgreSQL schema.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(stop) = self.twin_stop.take() {
             let _ = stop.send(());
         }
         let _ = std::fs::remove_dir_all(&self.dir);
