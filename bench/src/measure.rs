@@ -240,3 +240,44 @@ fn cpu_ticks(process: &str) -> u64 {
     // utime and stime: the 14th and 15th fields, the 12th and 13th after the name.
     field(11) + field(12)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cpu_of_watched_processes_is_counted_for_each_side() {
+        // One process that only spins and one that only sleeps.
+        let mut busy = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("sh");
+        let mut idle = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let op = |_| async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            true
+        };
+        let turns = alternating_watched(
+            ("first", op),
+            ("second", op),
+            2,
+            Duration::from_millis(800),
+            4,
+            &[busy.id(), idle.id()],
+        )
+        .await;
+        let _ = (busy.kill(), idle.kill());
+        let _ = (busy.wait(), idle.wait());
+        assert!(turns.first.ops > 0 && turns.second.ops > 0);
+        let [_, spinning, sleeping] = turns.cpu[..] else {
+            panic!("this process and two watched: {:?}", turns.cpu);
+        };
+        // 0.4 s of spinning on each side is 40 ticks on an idle core; a busy machine gives
+        // it less, but never nothing.
+        assert!(spinning.0 >= 4 && spinning.1 >= 4, "{spinning:?}");
+        assert!(sleeping.0 + sleeping.1 <= 1, "{sleeping:?}");
+    }
+}
