@@ -136,7 +136,8 @@ pub(crate) struct Organization {
     pub(crate) tls: Arc<dsf_core::rustls::ClientConfig>,
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A loopback port nobody listens on now.
+pub(crate) fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

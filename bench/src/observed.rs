@@ -4,10 +4,11 @@
 //! load generator in this process. Each server's CPU time per read comes from its
 //! `/proc/<pid>/stat`, apart from the load generator's.
 
+use crate::bpe::free_port;
 use crate::load::{create_tasks, read_task};
 use crate::measure::{alternating_watched, closed_loop, micros_per_op, Measurement};
 use crate::server::certs;
-use crate::startup::{answering, fhir_server, free_port};
+use crate::startup::{answering, fhir_server};
 use dsf_fhir::FhirClient;
 use std::path::Path;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! Start-up time and idle memory of the `dsf-fhir-server` binary.
 
+use crate::bpe::free_port;
 use crate::server::{certs, Certs};
 use dsf_fhir::FhirClient;
 use http::Method;
@@ -33,13 +34,6 @@ pub async fn startup_and_memory(
     child.kill().await.ok();
     let _ = std::fs::remove_dir_all(&dir);
     Ok((startup, rss_kib))
-}
-
-/// A loopback port nobody listens on now.
-pub(crate) fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// `binary` (`dsf-fhir-server`) configured as the bench organisation, `bench.test`: its API
