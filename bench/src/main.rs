@@ -33,6 +33,10 @@ struct Cli {
     /// release binary next to this one), one with both off and one with both on, in turns
     #[arg(long, group = "scenario")]
     observed_only: bool,
+    /// The observed run's control: the same two processes and turns with both servers off,
+    /// to show what the set-up alone makes of the ratio
+    #[arg(long, group = "scenario")]
+    observed_control: bool,
     /// Only the hostile load: reads with and without a connection flood and hostile clients,
     /// and the memory of oversized requests
     #[arg(long, group = "scenario")]
@@ -75,7 +79,7 @@ async fn main() -> Result<(), dsf_bin::Failure> {
         stored_runs(&cli, stored).await?;
     } else if cli.load_only {
         load_runs(&cli).await?;
-    } else if cli.observed_only {
+    } else if cli.observed_only || cli.observed_control {
         observed_run(&cli).await?;
     } else if cli.websocket_only {
         websocket_runs(&cli).await?;
@@ -205,7 +209,12 @@ async fn observed_run(cli: &Cli) -> Result<(), BoxError> {
     let Some(server) = release_server("audit log and metrics on against off")? else {
         return Ok(());
     };
-    let report = observed::run(&server, cli.concurrency, cli.duration()).await?;
+    let sides = if cli.observed_control {
+        observed::Sides::BothOff
+    } else {
+        observed::Sides::OffAndOn
+    };
+    let report = observed::run(&server, sides, cli.concurrency, cli.duration()).await?;
     println!("{}", report.markdown());
     Ok(())
 }

@@ -152,19 +152,31 @@ where
     let (mut first_latencies, mut second_latencies) = (Vec::new(), Vec::new());
     let (mut first_elapsed, mut second_elapsed) = (Duration::ZERO, Duration::ZERO);
     let mut cpu = vec![(0u64, 0u64); processes.len()];
-    for _ in 0..rounds.max(1) {
-        let (t, before) = (Instant::now(), ticks());
-        first_latencies.extend(workers(first.clone(), &first_counter, concurrency, slice).await);
-        for ((spent, _), (after, before)) in cpu.iter_mut().zip(ticks().into_iter().zip(before)) {
-            *spent += after.saturating_sub(before);
+    for round in 0..rounds.max(1) {
+        // First-second, then second-first: whatever the side that runs first in a round
+        // gains or loses (a connection pool gone cold in the other's turn, the machine's
+        // drift within the round) falls on both sides alike.
+        for second_side in [round % 2 == 1, round % 2 == 0] {
+            let (t, before) = (Instant::now(), ticks());
+            let elapsed = if second_side {
+                second_latencies
+                    .extend(workers(second.clone(), &second_counter, concurrency, slice).await);
+                &mut second_elapsed
+            } else {
+                first_latencies
+                    .extend(workers(first.clone(), &first_counter, concurrency, slice).await);
+                &mut first_elapsed
+            };
+            for (spent, (after, before)) in cpu.iter_mut().zip(ticks().into_iter().zip(before)) {
+                let side = if second_side {
+                    &mut spent.1
+                } else {
+                    &mut spent.0
+                };
+                *side += after.saturating_sub(before);
+            }
+            *elapsed += t.elapsed();
         }
-        first_elapsed += t.elapsed();
-        let (t, before) = (Instant::now(), ticks());
-        second_latencies.extend(workers(second.clone(), &second_counter, concurrency, slice).await);
-        for ((_, spent), (after, before)) in cpu.iter_mut().zip(ticks().into_iter().zip(before)) {
-            *spent += after.saturating_sub(before);
-        }
-        second_elapsed += t.elapsed();
     }
     Turns {
         first: summarise(first_name, first_latencies, first_elapsed),

@@ -17,10 +17,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Turns of the comparison: a few percent is the figure, so the machine's drift must fall on
 /// both sides in many small slices.
-const ROUNDS: u32 = 24;
+const ROUNDS: u32 = 96;
 
 const READ_OFF: &str = "read, audit log and metrics off (baseline)";
 const READ_ON: &str = "read, audit log and metrics on";
+const READ_CONTROL: &str = "read, second server, audit log and metrics off (control)";
+
+/// What the second server has on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sides {
+    /// The audit log (a file) and the status port's metrics: the comparison.
+    OffAndOn,
+    /// Nothing, as the first: the control, which shows the set-up's own asymmetry (a second
+    /// process on the database, turns, the machine's drift) with nothing to measure.
+    BothOff,
+}
 
 /// What the comparison measured.
 pub struct ObservedReport {
@@ -36,6 +47,8 @@ pub struct ObservedReport {
     pub idle_cpu: [f64; 2],
     /// Lines the audit log holds at the end.
     pub audit_lines: usize,
+    /// What the second server had on.
+    pub sides: Sides,
 }
 
 impl ObservedReport {
@@ -60,8 +73,16 @@ impl ObservedReport {
         }
         let [off, on] = &self.measurements;
         out.push_str(&format!(
-            "\n| ratio | value | target |\n|---|---:|---:|\n| read with audit log and metrics / without | {:.2} | ≥ 0.95 |\n| server CPU per read, without / with | {:.2} | – |\n\nThe audit log holds {} lines.\n",
+            "\n| ratio | value | target |\n|---|---:|---:|\n| {} | {:.2} | {} |\n| server CPU per read, first / second | {:.2} | – |\n\nThe audit log holds {} lines.\n",
+            match self.sides {
+                Sides::OffAndOn => "read with audit log and metrics / without",
+                Sides::BothOff => "read, second server / first (control, both off)",
+            },
             on.per_second / off.per_second.max(f64::MIN_POSITIVE),
+            match self.sides {
+                Sides::OffAndOn => "≥ 0.95",
+                Sides::BothOff => "1 ± noise",
+            },
             self.server_cpu[0] / self.server_cpu[1].max(f64::MIN_POSITIVE),
             self.audit_lines
         ));
@@ -72,19 +93,21 @@ impl ObservedReport {
 /// Runs the comparison on the `dsf-fhir-server` at `binary`, `duration` of reads on each side.
 pub async fn run(
     binary: &Path,
+    sides: Sides,
     concurrency: usize,
     duration: Duration,
 ) -> Result<ObservedReport, Box<dyn std::error::Error + Send + Sync>> {
     let certs = certs()?;
     let dir = std::env::temp_dir().join(format!("dsf-observed-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
-    let result = compare(binary, &certs, &dir, concurrency, duration).await;
+    let result = compare(binary, sides, &certs, &dir, concurrency, duration).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
 async fn compare(
     binary: &Path,
+    sides: Sides,
     certs: &crate::server::Certs,
     dir: &Path,
     concurrency: usize,
@@ -117,12 +140,13 @@ async fn compare(
     }
     let ids = Arc::new(created.into_iter().map(|(_, id)| id).collect::<Vec<_>>());
     let audit_log = dir.join("fhir-audit.log");
-    let mut on = fhir_server(binary, certs, dir, on_port, &base_url)?
-        .env("DEV_DSF_LOG_AUDIT_FILE_ENABLED", "true")
-        .env("DEV_DSF_LOG_AUDIT_FILE", &audit_log)
-        .env("DEV_DSF_SERVER_STATUS_PORT", status_port.to_string())
-        .env("RUST_LOG", "warn")
-        .spawn()?;
+    let mut on = fhir_server(binary, certs, dir, on_port, &base_url)?;
+    if sides == Sides::OffAndOn {
+        on.env("DEV_DSF_LOG_AUDIT_FILE_ENABLED", "true")
+            .env("DEV_DSF_LOG_AUDIT_FILE", &audit_log)
+            .env("DEV_DSF_SERVER_STATUS_PORT", status_port.to_string());
+    }
+    let mut on = on.env("RUST_LOG", "warn").spawn()?;
     answering(&on_client).await?;
     let (off_pid, on_pid) = (
         off.id().ok_or("the server without audit log exited")?,
@@ -142,14 +166,23 @@ async fn compare(
     }
     let turns = alternating_watched(
         (READ_OFF, read_task(off_client, ids.clone())),
-        (READ_ON, read_task(on_client, ids)),
+        (
+            match sides {
+                Sides::OffAndOn => READ_ON,
+                Sides::BothOff => READ_CONTROL,
+            },
+            read_task(on_client, ids),
+        ),
         concurrency,
         duration,
         ROUNDS,
         &[off_pid, on_pid],
     )
     .await;
-    let metrics = scrape(status_port).await?;
+    let metrics = match sides {
+        Sides::OffAndOn => scrape(status_port).await?,
+        Sides::BothOff => String::new(),
+    };
     // The writer gathers records for a moment before it writes them.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let audit_lines = std::fs::read_to_string(&audit_log)
@@ -157,7 +190,9 @@ async fn compare(
         .unwrap_or(0);
     off.kill().await.ok();
     on.kill().await.ok();
-    if audit_lines < turns.second.ops || !metrics.contains("interaction=\"read\"") {
+    if sides == Sides::OffAndOn
+        && (audit_lines < turns.second.ops || !metrics.contains("interaction=\"read\""))
+    {
         return Err(format!(
             "the server with audit log and metrics on logged {audit_lines} of {} reads, or its metrics had none",
             turns.second.ops
@@ -184,6 +219,7 @@ async fn compare(
         ],
         measurements: [turns.first, turns.second],
         audit_lines,
+        sides,
     })
 }
 
