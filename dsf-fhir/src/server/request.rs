@@ -48,14 +48,15 @@ impl FhirServer {
         let method = req.method().clone();
         let peer = req.extensions().get::<caller::PeerAddress>().map(|p| p.0);
         let parameters = parameter_names(req.uri().query());
-        let (response, noted) = if trace::restart() {
-            // A connection of this server's own listener, traced as a whole.
-            let response = self.clone().answer(req, slot).await;
-            (response, trace::take())
+        let (response, own_notes) = if trace::restart() {
+            // A connection of this server's own listener, traced as a whole: the notes stay
+            // where they were made (see `trace::finish` below).
+            (self.clone().answer(req, slot).await, None)
         } else {
             // Boxed: the handling's future is large and the trace's wrapper is moved before
             // it runs; a box moves a pointer instead of copying it all each time.
-            trace::traced(Box::pin(self.clone().answer(req, slot))).await
+            let (response, noted) = trace::traced(Box::pin(self.clone().answer(req, slot))).await;
+            (response, Some(noted))
         };
         let elapsed = started.elapsed();
         self.observe(&target, &response, elapsed);
@@ -71,17 +72,25 @@ impl FhirServer {
                 None => NamedResource::None,
             },
         };
-        audit.write(&AuditEntry {
-            time: std::time::SystemTime::now(),
-            peer,
-            noted,
-            interaction: target.interaction.name(),
-            method,
-            resource,
-            parameters,
-            status: response.status().as_u16(),
-            duration: elapsed,
-        });
+        let write = |noted: &trace::Noted| {
+            audit.write(&AuditEntry {
+                time: std::time::SystemTime::now(),
+                peer,
+                noted,
+                interaction: target.interaction.name(),
+                method,
+                resource,
+                parameters,
+                status: response.status().as_u16(),
+                duration: elapsed,
+            })
+        };
+        match &own_notes {
+            Some(noted) => write(noted),
+            None => {
+                let _ = trace::finish(write);
+            }
+        }
         response
     }
 
@@ -360,8 +369,11 @@ impl FhirServer {
 /// Names of the query parameters (sorted, each once, at most 32 of at most 64 characters):
 /// what an audit record tells of a search, without its values.
 fn parameter_names(query: Option<&str>) -> Vec<String> {
+    // Most requests (reads above all) have no query: nothing to split or sort.
+    let Some(query) = query.filter(|q| !q.is_empty()) else {
+        return Vec::new();
+    };
     let mut names: Vec<String> = query
-        .unwrap_or("")
         .split('&')
         .filter_map(|part| part.split('=').next())
         .filter(|name| !name.is_empty())

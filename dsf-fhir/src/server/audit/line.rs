@@ -32,8 +32,8 @@ struct KeptIdentity {
 
 impl LineWriter {
     /// Appends `entry` as one JSON object (no newline), with `time` as its timestamp.
-    pub(super) fn write(&mut self, entry: &AuditEntry, time: &str, out: &mut Vec<u8>) {
-        let noted = &entry.noted;
+    pub(super) fn write(&mut self, entry: &AuditEntry<'_>, time: &str, out: &mut Vec<u8>) {
+        let noted = entry.noted;
         out.extend_from_slice(b"{\"time\":");
         push_word(out, time);
         if let Some(peer) = entry.peer {
@@ -170,18 +170,21 @@ fn outcome(status: u16) -> &'static str {
 
 fn push_reason(out: &mut Vec<u8>, reason: &Reason) {
     match reason {
-        Reason::Fixed(sentence) => push_str(out, sentence),
-        Reason::Text(sentence) => push_str(out, sentence),
+        // The crate's own sentences and names: nothing in them needs escaping.
+        Reason::Fixed(sentence) => push_word(out, sentence),
         Reason::Role {
             role,
             resource_type,
         } => {
+            debug_assert!(!needs_escaping(role.as_bytes()), "{role}");
+            debug_assert!(!needs_escaping(resource_type.as_bytes()), "{resource_type}");
             out.extend_from_slice(b"\"holds the role ");
-            escape_into(out, role);
+            out.extend_from_slice(role.as_bytes());
             out.extend_from_slice(b" for ");
-            escape_into(out, resource_type);
+            out.extend_from_slice(resource_type.as_bytes());
             out.push(b'"');
         }
+        Reason::Text(sentence) => push_str(out, sentence),
     }
 }
 
@@ -299,7 +302,7 @@ mod tests {
         assert_eq!(plain, "\"Task/1 ä\"".as_bytes());
     }
 
-    fn entry(noted: Noted, peer: Option<SocketAddr>) -> AuditEntry {
+    fn entry(noted: &Noted, peer: Option<SocketAddr>) -> AuditEntry<'_> {
         AuditEntry {
             time: std::time::SystemTime::UNIX_EPOCH,
             peer,
@@ -319,7 +322,7 @@ mod tests {
             thumbprint: Some(dsf_core::Thumbprint::of_der(b"certificate")),
             allowed: vec![Reason::Role {
                 role: "READ",
-                resource_type: "Task".into(),
+                resource_type: "Task",
             }],
             refused: vec![Reason::Text("not yours\n".into())],
             left_out: 3,
@@ -328,7 +331,7 @@ mod tests {
         let mut writer = LineWriter::default();
         let mut line = Vec::new();
         let peer = "[::1]:8443".parse().ok();
-        writer.write(&entry(noted, peer), "1970-01-01T00:00:00.000Z", &mut line);
+        writer.write(&entry(&noted, peer), "1970-01-01T00:00:00.000Z", &mut line);
         let record: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
         assert_eq!(
             record,
@@ -352,7 +355,8 @@ mod tests {
             })
         );
 
-        let mut bare = entry(Noted::default(), "10.0.0.7:443".parse().ok());
+        let nothing = Noted::default();
+        let mut bare = entry(&nothing, "10.0.0.7:443".parse().ok());
         bare.resource = NamedResource::None;
         bare.parameters.clear();
         bare.status = 200;
@@ -400,7 +404,7 @@ mod tests {
                 ..thumbprint(b"shared")
             };
             line.clear();
-            writer.write(&entry(noted, None), "t", &mut line);
+            writer.write(&entry(&noted, None), "t", &mut line);
             let record: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
             assert_eq!(
                 record["identity"],
@@ -418,7 +422,7 @@ mod tests {
             for n in 0..KEPT_IDENTITIES + 3 {
                 let der = format!("certificate {n}");
                 line.clear();
-                writer.write(&entry(thumbprint(der.as_bytes()), None), "t", &mut line);
+                writer.write(&entry(&thumbprint(der.as_bytes()), None), "t", &mut line);
                 let record: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
                 assert_eq!(
                     record["identity"]["thumbprint"],

@@ -124,7 +124,7 @@ impl AuditLog {
         &self.handle.targets
     }
 
-    pub(crate) fn write(&self, entry: &AuditEntry) {
+    pub(crate) fn write(&self, entry: &AuditEntry<'_>) {
         SCRATCH.with(|scratch| {
             // Formatting never calls back into the audit log; should it, the record is lost
             // rather than the request failed.
@@ -160,12 +160,13 @@ impl AuditLog {
 /// One request's audit record as the request leaves it: what was noted and measured, not
 /// yet formatted.
 #[derive(Debug)]
-pub(crate) struct AuditEntry {
+pub(crate) struct AuditEntry<'a> {
     /// When the answer was ready.
     pub time: SystemTime,
     /// Network address of the caller (a trusted proxy's, behind one).
     pub peer: Option<SocketAddr>,
-    pub noted: Noted,
+    /// Read where it was noted, not moved.
+    pub noted: &'a Noted,
     pub interaction: &'static str,
     pub method: http::Method,
     pub resource: NamedResource,
@@ -223,7 +224,8 @@ impl Clock {
 enum Output {
     File {
         path: PathBuf,
-        writer: std::io::BufWriter<std::fs::File>,
+        /// Unbuffered: each write is a whole batch already.
+        writer: std::fs::File,
         /// The file's identity when opened, to notice that it was moved away.
         identity: FileIdentity,
     },
@@ -273,7 +275,6 @@ impl Output {
         } = self
         {
             if file_identity(path) != *identity {
-                writer.flush()?;
                 let (fresh, fresh_identity) = open_file(path)?;
                 *writer = fresh;
                 *identity = fresh_identity;
@@ -286,7 +287,7 @@ impl Output {
 /// A file's device and inode: what changes when it is moved away and created anew.
 type FileIdentity = Option<(u64, u64)>;
 
-fn open_file(path: &Path) -> std::io::Result<(std::io::BufWriter<std::fs::File>, FileIdentity)> {
+fn open_file(path: &Path) -> std::io::Result<(std::fs::File, FileIdentity)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -295,10 +296,7 @@ fn open_file(path: &Path) -> std::io::Result<(std::io::BufWriter<std::fs::File>,
         .append(true)
         .open(path)
         .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    Ok((
-        std::io::BufWriter::with_capacity(64 * 1024, file),
-        file_identity(path),
-    ))
+    Ok((file, file_identity(path)))
 }
 
 #[cfg(unix)]
@@ -380,7 +378,7 @@ fn write_batches(batch: &Batch, mut outputs: Vec<Output>) {
 
 #[cfg(test)]
 mod tests {
-    use super::tests_support::record;
+    use super::tests_support::{record, refused};
     use super::*;
 
     fn lines(path: &Path, count: usize) -> Vec<serde_json::Value> {
@@ -403,7 +401,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("log").join("audit.log");
         let log = AuditLog::open(vec![AuditTarget::File(path.clone())]).expect("open");
-        log.write(&record(401));
+        log.write(&record(&refused(), 401));
         let first = lines(&path, 1);
         assert_eq!(first[0]["outcome"], "refused");
         assert_eq!(first[0]["resource"], "Task/1");
@@ -417,7 +415,7 @@ mod tests {
 
         std::fs::rename(&path, dir.path().join("rotated.log")).expect("rotate");
         std::thread::sleep(REOPEN_CHECK + Duration::from_millis(200));
-        log.write(&record(200));
+        log.write(&record(&refused(), 200));
         let after = lines(&path, 1);
         assert_eq!(after[0]["outcome"], "allowed");
         assert_eq!(lines(&dir.path().join("rotated.log"), 1).len(), 1);
@@ -426,7 +424,7 @@ mod tests {
 
 #[cfg(test)]
 mod batch_tests {
-    use super::tests_support::record;
+    use super::tests_support::{record, refused};
     use super::*;
 
     #[test]
@@ -439,7 +437,7 @@ mod batch_tests {
                 let log = log.clone();
                 std::thread::spawn(move || {
                     for n in 0..500u16 {
-                        log.write(&record(200 + n % 100));
+                        log.write(&record(&refused(), 200 + n % 100));
                     }
                 })
             })
@@ -470,15 +468,20 @@ mod batch_tests {
 mod tests_support {
     use super::*;
 
-    pub(super) fn record(status: u16) -> AuditEntry {
+    /// A refused caller's notes.
+    pub(super) fn refused() -> Noted {
+        Noted {
+            thumbprint: Some(dsf_core::Thumbprint::of_der(b"certificate")),
+            refused: vec!["not on the allow list".into()],
+            ..Noted::default()
+        }
+    }
+
+    pub(super) fn record(noted: &Noted, status: u16) -> AuditEntry<'_> {
         AuditEntry {
             time: SystemTime::now(),
             peer: None,
-            noted: Noted {
-                thumbprint: Some(dsf_core::Thumbprint::of_der(b"certificate")),
-                refused: vec!["not on the allow list".into()],
-                ..Noted::default()
-            },
+            noted,
             interaction: "read",
             method: http::Method::GET,
             resource: NamedResource::Path("Task", Some("1".into())),

@@ -34,9 +34,15 @@ fn forbidden(what: &str, identity: &Identity, why: impl std::fmt::Display) -> Er
 /// The role gate: 403 unless the identity holds `role` for `resource_type`.
 pub(crate) fn require_role(identity: &Identity, role: Role, resource_type: &str) -> Result<()> {
     if identity.has_role(role, resource_type) {
-        super::trace::allowed(|| super::trace::Reason::Role {
-            role: role.name(),
-            resource_type: resource_type.to_owned(),
+        super::trace::allowed(|| {
+            match crate::resource_type::supported_type(resource_type) {
+                Some(resource_type) => super::trace::Reason::Role {
+                    role: role.name(),
+                    resource_type,
+                },
+                // `*`, a history across types.
+                None => format!("holds the role {} for {resource_type}", role.name()).into(),
+            }
         });
         Ok(())
     } else {
