@@ -87,9 +87,7 @@ impl FhirServer {
         };
         match &own_notes {
             Some(noted) => write(noted),
-            None => {
-                let _ = trace::finish(write);
-            }
+            None => trace::finish(write),
         }
         response
     }
