@@ -20,7 +20,9 @@
 //! - [`bpe`]: ping/pong round trips between two BPEs, plugin files against linked plugins, a
 //!   service-task chain, and `dsf-bpe`'s start-up and memory (`--bpe-only`).
 //! - [`observed`]: reads of two `dsf-fhir-server` processes, audit log and metrics off and on
-//!   (`--observed-only`).
+//!   (`--observed-only`), or both off as the control (`--observed-control`).
+//! - [`replicas`]: BPE round trips with their state on PostgreSQL, two BPEs sharing it, and
+//!   the fail-over time when one is killed (`--replicas-only`).
 //! - [`network`]: a dev network's ping to 10 and 50 organisations (`--network-only`).
 //! - [`stored`]: create, read and the BPE's searches on an empty store and on one holding
 //!   many Tasks (`--stored N`).

@@ -33,6 +33,29 @@ pub enum Sides {
     BothOff,
 }
 
+impl Sides {
+    /// Whether the second server has the audit log and metrics on.
+    fn audited(self) -> bool {
+        self == Sides::OffAndOn
+    }
+
+    /// The second server's reads, their ratio to the first's, and what that ratio should be.
+    fn labels(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Sides::OffAndOn => (
+                READ_ON,
+                "read with audit log and metrics / without",
+                "≥ 0.95",
+            ),
+            Sides::BothOff => (
+                READ_CONTROL,
+                "read, second server / first (control, both off)",
+                "1 ± noise",
+            ),
+        }
+    }
+}
+
 /// What the comparison measured.
 pub struct ObservedReport {
     /// Closed-loop clients.
@@ -74,15 +97,9 @@ impl ObservedReport {
         let [off, on] = &self.measurements;
         out.push_str(&format!(
             "\n| ratio | value | target |\n|---|---:|---:|\n| {} | {:.2} | {} |\n| server CPU per read, first / second | {:.2} | – |\n\nThe audit log holds {} lines.\n",
-            match self.sides {
-                Sides::OffAndOn => "read with audit log and metrics / without",
-                Sides::BothOff => "read, second server / first (control, both off)",
-            },
+            self.sides.labels().1,
             on.per_second / off.per_second.max(f64::MIN_POSITIVE),
-            match self.sides {
-                Sides::OffAndOn => "≥ 0.95",
-                Sides::BothOff => "1 ± noise",
-            },
+            self.sides.labels().2,
             self.server_cpu[0] / self.server_cpu[1].max(f64::MIN_POSITIVE),
             self.audit_lines
         ));
@@ -141,7 +158,7 @@ async fn compare(
     let ids = Arc::new(created.into_iter().map(|(_, id)| id).collect::<Vec<_>>());
     let audit_log = dir.join("fhir-audit.log");
     let mut on = fhir_server(binary, certs, dir, on_port, &base_url)?;
-    if sides == Sides::OffAndOn {
+    if sides.audited() {
         on.env("DEV_DSF_LOG_AUDIT_FILE_ENABLED", "true")
             .env("DEV_DSF_LOG_AUDIT_FILE", &audit_log)
             .env("DEV_DSF_SERVER_STATUS_PORT", status_port.to_string());
@@ -166,22 +183,17 @@ async fn compare(
     }
     let turns = alternating_watched(
         (READ_OFF, read_task(off_client, ids.clone())),
-        (
-            match sides {
-                Sides::OffAndOn => READ_ON,
-                Sides::BothOff => READ_CONTROL,
-            },
-            read_task(on_client, ids),
-        ),
+        (sides.labels().0, read_task(on_client, ids)),
         concurrency,
         duration,
         ROUNDS,
         &[off_pid, on_pid],
     )
     .await;
-    let metrics = match sides {
-        Sides::OffAndOn => scrape(status_port).await?,
-        Sides::BothOff => String::new(),
+    let metrics = if sides.audited() {
+        scrape(status_port).await?
+    } else {
+        String::new()
     };
     // The writer gathers records for a moment before it writes them.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -190,7 +202,7 @@ async fn compare(
         .unwrap_or(0);
     off.kill().await.ok();
     on.kill().await.ok();
-    if sides == Sides::OffAndOn
+    if sides.audited()
         && (audit_lines < turns.second.ops || !metrics.contains("interaction=\"read\""))
     {
         return Err(format!(
