@@ -240,8 +240,10 @@ async fn status_ports_metrics_and_audit_log_of_a_running_network() {
         org_b.client.thumbprint().to_string()
     );
     assert_eq!(pong["outcome"], "allowed");
+    // The new Task as the answer's Location names it, version included.
+    let created = pong["resource"].as_str().unwrap_or("");
     assert!(
-        pong["resource"].as_str().unwrap().starts_with("Task/"),
+        created.starts_with("Task/") && created.ends_with("/_history/1"),
         "{pong}"
     );
     let reasons = pong["allowed"].to_string();

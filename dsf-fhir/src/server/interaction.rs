@@ -71,11 +71,20 @@ impl Interaction {
 /// (only a supported resource type, so that arbitrary text from the path never reaches a
 /// label or a record).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Target {
+pub(crate) struct Target<'a> {
     pub interaction: Interaction,
     pub resource_type: Option<&'static str>,
-    /// `id` or `id/_history/version`, as the path gives it (bounded in length).
-    pub id: Option<String>,
+    /// The id (and version) the path gives, borrowed from it: a request's record costs no
+    /// allocation for it.
+    pub id: Option<PathId<'a>>,
+}
+
+/// An id named in a path, and the version for `id/_history/version`; each at most
+/// [`MAX_ID`] characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PathId<'a> {
+    pub id: &'a str,
+    pub version: Option<&'a str>,
 }
 
 /// Longest id kept from a path: FHIR ids have at most 64 characters.
@@ -83,7 +92,7 @@ const MAX_ID: usize = 64;
 
 /// Classifies a request to `path` (below the base URL's path, no '/' at either end; `None`
 /// outside the API).
-pub(crate) fn classify(method: &Method, path: Option<&str>, websocket: bool) -> Target {
+pub(crate) fn classify<'a>(method: &Method, path: Option<&'a str>, websocket: bool) -> Target<'a> {
     let other = Target {
         interaction: Interaction::Other,
         resource_type: None,
@@ -115,11 +124,10 @@ pub(crate) fn classify(method: &Method, path: Option<&str>, websocket: bool) -> 
     }
     let segments = &parts[..count];
     let get = method == Method::GET || method == Method::HEAD;
-    let id = |id: &str, version: Option<&str>| {
-        let id = clipped(id);
-        Some(match version {
-            Some(v) => format!("{id}/_history/{}", clipped(v)),
-            None => id.to_owned(),
+    let id = |id: &'a str, version: Option<&'a str>| {
+        Some(PathId {
+            id: clipped(id),
+            version: version.map(clipped),
         })
     };
     let Some(first) = segments.first() else {
@@ -192,7 +200,11 @@ mod tests {
 
     fn name(method: Method, path: &str) -> (&'static str, Option<&'static str>, Option<String>) {
         let t = classify(&method, Some(path), false);
-        (t.interaction.name(), t.resource_type, t.id)
+        let id = t.id.map(|PathId { id, version }| match version {
+            Some(version) => format!("{id}/_history/{version}"),
+            None => id.to_owned(),
+        });
+        (t.interaction.name(), t.resource_type, id)
     }
 
     #[test]

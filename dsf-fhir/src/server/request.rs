@@ -34,7 +34,10 @@ impl FhirServer {
             return self.answer(req, slot).await;
         }
         let started = std::time::Instant::now();
-        let path = req.uri().path();
+        // The record names what the path named; the request itself goes to the handling. A
+        // parsed URI's clone shares its bytes.
+        let uri = req.uri().clone();
+        let path = uri.path();
         let target = interaction::classify(
             req.method(),
             self.path_below(path),
@@ -60,13 +63,14 @@ impl FhirServer {
         };
         let elapsed = started.elapsed();
         self.observe(&target, &response, elapsed);
-        let resource = match response
-            .headers()
-            .get(http::header::LOCATION)
+        // Only writes answer with a `Location` (a create's new id): reads skip the lookup.
+        let location = (method != Method::GET && method != Method::HEAD)
+            .then(|| response.headers().get(http::header::LOCATION))
+            .flatten()
             .and_then(|l| l.to_str().ok())
-            .and_then(|l| l.strip_prefix(self.config.base_url.as_str()))
-        {
-            Some(location) => NamedResource::Located(location.trim_matches('/').to_owned()),
+            .and_then(|l| l.strip_prefix(self.config.base_url.as_str()));
+        let resource = match location {
+            Some(location) => NamedResource::Located(location.trim_matches('/')),
             None => match target.resource_type {
                 Some(resource_type) => NamedResource::Path(resource_type, target.id),
                 None => NamedResource::None,

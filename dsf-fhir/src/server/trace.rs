@@ -100,23 +100,18 @@ pub(crate) fn restart() -> bool {
 /// room for the next request. Outside a connection run by [`for_connection`] `read` gets
 /// empty notes: a record without its reasons beats none.
 pub(crate) fn finish<R>(read: impl FnOnce(&Noted) -> R) -> R {
-    // Taken out for the read (a move of a few words, no allocation) and put back after.
-    let mut noted = CURRENT
-        .try_with(|noted| {
-            noted
-                .try_borrow_mut()
-                .map(|mut noted| std::mem::take(&mut *noted))
-                .unwrap_or_default()
-        })
-        .unwrap_or_default();
-    let result = read(&noted);
-    noted.clear();
-    let _ = CURRENT.try_with(|kept| {
-        if let Ok(mut kept) = kept.try_borrow_mut() {
-            *kept = noted;
+    if !active() {
+        return read(&Noted::default());
+    }
+    // Read where they lie: nothing moved, and the lists keep their room once cleared.
+    CURRENT.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut noted) => {
+            let result = read(&noted);
+            noted.clear();
+            result
         }
-    });
-    result
+        Err(_) => read(&Noted::default()),
+    })
 }
 
 impl Noted {
@@ -176,18 +171,12 @@ pub(crate) fn identity(identity: &Arc<Identity>) {
 
 /// A step was allowed because of `reason` (formatted only when traced).
 pub(crate) fn allowed(reason: impl FnOnce() -> Reason) {
-    if active() {
-        let reason = reason();
-        with(|noted| push(|n| &mut n.allowed, reason, noted));
-    }
+    with(|noted| push(|n| &mut n.allowed, reason(), noted));
 }
 
 /// The request, or a part of it, was refused or failed with `error`.
 pub(crate) fn refused(error: &Error) {
-    if active() {
-        let reason = audit_reason(error);
-        with(|noted| push(|n| &mut n.refused, reason, noted));
-    }
+    with(|noted| push(|n| &mut n.refused, audit_reason(error), noted));
 }
 
 /// An error as an audit record gives it: what was refused and why, but never resource

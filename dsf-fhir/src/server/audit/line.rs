@@ -7,6 +7,7 @@
 //! over and over.
 
 use super::{AuditEntry, NamedResource};
+use crate::server::interaction::PathId;
 use crate::server::trace::{Noted, Reason};
 use crate::server::{Identity, IdentityKind};
 use std::net::SocketAddr;
@@ -57,9 +58,13 @@ impl LineWriter {
             NamedResource::Path(resource_type, id) => {
                 out.extend_from_slice(b",\"resource\":\"");
                 out.extend_from_slice(resource_type.as_bytes());
-                if let Some(id) = id {
+                if let Some(PathId { id, version }) = id {
                     out.push(b'/');
                     escape_into(out, id);
+                    if let Some(version) = version {
+                        out.extend_from_slice(b"/_history/");
+                        escape_into(out, version);
+                    }
                 }
                 out.push(b'"');
             }
@@ -309,7 +314,13 @@ mod tests {
             noted,
             interaction: "search-type",
             method: http::Method::GET,
-            resource: NamedResource::Path("Task", Some("a\"b".into())),
+            resource: NamedResource::Path(
+                "Task",
+                Some(PathId {
+                    id: "a\"b",
+                    version: Some("2"),
+                }),
+            ),
             parameters: vec!["_id".into(), "status".into()],
             status: 403,
             duration: Duration::from_micros(1234),
@@ -344,7 +355,7 @@ mod tests {
                 },
                 "interaction": "search-type",
                 "method": "GET",
-                "resource": "Task/a\"b",
+                "resource": "Task/a\"b/_history/2",
                 "parameters": ["_id", "status"],
                 "status": 403,
                 "outcome": "refused",

@@ -14,6 +14,7 @@
 
 mod line;
 
+use super::interaction::PathId;
 use super::trace::Noted;
 use dsf_core::ErrorChain;
 use std::cell::RefCell;
@@ -97,7 +98,6 @@ thread_local! {
 #[derive(Default)]
 struct Scratch {
     line: Vec<u8>,
-    time: String,
     clock: Clock,
     writer: line::LineWriter,
 }
@@ -133,11 +133,10 @@ impl AuditLog {
             };
             let Scratch {
                 line,
-                time,
                 clock,
                 writer,
             } = &mut *scratch;
-            clock.format(entry.time, time);
+            let time = clock.format(entry.time);
             line.clear();
             writer.write(entry, time, line);
             line.push(b'\n');
@@ -169,7 +168,7 @@ pub(crate) struct AuditEntry<'a> {
     pub noted: &'a Noted,
     pub interaction: &'static str,
     pub method: http::Method,
-    pub resource: NamedResource,
+    pub resource: NamedResource<'a>,
     /// Names of the query parameters, never their values.
     pub parameters: Vec<String>,
     pub status: u16,
@@ -179,26 +178,35 @@ pub(crate) struct AuditEntry<'a> {
 
 /// The resource a request named.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum NamedResource {
+pub(crate) enum NamedResource<'a> {
     None,
     /// `Type/id/_history/version` from the answer's `Location` (a create's new id).
-    Located(String),
-    /// A type and, if the path gave one, an id (`id` or `id/_history/version`).
-    Path(&'static str, Option<String>),
+    Located(&'a str),
+    /// A type and, if the path gave one, an id (and version).
+    Path(&'static str, Option<PathId<'a>>),
 }
 
-/// Formats times as RFC 3339 in UTC with milliseconds, formatting each second once.
+/// Formats times as RFC 3339 in UTC with milliseconds, formatting each second once and
+/// each millisecond's text once (a busy server writes dozens of records per millisecond).
 #[derive(Default)]
 struct Clock {
     /// The second last formatted (since the Unix epoch) and its text up to the seconds.
     second: Option<(u64, String)>,
+    /// The millisecond last formatted (since the Unix epoch) and its whole text.
+    millisecond: Option<u128>,
+    text: String,
 }
 
 impl Clock {
-    fn format(&mut self, time: SystemTime, out: &mut String) {
+    fn format(&mut self, time: SystemTime) -> &str {
         let since_epoch = time
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
+        let millisecond = since_epoch.as_millis();
+        if self.millisecond == Some(millisecond) {
+            return &self.text;
+        }
+        self.millisecond = Some(millisecond);
         let second = since_epoch.as_secs();
         if self.second.as_ref().map(|(s, _)| *s) != Some(second) {
             let millis = i64::try_from(second.saturating_mul(1000)).unwrap_or(i64::MAX);
@@ -207,6 +215,7 @@ impl Clock {
             text.truncate(text.rfind('.').unwrap_or(text.len()));
             self.second = Some((second, text));
         }
+        let out = &mut self.text;
         out.clear();
         if let Some((_, text)) = &self.second {
             out.push_str(text);
@@ -217,6 +226,7 @@ impl Clock {
             out.push(char::from_digit(digit, 10).unwrap_or('0'));
         }
         out.push('Z');
+        out
     }
 }
 
@@ -428,6 +438,25 @@ mod batch_tests {
     use super::*;
 
     #[test]
+    fn an_idle_writer_is_woken_by_a_first_line() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(vec![AuditTarget::File(path.clone())]).expect("open");
+        // The writer, with nothing to write, waits up to a second for lines.
+        std::thread::sleep(Duration::from_millis(100));
+        let written = Instant::now();
+        log.write(&record(&refused(), 200));
+        while !std::fs::read_to_string(&path).is_ok_and(|text| text.lines().count() == 1) {
+            // Unsignalled, the writer would look again only when its wait times out.
+            assert!(
+                written.elapsed() < Duration::from_millis(600),
+                "the line waited for the writer's timeout"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
     fn lines_from_many_threads_stay_whole_and_closing_writes_what_is_pending() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("audit.log");
@@ -484,7 +513,13 @@ mod tests_support {
             noted,
             interaction: "read",
             method: http::Method::GET,
-            resource: NamedResource::Path("Task", Some("1".into())),
+            resource: NamedResource::Path(
+                "Task",
+                Some(PathId {
+                    id: "1",
+                    version: None,
+                }),
+            ),
             parameters: Vec::new(),
             status,
             duration: Duration::from_micros(12),
@@ -499,15 +534,19 @@ mod clock_tests {
     #[test]
     fn times_are_rfc3339_with_milliseconds_and_each_second_is_formatted_anew() {
         let mut clock = Clock::default();
-        let mut out = String::new();
         let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-        clock.format(at(1_765_050_834_127), &mut out);
-        assert_eq!(out, "2025-12-06T19:53:54.127Z");
-        clock.format(at(1_765_050_834_999), &mut out);
-        assert_eq!(out, "2025-12-06T19:53:54.999Z");
-        clock.format(at(1_765_050_835_004), &mut out);
-        assert_eq!(out, "2025-12-06T19:53:55.004Z");
-        clock.format(at(0), &mut out);
-        assert_eq!(out, "1970-01-01T00:00:00.000Z");
+        let within_one_millisecond = SystemTime::UNIX_EPOCH
+            + Duration::from_millis(1_765_050_834_127)
+            + Duration::from_micros(600);
+        for (time, text) in [
+            (at(1_765_050_834_127), "2025-12-06T19:53:54.127Z"),
+            (within_one_millisecond, "2025-12-06T19:53:54.127Z"),
+            (at(1_765_050_834_999), "2025-12-06T19:53:54.999Z"),
+            (at(1_765_050_835_004), "2025-12-06T19:53:55.004Z"),
+            (at(0), "1970-01-01T00:00:00.000Z"),
+            (at(1_765_050_835_004), "2025-12-06T19:53:55.004Z"),
+        ] {
+            assert_eq!(clock.format(time), text);
+        }
     }
 }
