@@ -1,9 +1,10 @@
 //! The container images (`docker/*.Dockerfile`) and the one-organisation compose file, checked
 //! the way they are used: the runtime stage runs as a non-root user with the status port as
 //! HEALTHCHECK, every setting they pass is one the binary reads, and the binaries need no
-//! library beyond what the distroless "cc" runtime holds. Where a Docker engine runs, the
-//! images are built and the compose file is validated; where none does, that part says it
-//! was skipped and why.
+//! library beyond what the distroless "cc" runtime holds. Where a Docker engine runs and its
+//! base images are at hand (stored or pullable), the images are built; where the compose
+//! plugin is installed, the compose file is validated. A part that cannot run says it was
+//! skipped and why.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -214,13 +215,83 @@ fn build_images() {
         return;
     }
     let root = workspace();
+    if let Some(reason) = unavailable_base_image(&root) {
+        println!("SKIPPED container image build: {reason}");
+    } else {
+        build(&root);
+    }
+    validate_compose(&root);
+}
+
+/// The images a Dockerfile's stages start from (`FROM image [AS name]`), leaving out stages
+/// that start from an earlier stage.
+fn base_images(dockerfile: &str) -> Vec<String> {
+    let mut stages = Vec::new();
+    let mut images = Vec::new();
+    for line in dockerfile.lines() {
+        let mut words = line.split_whitespace();
+        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
+            continue;
+        }
+        let mut words = words.filter(|w| !w.starts_with("--"));
+        let Some(image) = words.next() else { continue };
+        if !stages
+            .iter()
+            .any(|s: &String| s.eq_ignore_ascii_case(image))
+        {
+            images.push(image.to_owned());
+        }
+        if words.next().is_some_and(|w| w.eq_ignore_ascii_case("AS")) {
+            stages.extend(words.next().map(str::to_owned));
+        }
+    }
+    images
+}
+
+/// Why a base image of the Dockerfiles is not at hand (neither stored by the engine nor
+/// pullable from its registry), or `None` when all are.
+fn unavailable_base_image(root: &Path) -> Option<String> {
+    let mut images = BTreeSet::new();
+    for file in ["docker/fhir-server.Dockerfile", "docker/bpe.Dockerfile"] {
+        let text = std::fs::read_to_string(root.join(file)).expect("Dockerfile");
+        images.extend(base_images(&text));
+    }
+    for image in images {
+        let stored = Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", &image])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if stored {
+            continue;
+        }
+        match Command::new("docker")
+            .args(["pull", "--quiet", &image])
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                let why = String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("docker pull failed")
+                    .trim()
+                    .to_owned();
+                return Some(format!("base image {image} not available ({why})"));
+            }
+            Err(e) => return Some(format!("base image {image} not available ({e})")),
+        }
+    }
+    None
+}
+
+fn build(root: &Path) {
     for (file, tag) in [
         ("docker/fhir-server.Dockerfile", "dsf-rs/fhir-server:test"),
         ("docker/bpe.Dockerfile", "dsf-rs/bpe:test"),
     ] {
         let built = Command::new("docker")
             .args(["build", "-f", file, "-t", tag, "."])
-            .current_dir(&root)
+            .current_dir(root)
             .status()
             .expect("docker build");
         assert!(built.success(), "docker build -f {file} failed");
@@ -235,10 +306,21 @@ fn build_images() {
         );
         println!("built {tag} (user {user})");
     }
+}
+
+fn validate_compose(root: &Path) {
+    let compose = Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !compose {
+        println!("SKIPPED compose validation: no docker compose plugin");
+        return;
+    }
     let config = Command::new("docker")
         .args(["compose", "-f", "docker/compose.yaml", "config", "--quiet"])
         .env("DSF_DB_PASSWORD", "check")
-        .current_dir(&root)
+        .current_dir(root)
         .status()
         .expect("docker compose config");
     assert!(config.success(), "docker compose config failed");
@@ -246,6 +328,22 @@ fn build_images() {
 }
 
 fn main() {
+    let root = workspace();
+    for file in ["fhir-server.Dockerfile", "bpe.Dockerfile"] {
+        let text = std::fs::read_to_string(root.join("docker").join(file)).expect("Dockerfile");
+        assert_eq!(
+            base_images(&text),
+            [
+                "docker.io/library/rust:1.95-bookworm",
+                "gcr.io/distroless/cc-debian12:nonroot"
+            ],
+            "{file}: the images its stages start from"
+        );
+    }
+    assert_eq!(
+        base_images("FROM --platform=$BUILDPLATFORM a:1 AS build\nfrom build AS test\nFROM b"),
+        ["a:1", "b"]
+    );
     let fhir = env!("CARGO_BIN_EXE_dsf-fhir-server");
     let bpe = env!("CARGO_BIN_EXE_dsf-bpe");
     check_dockerfile("fhir-server.Dockerfile", "dsf-fhir-server", fhir);
