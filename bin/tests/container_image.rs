@@ -193,8 +193,9 @@ fn check_libraries(binary: &str) {
     );
 }
 
-/// Builds the images when a Docker engine answers; says why not otherwise.
-fn build_images() {
+/// Builds the images, from `base_images`, when a Docker engine answers; says why not
+/// otherwise.
+fn build_images(base_images: &BTreeSet<String>) {
     let engine = Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
         .output();
@@ -202,11 +203,7 @@ fn build_images() {
         Err(e) => Some(format!("no docker command ({e})")),
         Ok(o) if !o.status.success() => Some(format!(
             "no Docker engine answers ({})",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("docker info failed")
-                .trim()
+            first_line(&o.stderr, "docker info failed")
         )),
         Ok(_) => None,
     };
@@ -215,7 +212,7 @@ fn build_images() {
         return;
     }
     let root = workspace();
-    if let Some(reason) = unavailable_base_image(&root) {
+    if let Some(reason) = unavailable_base_image(base_images) {
         println!("SKIPPED container image build: {reason}");
     } else {
         build(&root);
@@ -223,10 +220,20 @@ fn build_images() {
     validate_compose(&root);
 }
 
+/// The first line of a command's error output that says something, or `otherwise`.
+fn first_line(stderr: &[u8], otherwise: &str) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(otherwise)
+        .to_owned()
+}
+
 /// The images a Dockerfile's stages start from (`FROM image [AS name]`), leaving out stages
 /// that start from an earlier stage.
 fn base_images(dockerfile: &str) -> Vec<String> {
-    let mut stages = Vec::new();
+    let mut stages: Vec<&str> = Vec::new();
     let mut images = Vec::new();
     for line in dockerfile.lines() {
         let mut words = line.split_whitespace();
@@ -235,47 +242,34 @@ fn base_images(dockerfile: &str) -> Vec<String> {
         }
         let mut words = words.filter(|w| !w.starts_with("--"));
         let Some(image) = words.next() else { continue };
-        if !stages
-            .iter()
-            .any(|s: &String| s.eq_ignore_ascii_case(image))
-        {
+        if !stages.iter().any(|s| image.eq_ignore_ascii_case(s)) {
             images.push(image.to_owned());
         }
         if words.next().is_some_and(|w| w.eq_ignore_ascii_case("AS")) {
-            stages.extend(words.next().map(str::to_owned));
+            stages.extend(words.next());
         }
     }
     images
 }
 
-/// Why a base image of the Dockerfiles is not at hand (neither stored by the engine nor
-/// pullable from its registry), or `None` when all are.
-fn unavailable_base_image(root: &Path) -> Option<String> {
-    let mut images = BTreeSet::new();
-    for file in ["docker/fhir-server.Dockerfile", "docker/bpe.Dockerfile"] {
-        let text = std::fs::read_to_string(root.join(file)).expect("Dockerfile");
-        images.extend(base_images(&text));
-    }
+/// Why one of `images` is not at hand (neither stored by the engine nor pullable from its
+/// registry), or `None` when all are.
+fn unavailable_base_image(images: &BTreeSet<String>) -> Option<String> {
     for image in images {
         let stored = Command::new("docker")
-            .args(["image", "inspect", "--format", "{{.Id}}", &image])
+            .args(["image", "inspect", "--format", "{{.Id}}", image])
             .output()
             .is_ok_and(|o| o.status.success());
         if stored {
             continue;
         }
         match Command::new("docker")
-            .args(["pull", "--quiet", &image])
+            .args(["pull", "--quiet", image])
             .output()
         {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
-                let why = String::from_utf8_lossy(&o.stderr)
-                    .lines()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("docker pull failed")
-                    .trim()
-                    .to_owned();
+                let why = first_line(&o.stderr, "docker pull failed");
                 return Some(format!("base image {image} not available ({why})"));
             }
             Err(e) => return Some(format!("base image {image} not available ({e})")),
@@ -329,16 +323,19 @@ fn validate_compose(root: &Path) {
 
 fn main() {
     let root = workspace();
+    let mut bases = BTreeSet::new();
     for file in ["fhir-server.Dockerfile", "bpe.Dockerfile"] {
         let text = std::fs::read_to_string(root.join("docker").join(file)).expect("Dockerfile");
+        let images = base_images(&text);
         assert_eq!(
-            base_images(&text),
+            images,
             [
                 "docker.io/library/rust:1.95-bookworm",
                 "gcr.io/distroless/cc-debian12:nonroot"
             ],
             "{file}: the images its stages start from"
         );
+        bases.extend(images);
     }
     assert_eq!(
         base_images("FROM --platform=$BUILDPLATFORM a:1 AS build\nfrom build AS test\nFROM b"),
@@ -351,6 +348,6 @@ fn main() {
     check_compose(fhir, bpe);
     check_libraries(fhir);
     check_libraries(bpe);
-    build_images();
+    build_images(&bases);
     println!("container_image: passed");
 }

@@ -34,20 +34,16 @@ impl FhirServer {
             return self.answer(req, slot).await;
         }
         let started = std::time::Instant::now();
+        let Some(audit) = &self.config.audit else {
+            let interaction = self.target_of(req.method(), req.uri()).interaction;
+            let response = self.clone().answer(req, slot).await;
+            self.observe(interaction, &response, started.elapsed());
+            return response;
+        };
         // The record names what the path named; the request itself goes to the handling. A
         // parsed URI's clone shares its bytes.
         let uri = req.uri().clone();
-        let path = uri.path();
-        let target = interaction::classify(
-            req.method(),
-            self.path_below(path),
-            self.is_websocket_request(path),
-        );
-        let Some(audit) = &self.config.audit else {
-            let response = self.clone().answer(req, slot).await;
-            self.observe(&target, &response, started.elapsed());
-            return response;
-        };
+        let target = self.target_of(req.method(), &uri);
         let method = req.method().clone();
         let peer = req.extensions().get::<caller::PeerAddress>().map(|p| p.0);
         let parameters = parameter_names(req.uri().query());
@@ -62,7 +58,7 @@ impl FhirServer {
             (response, Some(noted))
         };
         let elapsed = started.elapsed();
-        self.observe(&target, &response, elapsed);
+        self.observe(target.interaction, &response, elapsed);
         // Only writes answer with a `Location` (a create's new id): reads skip the lookup.
         let location = (method != Method::GET && method != Method::HEAD)
             .then(|| response.headers().get(http::header::LOCATION))
@@ -96,14 +92,24 @@ impl FhirServer {
         response
     }
 
+    /// What a request to `uri` asks for, as its metrics and audit record name it.
+    fn target_of<'a>(&self, method: &Method, uri: &'a http::Uri) -> interaction::Target<'a> {
+        let path = uri.path();
+        interaction::classify(
+            method,
+            self.path_below(path),
+            self.is_websocket_request(path),
+        )
+    }
+
     fn observe(
         &self,
-        target: &interaction::Target,
+        interaction: interaction::Interaction,
         response: &Response<ResponseBody>,
         elapsed: Duration,
     ) {
         if let Some(metrics) = self.metrics.get() {
-            metrics.observe(target.interaction, response.status().as_u16(), elapsed);
+            metrics.observe(interaction, response.status().as_u16(), elapsed);
         }
     }
 

@@ -135,8 +135,8 @@ fn with(note: impl FnOnce(&mut Noted)) {
     });
 }
 
-/// Whether a request is being traced: callers skip formatting a reason when it is not.
-pub(crate) fn active() -> bool {
+/// Whether this task is traced.
+fn active() -> bool {
     CURRENT.try_with(|_| ()).is_ok()
 }
 
