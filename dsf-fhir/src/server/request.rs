@@ -2,7 +2,7 @@
 //! reading the body within its limits, dispatch to the REST, Binary or websocket handlers,
 //! and the answer to a request refused early.
 
-use super::audit::{AuditEntry, NamedResource};
+use super::audit::{self, AuditEntry, NamedResource};
 use super::caller::{self, PeerCertificate, Principal};
 use super::reply::{refused, Reply};
 use super::request_body::read_body;
@@ -36,7 +36,7 @@ impl FhirServer {
         let started = std::time::Instant::now();
         let Some(audit) = &self.config.audit else {
             let interaction = self.target_of(req.method(), req.uri()).interaction;
-            let response = self.clone().answer(req, slot).await;
+            let response = self.answer(req, slot).await;
             self.observe(interaction, &response, started.elapsed());
             return response;
         };
@@ -47,15 +47,15 @@ impl FhirServer {
         let method = req.method().clone();
         let peer = req.extensions().get::<caller::PeerAddress>().map(|p| p.0);
         let parameters = parameter_names(req.uri().query());
-        let (response, own_notes) = if trace::restart() {
+        let (response, own_trace) = if trace::restart() {
             // A connection of this server's own listener, traced as a whole: the notes stay
             // where they were made (see `trace::finish` below).
-            (self.clone().answer(req, slot).await, None)
+            (self.answer(req, slot).await, None)
         } else {
             // Boxed: the handling's future is large and the trace's wrapper is moved before
             // it runs; a box moves a pointer instead of copying it all each time.
-            let (response, noted) = trace::traced(Box::pin(self.clone().answer(req, slot))).await;
-            (response, Some(noted))
+            let (response, trace) = trace::traced(Box::pin(self.answer(req, slot))).await;
+            (response, Some(trace))
         };
         let elapsed = started.elapsed();
         self.observe(target.interaction, &response, elapsed);
@@ -72,21 +72,24 @@ impl FhirServer {
                 None => NamedResource::None,
             },
         };
-        let write = |noted: &trace::Noted| {
-            audit.write(&AuditEntry {
-                time: std::time::SystemTime::now(),
-                peer,
-                noted,
-                interaction: target.interaction.name(),
-                method,
-                resource,
-                parameters,
-                status: response.status().as_u16(),
-                duration: elapsed,
-            })
+        let write = |noted: &trace::Noted, head: &mut audit::RecordHead| {
+            audit.write(
+                &AuditEntry {
+                    time: std::time::SystemTime::now(),
+                    peer,
+                    noted,
+                    interaction: target.interaction.name(),
+                    method,
+                    resource,
+                    parameters,
+                    status: response.status().as_u16(),
+                    duration: elapsed,
+                },
+                head,
+            )
         };
-        match &own_notes {
-            Some(noted) => write(noted),
+        match own_trace {
+            Some(mut trace) => write(&trace.noted, &mut trace.head),
             None => trace::finish(write),
         }
         response
@@ -113,9 +116,10 @@ impl FhirServer {
         }
     }
 
-    /// [`FhirServer::respond`] without the record keeping.
+    /// [`FhirServer::respond`] without the record keeping. Borrows the server: a clone's
+    /// count would be one more write per request to memory that all threads share.
     async fn answer<B>(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         req: Request<B>,
         slot: Option<Arc<connections::Slot>>,
     ) -> Response<ResponseBody>
@@ -134,7 +138,7 @@ impl FhirServer {
         };
         if self.is_websocket_request(req.uri().path()) {
             trace::certificate(certificate.thumbprint.clone());
-            self.upgrade(certificate, req, slot).await
+            self.clone().upgrade(certificate, req, slot).await
         } else {
             let response = self.handle_from(&certificate, req).await;
             // Noted after the handling, which only borrows it: moved, not copied.

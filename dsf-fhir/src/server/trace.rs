@@ -4,6 +4,7 @@
 //! log is off, or an embedder calls [`FhirServer::handle`](super::FhirServer::handle)
 //! directly) noting does nothing.
 
+use super::audit::RecordHead;
 use super::Identity;
 use crate::Error;
 use std::cell::RefCell;
@@ -49,7 +50,10 @@ impl From<String> for Reason {
 pub(crate) struct Noted {
     /// SHA-512 thumbprint of the client certificate presented, if one was.
     pub thumbprint: Option<dsf_core::Thumbprint>,
-    pub identity: Option<Arc<Identity>>,
+    /// The caller last noted: kept from one request of a connection to the next (see
+    /// [`Noted::note_identity`]), this request's only if `identity_noted`.
+    identity: Option<Arc<Identity>>,
+    identity_noted: bool,
     /// Why steps were allowed, in order.
     pub allowed: Vec<Reason>,
     /// Why the request (or a Bundle entry) was refused or failed, in order.
@@ -58,20 +62,30 @@ pub(crate) struct Noted {
     pub left_out: usize,
 }
 
-tokio::task_local! {
-    static CURRENT: RefCell<Noted>;
+/// What a traced task keeps: the notes of the request at hand, and the part its audit
+/// records share (for a connection, formatted once for all its requests).
+#[derive(Default)]
+pub(crate) struct Trace {
+    pub noted: Noted,
+    pub head: RecordHead,
 }
 
-/// Runs `handling` with noting on; returns its output and what was noted.
-pub(crate) async fn traced<F: Future>(handling: F) -> (F::Output, Noted) {
-    let handling = CURRENT.scope(RefCell::new(Noted::default()), handling);
+tokio::task_local! {
+    // Boxed: the task-local is swapped in and out on every poll of the task, and a pointer
+    // is cheaper to swap than the notes.
+    static CURRENT: Box<RefCell<Trace>>;
+}
+
+/// Runs `handling` with noting on; returns its output and the trace.
+pub(crate) async fn traced<F: Future>(handling: F) -> (F::Output, Trace) {
+    let handling = CURRENT.scope(Box::default(), handling);
     let mut handling = std::pin::pin!(handling);
     let output = handling.as_mut().await;
-    let noted = handling
+    let trace = handling
         .take_value()
-        .map(RefCell::into_inner)
+        .map(|trace| trace.into_inner())
         .unwrap_or_default();
-    (output, noted)
+    (output, trace)
 }
 
 /// Runs `connection`, a task that serves requests one after the other (as an HTTP/1.1
@@ -79,46 +93,64 @@ pub(crate) async fn traced<F: Future>(handling: F) -> (F::Output, Noted) {
 /// [`restart`] and reads them with [`finish`]. Cheaper than [`traced`] per request, which
 /// wraps (and moves) every request's handling.
 pub(crate) async fn for_connection<F: Future>(connection: F) -> F::Output {
-    CURRENT
-        .scope(RefCell::new(Noted::default()), connection)
-        .await
+    CURRENT.scope(Box::default(), connection).await
 }
 
 /// Starts noting afresh for the next request of a connection run by [`for_connection`];
 /// false outside one. The lists keep their room, so a request notes without allocating.
 pub(crate) fn restart() -> bool {
     CURRENT
-        .try_with(|noted| {
-            if let Ok(mut noted) = noted.try_borrow_mut() {
-                noted.clear();
+        .try_with(|trace| {
+            if let Ok(mut trace) = trace.try_borrow_mut() {
+                trace.noted.clear();
             }
         })
         .is_ok()
 }
 
-/// Hands what was noted since [`restart`] to `read`, then clears it, keeping the lists'
-/// room for the next request. Outside a connection run by [`for_connection`] `read` gets
-/// empty notes: a record without its reasons beats none.
-pub(crate) fn finish<R>(read: impl FnOnce(&Noted) -> R) -> R {
+/// Hands what was noted since [`restart`] and the connection's record head to `read`, then
+/// clears the notes, keeping the lists' room for the next request. Outside a connection run
+/// by [`for_connection`] `read` gets empty notes: a record without its reasons beats none.
+pub(crate) fn finish<R>(read: impl FnOnce(&Noted, &mut RecordHead) -> R) -> R {
     if !active() {
-        return read(&Noted::default());
+        return read(&Noted::default(), &mut RecordHead::default());
     }
     // Read where they lie: nothing moved, and the lists keep their room once cleared.
     CURRENT.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut noted) => {
-            let result = read(&noted);
+        Ok(mut trace) => {
+            let Trace { noted, head } = &mut *trace;
+            let result = read(noted, head);
             noted.clear();
             result
         }
-        Err(_) => read(&Noted::default()),
+        Err(_) => read(&Noted::default(), &mut RecordHead::default()),
     })
 }
 
 impl Noted {
-    /// Forgets what was noted, keeping the lists' room.
+    /// The caller, if this request noted one.
+    pub fn identity(&self) -> Option<&Arc<Identity>> {
+        self.identity.as_ref().filter(|_| self.identity_noted)
+    }
+
+    /// Notes `identity` as the caller. A connection's requests come from one caller, whose
+    /// identity is shared by every connection of theirs: keeping it rather than cloning it
+    /// for each request spares a count that all threads write to.
+    pub fn note_identity(&mut self, identity: &Arc<Identity>) {
+        if !self
+            .identity
+            .as_ref()
+            .is_some_and(|kept| Arc::ptr_eq(kept, identity))
+        {
+            self.identity = Some(identity.clone());
+        }
+        self.identity_noted = true;
+    }
+
+    /// Forgets what was noted, keeping the lists' room (and the caller, unnoted).
     fn clear(&mut self) {
         self.thumbprint = None;
-        self.identity = None;
+        self.identity_noted = false;
         self.allowed.clear();
         self.refused.clear();
         self.left_out = 0;
@@ -126,11 +158,11 @@ impl Noted {
 }
 
 fn with(note: impl FnOnce(&mut Noted)) {
-    let _ = CURRENT.try_with(|noted| {
+    let _ = CURRENT.try_with(|trace| {
         // Noting never calls back into noting, so the cell is never borrowed twice; should
         // that change, the note is dropped rather than the request failed.
-        if let Ok(mut noted) = noted.try_borrow_mut() {
-            note(&mut noted);
+        if let Ok(mut trace) = trace.try_borrow_mut() {
+            note(&mut trace.noted);
         }
     });
 }
@@ -166,7 +198,7 @@ pub(crate) fn certificate(thumbprint: dsf_core::Thumbprint) {
 
 /// The caller, once known.
 pub(crate) fn identity(identity: &Arc<Identity>) {
-    with(|noted| noted.identity = Some(identity.clone()));
+    with(|noted| noted.note_identity(identity));
 }
 
 /// A step was allowed because of `reason` (formatted only when traced).
@@ -200,7 +232,7 @@ mod tests {
     #[tokio::test]
     async fn notes_reach_the_traced_request_only_and_are_bounded() {
         allowed(|| unreachable!("not formatted outside a traced request"));
-        let ((), noted) = traced(async {
+        let ((), Trace { noted, .. }) = traced(async {
             allowed(|| "role READ".into());
             refused(&Error::Forbidden("not yours".into()));
             refused(&Error::Invalid("status 'secret value' unknown".into()));
@@ -242,12 +274,12 @@ mod tests {
                 assert!(restart());
                 allowed(|| format!("request {n}").into());
                 tokio::task::yield_now().await;
-                notes.push(finish(|noted| noted.allowed.clone()));
+                notes.push(finish(|noted, _| noted.allowed.clone()));
             }
             // Noted after a request was finished: the next request starts without it.
             allowed(|| "late".into());
             assert!(restart());
-            notes.push(finish(|noted| noted.allowed.clone()));
+            notes.push(finish(|noted, _| noted.allowed.clone()));
             notes
         })
         .await;
@@ -255,9 +287,40 @@ mod tests {
             assert_eq!(allowed, &vec![Reason::Text(format!("request {n}"))]);
         }
         assert!(notes[3].is_empty());
+        // The caller noted by one request is not the next one's unless noted again.
+        let caller = |name: &str| {
+            Arc::new(Identity {
+                kind: super::super::IdentityKind::RemoteOrganization,
+                name: name.into(),
+                organization_identifier: name.into(),
+                roles: Vec::new(),
+                practitioner_roles: Vec::new(),
+                practitioner_identifier: None,
+                affiliations: Vec::new(),
+                grants: crate::access::ReadGrants::default(),
+            })
+        };
+        let (a, b) = (caller("a.test"), caller("b.test"));
+        let callers = for_connection(async {
+            let mut callers = Vec::new();
+            for noting in [Some(&a), None, Some(&a), Some(&b), None] {
+                assert!(restart());
+                if let Some(noting) = noting {
+                    identity(noting);
+                }
+                callers.push(finish(|noted, _| noted.identity().map(|i| i.name.clone())));
+            }
+            callers
+        })
+        .await;
+        let names = |list: [Option<&str>; 5]| list.map(|n| n.map(String::from)).to_vec();
+        assert_eq!(
+            callers,
+            names([Some("a.test"), None, Some("a.test"), Some("b.test"), None])
+        );
         // Outside a traced connection the record still gets written, without notes.
         assert!(finish(
-            |noted| noted.allowed.is_empty() && noted.identity.is_none()
+            |noted, _| noted.allowed.is_empty() && noted.identity().is_none()
         ));
     }
 }

@@ -2,9 +2,8 @@
 //!
 //! Every request of a server with the audit log on pays for this, so it avoids what a
 //! generic serialiser costs per field: the fields are known, keys are literals, numbers go
-//! through `itoa`, and the identity part (kind, names, thumbprint: a third of the line) is
-//! kept per thread for the callers seen last, since a server hears the same few callers
-//! over and over.
+//! through `itoa`, and the part that names the caller (peer address, identity, thumbprint:
+//! half the line) is formatted once per connection and caller, in its [`RecordHead`].
 
 use super::{AuditEntry, NamedResource};
 use crate::server::interaction::PathId;
@@ -13,132 +12,119 @@ use crate::server::{Identity, IdentityKind};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// Identity parts kept per thread; a server's traffic comes from a handful of callers at a
-/// time, and a miss only costs the formatting it would have cost anyway.
-const KEPT_IDENTITIES: usize = 8;
-
-/// A thread's formatting state: the identity parts formatted last.
+/// The part of a record that the requests of one connection share: the peer's address and
+/// who asked. Kept with the connection's trace and formatted anew only when the caller
+/// changes (a certificate's identity found again after an allow list change, say).
 #[derive(Default)]
-pub(super) struct LineWriter {
-    identities: Vec<KeptIdentity>,
-    /// Which entry the next miss replaces.
-    next: usize,
-}
-
-struct KeptIdentity {
-    identity: Option<Arc<Identity>>,
-    thumbprint: Option<dsf_core::Thumbprint>,
+pub(crate) struct RecordHead {
+    /// What `json` was formatted from.
+    formatted_for: Option<HeadKey>,
+    /// `,"peer":"…","identity":{…}`.
     json: Vec<u8>,
 }
 
-impl LineWriter {
-    /// Appends `entry` as one JSON object (no newline), with `time` as its timestamp.
-    pub(super) fn write(&mut self, entry: &AuditEntry<'_>, time: &str, out: &mut Vec<u8>) {
-        let noted = entry.noted;
-        out.extend_from_slice(b"{\"time\":");
-        push_word(out, time);
-        if let Some(peer) = entry.peer {
-            out.extend_from_slice(b",\"peer\":\"");
-            push_peer(out, peer);
-            out.push(b'"');
-        }
-        out.extend_from_slice(b",\"identity\":");
-        out.extend_from_slice(self.identity(noted));
-        out.extend_from_slice(b",\"interaction\":");
-        push_word(out, entry.interaction);
-        out.extend_from_slice(b",\"method\":");
-        // An HTTP method is a token: no character of it needs escaping.
-        push_word(out, entry.method.as_str());
-        match &entry.resource {
-            NamedResource::None => {}
-            NamedResource::Located(location) => {
-                out.extend_from_slice(b",\"resource\":");
-                push_str(out, location);
-            }
-            NamedResource::Path(resource_type, id) => {
-                out.extend_from_slice(b",\"resource\":\"");
-                out.extend_from_slice(resource_type.as_bytes());
-                if let Some(PathId { id, version }) = id {
-                    out.push(b'/');
-                    escape_into(out, id);
-                    if let Some(version) = version {
-                        out.extend_from_slice(b"/_history/");
-                        escape_into(out, version);
-                    }
-                }
-                out.push(b'"');
-            }
-        }
-        if !entry.parameters.is_empty() {
-            out.extend_from_slice(b",\"parameters\":");
-            push_list(out, &entry.parameters, |out, name| push_str(out, name));
-        }
-        out.extend_from_slice(b",\"status\":");
-        push_number(out, entry.status);
-        out.extend_from_slice(b",\"outcome\":");
-        push_word(out, outcome(entry.status));
-        if !noted.allowed.is_empty() {
-            out.extend_from_slice(b",\"allowed\":");
-            push_list(out, &noted.allowed, push_reason);
-        }
-        if !noted.refused.is_empty() {
-            out.extend_from_slice(b",\"refused\":");
-            push_list(out, &noted.refused, push_reason);
-        }
-        if noted.left_out > 0 {
-            out.extend_from_slice(b",\"reasons_left_out\":");
-            push_number(out, noted.left_out);
-        }
-        out.extend_from_slice(b",\"duration_us\":");
-        push_number(
-            out,
-            u64::try_from(entry.duration.as_micros()).unwrap_or(u64::MAX),
-        );
-        out.push(b'}');
-    }
+struct HeadKey {
+    peer: Option<SocketAddr>,
+    identity: Option<Arc<Identity>>,
+    thumbprint: Option<dsf_core::Thumbprint>,
+}
 
-    /// The `identity` object of `noted`: kept from an earlier record of the same caller and
-    /// certificate, or formatted and kept.
-    fn identity(&mut self, noted: &Noted) -> &[u8] {
-        let found = self.identities.iter().position(|kept| {
-            kept.thumbprint == noted.thumbprint
-                && match (&kept.identity, &noted.identity) {
+impl RecordHead {
+    /// The head for a record of `noted` from `peer`: kept, or formatted and kept.
+    fn for_record(&mut self, peer: Option<SocketAddr>, noted: &Noted) -> &[u8] {
+        let kept = self.formatted_for.as_ref().is_some_and(|key| {
+            key.peer == peer
+                && match (&key.identity, noted.identity()) {
                     (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                     (None, None) => true,
                     _ => false,
                 }
+                && key.thumbprint == noted.thumbprint
         });
-        let index = match found {
-            Some(index) => index,
-            None => {
-                let fresh = KeptIdentity {
-                    identity: noted.identity.clone(),
-                    thumbprint: noted.thumbprint.clone(),
-                    json: identity_json(noted),
-                };
-                let index = self.next;
-                self.next = (self.next + 1) % KEPT_IDENTITIES;
-                if index < self.identities.len() {
-                    self.identities[index] = fresh;
-                } else {
-                    self.identities.push(fresh);
-                }
-                index
+        if !kept {
+            self.json.clear();
+            if let Some(peer) = peer {
+                self.json.extend_from_slice(b",\"peer\":\"");
+                push_peer(&mut self.json, peer);
+                self.json.push(b'"');
             }
-        };
-        &self.identities[index].json
+            self.json.extend_from_slice(b",\"identity\":");
+            push_identity(&mut self.json, noted);
+            self.formatted_for = Some(HeadKey {
+                peer,
+                identity: noted.identity().cloned(),
+                thumbprint: noted.thumbprint.clone(),
+            });
+        }
+        &self.json
     }
+}
+
+/// Appends `entry` as one JSON object (no newline), with `time` as its timestamp and the
+/// caller's part from `head`.
+pub(super) fn write(entry: &AuditEntry<'_>, head: &mut RecordHead, time: &str, out: &mut Vec<u8>) {
+    let noted = entry.noted;
+    out.extend_from_slice(b"{\"time\":");
+    push_word(out, time);
+    out.extend_from_slice(head.for_record(entry.peer, noted));
+    out.extend_from_slice(b",\"interaction\":");
+    push_word(out, entry.interaction);
+    out.extend_from_slice(b",\"method\":");
+    // An HTTP method is a token: no character of it needs escaping.
+    push_word(out, entry.method.as_str());
+    match &entry.resource {
+        NamedResource::None => {}
+        NamedResource::Located(location) => {
+            out.extend_from_slice(b",\"resource\":");
+            push_str(out, location);
+        }
+        NamedResource::Path(resource_type, id) => {
+            out.extend_from_slice(b",\"resource\":\"");
+            out.extend_from_slice(resource_type.as_bytes());
+            if let Some(PathId { id, version }) = id {
+                out.push(b'/');
+                escape_into(out, id);
+                if let Some(version) = version {
+                    out.extend_from_slice(b"/_history/");
+                    escape_into(out, version);
+                }
+            }
+            out.push(b'"');
+        }
+    }
+    if !entry.parameters.is_empty() {
+        out.extend_from_slice(b",\"parameters\":");
+        push_list(out, &entry.parameters, |out, name| push_str(out, name));
+    }
+    push_status(out, entry.status);
+    if !noted.allowed.is_empty() {
+        out.extend_from_slice(b",\"allowed\":");
+        push_list(out, &noted.allowed, push_reason);
+    }
+    if !noted.refused.is_empty() {
+        out.extend_from_slice(b",\"refused\":");
+        push_list(out, &noted.refused, push_reason);
+    }
+    if noted.left_out > 0 {
+        out.extend_from_slice(b",\"reasons_left_out\":");
+        push_number(out, noted.left_out);
+    }
+    out.extend_from_slice(b",\"duration_us\":");
+    push_number(
+        out,
+        u64::try_from(entry.duration.as_micros()).unwrap_or(u64::MAX),
+    );
+    out.push(b'}');
 }
 
 /// Who asked: the kind of caller, whom the allow list or role configuration found for the
 /// certificate, and the certificate's SHA-512 thumbprint when one was presented.
-fn identity_json(noted: &Noted) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
+fn push_identity(out: &mut Vec<u8>, noted: &Noted) {
     out.extend_from_slice(b"{\"kind\":");
-    match &noted.identity {
+    match noted.identity() {
         Some(identity) => {
             push_str(
-                &mut out,
+                out,
                 match identity.kind {
                     IdentityKind::LocalOrganization => "local-organization",
                     IdentityKind::RemoteOrganization => "remote-organization",
@@ -146,22 +132,51 @@ fn identity_json(noted: &Noted) -> Vec<u8> {
                 },
             );
             out.extend_from_slice(b",\"name\":");
-            push_str(&mut out, identity.name());
+            push_str(out, identity.name());
             out.extend_from_slice(b",\"organization\":");
-            push_str(&mut out, &identity.organization_identifier);
+            push_str(out, &identity.organization_identifier);
             if let Some(practitioner) = &identity.practitioner_identifier {
                 out.extend_from_slice(b",\"practitioner\":");
-                push_str(&mut out, practitioner);
+                push_str(out, practitioner);
             }
         }
-        None => push_str(&mut out, "unknown"),
+        None => push_str(out, "unknown"),
     }
     if let Some(thumbprint) = &noted.thumbprint {
         out.extend_from_slice(b",\"thumbprint\":");
-        push_str(&mut out, thumbprint.as_str());
+        push_str(out, thumbprint.as_str());
     }
     out.push(b'}');
-    out
+}
+
+/// `,"status":…,"outcome":…`; the statuses a server answers most often are written whole.
+fn push_status(out: &mut Vec<u8>, status: u16) {
+    macro_rules! whole {
+        ($($status:literal => $outcome:literal),* $(,)?) => {
+            match status {
+                $($status => concat!(",\"status\":", $status, ",\"outcome\":\"", $outcome, "\"")),*,
+                _ => "",
+            }
+        };
+    }
+    let known = whole! {
+        200 => "allowed", 201 => "allowed", 204 => "allowed", 304 => "allowed",
+        400 => "refused", 401 => "refused", 403 => "refused", 404 => "refused",
+        410 => "refused", 412 => "refused", 422 => "refused", 429 => "refused",
+        500 => "failed", 503 => "failed",
+    };
+    if known.is_empty() {
+        out.extend_from_slice(b",\"status\":");
+        push_number(out, status);
+        out.extend_from_slice(b",\"outcome\":");
+        push_word(out, outcome(status));
+    } else {
+        debug_assert!(
+            known.ends_with(&format!("\"{}\"", outcome(status))),
+            "{known}"
+        );
+        out.extend_from_slice(known.as_bytes());
+    }
 }
 
 /// The outcome word of an HTTP status: `allowed` (1xx–3xx), `refused` (4xx), `failed` (5xx).
@@ -329,20 +344,23 @@ mod tests {
 
     #[test]
     fn a_record_has_every_field_it_should_and_none_it_should_not() {
-        let noted = Noted {
-            thumbprint: Some(dsf_core::Thumbprint::of_der(b"certificate")),
-            allowed: vec![Reason::Role {
-                role: "READ",
-                resource_type: "Task",
-            }],
-            refused: vec![Reason::Text("not yours\n".into())],
-            left_out: 3,
-            ..Noted::default()
-        };
-        let mut writer = LineWriter::default();
+        let mut noted = Noted::default();
+        noted.thumbprint = Some(dsf_core::Thumbprint::of_der(b"certificate"));
+        noted.allowed = vec![Reason::Role {
+            role: "READ",
+            resource_type: "Task",
+        }];
+        noted.refused = vec![Reason::Text("not yours\n".into())];
+        noted.left_out = 3;
+        let mut head = RecordHead::default();
         let mut line = Vec::new();
         let peer = "[::1]:8443".parse().ok();
-        writer.write(&entry(&noted, peer), "1970-01-01T00:00:00.000Z", &mut line);
+        write(
+            &entry(&noted, peer),
+            &mut head,
+            "1970-01-01T00:00:00.000Z",
+            &mut line,
+        );
         let record: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
         assert_eq!(
             record,
@@ -372,7 +390,7 @@ mod tests {
         bare.parameters.clear();
         bare.status = 200;
         line.clear();
-        writer.write(&bare, "t", &mut line);
+        write(&bare, &mut head, "t", &mut line);
         let record: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
         assert_eq!(record["peer"], "10.0.0.7:443");
         assert_eq!(record["identity"], serde_json::json!({"kind": "unknown"}));
@@ -389,14 +407,19 @@ mod tests {
     }
 
     #[test]
-    fn kept_identity_parts_follow_the_caller_and_its_certificate() {
-        let mut writer = LineWriter::default();
+    fn a_connections_head_follows_its_caller_certificate_and_peer() {
+        let mut head = RecordHead::default();
         let mut line = Vec::new();
-        let thumbprint = |der: &[u8]| Noted {
-            thumbprint: Some(dsf_core::Thumbprint::of_der(der)),
-            ..Noted::default()
+        let mut record = |noted: &Noted, peer: &str| {
+            line.clear();
+            write(&entry(noted, peer.parse().ok()), &mut head, "t", &mut line);
+            serde_json::from_slice::<serde_json::Value>(&line).expect("JSON")
         };
-        // A practitioner, then the same certificate under another identity.
+        let thumbprint = |der: &[u8]| {
+            let mut noted = Noted::default();
+            noted.thumbprint = Some(dsf_core::Thumbprint::of_der(der));
+            noted
+        };
         let practitioner = |name: &str| {
             Arc::new(Identity {
                 kind: IdentityKind::Practitioner,
@@ -409,16 +432,12 @@ mod tests {
                 grants: crate::access::ReadGrants::default(),
             })
         };
-        for name in ["alice", "bob", "alice"] {
-            let noted = Noted {
-                identity: Some(practitioner(name)),
-                ..thumbprint(b"shared")
-            };
-            line.clear();
-            writer.write(&entry(&noted, None), "t", &mut line);
-            let record: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
+        // The same certificate under another identity, and back.
+        for name in ["alice", "alice", "bob", "alice"] {
+            let mut noted = thumbprint(b"shared");
+            noted.note_identity(&practitioner(name));
             assert_eq!(
-                record["identity"],
+                record(&noted, "10.0.0.1:1000")["identity"],
                 serde_json::json!({
                     "kind": "practitioner",
                     "name": name,
@@ -428,19 +447,58 @@ mod tests {
                 })
             );
         }
-        // More certificates than are kept, twice round: each record names its own.
-        for _ in 0..2 {
-            for n in 0..KEPT_IDENTITIES + 3 {
-                let der = format!("certificate {n}");
-                line.clear();
-                writer.write(&entry(&thumbprint(der.as_bytes()), None), "t", &mut line);
-                let record: serde_json::Value = serde_json::from_slice(&line).expect("JSON");
-                assert_eq!(
-                    record["identity"]["thumbprint"],
-                    dsf_core::Thumbprint::of_der(der.as_bytes()).as_str()
-                );
+        // Another certificate, then none; another peer.
+        for der in [&b"one"[..], b"two", b"two"] {
+            let written = record(&thumbprint(der), "10.0.0.1:1000");
+            assert_eq!(
+                written["identity"]["thumbprint"],
+                dsf_core::Thumbprint::of_der(der).as_str()
+            );
+        }
+        let written = record(&Noted::default(), "10.0.0.1:1000");
+        assert_eq!(written["identity"], serde_json::json!({"kind": "unknown"}));
+        assert_eq!(
+            record(&Noted::default(), "10.0.0.2:2000")["peer"],
+            "10.0.0.2:2000"
+        );
+        assert!(record(&Noted::default(), "no address")
+            .get("peer")
+            .is_none());
+    }
+
+    #[test]
+    fn each_character_needing_escape_is_found_wherever_it_stands() {
+        for length in 0..40 {
+            assert!(!needs_escaping("aé/-.Z~ÿ".repeat(length).as_bytes()));
+            for at in 0..length {
+                for special in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                    let mut bytes = vec![b'x'; length];
+                    bytes[at] = special;
+                    assert!(needs_escaping(&bytes), "{special} at {at} of {length}");
+                }
+                // Bytes next to the special ones in value are not.
+                for plain in [0x20, b'!', b'#', b'[', b']', 0x7f, 0x80, 0xff] {
+                    let mut bytes = vec![b'x'; length];
+                    bytes[at] = plain;
+                    assert!(!needs_escaping(&bytes), "{plain} at {at} of {length}");
+                }
             }
         }
-        assert_eq!(writer.identities.len(), KEPT_IDENTITIES);
+    }
+
+    #[test]
+    fn statuses_written_whole_say_what_the_others_say() {
+        for status in [
+            200, 201, 204, 304, 400, 401, 403, 404, 410, 412, 422, 429, 500, 503, 302, 418, 502,
+        ] {
+            let mut out = Vec::new();
+            push_status(&mut out, status);
+            let object = format!("{{{}}}", String::from_utf8_lossy(&out[1..]));
+            let record: serde_json::Value = serde_json::from_str(&object).expect("JSON");
+            assert_eq!(
+                record,
+                serde_json::json!({"status": status, "outcome": outcome(status)})
+            );
+        }
     }
 }

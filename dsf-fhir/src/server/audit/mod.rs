@@ -4,7 +4,7 @@
 //! names of the search parameters.
 //!
 //! A request formats its record where it runs, into a buffer of its thread ([`line`]: field
-//! by field, the caller's identity part kept from its earlier requests), and appends the
+//! by field, the caller's part kept from the connection's earlier requests), and appends the
 //! line to the batch pending; a thread of its own writes the batch out, so that a slow disk
 //! never holds up a request. The writer gathers what arrives within 50 ms of a first line and
 //! writes it at once. Nothing of a request crosses to the writer but bytes, so no request's
@@ -13,6 +13,8 @@
 //! anew at its path.
 
 mod line;
+
+pub(crate) use line::RecordHead;
 
 use super::interaction::PathId;
 use super::trace::Noted;
@@ -93,13 +95,11 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::default();
 }
 
-/// What a thread keeps for formatting records: the line being formatted, its time, the
-/// clock and the writer with the identities it formatted last.
+/// What a thread keeps for formatting records: the line being formatted and the clock.
 #[derive(Default)]
 struct Scratch {
     line: Vec<u8>,
     clock: Clock,
-    writer: line::LineWriter,
 }
 
 impl AuditLog {
@@ -124,21 +124,19 @@ impl AuditLog {
         &self.handle.targets
     }
 
-    pub(crate) fn write(&self, entry: &AuditEntry<'_>) {
+    /// Writes the record of `entry`, with the caller's part kept in `head` (one per
+    /// connection: see [`RecordHead`]).
+    pub(crate) fn write(&self, entry: &AuditEntry<'_>, head: &mut RecordHead) {
         SCRATCH.with(|scratch| {
             // Formatting never calls back into the audit log; should it, the record is lost
             // rather than the request failed.
             let Ok(mut scratch) = scratch.try_borrow_mut() else {
                 return;
             };
-            let Scratch {
-                line,
-                clock,
-                writer,
-            } = &mut *scratch;
+            let Scratch { line, clock } = &mut *scratch;
             let time = clock.format(entry.time);
             line.clear();
-            writer.write(entry, time, line);
+            line::write(entry, head, time, line);
             line.push(b'\n');
             let batch = &self.handle.batch;
             let mut pending = batch.lock();
@@ -192,8 +190,9 @@ pub(crate) enum NamedResource<'a> {
 struct Clock {
     /// The second last formatted (since the Unix epoch) and its text up to the seconds.
     second: Option<(u64, String)>,
-    /// The millisecond last formatted (since the Unix epoch) and its whole text.
-    millisecond: Option<u128>,
+    /// The millisecond last formatted (second since the Unix epoch, millisecond in it) and
+    /// its whole text.
+    millisecond: Option<(u64, u32)>,
     text: String,
 }
 
@@ -202,12 +201,12 @@ impl Clock {
         let since_epoch = time
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
-        let millisecond = since_epoch.as_millis();
-        if self.millisecond == Some(millisecond) {
+        let second = since_epoch.as_secs();
+        let millis = since_epoch.subsec_millis();
+        if self.millisecond == Some((second, millis)) {
             return &self.text;
         }
-        self.millisecond = Some(millisecond);
-        let second = since_epoch.as_secs();
+        self.millisecond = Some((second, millis));
         if self.second.as_ref().map(|(s, _)| *s) != Some(second) {
             let millis = i64::try_from(second.saturating_mul(1000)).unwrap_or(i64::MAX);
             let mut text = crate::date::format_instant(millis);
@@ -220,7 +219,6 @@ impl Clock {
         if let Some((_, text)) = &self.second {
             out.push_str(text);
         }
-        let millis = since_epoch.subsec_millis();
         out.push('.');
         for digit in [millis / 100, millis / 10 % 10, millis % 10] {
             out.push(char::from_digit(digit, 10).unwrap_or('0'));
@@ -411,7 +409,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("log").join("audit.log");
         let log = AuditLog::open(vec![AuditTarget::File(path.clone())]).expect("open");
-        log.write(&record(&refused(), 401));
+        log.write(&record(&refused(), 401), &mut RecordHead::default());
         let first = lines(&path, 1);
         assert_eq!(first[0]["outcome"], "refused");
         assert_eq!(first[0]["resource"], "Task/1");
@@ -425,7 +423,7 @@ mod tests {
 
         std::fs::rename(&path, dir.path().join("rotated.log")).expect("rotate");
         std::thread::sleep(REOPEN_CHECK + Duration::from_millis(200));
-        log.write(&record(&refused(), 200));
+        log.write(&record(&refused(), 200), &mut RecordHead::default());
         let after = lines(&path, 1);
         assert_eq!(after[0]["outcome"], "allowed");
         assert_eq!(lines(&dir.path().join("rotated.log"), 1).len(), 1);
@@ -445,7 +443,7 @@ mod batch_tests {
         // The writer, with nothing to write, waits up to a second for lines.
         std::thread::sleep(Duration::from_millis(100));
         let written = Instant::now();
-        log.write(&record(&refused(), 200));
+        log.write(&record(&refused(), 200), &mut RecordHead::default());
         while !std::fs::read_to_string(&path).is_ok_and(|text| text.lines().count() == 1) {
             // Unsignalled, the writer would look again only when its wait times out.
             assert!(
@@ -466,7 +464,10 @@ mod batch_tests {
                 let log = log.clone();
                 std::thread::spawn(move || {
                     for n in 0..500u16 {
-                        log.write(&record(&refused(), 200 + n % 100));
+                        log.write(
+                            &record(&refused(), 200 + n % 100),
+                            &mut RecordHead::default(),
+                        );
                     }
                 })
             })
@@ -499,11 +500,10 @@ mod tests_support {
 
     /// A refused caller's notes.
     pub(super) fn refused() -> Noted {
-        Noted {
-            thumbprint: Some(dsf_core::Thumbprint::of_der(b"certificate")),
-            refused: vec!["not on the allow list".into()],
-            ..Noted::default()
-        }
+        let mut noted = Noted::default();
+        noted.thumbprint = Some(dsf_core::Thumbprint::of_der(b"certificate"));
+        noted.refused = vec!["not on the allow list".into()];
+        noted
     }
 
     pub(super) fn record(noted: &Noted, status: u16) -> AuditEntry<'_> {
