@@ -2,7 +2,7 @@
 //! reading the body within its limits, dispatch to the REST, Binary or websocket handlers,
 //! and the answer to a request refused early.
 
-use super::audit::{self, AuditEntry, NamedResource};
+use super::audit::{AuditEntry, NamedResource};
 use super::caller::{self, PeerCertificate, Principal};
 use super::reply::{refused, Reply};
 use super::request_body::read_body;
@@ -72,7 +72,7 @@ impl FhirServer {
                 None => NamedResource::None,
             },
         };
-        let write = |noted: &trace::Noted, head: &mut audit::RecordHead| {
+        let write = |noted: &trace::Noted, head: &mut trace::RecordHead| {
             audit.write(
                 &AuditEntry {
                     time: std::time::SystemTime::now(),

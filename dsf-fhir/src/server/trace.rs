@@ -4,7 +4,6 @@
 //! log is off, or an embedder calls [`FhirServer::handle`](super::FhirServer::handle)
 //! directly) noting does nothing.
 
-use super::audit::RecordHead;
 use super::Identity;
 use crate::Error;
 use std::cell::RefCell;
@@ -60,6 +59,25 @@ pub(crate) struct Noted {
     pub refused: Vec<Reason>,
     /// Reasons left out beyond [`MAX_REASONS`].
     pub left_out: usize,
+}
+
+/// The part of a connection's audit records that all its requests share (the peer's
+/// address and who asked), as the audit log formatted it last. Kept with the trace so that
+/// it lives as long as the connection; the audit log's `line` module fills it in and
+/// formats it anew only when the caller changes.
+#[derive(Default)]
+pub(crate) struct RecordHead {
+    /// What `json` was formatted from.
+    pub formatted_for: Option<HeadKey>,
+    /// `,"peer":"…","identity":{…}`.
+    pub json: Vec<u8>,
+}
+
+/// What a [`RecordHead`] was formatted from.
+pub(crate) struct HeadKey {
+    pub peer: Option<std::net::SocketAddr>,
+    pub identity: Option<Arc<Identity>>,
+    pub thumbprint: Option<dsf_core::Thumbprint>,
 }
 
 /// What a traced task keeps: the notes of the request at hand, and the part its audit

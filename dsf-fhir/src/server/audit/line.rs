@@ -3,61 +3,43 @@
 //! Every request of a server with the audit log on pays for this, so it avoids what a
 //! generic serialiser costs per field: the fields are known, keys are literals, numbers go
 //! through `itoa`, and the part that names the caller (peer address, identity, thumbprint:
-//! half the line) is formatted once per connection and caller, in its [`RecordHead`].
+//! half the line) is formatted once per connection and caller, into the [`RecordHead`] kept
+//! with the connection's trace.
 
 use super::{AuditEntry, NamedResource};
 use crate::server::interaction::PathId;
-use crate::server::trace::{Noted, Reason};
-use crate::server::{Identity, IdentityKind};
+use crate::server::trace::{HeadKey, Noted, Reason, RecordHead};
+use crate::server::IdentityKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// The part of a record that the requests of one connection share: the peer's address and
-/// who asked. Kept with the connection's trace and formatted anew only when the caller
-/// changes (a certificate's identity found again after an allow list change, say).
-#[derive(Default)]
-pub(crate) struct RecordHead {
-    /// What `json` was formatted from.
-    formatted_for: Option<HeadKey>,
-    /// `,"peer":"…","identity":{…}`.
-    json: Vec<u8>,
-}
-
-struct HeadKey {
-    peer: Option<SocketAddr>,
-    identity: Option<Arc<Identity>>,
-    thumbprint: Option<dsf_core::Thumbprint>,
-}
-
-impl RecordHead {
-    /// The head for a record of `noted` from `peer`: kept, or formatted and kept.
-    fn for_record(&mut self, peer: Option<SocketAddr>, noted: &Noted) -> &[u8] {
-        let kept = self.formatted_for.as_ref().is_some_and(|key| {
-            key.peer == peer
-                && match (&key.identity, noted.identity()) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    (None, None) => true,
-                    _ => false,
-                }
-                && key.thumbprint == noted.thumbprint
-        });
-        if !kept {
-            self.json.clear();
-            if let Some(peer) = peer {
-                self.json.extend_from_slice(b",\"peer\":\"");
-                push_peer(&mut self.json, peer);
-                self.json.push(b'"');
+/// The head for a record of `noted` from `peer`: the one `head` keeps, or formatted and kept.
+fn head_for<'h>(head: &'h mut RecordHead, peer: Option<SocketAddr>, noted: &Noted) -> &'h [u8] {
+    let kept = head.formatted_for.as_ref().is_some_and(|key| {
+        key.peer == peer
+            && match (&key.identity, noted.identity()) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
             }
-            self.json.extend_from_slice(b",\"identity\":");
-            push_identity(&mut self.json, noted);
-            self.formatted_for = Some(HeadKey {
-                peer,
-                identity: noted.identity().cloned(),
-                thumbprint: noted.thumbprint.clone(),
-            });
+            && key.thumbprint == noted.thumbprint
+    });
+    if !kept {
+        head.json.clear();
+        if let Some(peer) = peer {
+            head.json.extend_from_slice(b",\"peer\":\"");
+            push_peer(&mut head.json, peer);
+            head.json.push(b'"');
         }
-        &self.json
+        head.json.extend_from_slice(b",\"identity\":");
+        push_identity(&mut head.json, noted);
+        head.formatted_for = Some(HeadKey {
+            peer,
+            identity: noted.identity().cloned(),
+            thumbprint: noted.thumbprint.clone(),
+        });
     }
+    &head.json
 }
 
 /// Appends `entry` as one JSON object (no newline), with `time` as its timestamp and the
@@ -66,7 +48,7 @@ pub(super) fn write(entry: &AuditEntry<'_>, head: &mut RecordHead, time: &str, o
     let noted = entry.noted;
     out.extend_from_slice(b"{\"time\":");
     push_word(out, time);
-    out.extend_from_slice(head.for_record(entry.peer, noted));
+    out.extend_from_slice(head_for(head, entry.peer, noted));
     out.extend_from_slice(b",\"interaction\":");
     push_word(out, entry.interaction);
     out.extend_from_slice(b",\"method\":");
@@ -306,6 +288,7 @@ fn needs_escaping(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::Identity;
     use std::time::Duration;
 
     #[test]

@@ -14,10 +14,8 @@
 
 mod line;
 
-pub(crate) use line::RecordHead;
-
 use super::interaction::PathId;
-use super::trace::Noted;
+use super::trace::{Noted, RecordHead};
 use dsf_core::ErrorChain;
 use std::cell::RefCell;
 use std::io::Write;
