@@ -10,6 +10,33 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// One binary's image: its Dockerfile under `docker/`, its service in the compose file, the
+/// binary it runs and the tag a build here gives it.
+struct Image {
+    dockerfile: &'static str,
+    service: &'static str,
+    binary_name: &'static str,
+    binary: &'static str,
+    tag: &'static str,
+}
+
+const IMAGES: [Image; 2] = [
+    Image {
+        dockerfile: "fhir-server.Dockerfile",
+        service: "fhir",
+        binary_name: "dsf-fhir-server",
+        binary: env!("CARGO_BIN_EXE_dsf-fhir-server"),
+        tag: "dsf-rs/fhir-server:test",
+    },
+    Image {
+        dockerfile: "bpe.Dockerfile",
+        service: "bpe",
+        binary_name: "dsf-bpe",
+        binary: env!("CARGO_BIN_EXE_dsf-bpe"),
+        tag: "dsf-rs/bpe:test",
+    },
+];
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -71,7 +98,13 @@ fn env_names(stage: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn check_dockerfile(file: &str, binary_name: &str, binary: &str) {
+fn check_dockerfile(image: &Image) {
+    let Image {
+        dockerfile: file,
+        binary_name,
+        binary,
+        ..
+    } = *image;
     let path = workspace().join("docker").join(file);
     let text = std::fs::read_to_string(&path).expect("Dockerfile");
     let stage = runtime_stage(&text);
@@ -122,7 +155,7 @@ fn check_dockerfile(file: &str, binary_name: &str, binary: &str) {
     );
 }
 
-fn check_compose(fhir: &str, bpe: &str) {
+fn check_compose() {
     let path = workspace().join("docker").join("compose.yaml");
     let text = std::fs::read_to_string(&path).expect("compose.yaml");
     let docs = yaml_rust2::YamlLoader::load_from_str(&text).expect("compose.yaml is YAML");
@@ -133,13 +166,20 @@ fn check_compose(fhir: &str, bpe: &str) {
             .is_some_and(|i| i.contains("postgres")),
         "one PostgreSQL"
     );
-    for (service, binary, dockerfile) in [
-        ("fhir", fhir, "docker/fhir-server.Dockerfile"),
-        ("bpe", bpe, "docker/bpe.Dockerfile"),
-    ] {
+    for &Image {
+        service,
+        binary,
+        dockerfile,
+        ..
+    } in &IMAGES
+    {
         let known = settings_of(binary);
         let spec = &services[service];
-        assert_eq!(spec["build"]["dockerfile"].as_str(), Some(dockerfile));
+        let dockerfile = format!("docker/{dockerfile}");
+        assert_eq!(
+            spec["build"]["dockerfile"].as_str(),
+            Some(dockerfile.as_str())
+        );
         let environment = spec["environment"].as_hash().expect("environment");
         for name in environment.keys() {
             let name = name.as_str().expect("a name");
@@ -279,12 +319,13 @@ fn unavailable_base_image(images: &BTreeSet<String>) -> Option<String> {
 }
 
 fn build(root: &Path) {
-    for (file, tag) in [
-        ("docker/fhir-server.Dockerfile", "dsf-rs/fhir-server:test"),
-        ("docker/bpe.Dockerfile", "dsf-rs/bpe:test"),
-    ] {
+    for &Image {
+        dockerfile, tag, ..
+    } in &IMAGES
+    {
+        let file = format!("docker/{dockerfile}");
         let built = Command::new("docker")
-            .args(["build", "-f", file, "-t", tag, "."])
+            .args(["build", "-f", &file, "-t", tag, "."])
             .current_dir(root)
             .status()
             .expect("docker build");
@@ -324,7 +365,10 @@ fn validate_compose(root: &Path) {
 fn main() {
     let root = workspace();
     let mut bases = BTreeSet::new();
-    for file in ["fhir-server.Dockerfile", "bpe.Dockerfile"] {
+    for Image {
+        dockerfile: file, ..
+    } in &IMAGES
+    {
         let text = std::fs::read_to_string(root.join("docker").join(file)).expect("Dockerfile");
         let images = base_images(&text);
         assert_eq!(
@@ -341,13 +385,11 @@ fn main() {
         base_images("FROM --platform=$BUILDPLATFORM a:1 AS build\nfrom build AS test\nFROM b"),
         ["a:1", "b"]
     );
-    let fhir = env!("CARGO_BIN_EXE_dsf-fhir-server");
-    let bpe = env!("CARGO_BIN_EXE_dsf-bpe");
-    check_dockerfile("fhir-server.Dockerfile", "dsf-fhir-server", fhir);
-    check_dockerfile("bpe.Dockerfile", "dsf-bpe", bpe);
-    check_compose(fhir, bpe);
-    check_libraries(fhir);
-    check_libraries(bpe);
+    for image in &IMAGES {
+        check_dockerfile(image);
+        check_libraries(image.binary);
+    }
+    check_compose();
     build_images(&bases);
     println!("container_image: passed");
 }
