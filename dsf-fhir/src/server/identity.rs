@@ -168,6 +168,24 @@ pub struct Identity {
     pub grants: ReadGrants,
 }
 
+#[cfg(test)]
+impl Identity {
+    /// A caller of `kind` named `name`, of the organisation `name`, holding nothing: the
+    /// start of the identities tests build.
+    pub(crate) fn bare(kind: IdentityKind, name: &str) -> Identity {
+        Identity {
+            kind,
+            name: name.into(),
+            organization_identifier: name.into(),
+            roles: Vec::new(),
+            practitioner_roles: Vec::new(),
+            practitioner_identifier: None,
+            affiliations: Vec::new(),
+            grants: ReadGrants::default(),
+        }
+    }
+}
+
 impl Identity {
     /// A reference to this caller, as a Task's `requester` or a QuestionnaireResponse's
     /// `author` must name it: the practitioner by identifier, else the organisation.

@@ -307,16 +307,10 @@ mod tests {
         assert!(notes[3].is_empty());
         // The caller noted by one request is not the next one's unless noted again.
         let caller = |name: &str| {
-            Arc::new(Identity {
-                kind: super::super::IdentityKind::RemoteOrganization,
-                name: name.into(),
-                organization_identifier: name.into(),
-                roles: Vec::new(),
-                practitioner_roles: Vec::new(),
-                practitioner_identifier: None,
-                affiliations: Vec::new(),
-                grants: crate::access::ReadGrants::default(),
-            })
+            Arc::new(Identity::bare(
+                super::super::IdentityKind::RemoteOrganization,
+                name,
+            ))
         };
         let (a, b) = (caller("a.test"), caller("b.test"));
         let callers = for_connection(async {

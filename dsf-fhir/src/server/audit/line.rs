@@ -405,14 +405,9 @@ mod tests {
         };
         let practitioner = |name: &str| {
             Arc::new(Identity {
-                kind: IdentityKind::Practitioner,
-                name: name.into(),
                 organization_identifier: "org.test".into(),
-                roles: Vec::new(),
-                practitioner_roles: Vec::new(),
                 practitioner_identifier: Some(format!("{name}@org.test")),
-                affiliations: Vec::new(),
-                grants: crate::access::ReadGrants::default(),
+                ..Identity::bare(IdentityKind::Practitioner, name)
             })
         };
         // The same certificate under another identity, and back.

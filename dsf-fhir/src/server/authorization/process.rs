@@ -390,18 +390,12 @@ mod tests {
 
     fn identity(kind: IdentityKind, org: &str) -> Identity {
         Identity {
-            kind,
-            name: org.into(),
-            organization_identifier: org.into(),
-            roles: Vec::new(),
-            practitioner_roles: Vec::new(),
-            practitioner_identifier: None,
             affiliations: vec![Affiliation {
                 parent: "net.test".into(),
                 system: "http://dsf.dev/fhir/CodeSystem/organization-role".into(),
                 code: "DIC".into(),
             }],
-            grants: Default::default(),
+            ..Identity::bare(kind, org)
         }
     }
 
