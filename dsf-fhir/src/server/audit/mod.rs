@@ -341,7 +341,7 @@ fn write_batches(batch: &Batch, mut outputs: Vec<Output>) {
                 .map(|(pending, _)| pending)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
-        if !pending.lines.is_empty() && !pending.closed && pending.lines.len() < BATCH_BYTES {
+        if !pending.lines.is_empty() {
             // Lines of the next moments are gathered into one write: a write and a wake-up
             // per record cost a busy server a third of its reads.
             pending = batch
