@@ -10,7 +10,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// One binary's image: its Dockerfile under `docker/`, its service in the compose file, the
+/// One binary's image: its Dockerfile (relative to the workspace, as the compose file and
+/// `docker build -f` name it), its service in the compose file, the
 /// binary it runs and the tag a build here gives it.
 struct Image {
     dockerfile: &'static str,
@@ -22,14 +23,14 @@ struct Image {
 
 const IMAGES: [Image; 2] = [
     Image {
-        dockerfile: "fhir-server.Dockerfile",
+        dockerfile: "docker/fhir-server.Dockerfile",
         service: "fhir",
         binary_name: "dsf-fhir-server",
         binary: env!("CARGO_BIN_EXE_dsf-fhir-server"),
         tag: "dsf-rs/fhir-server:test",
     },
     Image {
-        dockerfile: "bpe.Dockerfile",
+        dockerfile: "docker/bpe.Dockerfile",
         service: "bpe",
         binary_name: "dsf-bpe",
         binary: env!("CARGO_BIN_EXE_dsf-bpe"),
@@ -105,7 +106,7 @@ fn check_dockerfile(image: &Image) {
         binary,
         ..
     } = *image;
-    let path = workspace().join("docker").join(file);
+    let path = workspace().join(file);
     let text = std::fs::read_to_string(&path).expect("Dockerfile");
     let stage = runtime_stage(&text);
     assert!(
@@ -175,11 +176,7 @@ fn check_compose() {
     {
         let known = settings_of(binary);
         let spec = &services[service];
-        let dockerfile = format!("docker/{dockerfile}");
-        assert_eq!(
-            spec["build"]["dockerfile"].as_str(),
-            Some(dockerfile.as_str())
-        );
+        assert_eq!(spec["build"]["dockerfile"].as_str(), Some(dockerfile));
         let environment = spec["environment"].as_hash().expect("environment");
         for name in environment.keys() {
             let name = name.as_str().expect("a name");
@@ -320,12 +317,13 @@ fn unavailable_base_image(images: &BTreeSet<String>) -> Option<String> {
 
 fn build(root: &Path) {
     for &Image {
-        dockerfile, tag, ..
+        dockerfile: file,
+        tag,
+        ..
     } in &IMAGES
     {
-        let file = format!("docker/{dockerfile}");
         let built = Command::new("docker")
-            .args(["build", "-f", &file, "-t", tag, "."])
+            .args(["build", "-f", file, "-t", tag, "."])
             .current_dir(root)
             .status()
             .expect("docker build");
@@ -369,7 +367,7 @@ fn main() {
         dockerfile: file, ..
     } in &IMAGES
     {
-        let text = std::fs::read_to_string(root.join("docker").join(file)).expect("Dockerfile");
+        let text = std::fs::read_to_string(root.join(file)).expect("Dockerfile");
         let images = base_images(&text);
         assert_eq!(
             images,
