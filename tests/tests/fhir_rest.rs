@@ -1070,6 +1070,204 @@ async fn xml_on_the_wire(server: TestServer) {
     assert!(String::from_utf8_lossy(&search.body).contains("<Bundle"));
 }
 
+/// What one request of [`audit_records_and_metrics_name_requests_as_the_router_took_them`]
+/// sends, and what its audit record must say.
+struct Asked {
+    method: Method,
+    path: String,
+    body: Option<Value>,
+    interaction: &'static str,
+    /// The record's `resource` (`None`: the record has none).
+    resource: Option<String>,
+}
+
+/// The audit record of each request names its interaction and resource as the router took
+/// the request, down to the requests refused before it and the odd paths; a server with the
+/// metrics alone (which reads the path itself) labels them all alike.
+async fn audit_records_and_metrics_name_requests_as_the_router_took_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit_file = dir.path().join("audit.log");
+    let audited = TestServer::start_with(dsf_tests::BackendKind::Sqlite, |config| {
+        config.audit = Some(
+            dsf_fhir::server::AuditLog::open(vec![dsf_fhir::server::AuditTarget::File(
+                audit_file.clone(),
+            )])
+            .unwrap(),
+        );
+    })
+    .await;
+    let metrics_only = TestServer::start(dsf_tests::BackendKind::Sqlite).await;
+    let mut registries = Vec::new();
+    for server in [&audited, &metrics_only] {
+        let mut registry = prometheus_client::registry::Registry::default();
+        server.server.register_metrics(&mut registry);
+        registries.push(registry);
+    }
+    let asked =
+        |method: Method, path: &str, body: Option<Value>, interaction, resource: Option<&str>| {
+            Asked {
+                method,
+                path: path.to_owned(),
+                body,
+                interaction,
+                resource: resource.map(str::to_owned),
+            }
+        };
+    let batch = json!({
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": "Task?status=draft"}}],
+    });
+    let mut records_wanted = Vec::new();
+    for (n, server) in [&audited, &metrics_only].into_iter().enumerate() {
+        let c = &server.local;
+        let created = create(
+            c,
+            draft_task(&format!("labels-{n}"), "2024-05-01T10:00:00Z"),
+        )
+        .await;
+        let id = created["id"].as_str().unwrap().to_owned();
+        let task = format!("Task/{id}");
+        let mut changed = created.clone();
+        changed["authoredOn"] = json!("2024-05-02T10:00:00Z");
+        let requests = [
+            asked(Method::GET, "metadata", None, "capabilities", None),
+            asked(Method::GET, &task, None, "read", Some(&task)),
+            asked(Method::HEAD, &task, None, "read", Some(&task)),
+            asked(
+                Method::GET,
+                &format!("{task}/_history/1"),
+                None,
+                "vread",
+                Some(&format!("{task}/_history/1")),
+            ),
+            asked(
+                Method::GET,
+                &format!("{task}/_history"),
+                None,
+                "history-instance",
+                Some(&task),
+            ),
+            asked(
+                Method::GET,
+                "Task/_history",
+                None,
+                "history-type",
+                Some("Task"),
+            ),
+            asked(Method::GET, "_history", None, "history-system", None),
+            asked(
+                Method::GET,
+                "Task?status=draft",
+                None,
+                "search-type",
+                Some("Task"),
+            ),
+            asked(
+                Method::PUT,
+                &task,
+                Some(changed),
+                "update",
+                Some(&format!("{task}/_history/2")),
+            ),
+            // Read as the router reads it: an id, not an operation (and not a valid one).
+            asked(
+                Method::GET,
+                "Task/$everything",
+                None,
+                "read",
+                Some("Task/$everything"),
+            ),
+            asked(
+                Method::POST,
+                "StructureDefinition/$snapshot",
+                Some(json!({"resourceType": "Parameters"})),
+                "operation",
+                Some("StructureDefinition"),
+            ),
+            asked(
+                Method::POST,
+                "",
+                Some(batch.clone()),
+                "batch-transaction",
+                None,
+            ),
+            // Refused by the router, or never routed: the path read again.
+            asked(Method::GET, "NoSuchType/1", None, "other", None),
+            asked(
+                Method::GET,
+                "Task/1/_history/2/x",
+                None,
+                "other",
+                Some("Task"),
+            ),
+            asked(Method::PATCH, &task, None, "other", Some("Task")),
+            // A path's id is kept up to a bound.
+            asked(
+                Method::GET,
+                &format!("Task/{}", "x".repeat(300)),
+                None,
+                "read",
+                Some(&format!("Task/{}", "x".repeat(251))),
+            ),
+            asked(Method::DELETE, &task, None, "delete", Some(&task)),
+        ];
+        for request in requests {
+            // Answered however it is: the records and labels are what is checked.
+            send(
+                c,
+                request.method.clone(),
+                &request.path,
+                &[],
+                request.body.clone(),
+            )
+            .await;
+            if n == 0 {
+                records_wanted.push(request);
+            }
+        }
+    }
+    let records = loop {
+        let text = std::fs::read_to_string(&audit_file).unwrap_or_default();
+        let records: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        // The create, then the table.
+        if records.len() > records_wanted.len() {
+            break records;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(records[0]["interaction"], "create");
+    for (record, wanted) in records[1..].iter().zip(&records_wanted) {
+        let what = format!("{} {}: {record}", wanted.method, wanted.path);
+        assert_eq!(record["interaction"], wanted.interaction, "{what}");
+        assert_eq!(record["method"], wanted.method.as_str(), "{what}");
+        match &wanted.resource {
+            Some(resource) => assert_eq!(record["resource"], resource.as_str(), "{what}"),
+            None => assert!(record.get("resource").is_none(), "{what}"),
+        }
+    }
+    // Each label counted alike by both servers.
+    let counts: Vec<Vec<String>> = registries
+        .iter()
+        .map(|registry| {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+            let mut counts: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with("dsf_fhir_request_duration_seconds_count"))
+                .map(str::to_owned)
+                .collect();
+            counts.sort();
+            counts
+        })
+        .collect();
+    assert!(counts[0].len() > 5, "{:?}", counts[0]);
+    assert_eq!(counts[0], counts[1]);
+}
+
 fn main() {
     let suite = dsf_tests::Suite::new();
     let suite = dsf_tests::server_tests!(
@@ -1086,6 +1284,10 @@ fn main() {
         bad_input_is_rejected_and_changes_nothing,
         identities_from_certificates,
         xml_on_the_wire
+    )
+    .test(
+        "audit_records_and_metrics_name_requests_as_the_router_took_them",
+        audit_records_and_metrics_name_requests_as_the_router_took_them,
     );
     suite.run()
 }

@@ -1,7 +1,9 @@
 //! What a request asks for, named as FHIR names its RESTful interactions: the label of the
-//! request metrics and the `interaction` of audit records. Decided from the method and the
-//! path alone, before and independently of handling, so that a refused or malformed request
-//! is labelled like any other.
+//! request metrics and the `interaction` of audit records. With the audit log on, the router
+//! notes the interaction it chose (see [`trace::routed`](super::trace::routed)); the path is
+//! read here, from the method and the path alone, for the requests that did not reach the
+//! router (refused early, websockets, pages) and where only the metrics are on, so that a
+//! refused or malformed request is labelled like any other.
 
 use crate::resource_type::supported_type;
 use http::Method;
@@ -107,7 +109,8 @@ pub(crate) fn classify<'a>(method: &Method, path: Option<&'a str>, websocket: bo
     let Some(path) = path else {
         return other;
     };
-    if path.starts_with(super::ui::ACTION_PREFIX) || path.starts_with("_ui") {
+    // The browser pages, their actions included (`ui::ACTION_PREFIX`, `_ui/`).
+    if path.starts_with("_ui") {
         return Target {
             interaction: Interaction::Page,
             ..other
@@ -152,21 +155,24 @@ pub(crate) fn classify<'a>(method: &Method, path: Option<&'a str>, websocket: bo
         resource_type: Some(resource_type),
         id,
     };
+    // As the router reads the path (see `FhirServer::route`), so that a server with the
+    // metrics alone names requests as one with the audit log does.
+    let snapshot = resource_type == "StructureDefinition" && (get || method == Method::POST);
     let interaction = match (&segments[1..], method) {
         ([], _) if get => Interaction::SearchType,
         ([], &Method::POST) => Interaction::Create,
         ([], &Method::PUT) => Interaction::Update,
         ([], &Method::DELETE) => Interaction::Delete,
+        (["$snapshot"], _) if snapshot => Interaction::Operation,
         (["_search"], &Method::POST) => Interaction::SearchType,
         (["_history"], _) if get => Interaction::HistoryType,
-        ([op], _) if op.starts_with('$') => Interaction::Operation,
         ([i], _) if get => return on_type(Interaction::Read, id(i, None)),
         ([i], &Method::PUT) => return on_type(Interaction::Update, id(i, None)),
         ([i], &Method::DELETE) => return on_type(Interaction::Delete, id(i, None)),
         ([i, "$permanent-delete"], &Method::POST) => {
             return on_type(Interaction::Delete, id(i, None))
         }
-        ([i, op], _) if op.starts_with('$') => return on_type(Interaction::Operation, id(i, None)),
+        ([i, "$snapshot"], _) if snapshot => return on_type(Interaction::Operation, id(i, None)),
         ([i, "_history"], _) if get => return on_type(Interaction::HistoryInstance, id(i, None)),
         ([i, "_history", v], _) if get => return on_type(Interaction::Vread, id(i, Some(v))),
         _ => Interaction::Other,

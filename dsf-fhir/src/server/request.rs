@@ -2,7 +2,7 @@
 //! reading the body within its limits, dispatch to the REST, Binary or websocket handlers,
 //! and the answer to a request refused early.
 
-use super::audit::{AuditEntry, NamedResource};
+use super::audit::{AuditEntry, AuditLog, NamedResource};
 use super::caller::{self, PeerCertificate, Principal};
 use super::reply::{refused, Reply};
 use super::request_body::read_body;
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use dsf_core::{ErrorChain, Thumbprint};
 use http::{Method, Request, Response};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 impl FhirServer {
     /// Answers one request whose extensions say who sent it (see [`caller`]): a websocket
@@ -33,66 +33,92 @@ impl FhirServer {
         if self.config.audit.is_none() && self.metrics.get().is_none() {
             return self.answer(req, slot).await;
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let Some(audit) = &self.config.audit else {
             let interaction = self.target_of(req.method(), req.uri()).interaction;
             let response = self.answer(req, slot).await;
             self.observe(interaction, &response, started.elapsed());
             return response;
         };
-        // The record names what the path named; the request itself goes to the handling. A
-        // parsed URI's clone shares its bytes.
-        let uri = req.uri().clone();
-        let target = self.target_of(req.method(), &uri);
-        let method = req.method().clone();
-        let peer = req.extensions().get::<caller::PeerAddress>().map(|p| p.0);
-        let parameters = parameter_names(req.uri().query());
-        let (response, own_trace) = if trace::restart() {
+        // What the record needs of the request, which itself goes to the handling. A parsed
+        // URI's clone shares its bytes.
+        let asked = Asked {
+            uri: req.uri().clone(),
+            method: req.method().clone(),
+            peer: req.extensions().get::<caller::PeerAddress>().map(|p| p.0),
+            started,
+        };
+        if trace::restart() {
             // A connection of this server's own listener, traced as a whole: the notes stay
-            // where they were made (see `trace::finish` below).
-            (self.answer(req, slot).await, None)
+            // where they were made (see `trace::finish`).
+            let response = self.answer(req, slot).await;
+            trace::finish(|noted, head| self.record(audit, &asked, &response, noted, head));
+            response
         } else {
             // Boxed: the handling's future is large and the trace's wrapper is moved before
             // it runs; a box moves a pointer instead of copying it all each time.
-            let (response, trace) = trace::traced(Box::pin(self.answer(req, slot))).await;
-            (response, Some(trace))
+            let (response, mut trace) = trace::traced(Box::pin(self.answer(req, slot))).await;
+            self.record(audit, &asked, &response, &trace.noted, &mut trace.head);
+            response
+        }
+    }
+
+    /// Records the answer to `asked` in the metrics and the audit log. Not inlined into
+    /// [`FhirServer::respond`]: kept apart, its code is one piece for a request to fetch, and
+    /// the request's future carries only what it needs across the handling.
+    #[inline(never)]
+    fn record(
+        &self,
+        audit: &AuditLog,
+        asked: &Asked,
+        response: &Response<ResponseBody>,
+        noted: &trace::Noted,
+        head: &mut trace::RecordHead,
+    ) {
+        let elapsed = asked.started.elapsed();
+        // The router's reading of the path where the request got that far; the path read
+        // again only where it did not (refused early, a websocket, a page).
+        let routed = noted.routed.and_then(|routed| {
+            let named = self.path_below(asked.uri.path())?.get(..routed.named)?;
+            Some((routed.interaction, clipped_reference(named)))
+        });
+        let (interaction, named) = match routed {
+            Some((interaction, "")) => (interaction, NamedResource::None),
+            Some((interaction, named)) => (interaction, NamedResource::Reference(named)),
+            None => {
+                let target = self.target_of(&asked.method, &asked.uri);
+                let named = match target.resource_type {
+                    Some(resource_type) => NamedResource::Path(resource_type, target.id),
+                    None => NamedResource::None,
+                };
+                (target.interaction, named)
+            }
         };
-        let elapsed = started.elapsed();
-        self.observe(target.interaction, &response, elapsed);
+        self.observe(interaction, response, elapsed);
         // Only writes answer with a `Location` (a create's new id): reads skip the lookup.
-        let location = (method != Method::GET && method != Method::HEAD)
+        let location = (asked.method != Method::GET && asked.method != Method::HEAD)
             .then(|| response.headers().get(http::header::LOCATION))
             .flatten()
             .and_then(|l| l.to_str().ok())
             .and_then(|l| l.strip_prefix(self.config.base_url.as_str()));
         let resource = match location {
-            Some(location) => NamedResource::Located(location.trim_matches('/')),
-            None => match target.resource_type {
-                Some(resource_type) => NamedResource::Path(resource_type, target.id),
-                None => NamedResource::None,
+            Some(location) => NamedResource::Reference(location.trim_matches('/')),
+            None => named,
+        };
+        audit.write(
+            &AuditEntry {
+                time: asked.started + elapsed,
+                peer: asked.peer,
+                noted,
+                interaction: interaction.name(),
+                method: &asked.method,
+                resource,
+                parameters: parameter_names(asked.uri.query()),
+                status: response.status().as_u16(),
+                duration: elapsed,
             },
-        };
-        let write = |noted: &trace::Noted, head: &mut trace::RecordHead| {
-            audit.write(
-                &AuditEntry {
-                    time: std::time::SystemTime::now(),
-                    peer,
-                    noted,
-                    interaction: target.interaction.name(),
-                    method,
-                    resource,
-                    parameters,
-                    status: response.status().as_u16(),
-                    duration: elapsed,
-                },
-                head,
-            )
-        };
-        match own_trace {
-            Some(mut trace) => write(&trace.noted, &mut trace.head),
-            None => trace::finish(write),
-        }
-        response
+            head,
+        )
     }
 
     /// What a request to `uri` asks for, as its metrics and audit record name it.
@@ -252,6 +278,8 @@ impl FhirServer {
             .and_then(|path| path.strip_prefix(ui::ACTION_PREFIX))
             .map(str::to_owned);
         if let Some(action) = action {
+            // Named as a page's action, not as what the action asks of the router.
+            trace::routed(interaction::Interaction::Page, 0);
             return self
                 .ui_action(&admitted.identity, &principal, &action, parts, body)
                 .await;
@@ -376,6 +404,27 @@ impl FhirServer {
         tracing::debug!(identity = identity.name(), method = %call.method, path = %call.path, "request");
         self.route(&call).await
     }
+}
+
+/// What a request's record needs of it once it is answered.
+struct Asked {
+    uri: http::Uri,
+    method: Method,
+    peer: Option<std::net::SocketAddr>,
+    started: Instant,
+}
+
+/// Longest resource reference a record keeps from a path: a type, an id and a version of 64
+/// characters each, and room to spare.
+const MAX_REFERENCE: usize = 256;
+
+/// At most [`MAX_REFERENCE`] bytes of `reference`, cut between characters.
+fn clipped_reference(reference: &str) -> &str {
+    let mut end = reference.len().min(MAX_REFERENCE);
+    while !reference.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reference[..end]
 }
 
 /// Names of the query parameters (sorted, each once, at most 32 of at most 64 characters):

@@ -2,8 +2,9 @@
 //! create, update, delete (plain and conditional), search and history.
 
 use super::bundles::{self, Bundle, Entry, EntryRequest, EntryResource, EntrySearch};
+use super::interaction::Interaction;
 use super::reply::{etag, Body, Reply};
-use super::{method_not_allowed, Call, FhirServer, Role};
+use super::{method_not_allowed, trace, Call, FhirServer, Role};
 use crate::resource_type::supported_type;
 use crate::search::{parse_date_range, parse_query_string, SearchQuery};
 use crate::store::{HistoryFilter, StoredResource, WriteOp, WriteOutcome};
@@ -57,33 +58,59 @@ impl FhirServer {
             call.path.split('/').collect()
         };
         let m = &call.method;
+        // Tells the audit record and the request metrics what the path asked for, and how
+        // many of its segments name the resource.
+        let routed = |interaction, named: usize| {
+            let segments = segments.get(..named).unwrap_or(&segments);
+            let length = segments.iter().map(|s| s.len() + 1).sum::<usize>();
+            trace::routed(interaction, length.saturating_sub(1));
+        };
         match segments.as_slice() {
-            [] if m == Method::POST => self.bundle(call).await,
+            [] if m == Method::POST => {
+                routed(Interaction::Bundle, 0);
+                self.bundle(call).await
+            }
             [] => Ok(method_not_allowed("POST")),
-            ["metadata"] if m == Method::GET => Ok(Reply::new(
-                StatusCode::OK,
-                Body::Value(self.capability_statement()),
-            )),
-            ["_history"] if m == Method::GET => self.history(call, None, None).await,
+            ["metadata"] if m == Method::GET => {
+                routed(Interaction::Capabilities, 0);
+                Ok(Reply::new(
+                    StatusCode::OK,
+                    Body::Value(self.capability_statement()),
+                ))
+            }
+            ["_history"] if m == Method::GET => {
+                routed(Interaction::HistorySystem, 0);
+                self.history(call, None, None).await
+            }
             [t, ..] if t.starts_with('_') || *t == "metadata" => Ok(method_not_allowed("GET")),
             [t] => {
                 let t = resource_type(t)?;
-                match *m {
-                    Method::GET => self.search(call, t, &call.query).await,
-                    Method::POST => self.create(call, t).await,
-                    Method::PUT => self.conditional_update(call, t).await,
-                    Method::DELETE => self.conditional_delete(call, t).await,
-                    _ => Ok(method_not_allowed("GET, POST, PUT, DELETE")),
+                let interaction = match *m {
+                    Method::GET => Interaction::SearchType,
+                    Method::POST => Interaction::Create,
+                    Method::PUT => Interaction::Update,
+                    Method::DELETE => Interaction::Delete,
+                    _ => return Ok(method_not_allowed("GET, POST, PUT, DELETE")),
+                };
+                routed(interaction, 1);
+                match interaction {
+                    Interaction::SearchType => self.search(call, t, &call.query).await,
+                    Interaction::Create => self.create(call, t).await,
+                    Interaction::Update => self.conditional_update(call, t).await,
+                    _ => self.conditional_delete(call, t).await,
                 }
             }
             ["StructureDefinition", "$snapshot"] if m == Method::GET || m == Method::POST => {
+                routed(Interaction::Operation, 1);
                 self.snapshot(call, None).await
             }
             ["StructureDefinition", id, "$snapshot"] if m == Method::GET || m == Method::POST => {
+                routed(Interaction::Operation, 2);
                 self.snapshot(call, Some(id)).await
             }
             [t, "_search"] if m == Method::POST => {
                 let t = resource_type(t)?;
+                routed(Interaction::SearchType, 1);
                 let mut pairs = call.query.clone();
                 let form = std::str::from_utf8(&call.body)
                     .map_err(|_| Error::Invalid("_search body is not UTF-8 form data".into()))?;
@@ -92,27 +119,37 @@ impl FhirServer {
             }
             [t, "_history"] if m == Method::GET => {
                 let t = resource_type(t)?;
+                routed(Interaction::HistoryType, 1);
                 self.history(call, Some(t), None).await
             }
             [t, id] => {
                 let t = resource_type(t)?;
-                match *m {
-                    Method::GET => self.read(call, t, id).await,
-                    Method::PUT => self.update(call, t, id).await,
-                    Method::DELETE => self.delete(call, t, id).await,
-                    _ => Ok(method_not_allowed("GET, PUT, DELETE")),
+                let interaction = match *m {
+                    Method::GET => Interaction::Read,
+                    Method::PUT => Interaction::Update,
+                    Method::DELETE => Interaction::Delete,
+                    _ => return Ok(method_not_allowed("GET, PUT, DELETE")),
+                };
+                routed(interaction, 2);
+                match interaction {
+                    Interaction::Read => self.read(call, t, id).await,
+                    Interaction::Update => self.update(call, t, id).await,
+                    _ => self.delete(call, t, id).await,
                 }
             }
             [t, id, "$permanent-delete"] if m == Method::POST => {
                 let t = resource_type(t)?;
+                routed(Interaction::Delete, 2);
                 self.delete_permanently(call, t, id).await
             }
             [t, id, "_history"] if m == Method::GET => {
                 let t = resource_type(t)?;
+                routed(Interaction::HistoryInstance, 2);
                 self.history(call, Some(t), Some(id)).await
             }
             [t, id, "_history", version] if m == Method::GET => {
                 let t = resource_type(t)?;
+                routed(Interaction::Vread, 4);
                 self.vread(call, t, id, version).await
             }
             [t, ..] => {

@@ -4,6 +4,7 @@
 //! log is off, or an embedder calls [`FhirServer::handle`](super::FhirServer::handle)
 //! directly) noting does nothing.
 
+use super::interaction::Interaction;
 use super::Identity;
 use crate::Error;
 use std::cell::RefCell;
@@ -59,6 +60,18 @@ pub(crate) struct Noted {
     pub refused: Vec<Reason>,
     /// Reasons left out beyond [`MAX_REASONS`].
     pub left_out: usize,
+    /// What the router made of the request's path, if the request got that far.
+    pub routed: Option<Routed>,
+}
+
+/// The interaction the router chose for a request, and how much of its path (below the base
+/// URL's path) names the resource: `Task` of `Task?status=…`, `Task/1` of `Task/1/_history`.
+/// The audit record and the request metrics take it rather than reading the path again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Routed {
+    pub interaction: Interaction,
+    /// Bytes of the path that name the resource (0 for none).
+    pub named: usize,
 }
 
 /// The part of a connection's audit records that all its requests share (the peer's
@@ -126,8 +139,9 @@ pub(crate) fn restart() -> bool {
         .is_ok()
 }
 
-/// Hands what was noted since [`restart`] and the connection's record head to `read`, then
-/// clears the notes, keeping the lists' room for the next request. Outside a connection run
+/// Hands what was noted since [`restart`] and the connection's record head to `read`. The
+/// notes stay until the next request's [`restart`] clears them (once per request, and also
+/// after a request whose handling was dropped before it finished). Outside a connection run
 /// by [`for_connection`] `read` gets empty notes: a record without its reasons beats none.
 pub(crate) fn finish<R>(read: impl FnOnce(&Noted, &mut RecordHead) -> R) -> R {
     if !active() {
@@ -137,9 +151,7 @@ pub(crate) fn finish<R>(read: impl FnOnce(&Noted, &mut RecordHead) -> R) -> R {
     CURRENT.with(|cell| match cell.try_borrow_mut() {
         Ok(mut trace) => {
             let Trace { noted, head } = &mut *trace;
-            let result = read(noted, head);
-            noted.clear();
-            result
+            read(noted, head)
         }
         Err(_) => read(&Noted::default(), &mut RecordHead::default()),
     })
@@ -172,15 +184,30 @@ impl Noted {
         self.allowed.clear();
         self.refused.clear();
         self.left_out = 0;
+        self.routed = None;
     }
 }
 
-fn with(note: impl FnOnce(&mut Noted)) {
+/// Applies `note` to the notes of the traced request at hand, if there is one. One copy for
+/// all kinds of note (`dyn`, not generic): a request notes several times, and each copy of
+/// the task-local's access would be more code to fetch per request.
+#[inline(never)]
+fn with(note: &mut dyn FnMut(&mut Noted)) {
     let _ = CURRENT.try_with(|trace| {
         // Noting never calls back into noting, so the cell is never borrowed twice; should
         // that change, the note is dropped rather than the request failed.
         if let Ok(mut trace) = trace.try_borrow_mut() {
             note(&mut trace.noted);
+        }
+    });
+}
+
+/// [`with`] for a note made once.
+fn with_once(note: impl FnOnce(&mut Noted)) {
+    let mut note = Some(note);
+    with(&mut |noted| {
+        if let Some(note) = note.take() {
+            note(noted)
         }
     });
 }
@@ -191,8 +218,9 @@ fn active() -> bool {
 }
 
 fn push(list: impl FnOnce(&mut Noted) -> &mut Vec<Reason>, reason: Reason, noted: &mut Noted) {
+    let first = noted.allowed.is_empty() && noted.refused.is_empty();
     // The same check made twice (before and inside a write's transaction) is one reason.
-    if noted.allowed.contains(&reason) || noted.refused.contains(&reason) {
+    if !first && (noted.allowed.contains(&reason) || noted.refused.contains(&reason)) {
         return;
     }
     if noted.allowed.len() + noted.refused.len() >= MAX_REASONS {
@@ -211,22 +239,31 @@ fn push(list: impl FnOnce(&mut Noted) -> &mut Vec<Reason>, reason: Reason, noted
 
 /// The client certificate presented.
 pub(crate) fn certificate(thumbprint: dsf_core::Thumbprint) {
-    with(|noted| noted.thumbprint = Some(thumbprint));
+    with_once(|noted| noted.thumbprint = Some(thumbprint));
 }
 
 /// The caller, once known.
 pub(crate) fn identity(identity: &Arc<Identity>) {
-    with(|noted| noted.note_identity(identity));
+    with(&mut |noted| noted.note_identity(identity));
 }
 
 /// A step was allowed because of `reason` (formatted only when traced).
 pub(crate) fn allowed(reason: impl FnOnce() -> Reason) {
-    with(|noted| push(|n| &mut n.allowed, reason(), noted));
+    with_once(|noted| push(|n| &mut n.allowed, reason(), noted));
 }
 
 /// The request, or a part of it, was refused or failed with `error`.
 pub(crate) fn refused(error: &Error) {
-    with(|noted| push(|n| &mut n.refused, audit_reason(error), noted));
+    with(&mut |noted| push(|n| &mut n.refused, audit_reason(error), noted));
+}
+
+/// The router chose `interaction` for the request, whose path names its resource in its
+/// first `named` bytes. The first note of a request counts: the requests the router makes
+/// on its behalf (a transaction's entries, a page's action) are not the request.
+pub(crate) fn routed(interaction: Interaction, named: usize) {
+    with(&mut |noted| {
+        noted.routed.get_or_insert(Routed { interaction, named });
+    });
 }
 
 /// An error as an audit record gives it: what was refused and why, but never resource
@@ -329,6 +366,27 @@ mod tests {
         assert_eq!(
             callers,
             names([Some("a.test"), None, Some("a.test"), Some("b.test"), None])
+        );
+        // The router's first note of a request counts (not those of the entries it routes
+        // on the request's behalf); the next request starts without it.
+        let routed = for_connection(async {
+            assert!(restart());
+            super::routed(Interaction::Bundle, 0);
+            super::routed(Interaction::Read, 6);
+            let first = finish(|noted, _| noted.routed);
+            assert!(restart());
+            (first, finish(|noted, _| noted.routed))
+        })
+        .await;
+        assert_eq!(
+            routed,
+            (
+                Some(Routed {
+                    interaction: Interaction::Bundle,
+                    named: 0
+                }),
+                None
+            )
         );
         // Outside a traced connection the record still gets written, without notes.
         assert!(finish(

@@ -3,21 +3,20 @@
 //! why it was allowed or refused. Never resource contents, never search values: only the
 //! names of the search parameters.
 //!
-//! A request formats its record where it runs, into a buffer of its thread ([`line`]: field
-//! by field, the caller's part kept from the connection's earlier requests), and appends the
-//! line to the batch pending; a thread of its own writes the batch out, so that a slow disk
-//! never holds up a request. The writer gathers what arrives within 50 ms of a first line and
-//! writes it at once. Nothing of a request crosses to the writer but bytes, so no request's
-//! memory is freed on another thread and what waits for a stalled disk is bounded. A log
-//! file that logrotate (or an operator) moved away is noticed within a second and opened
-//! anew at its path.
+//! A request formats its record where it runs, straight into the batch pending ([`line`]:
+//! field by field, the caller's part kept from the connection's earlier requests), under the
+//! batch's lock, which the writer takes only to swap the batch. A thread of its own writes
+//! the batch out, so that a slow disk never holds up a request. The writer gathers what
+//! arrives within 50 ms of a first line and writes it at once. Nothing of a request crosses
+//! to the writer but bytes, so no request's memory is freed on another thread and what waits
+//! for a stalled disk is bounded. A log file that logrotate (or an operator) moved away is
+//! noticed within a second and opened anew at its path.
 
 mod line;
 
 use super::interaction::PathId;
 use super::trace::{Noted, RecordHead};
 use dsf_core::ErrorChain;
-use std::cell::RefCell;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -67,6 +66,8 @@ struct Batch {
 #[derive(Default)]
 struct Pending {
     lines: Vec<u8>,
+    /// The time of the records, formatted.
+    clock: Clock,
     /// Records left out because the batch was full (the writer could not keep up).
     dropped: u64,
     closed: bool,
@@ -88,17 +89,6 @@ impl std::fmt::Debug for AuditLog {
             .field("targets", &self.handle.targets)
             .finish()
     }
-}
-
-thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::default();
-}
-
-/// What a thread keeps for formatting records: the line being formatted and the clock.
-#[derive(Default)]
-struct Scratch {
-    line: Vec<u8>,
-    clock: Clock,
 }
 
 impl AuditLog {
@@ -126,30 +116,28 @@ impl AuditLog {
     /// Writes the record of `entry`, with the caller's part kept in `head` (one per
     /// connection: see [`RecordHead`]).
     pub(crate) fn write(&self, entry: &AuditEntry<'_>, head: &mut RecordHead) {
-        SCRATCH.with(|scratch| {
-            // Formatting never calls back into the audit log; should it, the record is lost
-            // rather than the request failed.
-            let Ok(mut scratch) = scratch.try_borrow_mut() else {
-                return;
-            };
-            let Scratch { line, clock } = &mut *scratch;
-            let time = clock.format(entry.time);
-            line.clear();
-            line::write(entry, head, time, line);
-            line.push(b'\n');
-            let batch = &self.handle.batch;
-            let mut pending = batch.lock();
-            if pending.lines.len() + line.len() > MAX_PENDING_BYTES {
-                pending.dropped += 1;
-                return;
-            }
-            let before = pending.lines.len();
-            pending.lines.extend_from_slice(line);
-            drop(pending);
-            if before == 0 || (before < BATCH_BYTES && before + line.len() >= BATCH_BYTES) {
-                batch.ready.notify_one();
-            }
-        });
+        let batch = &self.handle.batch;
+        let mut pending = batch.lock();
+        let Pending {
+            lines,
+            clock,
+            dropped,
+            ..
+        } = &mut *pending;
+        let before = lines.len();
+        let time = clock.format(entry.time);
+        line::write(entry, head, time, lines);
+        lines.push(b'\n');
+        if lines.len() > MAX_PENDING_BYTES {
+            lines.truncate(before);
+            *dropped += 1;
+            return;
+        }
+        let after = lines.len();
+        drop(pending);
+        if before == 0 || (before < BATCH_BYTES && after >= BATCH_BYTES) {
+            batch.ready.notify_one();
+        }
     }
 }
 
@@ -157,14 +145,14 @@ impl AuditLog {
 /// yet formatted.
 #[derive(Debug)]
 pub(crate) struct AuditEntry<'a> {
-    /// When the answer was ready.
-    pub time: SystemTime,
+    /// When the answer was ready (the reading its duration ends with).
+    pub time: Instant,
     /// Network address of the caller (a trusted proxy's, behind one).
     pub peer: Option<SocketAddr>,
     /// Read where it was noted, not moved.
     pub noted: &'a Noted,
     pub interaction: &'static str,
-    pub method: http::Method,
+    pub method: &'a http::Method,
     pub resource: NamedResource<'a>,
     /// Names of the query parameters, never their values.
     pub parameters: Vec<String>,
@@ -177,35 +165,64 @@ pub(crate) struct AuditEntry<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum NamedResource<'a> {
     None,
-    /// `Type/id/_history/version` from the answer's `Location` (a create's new id).
-    Located(&'a str),
-    /// A type and, if the path gave one, an id (and version).
+    /// `Type`, `Type/id` or `Type/id/_history/version` as the path named it when the router
+    /// took the request, or as the answer's `Location` gave it (a create's new id).
+    Reference(&'a str),
+    /// A type and, if the path gave one, an id (and version): the path's own reading, for a
+    /// request that did not reach the router.
     Path(&'static str, Option<PathId<'a>>),
 }
 
 /// Formats times as RFC 3339 in UTC with milliseconds, formatting each second once and
 /// each millisecond's text once (a busy server writes dozens of records per millisecond).
+///
+/// Takes the request's own monotonic reading (the one its duration ends with) rather than
+/// reading the wall clock again for every record: the wall clock is read once a second, and
+/// a record's time is that reading plus the monotonic time since. A step of the wall clock
+/// (an operator setting it) shows within a second.
 #[derive(Default)]
 struct Clock {
+    /// A monotonic reading and the wall clock's time since the Unix epoch then.
+    anchor: Option<(Instant, Duration)>,
     /// The second last formatted (since the Unix epoch) and its text up to the seconds.
     second: Option<(u64, String)>,
-    /// The millisecond last formatted (second since the Unix epoch, millisecond in it) and
-    /// its whole text.
-    millisecond: Option<(u64, u32)>,
+    /// The millisecond last formatted (since the Unix epoch) and its whole text.
+    millisecond: Option<u64>,
     text: String,
 }
 
+/// How long a wall clock reading serves as the [`Clock`]'s anchor (either way: records of
+/// several threads reach the clock in an order a little different from their readings').
+const ANCHOR_FOR: Duration = Duration::from_secs(1);
+
 impl Clock {
-    fn format(&mut self, time: SystemTime) -> &str {
-        let since_epoch = time
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let second = since_epoch.as_secs();
-        let millis = since_epoch.subsec_millis();
-        if self.millisecond == Some((second, millis)) {
+    /// The wall clock time at the monotonic reading `at`, formatted.
+    fn format(&mut self, at: Instant) -> &str {
+        let anchored =
+            self.anchor
+                .and_then(|(anchor, wall)| match at.checked_duration_since(anchor) {
+                    Some(since) if since < ANCHOR_FOR => wall.checked_add(since),
+                    Some(_) => None,
+                    None => {
+                        let before = anchor.duration_since(at);
+                        (before < ANCHOR_FOR).then(|| wall.saturating_sub(before))
+                    }
+                });
+        let wall = anchored.unwrap_or_else(|| {
+            let wall = since_epoch(SystemTime::now());
+            self.anchor = Some((at, wall));
+            wall
+        });
+        self.format_millis(u64::try_from(wall.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// The time `millis` after the Unix epoch, formatted.
+    fn format_millis(&mut self, millis: u64) -> &str {
+        if self.millisecond == Some(millis) {
             return &self.text;
         }
-        self.millisecond = Some((second, millis));
+        self.millisecond = Some(millis);
+        let (second, millis) = (millis / 1000, (millis % 1000) as u32);
         if self.second.as_ref().map(|(s, _)| *s) != Some(second) {
             let millis = i64::try_from(second.saturating_mul(1000)).unwrap_or(i64::MAX);
             let mut text = crate::date::format_instant(millis);
@@ -225,6 +242,12 @@ impl Clock {
         out.push('Z');
         out
     }
+}
+
+/// Time since the Unix epoch (none for a clock set before it).
+fn since_epoch(time: SystemTime) -> Duration {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// One open target.
@@ -553,11 +576,11 @@ mod tests_support {
 
     pub(super) fn record(noted: &Noted, status: u16) -> AuditEntry<'_> {
         AuditEntry {
-            time: SystemTime::now(),
+            time: Instant::now(),
             peer: None,
             noted,
             interaction: "read",
-            method: http::Method::GET,
+            method: &http::Method::GET,
             resource: NamedResource::Path(
                 "Task",
                 Some(PathId {
@@ -579,19 +602,54 @@ mod clock_tests {
     #[test]
     fn times_are_rfc3339_with_milliseconds_and_each_second_is_formatted_anew() {
         let mut clock = Clock::default();
-        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-        let within_one_millisecond = SystemTime::UNIX_EPOCH
-            + Duration::from_millis(1_765_050_834_127)
-            + Duration::from_micros(600);
-        for (time, text) in [
-            (at(1_765_050_834_127), "2025-12-06T19:53:54.127Z"),
-            (within_one_millisecond, "2025-12-06T19:53:54.127Z"),
-            (at(1_765_050_834_999), "2025-12-06T19:53:54.999Z"),
-            (at(1_765_050_835_004), "2025-12-06T19:53:55.004Z"),
-            (at(0), "1970-01-01T00:00:00.000Z"),
-            (at(1_765_050_835_004), "2025-12-06T19:53:55.004Z"),
+        for (millis, text) in [
+            (1_765_050_834_127, "2025-12-06T19:53:54.127Z"),
+            (1_765_050_834_127, "2025-12-06T19:53:54.127Z"),
+            (1_765_050_834_999, "2025-12-06T19:53:54.999Z"),
+            (1_765_050_835_004, "2025-12-06T19:53:55.004Z"),
+            (0, "1970-01-01T00:00:00.000Z"),
+            (1_765_050_835_004, "2025-12-06T19:53:55.004Z"),
         ] {
-            assert_eq!(clock.format(time), text);
+            assert_eq!(clock.format_millis(millis), text);
         }
+    }
+
+    #[test]
+    fn monotonic_readings_tell_the_wall_clock_time_and_the_anchor_is_renewed() {
+        let mut clock = Clock::default();
+        let parse = |text: &str| {
+            let range = crate::date::parse_date_range(text).expect("RFC 3339");
+            u64::try_from(range.low).expect("after the epoch")
+        };
+        let millis = |time: SystemTime| since_epoch(time).as_millis() as u64;
+        let start = Instant::now();
+        let before = millis(SystemTime::now());
+        let first = parse(clock.format(start));
+        let after = millis(SystemTime::now());
+        assert!(
+            (before..=after).contains(&first),
+            "{before} {first} {after}"
+        );
+        // Within the anchor's second, either way: the monotonic time since it counts.
+        let anchored = clock.anchor;
+        let later = parse(clock.format(start + Duration::from_millis(250)));
+        assert!(
+            (first + 249..=first + 251).contains(&later),
+            "{first} {later}"
+        );
+        if let Some(earlier) = start.checked_sub(Duration::from_millis(250)) {
+            let earlier = parse(clock.format(earlier));
+            assert!(
+                (first - 251..=first - 249).contains(&earlier),
+                "{first} {earlier}"
+            );
+        }
+        assert_eq!(clock.anchor, anchored);
+        // Past it: the wall clock is read anew.
+        std::thread::sleep(Duration::from_millis(5));
+        let now = Instant::now();
+        let renewed = parse(clock.format(now + ANCHOR_FOR));
+        assert!(renewed >= first + 5, "{first} {renewed}");
+        assert_eq!(clock.anchor.map(|(at, _)| at), Some(now + ANCHOR_FOR));
     }
 }

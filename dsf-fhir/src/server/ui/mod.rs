@@ -771,6 +771,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn actions_are_below_the_path_that_metrics_and_audit_records_name_pages() {
+        // `interaction::classify` names every path under `_ui` a page's.
+        assert!(ACTION_PREFIX.starts_with("_ui"));
+    }
+
+    #[test]
     fn browsers_get_pages_and_fhir_clients_do_not() {
         let firefox = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
         assert!(wants_html(None, Some(firefox)));
