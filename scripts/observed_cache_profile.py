@@ -24,8 +24,8 @@ import time
 
 # One call per answer, with or without the audit log: what "per read" divides by.
 PER_READ = "dsf_fhir::server::reply::Reply::render"
-# Only the audited server runs this.
-AUDITED = "dsf_fhir::server::audit::AuditLog::write"
+# Only the audited server runs this (its writer thread's loop, never inlined).
+AUDITED = "dsf_fhir::server::audit::write_batches"
 EVENT_NAMES = {
     "Ir": "instructions",
     "I1mr": "L1 instruction misses",
