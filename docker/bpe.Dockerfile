@@ -6,8 +6,10 @@
 FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
+# One cargo run for both programs: their dependencies' features are unified once, so each
+# dependency is compiled once rather than again for the plugin.
 RUN cargo build --release --locked -p dsf-bin --bin dsf-bpe \
- && cargo build --release --locked -p dsf-plugin-ping-pong --bin dsf-process-ping-pong \
+      -p dsf-plugin-ping-pong --bin dsf-process-ping-pong \
  && mkdir -p /out/process /out/data \
  && cp target/release/dsf-bpe /out/ \
  && cp target/release/dsf-process-ping-pong /out/process/
